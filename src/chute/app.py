@@ -1,0 +1,127 @@
+"""The training app behind ``train.py``: composed config in, trained model and ``metrics.json`` out."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig
+
+import chute
+from chute.callbacks import Throughput
+from chute.config import validate_config
+from chute.transforms import create_transforms
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """``auto``: ``16-mixed`` on a GPU, ``bf16-mixed`` on the CPU; anything else passes through."""
+    if precision != "auto":
+        return precision
+    on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    on_mps = accelerator in ("auto", "mps") and torch.backends.mps.is_available()
+    return "16-mixed" if on_cuda or on_mps else "bf16-mixed"
+
+
+def run(cfg: DictConfig) -> float:
+    """Train (and optionally test) as ``cfg`` says; return the best value of ``cfg.optimized_metric``."""
+    started = time.perf_counter()
+    settings = validate_config(cfg)
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    run_dir = str(cfg.paths.output_dir)
+
+    transforms = create_transforms(settings.transforms)
+    datamodule = instantiate(
+        cfg.data, loader=settings.loader, train_transform=transforms.train, val_transform=transforms.val
+    )
+    # The model's shape depends on the data: index it now (Lightning calls both hooks again, cheaply).
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.num_channels)
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
+    if throughput not in callbacks:
+        callbacks.append(throughput)
+    trainer_kwargs = {k: v for k, v in dataclasses.asdict(settings.trainer).items() if v is not None}
+    trainer_kwargs["precision"] = resolve_precision(str(settings.trainer.precision), settings.trainer.accelerator)
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
+        default_root_dir=run_dir,
+    )
+    trainer.fit(model, datamodule=datamodule)
+    fit_metrics = _floats(trainer.callback_metrics)
+    if cfg.test_after_fit:
+        trainer.test(model, datamodule=datamodule, ckpt_path="best" if _checkpoint(trainer) else None)
+
+    checkpoint = _checkpoint(trainer)
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    result = float(best) if best is not None else fit_metrics.get(cfg.optimized_metric, float("nan"))
+    summary = {
+        "metrics": {**fit_metrics, **_floats(trainer.callback_metrics)},
+        f"best_{cfg.optimized_metric}": result,
+        **throughput.summary(),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "precision": trainer_kwargs["precision"],
+        "accelerator": type(trainer.accelerator).__name__,
+        "num_workers": settings.loader.num_workers,
+        "batch_size": settings.loader.batch_size,
+        "seed": int(cfg.seed),
+        "run_dir": run_dir,
+        "checkpoints": {
+            "best": checkpoint.best_model_path if checkpoint else None,
+            "last": checkpoint.last_model_path if checkpoint else None,
+        },
+        "versions": _versions(),
+    }
+    _report(summary, run_dir, cfg.optimized_metric)
+    return result
+
+
+def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
+    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+
+
+def _floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in metrics.items()}
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {
+        "chute": chute.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "cpus": str(os.cpu_count()),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+    }
+
+
+@rank_zero_only
+def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    last = summary["metrics"].get(metric, float("nan"))
+    rate = summary.get("train_samples_per_s", float("nan"))
+    print(
+        f"chute | {metric} {last:.4f} (best {summary[f'best_{metric}']:.4f}) | "
+        f"train {rate:,.0f} samples/s | {summary['wall_time_s']:.1f} s | {os.path.relpath(run_dir)}",
+        flush=True,
+    )

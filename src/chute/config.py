@@ -1,0 +1,175 @@
+"""Hydra schemas for every config group, registered in one place, and the checks run after composing.
+
+Hydra checks types and unknown keys while it composes (``loader.num_worker=2`` and
+``loader.num_workers=abc`` fail there, naming the key). Value rules (``num_workers >= 0``,
+``prefetch_factor`` only with workers, ...) live in the settings dataclasses themselves, so plain
+Python users get them too; :func:`validate_config` applies them straight after composition and
+qualifies the key with its group (``loader.num_workers``).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from chute.errors import ConfigError
+from chute.loader import LoaderSettings
+from chute.transforms.factory import TransformSettings
+
+PRECISIONS = (
+    "auto", "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+)  # fmt: skip
+
+
+@dataclass
+class TrainerConfig:
+    """The ``lightning.Trainer`` arguments chute exposes (``precision: auto`` is resolved by chute)."""
+
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "auto"
+    max_epochs: int | None = 10
+    min_epochs: int | None = None
+    max_steps: int = -1
+    max_time: str | None = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    fast_dev_run: Any = False
+    enable_progress_bar: bool = True
+    enable_model_summary: bool = True
+    use_distributed_sampler: bool = True
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+
+
+@dataclass
+class PathsConfig:
+    data_dir: str = "${oc.env:CHUTE_DATA_DIR,${hydra:runtime.cwd}/data}"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainConfig:
+    """The root config: one field per config group, plus run-level settings."""
+
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    loader: LoaderSettings = field(default_factory=LoaderSettings)
+    transforms: TransformSettings = field(default_factory=TransformSettings)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: Any = MISSING
+    model: Any = MISSING
+    callbacks: dict[str, Any] = field(default_factory=dict)
+    optimized_metric: str = "val/acc"
+    test_after_fit: bool = False
+
+
+@dataclass(frozen=True)
+class Validated:
+    """Settings objects built (and checked) from a composed config."""
+
+    loader: LoaderSettings
+    transforms: TransformSettings
+    trainer: TrainerConfig
+
+
+def validate_config(cfg: DictConfig) -> Validated:
+    """Build the settings objects of ``cfg``, raising :class:`ConfigError` naming ``group.key``."""
+    built: dict[str, Any] = {}
+    for group, cls in (("loader", LoaderSettings), ("transforms", TransformSettings), ("trainer", TrainerConfig)):
+        values = OmegaConf.to_container(cfg[group], resolve=True)
+        assert isinstance(values, dict)
+        try:
+            built[group] = cls(**values)
+        except ConfigError as err:
+            raise err.with_prefix(group) from None
+    precision = str(built["trainer"].precision)
+    if precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", precision, f"must be one of {list(PRECISIONS)}")
+    return Validated(**built)
+
+
+def builds(target: type, name: str, exclude: tuple[str, ...] = ()) -> type:
+    """A schema dataclass for ``target``'s constructor: ``_target_`` plus its typed arguments.
+
+    Arguments of types OmegaConf cannot hold (callables, objects) become ``Any``; arguments in
+    ``exclude`` are left out (the train app passes them at instantiation).
+    """
+    hints = typing.get_type_hints(target.__init__)  # type: ignore[misc]
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=f"{target.__module__}.{target.__name__}"))]
+    for param in list(inspect.signature(target.__init__).parameters.values())[1:]:  # type: ignore[misc]
+        if param.name in exclude or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = param.default
+        if default is inspect.Parameter.empty:
+            spec = field(default=MISSING)
+        elif isinstance(default, (list, tuple, dict)):
+            spec = field(default_factory=lambda d=default: list(d) if isinstance(d, tuple) else d)
+        else:
+            spec = field(default=default)
+        fields.append((param.name, _omegaconf_type(hints.get(param.name, Any)), spec))
+    return dataclasses.make_dataclass(name, fields)
+
+
+def _omegaconf_type(tp: Any) -> Any:
+    """Map a Python annotation to one OmegaConf can enforce, or ``Any``."""
+    if tp in (int, float, bool, str):
+        return tp
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        kinds = {type(a) for a in args}
+        return kinds.pop() if len(kinds) == 1 else Any
+    if origin in (Union, types.UnionType):
+        options = [a for a in args if a is not type(None)]
+        optional = len(options) < len(args)
+        if str in options:  # e.g. str | os.PathLike
+            inner: Any = str
+        elif len(options) == 1:
+            inner = _omegaconf_type(options[0])
+        else:
+            return Any
+        return Optional[inner] if optional and inner is not Any else inner  # noqa: UP045
+    if origin in (list, tuple, collections.abc.Sequence) and args and args[0] in (int, float, bool, str):
+        return list[args[0]]  # type: ignore[valid-type]
+    if origin in (dict, collections.abc.Mapping):
+        return dict[str, Any]
+    return Any
+
+
+def register_configs() -> None:
+    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from chute.datamodules import ImageFolderDataModule
+    from chute.models import ImageClassifier
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="loader", name="loader_schema", node=LoaderSettings)
+    cs.store(group="transforms", name="transforms_schema", node=TransformSettings)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(
+        group="data",
+        name="image_folder_schema",
+        node=builds(ImageFolderDataModule, "ImageFolderDataConfig", exclude=("train_transform", "val_transform", "loader")),
+    )
+    cs.store(group="model", name="image_classifier_schema", node=builds(ImageClassifier, "ImageClassifierConfig"))

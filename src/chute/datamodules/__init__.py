@@ -1,0 +1,6 @@
+"""Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`."""
+
+from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.image_folder import ImageFolderDataModule
+
+__all__ = ["ChuteDataModule", "ImageFolderDataModule"]

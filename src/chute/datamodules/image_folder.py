@@ -1,0 +1,283 @@
+"""``ImageFolderDataModule``: any ``root/<split>/<class>/<image>`` tree."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from chute.collate import collate_images
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.errors import ConfigError, DataError
+from chute.images import ImageMode, channels_of, read_image
+from chute.loader import LoaderSettings, derive_seed
+from chute.transforms.batch import NormalizeBatch
+from chute.transforms.checks import check_deterministic
+
+Transform = Callable[[torch.Tensor], Any]
+_STATS_SAMPLES = 512
+
+
+class ImageFolderDataModule(ChuteDataModule):
+    """Images in class folders, for training, validation, test and prediction.
+
+    Layouts:
+
+    - ``root/train/<class>/*``, ``root/val/<class>/*`` and optionally ``root/test/<class>/*``;
+    - ``root/<class>/*`` (or ``root/train/...`` without ``val/``) plus ``val_fraction``: a seeded,
+      stratified share of each class becomes the validation split.
+
+    Without a test split, ``test_dataloader`` and ``predict_dataloader`` use the validation split.
+
+    Batches are ``(images, labels)``. Workers return ``uint8`` images; after the batch reaches the
+    device, ``on_after_batch_transfer`` converts it to normalized ``float32`` (channels-last), so the
+    model never sees ``uint8``. ``mean``/``std`` left as ``None`` are measured on up to 512 training
+    images at ``setup`` and kept in ``state_dict``.
+
+    Args:
+        root: Dataset root.
+        train_transform: Random per-sample pipeline for training (``uint8`` tensor in and out).
+        val_transform: Deterministic pipeline for validation, test and predict (checked at setup).
+        loader: DataLoader settings (:class:`~chute.LoaderSettings` or a mapping of its fields).
+        image_mode: ``"RGB"`` (3 channels) or ``"L"`` (grayscale, 1 channel).
+        val_fraction: Share of each class held out for validation when there is no ``val`` folder.
+        train_dir: Name of the training split folder.
+        val_dir: Name of the validation split folder.
+        test_dir: Name of the test split folder.
+        mean: Per-channel mean in ``[0, 1]`` units (``None``: measured on the training split).
+        std: Per-channel standard deviation in ``[0, 1]`` units (``None``: measured).
+        channels_last: Hand batches to the model in channels-last memory format.
+        seed: Seed for the split, shuffling and worker seeding.
+        prepare: Optional callable ``prepare(root)`` that writes the tree if missing, run by
+            ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
+
+    Example:
+        >>> from chute.datasets import DigitsFolder
+        >>> from chute.transforms import create_transforms
+        >>> import tempfile
+        >>> t = create_transforms(image_size=16, crop_pct=1.0, scale=[0.8, 1.0], hflip=0.0)
+        >>> dm = ImageFolderDataModule(tempfile.mkdtemp() + "/digits", image_mode="L", prepare=DigitsFolder(),
+        ...                            train_transform=t.train, val_transform=t.val)
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> dm.num_classes, dm.class_names[:3]
+        (10, ('0', '1', '2'))
+        >>> images, labels = next(iter(dm.train_dataloader()))
+        >>> images.dtype, tuple(images.shape)
+        (torch.uint8, (64, 1, 16, 16))
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        train_transform: Transform | None = None,
+        val_transform: Transform | None = None,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        image_mode: ImageMode = "RGB",
+        val_fraction: float = 0.0,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: str = "test",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels_last: bool = True,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+    ) -> None:
+        super().__init__(loader=loader, seed=seed)
+        self.save_hyperparameters(ignore=["train_transform", "val_transform", "prepare"])
+        channels = channels_of(image_mode)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
+        for key, stat in (("mean", mean), ("std", std)):
+            if stat is not None and len(stat) != channels:
+                raise ConfigError(key, list(stat), f"needs {channels} values for image_mode={image_mode!r}")
+        if (mean is None) != (std is None):
+            raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
+        self.root = os.fspath(root)
+        self.train_transform = train_transform
+        self.val_transform = val_transform
+        self.image_mode = image_mode
+        self.val_fraction = val_fraction
+        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.channels_last = channels_last
+        self.prepare = prepare
+        self.mean: list[float] | None = list(mean) if mean is not None else None
+        self.std: list[float] | None = list(std) if std is not None else None
+        self._splits: dict[str, FolderIndex | None] = {}
+        self._expected_classes: tuple[str, ...] | None = None
+        self._checked = False
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._index_splits()
+        if self.mean is None or self.std is None:
+            self.mean, self.std = self._measure_stats()
+        self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+        if not self._checked and self.val_transform is not None:
+            check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
+            self._checked = True
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", self.train_transform, train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val", self.val_transform, train=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", self.val_transform, train=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", self.val_transform, train=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(
+            class_names=list(self.class_names) if self._splits else self._expected_classes,
+            mean=self.mean,
+            std=self.std,
+            image_mode=self.image_mode,
+        )
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("mean") is not None:
+            self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
+            self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+        if state_dict.get("class_names") is not None:
+            self._expected_classes = tuple(state_dict["class_names"])
+            if self._splits:
+                self._check_expected_classes()
+
+    # -- Public properties -----------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._split("train").class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_channels(self) -> int:
+        return channels_of(self.image_mode)
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        """Training samples per class (index = label)."""
+        return self._split("train").class_counts()
+
+    def dataset(self, split: str) -> ImageFolderDataset:
+        """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
+        transform = self.train_transform if split == "train" else self.val_transform
+        return ImageFolderDataset(self._split(split), transform, self.image_mode)
+
+    def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` seeded random samples of ``split`` after its pipeline, without touching global RNG."""
+        dataset = self.dataset(split)
+        rng = np.random.default_rng(derive_seed(self.seed, 7))
+        picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, 8))
+            samples = [dataset[int(i)] for i in picks]
+        images, labels = collate_images(samples)
+        return images, labels
+
+    # -- Internals -------------------------------------------------------------------------------
+
+    def _loader(self, split: str, transform: Transform | None, train: bool) -> DataLoader[Any]:
+        dataset = ImageFolderDataset(self._split(split), transform, self.image_mode)
+        if train and transform is not None and hasattr(transform, "reseed"):
+            transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
+        return self._dataloader(dataset, train=train, collate_fn=collate_images)
+
+    def _split(self, name: str) -> FolderIndex:
+        if not self._splits:
+            raise RuntimeError(
+                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
+                "(Lightning's Trainer does both)."
+            )
+        index = self._splits.get(name)
+        if index is None:
+            raise DataError(
+                f"No {name} split under '{self.root}': add '{self.root}/{self.split_dirs[name]}/<class>/<image>' "
+                "or set val_fraction to hold out part of the training images."
+            )
+        return index
+
+    def _eval_index(self) -> FolderIndex:
+        return self._splits.get("val") or self._split("train")
+
+    def _index_splits(self) -> None:
+        if self._splits:
+            return
+        root = self.root
+        if not os.path.isdir(root):
+            hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
+            raise DataError(f"Dataset root '{root}' does not exist or is not a directory.{hint}")
+        split_path = {k: os.path.join(root, d) for k, d in self.split_dirs.items()}
+        layered = os.path.isdir(split_path["train"])
+        train = scan_folder(split_path["train"] if layered else root)
+        val: FolderIndex | None = None
+        has_val_dir = layered and os.path.isdir(split_path["val"])
+        if has_val_dir and self.val_fraction > 0:
+            raise ConfigError(
+                "val_fraction",
+                self.val_fraction,
+                f"'{split_path['val']}' already is a validation split; set val_fraction=0 to use it",
+            )
+        if has_val_dir:
+            val = scan_folder(split_path["val"], class_names=train.class_names)
+        elif self.val_fraction > 0:
+            keep, held = stratified_split(train.targets, self.val_fraction, derive_seed(self.seed, 1))
+            train, val = train.subset(keep), train.subset(held)
+        test = val
+        if layered and os.path.isdir(split_path["test"]):
+            test = scan_folder(split_path["test"], class_names=train.class_names)
+        elif val is not None:
+            rank_zero_info(f"No '{self.split_dirs['test']}' split under '{root}': test and predict use the val split.")
+        self._splits = {"train": train, "val": val, "test": test}
+        self._check_expected_classes()
+
+    def _check_expected_classes(self) -> None:
+        if self._expected_classes is not None and self._expected_classes != self.class_names:
+            raise DataError(
+                f"Classes under '{self.root}' {list(self.class_names)} differ from the checkpoint's "
+                f"{list(self._expected_classes)}; labels would not mean the same thing."
+            )
+
+    def _raw_sample(self, index: FolderIndex) -> torch.Tensor:
+        return read_image(index.path(0), self.image_mode)
+
+    def _measure_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std of up to 512 training images after the eval pipeline."""
+        train = self._split("train")
+        rng = np.random.default_rng(derive_seed(self.seed, 2))
+        picks = rng.choice(len(train), size=min(_STATS_SAMPLES, len(train)), replace=False)
+        total = torch.zeros(self.num_channels, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for i in picks:
+            image = read_image(train.path(int(i)), self.image_mode)
+            if self.val_transform is not None:
+                image = self.val_transform(image)
+            pixels = image.reshape(image.shape[0], -1).to(torch.float64) / 255.0
+            total += pixels.sum(dim=1)
+            total_sq += (pixels * pixels).sum(dim=1)
+            count += pixels.shape[1]
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]

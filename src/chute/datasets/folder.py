@@ -1,0 +1,157 @@
+"""Image-folder trees (``root/<class>/<image>``) as compact, worker-friendly datasets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from chute.errors import DataError
+from chute.images import IMG_EXTENSIONS, ImageMode, read_image
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The files of one split: relative paths and integer labels, held in numpy arrays.
+
+    Paths are stored as one fixed-width bytes array rather than a list of ``str``: DataLoader
+    workers fork the parent, and touching the refcount of millions of Python strings would copy
+    every page of the list into every worker (PyTorch issue #13246).
+    """
+
+    root: str
+    paths: np.ndarray  # dtype "S<n>", paths relative to root, UTF-8
+    targets: np.ndarray  # int64
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, self.paths[index].decode("utf-8"))
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.class_names)).astype(np.int64)
+
+    def subset(self, indices: np.ndarray) -> FolderIndex:
+        return FolderIndex(self.root, self.paths[indices], self.targets[indices], self.class_names)
+
+
+def scan_folder(root: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> FolderIndex:
+    """Index ``root/<class>/**/<image>`` (classes sorted by name, images sorted by path).
+
+    Args:
+        root: Folder holding one sub-folder per class.
+        class_names: Classes expected (e.g. the training split's); a differing set raises.
+
+    Raises:
+        DataError: ``root`` is missing or holds no class folders, a class folder holds no images,
+            or the classes differ from ``class_names``.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"Image folder '{root}' does not exist or is not a directory.")
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
+        hint = f" It holds {len(loose)} loose images; move them into one folder per class." if loose else ""
+        raise DataError(f"Image folder '{root}' has no class folders: expected '{root}/<class>/<image>'.{hint}")
+    if class_names is not None and list(class_names) != found:
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
+        raise DataError(
+            f"Classes in '{root}' differ from the training split's: missing {missing}, unexpected {extra}. "
+            "Every split needs the same class folders."
+        )
+    paths: list[str] = []
+    targets: list[int] = []
+    for label, name in enumerate(found):
+        files = _images_under(os.path.join(root, name))
+        if not files:
+            raise DataError(
+                f"Class folder '{os.path.join(root, name)}' contains no images "
+                f"(looked for {', '.join(IMG_EXTENSIONS)}). Add images or remove the folder."
+            )
+        paths.extend(os.path.join(name, f) for f in files)
+        targets.extend([label] * len(files))
+    encoded = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
+    return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
+
+
+def _images_under(folder: str) -> list[str]:
+    """Image files below ``folder`` (recursively), as sorted paths relative to it."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        rel = os.path.relpath(dirpath, folder)
+        for name in filenames:
+            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("."):
+                out.append(name if rel == "." else os.path.join(rel, name))
+    return sorted(out)
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, holdout) keeping each class's share; seeded, so reproducible.
+
+    Every class keeps at least one training sample; a class with two or more samples gives at least
+    one to the holdout set.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction={fraction}: must be between 0 and 1 (exclusive)")
+    rng = np.random.default_rng(seed)
+    train, holdout = [], []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        members = members[rng.permutation(len(members))]
+        n_holdout = min(max(round(len(members) * fraction), 1), len(members) - 1) if len(members) > 1 else 0
+        holdout.append(members[:n_holdout])
+        train.append(members[n_holdout:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
+
+
+class ImageFolderDataset(Dataset[tuple[Any, int]]):
+    """Decoded, transformed images of a :class:`FolderIndex` as ``(image, label)`` pairs.
+
+    Args:
+        index: The split's files and labels.
+        transform: Callable applied to the ``uint8`` ``(C, H, W)`` tensor (``None``: none).
+        image_mode: ``"RGB"`` or ``"L"``.
+    """
+
+    def __init__(
+        self,
+        index: FolderIndex,
+        transform: Callable[[torch.Tensor], Any] | None = None,
+        image_mode: ImageMode = "RGB",
+    ) -> None:
+        self.index = index
+        self.transform = transform
+        self.image_mode = image_mode
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        image = read_image(self.index.path(i), self.image_mode)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.index.targets[i])
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the transform's own generators (called in each worker; see ``WorkerSeeder``)."""
+        reseed = getattr(self.transform, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.index.class_names
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.index.targets

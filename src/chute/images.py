@@ -1,0 +1,82 @@
+"""Reading images from disk into uint8 tensors, with errors that name the file."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_image
+
+from chute.errors import DataError
+
+ImageMode = Literal["RGB", "L"]
+
+#: Extensions treated as images when scanning folders (compared lower-case).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+
+# libjpeg-turbo / libpng / libwebp / giflib through torchvision.io; everything else goes through PIL.
+_TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+_READ_MODES = {"RGB": ImageReadMode.RGB, "L": ImageReadMode.GRAY}
+_CHANNELS = {"RGB": 3, "L": 1}
+
+
+def channels_of(mode: ImageMode) -> int:
+    """Number of channels ``read_image`` returns for ``mode``."""
+    try:
+        return _CHANNELS[mode]
+    except KeyError:
+        raise ValueError(f"image_mode={mode!r}: must be 'RGB' (3 channels) or 'L' (grayscale, 1 channel)") from None
+
+
+def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
+    """Decode the image at ``path`` into a ``uint8`` tensor of shape ``(C, H, W)``.
+
+    Args:
+        path: Image file.
+        mode: ``"RGB"`` (3 channels; grayscale, palette and RGBA are converted) or ``"L"`` (1 channel).
+
+    Raises:
+        DataError: The file is missing, empty or cannot be decoded; the message names the file.
+    """
+    channels_of(mode)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise DataError(f"Cannot read image '{path}': {err.strerror or err}") from err
+    if not data:
+        raise DataError(f"Cannot decode image '{path}': the file is empty (0 bytes). Remove or replace it.")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext in _TORCHVISION_EXTENSIONS:
+            image = _decode_torchvision(data, mode)
+        else:
+            image = _decode_pil(data, mode)
+    except Exception as err:  # the decoders raise RuntimeError, OSError, ValueError, ...
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from err
+    if image.ndim != 3 or image.shape[0] != _CHANNELS[mode]:
+        raise DataError(f"Cannot decode image '{path}': got shape {tuple(image.shape)}, expected {mode} channels.")
+    return image
+
+
+def _decode_torchvision(data: bytes, mode: ImageMode) -> torch.Tensor:
+    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    image = decode_image(buffer, mode=_READ_MODES[mode])
+    if image.ndim == 4:  # animated GIF: keep the first frame
+        image = image[0]
+    return image
+
+
+def _decode_pil(data: bytes, mode: ImageMode) -> torch.Tensor:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        array = np.asarray(img.convert(mode))
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))

@@ -1,0 +1,194 @@
+"""DataLoader settings shared by every DataModule, and the one place DataLoaders are built."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from chute.errors import ConfigError
+
+_MP_CONTEXTS = (None, "fork", "spawn", "forkserver")
+
+
+@dataclass
+class LoaderSettings:
+    """Every DataLoader knob, checked once, in one object.
+
+    ``None`` means "pick for me": ``pin_memory`` turns on when CUDA is available,
+    ``persistent_workers`` when there are workers, ``prefetch_factor`` takes torch's default (2).
+
+    Args:
+        batch_size: Samples per training batch.
+        eval_batch_size: Samples per validation/test/predict batch (default: ``batch_size``).
+        num_workers: Worker processes; 0 loads in the main process.
+        pin_memory: Page-lock host batches so copies to the GPU are asynchronous.
+        prefetch_factor: Batches each worker loads ahead (needs ``num_workers > 0``).
+        persistent_workers: Keep workers alive between epochs (needs ``num_workers > 0``).
+        drop_last: Drop the last incomplete training batch.
+        shuffle: Shuffle the training set each epoch.
+        timeout: Seconds to wait for a batch from a worker before raising (0 waits forever).
+        seed_workers: Seed Python, NumPy, torch and the transforms in each worker from the run's
+            seed, the epoch, the worker id and the rank, so augmentations differ across workers and
+            epochs and a run is reproducible from its seed.
+        multiprocessing_context: ``fork``, ``spawn`` or ``forkserver`` (default: the platform's).
+
+    Example:
+        >>> LoaderSettings(batch_size=128, num_workers=4).pin_memory in (True, False)
+        True
+        >>> LoaderSettings(num_workers=0, prefetch_factor=4)
+        Traceback (most recent call last):
+        ...
+        chute.errors.ConfigError: prefetch_factor=4: only applies with worker processes; set num_workers > 0 \
+or leave prefetch_factor unset (null)
+    """
+
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool | None = None
+    prefetch_factor: int | None = None
+    persistent_workers: bool | None = None
+    drop_last: bool = False
+    shuffle: bool = True
+    timeout: float = 0.0
+    seed_workers: bool = True
+    multiprocessing_context: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_int(self, "batch_size", minimum=1)
+        if self.eval_batch_size is not None:
+            _check_int(self, "eval_batch_size", minimum=1)
+        _check_int(self, "num_workers", minimum=0, hint="0 loads in the main process")
+        if self.prefetch_factor is not None:
+            _check_int(self, "prefetch_factor", minimum=1)
+            if self.num_workers == 0:
+                raise ConfigError(
+                    "prefetch_factor",
+                    self.prefetch_factor,
+                    "only applies with worker processes; set num_workers > 0 or leave prefetch_factor unset (null)",
+                )
+        if self.persistent_workers and self.num_workers == 0:
+            raise ConfigError(
+                "persistent_workers",
+                self.persistent_workers,
+                "needs worker processes; set num_workers > 0 or persistent_workers=false",
+            )
+        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout < 0:
+            raise ConfigError("timeout", self.timeout, "must be a number of seconds >= 0 (0 waits forever)")
+        if self.timeout > 0 and self.num_workers == 0:
+            raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
+        if self.multiprocessing_context not in _MP_CONTEXTS:
+            raise ConfigError(
+                "multiprocessing_context", self.multiprocessing_context, f"must be one of {list(_MP_CONTEXTS)}"
+            )
+
+    @property
+    def resolved_pin_memory(self) -> bool:
+        return torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+
+    @property
+    def resolved_persistent_workers(self) -> bool:
+        return self.num_workers > 0 if self.persistent_workers is None else self.persistent_workers
+
+    def batch_size_for(self, train: bool) -> int:
+        if train or self.eval_batch_size is None:
+            return self.batch_size
+        return self.eval_batch_size
+
+
+def _check_int(settings: LoaderSettings, key: str, minimum: int, hint: str = "") -> None:
+    value = getattr(settings, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        reason = f"must be an integer >= {minimum}" + (f" ({hint})" if hint else "")
+        raise ConfigError(key, value, reason)
+
+
+class WorkerSeeder:
+    """``worker_init_fn`` that gives every (rank, epoch, worker) its own reproducible random streams.
+
+    torch already seeds each worker's torch generator with ``base_seed + worker_id``, where
+    ``base_seed`` is drawn from the DataLoader's generator once per epoch (or once, with persistent
+    workers). Python's ``random`` and NumPy are not reseeded, so forked workers would share their
+    state, and ranks would share everything. This mixes the rank in, seeds all three, and reseeds
+    the dataset's transform (albumentations keeps its own generators) via ``dataset.reseed(seed)``.
+    """
+
+    def __init__(self, rank: int = 0) -> None:
+        self.rank = rank
+
+    def __call__(self, worker_id: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        seed = derive_seed(torch.initial_seed(), self.rank)
+        seed_everything_local(seed)
+        dataset = info.dataset if info is not None else None
+        reseed = getattr(dataset, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 32-bit seed mixed from any number of non-negative integers (order matters)."""
+    entropy = [int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
+
+
+def seed_everything_local(seed: int) -> None:
+    """Seed Python, NumPy and torch in this process (no environment variables, no logging)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def current_rank() -> int:
+    """Global rank of this process: torch.distributed if initialised, else the launcher's env."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return int(torch.distributed.get_rank())
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def build_dataloader(
+    dataset: Dataset[Any],
+    settings: LoaderSettings,
+    *,
+    train: bool,
+    seed: int,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+    sampler: Sampler[Any] | None = None,
+    rank: int | None = None,
+) -> DataLoader[Any]:
+    """Build a DataLoader from ``settings``; the only place chute calls ``DataLoader(...)``.
+
+    The loader owns a generator seeded from ``seed``, so shuffling and per-epoch worker seeds
+    depend on the run's seed alone, not on how much global randomness model code consumed.
+    """
+    workers = settings.num_workers
+    generator = torch.Generator().manual_seed(derive_seed(seed, 0 if train else 1))
+    kwargs: dict[str, Any] = {
+        "batch_size": settings.batch_size_for(train),
+        "num_workers": workers,
+        "pin_memory": settings.resolved_pin_memory,
+        "drop_last": settings.drop_last if train else False,
+        "collate_fn": collate_fn,
+        "generator": generator,
+    }
+    if sampler is not None:
+        kwargs["sampler"] = sampler
+    else:
+        kwargs["shuffle"] = settings.shuffle if train else False
+    if workers > 0:
+        kwargs["persistent_workers"] = settings.resolved_persistent_workers
+        kwargs["timeout"] = settings.timeout
+        if settings.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = settings.prefetch_factor
+        if settings.multiprocessing_context is not None:
+            kwargs["multiprocessing_context"] = settings.multiprocessing_context
+        if settings.seed_workers:
+            kwargs["worker_init_fn"] = WorkerSeeder(current_rank() if rank is None else rank)
+    return DataLoader(dataset, **kwargs)

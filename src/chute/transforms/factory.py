@@ -1,0 +1,223 @@
+"""One factory for per-sample image pipelines, torchvision.transforms.v2 or albumentations.
+
+Pipelines take and return ``uint8`` ``(C, H, W)`` tensors: the CPU never converts to float.
+Normalization and dtype conversion happen once per batch on the device (see ``chute.transforms.batch``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from chute.errors import ConfigError
+
+BACKENDS = ("torchvision", "albumentations")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass
+class TransformSettings:
+    """What the train and eval pipelines do; ``create_transforms`` turns it into callables.
+
+    Train: ``RandomResizedCrop(image_size, scale, ratio)``, flips, rotation, colour jitter.
+    Eval: resize the short side to ``image_size / crop_pct``, then ``CenterCrop(image_size)``.
+
+    Args:
+        backend: ``"torchvision"`` (transforms.v2) or ``"albumentations"``.
+        image_size: Side of the square output, in pixels.
+        crop_pct: Eval center-crop fraction (1.0 resizes straight to ``image_size``).
+        scale: Range of the crop's area, as fractions of the image (RandomResizedCrop).
+        ratio: Range of the crop's aspect ratio (RandomResizedCrop).
+        hflip: Probability of a horizontal flip.
+        vflip: Probability of a vertical flip.
+        rotation: Maximum rotation in degrees (0 disables it).
+        color_jitter: Brightness, contrast and saturation jitter strength (0 disables it).
+        interpolation: ``nearest``, ``bilinear`` or ``bicubic``.
+    """
+
+    backend: str = "torchvision"
+    image_size: int = 224
+    crop_pct: float = 0.875
+    scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    hflip: float = 0.5
+    vflip: float = 0.0
+    rotation: float = 0.0
+    color_jitter: float = 0.0
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", self.backend, f"must be one of {list(BACKENDS)}")
+        if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
+            raise ConfigError("image_size", self.image_size, "must be a positive integer (pixels)")
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ConfigError("crop_pct", self.crop_pct, "must be in (0, 1]")
+        _check_range(self.scale, "scale", low=0.0, high=1.0)
+        _check_range(self.ratio, "ratio", low=0.0, high=float("inf"))
+        for key in ("hflip", "vflip"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(key, getattr(self, key), "is a probability: must be in [0, 1]")
+        if not 0.0 <= self.rotation <= 180.0:
+            raise ConfigError("rotation", self.rotation, "must be in [0, 180] degrees")
+        if self.color_jitter < 0:
+            raise ConfigError("color_jitter", self.color_jitter, "must be >= 0")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError("interpolation", self.interpolation, f"must be one of {list(INTERPOLATIONS)}")
+
+    @property
+    def eval_resize(self) -> int:
+        return max(self.image_size, round(self.image_size / self.crop_pct))
+
+
+def _check_range(values: Sequence[float], key: str, low: float, high: float) -> None:
+    if len(values) != 2 or not (low < values[0] <= values[1] <= high):
+        raise ConfigError(key, list(values), f"must be [min, max] with {low} < min <= max <= {high}")
+
+
+class Pipeline:
+    """A per-sample pipeline of named steps that maps a ``uint8`` ``(C, H, W)`` tensor to another.
+
+    Wraps a torchvision v2 or albumentations pipeline so both look the same to DataModules:
+    callable on tensors, ``steps`` for inspection (the determinism check names the random step),
+    and ``reseed`` for the generators albumentations keeps apart from torch's.
+
+    Args:
+        steps: torchvision v2 transforms, or albumentations transforms.
+        backend: Which library ``steps`` come from.
+        seed: Initial seed of albumentations' generators.
+    """
+
+    def __init__(self, steps: Sequence[Callable[..., Any]], backend: str = "torchvision", seed: int = 0) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r}: must be one of {list(BACKENDS)}")
+        self.backend = backend
+        self._steps = list(steps)
+        if backend == "torchvision":
+            self._compose: Any = v2.Compose(self._steps)
+        else:
+            import albumentations as A
+
+            self._compose = A.Compose(self._steps, seed=seed)
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.backend == "torchvision":
+            return self._compose(image)  # type: ignore[no-any-return]
+        return _from_numpy(self._compose(image=_to_numpy(image))["image"])
+
+    @property
+    def steps(self) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+        """``(repr, tensor -> tensor)`` for each step, in order."""
+        if self.backend == "torchvision":
+            return [(repr(s), s) for s in self._steps]
+        return [(_album_repr(s), _AlbumentationsStep(s)) for s in self._compose.transforms]
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the pipeline's own generators (torchvision uses torch's global generator)."""
+        if self.backend == "albumentations":
+            self._compose.set_random_seed(seed)
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"    {name}" for name, _ in self.steps)
+        return f"Pipeline(backend={self.backend!r}, steps=[\n{inner}\n])"
+
+
+class _AlbumentationsStep:
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return _from_numpy(self.transform(image=_to_numpy(image))["image"])
+
+
+def _album_repr(transform: Any) -> str:
+    return type(transform).__name__ + f"(p={getattr(transform, 'p', '?')})"
+
+
+def _to_numpy(image: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
+
+
+def _from_numpy(array: np.ndarray) -> torch.Tensor:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """The train (stochastic) and eval (deterministic) pipelines of one experiment."""
+
+    train: Pipeline
+    val: Pipeline
+
+
+def create_transforms(settings: TransformSettings | None = None, **overrides: Any) -> Transforms:
+    """Build the train and eval pipelines described by ``settings`` (or keyword arguments).
+
+    Example:
+        >>> t = create_transforms(image_size=32, crop_pct=1.0)
+        >>> t.val(torch.zeros(3, 48, 64, dtype=torch.uint8)).shape
+        torch.Size([3, 32, 32])
+    """
+    if settings is None:
+        settings = TransformSettings(**overrides)
+    elif overrides:
+        raise TypeError("pass either a TransformSettings or keyword arguments, not both")
+    build = _torchvision_steps if settings.backend == "torchvision" else _albumentations_steps
+    return Transforms(
+        train=Pipeline(build(settings, train=True), settings.backend),
+        val=Pipeline(build(settings, train=False), settings.backend),
+    )
+
+
+def _torchvision_steps(s: TransformSettings, train: bool) -> list[Any]:
+    mode = {
+        "nearest": v2.InterpolationMode.NEAREST,
+        "bilinear": v2.InterpolationMode.BILINEAR,
+        "bicubic": v2.InterpolationMode.BICUBIC,
+    }[s.interpolation]
+    if not train:
+        return [v2.Resize(s.eval_resize, interpolation=mode, antialias=True), v2.CenterCrop(s.image_size)]
+    steps: list[Any] = [
+        v2.RandomResizedCrop(
+            s.image_size, scale=tuple(s.scale), ratio=tuple(s.ratio), interpolation=mode, antialias=True
+        )
+    ]
+    if s.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(s.hflip))
+    if s.vflip > 0:
+        steps.append(v2.RandomVerticalFlip(s.vflip))
+    if s.rotation > 0:
+        steps.append(v2.RandomRotation(s.rotation, interpolation=mode))
+    if s.color_jitter > 0:
+        steps.append(v2.ColorJitter(brightness=s.color_jitter, contrast=s.color_jitter, saturation=s.color_jitter))
+    return steps
+
+
+def _albumentations_steps(s: TransformSettings, train: bool) -> list[Any]:
+    import albumentations as A
+    import cv2
+
+    mode = {"nearest": cv2.INTER_NEAREST, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC}[s.interpolation]
+    size = (s.image_size, s.image_size)
+    if not train:
+        return [A.SmallestMaxSize(max_size=s.eval_resize, interpolation=mode), A.CenterCrop(*size)]
+    steps: list[Any] = [
+        A.RandomResizedCrop(size=size, scale=tuple(s.scale), ratio=tuple(s.ratio), interpolation=mode)
+    ]
+    if s.hflip > 0:
+        steps.append(A.HorizontalFlip(p=s.hflip))
+    if s.vflip > 0:
+        steps.append(A.VerticalFlip(p=s.vflip))
+    if s.rotation > 0:
+        steps.append(A.Rotate(limit=s.rotation, interpolation=mode, border_mode=cv2.BORDER_CONSTANT, p=1.0))
+    if s.color_jitter > 0:
+        j = s.color_jitter
+        steps.append(A.ColorJitter(brightness=j, contrast=j, saturation=j, hue=0.0, p=1.0))
+    return steps
