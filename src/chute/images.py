@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image
+from torchcodec.decoders import decode_image
 
 from chute.errors import DataError
 
@@ -16,9 +16,10 @@ ImageMode = Literal["RGB", "L"]
 #: Extensions treated as images when scanning folders (compared lower-case).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 
-# libjpeg-turbo / libpng / libwebp / giflib through torchvision.io; everything else goes through PIL.
-_TORCHVISION_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
-_READ_MODES = {"RGB": ImageReadMode.RGB, "L": ImageReadMode.GRAY}
+# libjpeg-turbo / libpng / libwebp / giflib through TorchCodec (torchvision.io's image decoders,
+# deprecated since torchvision 0.29, point there); everything else goes through PIL.
+_FAST_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+_READ_MODES = {"RGB": "RGB", "L": "GRAY"}
 _CHANNELS = {"RGB": 3, "L": 1}
 
 
@@ -50,21 +51,20 @@ def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
         raise DataError(f"Cannot decode image '{path}': the file is empty (0 bytes). Remove or replace it.")
     ext = os.path.splitext(path)[1].lower()
     try:
-        if ext in _TORCHVISION_EXTENSIONS:
-            image = _decode_torchvision(data, mode)
+        if ext in _FAST_EXTENSIONS:
+            image = _decode_fast(data, mode)
         else:
             image = _decode_pil(data, mode)
     except Exception as err:  # the decoders raise RuntimeError, OSError, ValueError, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from err
     if image.ndim != 3 or image.shape[0] != _CHANNELS[mode]:
         raise DataError(f"Cannot decode image '{path}': got shape {tuple(image.shape)}, expected {mode} channels.")
     return image
 
 
-def _decode_torchvision(data: bytes, mode: ImageMode) -> torch.Tensor:
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    image = decode_image(buffer, mode=_READ_MODES[mode])
+def _decode_fast(data: bytes, mode: ImageMode) -> torch.Tensor:
+    image = decode_image(data, mode=_READ_MODES[mode])
     if image.ndim == 4:  # animated GIF: keep the first frame
         image = image[0]
     return image

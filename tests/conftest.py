@@ -1,0 +1,69 @@
+"""Shared fixtures: real image files written into tmp dirs, RNG hygiene, marker handling."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from chute.datasets import DigitsFolder
+from tests.helpers import write_image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng() -> Iterator[None]:
+    """Tests may seed or draw freely; global RNG state is put back afterwards."""
+    py, np_state, torch_state = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    yield
+    random.setstate(py)
+    np.random.set_state(np_state)
+    torch.set_rng_state(torch_state)
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default experiment's data: scikit-learn's digits as a PNG tree (written once per session)."""
+    return DigitsFolder(progress=False)(tmp_path_factory.mktemp("data") / "digits")
+
+
+@pytest.fixture
+def make_tree(tmp_path: Path) -> Callable[..., Path]:
+    """Write ``root/<split>/<class>/<i>.<ext>`` with real encoded images; returns root.
+
+    ``splits=None`` writes the flat ``root/<class>/...`` layout. ``counts`` maps class -> images.
+    """
+
+    def make(
+        splits: tuple[str, ...] | None = ("train", "val"),
+        counts: dict[str, int] | None = None,
+        ext: str = "png",
+        size: tuple[int, int] = (40, 30),
+        root: Path | None = None,
+    ) -> Path:
+        root = root or tmp_path / "tree"
+        counts = counts or {"cat": 6, "dog": 5, "eel": 4}
+        seed = 0
+        for split in splits or (None,):
+            base = root / split if split else root
+            for name, n in counts.items():
+                for i in range(n):
+                    seed += 1
+                    write_image(base / name / f"{i}.{ext}", size=size, seed=seed)
+        return root
+
+    return make

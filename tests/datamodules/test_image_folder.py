@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms import v2
+
+from chute import ConfigError, DataError, LoaderSettings
+from chute.datamodules import ImageFolderDataModule
+from chute.datasets import DigitsFolder
+from chute.transforms import Pipeline, create_transforms
+from tests.datamodules.contract import check_datamodule
+from tests.helpers import write_image
+
+TRANSFORMS = create_transforms(image_size=16, crop_pct=1.0, scale=[0.5, 1.0])
+
+
+def _dm(root: Path, **kwargs) -> ImageFolderDataModule:
+    kwargs.setdefault("train_transform", TRANSFORMS.train)
+    kwargs.setdefault("val_transform", TRANSFORMS.val)
+    kwargs.setdefault("loader", LoaderSettings(batch_size=8))
+    return ImageFolderDataModule(root, **kwargs)
+
+
+def test_contract_digits(tmp_path: Path) -> None:
+    make = lambda: _dm(tmp_path / "digits", image_mode="L", prepare=DigitsFolder(progress=False))  # noqa: E731
+    dm = check_datamodule(make, batch_size=8)
+    assert dm.num_classes == 10
+    assert dm.class_names == tuple(str(i) for i in range(10))
+    assert dm.num_channels == 1
+    assert dm.class_counts.sum() == len(dm.dataset("train"))
+    # prepare_data wrote 80/20 stratified splits of the 1,797 bundled digits.
+    assert len(dm.dataset("train")) + len(dm.dataset("val")) == 1797
+    val_share = len(dm.dataset("val")) / 1797
+    assert 0.19 < val_share < 0.21
+
+
+def test_contract_jpeg_tree_with_workers(make_tree) -> None:
+    root = make_tree(splits=None, ext="jpg")
+    make = lambda: _dm(root, val_fraction=0.34, loader=LoaderSettings(batch_size=4, num_workers=2))  # noqa: E731
+    check_datamodule(make, batch_size=4)
+
+
+def test_metadata_lives_in_numpy_arrays(make_tree) -> None:
+    dm = _dm(make_tree())
+    dm.setup("fit")
+    index = dm.dataset("train").index
+    assert isinstance(index.paths, np.ndarray)
+    assert index.paths.dtype.kind == "S"
+    assert index.targets.dtype == np.int64
+    assert not any(isinstance(v, list) for v in vars(index).values())
+
+
+def test_split_layout_counts_and_classes(make_tree) -> None:
+    dm = _dm(make_tree(splits=("train", "val", "test"), counts={"a": 3, "b": 2}))
+    dm.setup("fit")
+    assert dm.class_names == ("a", "b")
+    assert dm.class_counts.tolist() == [3, 2]
+    assert len(dm.dataset("val")) == 5
+    assert len(dm.dataset("test")) == 5
+    labels = torch.cat([y for _, y in dm.train_dataloader()])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1]
+
+
+def test_val_fraction_is_stratified_and_seeded(make_tree) -> None:
+    root = make_tree(splits=None, counts={"a": 20, "b": 10, "c": 5})
+
+    def val_paths(seed: int) -> list[bytes]:
+        dm = _dm(root, val_fraction=0.2, seed=seed)
+        dm.setup("fit")
+        val = dm.dataset("val")
+        assert val.index.class_counts().tolist() == [4, 2, 1]
+        train_paths = set(dm.dataset("train").index.paths.tolist())
+        assert not train_paths & set(val.index.paths.tolist())
+        return sorted(val.index.paths.tolist())
+
+    assert val_paths(0) == val_paths(0)
+    assert val_paths(0) != val_paths(1)
+
+
+def test_test_and_predict_fall_back_to_val(make_tree) -> None:
+    dm = _dm(make_tree(splits=("train", "val")))
+    dm.setup("test")
+    assert len(dm.test_dataloader().dataset) == len(dm.dataset("val"))
+    assert len(dm.predict_dataloader().dataset) == len(dm.dataset("val"))
+
+
+def test_missing_val_split_is_explained(make_tree) -> None:
+    dm = _dm(make_tree(splits=("train",)))
+    dm.setup("fit")
+    with pytest.raises(DataError, match="No val split.*val_fraction"):
+        dm.val_dataloader()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda root: None, "does not exist"),
+        (lambda root: root.mkdir(), "has no class folders"),
+        (lambda root: (root / "train" / "cat").mkdir(parents=True), r"Class folder '.*cat' contains no images"),
+        (lambda root: write_image(root / "loose.png"), "no class folders.*1 loose images"),
+    ],
+    ids=["missing-root", "empty-root", "empty-class", "no-class-folders"],
+)
+def test_bad_trees_fail_at_setup(tmp_path: Path, build, match: str) -> None:
+    root = tmp_path / "root"
+    build(root)
+    with pytest.raises(DataError, match=match):
+        _dm(root).setup("fit")
+
+
+def test_val_classes_must_match_train(make_tree) -> None:
+    root = make_tree(splits=("train",), counts={"a": 2, "b": 2})
+    make_tree(splits=("val",), counts={"a": 2, "c": 2}, root=root)
+    with pytest.raises(DataError, match=r"missing \['b'\], unexpected \['c'\]"):
+        _dm(root).setup("fit")
+
+
+def test_val_dir_and_val_fraction_conflict(make_tree) -> None:
+    with pytest.raises(ConfigError, match="val_fraction"):
+        _dm(make_tree(), val_fraction=0.1).setup("fit")
+
+
+def test_corrupt_image_error_names_the_file(make_tree) -> None:
+    root = make_tree(splits=("train", "val"), counts={"a": 2, "b": 2})
+    bad = root / "train" / "a" / "0.png"
+    bad.write_bytes(b"this is not a png")
+    # Measuring normalization stats at setup reads training images: the error surfaces there...
+    with pytest.raises(DataError, match=r"Cannot decode image '.*a/0\.png'.*corrupt or not an image"):
+        _dm(root).setup("fit")
+    # ...and, with stats given, in the loader (a worker's error is re-raised in the main process).
+    dm = _dm(root, loader=LoaderSettings(batch_size=4, shuffle=False, num_workers=1), mean=[0.5] * 3, std=[0.2] * 3)
+    dm.setup("fit")
+    with pytest.raises(DataError, match=r"Cannot decode image '.*a/0\.png'"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_random_val_transform_is_rejected_naming_the_step(make_tree) -> None:
+    val = Pipeline([v2.Resize(16), v2.RandomHorizontalFlip(0.5), v2.CenterCrop(16)])
+    with pytest.raises(ConfigError, match=r"val_transform='RandomHorizontalFlip\(p=0.5\)': step 2 of 3"):
+        _dm(make_tree(), val_transform=val).setup("fit")
+
+
+def test_random_albumentations_val_transform_is_rejected(make_tree) -> None:
+    import albumentations as A
+
+    val = Pipeline([A.Resize(16, 16), A.RandomBrightnessContrast(p=1.0)], backend="albumentations")
+    with pytest.raises(ConfigError, match=r"RandomBrightnessContrast.*step 2 of 2"):
+        _dm(make_tree(), val_transform=val).setup("fit")
+
+
+def test_normalization_stats_are_measured_on_train_and_restored(make_tree) -> None:
+    dm = _dm(make_tree())
+    dm.setup("fit")
+    assert dm.mean is not None and len(dm.mean) == 3
+    images, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+    assert abs(float(images.mean())) < 0.5  # roughly standardized
+    assert images.is_contiguous(memory_format=torch.channels_last)
+
+    fresh = _dm(make_tree.__wrapped__ if False else dm.root)
+    fresh.load_state_dict(dm.state_dict())
+    assert fresh.mean == dm.mean and fresh.std == dm.std
+
+
+def test_checkpoint_classes_must_match(make_tree) -> None:
+    dm = _dm(make_tree())
+    dm.load_state_dict({"class_names": ["x", "y", "z"], "mean": None})
+    with pytest.raises(DataError, match="differ from the checkpoint"):
+        dm.setup("fit")
+
+
+def test_mean_std_must_match_channels(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mean.*needs 1 values"):
+        ImageFolderDataModule(tmp_path, image_mode="L", mean=[0.5, 0.5, 0.5], std=[0.2])
+
+
+def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path) -> None:
+    write_image(tmp_path / "a" / "0.png", size=(10, 10))
+    write_image(tmp_path / "a" / "1.png", size=(12, 10))
+    write_image(tmp_path / "b" / "0.png", size=(10, 10))
+    dm = ImageFolderDataModule(tmp_path, loader=LoaderSettings(batch_size=3, shuffle=False), mean=[0.5] * 3, std=[0.2] * 3)
+    dm.setup("fit")
+    with pytest.raises(DataError, match="different shapes.*image_size"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_hparams_and_pickle(make_tree) -> None:
+    dm = _dm(make_tree(), seed=3)
+    assert dm.hparams["seed"] == 3
+    assert "train_transform" not in dm.hparams
+    pickle.loads(pickle.dumps(dm))

@@ -1,0 +1,146 @@
+"""Every config option composes and instantiates; bad values fail naming the key."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import ValidationError
+
+from chute import ConfigError, LoaderSettings
+from chute.app import resolve_precision
+from chute.config import register_configs, validate_config
+from chute.datamodules import ChuteDataModule
+from chute.transforms import create_transforms
+from tests.conftest import REPO
+
+CONF = REPO / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def make_config(*overrides: str, data_dir: Path | None = None, output_dir: Path | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` as ``python train.py *overrides`` would, outside a Hydra run."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    extra = [f"paths.data_dir={data_dir}"] if data_dir else []
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[*extra, *overrides], return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir or tempfile.mkdtemp(prefix="chute-run-"))
+    HydraConfig.instance().set_config(cfg)  # lets ${hydra:...} resolve outside a Hydra run
+    return cfg
+
+
+def test_default_config_composes() -> None:
+    cfg = make_config()
+    v = validate_config(cfg)
+    assert cfg.data._target_ == "chute.datamodules.ImageFolderDataModule"
+    assert isinstance(v.loader, LoaderSettings)
+    assert cfg.trainer.precision == "auto"
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_instantiates(name: str, digits_root: Path, make_tree) -> None:
+    overrides = [f"data={name}"]
+    if name == "image_folder":
+        overrides.append(f"data.root={make_tree()}")
+    cfg = make_config(*overrides, data_dir=digits_root.parent)
+    v = validate_config(cfg)
+    t = create_transforms(v.transforms)
+    dm = instantiate(cfg.data, loader=v.loader, train_transform=t.train, val_transform=t.val)
+    assert isinstance(dm, ChuteDataModule)
+    dm.prepare_data()
+    dm.setup("fit")
+    model = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.num_channels)
+    assert isinstance(model, L.LightningModule)
+
+
+@pytest.mark.parametrize("name", options("model"))
+def test_every_model_option_instantiates(name: str) -> None:
+    cfg = make_config(f"model={name}")
+    model = instantiate(cfg.model, num_classes=4, in_channels=1)
+    assert model.hparams["num_classes"] == 4
+
+
+@pytest.mark.parametrize("name", options("transforms"))
+def test_every_transforms_option_builds(name: str) -> None:
+    v = validate_config(make_config(f"transforms={name}"))
+    assert v.transforms.backend == name
+    assert create_transforms(v.transforms).train is not None
+
+
+@pytest.mark.parametrize("group", ["loader", "trainer", "callbacks"])
+def test_every_option_of_other_groups(group: str) -> None:
+    for name in options(group):
+        cfg = make_config(f"{group}={name}")
+        validate_config(cfg)
+        if group == "callbacks":
+            assert all(isinstance(instantiate(c), L.Callback) for c in cfg.callbacks.values())
+
+
+def test_overrides_reach_settings() -> None:
+    v = validate_config(make_config("loader.num_workers=8", "loader.prefetch_factor=4", "transforms.image_size=20"))
+    assert v.loader.num_workers == 8 and v.loader.prefetch_factor == 4
+    assert v.transforms.image_size == 20
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loader.num_workers=-1", "loader.num_workers=-1"),
+        ("loader.prefetch_factor=4", "loader.prefetch_factor=4"),  # digits runs with num_workers=0
+        ("loader.persistent_workers=true", "loader.persistent_workers=True"),
+        ("transforms.backend=kornia", "transforms.backend='kornia'"),
+        ("transforms.hflip=1.5", "transforms.hflip=1.5"),
+        ("trainer.precision=float8", "trainer.precision='float8'"),
+    ],
+)
+def test_bad_values_name_the_key(override: str, message: str) -> None:
+    cfg = make_config(override)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loader.num_worker=2", "num_worker"),  # misspelled key
+        ("loader.num_workers=abc", "loader.num_workers"),  # wrong type
+        ("transforms.image_size=big", "transforms.image_size"),
+        ("trainer.max_epoch=3", "max_epoch"),
+        ("data.val_fractoin=0.1", "val_fractoin"),
+        ("data.val_fraction=lots", "data.val_fraction"),
+        ("model.lr=fast", "model.lr"),
+    ],
+)
+def test_schema_rejects_at_compose_time(override: str, message: str) -> None:
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        make_config(override)
+    text = str(info.value) + str(info.value.__cause__ or "")
+    assert message in text
+
+
+def test_precision_auto() -> None:
+    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    assert resolve_precision("32-true", "auto") == "32-true"
+    import torch
+
+    assert resolve_precision("auto", "auto") == ("16-mixed" if torch.cuda.is_available() else "bf16-mixed")
+
+
+def test_saved_config_round_trips() -> None:
+    cfg = make_config("loader.num_workers=3")
+    text = OmegaConf.to_yaml(cfg.loader)
+    assert "num_workers: 3" in text
