@@ -91,7 +91,8 @@ def test_every_option_of_other_groups(group: str) -> None:
 
 def test_overrides_reach_settings() -> None:
     v = validate_config(make_config("loader.num_workers=8", "loader.prefetch_factor=4", "transforms.image_size=20"))
-    assert v.loader.num_workers == 8 and v.loader.prefetch_factor == 4
+    assert v.loader.num_workers == 8
+    assert v.loader.prefetch_factor == 4
     assert v.transforms.image_size == 20
 
 

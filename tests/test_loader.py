@@ -55,9 +55,12 @@ def test_loader_gets_every_knob() -> None:
     )
     train = build_dataloader(_Range(), s, train=True, seed=0)
     assert (train.batch_size, train.num_workers, train.prefetch_factor, train.timeout) == (4, 1, 3, 30)
-    assert train.drop_last and train.persistent_workers and not train.pin_memory
+    assert train.drop_last
+    assert train.persistent_workers
+    assert not train.pin_memory
     val = build_dataloader(_Range(), s, train=False, seed=0)
-    assert val.batch_size == 5 and not val.drop_last
+    assert val.batch_size == 5
+    assert not val.drop_last
     assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
 
 
@@ -80,7 +83,9 @@ class _Draws(Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         info = torch.utils.data.get_worker_info()
         wid = info.id if info else -1
-        return torch.tensor([i, wid, torch.randint(0, 2**30, ()).item(), np.random.randint(2**30), random.getrandbits(30)])
+        return torch.tensor(
+            [i, wid, torch.randint(0, 2**30, ()).item(), np.random.randint(2**30), random.getrandbits(30)]
+        )
 
 
 def _epochs(seed: int, persistent: bool, n: int = 2) -> list[torch.Tensor]:

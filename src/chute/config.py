@@ -10,10 +10,12 @@ qualifies the key with its group (``loader.num_workers``).
 from __future__ import annotations
 
 import collections.abc
+import copy
 import dataclasses
 import inspect
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -99,7 +101,7 @@ def validate_config(cfg: DictConfig) -> Validated:
         values = OmegaConf.to_container(cfg[group], resolve=True)
         assert isinstance(values, dict)
         try:
-            built[group] = cls(**values)
+            built[group] = cls(**{str(k): v for k, v in values.items()})
         except ConfigError as err:
             raise err.with_prefix(group) from None
     precision = str(built["trainer"].precision)
@@ -123,11 +125,15 @@ def builds(target: type, name: str, exclude: tuple[str, ...] = ()) -> type:
         if default is inspect.Parameter.empty:
             spec = field(default=MISSING)
         elif isinstance(default, (list, tuple, dict)):
-            spec = field(default_factory=lambda d=default: list(d) if isinstance(d, tuple) else d)
+            spec = field(default_factory=_copier(default))
         else:
             spec = field(default=default)
         fields.append((param.name, _omegaconf_type(hints.get(param.name, Any)), spec))
     return dataclasses.make_dataclass(name, fields)
+
+
+def _copier(default: list[Any] | tuple[Any, ...] | dict[str, Any]) -> Callable[[], Any]:
+    return lambda: list(default) if isinstance(default, tuple) else copy.deepcopy(default)
 
 
 def _omegaconf_type(tp: Any) -> Any:
@@ -170,6 +176,8 @@ def register_configs() -> None:
     cs.store(
         group="data",
         name="image_folder_schema",
-        node=builds(ImageFolderDataModule, "ImageFolderDataConfig", exclude=("train_transform", "val_transform", "loader")),
+        node=builds(
+            ImageFolderDataModule, "ImageFolderDataConfig", exclude=("train_transform", "val_transform", "loader")
+        ),
     )
     cs.store(group="model", name="image_classifier_schema", node=builds(ImageClassifier, "ImageClassifierConfig"))

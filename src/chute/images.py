@@ -19,7 +19,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 # libjpeg-turbo / libpng / libwebp / giflib through TorchCodec (torchvision.io's image decoders,
 # deprecated since torchvision 0.29, point there); everything else goes through PIL.
 _FAST_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
-_READ_MODES = {"RGB": "RGB", "L": "GRAY"}
+_READ_MODES: dict[str, Literal["RGB", "GRAY"]] = {"RGB": "RGB", "L": "GRAY"}
 _CHANNELS = {"RGB": 3, "L": 1}
 
 
@@ -51,10 +51,7 @@ def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
         raise DataError(f"Cannot decode image '{path}': the file is empty (0 bytes). Remove or replace it.")
     ext = os.path.splitext(path)[1].lower()
     try:
-        if ext in _FAST_EXTENSIONS:
-            image = _decode_fast(data, mode)
-        else:
-            image = _decode_pil(data, mode)
+        image = _decode_fast(data, mode) if ext in _FAST_EXTENSIONS else _decode_pil(data, mode)
     except Exception as err:  # the decoders raise RuntimeError, OSError, ValueError, ...
         reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
         raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from err

@@ -91,7 +91,7 @@ def test_test_and_predict_fall_back_to_val(make_tree) -> None:
 def test_missing_val_split_is_explained(make_tree) -> None:
     dm = _dm(make_tree(splits=("train",)))
     dm.setup("fit")
-    with pytest.raises(DataError, match="No val split.*val_fraction"):
+    with pytest.raises(DataError, match=r"No val split.*val_fraction"):
         dm.val_dataloader()
 
 
@@ -155,14 +155,16 @@ def test_random_albumentations_val_transform_is_rejected(make_tree) -> None:
 def test_normalization_stats_are_measured_on_train_and_restored(make_tree) -> None:
     dm = _dm(make_tree())
     dm.setup("fit")
-    assert dm.mean is not None and len(dm.mean) == 3
+    assert dm.mean is not None
+    assert len(dm.mean) == 3
     images, _ = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
     assert abs(float(images.mean())) < 0.5  # roughly standardized
     assert images.is_contiguous(memory_format=torch.channels_last)
 
     fresh = _dm(make_tree.__wrapped__ if False else dm.root)
     fresh.load_state_dict(dm.state_dict())
-    assert fresh.mean == dm.mean and fresh.std == dm.std
+    assert fresh.mean == dm.mean
+    assert fresh.std == dm.std
 
 
 def test_checkpoint_classes_must_match(make_tree) -> None:
@@ -173,7 +175,7 @@ def test_checkpoint_classes_must_match(make_tree) -> None:
 
 
 def test_mean_std_must_match_channels(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="mean.*needs 1 values"):
+    with pytest.raises(ConfigError, match=r"mean.*needs 1 values"):
         ImageFolderDataModule(tmp_path, image_mode="L", mean=[0.5, 0.5, 0.5], std=[0.2])
 
 
@@ -181,9 +183,11 @@ def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path) -> None:
     write_image(tmp_path / "a" / "0.png", size=(10, 10))
     write_image(tmp_path / "a" / "1.png", size=(12, 10))
     write_image(tmp_path / "b" / "0.png", size=(10, 10))
-    dm = ImageFolderDataModule(tmp_path, loader=LoaderSettings(batch_size=3, shuffle=False), mean=[0.5] * 3, std=[0.2] * 3)
+    dm = ImageFolderDataModule(
+        tmp_path, loader=LoaderSettings(batch_size=3, shuffle=False), mean=[0.5] * 3, std=[0.2] * 3
+    )
     dm.setup("fit")
-    with pytest.raises(DataError, match="different shapes.*image_size"):
+    with pytest.raises(DataError, match=r"different shapes.*image_size"):
         next(iter(dm.train_dataloader()))
 
 

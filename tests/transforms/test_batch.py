@@ -25,9 +25,7 @@ def test_float_input_is_taken_as_unit_range() -> None:
     torch.testing.assert_close(out, (images - 0.5) / 0.5)
 
 
-@pytest.mark.parametrize(
-    ("mean", "std", "match"), [([0.5], [0.5, 0.5], "channels"), ([0.5], [0.0], "std")]
-)
+@pytest.mark.parametrize(("mean", "std", "match"), [([0.5], [0.5, 0.5], "channels"), ([0.5], [0.0], "std")])
 def test_bad_stats(mean: list[float], std: list[float], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         NormalizeBatch(mean, std)

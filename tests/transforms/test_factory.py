@@ -39,7 +39,8 @@ def test_eval_geometry_follows_crop_pct() -> None:
     image = torch.arange(64, dtype=torch.uint8).repeat(3, 64, 1)
     out = val(image)
     assert out.shape == (3, 32, 32)
-    assert out[0, 0, 0] == 16 and out[0, 0, -1] == 47
+    assert out[0, 0, 0] == 16
+    assert out[0, 0, -1] == 47
 
 
 def test_backends_agree_on_eval_output() -> None:
@@ -75,7 +76,8 @@ def test_settings_or_kwargs_not_both() -> None:
 
 def test_pipeline_repr_lists_steps() -> None:
     text = repr(create_transforms(backend="albumentations", image_size=8).train)
-    assert "RandomResizedCrop" in text and "albumentations" in text
+    assert "RandomResizedCrop" in text
+    assert "albumentations" in text
 
 
 class _Same(Dataset):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,6 +34,14 @@ class ChuteDataModule(L.LightningDataModule):
         self.seed = int(seed)
         self.batch_transform: Callable[[Any], Any] | None = None
 
+    def _save_plain_hparams(self, **values: Any) -> None:
+        """``save_hyperparameters`` with plain values only (plus seed and loader settings).
+
+        Checkpoints then load with ``torch.load(..., weights_only=True)``: no paths, dataclasses
+        or transform objects to unpickle.
+        """
+        self.save_hyperparameters({**values, "seed": self.seed, "loader": dataclasses.asdict(self.loader_settings)})
+
     def _dataloader(
         self,
         dataset: Dataset[Any],
@@ -43,7 +52,13 @@ class ChuteDataModule(L.LightningDataModule):
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
         return build_dataloader(
-            dataset, self.loader_settings, train=train, seed=self.seed, collate_fn=collate_fn, sampler=sampler, rank=rank
+            dataset,
+            self.loader_settings,
+            train=train,
+            seed=self.seed,
+            collate_fn=collate_fn,
+            sampler=sampler,
+            rank=rank,
         )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

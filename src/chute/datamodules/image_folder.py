@@ -91,7 +91,6 @@ class ImageFolderDataModule(ChuteDataModule):
         prepare: Callable[[str], Any] | None = None,
     ) -> None:
         super().__init__(loader=loader, seed=seed)
-        self.save_hyperparameters(ignore=["train_transform", "val_transform", "prepare"])
         channels = channels_of(image_mode)
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
@@ -113,6 +112,10 @@ class ImageFolderDataModule(ChuteDataModule):
         self._splits: dict[str, FolderIndex | None] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
+        self._save_plain_hparams(
+            root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
+            test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last,
+        )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
 

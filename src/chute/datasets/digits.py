@@ -97,6 +97,6 @@ class DigitsFolder:
 
 def _read_marker(root: Path) -> dict[str, object] | None:
     try:
-        return json.loads((root / _MARKER).read_text())  # type: ignore[no-any-return]
+        return json.loads((root / _MARKER).read_text())
     except (OSError, ValueError):
         return None

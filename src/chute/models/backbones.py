@@ -48,7 +48,7 @@ def _resnet18(in_channels: int, num_classes: int, small_input: bool = True) -> n
     model = resnet18(weights=None, num_classes=num_classes)
     if small_input:
         model.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        model.maxpool = nn.Identity()  # type: ignore[assignment]
+        model.maxpool = nn.Identity()
     elif in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     return model

@@ -6,7 +6,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -47,13 +46,13 @@ class ImageClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.net = create_backbone(backbone, in_channels, num_classes, **dict(backbone_kwargs or {}))
         if channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            self.net = self.net.to(memory_format=torch.channels_last)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)  # type: ignore[no-any-return]
+        return self.net(images)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Float targets are class probabilities (MixUp/CutMix); integer targets are labels.
@@ -69,7 +68,7 @@ class ImageClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: nn.Module) -> None:
+    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         images, targets = batch
         logits = self(images)
         self.log(f"{stage}/loss", self._loss(logits, targets), prog_bar=True, batch_size=len(images))

@@ -15,7 +15,9 @@ from chute.errors import ConfigError
 _TRIALS = 12
 
 
-def check_deterministic(transform: Callable[[torch.Tensor], Any], sample: torch.Tensor, key: str = "val_transform") -> None:
+def check_deterministic(
+    transform: Callable[[torch.Tensor], Any], sample: torch.Tensor, key: str = "val_transform"
+) -> None:
     """Raise if ``transform`` gives different outputs for the same input.
 
     The pipeline runs ``_TRIALS`` times on ``sample`` and on noise of the same shape (so flips and

@@ -107,7 +107,7 @@ class Pipeline:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         if self.backend == "torchvision":
-            return self._compose(image)  # type: ignore[no-any-return]
+            return self._compose(image)
         return _from_numpy(self._compose(image=_to_numpy(image))["image"])
 
     @property
@@ -208,9 +208,7 @@ def _albumentations_steps(s: TransformSettings, train: bool) -> list[Any]:
     size = (s.image_size, s.image_size)
     if not train:
         return [A.SmallestMaxSize(max_size=s.eval_resize, interpolation=mode), A.CenterCrop(*size)]
-    steps: list[Any] = [
-        A.RandomResizedCrop(size=size, scale=tuple(s.scale), ratio=tuple(s.ratio), interpolation=mode)
-    ]
+    steps: list[Any] = [A.RandomResizedCrop(size=size, scale=tuple(s.scale), ratio=tuple(s.ratio), interpolation=mode)]
     if s.hflip > 0:
         steps.append(A.HorizontalFlip(p=s.hflip))
     if s.vflip > 0:

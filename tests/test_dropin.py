@@ -1,0 +1,86 @@
+"""A Lightning user's own project: plain arguments, plain Trainer, their own LightningModule. No Hydra."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+
+from chute import LoaderSettings
+from chute.datamodules import ImageFolderDataModule
+from chute.transforms import create_transforms
+from tests.conftest import REPO
+
+
+class UserModel(L.LightningModule):
+    """Knows nothing about chute: expects (float images, int labels) on its own device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(12 * 12, 10))
+        self.seen: list[tuple[torch.dtype, torch.device, float]] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        self.seen.append((images.dtype, images.device, float(images.mean())))
+        assert labels.dtype == torch.int64
+        return nn.functional.cross_entropy(self.net(images), labels)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, labels = batch
+        self.log("val_acc", (self.net(images).argmax(1) == labels).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_plain_lightning_project(digits_root: Path, tmp_path: Path) -> None:
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root,
+        image_mode="L",
+        train_transform=t.train,
+        val_transform=t.val,
+        loader=LoaderSettings(batch_size=32, num_workers=0),
+    )
+    model = UserModel()
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=5,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert len(model.seen) == 5
+    for dtype, device, mean in model.seen:
+        assert dtype == torch.float32
+        assert device == model.device
+        assert abs(mean) < 1.0  # normalized with statistics measured on the train split
+    assert "val_acc" in trainer.callback_metrics
+
+
+def readme_snippet(name: str) -> str:
+    text = (REPO / "README.md").read_text()
+    match = re.search(rf"<!-- readme-test: {name} -->\s*```python\n(.*?)```", text, re.S)
+    assert match, f"README has no snippet marked '{name}'"
+    return match.group(1)
+
+
+def test_readme_dropin_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's drop-in example, executed as written (in an empty working directory)."""
+    monkeypatch.chdir(tmp_path)
+    code = readme_snippet("dropin")
+    namespace: dict[str, object] = {"__name__": "readme"}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert os.path.isdir(tmp_path / "data" / "digits" / "train")
+    trainer = namespace["trainer"]
+    assert isinstance(trainer, L.Trainer)
+    assert trainer.state.finished

@@ -1,0 +1,41 @@
+"""GPU checks (skipped without CUDA): 16-mixed training with pinned-memory loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.test_train import FAST, train
+
+pytestmark = pytest.mark.gpu
+
+
+def test_short_16_mixed_run_with_pinned_memory(tmp_path: Path, digits_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(*FAST, "loader.num_workers=2", f"hydra.run.dir={run_dir}", data_dir=digits_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["precision"] == "16-mixed"
+    assert metrics["accelerator"] == "CUDAAccelerator"
+
+
+def test_pinned_batches_normalize_on_the_gpu(digits_root: Path) -> None:
+    from chute import LoaderSettings
+    from chute.datamodules import ImageFolderDataModule
+    from chute.transforms import create_transforms
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val,
+        loader=LoaderSettings(batch_size=64, num_workers=2),
+    )  # fmt: skip
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.is_pinned()
+    assert images.dtype == torch.uint8
+    ready, _ = dm.on_after_batch_transfer((images.cuda(non_blocking=True), labels.cuda()), 0)
+    assert ready.is_cuda
+    assert ready.dtype == torch.float32

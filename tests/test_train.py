@@ -1,0 +1,110 @@
+"""``train.py`` end to end, as a user runs it (subprocesses, limited batches)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+FAST = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+def train(*overrides: str, data_dir: Path, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CHUTE_DATA_DIR": str(data_dir), "PYTHONWARNINGS": "default"}
+    return subprocess.run(
+        [sys.executable, str(REPO / "train.py"), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_default_experiment_writes_everything(tmp_path: Path, digits_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = train(*FAST, f"hydra.run.dir={run_dir}", data_dir=digits_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("chute |")]
+    assert len(summary) == 1
+    assert "val/acc" in summary[0]
+    assert "samples/s" in summary[0]
+    assert "run" in summary[0]
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("metrics", "best_val/acc", "train_samples_per_s", "wall_time_s", "precision", "checkpoints"):
+        assert key in metrics, key
+    assert 0.0 <= metrics["metrics"]["val/acc"] <= 1.0
+    assert metrics["precision"] == ("16-mixed" if torch.cuda.is_available() else "bf16-mixed")
+    assert metrics["epochs"] == 2
+    assert Path(metrics["checkpoints"]["best"]).is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / "preview_train.png").is_file()
+    assert (run_dir / "preview_val.png").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_bad_value_fails_before_training_naming_the_key(tmp_path: Path) -> None:
+    proc = train("loader.num_workers=-1", f"hydra.run.dir={tmp_path}", data_dir=tmp_path)
+    assert proc.returncode == 1
+    assert "chute: invalid config: loader.num_workers=-1: must be an integer >= 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_misspelled_key_fails_at_compose(tmp_path: Path) -> None:
+    proc = train("loader.num_worker=2", f"hydra.run.dir={tmp_path}", data_dir=tmp_path)
+    assert proc.returncode == 1
+    assert "num_worker" in proc.stderr
+    assert "LoaderSettings" in proc.stderr
+
+
+def test_multirun_sweep(tmp_path: Path, digits_root: Path) -> None:
+    """`-m loader.num_workers=0,1,2 seed=1,2`: six runs, each with its own config, logs and metrics."""
+    sweep = tmp_path / "sweep"
+    proc = train(
+        "-m",
+        "loader.num_workers=0,1,2",
+        "seed=1,2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "callbacks.preview=null",
+        f"hydra.sweep.dir={sweep}",
+        data_dir=digits_root.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert len(runs) == 6
+    seen = set()
+    for run in runs:
+        metrics = json.loads((run / "metrics.json").read_text())
+        seen.add((metrics["num_workers"], metrics["seed"]))
+        assert (run / ".hydra" / "config.yaml").is_file()
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert seen == {(w, s) for w in (0, 1, 2) for s in (1, 2)}
+
+
+@pytest.mark.slow
+def test_default_experiment_reaches_target_accuracy(tmp_path: Path) -> None:
+    """The README's promise: `python train.py` reaches >= 97% val accuracy (about a minute on 2 cores)."""
+    proc = train(f"hydra.run.dir={tmp_path / 'run'}", "trainer.enable_progress_bar=false", data_dir=tmp_path / "data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["metrics"]["val/acc"] >= 0.97
