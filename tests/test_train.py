@@ -19,6 +19,7 @@ FAST = [
     "trainer.limit_val_batches=2",
     "trainer.enable_progress_bar=false",
     "trainer.enable_model_summary=false",
+    "trainer.log_every_n_steps=1",
 ]
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -20,6 +21,7 @@ from omegaconf import DictConfig
 import chute
 from chute.callbacks import Throughput
 from chute.config import validate_config
+from chute.errors import ConfigError
 from chute.transforms import create_transforms
 
 
@@ -40,13 +42,13 @@ def run(cfg: DictConfig) -> float:
     run_dir = str(cfg.paths.output_dir)
 
     transforms = create_transforms(settings.transforms)
-    datamodule = instantiate(
-        cfg.data, loader=settings.loader, train_transform=transforms.train, val_transform=transforms.val
+    datamodule = _instantiate(
+        cfg, "data", loader=settings.loader, train_transform=transforms.train, val_transform=transforms.val
     )
     # The model's shape depends on the data: index it now (Lightning calls both hooks again, cheaply).
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model, num_classes=datamodule.num_classes, in_channels=datamodule.num_channels)
+    model = _instantiate(cfg, "model", num_classes=datamodule.num_classes, in_channels=datamodule.num_channels)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
@@ -89,6 +91,16 @@ def run(cfg: DictConfig) -> float:
     }
     _report(summary, run_dir, cfg.optimized_metric)
     return result
+
+
+def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
+    """``instantiate(cfg[group])``; a bad value surfaces as ``ConfigError`` naming ``group.key``."""
+    try:
+        return instantiate(cfg[group], **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__.with_prefix(group) from None
+        raise
 
 
 def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

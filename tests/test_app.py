@@ -1,0 +1,31 @@
+"""The train app in-process: what ``train.py`` runs after Hydra has composed the config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chute import ConfigError
+from chute.app import run
+from tests.test_config import make_config
+from tests.test_train import FAST
+
+
+@pytest.mark.parametrize("transforms", ["torchvision", "albumentations"])
+def test_run_returns_the_best_metric(transforms: str, digits_root: Path, tmp_path: Path) -> None:
+    cfg = make_config(
+        *FAST, f"transforms={transforms}", "callbacks.preview=null", data_dir=digits_root.parent, output_dir=tmp_path
+    )
+    best = run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert isinstance(best, float)
+    assert best == pytest.approx(metrics["best_val/acc"])
+    assert best >= metrics["metrics"]["val/acc"] - 1e-6
+
+
+def test_bad_data_value_names_the_key(digits_root: Path, tmp_path: Path) -> None:
+    cfg = make_config("data.val_fraction=1.5", data_dir=digits_root.parent, output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^data\.val_fraction=1\.5"):
+        run(cfg)
