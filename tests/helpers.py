@@ -17,3 +17,9 @@ def write_image(path: Path, size: tuple[int, int] = (40, 30), seed: int = 0, mod
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).convert(mode).save(path)
     return path
+
+
+def assert_mentions(message: str, *parts: str) -> None:
+    """Assert that an error message names every one of ``parts`` (file, row, column, key, value...)."""
+    missing = [p for p in parts if p not in message]
+    assert not missing, f"{missing} not in message: {message}"

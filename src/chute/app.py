@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import platform
@@ -12,7 +13,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -41,14 +42,16 @@ def run(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     run_dir = str(cfg.paths.output_dir)
 
-    transforms = create_transforms(settings.transforms)
-    datamodule = _instantiate(
-        cfg, "data", loader=settings.loader, train_transform=transforms.train, val_transform=transforms.val
-    )
+    data_kwargs: dict[str, Any] = {"loader": settings.loader}
+    if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
+        transforms = create_transforms(settings.transforms)
+        data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
+    datamodule = _instantiate(cfg, "data", **data_kwargs)
     # The model's shape depends on the data: index it now (Lightning calls both hooks again, cheaply).
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = _instantiate(cfg, "model", num_classes=datamodule.num_classes, in_channels=datamodule.num_channels)
+    hints = {k: v for k, v in datamodule.model_kwargs.items() if _accepts(cfg.model, k)}  # data decides shapes
+    model = _instantiate(cfg, "model", **hints)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
@@ -101,6 +104,15 @@ def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__.with_prefix(group) from None
         raise
+
+
+def _accepts(node: DictConfig, argument: str) -> bool:
+    """Whether the callable ``node._target_`` names takes ``argument`` (or ``**kwargs``)."""
+    try:
+        params = inspect.signature(get_object(str(node._target_))).parameters
+    except (ImportError, ValueError, TypeError):
+        return False
+    return argument in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -82,6 +82,7 @@ class TrainConfig:
     model: Any = MISSING
     callbacks: dict[str, Any] = field(default_factory=dict)
     optimized_metric: str = "val/acc"
+    optimized_mode: str = "max"
     test_after_fit: bool = False
 
 
@@ -104,6 +105,8 @@ def validate_config(cfg: DictConfig) -> Validated:
             built[group] = cls(**{str(k): v for k, v in values.items()})
         except ConfigError as err:
             raise err.with_prefix(group) from None
+    if cfg.optimized_mode not in ("min", "max"):
+        raise ConfigError("optimized_mode", cfg.optimized_mode, "must be 'min' or 'max'")
     precision = str(built["trainer"].precision)
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", precision, f"must be one of {list(PRECISIONS)}")
@@ -165,8 +168,8 @@ def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import ImageFolderDataModule
-    from chute.models import ImageClassifier
+    from chute.datamodules import ImageFolderDataModule, TabularDataModule
+    from chute.models import ImageClassifier, TabularModel
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -180,4 +183,7 @@ def register_configs() -> None:
             ImageFolderDataModule, "ImageFolderDataConfig", exclude=("train_transform", "val_transform", "loader")
         ),
     )
+    tabular = builds(TabularDataModule, "TabularDataConfig", exclude=("loader",))
+    cs.store(group="data", name="tabular_schema", node=tabular)
     cs.store(group="model", name="image_classifier_schema", node=builds(ImageClassifier, "ImageClassifierConfig"))
+    cs.store(group="model", name="tabular_model_schema", node=builds(TabularModel, "TabularModelConfig"))

@@ -19,10 +19,14 @@ def _inputs(batch: Any) -> torch.Tensor:
     return batch["inputs"] if isinstance(batch, dict) else batch[0]
 
 
-def check_datamodule(make: Callable[[], ChuteDataModule], batch_size: int) -> ChuteDataModule:
+def check_datamodule(
+    make: Callable[[], ChuteDataModule], batch_size: int, cpu_dtype: torch.dtype = torch.uint8
+) -> ChuteDataModule:
     """Run a fresh DataModule from ``make()`` through prepare, setup, loaders, hook, pickling and state.
 
-    Returns the set-up DataModule for further, module-specific assertions.
+    ``cpu_dtype`` is the dtype of the inputs the DataLoader yields (image pipelines stay ``uint8``
+    until the device hook; tables are float32 already; token ids int64). Returns the set-up
+    DataModule for further, module-specific assertions.
     """
     dm = make()
     dm.prepare_data()
@@ -36,11 +40,12 @@ def check_datamodule(make: Callable[[], ChuteDataModule], batch_size: int) -> Ch
         batch = next(iter(loader))
         inputs = _inputs(batch)
         assert len(inputs) <= batch_size, name
-        assert inputs.dtype == torch.uint8, f"{name}: CPU batches stay uint8, got {inputs.dtype}"
+        assert inputs.dtype == cpu_dtype, f"{name}: CPU batches should be {cpu_dtype}, got {inputs.dtype}"
         ready = dm.on_after_batch_transfer(batch, 0)
         x = _inputs(ready)
-        assert x.is_floating_point(), f"{name}: the device hook must hand the model floats"
-        assert torch.isfinite(x).all()
+        if cpu_dtype.is_floating_point or cpu_dtype == torch.uint8:
+            assert x.is_floating_point(), f"{name}: the device hook must hand the model floats"
+            assert torch.isfinite(x).all()
         assert x.shape == inputs.shape
         targets = ready[1] if not isinstance(ready, dict) else ready["targets"]
         assert len(targets) == len(x)

@@ -2,5 +2,6 @@
 
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
+from chute.datamodules.tabular import TabularDataModule
 
-__all__ = ["ChuteDataModule", "ImageFolderDataModule"]
+__all__ = ["ChuteDataModule", "ImageFolderDataModule", "TabularDataModule"]

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from chute.collate import Collate, passthrough, resolve_collate
 from chute.loader import LoaderSettings, build_dataloader
 
 
@@ -22,17 +23,40 @@ class ChuteDataModule(L.LightningDataModule):
     hook in any project, so models receive ready batches; a LightningModule that overrides the
     same hook is ignored by Lightning in favour of the DataModule's.
 
+    Subclasses also report what a model needs to know about the data in :attr:`model_kwargs`
+    (``num_classes``, ``in_channels``, ``num_features``, ...), which the train app passes to the model.
+
     Args:
         loader: DataLoader settings (a :class:`LoaderSettings`, a mapping of its fields, or ``None``
             for defaults).
         seed: Seed for splits, shuffling and worker seeding.
+        prepare: Optional callable ``prepare(root)`` that writes the data if missing, run by
+            ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
+        collate_fn: Collate function, or the dotted path of one, replacing the DataModule's default.
     """
 
-    def __init__(self, loader: LoaderSettings | Mapping[str, Any] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+        collate_fn: Collate | str | None = None,
+    ) -> None:
         super().__init__()
         self.loader_settings = as_loader_settings(loader)
         self.seed = int(seed)
+        self.prepare = prepare
+        self.collate_fn = collate_fn
+        resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
         self.batch_transform: Callable[[Any], Any] | None = None
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        """What a model needs to know about this data, e.g. ``{"num_classes": 10, "in_channels": 1}``."""
+        return {}
+
+    def _collate(self, default: Collate) -> Collate:
+        return resolve_collate(self.collate_fn, default)
 
     def _save_plain_hparams(self, **values: Any) -> None:
         """``save_hyperparameters`` with plain values only (plus seed and loader settings).
@@ -40,7 +64,16 @@ class ChuteDataModule(L.LightningDataModule):
         Checkpoints then load with ``torch.load(..., weights_only=True)``: no paths, dataclasses
         or transform objects to unpickle.
         """
-        self.save_hyperparameters({**values, "seed": self.seed, "loader": dataclasses.asdict(self.loader_settings)})
+        self.save_hyperparameters(
+            {
+                **values,
+                "seed": self.seed,
+                "loader": dataclasses.asdict(self.loader_settings),
+                "collate_fn": self.collate_fn
+                if isinstance(self.collate_fn, str | None)
+                else _qualname(self.collate_fn),
+            }
+        )
 
     def _dataloader(
         self,
@@ -60,6 +93,10 @@ class ChuteDataModule(L.LightningDataModule):
             sampler=sampler,
             rank=rank,
         )
+
+    def _prepare_root(self, root: str) -> None:
+        if self.prepare is not None:
+            self.prepare(root)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batch_transform is None:
@@ -86,3 +123,7 @@ def as_loader_settings(loader: LoaderSettings | Mapping[str, Any] | None) -> Loa
     if isinstance(loader, Mapping):
         return LoaderSettings(**{str(k): v for k, v in loader.items() if k != "_target_"})
     raise TypeError(f"loader must be LoaderSettings, a mapping or None, not {type(loader).__name__}")
+
+
+def _qualname(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"

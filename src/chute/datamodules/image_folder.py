@@ -56,6 +56,7 @@ class ImageFolderDataModule(ChuteDataModule):
         seed: Seed for the split, shuffling and worker seeding.
         prepare: Optional callable ``prepare(root)`` that writes the tree if missing, run by
             ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
+        collate_fn: Collate function or its dotted path (default: stack, explaining size mismatches).
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -89,8 +90,9 @@ class ImageFolderDataModule(ChuteDataModule):
         channels_last: bool = True,
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
+        collate_fn: Callable[[Any], Any] | str | None = None,
     ) -> None:
-        super().__init__(loader=loader, seed=seed)
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
         channels = channels_of(image_mode)
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
@@ -106,7 +108,6 @@ class ImageFolderDataModule(ChuteDataModule):
         self.val_fraction = val_fraction
         self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels_last = channels_last
-        self.prepare = prepare
         self.mean: list[float] | None = list(mean) if mean is not None else None
         self.std: list[float] | None = list(std) if std is not None else None
         self._splits: dict[str, FolderIndex | None] = {}
@@ -120,8 +121,7 @@ class ImageFolderDataModule(ChuteDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        if self.prepare is not None:
-            self.prepare(self.root)
+        self._prepare_root(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         self._index_splits()
@@ -171,6 +171,10 @@ class ImageFolderDataModule(ChuteDataModule):
         return self._split("train").class_names
 
     @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": self.num_channels}
+
+    @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
@@ -205,7 +209,7 @@ class ImageFolderDataModule(ChuteDataModule):
         dataset = ImageFolderDataset(self._split(split), transform, self.image_mode)
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
-        return self._dataloader(dataset, train=train, collate_fn=collate_images)
+        return self._dataloader(dataset, train=train, collate_fn=self._collate(collate_images))
 
     def _split(self, name: str) -> FolderIndex:
         if not self._splits:

@@ -2,5 +2,20 @@
 
 from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
+from chute.datasets.tabular import TableEncoder, TabularDataset, read_table
 
-__all__ = ["DigitsFolder", "FolderIndex", "ImageFolderDataset", "scan_folder", "stratified_split"]
+__all__ = [
+    "SKLEARN_TABLES",
+    "DigitsFolder",
+    "FolderIndex",
+    "ImageFolderDataset",
+    "SklearnTable",
+    "TableEncoder",
+    "TabularDataset",
+    "read_table",
+    "scan_folder",
+    "sklearn_table",
+    "stratified_split",
+    "write_table",
+]

@@ -2,5 +2,6 @@
 
 from chute.models.backbones import BACKBONES, SmallCNN, create_backbone
 from chute.models.classifier import ImageClassifier
+from chute.models.tabular import TabularModel, mlp
 
-__all__ = ["BACKBONES", "ImageClassifier", "SmallCNN", "create_backbone"]
+__all__ = ["BACKBONES", "ImageClassifier", "SmallCNN", "TabularModel", "create_backbone", "mlp"]

@@ -1,0 +1,316 @@
+"""Tables from CSV or Parquet, encoded once into numpy arrays, served a whole batch at a time.
+
+Reading and checking happen once, at ``setup``; what the DataLoader touches afterwards is a float32
+feature matrix and a target vector. :class:`TabularDataset` implements ``__getitems__``, so the
+DataLoader asks for a batch's indices in one call and gets tensors back from one gather: no
+per-row Python and no ``default_collate`` over thousands of tiny tensors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+from torch.utils.data import Dataset
+
+from chute.errors import ConfigError, DataError
+
+MissingStrategy = Literal["raise", "mean", "median", "constant"]
+MISSING_STRATEGIES = ("raise", "mean", "median", "constant")
+MISSING_CATEGORY = "<missing>"
+
+
+def read_table(path: str | os.PathLike[str]) -> pa.Table:
+    """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Table file '{path}' does not exist.")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"Table file '{path}' is empty (0 bytes): expected a header row and data rows.")
+    name = path.lower().removesuffix(".gz")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            table = pq.read_table(path)
+        elif name.endswith((".csv", ".tsv", ".txt")):
+            delimiter = "\t" if name.endswith(".tsv") else ","
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
+            )
+        else:
+            raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"Cannot read table '{path}': {err}") from None
+    if table.num_rows == 0:
+        raise DataError(f"Table file '{path}' has a header but no data rows.")
+    return table
+
+
+@dataclass
+class Split:
+    """The rows of one split: a table and each row's number in its source file (1-based, header excluded)."""
+
+    table: pa.Table
+    source: str
+    rows: np.ndarray
+
+    @classmethod
+    def whole(cls, table: pa.Table, source: str) -> Split:
+        return cls(table, source, np.arange(1, table.num_rows + 1, dtype=np.int64))
+
+    def take(self, indices: np.ndarray) -> Split:
+        return Split(self.table.take(pa.array(indices)), self.source, self.rows[indices])
+
+    def where(self, position: int) -> str:
+        """``'file', row R`` for error messages (CSV: line R + 1, after the header)."""
+        return f"'{self.source}', row {int(self.rows[position])}"
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        if name not in self.table.column_names:
+            raise DataError(
+                f"Column {name!r} is not in '{self.source}'. Columns there: {self.table.column_names}. "
+                "Fix the column names in the data config (numeric, categorical, target, weight)."
+            )
+        return self.table.column(name)
+
+    def floats(self, name: str) -> np.ndarray:
+        """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the row."""
+        column = self.column(name)
+        if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+        values = column.to_pylist()
+        out = np.empty(len(values), dtype=np.float64)
+        for i, value in enumerate(values):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                out[i] = np.nan
+                continue
+            try:
+                out[i] = float(value)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"Column {name!r} is numeric but holds {value!r} at {self.where(i)}. Fix the value, or list "
+                    f"{name!r} under categorical if it is a category."
+                ) from None
+        return out
+
+    def strings(self, name: str) -> list[str | None]:
+        column = self.column(name)
+        if pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+            return [None if v is None else _format_number(v) for v in column.to_pylist()]
+        return [None if v is None else str(v) for v in column.to_pylist()]
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+@dataclass
+class TableEncoder:
+    """Column spec plus the statistics fitted on the training split only (no leakage from val/test).
+
+    Numeric columns are imputed (``missing``) and standardized with the training mean and std;
+    categorical columns are one-hot encoded over the training vocabulary. Everything fitted is plain
+    data, so :meth:`state_dict` goes into checkpoints and reloads with ``weights_only=True``.
+
+    Args:
+        numeric: Numeric feature columns.
+        categorical: Categorical feature columns.
+        missing: ``raise`` on a missing feature value, or impute numeric columns with the training
+            ``mean``, ``median`` or ``constant`` (``fill_value``); with imputation a missing category
+            becomes its own category ``<missing>``.
+        fill_value: Value for ``missing="constant"``.
+        standardize: Scale numeric columns to zero mean and unit variance.
+        unknown_category: ``raise`` on a category not seen in training, or ``ignore`` it (all-zero one-hot).
+    """
+
+    numeric: list[str]
+    categorical: list[str] = field(default_factory=list)
+    missing: MissingStrategy = "raise"
+    fill_value: float = 0.0
+    standardize: bool = True
+    unknown_category: Literal["raise", "ignore"] = "raise"
+    fill: list[float] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    vocab: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.missing not in MISSING_STRATEGIES:
+            raise ConfigError("missing", self.missing, f"must be one of {list(MISSING_STRATEGIES)}")
+        if self.unknown_category not in ("raise", "ignore"):
+            raise ConfigError("unknown_category", self.unknown_category, "must be 'raise' or 'ignore'")
+        clash = set(self.numeric) & set(self.categorical)
+        if clash:
+            raise ConfigError("categorical", sorted(clash), "columns cannot be both numeric and categorical")
+        if not self.numeric and not self.categorical:
+            raise ConfigError("numeric", self.numeric, "no feature columns: list numeric and/or categorical columns")
+
+    @property
+    def fitted(self) -> bool:
+        return len(self.mean) == len(self.numeric) and len(self.vocab) == len(self.categorical)
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.numeric)
+        for column in self.categorical:
+            names += [f"{column}={value}" for value in self.vocab[column]]
+        return names
+
+    def fit(self, split: Split) -> None:
+        self.fill, self.mean, self.std, self.vocab = [], [], [], {}
+        for name in self.numeric:
+            values = split.floats(name)
+            self._check_missing(split, name, np.isnan(values))
+            present = values[~np.isnan(values)]
+            if present.size == 0:
+                raise DataError(f"Column {name!r} has no values in the training split of '{split.source}'.")
+            fill = {"mean": present.mean(), "median": np.median(present), "constant": self.fill_value}.get(
+                self.missing, 0.0
+            )
+            filled = np.where(np.isnan(values), fill, values)
+            std = float(filled.std()) if self.standardize else 1.0
+            self.fill.append(float(fill))
+            self.mean.append(float(filled.mean()) if self.standardize else 0.0)
+            self.std.append(std if std > 1e-12 else 1.0)  # a constant column stays 0 instead of NaN
+        for name in self.categorical:
+            labels = split.strings(name)
+            self._check_missing(split, name, np.array([v is None for v in labels]))
+            seen = {MISSING_CATEGORY if v is None else v for v in labels}
+            self.vocab[name] = sorted(seen)
+
+    def encode(self, split: Split) -> np.ndarray:
+        """Float32 features ``(rows, len(feature_names))`` for ``split``."""
+        if not self.fitted:
+            raise RuntimeError("TableEncoder.encode() before fit() or load_state_dict().")
+        blocks = [np.empty((split.table.num_rows, 0), dtype=np.float32)]
+        if self.numeric:
+            numeric = np.stack([split.floats(name) for name in self.numeric], axis=1)
+            for j, name in enumerate(self.numeric):
+                missing = np.isnan(numeric[:, j])
+                self._check_missing(split, name, missing)
+                numeric[missing, j] = self.fill[j]
+            blocks.append(((numeric - np.asarray(self.mean)) / np.asarray(self.std)).astype(np.float32))
+        for name in self.categorical:
+            blocks.append(self._one_hot(split, name))
+        return np.ascontiguousarray(np.concatenate(blocks, axis=1))
+
+    def _one_hot(self, split: Split, name: str) -> np.ndarray:
+        vocab = self.vocab[name]
+        lookup = {v: i for i, v in enumerate(vocab)}
+        values = split.strings(name)
+        self._check_missing(split, name, np.array([v is None for v in values]))
+        codes = np.array([lookup.get(MISSING_CATEGORY if v is None else v, -1) for v in values], dtype=np.int64)
+        unknown = np.flatnonzero(codes < 0)
+        if unknown.size and self.unknown_category == "raise":
+            first = int(unknown[0])
+            raise DataError(
+                f"Column {name!r} has category {values[first]!r} at {split.where(first)} that the training split "
+                f"does not have ({unknown.size} such rows; known: {vocab[:10]}). Set unknown_category='ignore' to "
+                "encode unseen categories as all zeros."
+            )
+        out = np.zeros((len(values), len(vocab)), dtype=np.float32)
+        known = codes >= 0
+        out[np.flatnonzero(known), codes[known]] = 1.0
+        return out
+
+    def _check_missing(self, split: Split, name: str, missing: np.ndarray) -> None:
+        if self.missing == "raise" and missing.any():
+            first = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"Column {name!r} has {int(missing.sum())} missing values in '{split.source}' (first at "
+                f"{split.where(first)}). Set missing to 'mean', 'median' or 'constant' to impute them."
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fill": self.fill, "mean": self.mean, "std": self.std, "vocab": self.vocab}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.fill = [float(v) for v in state["fill"]]
+        self.mean = [float(v) for v in state["mean"]]
+        self.std = [float(v) for v in state["std"]]
+        self.vocab = {str(k): [str(v) for v in vs] for k, vs in state["vocab"].items()}
+
+
+def encode_labels(split: Split, column: str, classes: Sequence[str]) -> np.ndarray:
+    """Class indices of ``column`` over ``classes``; a missing or unknown label is an error naming the row."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    values = split.strings(column)
+    codes = np.array([lookup.get(v, -1) if v is not None else -2 for v in values], dtype=np.int64)
+    bad = np.flatnonzero(codes < 0)
+    if bad.size:
+        first = int(bad[0])
+        what = "is missing" if codes[first] == -2 else f"is {values[first]!r}, a class the training split lacks"
+        raise DataError(
+            f"Target column {column!r} {what} at {split.where(first)} ({bad.size} such rows; classes: "
+            f"{list(classes)[:10]})."
+        )
+    return codes
+
+
+def label_classes(split: Split, column: str) -> list[str]:
+    """Sorted class names of ``column`` in ``split`` (numbers sort numerically)."""
+    raw = split.column(column)
+    values = [v for v in split.strings(column) if v is not None]
+    if pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type):
+        return sorted(set(values), key=float)
+    return sorted(set(values))
+
+
+def encode_numbers(split: Split, column: str, what: str = "Target") -> np.ndarray:
+    values = split.floats(column)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise DataError(
+            f"{what} column {column!r} is missing or not finite at {split.where(int(bad[0]))} ({bad.size} such rows)."
+        )
+    return values.astype(np.float32)
+
+
+class TabularDataset(Dataset[tuple[torch.Tensor, ...]]):
+    """Rows of encoded features and targets (and optional sample weights), fetched a batch at a time.
+
+    ``dataset[i]`` gives one row; ``dataset.__getitems__(indices)`` (what the DataLoader calls) gives
+    the whole batch as ``(features, targets[, weights])`` tensors from one indexed gather. Use
+    :func:`chute.collate.passthrough` (the TabularDataModule's default) as the collate function.
+
+    Example:
+        >>> ds = TabularDataset(np.eye(3, dtype=np.float32), np.array([0, 1, 2]))
+        >>> x, y = ds.__getitems__([2, 0])
+        >>> x.tolist(), y.tolist()
+        ([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]], [2, 0])
+    """
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None) -> None:
+        if len(features) != len(targets) or (weights is not None and len(weights) != len(targets)):
+            raise ValueError("features, targets and weights need the same number of rows")
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets))
+        self.weights = None if weights is None else torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
+        # Clone: a view would send the whole shared table through worker IPC with each row.
+        return tuple(t.clone() for t in self._take(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+        return self._take(torch.as_tensor(indices, dtype=torch.int64))
+
+    def _take(self, index: Any) -> tuple[torch.Tensor, ...]:
+        out = (self.features[index], self.targets[index])
+        return out if self.weights is None else (*out, self.weights[index])

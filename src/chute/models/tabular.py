@@ -1,0 +1,112 @@
+"""``TabularModel``: an MLP for ``(features, targets[, weights])`` batches, classification or regression."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
+from torchmetrics.classification import MulticlassAccuracy
+
+
+def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0) -> nn.Sequential:
+    """Linear -> LayerNorm -> GELU -> Dropout blocks, then a linear head."""
+    layers: list[nn.Module] = []
+    width = in_features
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.LayerNorm(size), nn.GELU(), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, out_features))
+    return nn.Sequential(*layers)
+
+
+class TabularModel(L.LightningModule):
+    """An MLP over standardized features; per-sample weights (a third batch element) scale the loss.
+
+    Classification logs ``{stage}/acc``; regression logs ``{stage}/rmse`` and ``{stage}/mae``.
+
+    Args:
+        num_features: Input width (chute's train app takes it from the DataModule).
+        num_classes: Classes for classification; ignored for regression.
+        task: ``classification`` or ``regression``.
+        hidden: Hidden layer widths.
+        dropout: Dropout after each hidden layer.
+        lr: AdamW learning rate (cosine decay over the run).
+        weight_decay: AdamW weight decay.
+
+    Example:
+        >>> model = TabularModel(num_features=4, num_classes=3)
+        >>> model(torch.zeros(2, 4)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        num_classes: int = 2,
+        task: Literal["classification", "regression"] = "classification",
+        hidden: Sequence[int] = (64, 64),
+        dropout: float = 0.1,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+    ) -> None:
+        super().__init__()
+        if task not in ("classification", "regression"):
+            raise ValueError(f"task={task!r}: must be 'classification' or 'regression'")
+        self.save_hyperparameters()
+        self.task = task
+        self.net = mlp(num_features, list(hidden), num_classes if task == "classification" else 1, dropout)
+        self.metrics = nn.ModuleDict()
+        for stage in ("train", "val", "test"):
+            if task == "classification":
+                self.metrics[f"{stage}_acc"] = MulticlassAccuracy(num_classes, average="micro")
+            else:
+                self.metrics[f"{stage}_rmse"] = MeanSquaredError(squared=False)
+                self.metrics[f"{stage}_mae"] = MeanAbsoluteError()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        out = self.net(features)
+        return out.squeeze(-1) if self.task == "regression" else out
+
+    def _step(self, batch: Sequence[torch.Tensor], stage: str) -> torch.Tensor:
+        features, targets = batch[0], batch[1]
+        weights = batch[2] if len(batch) > 2 else None
+        output = self(features).float()
+        if self.task == "classification":
+            losses = F.cross_entropy(output, targets, reduction="none")
+        else:
+            losses = F.mse_loss(output, targets.float(), reduction="none")
+        loss = losses.mean() if weights is None else (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", batch_size=len(targets))
+        for name, metric in self.metrics.items():
+            assert isinstance(metric, Metric)
+            if name.startswith(f"{stage}_"):
+                metric(output, targets)
+                key = f"{stage}/{name.split('_', 1)[1]}"
+                self.log(key, metric, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        return loss
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        features = batch[0] if isinstance(batch, (tuple, list)) else batch
+        output = self(features).float()
+        return output.softmax(dim=1) if self.task == "classification" else output
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,240 @@
+"""TabularDataModule: column spec, train-only fitting, batched fetch, and errors that name file/row/column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from chute.datamodules import TabularDataModule
+from chute.datasets import SklearnTable, TabularDataset, write_table
+from chute.errors import ConfigError, DataError
+from tests.datamodules.contract import check_datamodule
+from tests.helpers import assert_mentions
+
+
+def write_csv(path: Path, text: str) -> str:
+    path.write_text(text.strip() + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def cancer_csv(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(SklearnTable("breast_cancer")(tmp_path_factory.mktemp("cancer") / "breast_cancer.csv"))
+
+
+def small_table(n: int = 40, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    return pa.table(
+        {
+            "x": rng.normal(5.0, 2.0, n),
+            "count": rng.integers(0, 10, n),
+            "color": rng.choice(["red", "green", "blue"], n),
+            "note": ["free text"] * n,
+            "w": rng.uniform(0.5, 2.0, n),
+            "label": rng.choice(["no", "yes"], n),
+        }
+    )
+
+
+def test_contract_on_bundled_breast_cancer(cancer_csv: str) -> None:
+    def make() -> TabularDataModule:
+        return TabularDataModule(cancer_csv, target="diagnosis", loader={"batch_size": 32})
+
+    dm = check_datamodule(make, batch_size=32, cpu_dtype=torch.float32)
+    assert dm.num_features == 30
+    assert dm.class_names == ("benign", "malignant")
+    assert dm.class_counts.sum() == len(dm.dataset("train")) == 569 - len(dm.dataset("val"))
+    assert dm.model_kwargs == {"num_features": 30, "num_classes": 2, "task": "classification"}
+
+
+def test_validation_split_is_stratified_and_seeded(cancer_csv: str) -> None:
+    def split(seed: int) -> tuple[np.ndarray, float]:
+        dm = TabularDataModule(cancer_csv, target="diagnosis", val_fraction=0.25, seed=seed)
+        dm.setup("fit")
+        val = dm.dataset("val").targets.numpy()
+        return dm.dataset("val").features.numpy(), float(val.mean())
+
+    a, share = split(0)
+    b, _ = split(0)
+    c, _ = split(1)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert share == pytest.approx(212 / 569, abs=0.01)  # malignant share of the whole file
+
+
+def test_statistics_and_vocabulary_come_from_the_training_split_only(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "x,color,label\n1,red,a\n3,red,b\n5,green,a\n7,green,b")
+    val = write_csv(tmp_path / "val.csv", "x,color,label\n1000,red,a\n-1000,green,b")
+    dm = TabularDataModule(train, val_path=val, target="label", categorical=["color"])
+    dm.setup("fit")
+    encoder = dm.encoder
+    assert encoder is not None
+    assert encoder.mean == [4.0]
+    assert encoder.std == pytest.approx([np.std([1, 3, 5, 7])])
+    assert encoder.vocab == {"color": ["green", "red"]}
+    assert dm.feature_names == ["x", "color=green", "color=red"]
+    features = dm.dataset("val").features
+    assert features[0].tolist() == pytest.approx([(1000 - 4) / np.std([1, 3, 5, 7]), 0.0, 1.0])
+
+
+def test_numeric_columns_are_inferred_and_other_columns_ignored(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    write_table(small_table(), path)
+    dm = TabularDataModule(str(path), target="label", categorical=["color"], weight="w")
+    dm.setup("fit")
+    assert dm.feature_names[:2] == ["x", "count"]  # "note" (text) and "w" (weight) are not features
+    assert not any(name.startswith("note") for name in dm.feature_names)
+    _, targets, weights = next(iter(dm.train_dataloader()))
+    assert weights.dtype == torch.float32
+    assert len(weights) == len(targets)
+
+
+def test_csv_and_parquet_give_the_same_batches(tmp_path: Path) -> None:
+    table = small_table()
+    write_table(table, tmp_path / "t.csv")
+    pq.write_table(table, tmp_path / "t.parquet")
+    batches = []
+    for name in ("t.csv", "t.parquet"):
+        dm = TabularDataModule(str(tmp_path / name), target="label", numeric=["x", "count"], categorical=["color"])
+        dm.setup("fit")
+        batches.append(next(iter(dm.val_dataloader())))
+    torch.testing.assert_close(batches[0][0], batches[1][0])
+    assert torch.equal(batches[0][1], batches[1][1])
+
+
+def test_loader_fetches_whole_batches_through_getitems(cancer_csv: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    original = TabularDataset.__getitems__
+
+    def spy(self: TabularDataset, indices: Any) -> Any:
+        calls.append(len(indices))
+        return original(self, indices)
+
+    monkeypatch.setattr(TabularDataset, "__getitems__", spy)
+    monkeypatch.setattr(TabularDataset, "__getitem__", lambda self, i: pytest.fail("per-row fetch"))
+    dm = TabularDataModule(cancer_csv, target="diagnosis", loader={"batch_size": 100, "shuffle": False})
+    dm.setup("fit")
+    batches = list(dm.train_dataloader())
+    assert calls == [len(b[1]) for b in batches]
+    assert sum(calls) == len(dm.dataset("train"))
+    torch.testing.assert_close(batches[0][0], dm.dataset("train").features[:100])
+
+
+def test_state_dict_reproduces_the_encoding_on_new_data(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "x,color,label\n1,red,a\n3,blue,b\n5,green,a\n9,red,b")
+    other = write_csv(tmp_path / "other.csv", "x,color,label\n100,red,b\n200,red,a\n300,blue,a\n400,green,b")
+    dm = TabularDataModule(train, val_path=train, target="label", categorical=["color"])
+    dm.setup("fit")
+    state = dm.state_dict()
+    # Same encoder on a different training file: statistics must come from the checkpoint, not the file.
+    restored = TabularDataModule(other, val_path=train, target="label", categorical=["color"])
+    restored.load_state_dict(state)
+    restored.setup("fit")
+    torch.testing.assert_close(restored.dataset("val").features, dm.dataset("val").features)
+    assert restored.state_dict() == state
+
+
+def test_regression_targets_are_floats(tmp_path: Path) -> None:
+    path = tmp_path / "diabetes.csv"
+    SklearnTable("diabetes")(path)
+    dm = TabularDataModule(str(path), target="progression", task="regression", categorical=["sex"])
+    dm.setup("fit")
+    _, targets = next(iter(dm.train_dataloader()))
+    assert targets.dtype == torch.float32
+    assert dm.num_classes == 0
+    assert {"sex=1", "sex=2"} <= set(dm.feature_names)
+
+
+@pytest.mark.parametrize("strategy", ["mean", "median", "constant"])
+def test_missing_values_are_imputed_with_training_statistics(tmp_path: Path, strategy: str) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,c,label\n1,red,a\n,red,b\n3,,a\n8,blue,b")
+    dm = TabularDataModule(
+        path, val_path=path, target="label", categorical=["c"], missing=strategy, fill_value=-1, standardize=False
+    )
+    dm.setup("fit")
+    fill = {"mean": 4.0, "median": 3.0, "constant": -1.0}[strategy]
+    assert dm.dataset("val").features[1, 0].item() == fill
+    assert "c=<missing>" in dm.feature_names
+
+
+# -- Bad input: each error names what and where ----------------------------------------------------
+
+
+def error_of(path: str, **kwargs: Any) -> str:
+    dm = TabularDataModule(path, **{"target": "label", **kwargs})
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    return str(info.value)
+
+
+def test_missing_column_is_named_with_the_columns_present(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,label\n1,a\n2,b\n3,a\n4,b")
+    message = error_of(path, numeric=["x", "y"])
+    assert_mentions(message, "'y'", "t.csv", "['x', 'label']")
+
+
+def test_non_numeric_value_names_column_row_and_value(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,label\n1,a\n2,b\n3,a\nabc,b\n5,a")
+    message = error_of(path, numeric=["x"], val_path=path)
+    assert_mentions(message, "'x'", "'abc'", "row 4", "t.csv")
+
+
+def test_unseen_category_at_validation_names_value_file_and_row(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "train.csv", "c,label\nred,a\nblue,b\nred,b")
+    val = write_csv(tmp_path / "val.csv", "c,label\nred,a\npurple,b")
+    message = error_of(train, numeric=[], categorical=["c"], val_path=val)
+    assert_mentions(message, "'purple'", "val.csv", "row 2", "unknown_category")
+    dm = TabularDataModule(
+        train, target="label", numeric=[], categorical=["c"], val_path=val, unknown_category="ignore"
+    )
+    dm.setup("fit")
+    assert dm.dataset("val").features[1].tolist() == [0.0, 0.0]
+
+
+def test_empty_and_header_only_files_are_rejected(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert_mentions(error_of(str(empty)), "empty.csv", "is empty")
+    header = write_csv(tmp_path / "header.csv", "x,label")
+    assert "no data rows" in error_of(header)
+
+
+def test_missing_values_raise_by_default_naming_column_and_count(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,label\n1,a\n,b\n3,a\n,b\n5,a")
+    message = error_of(path, val_path=path)
+    assert_mentions(message, "'x'", "2 missing values", "row 2", "missing")
+
+
+def test_missing_target_and_wrong_row_length_are_named(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,label\n1,a\n2,\n3,b")
+    assert "Target column 'label' is missing" in error_of(path, val_path=path)
+    ragged = write_csv(tmp_path / "ragged.csv", "x,label\n1,a\n2,b,7\n3,b")
+    assert "ragged.csv" in error_of(ragged)
+
+
+def test_negative_weights_are_rejected(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,w,label\n1,1,a\n2,-1,b\n3,1,a")
+    assert "'w' is negative" in error_of(path, weight="w", val_path=path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"task": "ranking"}, "task"),
+        ({"missing": "drop"}, "missing"),
+        ({"unknown_category": "keep"}, "unknown_category"),
+        ({"numeric": ["label"]}, "target"),
+        ({"val_fraction": 1.5}, "val_fraction"),
+        ({"collate_fn": "no.such.module.fn"}, "collate_fn"),
+    ],
+)
+def test_bad_settings_fail_at_construction_naming_the_key(kwargs: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TabularDataModule("unused.csv", **{"target": "label", **kwargs})
+    assert info.value.key == key
