@@ -10,16 +10,13 @@ Writes JSON, CSV and a PNG bar chart to outputs/benchmarks/.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchlib import write_results
 from chute.models import create_backbone
 
 
@@ -77,40 +74,11 @@ def main() -> None:
         rate, ratio = r["samples_per_s"], r["vs_32_true"]
         print(f"{r['device']:>5} {r['precision']:>11}: {rate:>9,.0f} samples/s  ({ratio:.2f}x fp32)")
 
-    machine = {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
+    for r in rows:
+        r["label"] = f"{r['device']}\n{r['precision']}"
     stem = args.out / f"precision_{args.backbone}_{args.image_size}px"
-    Path(f"{stem}.json").write_text(
-        json.dumps({"args": vars(args) | {"out": str(args.out)}, "machine": machine, "rows": rows}, indent=2)
-    )
-    with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    _plot(rows, f"{stem}.png", f"{args.backbone}, {args.image_size}px, batch {args.batch_size}")
-    print(f"wrote {stem}.{{json,csv,png}}")
-
-
-def _plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3))
-    labels = [f"{r['device']}\n{r['precision']}" for r in rows]
-    ax.bar(labels, [float(r["samples_per_s"]) for r in rows])
-    ax.set_ylabel("training samples/s")
-    ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    title = f"{args.backbone}, {args.image_size}px, batch {args.batch_size}"
+    write_results(stem, vars(args), rows, "samples_per_s", title)
 
 
 if __name__ == "__main__":

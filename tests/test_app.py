@@ -9,7 +9,7 @@ import pytest
 
 from chute import ConfigError
 from chute.app import run
-from tests.test_config import make_config
+from tests.test_config import data_overrides, make_config, options
 from tests.test_train import FAST
 
 
@@ -29,3 +29,17 @@ def test_bad_data_value_names_the_key(digits_root: Path, tmp_path: Path) -> None
     cfg = make_config("data.val_fraction=1.5", data_dir=digits_root.parent, output_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"^data\.val_fraction=1\.5"):
         run(cfg)
+
+
+ONE_EPOCH = ["trainer.max_epochs=1", *FAST[1:]]
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_trains_one_epoch(name: str, digits_root: Path, tmp_path: Path, make_tree) -> None:
+    cfg = make_config(*data_overrides(name, make_tree), *ONE_EPOCH, data_dir=digits_root.parent, output_dir=tmp_path)
+    best = run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 1
+    assert metrics["train_samples"] > 0
+    assert best == pytest.approx(metrics[f"best_{cfg.optimized_metric}"], nan_ok=True)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

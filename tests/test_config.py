@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ValidationError
 
 from chute import ConfigError, LoaderSettings
-from chute.app import resolve_precision
+from chute.app import build_datamodule, build_model, resolve_precision
 from chute.config import register_configs, validate_config
 from chute.datamodules import ChuteDataModule
 from chute.transforms import create_transforms
@@ -50,26 +52,51 @@ def test_default_config_composes() -> None:
     assert cfg.trainer.precision == "auto"
 
 
+DATA_HINTS = {"num_classes": 4, "in_channels": 1, "num_features": 5, "vocab_size": 10, "pad_id": 0}
+
+
+def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
+    """Overrides that make data option ``name`` runnable in a test (options needing user data get some)."""
+    return [f"data={name}", f"data.root={make_tree()}"] if name == "image_folder" else [f"data={name}"]
+
+
 @pytest.mark.parametrize("name", options("data"))
-def test_every_data_option_instantiates(name: str, digits_root: Path, make_tree) -> None:
-    overrides = [f"data={name}"]
-    if name == "image_folder":
-        overrides.append(f"data.root={make_tree()}")
-    cfg = make_config(*overrides, data_dir=digits_root.parent)
-    v = validate_config(cfg)
-    t = create_transforms(v.transforms)
-    dm = instantiate(cfg.data, loader=v.loader, train_transform=t.train, val_transform=t.val)
+def test_every_data_option_instantiates_with_its_model(name: str, digits_root: Path, make_tree) -> None:
+    cfg = make_config(*data_overrides(name, make_tree), data_dir=digits_root.parent)
+    dm = build_datamodule(cfg, validate_config(cfg))
     assert isinstance(dm, ChuteDataModule)
     dm.prepare_data()
     dm.setup("fit")
-    model = instantiate(cfg.model, num_classes=dm.num_classes, in_channels=dm.num_channels)
+    model = build_model(cfg, dm.model_kwargs)
     assert isinstance(model, L.LightningModule)
+    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    with torch.no_grad():
+        out = model(batch if isinstance(batch, dict) else batch[0])
+    assert out.shape[0] == min(dm.loader_settings.batch_size, len(dm.train_dataloader().dataset))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "loader", "transforms"),
+    [
+        (d, lo, t)
+        for d in options("data")
+        for lo in options("loader")
+        for t in options("transforms")
+        if not lo.endswith("_schema") and not t.endswith("_schema")
+    ],
+)
+def test_data_composes_with_every_loader_and_transforms_option(
+    data: str, loader: str, transforms: str, digits_root: Path, make_tree
+) -> None:
+    cfg = make_config(*data_overrides(data, make_tree), f"loader={loader}", f"transforms={transforms}")
+    settings = validate_config(cfg)
+    assert build_datamodule(cfg, settings).loader_settings == settings.loader
 
 
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(name: str) -> None:
     cfg = make_config(f"model={name}")
-    model = instantiate(cfg.model, num_classes=4, in_channels=1)
+    model = build_model(cfg, DATA_HINTS)
     assert model.hparams["num_classes"] == 4
 
 

@@ -21,7 +21,8 @@ from omegaconf import DictConfig
 
 import chute
 from chute.callbacks import Throughput
-from chute.config import validate_config
+from chute.config import Validated, validate_config
+from chute.datamodules import ChuteDataModule
 from chute.errors import ConfigError
 from chute.transforms import create_transforms
 
@@ -42,16 +43,11 @@ def run(cfg: DictConfig) -> float:
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     run_dir = str(cfg.paths.output_dir)
 
-    data_kwargs: dict[str, Any] = {"loader": settings.loader}
-    if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
-        transforms = create_transforms(settings.transforms)
-        data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
-    datamodule = _instantiate(cfg, "data", **data_kwargs)
+    datamodule = build_datamodule(cfg, settings)
     # The model's shape depends on the data: index it now (Lightning calls both hooks again, cheaply).
     datamodule.prepare_data()
     datamodule.setup("fit")
-    hints = {k: v for k, v in datamodule.model_kwargs.items() if _accepts(cfg.model, k)}  # data decides shapes
-    model = _instantiate(cfg, "model", **hints)
+    model = build_model(cfg, datamodule.model_kwargs)
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
@@ -94,6 +90,24 @@ def run(cfg: DictConfig) -> float:
     }
     _report(summary, run_dir, cfg.optimized_metric)
     return result
+
+
+def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
+    """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image data)."""
+    data_kwargs: dict[str, Any] = {"loader": settings.loader}
+    if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
+        transforms = create_transforms(settings.transforms)
+        data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
+    datamodule = _instantiate(cfg, "data", **data_kwargs)
+    if not isinstance(datamodule, ChuteDataModule):
+        raise ConfigError("data._target_", cfg.data._target_, "must name a chute DataModule (ChuteDataModule subclass)")
+    return datamodule
+
+
+def build_model(cfg: DictConfig, data_hints: dict[str, Any]) -> L.LightningModule:
+    """Instantiate ``cfg.model``, passing the data facts (``num_classes``, ...) its constructor accepts."""
+    hints = {k: v for k, v in data_hints.items() if _accepts(cfg.model, k)}  # the data decides shapes
+    return _instantiate(cfg, "model", **hints)
 
 
 def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:

@@ -168,8 +168,8 @@ def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import ImageFolderDataModule, TabularDataModule
-    from chute.models import ImageClassifier, TabularModel
+    from chute.datamodules import ImageFolderDataModule, SequenceDataModule, TabularDataModule
+    from chute.models import ImageClassifier, SequenceClassifier, TabularModel
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -187,3 +187,6 @@ def register_configs() -> None:
     cs.store(group="data", name="tabular_schema", node=tabular)
     cs.store(group="model", name="image_classifier_schema", node=builds(ImageClassifier, "ImageClassifierConfig"))
     cs.store(group="model", name="tabular_model_schema", node=builds(TabularModel, "TabularModelConfig"))
+    sequence = builds(SequenceDataModule, "SequenceDataConfig", exclude=("loader",))
+    cs.store(group="data", name="sequence_schema", node=sequence)
+    cs.store(group="model", name="sequence_classifier_schema", node=builds(SequenceClassifier, "SequenceModelConfig"))

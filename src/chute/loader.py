@@ -161,12 +161,14 @@ def build_dataloader(
     seed: int,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     sampler: Sampler[Any] | None = None,
+    batch_sampler: Sampler[Any] | None = None,
     rank: int | None = None,
 ) -> DataLoader[Any]:
     """Build a DataLoader from ``settings``; the only place chute calls ``DataLoader(...)``.
 
     The loader owns a generator seeded from ``seed``, so shuffling and per-epoch worker seeds
-    depend on the run's seed alone, not on how much global randomness model code consumed.
+    depend on the run's seed alone, not on how much global randomness model code consumed. A
+    ``batch_sampler`` (e.g. length bucketing) replaces ``batch_size``, ``shuffle`` and ``drop_last``.
     """
     workers = settings.num_workers
     generator = torch.Generator().manual_seed(derive_seed(seed, 0 if train else 1))
@@ -178,7 +180,11 @@ def build_dataloader(
         "collate_fn": collate_fn,
         "generator": generator,
     }
-    if sampler is not None:
+    if batch_sampler is not None:
+        for key in ("batch_size", "drop_last"):
+            del kwargs[key]
+        kwargs["batch_sampler"] = batch_sampler
+    elif sampler is not None:
         kwargs["sampler"] = sampler
     else:
         kwargs["shuffle"] = settings.shuffle if train else False

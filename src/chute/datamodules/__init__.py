@@ -2,6 +2,7 @@
 
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
+from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.tabular import TabularDataModule
 
-__all__ = ["ChuteDataModule", "ImageFolderDataModule", "TabularDataModule"]
+__all__ = ["ChuteDataModule", "ImageFolderDataModule", "SequenceDataModule", "TabularDataModule"]

@@ -59,21 +59,21 @@ class ChuteDataModule(L.LightningDataModule):
         return resolve_collate(self.collate_fn, default)
 
     def _save_plain_hparams(self, **values: Any) -> None:
-        """``save_hyperparameters`` with plain values only (plus seed and loader settings).
+        """``save_hyperparameters`` with plain values only (plus seed, loader settings and collate).
 
         Checkpoints then load with ``torch.load(..., weights_only=True)``: no paths, dataclasses
-        or transform objects to unpickle.
+        or transform objects to unpickle. ``None`` values (defaults: "infer from the data") are left
+        out, because Lightning refuses a DataModule hparam that differs from the model's, and the
+        model gets the inferred value (e.g. ``vocab_size``).
         """
-        self.save_hyperparameters(
-            {
-                **values,
-                "seed": self.seed,
-                "loader": dataclasses.asdict(self.loader_settings),
-                "collate_fn": self.collate_fn
-                if isinstance(self.collate_fn, str | None)
-                else _qualname(self.collate_fn),
-            }
-        )
+        collate = self.collate_fn if isinstance(self.collate_fn, str | None) else _qualname(self.collate_fn)
+        values = {
+            **values,
+            "seed": self.seed,
+            "loader": dataclasses.asdict(self.loader_settings),
+            "collate_fn": collate,
+        }
+        self.save_hyperparameters({k: v for k, v in values.items() if v is not None})
 
     def _dataloader(
         self,
@@ -82,6 +82,7 @@ class ChuteDataModule(L.LightningDataModule):
         train: bool,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         sampler: Sampler[Any] | None = None,
+        batch_sampler: Sampler[Any] | None = None,
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
         return build_dataloader(
@@ -91,6 +92,7 @@ class ChuteDataModule(L.LightningDataModule):
             seed=self.seed,
             collate_fn=collate_fn,
             sampler=sampler,
+            batch_sampler=batch_sampler,
             rank=rank,
         )
 

@@ -26,6 +26,7 @@ from chute.datasets.tabular import (
 )
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings, derive_seed
+from chute.samplers import BatchIndexSampler
 
 Task = Literal["classification", "regression"]
 
@@ -156,7 +157,8 @@ class TabularDataModule(ChuteDataModule):
         return self._loader("test", train=False)
 
     def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", train=False)
+        # A plain batch sampler: Lightning rebuilds the predict loader's sampler to track indices.
+        return self._dataloader(self.dataset("test"), train=False, collate_fn=self._collate(passthrough))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -227,7 +229,15 @@ class TabularDataModule(ChuteDataModule):
         return self.encoder
 
     def _loader(self, split: str, train: bool) -> DataLoader[Any]:
-        return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(passthrough))
+        dataset, settings = self.dataset(split), self.loader_settings
+        batches = BatchIndexSampler(
+            len(dataset),
+            settings.batch_size_for(train),
+            shuffle=train and settings.shuffle,
+            drop_last=train and settings.drop_last,
+            seed=derive_seed(self.seed, 5),
+        )
+        return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)
 
     def _read_splits(self) -> dict[str, Split]:
         train = Split.whole(read_table(self.path), self.path)

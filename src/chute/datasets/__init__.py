@@ -2,17 +2,24 @@
 
 from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
+from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import TableEncoder, TabularDataset, read_table
 
 __all__ = [
     "SKLEARN_TABLES",
+    "CharVocab",
     "DigitsFolder",
     "FolderIndex",
     "ImageFolderDataset",
+    "LengthMajoritySequences",
+    "SequenceDataset",
     "SklearnTable",
     "TableEncoder",
     "TabularDataset",
+    "collate_sequences",
+    "padding_waste",
     "read_table",
     "scan_folder",
     "sklearn_table",

@@ -5,19 +5,14 @@ The 1,797 8x8 images ship inside scikit-learn, so the default experiment needs n
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from chute.datasets.folder import stratified_split
-from chute.errors import DataError
-
-_MARKER = ".chute-dataset.json"
+from chute.datasets.materialize import materialize
 
 
 class DigitsFolder:
@@ -54,28 +49,7 @@ class DigitsFolder:
         return {"source": "sklearn.datasets.load_digits", "val_fraction": self.val_fraction, "seed": self.seed}
 
     def __call__(self, root: str | os.PathLike[str]) -> Path:
-        root = Path(root)
-        if _read_marker(root) == self.manifest:
-            return root
-        if root.exists() and any(root.iterdir()) and _read_marker(root) is None:
-            raise DataError(
-                f"'{root}' exists and was not written by chute's DigitsFolder; "
-                "point the data root elsewhere or empty the folder."
-            )
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
-        try:
-            self._write(tmp)
-            if root.exists():  # stale tree from other settings, written by us
-                shutil.rmtree(root, ignore_errors=True)
-            try:
-                tmp.rename(root)
-            except OSError:
-                if _read_marker(root) != self.manifest:  # not a concurrent writer's identical tree
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return root
+        return materialize(root, self.manifest, self._write)
 
     def _write(self, out: Path) -> None:
         from PIL import Image
@@ -92,11 +66,3 @@ class DigitsFolder:
                 (out / split / str(label)).mkdir(parents=True)
         for split, i in tqdm(jobs, desc="Writing digits PNGs", unit="img", disable=not self.progress, leave=False):
             Image.fromarray(images[i]).save(out / split / str(targets[i]) / f"{i:04d}.png")
-        (out / _MARKER).write_text(json.dumps(self.manifest, indent=2))
-
-
-def _read_marker(root: Path) -> dict[str, object] | None:
-    try:
-        return json.loads((root / _MARKER).read_text())
-    except (OSError, ValueError):
-        return None

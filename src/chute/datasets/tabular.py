@@ -308,7 +308,7 @@ class TabularDataset(Dataset[tuple[torch.Tensor, ...]]):
         # Clone: a view would send the whole shared table through worker IPC with each row.
         return tuple(t.clone() for t in self._take(index))
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, ...]:
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self._take(torch.as_tensor(indices, dtype=torch.int64))
 
     def _take(self, index: Any) -> tuple[torch.Tensor, ...]:

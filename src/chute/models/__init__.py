@@ -2,6 +2,7 @@
 
 from chute.models.backbones import BACKBONES, SmallCNN, create_backbone
 from chute.models.classifier import ImageClassifier
+from chute.models.sequence import SequenceClassifier
 from chute.models.tabular import TabularModel, mlp
 
-__all__ = ["BACKBONES", "ImageClassifier", "SmallCNN", "TabularModel", "create_backbone", "mlp"]
+__all__ = ["BACKBONES", "ImageClassifier", "SequenceClassifier", "SmallCNN", "TabularModel", "create_backbone", "mlp"]

@@ -1,0 +1,47 @@
+"""What every benchmark script shares: the machine record and JSON/CSV/PNG output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def machine() -> dict[str, Any]:
+    """The facts a figure needs next to it: cores, CPU, SIMD level, GPU, torch version."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+def write_results(stem: Path, args: dict[str, Any], rows: list[dict[str, Any]], value: str, title: str) -> None:
+    """Write ``stem.json`` (args, machine, rows), ``stem.csv`` and a bar chart of ``value`` per row."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}, "machine": machine()}
+    Path(f"{stem}.json").write_text(json.dumps(payload | {"rows": rows}, indent=2))
+    with open(f"{stem}.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    ax.bar([str(r["label"]) for r in rows], [float(r[value]) for r in rows])
+    ax.set_ylabel(value.replace("_", " "))
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(f"{stem}.png", dpi=100)
+    plt.close(fig)
+    print(f"wrote {stem}.{{json,csv,png}}")

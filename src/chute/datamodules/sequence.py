@@ -1,0 +1,289 @@
+"""``SequenceDataModule``: variable-length token or character sequences with a class label."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.folder import stratified_split
+from chute.datasets.sequence import (
+    CharVocab,
+    PackedSequences,
+    RawRecords,
+    SequenceDataset,
+    collate_sequences,
+    padding_waste,
+    read_jsonl,
+)
+from chute.errors import ConfigError, DataError
+from chute.loader import LoaderSettings, derive_seed
+from chute.samplers import BucketBatchSampler
+
+
+class SequenceDataModule(ChuteDataModule):
+    """JSONL sequences as padded dict batches: ``inputs (B, T)``, ``lengths``, ``mask``, ``targets``.
+
+    Each line of ``root/<train_file>`` (and ``<val_file>``, optional ``<test_file>``) is
+    ``{"tokens": [ids...], "label": k}`` or ``{"text": "...", "label": k}``; text is mapped to ids
+    through a character vocabulary built on the training split only (0 = padding, 1 = unseen).
+    Batches pad to their own longest sequence; with ``bucket`` (default) a
+    :class:`~chute.samplers.BucketBatchSampler` groups similar lengths so little padding remains.
+    Prediction keeps the file order (no bucketing), so outputs line up with the input lines.
+
+    Args:
+        root: Folder holding the JSONL files.
+        train_file: Training file name.
+        val_file: Validation file name; if it does not exist, ``val_fraction`` of the training file
+            is held out (stratified, seeded).
+        test_file: Test file name (default: test and predict use the validation split).
+        val_fraction: Share held out when there is no validation file.
+        label_key: Name of the label field.
+        vocab_size: Token-id vocabulary size (``None``: largest training id + 1); ignored for text.
+        pad_id: Id used for padding (text: always 0).
+        max_length: Cut longer sequences to this length (``None``: keep whole).
+        bucket: Batch sequences of similar length (training shuffles the buckets; evaluation sorts).
+        pool_batches: Batches per bucketing pool (larger: less padding, less randomness).
+        min_char_count: Characters seen fewer times in training map to the unseen id.
+        loader: DataLoader settings.
+        seed: Seed for the split, shuffling and worker seeding.
+        prepare: Optional callable ``prepare(root)`` that writes the files if missing.
+        collate_fn: Collate function or dotted path (default: pad to the batch's longest, with mask).
+
+    Example:
+        >>> from chute.datasets import LengthMajoritySequences
+        >>> import tempfile
+        >>> dm = SequenceDataModule(tempfile.mkdtemp() + "/seq", prepare=LengthMajoritySequences(200, 50))
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> batch = next(iter(dm.train_dataloader()))
+        >>> sorted(batch), batch["inputs"].shape[0], dm.num_classes
+        (['inputs', 'lengths', 'mask', 'targets'], 64, 4)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        train_file: str = "train.jsonl",
+        val_file: str = "val.jsonl",
+        test_file: str = "test.jsonl",
+        val_fraction: float = 0.2,
+        label_key: str = "label",
+        vocab_size: int | None = None,
+        pad_id: int = 0,
+        max_length: int | None = None,
+        bucket: bool = True,
+        pool_batches: int = 50,
+        min_char_count: int = 1,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+        collate_fn: Callable[[Any], Any] | str | None = None,
+    ) -> None:
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        if max_length is not None and max_length < 1:
+            raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
+        if vocab_size is not None and vocab_size < 2:
+            raise ConfigError("vocab_size", vocab_size, "must be >= 2 or null (inferred from the training data)")
+        if pool_batches < 1:
+            raise ConfigError("pool_batches", pool_batches, "must be >= 1")
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in (0, 1)")
+        self.root = os.fspath(root)
+        self.files = {"train": train_file, "val": val_file, "test": test_file}
+        self.val_fraction = val_fraction
+        self.label_key = label_key
+        self.pad_id = pad_id
+        self.max_length = max_length
+        self.bucket = bucket
+        self.pool_batches = pool_batches
+        self.min_char_count = min_char_count
+        self._vocab_size = vocab_size
+        self.vocab: CharVocab | None = None
+        self._num_classes: int | None = None
+        self._saved: dict[str, Any] | None = None
+        self._datasets: dict[str, SequenceDataset] = {}
+        self._save_plain_hparams(
+            root=self.root, train_file=train_file, val_file=val_file, test_file=test_file, val_fraction=val_fraction,
+            label_key=label_key, vocab_size=vocab_size, pad_id=pad_id, max_length=max_length, bucket=bucket,
+            pool_batches=pool_batches, min_char_count=min_char_count,
+        )  # fmt: skip
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self._prepare_root(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:
+            return
+        raw = self._read_splits()
+        train = raw["train"]
+        if self._saved is not None:
+            chars = self._saved.get("chars")
+            self.vocab = CharVocab(chars) if chars is not None else None
+            self._vocab_size = int(self._saved["vocab_size"])
+            self._num_classes = int(self._saved["num_classes"])
+        else:
+            if train.texts is not None:
+                self.vocab = CharVocab.build(train.texts, self.min_char_count)
+            elif self._vocab_size is None:
+                self._vocab_size = int(max(max(t) for t in train.tokens or [[0]])) + 1
+            self._num_classes = int(train.labels.max()) + 1
+        if self.vocab is not None:
+            self._vocab_size = len(self.vocab)
+        self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", train=False, keep_order=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._num_classes is not None:
+            state.update(
+                vocab_size=self.vocab_size, num_classes=self._num_classes,
+                chars=list(self.vocab.chars) if self.vocab is not None else None,
+            )  # fmt: skip
+        elif self._saved is not None:
+            state.update(self._saved)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Reuse a checkpoint's vocabulary and class count (call before ``setup``)."""
+        super().load_state_dict(state_dict)
+        if "num_classes" in state_dict:
+            self._saved = {k: state_dict[k] for k in ("vocab_size", "num_classes", "chars")}
+
+    # -- Public properties -----------------------------------------------------------------------
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"vocab_size": self.vocab_size, "num_classes": self.num_classes, "pad_id": self.padding_id}
+
+    @property
+    def vocab_size(self) -> int:
+        self._ready()
+        assert self._vocab_size is not None
+        return self._vocab_size
+
+    @property
+    def num_classes(self) -> int:
+        self._ready()
+        assert self._num_classes is not None
+        return self._num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(str(i) for i in range(self.num_classes))
+
+    @property
+    def padding_id(self) -> int:
+        return CharVocab.PAD if self.vocab is not None else self.pad_id
+
+    @property
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.dataset("train").packed.labels, minlength=self.num_classes)
+
+    def dataset(self, split: str) -> SequenceDataset:
+        self._ready()
+        return self._datasets[split]
+
+    def padding_waste(self, split: str = "train", bucket: bool | None = None) -> float:
+        """Pad tokens / real tokens over one epoch of ``split``'s batches (``bucket`` overrides the setting)."""
+        dataset = self.dataset(split)
+        use = self.bucket if bucket is None else bucket
+        batches = self._batch_sampler(dataset, train=split == "train", bucket=use)
+        if batches is None:
+            size = self.loader_settings.batch_size_for(split == "train")
+            order = np.random.default_rng(derive_seed(self.seed, 0)).permutation(len(dataset))
+            return padding_waste(dataset.lengths, [order[i : i + size] for i in range(0, len(order), size)])
+        return padding_waste(dataset.lengths, [b.tolist() for b in batches.batches()])
+
+    # -- Internals -------------------------------------------------------------------------------
+
+    def _ready(self) -> None:
+        if not self._datasets:
+            raise RuntimeError(
+                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
+                "(Lightning's Trainer does both)."
+            )
+
+    def _loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader[Any]:
+        dataset = self.dataset(split)
+        batch_sampler = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
+        collate = self._collate(functools.partial(collate_sequences, pad_id=self.padding_id))
+        return self._dataloader(dataset, train=train, collate_fn=collate, batch_sampler=batch_sampler)
+
+    def _batch_sampler(self, dataset: SequenceDataset, train: bool, bucket: bool) -> BucketBatchSampler | None:
+        if not bucket:
+            return None
+        settings = self.loader_settings
+        return BucketBatchSampler(
+            dataset.lengths,
+            settings.batch_size_for(train),
+            shuffle=train and settings.shuffle,
+            drop_last=train and settings.drop_last,
+            pool_batches=self.pool_batches,
+            seed=derive_seed(self.seed, 4),
+        )
+
+    def _read_splits(self) -> dict[str, RawRecords]:
+        if not os.path.isdir(self.root):
+            raise DataError(f"Sequence root '{self.root}' does not exist or is not a directory.")
+        paths = {k: os.path.join(self.root, f) for k, f in self.files.items()}
+        train = read_jsonl(paths["train"], self.label_key)
+        if os.path.isfile(paths["val"]):
+            val = read_jsonl(paths["val"], self.label_key)
+        else:
+            keep, held = stratified_split(train.labels, self.val_fraction, derive_seed(self.seed, 1))
+            train, val = _subset(train, keep), _subset(train, held)
+        test = read_jsonl(paths["test"], self.label_key) if os.path.isfile(paths["test"]) else val
+        for records in (val, test):
+            if (records.texts is None) != (train.texts is None):
+                raise DataError(f"'{records.source}' and the training file mix 'text' and 'tokens' records.")
+        return {"train": train, "val": val, "test": test}
+
+    def _pack(self, records: RawRecords) -> PackedSequences:
+        if records.texts is not None:
+            assert self.vocab is not None
+            return PackedSequences.pack([self.vocab.encode(t) for t in records.texts], records.labels)
+        assert records.tokens is not None
+        assert self._vocab_size is not None
+        assert self._num_classes is not None
+        packed = PackedSequences.pack(records.tokens, records.labels)
+        if packed.flat.size and int(packed.flat.max()) >= self._vocab_size:
+            record = int(np.searchsorted(packed.offsets, int(np.argmax(packed.flat >= self._vocab_size)), "right"))
+            raise DataError(
+                f"'{records.source}', record {record}: token id {int(packed.flat.max())} is outside the vocabulary "
+                f"(vocab_size={self._vocab_size}); set vocab_size to cover every id."
+            )
+        bad = np.flatnonzero((packed.labels < 0) | (packed.labels >= self._num_classes))
+        if bad.size:
+            raise DataError(
+                f"'{records.source}', record {int(bad[0]) + 1}: label {int(packed.labels[bad[0]])} is outside the "
+                f"training classes 0..{self._num_classes - 1}."
+            )
+        return packed
+
+
+def _subset(records: RawRecords, keep: np.ndarray) -> RawRecords:
+    return RawRecords(
+        records.source,
+        [records.tokens[i] for i in keep] if records.tokens is not None else None,
+        [records.texts[i] for i in keep] if records.texts is not None else None,
+        records.labels[keep],
+    )
