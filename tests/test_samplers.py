@@ -42,3 +42,20 @@ def test_plain_loops_get_a_new_order_each_pass(make) -> None:
     sampler.set_epoch(0)  # explicit epochs (Lightning) pin the order
     assert [list(map(int, b)) for b in sampler] == first
     assert [list(map(int, b)) for b in sampler] == first
+
+
+@pytest.mark.parametrize("make", [lambda: BatchIndexSampler(40, 8), lambda: BucketBatchSampler(np.arange(40), 8)])
+def test_lightning_reaches_set_epoch_through_batch_sampler_sampler(make) -> None:
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+    from torch.utils.data import DataLoader
+
+    sampler = make()
+    loader = DataLoader(range(40), batch_sampler=sampler)
+    _set_sampler_epoch(loader, 3)
+    assert sampler.epoch == 3
+
+
+def test_a_pass_cut_short_still_advances_the_epoch() -> None:
+    sampler = BatchIndexSampler(40, 8)
+    first = next(iter(sampler)).tolist()
+    assert next(iter(sampler)).tolist() != first

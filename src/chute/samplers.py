@@ -17,27 +17,40 @@ from chute.loader import derive_seed
 
 
 class EpochSeeded:
-    """The epoch logic shared by chute's samplers.
+    """The epoch logic shared by chute's batch samplers.
 
-    Lightning calls ``set_epoch`` before every epoch; a plain loop that never does still gets a new
-    order each epoch, because the epoch then advances after each complete pass.
+    Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
+    but not on a batch sampler itself, so ``self.sampler`` is a small hook that forwards it here.
+    A plain loop that never calls ``set_epoch`` still gets a new order each pass: the epoch then
+    advances every time iteration starts (also when a pass is cut short).
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
         self.epoch = 0
         self._explicit = False
+        self.sampler = _EpochHook(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self._explicit = True
 
-    def _generator(self) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
-
-    def _finished_pass(self) -> None:
+    def _start_pass(self) -> int:
+        """The seed of the pass that starts now (advancing the epoch when ``set_epoch`` is not used)."""
+        seed = derive_seed(self.seed, self.epoch)
         if not self._explicit:
             self.epoch += 1
+        return seed
+
+
+class _EpochHook:
+    """Found by Lightning at ``batch_sampler.sampler``; forwards ``set_epoch`` to the batch sampler."""
+
+    def __init__(self, owner: EpochSeeded) -> None:
+        self.owner = owner
+
+    def set_epoch(self, epoch: int) -> None:
+        self.owner.set_epoch(epoch)
 
 
 class BatchIndexSampler(EpochSeeded, Sampler[torch.Tensor]):
@@ -71,13 +84,13 @@ class BatchIndexSampler(EpochSeeded, Sampler[torch.Tensor]):
         return n // b if self.drop_last else -(-n // b)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        seed = self._start_pass()
         if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=self._generator())
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
         else:
             order = torch.arange(self.num_samples)
         stop = len(self) * self.batch_size if self.drop_last else self.num_samples
         yield from order[:stop].split(self.batch_size)
-        self._finished_pass()
 
 
 class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
@@ -119,9 +132,10 @@ class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
         n = len(self.lengths)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def batches(self) -> list[np.ndarray]:
+    def batches(self, seed: int | None = None) -> list[np.ndarray]:
+        """One epoch's batches; ``seed`` defaults to the current epoch's (without advancing it)."""
         n = len(self.lengths)
-        rng = np.random.default_rng(derive_seed(self.seed, self.epoch))
+        rng = np.random.default_rng(derive_seed(self.seed, self.epoch) if seed is None else seed)
         order = rng.permutation(n) if self.shuffle else np.arange(n)
         pool = n if not self.shuffle else self.batch_size * self.pool_batches
         batches: list[np.ndarray] = []
@@ -141,6 +155,5 @@ class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
         return full
 
     def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches():
+        for batch in self.batches(self._start_pass()):
             yield batch.tolist()
-        self._finished_pass()
