@@ -168,8 +168,8 @@ def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import ImageFolderDataModule, SequenceDataModule, TabularDataModule
-    from chute.models import ImageClassifier, SequenceClassifier, TabularModel
+    from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, SequenceDataModule, TabularDataModule
+    from chute.models import ImageClassifier, MultiTaskModel, SequenceClassifier, TabularModel
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -190,3 +190,6 @@ def register_configs() -> None:
     sequence = builds(SequenceDataModule, "SequenceDataConfig", exclude=("loader",))
     cs.store(group="data", name="sequence_schema", node=sequence)
     cs.store(group="model", name="sequence_classifier_schema", node=builds(SequenceClassifier, "SequenceModelConfig"))
+    multitask = builds(MultiTaskDataModule, "MultiTaskDataConfig", exclude=("loader",))
+    cs.store(group="data", name="multitask_schema", node=multitask)
+    cs.store(group="model", name="multitask_model_schema", node=builds(MultiTaskModel, "MultiTaskModelConfig"))

@@ -48,7 +48,8 @@ def check_datamodule(
             assert torch.isfinite(x).all()
         assert x.shape == inputs.shape
         targets = ready[1] if not isinstance(ready, dict) else ready["targets"]
-        assert len(targets) == len(x)
+        for target in targets.values() if isinstance(targets, dict) else [targets]:  # multi-task: one per task
+            assert len(target) == len(x)
 
     # The module and its datasets must pickle (spawned workers, DDP launchers, checkpoints of hparams).
     clone = pickle.loads(pickle.dumps(dm))

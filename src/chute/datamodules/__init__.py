@@ -2,7 +2,8 @@
 
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
+from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.tabular import TabularDataModule
 
-__all__ = ["ChuteDataModule", "ImageFolderDataModule", "SequenceDataModule", "TabularDataModule"]
+__all__ = ["ChuteDataModule", "ImageFolderDataModule", "MultiTaskDataModule", "SequenceDataModule", "TabularDataModule"]

@@ -5,7 +5,7 @@ from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, 
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
-from chute.datasets.tabular import TableEncoder, TabularDataset, read_table
+from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
 
 __all__ = [
     "SKLEARN_TABLES",
@@ -14,6 +14,7 @@ __all__ = [
     "FolderIndex",
     "ImageFolderDataset",
     "LengthMajoritySequences",
+    "MultiTaskDataset",
     "SequenceDataset",
     "SklearnTable",
     "TableEncoder",

@@ -314,3 +314,45 @@ class TabularDataset(Dataset[tuple[torch.Tensor, ...]]):
     def _take(self, index: Any) -> tuple[torch.Tensor, ...]:
         out = (self.features[index], self.targets[index])
         return out if self.weights is None else (*out, self.weights[index])
+
+
+class MultiTaskDataset(Dataset[dict[str, Any]]):
+    """Encoded features with several named targets; batches are ``{"inputs", "targets": {name: ...}}``.
+
+    Like :class:`TabularDataset`, ``__getitems__`` gathers a whole batch at once.
+
+    Example:
+        >>> ds = MultiTaskDataset(np.eye(2, dtype=np.float32), {"a": np.array([0, 1]), "b": np.array([0.5, 2.0])})
+        >>> batch = ds.__getitems__([1])
+        >>> batch["inputs"].tolist(), {k: v.tolist() for k, v in batch["targets"].items()}
+        ([[0.0, 1.0]], {'a': [1], 'b': [2.0]})
+    """
+
+    def __init__(self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None = None) -> None:
+        if any(len(t) != len(features) for t in targets.values()):
+            raise ValueError("every target needs one value per feature row")
+        self.features = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+        self.targets = {name: torch.from_numpy(np.ascontiguousarray(t)) for name, t in targets.items()}
+        self.weights = None if weights is None else torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        batch = self._take(index)
+        return {
+            k: v.clone() if isinstance(v, torch.Tensor) else {n: t.clone() for n, t in v.items()}
+            for k, v in batch.items()
+        }
+
+    def __getitems__(self, indices: Sequence[int] | torch.Tensor) -> dict[str, Any]:
+        return self._take(torch.as_tensor(indices, dtype=torch.int64))
+
+    def _take(self, index: Any) -> dict[str, Any]:
+        batch: dict[str, Any] = {
+            "inputs": self.features[index],
+            "targets": {name: t[index] for name, t in self.targets.items()},
+        }
+        if self.weights is not None:
+            batch["weights"] = self.weights[index]
+        return batch

@@ -1,0 +1,241 @@
+"""``TableDataModuleBase``: reading, splitting and train-only encoding shared by the table DataModules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Dataset
+
+from chute.collate import passthrough
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.folder import stratified_split
+from chute.datasets.tabular import (
+    MissingStrategy,
+    Split,
+    TableEncoder,
+    encode_labels,
+    encode_numbers,
+    label_classes,
+    read_table,
+)
+from chute.errors import ConfigError, DataError
+from chute.loader import LoaderSettings, derive_seed
+from chute.samplers import BatchIndexSampler
+
+Task = Literal["classification", "regression"]
+UnknownCategory = Literal["raise", "ignore"]
+
+
+class TableDataModuleBase(ChuteDataModule):
+    """What the table DataModules share: reading, splitting, train-only encoding and batched loaders.
+
+    ``tasks`` maps a task name to ``(column, "classification" | "regression")``. Subclasses decide
+    what a batch looks like (:meth:`_make_dataset`) and what the model is told (``model_kwargs``).
+    :class:`TabularDataModule` documents the other arguments.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        tasks: Mapping[str, tuple[str, Task]],
+        numeric: Sequence[str] | None,
+        categorical: Sequence[str],
+        weight: str | None,
+        val_path: str | None,
+        test_path: str | None,
+        val_fraction: float,
+        missing: MissingStrategy,
+        fill_value: float,
+        standardize: bool,
+        unknown_category: UnknownCategory,
+        loader: LoaderSettings | Mapping[str, Any] | None,
+        seed: int,
+        prepare: Callable[[str], Any] | None,
+        collate_fn: Callable[[Any], Any] | str | None,
+    ) -> None:
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        if val_path is None and not 0.0 < val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_path")
+        if not tasks:
+            raise ConfigError("tasks", {}, "needs at least one target")
+        features = set(categorical) | set(numeric or ())
+        for key, (column, kind) in self._task_keys(tasks).items():
+            if kind not in ("classification", "regression"):
+                raise ConfigError(key[1], kind, "must be 'classification' or 'regression'")
+            if column in features:
+                raise ConfigError(key[0], column, "is also listed as a feature column; a column cannot be both")
+        if weight is not None and weight in features:
+            raise ConfigError("weight", weight, "is also listed as a feature column; a column cannot be both")
+        self.path = os.fspath(path)
+        self.paths = {"train": self.path, "val": val_path, "test": test_path}
+        self.tasks: dict[str, tuple[str, Task]] = {name: (column, kind) for name, (column, kind) in tasks.items()}
+        self.weight = weight
+        self.val_fraction = val_fraction
+        self._numeric = None if numeric is None else list(numeric)
+        self._encoder_args = {
+            "categorical": list(categorical), "missing": missing, "fill_value": float(fill_value),
+            "standardize": standardize, "unknown_category": unknown_category,
+        }  # fmt: skip
+        # Check the encoding options now, not at setup (numeric columns may be inferred then).
+        TableEncoder(numeric=self._numeric if self._numeric is not None else ["?"], **self._encoder_args)  # type: ignore[arg-type]
+        self.encoder: TableEncoder | None = None
+        self.task_classes: dict[str, tuple[str, ...]] = {}
+        self._datasets: dict[str, Dataset[Any]] = {}
+        self._saved_state: dict[str, Any] | None = None
+
+    def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
+        """Config keys naming each task's column and type, for error messages."""
+        return {(f"tasks.{n}.column", f"tasks.{n}.type"): spec for n, spec in tasks.items()}
+
+    def _make_dataset(
+        self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None
+    ) -> Dataset[Any]:
+        raise NotImplementedError
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self._prepare_root(self.path)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._datasets:
+            return
+        splits = self._read_splits()
+        train = splits["train"]
+        numeric = self._numeric if self._numeric is not None else self._infer_numeric(train)
+        encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
+        if self._saved_state is not None:
+            encoder.load_state_dict(self._saved_state["encoder"])
+            self.task_classes = {k: tuple(v) for k, v in self._saved_state["classes"].items()}
+        else:
+            encoder.fit(train)
+            self.task_classes = {
+                name: tuple(label_classes(train, column))
+                for name, (column, kind) in self.tasks.items()
+                if kind == "classification"
+            }
+        self.encoder = encoder
+        self._datasets = {name: self._encode(split) for name, split in splits.items()}
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        # A plain batch sampler: Lightning rebuilds the predict loader's sampler to track indices.
+        return self._dataloader(self.dataset("test"), train=False, collate_fn=self._collate(passthrough))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.encoder is not None:
+            classes = {name: list(values) for name, values in self.task_classes.items()}
+            state.update(numeric=list(self.encoder.numeric), encoder=self.encoder.state_dict(), classes=classes)
+        elif self._saved_state is not None:
+            state.update(self._saved_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Reuse the fitted encoding (statistics, vocabularies, classes) of a checkpoint; call before ``setup``."""
+        super().load_state_dict(state_dict)
+        if "encoder" in state_dict:
+            self._saved_state = {k: state_dict[k] for k in ("numeric", "encoder", "classes")}
+            self._numeric = list(state_dict["numeric"])
+            if self._datasets:
+                self._datasets = {}
+                self.setup()
+
+    # -- Public properties -----------------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        return len(self._encoder().feature_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self._encoder().feature_names
+
+    def dataset(self, split: str) -> Any:
+        """The ``train``, ``val`` or ``test`` split (encoded)."""
+        self._encoder()
+        return self._datasets[split]
+
+    # -- Internals -------------------------------------------------------------------------------
+
+    def _encoder(self) -> TableEncoder:
+        if self.encoder is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
+                "(Lightning's Trainer does both)."
+            )
+        return self.encoder
+
+    def _loader(self, split: str, train: bool) -> DataLoader[Any]:
+        dataset, settings = self.dataset(split), self.loader_settings
+        batches = BatchIndexSampler(
+            len(dataset),
+            settings.batch_size_for(train),
+            shuffle=train and settings.shuffle,
+            drop_last=train and settings.drop_last,
+            seed=derive_seed(self.seed, 5),
+        )
+        return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)
+
+    def _read_splits(self) -> dict[str, Split]:
+        train = Split.whole(read_table(self.path), self.path)
+        if self.paths["val"] is not None:
+            val = Split.whole(read_table(self.paths["val"]), self.paths["val"])
+        else:
+            seed = derive_seed(self.seed, 1)
+            stratify = next((column for column, kind in self.tasks.values() if kind == "classification"), None)
+            if stratify is not None:  # by the first classification target
+                labels = np.asarray(train.strings(stratify), dtype=object)
+                keep, held = stratified_split(labels, self.val_fraction, seed)
+            else:
+                order = np.random.default_rng(seed).permutation(train.table.num_rows)
+                n_val = max(1, round(len(order) * self.val_fraction))
+                keep, held = np.sort(order[n_val:]), np.sort(order[:n_val])
+            train, val = train.take(keep), train.take(held)
+        test = val
+        if self.paths["test"] is not None:
+            test = Split.whole(read_table(self.paths["test"]), self.paths["test"])
+        return {"train": train, "val": val, "test": test}
+
+    def _infer_numeric(self, train: Split) -> list[str]:
+        taken = {column for column, _ in self.tasks.values()} | {self.weight, *self._encoder_args["categorical"]}  # type: ignore[misc]
+        numeric: list[str] = []
+        skipped: list[str] = []
+        for name, kind in zip(train.table.column_names, train.table.schema.types, strict=True):
+            if name in taken:
+                continue
+            usable = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+            (numeric if usable else skipped).append(name)
+        if skipped:
+            rank_zero_info(f"{type(self).__name__}: ignoring non-numeric columns {skipped} (list them as categorical).")
+        if not numeric and not self._encoder_args["categorical"]:
+            raise DataError(f"'{train.source}' has no numeric feature columns besides the targets.")
+        return numeric
+
+    def _encode(self, split: Split) -> Dataset[Any]:
+        features = self._encoder().encode(split)
+        targets = {}
+        for name, (column, kind) in self.tasks.items():
+            if kind == "classification":
+                targets[name] = encode_labels(split, column, self.task_classes[name])
+            else:
+                targets[name] = encode_numbers(split, column)
+        weights = encode_numbers(split, self.weight, "Weight") if self.weight is not None else None
+        if weights is not None and (weights < 0).any():
+            row = int(np.flatnonzero(weights < 0)[0])
+            raise DataError(f"Weight column {self.weight!r} is negative at {split.where(row)}.")
+        return self._make_dataset(features, targets, weights)
