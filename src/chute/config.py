@@ -164,11 +164,42 @@ def _omegaconf_type(tp: Any) -> Any:
     return Any
 
 
+def compose_config(*overrides: str, output_dir: str | None = None) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` as ``python train.py`` would, outside a Hydra run.
+
+    For scripts and tests. ``${hydra:...}`` interpolations resolve (the run directory is
+    ``output_dir``, default a new temporary folder).
+    """
+    import tempfile
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = output_dir or tempfile.mkdtemp(prefix="chute-run-")
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, SequenceDataModule, TabularDataModule
+    from chute.datamodules import (
+        ImageFolderDataModule,
+        MultiTaskDataModule,
+        SequenceDataModule,
+        StreamingDataModule,
+        TabularDataModule,
+    )
     from chute.models import ImageClassifier, MultiTaskModel, SequenceClassifier, TabularModel
 
     cs = ConfigStore.instance()
@@ -193,3 +224,5 @@ def register_configs() -> None:
     multitask = builds(MultiTaskDataModule, "MultiTaskDataConfig", exclude=("loader",))
     cs.store(group="data", name="multitask_schema", node=multitask)
     cs.store(group="model", name="multitask_model_schema", node=builds(MultiTaskModel, "MultiTaskModelConfig"))
+    streaming = builds(StreamingDataModule, "StreamingDataConfig", exclude=("loader",))
+    cs.store(group="data", name="streaming_schema", node=streaming)

@@ -153,6 +153,27 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
+class EpochDataLoader(DataLoader[Any]):
+    """A DataLoader that tells its dataset the epoch (``dataset.set_epoch``) when each pass starts.
+
+    Lightning calls ``set_epoch`` on samplers only; an iterable dataset has none, so without this
+    it would shuffle the same way every epoch. Passes are counted; ``set_epoch`` here pins the
+    next pass's epoch (e.g. when resuming).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self._next_epoch = int(epoch)
+
+    def __iter__(self) -> Any:
+        self.dataset.set_epoch(self._next_epoch)  # type: ignore[attr-defined]
+        self._next_epoch += 1
+        return super().__iter__()
+
+
 def build_dataloader(
     dataset: Dataset[Any],
     settings: LoaderSettings,
@@ -163,12 +184,15 @@ def build_dataloader(
     sampler: Sampler[Any] | None = None,
     batch_sampler: Sampler[Any] | None = None,
     rank: int | None = None,
+    dataset_batches: bool = False,
 ) -> DataLoader[Any]:
     """Build a DataLoader from ``settings``; the only place chute calls ``DataLoader(...)``.
 
     The loader owns a generator seeded from ``seed``, so shuffling and per-epoch worker seeds
     depend on the run's seed alone, not on how much global randomness model code consumed. A
     ``batch_sampler`` (e.g. length bucketing) replaces ``batch_size``, ``shuffle`` and ``drop_last``.
+    With ``dataset_batches`` the dataset yields whole batches itself (an iterable stream); if it has
+    ``set_epoch``, the loader calls it at the start of every pass (:class:`EpochDataLoader`).
     """
     workers = settings.num_workers
     generator = torch.Generator().manual_seed(derive_seed(seed, 0 if train else 1))
@@ -180,7 +204,9 @@ def build_dataloader(
         "collate_fn": collate_fn,
         "generator": generator,
     }
-    if batch_sampler is not None:
+    if dataset_batches:
+        kwargs.update(batch_size=None, drop_last=False)
+    elif batch_sampler is not None:
         for key in ("batch_size", "drop_last"):
             del kwargs[key]
         kwargs["batch_sampler"] = batch_sampler
@@ -197,4 +223,6 @@ def build_dataloader(
             kwargs["multiprocessing_context"] = settings.multiprocessing_context
         if settings.seed_workers:
             kwargs["worker_init_fn"] = WorkerSeeder(current_rank() if rank is None else rank)
+    if dataset_batches and callable(getattr(dataset, "set_epoch", None)):
+        return EpochDataLoader(dataset, **kwargs)
     return DataLoader(dataset, **kwargs)

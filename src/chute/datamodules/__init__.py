@@ -4,6 +4,14 @@ from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
+from chute.datamodules.streaming import StreamingDataModule
 from chute.datamodules.tabular import TabularDataModule
 
-__all__ = ["ChuteDataModule", "ImageFolderDataModule", "MultiTaskDataModule", "SequenceDataModule", "TabularDataModule"]
+__all__ = [
+    "ChuteDataModule",
+    "ImageFolderDataModule",
+    "MultiTaskDataModule",
+    "SequenceDataModule",
+    "StreamingDataModule",
+    "TabularDataModule",
+]

@@ -83,6 +83,7 @@ class ChuteDataModule(L.LightningDataModule):
         collate_fn: Callable[[list[Any]], Any] | None = None,
         sampler: Sampler[Any] | None = None,
         batch_sampler: Sampler[Any] | None = None,
+        dataset_batches: bool = False,
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
         return build_dataloader(
@@ -94,6 +95,7 @@ class ChuteDataModule(L.LightningDataModule):
             sampler=sampler,
             batch_sampler=batch_sampler,
             rank=rank,
+            dataset_batches=dataset_batches,
         )
 
     def _prepare_root(self, root: str) -> None:

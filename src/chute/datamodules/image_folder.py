@@ -73,6 +73,8 @@ class ImageFolderDataModule(ChuteDataModule):
         (torch.uint8, (64, 1, 16, 16))
     """
 
+    sample_collate = "chute.collate.collate_images"  # for streams of its samples
+
     def __init__(
         self,
         root: str | os.PathLike[str],

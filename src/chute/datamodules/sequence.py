@@ -65,6 +65,8 @@ class SequenceDataModule(ChuteDataModule):
         (['inputs', 'lengths', 'mask', 'targets'], 64, 4)
     """
 
+    sample_collate = "chute.datasets.sequence.collate_sequences"  # for streams of its samples
+
     def __init__(
         self,
         root: str | os.PathLike[str],

@@ -3,6 +3,7 @@
 from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
+from chute.datasets.shards import ShardedCopy, ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
@@ -16,14 +17,19 @@ __all__ = [
     "LengthMajoritySequences",
     "MultiTaskDataset",
     "SequenceDataset",
+    "ShardIndex",
+    "ShardStream",
+    "ShardedCopy",
     "SklearnTable",
     "TableEncoder",
     "TabularDataset",
     "collate_sequences",
     "padding_waste",
+    "partition",
     "read_table",
     "scan_folder",
     "sklearn_table",
     "stratified_split",
+    "write_shards",
     "write_table",
 ]

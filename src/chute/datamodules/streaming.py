@@ -1,0 +1,155 @@
+"""``StreamingDataModule``: an iterable stream over JSONL shards, each sample once per epoch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch.utils.data import DataLoader
+
+from chute.collate import collate_nested, resolve_collate
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.shards import ShardIndex, ShardStream, distributed_position
+from chute.errors import ConfigError
+from chute.loader import LoaderSettings, derive_seed
+from chute.transforms.batch import NormalizeBatch
+
+
+class StreamingDataModule(ChuteDataModule):
+    """Stream a shard folder (``index.json`` + ``<split>-NNNNN.jsonl``) written by :class:`~chute.datasets.ShardedCopy`.
+
+    The training stream shuffles the shard order each epoch (the same order on every rank) and the
+    samples through a buffer, then splits the epoch across distributed ranks and DataLoader workers
+    by sample position, so every sample is read exactly once per epoch whatever the world size,
+    worker count or shard sizes. ``len(train_dataloader())`` is the exact number of batches this
+    rank yields, so progress bars and schedulers work. The index tells the model what it needs
+    (``model_kwargs``), the default collate function and, for images, the normalization applied on
+    the device.
+
+    Args:
+        root: Shard folder.
+        shuffle_buffer: Samples held per reader for shuffling (0: no sample shuffling).
+        shuffle_shards: Shuffle the shard order each epoch.
+        train_split: Split name to train on.
+        val_split: Split for validation (and test/predict unless ``test_split`` is set).
+        test_split: Split for test and predict.
+        loader: DataLoader settings (``batch_size``, ``num_workers``, ... ; ``shuffle`` turns both
+            shuffles off when false).
+        seed: Seed of the shuffles; the epoch, rank and worker are mixed in.
+        prepare: Optional ``prepare(root)`` that writes the shards (e.g. a ``ShardedCopy``).
+        collate_fn: Collate function or dotted path (default: the source's, else nested stacking/padding).
+
+    Example:
+        >>> from chute.datamodules import TabularDataModule
+        >>> from chute.datasets import ShardedCopy, SklearnTable
+        >>> import tempfile
+        >>> tmp = tempfile.mkdtemp()
+        >>> source = TabularDataModule(tmp + "/wine.csv", target="cultivar", prepare=SklearnTable("wine"))
+        >>> dm = StreamingDataModule(tmp + "/shards", prepare=ShardedCopy(source, samples_per_shard=50))
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> features, targets = next(iter(dm.train_dataloader()))
+        >>> tuple(features.shape), dm.model_kwargs["num_classes"]
+        ((64, 13), 3)
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        shuffle_buffer: int = 1000,
+        shuffle_shards: bool = True,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str | None = None,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+        collate_fn: Callable[[Any], Any] | str | None = None,
+    ) -> None:
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        if shuffle_buffer < 0:
+            raise ConfigError("shuffle_buffer", shuffle_buffer, "must be >= 0 (0: no sample shuffling)")
+        self.root = os.fspath(root)
+        self.shuffle_buffer = shuffle_buffer
+        self.shuffle_shards = shuffle_shards
+        self.split_names = {"train": train_split, "val": val_split, "test": test_split or val_split}
+        self.index: ShardIndex | None = None
+        self._save_plain_hparams(
+            root=self.root, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards, train_split=train_split,
+            val_split=val_split, test_split=test_split,
+        )  # fmt: skip
+
+    def prepare_data(self) -> None:
+        self._prepare_root(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.index is not None:
+            return
+        index = ShardIndex.read(self.root)
+        for split in set(self.split_names.values()):
+            index.shards(split)  # a missing split fails now, naming what the index has
+        normalize = index.extra.get("normalize")
+        if normalize is not None:
+            self.batch_transform = NormalizeBatch(normalize["mean"], normalize["std"])
+        self.index = index
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return dict(self._index().extra.get("model_kwargs", {}))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self._index().extra.get("class_names")
+        if names is None:
+            raise AttributeError("class_names: the shard index records no classes")
+        return tuple(names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def num_samples(self, split: str) -> int:
+        return sum(n for _, n in self._index().shards(self.split_names[split]))
+
+    def stream(self, split: str, train: bool = False) -> ShardStream:
+        """The ``train``, ``val`` or ``test`` stream as its DataLoader reads it."""
+        index, settings = self._index(), self.loader_settings
+        shuffle = train and settings.shuffle
+        rank = self.trainer.global_rank if self.trainer is not None else None
+        world = self.trainer.world_size if self.trainer is not None else None
+        if rank is None:
+            rank, world = distributed_position()
+        default = resolve_collate(index.extra.get("collate"), collate_nested)
+        return ShardStream(
+            index.shards(self.split_names[split]),
+            settings.batch_size_for(train),
+            self._collate(default),
+            shuffle_shards=shuffle and self.shuffle_shards,
+            buffer_size=self.shuffle_buffer if shuffle else 0,
+            seed=derive_seed(self.seed, 6),
+            drop_last=train and settings.drop_last,
+            rank=rank,
+            world_size=world,
+            num_workers=settings.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._dataloader(self.stream("train", train=True), train=True, dataset_batches=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._dataloader(self.stream("val"), train=False, dataset_batches=True)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._dataloader(self.stream("test"), train=False, dataset_batches=True)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._dataloader(self.stream("test"), train=False, dataset_batches=True)
+
+    def _index(self) -> ShardIndex:
+        if self.index is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
+                "(Lightning's Trainer does both)."
+            )
+        return self.index

@@ -1,0 +1,375 @@
+"""Sharded JSONL datasets: a writer for any map-style dataset and a stream that reads each sample once.
+
+A shard folder holds ``<split>-NNNNN.jsonl`` files and an ``index.json`` listing each shard's file
+and sample count. One JSON line is one sample; tensors are stored with their dtype
+(``{"tensor": [...], "dtype": "uint8"}``), so they come back exactly. Nothing is unpickled.
+
+:class:`ShardStream` splits an epoch across distributed ranks and DataLoader workers by sample
+position, not by whole shard: the shards (in a per-epoch order shared by every rank) are laid end to
+end and every (rank, worker) reads one contiguous range of that sequence. So each sample is read
+exactly once per epoch for any world size and worker count, even with fewer shards than readers or
+shards of uneven size, and ranks differ by at most one sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from chute.errors import DataError
+from chute.loader import derive_seed
+
+INDEX = "index.json"
+FORMAT = "chute-jsonl-shards/1"
+
+
+# -- Samples to JSON and back ------------------------------------------------------------------
+
+
+def encode_sample(sample: Any) -> Any:
+    """A JSON-ready copy of ``sample`` (nested dicts, tuples, lists, tensors, arrays, numbers, strings)."""
+    if isinstance(sample, torch.Tensor):
+        return {"tensor": sample.tolist(), "dtype": str(sample.dtype).removeprefix("torch.")}
+    if isinstance(sample, np.ndarray):
+        return encode_sample(torch.from_numpy(sample))
+    if isinstance(sample, np.generic):
+        return sample.item()
+    if isinstance(sample, dict):
+        return {"dict": {str(k): encode_sample(v) for k, v in sample.items()}}
+    if isinstance(sample, tuple | list):
+        return {"tuple" if isinstance(sample, tuple) else "list": [encode_sample(v) for v in sample]}
+    if sample is None or isinstance(sample, bool | int | float | str):
+        return sample
+    raise TypeError(f"Cannot store a {type(sample).__name__} in a shard; use tensors, arrays, numbers or strings.")
+
+
+def decode_sample(value: Any) -> Any:
+    """The inverse of :func:`encode_sample`."""
+    if isinstance(value, dict):
+        if "tensor" in value:
+            return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+        if "dict" in value:
+            return {k: decode_sample(v) for k, v in value["dict"].items()}
+        if "tuple" in value:
+            return tuple(decode_sample(v) for v in value["tuple"])
+        if "list" in value:
+            return [decode_sample(v) for v in value["list"]]
+        raise ValueError(f"unknown encoded value with keys {sorted(value)}")
+    return value
+
+
+# -- Writing -----------------------------------------------------------------------------------
+
+
+def write_shards(
+    samples: Iterable[Any],
+    out: str | os.PathLike[str],
+    split: str,
+    samples_per_shard: int,
+    total: int | None = None,
+) -> list[dict[str, Any]]:
+    """Write ``samples`` as ``out/<split>-NNNNN.jsonl`` shards; return their index entries."""
+    if samples_per_shard < 1:
+        raise ValueError(f"samples_per_shard={samples_per_shard}: must be >= 1")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, Any]] = []
+    handle = None
+    try:
+        for i, sample in enumerate(tqdm(samples, total=total, desc=f"Writing {split} shards", leave=False)):
+            if i % samples_per_shard == 0:
+                if handle is not None:
+                    handle.close()
+                name = f"{split}-{len(entries):05d}.jsonl"
+                handle = open(out / name, "w")  # noqa: SIM115 (closed when the shard is full)
+                entries.append({"file": name, "count": 0})
+            assert handle is not None
+            handle.write(json.dumps(encode_sample(sample), separators=(",", ":")) + "\n")
+            entries[-1]["count"] += 1
+    finally:
+        if handle is not None:
+            handle.close()
+    return entries
+
+
+def write_index(out: str | os.PathLike[str], splits: dict[str, list[dict[str, Any]]], **extra: Any) -> None:
+    """Write ``index.json`` (last, so a folder with an index is complete)."""
+    payload = {"format": FORMAT, "splits": splits, **extra}
+    Path(out, INDEX).write_text(json.dumps(payload, indent=2))
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """What ``index.json`` says: per split, shard paths (inside ``root``) and sample counts."""
+
+    root: str
+    splits: dict[str, tuple[tuple[str, int], ...]]
+    extra: dict[str, Any]
+
+    @classmethod
+    def read(cls, root: str | os.PathLike[str]) -> ShardIndex:
+        root = os.fspath(root)
+        path = os.path.join(root, INDEX)
+        try:
+            payload = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise DataError(f"No shard index '{path}': write shards with scripts/write_shards.py first.") from None
+        except ValueError as err:
+            raise DataError(f"Shard index '{path}' is not valid JSON: {err}") from None
+        if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+            raise DataError(f"'{path}' is not a chute shard index (expected format {FORMAT!r}).")
+        real_root = os.path.realpath(root)
+        splits: dict[str, tuple[tuple[str, int], ...]] = {}
+        for split, entries in payload["splits"].items():
+            shards = []
+            for entry in entries:
+                file = os.path.realpath(os.path.join(root, str(entry["file"])))
+                if os.path.commonpath([file, real_root]) != real_root:  # never read outside the shard folder
+                    raise DataError(f"Shard index '{path}' names '{entry['file']}', outside '{root}'.")
+                count = int(entry["count"])
+                if count < 0:
+                    raise DataError(f"Shard index '{path}': negative count for '{entry['file']}'.")
+                shards.append((file, count))
+            splits[str(split)] = tuple(shards)
+        extra = {k: v for k, v in payload.items() if k not in ("format", "splits")}
+        return cls(root, splits, extra)
+
+    def shards(self, split: str) -> tuple[tuple[str, int], ...]:
+        if split not in self.splits:
+            raise DataError(f"Shard index in '{self.root}' has no '{split}' split (has {sorted(self.splits)}).")
+        return self.splits[split]
+
+
+# -- Reading: exactly once across ranks and workers -----------------------------------------
+
+
+def partition(counts: Sequence[int], consumers: int, consumer: int) -> list[tuple[int, int, int]]:
+    """The ``(shard, start, stop)`` line ranges that reader ``consumer`` of ``consumers`` reads.
+
+    Shards are laid end to end in the given order; reader ``c`` takes global positions
+    ``[c * N // C, (c + 1) * N // C)``. Every position belongs to exactly one reader.
+
+    Example:
+        >>> [partition([3, 1, 4], 3, c) for c in range(3)]
+        [[(0, 0, 2)], [(0, 2, 3), (1, 0, 1), (2, 0, 1)], [(2, 1, 4)]]
+    """
+    if not 0 <= consumer < consumers:
+        raise ValueError(f"consumer {consumer} not in [0, {consumers})")
+    total = int(sum(counts))
+    lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
+    ranges = []
+    offset = 0
+    for shard, count in enumerate(counts):
+        start, stop = max(lo, offset), min(hi, offset + count)
+        if start < stop:
+            ranges.append((shard, start - offset, stop - offset))
+        offset += count
+    return ranges
+
+
+def distributed_position() -> tuple[int, int]:
+    """``(rank, world_size)`` from torch.distributed when initialised, else the launcher's env, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class ShardStream(IterableDataset[Any]):
+    """Batches from JSONL shards; each sample once per epoch across ranks and workers.
+
+    Args:
+        shards: ``(path, count)`` per shard, e.g. ``ShardIndex.read(root).shards("train")``.
+        batch_size: Samples per batch (the stream batches, so the DataLoader runs with ``batch_size=None``).
+        collate_fn: Turns a list of samples into a batch.
+        shuffle_shards: Shuffle the shard order each epoch (the same order on every rank).
+        buffer_size: Samples per reader's shuffle buffer (0: no sample shuffling); larger mixes more.
+        seed: Seed; the epoch and the reader's position are mixed in.
+        drop_last: Drop each reader's last incomplete batch.
+        rank: Distributed rank (``None``: from torch.distributed or ``RANK``).
+        world_size: Number of ranks (``None``: from torch.distributed or ``WORLD_SIZE``).
+        transform: Optional callable applied to each decoded sample.
+        num_workers: Workers the DataLoader will use (for an exact ``len``; reading adapts anyway).
+    """
+
+    def __init__(
+        self,
+        shards: Sequence[tuple[str, int]],
+        batch_size: int,
+        collate_fn: Callable[[list[Any]], Any],
+        *,
+        shuffle_shards: bool = True,
+        buffer_size: int = 1000,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        transform: Callable[[Any], Any] | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.shards = [(str(p), int(n)) for p, n in shards]
+        self.batch_size = batch_size
+        self.collate_fn = collate_fn
+        self.shuffle_shards = shuffle_shards
+        self.buffer_size = max(0, buffer_size)
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.transform = transform
+        self.num_workers = num_workers
+        # Shared memory, so persistent workers see the epoch the main process sets.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch[0] = epoch
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
+    @property
+    def num_samples(self) -> int:
+        return sum(n for _, n in self.shards)
+
+    def _position(self) -> tuple[int, int]:
+        rank, world = distributed_position()
+        return (rank if self.rank is None else self.rank), (world if self.world_size is None else self.world_size)
+
+    def reader_ranges(self, rank: int, world_size: int, worker: int, workers: int) -> list[tuple[int, int, int]]:
+        """``(shard, start, stop)`` ranges of one reader this epoch (shard indices into ``self.shards``)."""
+        order = self._shard_order()
+        counts = [self.shards[i][1] for i in order]
+        ranges = partition(counts, world_size * max(workers, 1), rank * max(workers, 1) + worker)
+        return [(order[s], start, stop) for s, start, stop in ranges]
+
+    def _shard_order(self) -> list[int]:
+        if not self.shuffle_shards:
+            return list(range(len(self.shards)))
+        return np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(len(self.shards)).tolist()
+
+    def __len__(self) -> int:
+        """Batches this rank yields per epoch (exact for the configured ``num_workers``)."""
+        rank, world = self._position()
+        workers = max(self.num_workers, 1)
+        total = 0
+        for worker in range(workers):
+            n = sum(stop - start for _, start, stop in self.reader_ranges(rank, world, worker, workers))
+            total += n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return total
+
+    def __iter__(self) -> Iterator[Any]:
+        rank, world = self._position()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        ranges = self.reader_ranges(rank, world, worker, workers)
+        samples = self._read(ranges)
+        if self.buffer_size > 1:
+            samples = self._buffered(samples, derive_seed(self.seed, self.epoch, rank, worker))
+        batch: list[Any] = []
+        for sample in samples:
+            batch.append(sample)
+            if len(batch) == self.batch_size:
+                yield self.collate_fn(batch)
+                batch = []
+        if batch and not self.drop_last:
+            yield self.collate_fn(batch)
+
+    def _read(self, ranges: list[tuple[int, int, int]]) -> Iterator[Any]:
+        for shard, start, stop in ranges:
+            path = self.shards[shard][0]
+            lines = 0
+            with open(path) as f:
+                for line_no, line in enumerate(f):
+                    if line_no >= stop:
+                        break
+                    lines = line_no + 1
+                    if line_no < start:
+                        continue
+                    try:
+                        sample = decode_sample(json.loads(line))
+                    except ValueError as err:
+                        raise DataError(f"'{path}', line {line_no + 1} is not a valid sample: {err}") from None
+                    yield sample if self.transform is None else self.transform(sample)
+            if lines < stop:
+                raise DataError(
+                    f"Shard '{path}' has {lines} lines but its index says {self.shards[shard][1]}; it was "
+                    "truncated or rewritten: write the shards again."
+                )
+
+    def _buffered(self, samples: Iterator[Any], seed: int) -> Iterator[Any]:
+        rng = np.random.default_rng(seed)
+        buffer: list[Any] = []
+        for sample in samples:
+            if len(buffer) < self.buffer_size:
+                buffer.append(sample)
+                continue
+            i = int(rng.integers(len(buffer)))
+            buffer[i], sample = sample, buffer[i]
+            yield sample
+        for i in rng.permutation(len(buffer)):
+            yield buffer[i]
+
+
+class ShardedCopy:
+    """Writes a chute DataModule's ``train`` and ``val`` splits as JSONL shards, once (atomically).
+
+    Use it as a StreamingDataModule's ``prepare`` (``prepare(root)``) or from
+    ``scripts/write_shards.py``. The index records what the source tells its model
+    (``model_kwargs``), its per-sample collate function and, for images, the normalization, so a
+    StreamingDataModule over the shards trains the same model.
+
+    Args:
+        source: A DataModule with ``dataset(split)`` (image folder, tabular, sequence, multi-task).
+        samples_per_shard: Samples per shard file.
+        splits: Splits to write.
+    """
+
+    def __init__(self, source: Any, samples_per_shard: int = 256, splits: Sequence[str] = ("train", "val")) -> None:
+        if samples_per_shard < 1:
+            raise ValueError(f"samples_per_shard={samples_per_shard}: must be >= 1")
+        self.source = source
+        self.samples_per_shard = samples_per_shard
+        self.splits = tuple(splits)
+
+    def manifest(self) -> dict[str, Any]:
+        hparams = {k: v for k, v in dict(getattr(self.source, "hparams", {})).items() if k != "loader"}
+        return {
+            "source": f"{type(self.source).__module__}.{type(self.source).__qualname__}",
+            "source_hparams": hparams, "samples_per_shard": self.samples_per_shard, "splits": list(self.splits),
+        }  # fmt: skip
+
+    def __call__(self, root: str | os.PathLike[str]) -> Path:
+        from chute.datasets.materialize import materialize
+
+        return materialize(root, json.loads(json.dumps(self.manifest(), default=str)), self._write)
+
+    def _write(self, out: Path) -> None:
+        source = self.source
+        source.prepare_data()
+        source.setup("fit")
+        splits = {}
+        for split in self.splits:
+            dataset = source.dataset(split)
+            samples = (dataset[i] for i in range(len(dataset)))
+            splits[split] = write_shards(samples, out, split, self.samples_per_shard, total=len(dataset))
+        extra: dict[str, Any] = {
+            "model_kwargs": source.model_kwargs,
+            "collate": getattr(source, "sample_collate", None),
+        }
+        mean, std = getattr(source, "mean", None), getattr(source, "std", None)
+        if isinstance(mean, list) and isinstance(std, list):
+            extra["normalize"] = {"mean": mean, "std": std}
+        with contextlib.suppress(AttributeError):  # e.g. a regression target has no classes
+            extra["class_names"] = list(source.class_names)
+        write_index(out, splits, **extra)
