@@ -31,7 +31,7 @@ def main() -> None:
     datamodule = build_datamodule(cfg, validate_config(cfg))
     # Shards hold the deterministic view: image training pipelines are random, so use the eval one.
     if getattr(datamodule, "train_transform", None) is not None:
-        datamodule.train_transform = getattr(datamodule, "val_transform", None)
+        setattr(datamodule, "train_transform", getattr(datamodule, "val_transform", None))  # noqa: B010
     ShardedCopy(datamodule, args.samples_per_shard, args.splits)(args.out)
     index = ShardIndex.read(args.out)
     for split, shards in index.splits.items():
