@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from chute.collate import collate_images
 from chute.datamodules.base import ChuteDataModule
+from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.loader import LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
+from chute.transforms.resize import OnFirst, SquareResize
 
 Transform = Callable[[torch.Tensor], Any]
 _STATS_SAMPLES = 512
@@ -57,6 +59,13 @@ class ImageFolderDataModule(ChuteDataModule):
         prepare: Optional callable ``prepare(root)`` that writes the tree if missing, run by
             ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
         collate_fn: Collate function or its dotted path (default: stack, explaining size mismatches).
+        cache: Cache decoded images: ``memory`` (shared by all workers) or ``disk`` (memory-mapped
+            files reused across runs) via :class:`~chute.datasets.CachedDataset`. Training caches
+            images resized and center-cropped to ``cache_size`` and runs ``train_transform`` on them
+            each epoch; evaluation caches the whole (deterministic) ``val_transform`` output.
+        cache_size: Side of the cached square training images (needed with ``cache``), e.g. 256
+            for 224-pixel crops.
+        cache_dir: Where a disk cache lives (default: ``<root>/.chute-cache``).
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -93,9 +102,16 @@ class ImageFolderDataModule(ChuteDataModule):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
+        cache: Literal["memory", "disk"] | None = None,
+        cache_size: int | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
         channels = channels_of(image_mode)
+        if cache not in (None, "memory", "disk"):
+            raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
+        if cache is not None and (cache_size is None or cache_size < 1):
+            raise ConfigError("cache_size", cache_size, "set the side of the cached training images, e.g. 256")
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
         for key, stat in (("mean", mean), ("std", std)):
@@ -110,6 +126,10 @@ class ImageFolderDataModule(ChuteDataModule):
         self.val_fraction = val_fraction
         self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels_last = channels_last
+        self.cache = cache
+        self.cache_size = cache_size
+        self.cache_dir = cache_dir or os.path.join(self.root, ".chute-cache")
+        self._cached: dict[str, CachedDataset] = {}
         self.mean: list[float] | None = list(mean) if mean is not None else None
         self.std: list[float] | None = list(std) if std is not None else None
         self._splits: dict[str, FolderIndex | None] = {}
@@ -117,7 +137,8 @@ class ImageFolderDataModule(ChuteDataModule):
         self._checked = False
         self._save_plain_hparams(
             root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
-            test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last,
+            test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last, cache=cache,
+            cache_size=cache_size, cache_dir=cache_dir,
         )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -208,10 +229,28 @@ class ImageFolderDataModule(ChuteDataModule):
     # -- Internals -------------------------------------------------------------------------------
 
     def _loader(self, split: str, transform: Transform | None, train: bool) -> DataLoader[Any]:
-        dataset = ImageFolderDataset(self._split(split), transform, self.image_mode)
+        dataset: Dataset[Any] = ImageFolderDataset(self._split(split), transform, self.image_mode)
+        if self.cache is not None:
+            dataset = self._cached_dataset(split, transform, train)
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
         return self._dataloader(dataset, train=train, collate_fn=self._collate(collate_images))
+
+    def _cached_dataset(self, split: str, transform: Transform | None, train: bool) -> CachedDataset:
+        """Build (once, in the main process, before workers start) the split's cache."""
+        if split not in self._cached:
+            index = self._split(split)
+            assert self.cache is not None
+            assert self.cache_size is not None
+            stage: Transform | None = SquareResize(self.cache_size) if train else transform
+            source = ImageFolderDataset(index, stage, self.image_mode)
+            key = fingerprint((index.path(i) for i in range(len(index))), (self.image_mode, repr(stage)))
+            self._cached[split] = CachedDataset(
+                source, store=self.cache, cache_dir=os.path.join(self.cache_dir, split), key=key
+            )
+        cached = self._cached[split]
+        cached.transform = OnFirst(transform) if train and transform is not None else None
+        return cached
 
     def _split(self, name: str) -> FolderIndex:
         if not self._splits:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -14,6 +15,10 @@ from chute.datasets.shards import ShardIndex, ShardStream, distributed_position
 from chute.errors import ConfigError
 from chute.loader import LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
+
+# Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
+# worker. ShardStream splits the epoch across workers and ranks and its length counts exactly that.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
 
 
 class StreamingDataModule(ChuteDataModule):

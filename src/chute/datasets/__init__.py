@@ -1,5 +1,6 @@
 """Datasets: indexing and reading data on disk, and writers for the bundled real data."""
 
+from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
@@ -10,6 +11,7 @@ from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDatase
 
 __all__ = [
     "SKLEARN_TABLES",
+    "CachedDataset",
     "CharVocab",
     "DigitsFolder",
     "FolderIndex",
@@ -24,6 +26,7 @@ __all__ = [
     "TableEncoder",
     "TabularDataset",
     "collate_sequences",
+    "fingerprint",
     "padding_waste",
     "partition",
     "read_table",

@@ -1,0 +1,283 @@
+"""``CachedDataset``: compute a dataset's deterministic stage once, apply the random stage every epoch.
+
+The source dataset yields the deterministic part of each sample (e.g. decode + resize): a tuple or
+dict of fixed-shape tensors, arrays and numbers. Those are stored once, one array per field:
+
+- ``store="memory"``: tensors in shared memory, built in the main process before workers start,
+  so every worker reads the same pages (no per-worker copy);
+- ``store="disk"``: raw arrays in ``cache_dir``, memory-mapped read-only, with a manifest that
+  records the fingerprint, shapes, dtypes and byte sizes. The manifest is written last, so a cache
+  is complete only with it; a fingerprint mismatch (changed source files or deterministic config)
+  or a file of the wrong size (truncated) makes the cache rebuild, never silently read.
+
+The random stage (``transform``) runs on the fly in ``__getitem__``, so augmentations still differ
+per epoch and worker. Nothing is pickled: the manifest is JSON and the arrays are raw bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from chute.errors import ConfigError, DataError
+
+Store = Literal["memory", "disk"]
+MANIFEST = "cache.json"
+_VERSION = 1
+
+
+def fingerprint(files: Iterable[str | bytes], config: Any) -> str:
+    """SHA-256 over each file's path, size and modification time, and ``repr(config)``.
+
+    Changing, adding or removing a source file, or changing the deterministic config, changes it.
+    """
+    digest = hashlib.sha256()
+    for file in files:
+        path = os.fsdecode(file)
+        stat = os.stat(path)
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    digest.update(repr(config).encode())
+    return digest.hexdigest()
+
+
+def _leaves(sample: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(name, value)`` per leaf of a (nested) tuple/list/dict sample, names like ``0`` or ``targets.a``."""
+    if isinstance(sample, dict):
+        return [leaf for k, v in sample.items() for leaf in _leaves(v, f"{prefix}{k}.")]
+    if isinstance(sample, tuple | list):
+        return [leaf for i, v in enumerate(sample) for leaf in _leaves(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), sample)]
+
+
+def _rebuild(template: Any, values: Iterable[Any]) -> Any:
+    it = iter(values)
+
+    def build(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: build(v) for k, v in node.items()}
+        if isinstance(node, tuple | list):
+            return type(node)(build(v) for v in node)
+        return next(it)
+
+    return build(template)
+
+
+def _as_array(value: Any, where: str) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray | np.generic | int | float | bool):
+        return np.asarray(value)
+    raise DataError(
+        f"{where}: cannot cache a {type(value).__name__}; the deterministic stage must yield tensors/numbers."
+    )
+
+
+class CachedDataset(Dataset[Any]):
+    """Cache ``source``'s samples once (memory or disk) and apply ``transform`` to each on the fly.
+
+    Args:
+        source: Map-style dataset whose samples are the deterministic stage (fixed shapes).
+        transform: Random stage, applied to every sample read from the cache (``None``: none).
+        store: ``memory`` (shared by all workers) or ``disk`` (memory-mapped, reused across runs).
+        cache_dir: Folder for ``store="disk"``.
+        key: Fingerprint of what the source depends on (see :func:`fingerprint`); the disk cache is
+            rebuilt when it changes.
+        progress: Show a progress bar while building.
+
+    Example:
+        >>> source = [(torch.full((2, 2), i, dtype=torch.uint8), i) for i in range(5)]
+        >>> cached = CachedDataset(source, transform=lambda s: (s[0] + 1, s[1]))
+        >>> cached[3][0].tolist(), cached[3][1]
+        ([[4, 4], [4, 4]], 3)
+    """
+
+    def __init__(
+        self,
+        source: Sequence[Any] | Dataset[Any],
+        transform: Callable[[Any], Any] | None = None,
+        *,
+        store: Store = "memory",
+        cache_dir: str | os.PathLike[str] | None = None,
+        key: str = "",
+        progress: bool = True,
+    ) -> None:
+        if store not in ("memory", "disk"):
+            raise ConfigError("cache", store, "must be 'memory' or 'disk'")
+        if store == "disk" and cache_dir is None:
+            raise ConfigError("cache_dir", None, "is needed for a disk cache")
+        self.transform = transform
+        self.store = store
+        self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
+        self.key = key
+        n = len(source)  # type: ignore[arg-type]
+        if n == 0:
+            raise DataError("Cannot cache an empty dataset.")
+        if store == "disk":
+            assert self.cache_dir is not None
+            arrays = _load_disk(self.cache_dir, key, n)
+            if arrays is None:
+                _build_disk(source, n, self.cache_dir, key, progress)
+                arrays = _load_disk(self.cache_dir, key, n)
+                assert arrays is not None
+            self.names, self.arrays, self.template = arrays
+        else:
+            self.names, self.arrays, self.template = _build_memory(source, n, progress)
+
+    def __len__(self) -> int:
+        return len(self.arrays[0])
+
+    def __getitem__(self, index: int) -> Any:
+        # Copy out of the cache: transforms may write in place, and a memmap slice must not escape.
+        values = [torch.from_numpy(np.array(a[index])) if a.ndim > 1 else _scalar(a[index]) for a in self.arrays]
+        sample = _rebuild(self.template, values)
+        return sample if self.transform is None else self.transform(sample)
+
+    def reseed(self, seed: int) -> None:
+        """Reseed the random stage in a worker (chute's worker seeding calls this)."""
+        reseed = getattr(self.transform, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+    @property
+    def shared(self) -> bool:
+        """Whether workers read the same pages: shared-memory tensors or read-only memory maps."""
+        return all(isinstance(a, np.memmap) or _is_shared(a) for a in self.arrays)
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays))
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _first(source: Any) -> tuple[list[str], list[np.ndarray], Any]:
+    sample = source[0]
+    leaves = _leaves(sample)
+    names = [name or "sample" for name, _ in leaves]
+    firsts = [_as_array(v, f"sample 0, field {n!r}") for n, (_, v) in zip(names, leaves, strict=True)]
+    return names, firsts, sample
+
+
+def _fill(source: Any, first: Any, names: list[str], outs: Sequence[np.ndarray], progress: bool) -> None:
+    n = len(outs[0])
+    for i in tqdm(range(n), desc="Building cache", unit="sample", disable=not progress, leave=False):
+        leaves = _leaves(first if i == 0 else source[i])
+        if len(leaves) != len(outs):
+            raise DataError(f"Sample {i} has {len(leaves)} fields, sample 0 has {len(outs)}: cannot cache it.")
+        for name, (_, value), out in zip(names, leaves, outs, strict=True):
+            array = _as_array(value, f"sample {i}, field {name!r}")
+            if array.shape != out.shape[1:]:
+                raise DataError(
+                    f"Sample {i}, field {name!r} has shape {array.shape}, sample 0 has {out.shape[1:]}: the cached "
+                    "(deterministic) stage must give fixed shapes, e.g. resize and crop to one size."
+                )
+            out[i] = array
+
+
+def _build_memory(source: Any, n: int, progress: bool) -> tuple[list[str], list[np.ndarray], Any]:
+    names, firsts, template = _first(source)
+    # torch shared memory: forked or spawned workers map the same pages instead of copying them.
+    tensors = [torch.from_numpy(np.empty((n, *f.shape), dtype=f.dtype)).share_memory_() for f in firsts]
+    outs = [t.numpy() for t in tensors]
+    _fill(source, template, names, outs, progress)
+    return names, outs, template
+
+
+def _is_shared(array: np.ndarray) -> bool:
+    base = array.base
+    return isinstance(base, torch.Tensor) and base.is_shared()
+
+
+def _manifest_path(cache_dir: str) -> Path:
+    return Path(cache_dir) / MANIFEST
+
+
+def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.ndarray], Any] | None:
+    """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged."""
+    try:
+        manifest = json.loads(_manifest_path(cache_dir).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        rank_zero_info(f"Cache '{cache_dir}': unreadable manifest, rebuilding.")
+        return None
+    if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
+        rank_zero_info(f"Cache '{cache_dir}': built for other source files or settings, rebuilding.")
+        return None
+    arrays: list[np.ndarray] = []
+    for field in manifest["fields"]:
+        path = Path(cache_dir) / field["file"]
+        dtype, shape = np.dtype(field["dtype"]), (n, *field["shape"])
+        expected = int(np.prod(shape)) * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            rank_zero_info(f"Cache '{cache_dir}': '{path.name}' is missing or truncated, rebuilding.")
+            return None
+        arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=shape))
+    template = _rebuild(_template_from(manifest["template"]), range(len(arrays)))
+    return [f["name"] for f in manifest["fields"]], arrays, template
+
+
+def _template_from(spec: Any) -> Any:
+    if isinstance(spec, dict) and "dict" in spec:
+        return {k: _template_from(v) for k, v in spec["dict"].items()}
+    if isinstance(spec, dict) and "tuple" in spec:
+        return tuple(_template_from(v) for v in spec["tuple"])
+    if isinstance(spec, dict) and "list" in spec:
+        return [_template_from(v) for v in spec["list"]]
+    return None
+
+
+def _template_spec(sample: Any) -> Any:
+    if isinstance(sample, dict):
+        return {"dict": {str(k): _template_spec(v) for k, v in sample.items()}}
+    if isinstance(sample, tuple):
+        return {"tuple": [_template_spec(v) for v in sample]}
+    if isinstance(sample, list):
+        return {"list": [_template_spec(v) for v in sample]}
+    return None
+
+
+def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -> None:
+    """Write the arrays to a temporary sibling folder, manifest last, and swap it into place."""
+    target = Path(cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        names, firsts, template = _first(source)
+        outs = [
+            np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *f.shape))
+            for j, f in enumerate(firsts)
+        ]
+        _fill(source, template, names, outs, progress)
+        fields = []
+        for j, (name, out) in enumerate(zip(names, outs, strict=True)):
+            out.flush()  # raw bytes, no header: the expected size is exactly n * item bytes
+            fields.append({"name": name, "file": f"field{j}.bin", "dtype": out.dtype.str, "shape": list(out.shape[1:])})
+        del outs
+        manifest = {
+            "version": _VERSION,
+            "key": key,
+            "length": n,
+            "fields": fields,
+            "template": _template_spec(template),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
