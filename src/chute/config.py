@@ -150,6 +150,8 @@ def _omegaconf_type(tp: Any) -> Any:
     if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         optional = len(options) < len(args)
+        if any(a is collections.abc.Callable or typing.get_origin(a) is collections.abc.Callable for a in options):
+            return Any  # a callable or its dotted path: a string, or a node with _target_ (and _partial_)
         if str in options:  # e.g. str | os.PathLike
             inner: Any = str
         elif len(options) == 1:
