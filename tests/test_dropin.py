@@ -84,3 +84,15 @@ def test_readme_dropin_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     trainer = namespace["trainer"]
     assert isinstance(trainer, L.Trainer)
     assert trainer.state.finished
+
+
+@pytest.mark.parametrize("name", ["tabular", "sequence", "multitask", "streaming"])
+def test_readme_datamodule_snippets_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each DataModule's README example, executed as written (in an empty working directory)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {"__name__": "readme"}
+    exec(compile(readme_snippet(name), "README.md", "exec"), namespace)
+    trainer = namespace["trainer"]
+    assert isinstance(trainer, L.Trainer)
+    assert trainer.state.finished
+    assert trainer.global_step > 0
