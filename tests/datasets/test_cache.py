@@ -135,3 +135,29 @@ def test_image_folder_cache_keeps_training_augmentation_per_epoch(
     assert not torch.equal(epoch1, epoch2)
     val = next(iter(dm.val_dataloader()))[0]
     assert torch.equal(val, next(iter(dm.val_dataloader()))[0])
+
+
+def test_image_folder_disk_cache_rebuilds_when_a_source_image_or_setting_changes(make_tree, tmp_path: Path) -> None:
+    from tests.helpers import write_image
+
+    root = make_tree(counts={"cat": 3, "dog": 3}, size=(16, 16))
+    t = create_transforms(image_size=8, crop_pct=1.0)
+
+    def first_train_image(cache_size: int = 8) -> torch.Tensor:
+        dm = ImageFolderDataModule(
+            root, train_transform=None, val_transform=t.val, mean=[0.5] * 3, std=[0.2] * 3, cache="disk",
+            cache_size=cache_size, cache_dir=str(tmp_path / "cache"), loader={"shuffle": False},
+        )  # fmt: skip
+        dm.setup("fit")
+        return next(iter(dm.train_dataloader()))[0][0]
+
+    before = first_train_image()
+    manifest = tmp_path / "cache" / "train" / "cache.json"
+    stamp = manifest.stat().st_mtime_ns
+    assert torch.equal(first_train_image(), before)
+    assert manifest.stat().st_mtime_ns == stamp  # reused as is
+    write_image(root / "train" / "cat" / "0.png", size=(16, 16), seed=999)  # new content, same name
+    changed = first_train_image()
+    assert manifest.stat().st_mtime_ns != stamp
+    assert not torch.equal(changed, before)
+    assert first_train_image(cache_size=10).shape[-1] == 10  # a new cache_size is a new cache
