@@ -47,7 +47,7 @@ def run(cfg: DictConfig) -> float:
     # The model's shape depends on the data: index it now (Lightning calls both hooks again, cheaply).
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = build_model(cfg, datamodule.model_kwargs)
+    model = build_model(cfg, {**datamodule.model_kwargs, **datamodule.loss_kwargs})
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
@@ -79,6 +79,7 @@ def run(cfg: DictConfig) -> float:
         "precision": trainer_kwargs["precision"],
         "accelerator": type(trainer.accelerator).__name__,
         "num_workers": settings.loader.num_workers,
+        "imbalance": settings.imbalance.strategy,
         "batch_size": settings.loader.batch_size,
         "seed": int(cfg.seed),
         "run_dir": run_dir,
@@ -95,6 +96,12 @@ def run(cfg: DictConfig) -> float:
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image data)."""
     data_kwargs: dict[str, Any] = {"loader": settings.loader}
+    if _accepts(cfg.data, "imbalance"):
+        data_kwargs["imbalance"] = settings.imbalance
+    elif settings.imbalance.strategy != "none":
+        raise ConfigError(
+            "imbalance.strategy", settings.imbalance.strategy, f"{cfg.data._target_} has no class targets"
+        )
     if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
         transforms = create_transforms(settings.transforms)
         data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)

@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from chute.errors import ConfigError
+from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings
 from chute.transforms.factory import TransformSettings
 
@@ -77,6 +78,7 @@ class TrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
     transforms: TransformSettings = field(default_factory=TransformSettings)
+    imbalance: ImbalanceSettings = field(default_factory=ImbalanceSettings)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: Any = MISSING
     model: Any = MISSING
@@ -92,13 +94,18 @@ class Validated:
 
     loader: LoaderSettings
     transforms: TransformSettings
+    imbalance: ImbalanceSettings
     trainer: TrainerConfig
 
 
 def validate_config(cfg: DictConfig) -> Validated:
     """Build the settings objects of ``cfg``, raising :class:`ConfigError` naming ``group.key``."""
     built: dict[str, Any] = {}
-    for group, cls in (("loader", LoaderSettings), ("transforms", TransformSettings), ("trainer", TrainerConfig)):
+    groups = (
+        ("loader", LoaderSettings), ("transforms", TransformSettings), ("imbalance", ImbalanceSettings),
+        ("trainer", TrainerConfig),
+    )  # fmt: skip
+    for group, cls in groups:
         values = OmegaConf.to_container(cfg[group], resolve=True)
         assert isinstance(values, dict)
         try:
@@ -209,6 +216,7 @@ def register_configs() -> None:
     cs.store(group="loader", name="loader_schema", node=LoaderSettings)
     cs.store(group="transforms", name="transforms_schema", node=TransformSettings)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="imbalance", name="imbalance_schema", node=ImbalanceSettings)
     cs.store(
         group="data",
         name="image_folder_schema",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,34 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
+class BatchFetch(Dataset[Any]):
+    """A view whose items are whole batches: ``view[[i, j, ...]]`` is the list of samples (or the
+    dataset's own ``__getitems__`` result). Lets a batch-yielding sampler drive a DataLoader with
+    ``batch_size=None``."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, batch: Sequence[int]) -> Any:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if callable(getitems):
+            return getitems(batch)
+        return [self.dataset[i] for i in batch]
+
+    def reseed(self, seed: int) -> None:
+        reseed = getattr(self.dataset, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. ``targets``, ``class_names`` of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
 class EpochDataLoader(DataLoader[Any]):
     """A DataLoader that tells its dataset the epoch (``dataset.set_epoch``) when each pass starts.
 
@@ -190,7 +218,9 @@ def build_dataloader(
 
     The loader owns a generator seeded from ``seed``, so shuffling and per-epoch worker seeds
     depend on the run's seed alone, not on how much global randomness model code consumed. A
-    ``batch_sampler`` (e.g. length bucketing) replaces ``batch_size``, ``shuffle`` and ``drop_last``.
+    A ``batch_sampler`` (one that yields index batches, e.g. length bucketing) replaces
+    ``batch_size``, ``shuffle`` and ``drop_last``; it drives the loader as its ``sampler``, over a
+    :class:`BatchFetch` view, so Lightning sees (and does not re-wrap) chute's distributed samplers.
     With ``dataset_batches`` the dataset yields whole batches itself (an iterable stream); if it has
     ``set_epoch``, the loader calls it at the start of every pass (:class:`EpochDataLoader`).
     """
@@ -206,10 +236,9 @@ def build_dataloader(
     }
     if dataset_batches:
         kwargs.update(batch_size=None, drop_last=False)
-    elif batch_sampler is not None:
-        for key in ("batch_size", "drop_last"):
-            del kwargs[key]
-        kwargs["batch_sampler"] = batch_sampler
+    elif batch_sampler is not None:  # yields whole batches: drive the loader as its sampler
+        dataset = BatchFetch(dataset)
+        kwargs.update(batch_size=None, drop_last=False, sampler=batch_sampler)
     elif sampler is not None:
         kwargs["sampler"] = sampler
     else:

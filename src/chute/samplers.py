@@ -1,104 +1,170 @@
-"""Batch samplers, seeded by (seed, epoch): whole index tensors, and length buckets.
+"""Samplers that are distributed-aware on their own: one draw per (seed, epoch), split across ranks.
 
-Used as a DataLoader's ``batch_sampler``, :class:`BatchIndexSampler` yields one ``int64`` tensor per
-batch; a dataset with ``__getitems__`` (e.g. :class:`~chute.datasets.TabularDataset`) then gathers
-the batch with one indexing operation. Nothing in the hot path loops over single rows in Python.
+Every chute sampler draws the whole epoch (indices or whole batches) from a generator seeded by
+``(seed, epoch)``, so every rank draws the same thing; rank ``r`` of ``w`` then takes items
+``r, r + w, r + 2w, ...``. Ranks never overlap within an epoch and together they see exactly the
+draw (which is made a multiple of the world size). ``set_epoch`` changes the draw; ``state_dict``
+/ ``load_state_dict`` resume a rank mid-epoch.
+
+They subclass :class:`torch.utils.data.DistributedSampler`, so Lightning recognises them as
+already distributed and does not wrap them again (its ``DistributedSamplerWrapper`` would let each
+rank draw its own weighted list). Samplers that yield whole batches are used as the DataLoader's
+``sampler`` with ``batch_size=None`` and a :class:`BatchFetch` view of the dataset, so the
+DataLoader fetches a batch per sampler item.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
-from chute.loader import derive_seed
+from chute.loader import BatchFetch, derive_seed
+
+__all__ = ["BatchFetch", "BatchIndexSampler", "BucketBatchSampler", "DistributedDraw", "world_position"]
 
 
-class EpochSeeded:
-    """The epoch logic shared by chute's batch samplers.
+def world_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``(rank, world_size)``: the given values, else torch.distributed's, else ``(0, 1)``."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return rank or 0, world_size or 1
 
-    Lightning calls ``set_epoch`` on ``dataloader.sampler`` and ``dataloader.batch_sampler.sampler``
-    but not on a batch sampler itself, so ``self.sampler`` is a small hook that forwards it here.
-    A plain loop that never calls ``set_epoch`` still gets a new order each pass: the epoch then
-    advances every time iteration starts (also when a pass is cut short).
+
+class DistributedDraw(DistributedSampler):
+    """Base: subclasses implement :meth:`draw` (the epoch's items, identical on every rank).
+
+    Args:
+        seed: Seed; the epoch is mixed in.
+        rank: This process's rank (``None``: from torch.distributed when the epoch starts).
+        world_size: Number of ranks (likewise).
     """
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+        # DistributedSampler.__init__ needs a dataset and a process group; only its type is wanted.
         self.seed = seed
+        self._rank, self._world = rank, world_size
         self.epoch = 0
         self._explicit = False
-        self.sampler = _EpochHook(self)
+        self._skip = 0
+        self._yielded = 0
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return world_position(self._rank, self._world)[1]
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return world_position(self._rank, self._world)[0]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         self._explicit = True
 
-    def _start_pass(self) -> int:
-        """The seed of the pass that starts now (advancing the epoch when ``set_epoch`` is not used)."""
-        seed = derive_seed(self.seed, self.epoch)
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        """The whole epoch for all ranks: indices ``(N,)`` or batches ``(N, B)``."""
+        raise NotImplementedError
+
+    def epoch_items(self, epoch: int | None = None) -> np.ndarray:
+        """The draw of ``epoch`` (default: the current one), a multiple of the world size long."""
+        seed = derive_seed(self.seed, self.epoch if epoch is None else epoch)
+        items = self.draw(torch.Generator().manual_seed(seed))
+        world = self.num_replicas
+        if len(items) % world:  # wrap around so every rank gets as many items
+            extra = world - len(items) % world
+            items = np.concatenate([items, items[np.arange(extra) % max(len(items), 1)]])
+        return items
+
+    def rank_items(self, epoch: int | None = None) -> np.ndarray:
+        rank, world = world_position(self._rank, self._world)
+        return self.epoch_items(epoch)[rank::world]
+
+    def __len__(self) -> int:
+        return len(self.rank_items())
+
+    def __iter__(self) -> Iterator[Any]:
+        items = self.rank_items()
+        start, self._skip = self._skip, 0
         if not self._explicit:
-            self.epoch += 1
-        return seed
+            self.epoch += 1  # plain loops get a new draw each pass; Lightning calls set_epoch
+        for position in range(start, len(items)):
+            self._yielded = position + 1
+            item = items[position]
+            yield item.tolist() if item.ndim else int(item)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this rank is: the epoch and how many items it has handed out in it."""
+        epoch = self.epoch if self._explicit else max(self.epoch - 1, 0)
+        return {"epoch": epoch, "yielded": self._yielded, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume: the next pass continues ``state``'s epoch after the items already handed out."""
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise ValueError(f"sampler state is for seed {state['seed']}, this sampler has seed {self.seed}")
+        self.set_epoch(int(state["epoch"]))
+        self._skip = int(state["yielded"])
 
 
-class _EpochHook:
-    """Found by Lightning at ``batch_sampler.sampler``; forwards ``set_epoch`` to the batch sampler."""
-
-    def __init__(self, owner: EpochSeeded) -> None:
-        self.owner = owner
-
-    def set_epoch(self, epoch: int) -> None:
-        self.owner.set_epoch(epoch)
-
-
-class BatchIndexSampler(EpochSeeded, Sampler[torch.Tensor]):
-    """Batches of indices as tensors: a seeded permutation (or ``0..n-1``) cut into slices.
+class BatchIndexSampler(DistributedDraw):
+    """Batches of indices: a seeded permutation (or ``0..n-1``) cut into slices.
 
     Args:
         num_samples: Dataset length.
         batch_size: Indices per batch.
-        shuffle: Permute each epoch (seeded by ``seed`` and the epoch).
+        shuffle: Permute each epoch.
         drop_last: Drop the last, incomplete batch.
-        seed: Seed of the permutation.
+        seed, rank, world_size: See :class:`DistributedDraw`.
 
     Example:
-        >>> [b.tolist() for b in BatchIndexSampler(5, 2, shuffle=False)]
+        >>> list(BatchIndexSampler(5, 2, shuffle=False))
         [[0, 1], [2, 3], [4]]
     """
 
     def __init__(
-        self, num_samples: int, batch_size: int, *, shuffle: bool = True, drop_last: bool = False, seed: int = 0
-    ):
+        self,
+        num_samples: int,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
-        EpochSeeded.__init__(self, seed)
+        super().__init__(seed, rank, world_size)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
 
-    def __len__(self) -> int:
-        n, b = self.num_samples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        seed = self._start_pass()
-        if self.shuffle:
-            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(seed))
-        else:
-            order = torch.arange(self.num_samples)
-        stop = len(self) * self.batch_size if self.drop_last else self.num_samples
-        yield from order[:stop].split(self.batch_size)
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        n = self.num_samples
+        order = torch.randperm(n, generator=generator).numpy() if self.shuffle else np.arange(n)
+        stop = n // self.batch_size * self.batch_size if self.drop_last else n
+        batches = [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
+        return _ragged(batches)
 
 
-class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
+def _ragged(batches: Sequence[np.ndarray]) -> np.ndarray:
+    """An object array of index arrays (batches may differ in size)."""
+    out = np.empty(len(batches), dtype=object)
+    for i, batch in enumerate(batches):
+        out[i] = np.asarray(batch, dtype=np.int64)
+    return out
+
+
+class BucketBatchSampler(DistributedDraw):
     """Batches of similar length, to cut padding: shuffle, sort within pools, shuffle the batches.
 
-    Each epoch the indices are permuted (seeded by ``seed`` and the epoch), cut into pools of
-    ``batch_size * pool_batches`` indices, each pool sorted by length and cut into batches, and the
-    batches shuffled; a new order each epoch (see :class:`EpochSeeded`).
+    Each epoch the indices are permuted, cut into pools of ``batch_size * pool_batches`` indices,
+    each pool sorted by length and cut into batches, and the batches shuffled.
 
     Args:
         lengths: Length of every sequence.
@@ -106,7 +172,7 @@ class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
         shuffle: Shuffle (otherwise: batches in sorted order, for evaluation).
         drop_last: Drop the last, incomplete batch.
         pool_batches: Batches per sorting pool; larger pools pad less but shuffle less.
-        seed: Seed of the permutation.
+        seed, rank, world_size: See :class:`DistributedDraw`.
     """
 
     def __init__(
@@ -118,42 +184,39 @@ class BucketBatchSampler(EpochSeeded, Sampler[list[int]]):
         drop_last: bool = False,
         pool_batches: int = 50,
         seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         if batch_size < 1 or pool_batches < 1:
             raise ValueError(f"batch_size={batch_size} and pool_batches={pool_batches} must be >= 1")
-        EpochSeeded.__init__(self, seed)
+        super().__init__(seed, rank, world_size)
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pool_batches = pool_batches
 
-    def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def batches(self, seed: int | None = None) -> list[np.ndarray]:
-        """One epoch's batches; ``seed`` defaults to the current epoch's (without advancing it)."""
-        n = len(self.lengths)
-        rng = np.random.default_rng(derive_seed(self.seed, self.epoch) if seed is None else seed)
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        n, size = len(self.lengths), self.batch_size
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
         order = rng.permutation(n) if self.shuffle else np.arange(n)
-        pool = n if not self.shuffle else self.batch_size * self.pool_batches
+        pool = size * self.pool_batches if self.shuffle else n
         batches: list[np.ndarray] = []
         for start in range(0, n, pool):
             chunk = order[start : start + pool]
             chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
         # Pools leave ragged tails: regroup them so only the final batch can be short.
-        full = [b for b in batches if len(b) == self.batch_size]
-        rest = np.concatenate([b for b in batches if len(b) < self.batch_size] or [np.zeros(0, np.int64)])
+        full = [b for b in batches if len(b) == size]
+        rest = np.concatenate([b for b in batches if len(b) < size] or [np.zeros(0, np.int64)])
         rest = rest[np.argsort(self.lengths[rest], kind="stable")]
-        full += [rest[i : i + self.batch_size] for i in range(0, len(rest), self.batch_size)]
+        full += [rest[i : i + size] for i in range(0, len(rest), size)]
         if self.shuffle:
             full = [full[i] for i in rng.permutation(len(full))]
         if self.drop_last:
-            full = [b for b in full if len(b) == self.batch_size]
-        return full
+            full = [b for b in full if len(b) == size]
+        return _ragged(full)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        for batch in self.batches(self._start_pass()):
-            yield batch.tolist()
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """One epoch's batches for all ranks (default: the current epoch)."""
+        return list(self.epoch_items(epoch))

@@ -53,7 +53,7 @@ def test_every_sequence_once_per_epoch_with_bucketing(seq_root: str) -> None:
     dm = SequenceDataModule(seq_root, loader={"batch_size": 32})
     dm.setup("fit")
     loader = dm.train_dataloader()
-    sampler = loader.batch_sampler
+    sampler = loader.sampler
     assert isinstance(sampler, BucketBatchSampler)
     epochs = []
     for epoch in (0, 1):

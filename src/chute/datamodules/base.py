@@ -7,10 +7,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from chute.collate import Collate, passthrough, resolve_collate
-from chute.loader import LoaderSettings, build_dataloader
+from chute.errors import ConfigError
+from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
+from chute.loader import LoaderSettings, build_dataloader, derive_seed
+from chute.samplers import DistributedDraw
 
 
 class ChuteDataModule(L.LightningDataModule):
@@ -33,6 +37,8 @@ class ChuteDataModule(L.LightningDataModule):
         prepare: Optional callable ``prepare(root)`` that writes the data if missing, run by
             ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
         collate_fn: Collate function, or the dotted path of one, replacing the DataModule's default.
+        imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or a mapping
+            of its fields); checked at ``setup`` against the training split's classes.
     """
 
     def __init__(
@@ -41,9 +47,11 @@ class ChuteDataModule(L.LightningDataModule):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Collate | str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.loader_settings = as_loader_settings(loader)
+        self.imbalance = as_imbalance_settings(imbalance)
         self.seed = int(seed)
         self.prepare = prepare
         self.collate_fn = collate_fn
@@ -54,6 +62,59 @@ class ChuteDataModule(L.LightningDataModule):
     def model_kwargs(self) -> dict[str, Any]:
         """What a model needs to know about this data, e.g. ``{"num_classes": 10, "in_channels": 1}``."""
         return {}
+
+    # -- Class imbalance ---------------------------------------------------------------------------
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+        """Training labels, number of classes and class names; ``None`` without class targets."""
+        return None
+
+    def _check_imbalance(self) -> None:
+        """Fail at setup, before any training step, if the strategy cannot work on this data."""
+        if self.imbalance.strategy == "none":
+            return
+        classes = self._class_labels()
+        if classes is None:
+            raise ConfigError(
+                "imbalance.strategy", self.imbalance.strategy,
+                f"needs class targets; {type(self).__name__} here has none (e.g. a regression target)",
+            )  # fmt: skip
+        labels, num_classes, names = classes
+        try:
+            if self.imbalance.samples:
+                self._train_sampler()
+            else:
+                class_weights(np.bincount(labels, minlength=num_classes), self.imbalance, names)
+        except ConfigError as err:
+            raise err.with_prefix("imbalance") from None
+
+    def _train_sampler(self) -> tuple[DistributedDraw | None, bool]:
+        """The imbalance strategy's training sampler (``None`` for none) and whether it yields batches."""
+        classes = self._class_labels() if self.imbalance.samples else None
+        if classes is None:
+            return None, False
+        labels, num_classes, names = classes
+        rank = self.trainer.global_rank if self.trainer is not None else None
+        world = self.trainer.world_size if self.trainer is not None else None
+        return build_sampler(
+            self.imbalance, labels, num_classes, self.loader_settings.batch_size,
+            seed=derive_seed(self.seed, 9), class_names=names, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    @property
+    def class_weights(self) -> list[float]:
+        """Per-class loss weights from the training split's counts (the imbalance ``weighting``)."""
+        classes = self._class_labels()
+        if classes is None:
+            raise AttributeError("class_weights: this data has no class targets")
+        labels, num_classes, names = classes
+        weights = class_weights(np.bincount(labels, minlength=num_classes), self.imbalance, names)
+        return [round(float(w), 6) for w in weights]
+
+    @property
+    def loss_kwargs(self) -> dict[str, Any]:
+        """What the model's loss needs from the imbalance strategy: ``class_weights`` for ``loss_weights``."""
+        return {"class_weights": self.class_weights} if self.imbalance.strategy == "loss_weights" else {}
 
     def _collate(self, default: Collate) -> Collate:
         return resolve_collate(self.collate_fn, default)

@@ -17,6 +17,7 @@ from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
+from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
@@ -66,6 +67,7 @@ class ImageFolderDataModule(ChuteDataModule):
         cache_size: Side of the cached square training images (needed with ``cache``), e.g. 256
             for 224-pixel crops.
         cache_dir: Where a disk cache lives (default: ``<root>/.chute-cache``).
+        imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or mapping).
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -105,8 +107,9 @@ class ImageFolderDataModule(ChuteDataModule):
         cache: Literal["memory", "disk"] | None = None,
         cache_size: int | None = None,
         cache_dir: str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
         channels = channels_of(image_mode)
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
@@ -154,6 +157,7 @@ class ImageFolderDataModule(ChuteDataModule):
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
+        self._check_imbalance()
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", self.train_transform, train=True)
@@ -234,7 +238,15 @@ class ImageFolderDataModule(ChuteDataModule):
             dataset = self._cached_dataset(split, transform, train)
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
-        return self._dataloader(dataset, train=train, collate_fn=self._collate(collate_images))
+        sampler, batched = self._train_sampler() if train else (None, False)
+        return self._dataloader(
+            dataset, train=train, collate_fn=self._collate(collate_images),
+            sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
+        )  # fmt: skip
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        train = self._split("train")
+        return train.targets, len(train.class_names), train.class_names
 
     def _cached_dataset(self, split: str, transform: Transform | None, train: bool) -> CachedDataset:
         """Build (once, in the main process, before workers start) the split's cache."""

@@ -22,6 +22,7 @@ from chute.datasets.sequence import (
     read_jsonl,
 )
 from chute.errors import ConfigError, DataError
+from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed
 from chute.samplers import BucketBatchSampler
 
@@ -54,6 +55,7 @@ class SequenceDataModule(ChuteDataModule):
         seed: Seed for the split, shuffling and worker seeding.
         prepare: Optional callable ``prepare(root)`` that writes the files if missing.
         collate_fn: Collate function or dotted path (default: pad to the batch's longest, with mask).
+        imbalance: Class-imbalance strategy; a sampling strategy replaces length bucketing for training.
 
     Example:
         >>> from chute.datasets import LengthMajoritySequences
@@ -86,8 +88,9 @@ class SequenceDataModule(ChuteDataModule):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
         if max_length is not None and max_length < 1:
             raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
         if vocab_size is not None and vocab_size < 2:
@@ -140,6 +143,7 @@ class SequenceDataModule(ChuteDataModule):
         if self.vocab is not None:
             self._vocab_size = len(self.vocab)
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
+        self._check_imbalance()
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", train=True)
@@ -226,9 +230,18 @@ class SequenceDataModule(ChuteDataModule):
 
     def _loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader[Any]:
         dataset = self.dataset(split)
-        batch_sampler = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
         collate = self._collate(functools.partial(collate_sequences, pad_id=self.padding_id))
+        sampler, batched = self._train_sampler() if train else (None, False)
+        if sampler is not None:  # an imbalance strategy decides the training order instead of buckets
+            return self._dataloader(
+                dataset, train=train, collate_fn=collate,
+                sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
+            )  # fmt: skip
+        batch_sampler = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
         return self._dataloader(dataset, train=train, collate_fn=collate, batch_sampler=batch_sampler)
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        return self.dataset("train").packed.labels, self.num_classes, self.class_names
 
     def _batch_sampler(self, dataset: SequenceDataset, train: bool, bucket: bool) -> BucketBatchSampler | None:
         if not bucket:

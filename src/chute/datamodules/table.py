@@ -24,6 +24,7 @@ from chute.datasets.tabular import (
     read_table,
 )
 from chute.errors import ConfigError, DataError
+from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed
 from chute.samplers import BatchIndexSampler
 
@@ -58,8 +59,9 @@ class TableDataModuleBase(ChuteDataModule):
         seed: int,
         prepare: Callable[[str], Any] | None,
         collate_fn: Callable[[Any], Any] | str | None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_path")
         if not tasks:
@@ -122,6 +124,7 @@ class TableDataModuleBase(ChuteDataModule):
             }
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
+        self._check_imbalance()
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", train=True)
@@ -182,12 +185,19 @@ class TableDataModuleBase(ChuteDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader[Any]:
         dataset, settings = self.dataset(split), self.loader_settings
-        batches = BatchIndexSampler(
-            len(dataset),
-            settings.batch_size_for(train),
-            shuffle=train and settings.shuffle,
-            drop_last=train and settings.drop_last,
-            seed=derive_seed(self.seed, 5),
+        sampler, batched = self._train_sampler() if train else (None, False)
+        if sampler is not None and not batched:  # index draws: the DataLoader batches them, fetched whole
+            return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), sampler=sampler)
+        batches = (
+            sampler
+            if sampler is not None
+            else BatchIndexSampler(
+                len(dataset),
+                settings.batch_size_for(train),
+                shuffle=train and settings.shuffle,
+                drop_last=train and settings.drop_last,
+                seed=derive_seed(self.seed, 5),
+            )
         )
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
 from chute.datasets.tabular import MissingStrategy, TabularDataset
+from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings
 
 
@@ -42,6 +43,7 @@ class TabularDataModule(TableDataModuleBase):
         seed: Seed for the split, shuffling and worker seeding.
         prepare: Optional callable ``prepare(path)`` that writes the table if missing.
         collate_fn: Collate function or dotted path; it receives whole batches (default: pass through).
+        imbalance: Class-imbalance strategy (classification only).
 
     Example:
         >>> from chute.datasets import SklearnTable
@@ -75,12 +77,13 @@ class TabularDataModule(TableDataModuleBase):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(
             path, tasks={"target": (target, task)}, numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
-            seed=seed, prepare=prepare, collate_fn=collate_fn,
+            seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance,
         )  # fmt: skip
         self.target = target
         self.task: Task = task
@@ -118,6 +121,11 @@ class TabularDataModule(TableDataModuleBase):
     def num_classes(self) -> int:
         """Number of classes (0 for regression)."""
         return len(self.class_names) if self.task == "classification" else 0
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+        if self.task != "classification":
+            return None
+        return self.dataset("train").targets.numpy(), self.num_classes, self.class_names
 
     @property
     def class_counts(self) -> np.ndarray:

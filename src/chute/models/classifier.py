@@ -7,7 +7,9 @@ from typing import Any
 import lightning as L
 import torch
 from torch.nn import functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from chute.models.backbones import create_backbone
 
@@ -23,6 +25,8 @@ class ImageClassifier(L.LightningModule):
         lr: Peak learning rate of the one-cycle schedule (AdamW).
         weight_decay: AdamW weight decay.
         label_smoothing: Cross-entropy label smoothing.
+        class_weights: Per-class loss weights (the ``loss_weights`` imbalance strategy; chute's train
+            app passes the DataModule's ``class_weights``).
         channels_last: Keep weights in channels-last format (matches chute's batches).
 
     Example:
@@ -30,6 +34,8 @@ class ImageClassifier(L.LightningModule):
         >>> model(torch.zeros(2, 1, 16, 16)).shape
         torch.Size([2, 10])
     """
+
+    class_weights: torch.Tensor | None  # a buffer: follows the module to its device
 
     def __init__(
         self,
@@ -40,6 +46,7 @@ class ImageClassifier(L.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 5e-4,
         label_smoothing: float = 0.0,
+        class_weights: list[float] | None = None,
         channels_last: bool = True,
     ) -> None:
         super().__init__()
@@ -47,16 +54,33 @@ class ImageClassifier(L.LightningModule):
         self.net = create_backbone(backbone, in_channels, num_classes, **dict(backbone_kwargs or {}))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        if weights is not None and weights.shape != (num_classes,):
+            raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
+        self.register_buffer("class_weights", weights, persistent=False)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Class-balanced views of validation/test: mean per-class recall and macro-F1.
+        self.eval_balanced = nn.ModuleDict(
+            {
+                f"{stage}_{name}": metric
+                for stage in ("val", "test")
+                for name, metric in (
+                    ("bal_acc", MulticlassAccuracy(num_classes, average="macro")),
+                    ("macro_f1", MulticlassF1Score(num_classes, average="macro")),
+                )
+            }
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Float targets are class probabilities (MixUp/CutMix); integer targets are labels.
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.hparams["label_smoothing"])
+        return F.cross_entropy(
+            logits.float(), targets, weight=self.class_weights, label_smoothing=self.hparams["label_smoothing"]
+        )
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
@@ -74,6 +98,11 @@ class ImageClassifier(L.LightningModule):
         self.log(f"{stage}/loss", self._loss(logits, targets), prog_bar=True, batch_size=len(images))
         metric(logits, targets)
         self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(images))
+        for name in ("bal_acc", "macro_f1"):
+            balanced = self.eval_balanced[f"{stage}_{name}"]
+            assert isinstance(balanced, Metric)
+            balanced(logits, targets)
+            self.log(f"{stage}/{name}", balanced, batch_size=len(images))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)

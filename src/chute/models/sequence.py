@@ -32,6 +32,7 @@ class SequenceClassifier(L.LightningModule):
         use_mask: Use ``mask``/``lengths`` (see above).
         lr: AdamW learning rate (one-cycle schedule).
         weight_decay: AdamW weight decay.
+        class_weights: Per-class loss weights (the ``loss_weights`` imbalance strategy).
 
     Example:
         >>> model = SequenceClassifier(vocab_size=10, num_classes=3)
@@ -40,6 +41,8 @@ class SequenceClassifier(L.LightningModule):
         >>> model(batch).shape
         torch.Size([1, 3])
     """
+
+    class_weights: torch.Tensor | None  # a buffer: follows the module to its device
 
     def __init__(
         self,
@@ -53,11 +56,14 @@ class SequenceClassifier(L.LightningModule):
         use_mask: bool = True,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if encoder not in ("conv", "gru"):
             raise ValueError(f"encoder={encoder!r}: must be 'conv' or 'gru'")
         self.save_hyperparameters()
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         if encoder == "conv":
             self.convs = nn.ModuleList(
@@ -111,7 +117,7 @@ class SequenceClassifier(L.LightningModule):
     def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         logits = self(batch).float()
         targets = batch["targets"]
-        loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets, weight=self.class_weights)
         metric = self.accuracy[f"{stage}_acc"]
         assert isinstance(metric, MulticlassAccuracy)
         metric(logits, targets)

@@ -37,12 +37,15 @@ class TabularModel(L.LightningModule):
         dropout: Dropout after each hidden layer.
         lr: AdamW learning rate (cosine decay over the run).
         weight_decay: AdamW weight decay.
+        class_weights: Per-class loss weights (classification; the ``loss_weights`` imbalance strategy).
 
     Example:
         >>> model = TabularModel(num_features=4, num_classes=3)
         >>> model(torch.zeros(2, 4)).shape
         torch.Size([2, 3])
     """
+
+    class_weights: torch.Tensor | None  # a buffer: follows the module to its device
 
     def __init__(
         self,
@@ -53,12 +56,15 @@ class TabularModel(L.LightningModule):
         dropout: float = 0.1,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
+        class_weights: list[float] | None = None,
     ) -> None:
         super().__init__()
         if task not in ("classification", "regression"):
             raise ValueError(f"task={task!r}: must be 'classification' or 'regression'")
         self.save_hyperparameters()
         self.task = task
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.register_buffer("class_weights", weights, persistent=False)
         self.net = mlp(num_features, list(hidden), num_classes if task == "classification" else 1, dropout)
         self.metrics = nn.ModuleDict()
         for stage in ("train", "val", "test"):
@@ -77,7 +83,7 @@ class TabularModel(L.LightningModule):
         weights = batch[2] if len(batch) > 2 else None
         output = self(features).float()
         if self.task == "classification":
-            losses = F.cross_entropy(output, targets, reduction="none")
+            losses = F.cross_entropy(output, targets, weight=self.class_weights, reduction="none")
         else:
             losses = F.mse_loss(output, targets.float(), reduction="none")
         loss = losses.mean() if weights is None else (losses * weights).sum() / weights.sum().clamp_min(1e-12)

@@ -1,0 +1,253 @@
+"""Class-imbalance strategies: settings, class weights and the distributed-aware samplers they use.
+
+``strategy``:
+
+- ``none``: plain shuffling.
+- ``weighted_sampler``: draw ``epoch_length`` samples with probability proportional to their
+  class weight (``weighting``: ``inverse`` frequency, ``inverse_sqrt``, or the effective number
+  of samples of Cui et al., CVPR 2019, ``(1 - beta) / (1 - beta ** n)``).
+- ``balanced_batches``: every batch holds ``classes_per_batch`` classes (P) x ``batch_size / P``
+  samples each (K); classes cycle through their samples so all are used.
+- ``loss_weights``: plain shuffling; the DataModule exposes ``class_weights`` (training split only)
+  for the model's loss.
+- ``oversample`` / ``undersample``: repeat minority samples / drop majority samples until the
+  largest class is at most ``target_ratio`` times the smallest, then shuffle.
+
+Every sampling strategy draws ``epoch_length`` samples per epoch (default: the training set's size,
+so strategies train with the same budget). The samplers draw per (seed, epoch), identically on every
+rank, and split the draw across ranks (see :mod:`chute.samplers`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from chute.errors import ConfigError, DataError
+from chute.samplers import DistributedDraw
+
+STRATEGIES = ("none", "weighted_sampler", "balanced_batches", "loss_weights", "oversample", "undersample")
+WEIGHTINGS = ("inverse", "inverse_sqrt", "effective_number")
+SAMPLING = ("weighted_sampler", "balanced_batches", "oversample", "undersample")
+
+
+@dataclass
+class ImbalanceSettings:
+    """How to counter class imbalance; checked on construction (see the module docstring).
+
+    Args:
+        strategy: One of ``none``, ``weighted_sampler``, ``balanced_batches``, ``loss_weights``,
+            ``oversample``, ``undersample``.
+        weighting: Class weights for ``weighted_sampler`` and ``loss_weights``: ``inverse``,
+            ``inverse_sqrt`` or ``effective_number``.
+        beta: ``effective_number``'s beta in [0, 1).
+        class_weights: Explicit per-class weights instead of ``weighting`` (non-negative, finite,
+            not all zero; one per class).
+        classes_per_batch: P for ``balanced_batches`` (``None``: every class in every batch).
+        target_ratio: Largest / smallest class count after ``oversample`` / ``undersample`` (>= 1).
+        epoch_length: Samples per epoch for sampling strategies (``None``: the training set's size).
+        replacement: ``weighted_sampler`` draws with replacement (without: at most once per epoch).
+    """
+
+    strategy: str = "none"
+    weighting: str = "inverse"
+    beta: float = 0.999
+    class_weights: list[float] | None = None
+    classes_per_batch: int | None = None
+    target_ratio: float = 1.0
+    epoch_length: int | None = None
+    replacement: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError("strategy", self.strategy, f"must be one of {list(STRATEGIES)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError("weighting", self.weighting, f"must be one of {list(WEIGHTINGS)}")
+        if not 0.0 <= self.beta < 1.0:
+            raise ConfigError("beta", self.beta, "must be in [0, 1) (Cui et al. use 0.9-0.9999)")
+        if self.class_weights is not None:
+            check_weights(self.class_weights, "class_weights")
+        if self.classes_per_batch is not None and self.classes_per_batch < 1:
+            raise ConfigError("classes_per_batch", self.classes_per_batch, "must be >= 1 or null (all classes)")
+        if not self.target_ratio >= 1.0:
+            raise ConfigError("target_ratio", self.target_ratio, "must be >= 1 (largest / smallest class count)")
+        if self.epoch_length is not None and self.epoch_length < 1:
+            raise ConfigError("epoch_length", self.epoch_length, "must be >= 1 or null (the training set's size)")
+
+    @property
+    def samples(self) -> bool:
+        """Whether the strategy replaces the training sampler."""
+        return self.strategy in SAMPLING
+
+
+def as_imbalance_settings(value: ImbalanceSettings | Mapping[str, Any] | None) -> ImbalanceSettings:
+    if value is None:
+        return ImbalanceSettings()
+    if isinstance(value, ImbalanceSettings):
+        return value
+    return ImbalanceSettings(**{str(k): v for k, v in value.items() if k != "_target_"})
+
+
+def check_weights(weights: Sequence[float] | np.ndarray, key: str) -> np.ndarray:
+    """Weights as float64, or a :class:`ConfigError` for negative, NaN/inf or all-zero values."""
+    array = np.asarray(weights, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ConfigError(key, list(array.ravel()), "must be a non-empty list of numbers")
+    if not np.isfinite(array).all():
+        raise ConfigError(key, array.tolist(), "holds NaN or infinite values")
+    if (array < 0).any():
+        raise ConfigError(key, array.tolist(), f"holds negative values (at class {int(np.argmax(array < 0))})")
+    if not array.any():
+        raise ConfigError(key, array.tolist(), "is all zero: no sample could ever be drawn")
+    return array
+
+
+def class_weights(counts: np.ndarray, settings: ImbalanceSettings, class_names: Sequence[str] = ()) -> np.ndarray:
+    """Per-class weights from training counts, scaled so the count-weighted mean is 1.
+
+    The scaling keeps the loss on the same scale as unweighted training.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    check_counts(counts, class_names)
+    if settings.class_weights is not None:
+        weights = check_weights(settings.class_weights, "class_weights")
+        if len(weights) != len(counts):
+            raise ConfigError("class_weights", weights.tolist(), f"needs one weight per class ({len(counts)})")
+    elif settings.weighting == "inverse":
+        weights = 1.0 / counts
+    elif settings.weighting == "inverse_sqrt":
+        weights = 1.0 / np.sqrt(counts)
+    else:
+        weights = (1.0 - settings.beta) / (1.0 - settings.beta**counts)
+    return weights * counts.sum() / (weights * counts).sum()
+
+
+def check_counts(counts: np.ndarray, class_names: Sequence[str] = ()) -> None:
+    empty = np.flatnonzero(np.asarray(counts) == 0)
+    if empty.size:
+        names = [class_names[int(i)] if i < len(class_names) else str(i) for i in empty]
+        raise DataError(
+            f"Class {names[0]!r} has no training samples ({len(names)} such classes: {names[:5]}); imbalance "
+            "strategies need every class in the training split. Remove the class or add samples."
+        )
+
+
+def build_sampler(
+    settings: ImbalanceSettings,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    *,
+    seed: int,
+    class_names: Sequence[str] = (),
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> tuple[DistributedDraw | None, bool]:
+    """The training sampler for ``settings`` and whether it yields whole batches (``None`` for no sampler)."""
+    if not settings.samples:
+        return None, False
+    counts = np.bincount(labels, minlength=num_classes)
+    check_counts(counts, class_names)
+    length = settings.epoch_length or len(labels)
+    common = {"seed": seed, "rank": rank, "world_size": world_size}
+    if settings.strategy == "weighted_sampler":
+        weights = class_weights(counts, settings, class_names)[labels]
+        if not settings.replacement and length > len(labels):
+            raise ConfigError("epoch_length", length, f"exceeds the {len(labels)} samples drawn without replacement")
+        return WeightedDraw(weights, length, replacement=settings.replacement, **common), False
+    if settings.strategy == "balanced_batches":
+        per_batch = settings.classes_per_batch or num_classes
+        if per_batch > num_classes:
+            raise ConfigError("classes_per_batch", per_batch, f"exceeds the {num_classes} classes")
+        if batch_size % per_batch or batch_size < per_batch:
+            raise ConfigError(
+                "classes_per_batch", per_batch,
+                f"batch_size {batch_size} must be a multiple of the {per_batch} classes per batch (P x K); "
+                f"e.g. batch_size {max(1, batch_size // per_batch) * per_batch} or classes_per_batch dividing it",
+            )  # fmt: skip
+        batches = max(1, length // batch_size)
+        return BalancedBatchDraw(labels, per_batch, batch_size // per_batch, batches, **common), True
+    return ResampleDraw(labels, num_classes, settings.strategy, settings.target_ratio, length, **common), False
+
+
+class WeightedDraw(DistributedDraw):
+    """``num_samples`` indices drawn with probability proportional to ``weights`` (seeded per epoch)."""
+
+    def __init__(self, weights: np.ndarray, num_samples: int, *, replacement: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weights = torch.as_tensor(check_weights(weights, "weights"), dtype=torch.float64)
+        self.num_samples = num_samples
+        self.replacement = replacement
+
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        picks = torch.multinomial(self.weights, self.num_samples, self.replacement, generator=generator)
+        return picks.numpy()
+
+
+class ResampleDraw(DistributedDraw):
+    """Over- or undersample each class to within ``target_ratio`` of the others, shuffle, fit to ``length``."""
+
+    def __init__(
+        self, labels: np.ndarray, num_classes: int, mode: str, target_ratio: float, length: int, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.members = [np.flatnonzero(labels == c) for c in range(num_classes)]
+        counts = np.array([len(m) for m in self.members])
+        if mode == "oversample":
+            self.targets = np.maximum(counts, math.ceil(counts.max() / target_ratio))
+        else:
+            self.targets = np.minimum(counts, math.floor(counts.min() * target_ratio))
+        self.length = length
+
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        parts = []
+        for members, target in zip(self.members, self.targets, strict=True):
+            repeats = np.tile(rng.permutation(members), target // len(members))
+            parts.append(np.concatenate([repeats, rng.choice(members, target % len(members), replace=False)]))
+        pool = rng.permutation(np.concatenate(parts))
+        reps = -(-self.length // len(pool))  # cycle (reshuffled) to the epoch length
+        return np.concatenate([pool] + [rng.permutation(pool) for _ in range(reps - 1)])[: self.length]
+
+
+class BalancedBatchDraw(DistributedDraw):
+    """Batches of ``classes`` classes x ``per_class`` samples; each class cycles through its samples."""
+
+    def __init__(self, labels: np.ndarray, classes: int, per_class: int, num_batches: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.members = [np.flatnonzero(labels == c) for c in range(int(labels.max()) + 1)]
+        self.classes = classes
+        self.per_class = per_class
+        self.num_batches = num_batches
+
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=generator)))
+        streams = [_Cycle(m, rng) for m in self.members]
+        batches = np.empty((self.num_batches, self.classes * self.per_class), dtype=np.int64)
+        for b in range(self.num_batches):
+            chosen = rng.choice(len(streams), self.classes, replace=False)
+            batches[b] = np.concatenate([streams[c].take(self.per_class) for c in chosen])
+        return batches
+
+
+class _Cycle:
+    """Endless reshuffled passes over one class's samples."""
+
+    def __init__(self, members: np.ndarray, rng: np.random.Generator) -> None:
+        self.members, self.rng = members, rng
+        self.order, self.pos = rng.permutation(members), 0
+
+    def take(self, k: int) -> np.ndarray:
+        out = []
+        while k > 0:
+            if self.pos == len(self.order):
+                self.order, self.pos = self.rng.permutation(self.members), 0
+            n = min(k, len(self.order) - self.pos)
+            out.append(self.order[self.pos : self.pos + n])
+            self.pos, k = self.pos + n, k - n
+        return np.concatenate(out)
