@@ -6,8 +6,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.nn import functional as F
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
