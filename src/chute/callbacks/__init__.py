@@ -1,6 +1,7 @@
 """Callbacks: see the data, measure the pipeline."""
 
+from chute.callbacks.class_histogram import ClassHistogram, histogram_figure
 from chute.callbacks.preview import DataPreview, preview_figure
 from chute.callbacks.throughput import Throughput
 
-__all__ = ["DataPreview", "Throughput", "preview_figure"]
+__all__ = ["ClassHistogram", "DataPreview", "Throughput", "histogram_figure", "preview_figure"]
