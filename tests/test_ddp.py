@@ -1,0 +1,40 @@
+"""Real multi-process DDP on the CPU (gloo): chute's samplers partition one shared draw across ranks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("strategy", ["weighted_sampler", "balanced_batches"])
+def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_fit.py"), str(tmp_path), strategy],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert {r["sampler"] for r in ranks} == {"WeightedDraw" if strategy == "weighted_sampler" else "BalancedBatchDraw"}
+    draw = ranks[0]["draw_rows"]
+    assert ranks[1]["draw_rows"] == draw  # both ranks drew the same epoch
+    id_of_row = {int(k): v for k, v in ranks[0]["id_of_row"].items()}
+    # What each rank actually received, in order, is its share of the draw: items r, r + 2, ...
+    for rank in (0, 1):
+        expected = [id_of_row[row] for item in draw[rank::2] for row in item]
+        assert ranks[rank]["ids"] == expected
+    received = sorted(ranks[0]["ids"] + ranks[1]["ids"])
+    assert received == sorted(id_of_row[row] for item in draw for row in item)  # the union is the draw
+    labels = ranks[0]["row_labels"]
+    per_class = [sum(1 for item in draw for row in item if labels[row] == c) for c in range(3)]
+    assert ranks[0]["received"] == per_class  # ClassHistogram summed both ranks
+    assert max(per_class) / min(per_class) < 2  # the table's ratio is 6
