@@ -63,7 +63,8 @@ def main() -> None:
     record = {
         "rank": trainer.global_rank, "world": trainer.world_size, "ids": model.ids, "draw_rows": draw,
         "id_of_row": {str(v): k for k, v in ids_to_row.items()}, "row_labels": row_labels,
-        "sampler": type(sampler).__name__, "received": histogram.received.tolist() if histogram.received is not None else None,
+        "sampler": type(sampler).__name__,
+        "received": None if histogram.received is None else histogram.received.tolist(),
     }  # fmt: skip
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

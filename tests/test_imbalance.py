@@ -91,8 +91,8 @@ def test_balanced_batches_hold_p_classes_times_k_samples() -> None:
 
 
 def test_balanced_batches_explain_a_batch_size_that_does_not_divide() -> None:
+    labels = np.repeat(np.arange(5), 10)
     with pytest.raises(ConfigError, match="multiple of the 5 classes") as info:
-        labels = np.repeat(np.arange(5), 10)
         build_sampler(ImbalanceSettings(strategy="balanced_batches", classes_per_batch=5), labels, 5, 12, seed=0)
     assert info.value.key == "classes_per_batch"
     with pytest.raises(ConfigError, match="exceeds the 3 classes"):
