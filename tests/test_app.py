@@ -45,3 +45,16 @@ def test_every_data_option_trains_one_epoch(name: str, digits_root: Path, tmp_pa
     assert metrics["train_samples"] > 0
     assert best == pytest.approx(metrics[f"best_{cfg.optimized_metric}"], nan_ok=True)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("strategy", options("imbalance"))
+def test_every_imbalance_option_trains_on_the_long_tailed_experiment(
+    strategy: str, digits_root: Path, tmp_path: Path
+) -> None:
+    overrides = ["experiment=longtail", f"imbalance={strategy}", *ONE_EPOCH, "callbacks.preview=null"]
+    cfg = make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+    run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["imbalance"] == strategy
+    assert {"val/bal_acc", "val/macro_f1"} <= set(metrics["metrics"])
+    assert (tmp_path / "class_histogram.png").is_file()

@@ -106,7 +106,7 @@ def test_every_transforms_option_builds(name: str) -> None:
     assert create_transforms(v.transforms).train is not None
 
 
-@pytest.mark.parametrize("group", ["loader", "trainer", "callbacks"])
+@pytest.mark.parametrize("group", ["loader", "trainer", "callbacks", "imbalance", "experiment"])
 def test_every_option_of_other_groups(group: str) -> None:
     for name in options(group):
         cfg = make_config(f"{group}={name}")

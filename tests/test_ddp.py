@@ -38,3 +38,4 @@ def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, t
     per_class = [sum(1 for item in draw for row in item if labels[row] == c) for c in range(3)]
     assert ranks[0]["received"] == per_class  # ClassHistogram summed both ranks
     assert max(per_class) / min(per_class) < 2  # the table's ratio is 6
+    assert (tmp_path / "class_histogram.png").is_file()
