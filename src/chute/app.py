@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 import chute
-from chute.callbacks import Throughput
+from chute.callbacks import StallMonitor, Throughput
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
 from chute.errors import ConfigError
@@ -73,6 +73,7 @@ def run(cfg: DictConfig) -> float:
         "metrics": {**fit_metrics, **_floats(trainer.callback_metrics)},
         f"best_{cfg.optimized_metric}": result,
         **throughput.summary(),
+        **{k: v for c in callbacks if isinstance(c, StallMonitor) for k, v in c.summary().items()},
         "wall_time_s": round(time.perf_counter() - started, 2),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
@@ -105,6 +106,8 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
         transforms = create_transforms(settings.transforms)
         data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
+        if _accepts(cfg.data, "train_batch_transform"):
+            data_kwargs["train_batch_transform"] = transforms.train_batch
     datamodule = _instantiate(cfg, "data", **data_kwargs)
     if not isinstance(datamodule, ChuteDataModule):
         raise ConfigError("data._target_", cfg.data._target_, "must name a chute DataModule (ChuteDataModule subclass)")

@@ -18,8 +18,13 @@ from chute.errors import ConfigError, DataError
 Collate = Callable[[Any], Any]
 
 
-def collate_images(batch: list[Any]) -> Any:
-    """``default_collate`` that explains mismatched image sizes (the usual cause: no resize step)."""
+def collate_images(batch: list[Any] | tuple[Any, ...]) -> Any:
+    """``default_collate`` that explains mismatched image sizes (the usual cause: no resize step).
+
+    A tuple is a batch the dataset already gathered whole (``__getitems__``): it passes through.
+    """
+    if isinstance(batch, tuple):
+        return batch
     try:
         return default_collate(batch)
     except RuntimeError as err:

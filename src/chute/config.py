@@ -221,7 +221,9 @@ def register_configs() -> None:
         group="data",
         name="image_folder_schema",
         node=builds(
-            ImageFolderDataModule, "ImageFolderDataConfig", exclude=("train_transform", "val_transform", "loader")
+            ImageFolderDataModule,
+            "ImageFolderDataConfig",
+            exclude=("train_transform", "val_transform", "train_batch_transform", "loader"),
         ),
     )
     tabular = builds(TabularDataModule, "TabularDataConfig", exclude=("loader",))

@@ -161,3 +161,44 @@ def test_image_folder_disk_cache_rebuilds_when_a_source_image_or_setting_changes
     assert manifest.stat().st_mtime_ns != stamp
     assert not torch.equal(changed, before)
     assert first_train_image(cache_size=10).shape[-1] == 10  # a new cache_size is a new cache
+
+
+@pytest.mark.parametrize("store", ["memory", "disk"])
+def test_batches_without_a_random_stage_are_gathered_whole(store: str, tmp_path: Path) -> None:
+    cached = CachedDataset(Source(10), store=store, cache_dir=tmp_path)  # type: ignore[arg-type]
+    images, labels = cached.__getitems__([7, 2, 5])
+    assert labels.tolist() == [2, 5, 7]  # ascending: which samples form the batch is the sampler's choice
+    assert images.shape == (3, 1, 4, 4)
+    assert images[:, 0, 0, 0].tolist() == [2, 5, 7]
+    jittered = CachedDataset(Source(10), transform=jitter, store="memory")
+    assert isinstance(jittered.__getitems__([1, 2]), list)  # a random stage runs per sample
+
+
+def test_image_folder_device_augment_ships_cached_squares_and_crops_in_the_hook(digits_root: Path) -> None:
+    class Training:
+        training = True
+
+    t = create_transforms(image_size=8, crop_pct=1.0, scale=[0.5, 1.0], hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, train_batch_transform=t.train_batch,
+        mean=[0.3], std=[0.4], cache="memory", cache_size=12, device_augment=True, loader={"batch_size": 32},
+    )  # fmt: skip
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 1, 12, 12)  # cached squares, no per-sample CPU work
+    assert images.dtype == torch.uint8
+    dm.trainer = Training()  # type: ignore[assignment]
+    ready, _ = dm.on_after_batch_transfer((images, labels), 0)
+    assert ready.shape == (32, 1, 8, 8)
+    assert ready.is_contiguous(memory_format=torch.channels_last)
+    dm.trainer = None
+    val, _ = next(iter(dm.val_dataloader()))
+    assert val.shape[-1] == 8  # evaluation caches the whole val pipeline
+
+
+def test_device_augment_needs_a_cache_and_a_batch_transform(digits_root: Path) -> None:
+    from chute.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        ImageFolderDataModule(digits_root, device_augment=True)
+    assert info.value.key == "device_augment"

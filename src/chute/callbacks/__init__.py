@@ -2,6 +2,7 @@
 
 from chute.callbacks.class_histogram import ClassHistogram, histogram_figure
 from chute.callbacks.preview import DataPreview, preview_figure
+from chute.callbacks.stall import StallMonitor
 from chute.callbacks.throughput import Throughput
 
-__all__ = ["ClassHistogram", "DataPreview", "Throughput", "histogram_figure", "preview_figure"]
+__all__ = ["ClassHistogram", "DataPreview", "StallMonitor", "Throughput", "histogram_figure", "preview_figure"]

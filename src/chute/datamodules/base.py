@@ -57,6 +57,8 @@ class ChuteDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
         self.batch_transform: Callable[[Any], Any] | None = None
+        # Applied after ``batch_transform`` to training batches only (device-side augmentation).
+        self.train_batch_transform: Callable[[Any], Any] | None = None
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -164,19 +166,27 @@ class ChuteDataModule(L.LightningDataModule):
             self.prepare(root)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        if self.batch_transform is None:
-            return batch
-        if isinstance(batch, (tuple, list)) and batch:
-            return type(batch)([self.batch_transform(batch[0]), *batch[1:]])
-        if isinstance(batch, dict) and "inputs" in batch:
-            return {**batch, "inputs": self.batch_transform(batch["inputs"])}
-        return self.batch_transform(batch)
+        batch = _apply_to_inputs(self.batch_transform, batch)
+        if self.train_batch_transform is not None and self.trainer is not None and self.trainer.training:
+            batch = _apply_to_inputs(self.train_batch_transform, batch)
+        return batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"seed": self.seed}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
+
+
+def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
+    """``transform`` on the inputs: element 0 of a tuple batch, ``"inputs"`` of a dict, or the batch."""
+    if transform is None:
+        return batch
+    if isinstance(batch, (tuple, list)) and batch:
+        return type(batch)([transform(batch[0]), *batch[1:]])
+    if isinstance(batch, dict) and "inputs" in batch:
+        return {**batch, "inputs": transform(batch["inputs"])}
+    return transform(batch)
 
 
 def as_loader_settings(loader: LoaderSettings | Mapping[str, Any] | None) -> LoaderSettings:

@@ -18,7 +18,7 @@ from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, 
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed
+from chute.loader import LoaderSettings, derive_seed, keep_batch_memory
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
 from chute.transforms.resize import OnFirst, SquareResize
@@ -68,6 +68,11 @@ class ImageFolderDataModule(ChuteDataModule):
             for 224-pixel crops.
         cache_dir: Where a disk cache lives (default: ``<root>/.chute-cache``).
         imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or mapping).
+        train_batch_transform: Training augmentation for whole float batches on the device, e.g.
+            :class:`~chute.transforms.device.RandomResizedCropBatch` (``create_transforms(...).train_batch``).
+        device_augment: With ``cache``: training batches are gathered whole from the cache
+            (``cache_size`` squares, no per-sample CPU work) and ``train_batch_transform`` crops,
+            resizes and flips them on the device after normalization.
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -108,8 +113,14 @@ class ImageFolderDataModule(ChuteDataModule):
         cache_size: int | None = None,
         cache_dir: str | None = None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        train_batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        device_augment: bool = False,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
+        if device_augment and (cache is None or train_batch_transform is None):
+            raise ConfigError(
+                "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"
+            )
         channels = channels_of(image_mode)
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
@@ -130,6 +141,8 @@ class ImageFolderDataModule(ChuteDataModule):
         self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels_last = channels_last
         self.cache = cache
+        self.device_augment = device_augment
+        self._train_batch = train_batch_transform
         self.cache_size = cache_size
         self.cache_dir = cache_dir or os.path.join(self.root, ".chute-cache")
         self._cached: dict[str, CachedDataset] = {}
@@ -141,7 +154,7 @@ class ImageFolderDataModule(ChuteDataModule):
         self._save_plain_hparams(
             root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
             test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last, cache=cache,
-            cache_size=cache_size, cache_dir=cache_dir,
+            cache_size=cache_size, cache_dir=cache_dir, device_augment=device_augment,
         )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -154,6 +167,9 @@ class ImageFolderDataModule(ChuteDataModule):
         if self.mean is None or self.std is None:
             self.mean, self.std = self._measure_stats()
         self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+        if self.device_augment and self._train_batch is not None:
+            self.train_batch_transform = _ChannelsLast(self._train_batch) if self.channels_last else self._train_batch
+            keep_batch_memory()  # whole-batch gathers: reuse freed batch blocks (see its docstring)
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
@@ -261,7 +277,8 @@ class ImageFolderDataModule(ChuteDataModule):
                 source, store=self.cache, cache_dir=os.path.join(self.cache_dir, split), key=key
             )
         cached = self._cached[split]
-        cached.transform = OnFirst(transform) if train and transform is not None else None
+        random_stage = train and transform is not None and not self.device_augment
+        cached.transform = OnFirst(transform) if random_stage else None  # type: ignore[arg-type]
         return cached
 
     def _split(self, name: str) -> FolderIndex:
@@ -341,3 +358,13 @@ class ImageFolderDataModule(ChuteDataModule):
         mean = total / count
         std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
         return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+class _ChannelsLast:
+    """Apply a batch transform, then hand the model a channels-last batch again."""
+
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.transform(images).contiguous(memory_format=torch.channels_last)

@@ -3,6 +3,7 @@
 from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.shards import ShardedCopy, ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
@@ -18,6 +19,7 @@ __all__ = [
     "ImageFolderDataset",
     "LengthMajoritySequences",
     "MultiTaskDataset",
+    "PhotoFolder",
     "SequenceDataset",
     "ShardIndex",
     "ShardStream",

@@ -134,6 +134,7 @@ class CachedDataset(Dataset[Any]):
             self.names, self.arrays, self.template = arrays
         else:
             self.names, self.arrays, self.template = _build_memory(source, n, progress)
+        self._tensors: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.arrays[0])
@@ -144,11 +145,28 @@ class CachedDataset(Dataset[Any]):
         sample = _rebuild(self.template, values)
         return sample if self.transform is None else self.transform(sample)
 
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """A whole batch: without a random stage, one gather per field, already collated (a tuple or
+        dict of batched tensors) and in ascending index order (sequential reads are what memory maps
+        and page caches do best; which samples form the batch is the sampler's choice); with a random
+        stage, the list of transformed samples in the given order."""
+        if self.transform is not None:
+            return [self[int(i)] for i in indices]
+        index = torch.from_numpy(np.sort(np.asarray(indices, dtype=np.int64)))
+        if self._tensors is None:  # zero-copy views of the arrays (disk maps are copy-on-write: writable views)
+            self._tensors = [torch.from_numpy(a) for a in self.arrays]
+        return _rebuild(self.template, [t.index_select(0, index) for t in self._tensors])
+
     def reseed(self, seed: int) -> None:
         """Reseed the random stage in a worker (chute's worker seeding calls this)."""
         reseed = getattr(self.transform, "reseed", None)
         if callable(reseed):
             reseed(seed)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_tensors"] = None  # rebuilt from the arrays in each process
+        return state
 
     @property
     def shared(self) -> bool:
@@ -226,7 +244,9 @@ def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.nda
         if not path.is_file() or path.stat().st_size != expected:
             rank_zero_info(f"Cache '{cache_dir}': '{path.name}' is missing or truncated, rebuilding.")
             return None
-        arrays.append(np.memmap(path, dtype=dtype, mode="r", shape=shape))
+        # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
+        # writes to it).
+        arrays.append(np.memmap(path, dtype=dtype, mode="c", shape=shape))
     template = _rebuild(_template_from(manifest["template"]), range(len(arrays)))
     return [f["name"] for f in manifest["fields"]], arrays, template
 

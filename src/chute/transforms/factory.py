@@ -151,10 +151,16 @@ def _from_numpy(array: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Transforms:
-    """The train (stochastic) and eval (deterministic) pipelines of one experiment."""
+    """The train (stochastic) and eval (deterministic) pipelines of one experiment.
+
+    ``train_batch`` is the same training crop and flip done for a whole float batch on its device
+    (:class:`~chute.transforms.device.RandomResizedCropBatch`), for DataModules that read
+    precomputed images (``device_augment``).
+    """
 
     train: Pipeline
     val: Pipeline
+    train_batch: Any = None
 
 
 def create_transforms(settings: TransformSettings | None = None, **overrides: Any) -> Transforms:
@@ -170,9 +176,12 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
     elif overrides:
         raise TypeError("pass either a TransformSettings or keyword arguments, not both")
     build = _torchvision_steps if settings.backend == "torchvision" else _albumentations_steps
+    from chute.transforms.device import RandomResizedCropBatch
+
     return Transforms(
         train=Pipeline(build(settings, train=True), settings.backend),
         val=Pipeline(build(settings, train=False), settings.backend),
+        train_batch=RandomResizedCropBatch(settings.image_size, settings.scale, settings.ratio, settings.hflip),
     )
 
 

@@ -1,0 +1,108 @@
+"""``StallMonitor``: how much of each training step is spent waiting for data."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import lightning as L
+
+
+class StallMonitor(L.Callback):
+    """Per training step, time the wait for the next batch and the whole step.
+
+    The wait runs from the end of one step to the start of the next: fetching from the DataLoader,
+    the copy to the device and the DataModule's batch hook. Logs ``perf/data_wait_fraction``
+    (share of step time spent waiting) and ``perf/step_samples_per_s`` each epoch, keeps totals
+    for ``metrics.json`` (:meth:`summary`), and warns once when waiting exceeds ``threshold`` of the
+    step time, naming the settings that usually fix it.
+
+    Args:
+        threshold: Wait fraction above which to warn.
+        warmup_steps: Steps skipped at the start of each epoch (worker start-up, first batches).
+    """
+
+    def __init__(self, threshold: float = 0.10, warmup_steps: int = 5) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold={threshold}: a fraction in (0, 1)")
+        self.threshold = threshold
+        self.warmup_steps = warmup_steps
+        self.wait_s = 0.0
+        self.step_s = 0.0
+        self.samples = 0
+        self.steps = 0
+        self.warned = False
+        self._epoch_wait = self._epoch_step = 0.0
+        self._epoch_samples = 0
+        self._last_end: float | None = None
+        self._start: float | None = None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch
+        self._epoch_wait = self._epoch_step = 0.0
+        self._epoch_samples = 0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        end = time.perf_counter()
+        if self._last_end is None or self._start is None:
+            self._last_end = end
+            return
+        wait, step = self._start - self._last_end, end - self._last_end
+        self._last_end = end
+        if batch_idx < self.warmup_steps:
+            return
+        size = _batch_size(batch)
+        self._epoch_wait += wait
+        self._epoch_step += step
+        self._epoch_samples += size
+        self.wait_s += wait
+        self.step_s += step
+        self.samples += size
+        self.steps += 1
+        if not self.warned and self.steps >= 10 and self.wait_s > self.threshold * self.step_s:
+            self.warned = True
+            loader = trainer.train_dataloader
+            workers = getattr(loader, "num_workers", "?")
+            warnings.warn(
+                f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
+                f"raise loader.num_workers (now {workers}) or loader.prefetch_factor, or cache decoded data "
+                "(data.cache=memory|disk with data.device_augment=true for images).",
+                stacklevel=2,
+            )
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = None  # validation time is not a training-data wait
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._epoch_step > 0:
+            pl_module.log("perf/data_wait_fraction", self._epoch_wait / self._epoch_step, on_epoch=True)
+            pl_module.log("perf/step_samples_per_s", self._epoch_samples / self._epoch_step, on_epoch=True)
+
+    def summary(self) -> dict[str, float]:
+        """Totals over the run (after each epoch's warm-up steps) for ``metrics.json``."""
+        if self.step_s <= 0:
+            return {}
+        return {
+            "data_wait_fraction": round(self.wait_s / self.step_s, 4),
+            "data_wait_s": round(self.wait_s, 3),
+            "step_samples_per_s": round(self.samples / self.step_s, 1),
+            "measured_steps": float(self.steps),
+        }
+
+
+def _batch_size(batch: Any) -> int:
+    first: Any = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if isinstance(batch, dict):
+        first = batch.get("inputs")
+    return len(first) if hasattr(first, "__len__") else 0

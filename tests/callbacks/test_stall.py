@@ -1,0 +1,65 @@
+"""StallMonitor: measures the data wait per step, warns once naming the settings, reports totals."""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from chute.callbacks import StallMonitor
+
+
+class SlowData(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def __len__(self) -> int:
+        return 64
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(self.delay)
+        return torch.zeros(3), torch.tensor(i % 2)
+
+
+class Tiny(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit(delay: float, monitor: StallMonitor) -> None:
+    trainer = L.Trainer(
+        max_epochs=1, callbacks=[monitor], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Tiny(), DataLoader(SlowData(delay), batch_size=2))
+
+
+def test_slow_data_is_measured_and_warned_about_once() -> None:
+    monitor = StallMonitor(threshold=0.1, warmup_steps=2)
+    with pytest.warns(UserWarning, match="loader.num_workers") as record:
+        fit(0.01, monitor)
+    assert sum("waits for data" in str(w.message) for w in record) == 1
+    summary = monitor.summary()
+    assert summary["data_wait_fraction"] > 0.5
+    assert summary["measured_steps"] == 32 - 2
+
+
+def test_fast_data_does_not_warn() -> None:
+    monitor = StallMonitor(threshold=0.99, warmup_steps=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        fit(0.0, monitor)
+    assert 0 <= monitor.summary()["data_wait_fraction"] < 0.99

@@ -1,0 +1,55 @@
+"""RandomResizedCropBatch: RandomResizedCrop + flip semantics for whole batches on their device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from chute.transforms.device import RandomResizedCropBatch
+
+
+def test_full_crop_without_flip_is_the_image_and_flip_mirrors_it() -> None:
+    images = torch.rand(3, 2, 8, 8)
+    keep = RandomResizedCropBatch(8, scale=(1, 1), ratio=(1, 1), hflip=0.0)
+    torch.testing.assert_close(keep(images), images)
+    mirror = RandomResizedCropBatch(8, scale=(1, 1), ratio=(1, 1), hflip=1.0)
+    torch.testing.assert_close(mirror(images), images.flip(-1))
+
+
+def test_boxes_respect_scale_ratio_and_bounds() -> None:
+    crop = RandomResizedCropBatch(16, scale=(0.2, 0.6), ratio=(0.5, 2.0), generator=torch.Generator().manual_seed(0))
+    boxes = crop.boxes(2000, 100, 80)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, 0] >= 0).all()
+    assert (boxes[:, 2] <= 80).all()
+    assert (boxes[:, 3] <= 100).all()
+    area = w * h / 8000
+    assert area.min() >= 0.19
+    assert area.max() <= 0.61
+    assert (w / h).min() >= 0.49
+    assert (w / h).max() <= 2.05
+
+
+def test_impossible_ratio_falls_back_to_a_center_crop() -> None:
+    crop = RandomResizedCropBatch(4, scale=(0.99, 1.0), ratio=(3.0, 3.0))
+    boxes = crop.boxes(5, 10, 10)  # a 3:1 crop of 99% of a square cannot fit
+    assert torch.equal(boxes, torch.tensor([[0.0, 3.0, 10.0, 6.0]]).expand(5, 4))
+
+
+def test_each_image_gets_its_own_crop_and_the_generator_reproduces_them() -> None:
+    images = torch.arange(64.0).reshape(1, 1, 8, 8).expand(6, 1, 8, 8).contiguous()
+    a = RandomResizedCropBatch(4, generator=torch.Generator().manual_seed(1))(images)
+    b = RandomResizedCropBatch(4, generator=torch.Generator().manual_seed(1))(images)
+    torch.testing.assert_close(a, b)
+    assert len({tuple(x.flatten().tolist()) for x in a}) > 1
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [({"scale": (0.0, 1.0)}, "scale"), ({"hflip": 2.0}, "hflip")])
+def test_bad_arguments_are_named(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RandomResizedCropBatch(8, **kwargs)  # type: ignore[arg-type]
+
+
+def test_integer_batches_are_rejected() -> None:
+    with pytest.raises(ValueError, match="float"):
+        RandomResizedCropBatch(4)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
