@@ -108,6 +108,10 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
         data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
         if _accepts(cfg.data, "train_batch_transform"):
             data_kwargs["train_batch_transform"] = transforms.train_batch
+        if _accepts(cfg.data, "mixup_alpha"):
+            data_kwargs.update(
+                mixup_alpha=settings.transforms.mixup_alpha, cutmix_alpha=settings.transforms.cutmix_alpha
+            )
     datamodule = _instantiate(cfg, "data", **data_kwargs)
     if not isinstance(datamodule, ChuteDataModule):
         raise ConfigError("data._target_", cfg.data._target_, "must name a chute DataModule (ChuteDataModule subclass)")

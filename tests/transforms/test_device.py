@@ -53,3 +53,39 @@ def test_bad_arguments_are_named(kwargs: dict[str, object], match: str) -> None:
 def test_integer_batches_are_rejected() -> None:
     with pytest.raises(ValueError, match="float"):
         RandomResizedCropBatch(4)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+
+
+def test_mix_batch_gives_soft_targets_only_in_training(digits_root) -> None:
+    from chute.datamodules import ImageFolderDataModule
+    from chute.transforms import create_transforms
+    from chute.transforms.device import MixBatch
+
+    _, soft = MixBatch(num_classes=4, cutmix_alpha=1.0)(torch.rand(6, 3, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1]))
+    assert soft.shape == (6, 4)
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(6))
+
+    class Stage:
+        training = True
+
+    t = create_transforms(image_size=8, crop_pct=1.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.3], std=[0.4],
+        mixup_alpha=0.4, loader={"batch_size": 16},
+    )  # fmt: skip
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = Stage()  # type: ignore[assignment]
+    _, targets = dm.on_after_batch_transfer(batch, 0)
+    assert targets.shape == (16, 10)
+    Stage.training = False
+    _, targets = dm.on_after_batch_transfer(batch, 0)
+    assert targets.dtype == torch.int64  # validation and test batches keep hard labels
+
+
+def test_negative_mix_alpha_names_the_key() -> None:
+    from chute.errors import ConfigError
+    from chute.transforms import TransformSettings
+
+    with pytest.raises(ConfigError) as info:
+        TransformSettings(mixup_alpha=-0.1)
+    assert info.value.key == "mixup_alpha"

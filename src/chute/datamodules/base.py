@@ -57,8 +57,10 @@ class ChuteDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
         self.batch_transform: Callable[[Any], Any] | None = None
-        # Applied after ``batch_transform`` to training batches only (device-side augmentation).
+        # Applied after ``batch_transform`` to training batches only (device-side augmentation):
+        # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
+        self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -167,8 +169,12 @@ class ChuteDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         batch = _apply_to_inputs(self.batch_transform, batch)
-        if self.train_batch_transform is not None and self.trainer is not None and self.trainer.training:
-            batch = _apply_to_inputs(self.train_batch_transform, batch)
+        if self.trainer is None or not self.trainer.training:
+            return batch
+        batch = _apply_to_inputs(self.train_batch_transform, batch)
+        if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
+            inputs, targets = self.train_pair_transform(batch[0], batch[1])
+            batch = type(batch)([inputs, targets, *batch[2:]])
         return batch
 
     def state_dict(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed, keep_batch_memory
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
+from chute.transforms.device import MixBatch
 from chute.transforms.resize import OnFirst, SquareResize
 
 Transform = Callable[[torch.Tensor], Any]
@@ -70,6 +71,8 @@ class ImageFolderDataModule(ChuteDataModule):
         imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or mapping).
         train_batch_transform: Training augmentation for whole float batches on the device, e.g.
             :class:`~chute.transforms.device.RandomResizedCropBatch` (``create_transforms(...).train_batch``).
+        mixup_alpha: MixUp for training batches in the device hook (0: off); targets become soft.
+        cutmix_alpha: CutMix likewise; with both, each batch gets one of the two.
         device_augment: With ``cache``: training batches are gathered whole from the cache
             (``cache_size`` squares, no per-sample CPU work) and ``train_batch_transform`` crops,
             resizes and flips them on the device after normalization.
@@ -115,6 +118,8 @@ class ImageFolderDataModule(ChuteDataModule):
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
         train_batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device_augment: bool = False,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
         if device_augment and (cache is None or train_batch_transform is None):
@@ -142,6 +147,10 @@ class ImageFolderDataModule(ChuteDataModule):
         self.channels_last = channels_last
         self.cache = cache
         self.device_augment = device_augment
+        self.mix_alphas = (float(mixup_alpha), float(cutmix_alpha))
+        for key, alpha in (("mixup_alpha", mixup_alpha), ("cutmix_alpha", cutmix_alpha)):
+            if alpha < 0:
+                raise ConfigError(key, alpha, "must be >= 0 (0 disables it)")
         self._train_batch = train_batch_transform
         self.cache_size = cache_size
         self.cache_dir = cache_dir or os.path.join(self.root, ".chute-cache")
@@ -154,7 +163,8 @@ class ImageFolderDataModule(ChuteDataModule):
         self._save_plain_hparams(
             root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
             test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last, cache=cache,
-            cache_size=cache_size, cache_dir=cache_dir, device_augment=device_augment,
+            cache_size=cache_size, cache_dir=cache_dir, device_augment=device_augment, mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
         )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -170,6 +180,8 @@ class ImageFolderDataModule(ChuteDataModule):
         if self.device_augment and self._train_batch is not None:
             self.train_batch_transform = _ChannelsLast(self._train_batch) if self.channels_last else self._train_batch
             keep_batch_memory()  # whole-batch gathers: reuse freed batch blocks (see its docstring)
+        if any(a > 0 for a in self.mix_alphas):
+            self.train_pair_transform = MixBatch(self.num_classes, *self.mix_alphas)
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.nn import functional as F
@@ -99,3 +100,45 @@ class RandomResizedCropBatch:
 
     def __repr__(self) -> str:
         return f"RandomResizedCropBatch(size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
+
+
+class MixBatch:
+    """MixUp and/or CutMix (torchvision v2) for a training batch of ``(images, labels)`` on its device.
+
+    Labels become class probabilities (soft targets), which chute's models take directly. With
+    both alphas set, each batch gets one of the two at random.
+
+    Args:
+        num_classes: Number of classes (for the one-hot targets).
+        mixup_alpha: MixUp's Beta(alpha, alpha) (0: off).
+        cutmix_alpha: CutMix's alpha (0: off).
+
+    Example:
+        >>> mix = MixBatch(num_classes=3, mixup_alpha=0.4)
+        >>> images, targets = mix(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 0]))
+        >>> targets.shape, bool(torch.allclose(targets.sum(dim=1), torch.ones(4)))
+        (torch.Size([4, 3]), True)
+    """
+
+    def __init__(self, num_classes: int, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0) -> None:
+        from torchvision.transforms import v2
+
+        if mixup_alpha <= 0 and cutmix_alpha <= 0:
+            raise ValueError("MixBatch needs mixup_alpha > 0 or cutmix_alpha > 0")
+        options: list[Any] = []
+        if mixup_alpha > 0:
+            options.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            options.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        self.mix = options[0] if len(options) == 1 else v2.RandomChoice(options)
+        self.num_classes, self.mixup_alpha, self.cutmix_alpha = num_classes, mixup_alpha, cutmix_alpha
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if labels.is_floating_point():  # already soft
+            return images, labels
+        mixed, soft = self.mix(images, labels)
+        return mixed, soft
+
+    def __repr__(self) -> str:
+        alphas = f"mixup_alpha={self.mixup_alpha}, cutmix_alpha={self.cutmix_alpha}"
+        return f"MixBatch(num_classes={self.num_classes}, {alphas})"

@@ -38,6 +38,8 @@ class TransformSettings:
         rotation: Maximum rotation in degrees (0 disables it).
         color_jitter: Brightness, contrast and saturation jitter strength (0 disables it).
         interpolation: ``nearest``, ``bilinear`` or ``bicubic``.
+        mixup_alpha: MixUp's Beta(alpha, alpha) for training batches, on the device (0 disables it).
+        cutmix_alpha: CutMix's alpha likewise; with both set, each batch gets one of the two.
     """
 
     backend: str = "torchvision"
@@ -50,6 +52,8 @@ class TransformSettings:
     rotation: float = 0.0
     color_jitter: float = 0.0
     interpolation: str = "bilinear"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -67,6 +71,9 @@ class TransformSettings:
             raise ConfigError("rotation", self.rotation, "must be in [0, 180] degrees")
         if self.color_jitter < 0:
             raise ConfigError("color_jitter", self.color_jitter, "must be >= 0")
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, getattr(self, key), "must be >= 0 (0 disables it)")
         if self.interpolation not in INTERPOLATIONS:
             raise ConfigError("interpolation", self.interpolation, f"must be one of {list(INTERPOLATIONS)}")
 
