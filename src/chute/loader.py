@@ -27,7 +27,9 @@ class LoaderSettings:
     Args:
         batch_size: Samples per training batch.
         eval_batch_size: Samples per validation/test/predict batch (default: ``batch_size``).
-        num_workers: Worker processes; 0 loads in the main process.
+        num_workers: Worker processes; 0 loads in the main process; ``"auto"`` probes candidates
+            (and prefetch depths) for a few seconds when the training loader is built and keeps the
+            fastest (see :mod:`chute.autotune`).
         pin_memory: Page-lock host batches so copies to the GPU are asynchronous.
         prefetch_factor: Batches each worker loads ahead (needs ``num_workers > 0``).
         persistent_workers: Keep workers alive between epochs (needs ``num_workers > 0``).
@@ -51,7 +53,7 @@ or leave prefetch_factor unset (null)
 
     batch_size: int = 64
     eval_batch_size: int | None = None
-    num_workers: int = 0
+    num_workers: Any = 0  # an int, or "auto"
     pin_memory: bool | None = None
     prefetch_factor: int | None = None
     persistent_workers: bool | None = None
@@ -65,7 +67,13 @@ or leave prefetch_factor unset (null)
         _check_int(self, "batch_size", minimum=1)
         if self.eval_batch_size is not None:
             _check_int(self, "eval_batch_size", minimum=1)
-        _check_int(self, "num_workers", minimum=0, hint="0 loads in the main process")
+        if self.auto:
+            if self.prefetch_factor is not None:
+                raise ConfigError(
+                    "prefetch_factor", self.prefetch_factor, "is tuned too with num_workers=auto; leave it null"
+                )
+        else:
+            _check_int(self, "num_workers", minimum=0, hint="0 loads in the main process, or 'auto'")
         if self.prefetch_factor is not None:
             _check_int(self, "prefetch_factor", minimum=1)
             if self.num_workers == 0:
@@ -74,7 +82,7 @@ or leave prefetch_factor unset (null)
                     self.prefetch_factor,
                     "only applies with worker processes; set num_workers > 0 or leave prefetch_factor unset (null)",
                 )
-        if self.persistent_workers and self.num_workers == 0:
+        if self.persistent_workers and self.num_workers == 0 and not self.auto:
             raise ConfigError(
                 "persistent_workers",
                 self.persistent_workers,
@@ -82,7 +90,7 @@ or leave prefetch_factor unset (null)
             )
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout < 0:
             raise ConfigError("timeout", self.timeout, "must be a number of seconds >= 0 (0 waits forever)")
-        if self.timeout > 0 and self.num_workers == 0:
+        if self.timeout > 0 and self.num_workers == 0 and not self.auto:
             raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
         if self.multiprocessing_context not in _MP_CONTEXTS:
             raise ConfigError(
@@ -90,12 +98,19 @@ or leave prefetch_factor unset (null)
             )
 
     @property
+    def auto(self) -> bool:
+        """Whether ``num_workers`` (and the prefetch depth) are left to the autotuner."""
+        return self.num_workers == "auto"
+
+    @property
     def resolved_pin_memory(self) -> bool:
         return torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
 
     @property
     def resolved_persistent_workers(self) -> bool:
-        return self.num_workers > 0 if self.persistent_workers is None else self.persistent_workers
+        if self.persistent_workers is None:
+            return not self.auto and self.num_workers > 0
+        return self.persistent_workers
 
     def batch_size_for(self, train: bool) -> int:
         if train or self.eval_batch_size is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -10,6 +11,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from chute.autotune import autotune
 from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
@@ -57,6 +59,8 @@ class ChuteDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
         self.batch_transform: Callable[[Any], Any] | None = None
+        self.tuned_loader: LoaderSettings | None = None  # what num_workers=auto chose
+        self.autotune_report: list[dict[str, Any]] = []
         # Applied after ``batch_transform`` to training batches only (device-side augmentation):
         # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
@@ -151,17 +155,22 @@ class ChuteDataModule(L.LightningDataModule):
         dataset_batches: bool = False,
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
-        return build_dataloader(
-            dataset,
-            self.loader_settings,
-            train=train,
-            seed=self.seed,
-            collate_fn=collate_fn,
-            sampler=sampler,
-            batch_sampler=batch_sampler,
-            rank=rank,
-            dataset_batches=dataset_batches,
-        )
+
+        def build(settings: LoaderSettings, probe: bool = False) -> DataLoader[Any]:
+            # Probes get copies of stateful samplers, so tuning leaves the real epoch count alone.
+            return build_dataloader(
+                dataset, settings, train=train, seed=self.seed, collate_fn=collate_fn,
+                sampler=copy.deepcopy(sampler) if probe else sampler,
+                batch_sampler=copy.deepcopy(batch_sampler) if probe else batch_sampler,
+                rank=rank, dataset_batches=dataset_batches,
+            )  # fmt: skip
+
+        settings = self.loader_settings
+        if settings.auto:
+            if self.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
+                self.tuned_loader, self.autotune_report = autotune(lambda s: build(s, probe=True), settings)
+            settings = self.tuned_loader
+        return build(settings)
 
     def _prepare_root(self, root: str) -> None:
         if self.prepare is not None:

@@ -1,0 +1,61 @@
+"""num_workers=auto: candidates, the fastest probe wins, the DataModule keeps and reports the choice."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chute.autotune import autotune, candidates
+from chute.datamodules import TabularDataModule
+from chute.datasets import SklearnTable
+from chute.errors import ConfigError
+from chute.loader import LoaderSettings
+
+
+def test_candidates_cover_worker_counts_and_prefetch_depths() -> None:
+    found = [(c.num_workers, c.prefetch_factor) for c in candidates(LoaderSettings(num_workers="auto"), cpus=4)]
+    assert found == [(0, None), (1, 2), (1, 4), (2, 2), (2, 4), (4, 2), (4, 4)]
+    assert all(not c.persistent_workers for c in candidates(LoaderSettings(num_workers="auto"), cpus=2))
+
+
+def test_the_fastest_probe_wins() -> None:
+    def make(settings: LoaderSettings) -> Any:
+        delay = {0: 0.004, 1: 0.002, 2: 0.0005}[settings.num_workers] * (1 if settings.prefetch_factor != 4 else 0.9)
+
+        def batches() -> Any:
+            for _ in range(50):
+                time.sleep(delay)
+                yield [0] * 8
+
+        return batches()
+
+    chosen, report = autotune(make, LoaderSettings(num_workers="auto"), seconds=0.05, cpus=2)
+    assert (chosen.num_workers, chosen.prefetch_factor) == (2, 4)
+    assert len(report) == 5
+    assert max(report, key=lambda r: r["samples_per_s"])["num_workers"] == 2
+
+
+def test_auto_is_validated() -> None:
+    assert LoaderSettings(num_workers="auto").auto
+    with pytest.raises(ConfigError) as info:
+        LoaderSettings(num_workers="many")
+    assert info.value.key == "num_workers"
+    with pytest.raises(ConfigError) as info:
+        LoaderSettings(num_workers="auto", prefetch_factor=4)
+    assert info.value.key == "prefetch_factor"
+
+
+def test_datamodule_tunes_once_and_reports(tmp_path: Path) -> None:
+    path = SklearnTable("wine")(tmp_path / "wine.csv")
+    dm = TabularDataModule(str(path), target="cultivar", loader={"num_workers": "auto", "batch_size": 16})
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert dm.tuned_loader is not None
+    assert loader.num_workers == dm.tuned_loader.num_workers
+    assert len(dm.autotune_report) == len(candidates(LoaderSettings(num_workers="auto")))
+    report = list(dm.autotune_report)
+    dm.val_dataloader()
+    assert dm.autotune_report == report  # not tuned again
