@@ -126,6 +126,8 @@ def test_overrides_reach_settings() -> None:
     ("override", "message"),
     [
         ("loader.num_workers=-1", "loader.num_workers=-1"),
+        ("loader.num_workers=abc", "loader.num_workers='abc'"),  # an int or "auto", so checked by value
+        ("imbalance.strategy=smote", "imbalance.strategy='smote'"),
         ("loader.prefetch_factor=4", "loader.prefetch_factor=4"),  # digits runs with num_workers=0
         ("loader.persistent_workers=true", "loader.persistent_workers=True"),
         ("transforms.backend=kornia", "transforms.backend='kornia'"),
@@ -144,7 +146,7 @@ def test_bad_values_name_the_key(override: str, message: str) -> None:
     ("override", "message"),
     [
         ("loader.num_worker=2", "num_worker"),  # misspelled key
-        ("loader.num_workers=abc", "loader.num_workers"),  # wrong type
+        ("loader.batch_size=abc", "loader.batch_size"),  # wrong type
         ("transforms.image_size=big", "transforms.image_size"),
         ("trainer.max_epoch=3", "max_epoch"),
         ("data.val_fractoin=0.1", "val_fractoin"),
