@@ -120,10 +120,3 @@ def test_derive_seed_is_order_sensitive_and_32_bit() -> None:
     assert derive_seed(1, 2) != derive_seed(2, 1)
     assert 0 <= derive_seed(2**63, 5) < 2**32
 
-
-def test_keep_batch_memory_reports_whether_it_applied(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chute.loader import keep_batch_memory
-
-    assert isinstance(keep_batch_memory(), bool)
-    monkeypatch.setenv("CHUTE_KEEP_MALLOC", "1")
-    assert keep_batch_memory() is False

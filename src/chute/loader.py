@@ -168,32 +168,6 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
-
-
-def keep_batch_memory(max_batch_bytes: int = 32 << 20) -> bool:
-    """Let glibc reuse freed batch-sized blocks instead of returning them to the kernel.
-
-    By default glibc serves allocations above 128 KB-32 MB with fresh ``mmap`` pages and unmaps
-    them on free, so every new batch tensor page-faults on each 4 KB it writes: for cached batches
-    (a gather of 64 x 3 x 256 x 256 ``uint8`` = 12.6 MB) that costs more than the copy itself
-    (measured here: 11k -> 25k images/s). Raising the mmap and trim thresholds keeps such blocks on
-    the heap for reuse. Process-wide and inherited by forked workers; set ``CHUTE_KEEP_MALLOC=1``
-    to leave the allocator alone. Returns whether the settings were applied (glibc only).
-    """
-    if os.environ.get("CHUTE_KEEP_MALLOC") == "1":
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        mmap_ok = libc.mallopt(_M_MMAP_THRESHOLD, min(max_batch_bytes, 32 << 20))
-        trim_ok = libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mmap_ok and trim_ok)
-
-
 class BatchFetch(Dataset[Any]):
     """A view whose items are whole batches: ``view[[i, j, ...]]`` is the list of samples (or the
     dataset's own ``__getitems__`` result). Lets a batch-yielding sampler drive a DataLoader with

@@ -18,7 +18,7 @@ from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, 
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed, keep_batch_memory
+from chute.loader import LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
 from chute.transforms.device import MixBatch
@@ -179,7 +179,6 @@ class ImageFolderDataModule(ChuteDataModule):
         self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
         if self.device_augment and self._train_batch is not None:
             self.train_batch_transform = _ChannelsLast(self._train_batch) if self.channels_last else self._train_batch
-            keep_batch_memory()  # whole-batch gathers: reuse freed batch blocks (see its docstring)
         if any(a > 0 for a in self.mix_alphas):
             self.train_pair_transform = MixBatch(self.num_classes, *self.mix_alphas)
         if not self._checked and self.val_transform is not None:
