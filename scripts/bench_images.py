@@ -64,14 +64,16 @@ def baseline_loader(root: Path, workers: int, batch_size: int) -> DataLoader[Any
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
 
 
-def chute_module(root: Path, workers: int, batch_size: int, cache_dir: str | None) -> ImageFolderDataModule:
+def chute_module(
+    root: Path, workers: int, batch_size: int, cache_dir: str | None, backend: str = "torch"
+) -> ImageFolderDataModule:
     t = create_transforms(image_size=224, crop_pct=0.875)
     extra: dict[str, Any] = {}
     if cache_dir is not None:
         extra = {"cache": "disk", "cache_size": 256, "cache_dir": cache_dir, "device_augment": True}
     dm = ImageFolderDataModule(
         root, train_transform=t.train, val_transform=t.val, train_batch_transform=t.train_batch, mean=MEAN, std=STD,
-        loader={"batch_size": batch_size, "num_workers": workers}, **extra,
+        loader={"batch_size": batch_size, "num_workers": workers, "backend": backend}, **extra,
     )  # fmt: skip
     dm.setup("fit")
     return dm
@@ -92,7 +94,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument(
-        "--cases", nargs="+", default=["baseline", "onthefly", "precomputed"], help="pipelines to run, in this order"
+        "--cases",
+        nargs="+",
+        default=["baseline", "onthefly", "precomputed", "precomputed-threads"],
+        help="pipelines to run, in this order",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
@@ -105,11 +110,15 @@ def main() -> None:
                 "baseline": ("torchvision baseline", None, False),
                 "onthefly": ("chute on the fly", None, True),
                 "precomputed": ("chute precomputed", cache_dir, True),
+                "precomputed-threads": ("chute precomputed, threads", cache_dir, True),
             }
             for label, cache, is_dm in (known[c] for c in args.cases):
+                backend = "threads" if label.endswith("threads") else "torch"
+                if backend == "threads" and workers > 0:
+                    continue  # the threaded loader runs in this process
                 torch.manual_seed(0)
                 made: Any = (
-                    chute_module(root, workers, args.batch_size, cache)
+                    chute_module(root, workers, args.batch_size, cache, backend)
                     if is_dm
                     else baseline_loader(root, workers, args.batch_size)
                 )

@@ -98,11 +98,18 @@ def main() -> None:
             num_workers=args.num_workers,
             persistent_workers=args.num_workers > 0,
         )
-        rows: list[dict[str, Any]] = []
-        for label, loader in (
+        cases: list[tuple[str, Any]] = [
             ("per-row Dataset + default_collate", baseline),
             ("chute TabularDataModule", chute_loader),
-        ):
+        ]
+        if args.num_workers == 0:  # the threaded loader runs in this process
+            threads = TabularDataModule(
+                str(path), target="diagnosis", val_fraction=0.01, loader={**loader_settings, "backend": "threads"}
+            )
+            threads.setup("fit")
+            cases.append(("chute, threads backend", threads.train_dataloader()))
+        rows: list[dict[str, Any]] = []
+        for label, loader in cases:
             rate = measure(loader, args.repeats)
             rows.append({"label": label, "rows_per_s": round(rate), "num_workers": args.num_workers})
     for row in rows:

@@ -119,4 +119,3 @@ def test_ranks_get_different_streams() -> None:
 def test_derive_seed_is_order_sensitive_and_32_bit() -> None:
     assert derive_seed(1, 2) != derive_seed(2, 1)
     assert 0 <= derive_seed(2**63, 5) < 2**32
-

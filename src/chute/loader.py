@@ -40,6 +40,9 @@ class LoaderSettings:
             seed, the epoch, the worker id and the rank, so augmentations differ across workers and
             epochs and a run is reproducible from its seed.
         multiprocessing_context: ``fork``, ``spawn`` or ``forkserver`` (default: the platform's).
+        backend: ``torch`` (the DataLoader) or ``threads``: a :class:`~chute.threaded.ThreadedLoader`
+            that gathers whole batches in background threads of this process, for cheap batched
+            reads (precomputed images, tables) where worker IPC costs more than it saves.
 
     Example:
         >>> LoaderSettings(batch_size=128, num_workers=4).pin_memory in (True, False)
@@ -62,6 +65,7 @@ or leave prefetch_factor unset (null)
     timeout: float = 0.0
     seed_workers: bool = True
     multiprocessing_context: str | None = None
+    backend: str = "torch"
 
     def __post_init__(self) -> None:
         _check_int(self, "batch_size", minimum=1)
@@ -76,7 +80,7 @@ or leave prefetch_factor unset (null)
             _check_int(self, "num_workers", minimum=0, hint="0 loads in the main process, or 'auto'")
         if self.prefetch_factor is not None:
             _check_int(self, "prefetch_factor", minimum=1)
-            if self.num_workers == 0:
+            if self.num_workers == 0 and self.backend != "threads":
                 raise ConfigError(
                     "prefetch_factor",
                     self.prefetch_factor,
@@ -92,6 +96,10 @@ or leave prefetch_factor unset (null)
             raise ConfigError("timeout", self.timeout, "must be a number of seconds >= 0 (0 waits forever)")
         if self.timeout > 0 and self.num_workers == 0 and not self.auto:
             raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
+        if self.backend not in ("torch", "threads"):
+            raise ConfigError("backend", self.backend, "must be 'torch' or 'threads'")
+        if self.backend == "threads" and (self.auto or self.num_workers > 0):
+            raise ConfigError("backend", self.backend, "loads in threads of this process; set num_workers=0")
         if self.multiprocessing_context not in _MP_CONTEXTS:
             raise ConfigError(
                 "multiprocessing_context", self.multiprocessing_context, f"must be one of {list(_MP_CONTEXTS)}"

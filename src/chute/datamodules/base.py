@@ -16,7 +16,8 @@ from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
 from chute.loader import LoaderSettings, build_dataloader, derive_seed
-from chute.samplers import DistributedDraw
+from chute.samplers import BatchIndexSampler, DistributedDraw
+from chute.threaded import ThreadedLoader
 
 
 class ChuteDataModule(L.LightningDataModule):
@@ -166,11 +167,38 @@ class ChuteDataModule(L.LightningDataModule):
             )  # fmt: skip
 
         settings = self.loader_settings
+        if settings.backend == "threads":
+            return self._threaded(dataset, train, collate_fn, sampler, batch_sampler, dataset_batches)  # type: ignore[return-value]
         if settings.auto:
             if self.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
                 self.tuned_loader, self.autotune_report = autotune(lambda s: build(s, probe=True), settings)
             settings = self.tuned_loader
         return build(settings)
+
+    def _threaded(
+        self,
+        dataset: Dataset[Any],
+        train: bool,
+        collate_fn: Callable[[Any], Any] | None,
+        sampler: Sampler[Any] | None,
+        batch_sampler: Sampler[Any] | None,
+        dataset_batches: bool,
+    ) -> ThreadedLoader:
+        settings = self.loader_settings
+        if dataset_batches:
+            raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
+        size = settings.batch_size_for(train)
+        batches: Any = batch_sampler
+        if batches is None and sampler is not None:
+            batches = _Batched(sampler, size, settings.drop_last and train)
+        if batches is None:
+            batches = BatchIndexSampler(
+                len(dataset),  # type: ignore[arg-type]
+                size, shuffle=train and settings.shuffle, drop_last=train and settings.drop_last,
+                seed=derive_seed(self.seed, 0 if train else 1),
+            )  # fmt: skip
+        prefetch = settings.prefetch_factor or 4
+        return ThreadedLoader(dataset, batches, collate_fn, prefetch=prefetch, pin_memory=settings.resolved_pin_memory)
 
     def _prepare_root(self, root: str) -> None:
         if self.prepare is not None:
@@ -191,6 +219,32 @@ class ChuteDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
+
+
+class _Batched:
+    """Group an index sampler's indices into batches; ``set_epoch`` reaches the index sampler."""
+
+    def __init__(self, sampler: Sampler[Any], batch_size: int, drop_last: bool) -> None:
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch = getattr(self.sampler, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Any:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
 
 
 def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
