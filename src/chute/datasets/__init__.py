@@ -5,7 +5,8 @@ from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
-from chute.datasets.shards import ShardedCopy, ShardIndex, ShardStream, partition, write_shards
+from chute.datasets.sharded_copy import ShardedCopy
+from chute.datasets.shards import ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
