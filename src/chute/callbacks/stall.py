@@ -73,7 +73,8 @@ class StallMonitor(L.Callback):
             workers = getattr(loader, "num_workers", "?")
             warnings.warn(
                 f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
-                f"raise loader.num_workers (now {workers}) or loader.prefetch_factor, or cache decoded data "
+                f"raise loader.num_workers (now {workers}; loader.num_workers=auto measures the options) or "
+                "loader.prefetch_factor, or cache decoded data "
                 "(data.cache=memory|disk with data.device_augment=true for images).",
                 stacklevel=2,
             )
