@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from chute.models.backbones import create_backbone
+from chute.models.optim import adamw_per_step
 
 
 class ImageClassifier(L.LightningModule):
@@ -116,11 +117,4 @@ class ImageClassifier(L.LightningModule):
         return {"probs": probs, "preds": probs.argmax(dim=1)}
 
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
-        )
-        total = int(self.trainer.estimated_stepping_batches)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=self.hparams["lr"], total_steps=max(total, 1), pct_start=0.25
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_per_step(self, "one_cycle", pct_start=0.25)

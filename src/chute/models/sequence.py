@@ -11,6 +11,8 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torchmetrics.classification import MulticlassAccuracy
 
+from chute.models.optim import adamw_per_step
+
 
 class SequenceClassifier(L.LightningModule):
     """Classify padded sequences from ``{"inputs", "lengths", "mask", "targets"}`` batches.
@@ -138,8 +140,4 @@ class SequenceClassifier(L.LightningModule):
         return self(batch).float().softmax(dim=1)
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp["lr"], total_steps=total, pct_start=0.2)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_per_step(self, "one_cycle", pct_start=0.2)

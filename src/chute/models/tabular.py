@@ -12,6 +12,8 @@ from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from chute.models.optim import adamw_per_step
+
 
 def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: float = 0.0) -> nn.Sequential:
     """Linear -> LayerNorm -> GELU -> Dropout blocks, then a linear head."""
@@ -111,8 +113,4 @@ class TabularModel(L.LightningModule):
         return output.softmax(dim=1) if self.task == "classification" else output
 
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
-        optimizer = torch.optim.AdamW(self.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_per_step(self, "cosine")
