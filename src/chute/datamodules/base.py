@@ -200,6 +200,31 @@ class ChuteDataModule(L.LightningDataModule):
         prefetch = settings.prefetch_factor or 4
         return ThreadedLoader(dataset, batches, collate_fn, prefetch=prefetch, pin_memory=settings.resolved_pin_memory)
 
+    # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return self._split_loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return self._split_loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        return self._split_loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader[Any]:
+        return self._split_loader("test", train=False)
+
+    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+        """The loader of ``split`` (``train``, ``val`` or ``test``); ``train`` selects training behaviour."""
+        raise NotImplementedError
+
+    def _not_set_up(self) -> RuntimeError:
+        """The error for using split data before ``setup``."""
+        return RuntimeError(
+            f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
+            "(Lightning's Trainer does both)."
+        )
+
     def _prepare_root(self, root: str) -> None:
         if self.prepare is not None:
             self.prepare(root)

@@ -186,18 +186,6 @@ class ImageFolderDataModule(ChuteDataModule):
             self._checked = True
         self._check_imbalance()
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", self.train_transform, train=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", self.val_transform, train=False)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", self.val_transform, train=False)
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", self.val_transform, train=False)
-
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
@@ -259,7 +247,8 @@ class ImageFolderDataModule(ChuteDataModule):
 
     # -- Internals -------------------------------------------------------------------------------
 
-    def _loader(self, split: str, transform: Transform | None, train: bool) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+        transform = self.train_transform if train else self.val_transform
         dataset: Dataset[Any] = ImageFolderDataset(self._split(split), transform, self.image_mode)
         if self.cache is not None:
             dataset = self._cached_dataset(split, transform, train)
@@ -294,10 +283,7 @@ class ImageFolderDataModule(ChuteDataModule):
 
     def _split(self, name: str) -> FolderIndex:
         if not self._splits:
-            raise RuntimeError(
-                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
-                "(Lightning's Trainer does both)."
-            )
+            raise self._not_set_up()
         index = self._splits.get(name)
         if index is None:
             raise DataError(

@@ -145,17 +145,8 @@ class SequenceDataModule(ChuteDataModule):
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
         self._check_imbalance()
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", train=False)
-
     def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", train=False, keep_order=True)
+        return self._split_loader("test", train=False, keep_order=True)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -223,12 +214,9 @@ class SequenceDataModule(ChuteDataModule):
 
     def _ready(self) -> None:
         if not self._datasets:
-            raise RuntimeError(
-                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
-                "(Lightning's Trainer does both)."
-            )
+            raise self._not_set_up()
 
-    def _loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader[Any]:
         dataset = self.dataset(split)
         collate = self._collate(functools.partial(collate_sequences, pad_id=self.padding_id))
         sampler, batched = self._train_sampler() if train else (None, False)

@@ -139,22 +139,10 @@ class StreamingDataModule(ChuteDataModule):
             num_workers=settings.num_workers,
         )
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._dataloader(self.stream("train", train=True), train=True, dataset_batches=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._dataloader(self.stream("val"), train=False, dataset_batches=True)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._dataloader(self.stream("test"), train=False, dataset_batches=True)
-
-    def predict_dataloader(self) -> DataLoader[Any]:
-        return self._dataloader(self.stream("test"), train=False, dataset_batches=True)
+    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+        return self._dataloader(self.stream(split, train=train), train=train, dataset_batches=True)
 
     def _index(self) -> ShardIndex:
         if self.index is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
-                "(Lightning's Trainer does both)."
-            )
+            raise self._not_set_up()
         return self.index

@@ -126,15 +126,6 @@ class TableDataModuleBase(ChuteDataModule):
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
         self._check_imbalance()
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader("test", train=False)
-
     def predict_dataloader(self) -> DataLoader[Any]:
         # A plain batch sampler: Lightning rebuilds the predict loader's sampler to track indices.
         return self._dataloader(self.dataset("test"), train=False, collate_fn=self._collate(passthrough))
@@ -177,13 +168,10 @@ class TableDataModuleBase(ChuteDataModule):
 
     def _encoder(self) -> TableEncoder:
         if self.encoder is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
-                "(Lightning's Trainer does both)."
-            )
+            raise self._not_set_up()
         return self.encoder
 
-    def _loader(self, split: str, train: bool) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
         dataset, settings = self.dataset(split), self.loader_settings
         sampler, batched = self._train_sampler() if train else (None, False)
         if sampler is not None and not batched:  # index draws: the DataLoader batches them, fetched whole
