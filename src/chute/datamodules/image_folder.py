@@ -249,9 +249,9 @@ class ImageFolderDataModule(ChuteDataModule):
 
     def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
         transform = self.train_transform if train else self.val_transform
-        dataset: Dataset[Any] = ImageFolderDataset(self._split(split), transform, self.image_mode)
-        if self.cache is not None:
-            dataset = self._cached_dataset(split, transform, train)
+        dataset: Dataset[Any] = (
+            self._cached_dataset(split, transform, train) if self.cache is not None else self.dataset(split)
+        )
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
         sampler, batched = self._train_sampler() if train else (None, False)
