@@ -16,6 +16,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
+from chute.collate import samples_in
 from chute.loader import LoaderSettings
 
 
@@ -34,15 +35,6 @@ def candidates(settings: LoaderSettings, cpus: int | None = None) -> list[Loader
     return out
 
 
-def _count(batch: Any) -> int:
-    first = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if isinstance(first, dict):
-        first = next(iter(first.values()))
-    if isinstance(batch, dict):
-        first = batch.get("inputs", next(iter(batch.values())))
-    return len(first) if hasattr(first, "__len__") else 1
-
-
 def probe(loader: Iterable[Any], seconds: float, max_batches: int) -> float:
     """Samples/s of ``loader`` after its first batch, over ``seconds`` or ``max_batches``."""
     iterator = iter(loader)
@@ -52,7 +44,7 @@ def probe(loader: Iterable[Any], seconds: float, max_batches: int) -> float:
         return 0.0
     samples, start = 0, time.perf_counter()
     for i, batch in enumerate(iterator):
-        samples += _count(batch)
+        samples += samples_in(batch) or 1  # unsized batches count as one
         if i + 1 >= max_batches or time.perf_counter() - start >= seconds:
             break
     elapsed = time.perf_counter() - start

@@ -108,6 +108,14 @@ def pad_stack(tensors: Sequence[torch.Tensor], pad_value: int | float = 0) -> to
     return out
 
 
+def samples_in(batch: Any) -> int:
+    """Number of samples in a collated batch: the length of its inputs (element 0 of a tuple, the
+    ``"inputs"`` entry or else the first value of a dict, looked into recursively); 0 if unsized."""
+    while isinstance(batch, (tuple, list, dict)) and batch:
+        batch = batch[0] if not isinstance(batch, dict) else batch.get("inputs", next(iter(batch.values())))
+    return len(batch) if hasattr(batch, "__len__") else 0
+
+
 def passthrough(batch: Any) -> Any:
     """Collate for datasets that build whole batches themselves (``__getitems__``): return as is."""
     return batch

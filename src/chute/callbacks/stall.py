@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 
+from chute.collate import samples_in
+
 
 class StallMonitor(L.Callback):
     """Per training step, time the wait for the next batch and the whole step.
@@ -59,7 +61,7 @@ class StallMonitor(L.Callback):
         self._last_end = end
         if batch_idx < self.warmup_steps:
             return
-        size = _batch_size(batch)
+        size = samples_in(batch)
         self._epoch_wait += wait
         self._epoch_step += step
         self._epoch_samples += size
@@ -100,10 +102,3 @@ class StallMonitor(L.Callback):
             "step_samples_per_s": round(self.samples / self.step_s, 1),
             "measured_steps": float(self.steps),
         }
-
-
-def _batch_size(batch: Any) -> int:
-    first: Any = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if isinstance(batch, dict):
-        first = batch.get("inputs")
-    return len(first) if hasattr(first, "__len__") else 0

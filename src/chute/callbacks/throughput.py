@@ -7,6 +7,8 @@ from typing import Any
 
 import lightning as L
 
+from chute.collate import samples_in
+
 
 class Throughput(L.Callback):
     """Count training samples and the wall time spent in training (validation excluded).
@@ -36,8 +38,7 @@ class Throughput(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        first = batch[0] if isinstance(batch, (tuple, list)) else next(iter(batch.values()))
-        self._samples += len(first)
+        self._samples += samples_in(batch)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._pause()
