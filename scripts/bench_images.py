@@ -8,10 +8,14 @@ scikit-image's bundled sample photos; RandomResizedCrop(224) + horizontal flip; 
 
 - baseline: ``torchvision.datasets.ImageFolder`` with ``RandomResizedCrop, RandomHorizontalFlip,
   ToTensor, Normalize`` in a plain DataLoader (persistent workers);
-- chute on the fly: ``ImageFolderDataModule`` with ``create_transforms(image_size=224)``
-  (decode with TorchCodec, v2 transforms on uint8);
+- chute on the fly: ``ImageFolderDataModule`` with ``create_transforms(image_size=224)``: JPEGs
+  decoded straight to the random crop (``chute.transforms.fused``: libjpeg-turbo DCT scaling, only
+  the crop's rows and columns), one resize, uint8 batches gathered without a collate step;
+  ``--fast-decode off`` measures the generic path instead (TorchCodec decode + v2 transforms);
 - chute precomputed: ``ImageFolderDataModule(cache="disk", cache_size=256, device_augment=True)``:
   batches gathered whole from a memory-mapped uint8 cache; crop and flip run in the batch hook.
+- ``... threads``: the same DataModule with ``loader.backend=threads``: N loader threads in this
+  process instead of N worker processes (decoding and gathers release the GIL; no IPC).
 
 Loader figures count images delivered by ``train_dataloader()`` (before the device hook) after one
 warm-up epoch (median over ``--epochs``); ``+hook`` figures also run ``on_after_batch_transfer``
@@ -65,9 +69,9 @@ def baseline_loader(root: Path, workers: int, batch_size: int) -> DataLoader[Any
 
 
 def chute_module(
-    root: Path, workers: int, batch_size: int, cache_dir: str | None, backend: str = "torch"
+    root: Path, workers: int, batch_size: int, cache_dir: str | None, backend: str = "torch", fast_decode: bool = True
 ) -> ImageFolderDataModule:
-    t = create_transforms(image_size=224, crop_pct=0.875)
+    t = create_transforms(image_size=224, crop_pct=0.875, fast_decode=fast_decode)
     extra: dict[str, Any] = {}
     if cache_dir is not None:
         extra = {"cache": "disk", "cache_size": 256, "cache_dir": cache_dir, "device_augment": True}
@@ -96,9 +100,10 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         nargs="+",
-        default=["baseline", "onthefly", "precomputed", "precomputed-threads"],
+        default=["baseline", "onthefly", "onthefly-threads", "precomputed", "precomputed-threads"],
         help="pipelines to run, in this order",
     )
+    parser.add_argument("--fast-decode", choices=["on", "off"], default="on", help="crop-aware JPEG decoding")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
 
@@ -109,16 +114,17 @@ def main() -> None:
             known: dict[str, tuple[str, str | None, bool]] = {
                 "baseline": ("torchvision baseline", None, False),
                 "onthefly": ("chute on the fly", None, True),
+                "onthefly-threads": ("chute on the fly, threads", None, True),
                 "precomputed": ("chute precomputed", cache_dir, True),
                 "precomputed-threads": ("chute precomputed, threads", cache_dir, True),
             }
             for label, cache, is_dm in (known[c] for c in args.cases):
                 backend = "threads" if label.endswith("threads") else "torch"
-                if backend == "threads" and workers > 0:
-                    continue  # the threaded loader runs in this process
+                if backend == "threads" and workers == 0:
+                    continue  # zero threads is the same as the main-process DataLoader
                 torch.manual_seed(0)
                 made: Any = (
-                    chute_module(root, workers, args.batch_size, cache, backend)
+                    chute_module(root, workers, args.batch_size, cache, backend, args.fast_decode == "on")
                     if is_dm
                     else baseline_loader(root, workers, args.batch_size)
                 )

@@ -16,9 +16,14 @@ from chute.loader import LoaderSettings
 
 
 def test_candidates_cover_worker_counts_and_prefetch_depths() -> None:
-    found = [(c.num_workers, c.prefetch_factor) for c in candidates(LoaderSettings(num_workers="auto"), cpus=4)]
-    assert found == [(0, None), (1, 2), (1, 4), (2, 2), (2, 4), (4, 2), (4, 4)]
+    found = [
+        (c.backend, c.num_workers, c.prefetch_factor) for c in candidates(LoaderSettings(num_workers="auto"), cpus=4)
+    ]
+    processes = [(1, 2), (1, 4), (2, 2), (2, 4), (4, 2), (4, 4)]
+    assert found == [("torch", 0, None), *[("torch", w, p) for w, p in processes], ("threads", 1, 2), ("threads", 4, 2)]
     assert all(not c.persistent_workers for c in candidates(LoaderSettings(num_workers="auto"), cpus=2))
+    no_threads = candidates(LoaderSettings(num_workers="auto"), cpus=4, threads=False)  # e.g. streams
+    assert {c.backend for c in no_threads} == {"torch"}
 
 
 def test_the_fastest_probe_wins() -> None:
@@ -32,9 +37,26 @@ def test_the_fastest_probe_wins() -> None:
 
         return batches()
 
-    chosen, report = autotune(make, LoaderSettings(num_workers="auto"), seconds=0.05, cpus=2)
+    chosen, report = autotune(make, LoaderSettings(num_workers="auto"), seconds=0.05, cpus=2, threads=False)
     assert (chosen.num_workers, chosen.prefetch_factor) == (2, 4)
     assert len(report) == 5
+
+
+def test_threads_win_where_they_measure_faster() -> None:
+    def make(settings: LoaderSettings) -> Any:
+        delay = 0.0005 if settings.backend == "threads" and settings.num_workers == 2 else 0.003
+
+        def batches() -> Any:
+            for _ in range(50):
+                time.sleep(delay)
+                yield [0] * 8
+
+        return batches()
+
+    chosen, report = autotune(make, LoaderSettings(num_workers="auto", persistent_workers=True), seconds=0.05, cpus=2)
+    assert (chosen.backend, chosen.num_workers, chosen.prefetch_factor) == ("threads", 2, 2)
+    assert chosen.persistent_workers is None  # meaningless for threads, and refused by the settings
+    assert [r["backend"] for r in report].count("threads") == 2
     assert max(report, key=lambda r: r["samples_per_s"])["num_workers"] == 2
 
 
@@ -54,7 +76,9 @@ def test_datamodule_tunes_once_and_reports(tmp_path: Path) -> None:
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert dm.tuned_loader is not None
-    assert loader.num_workers == dm.tuned_loader.num_workers
+    threaded = dm.tuned_loader.backend == "threads"
+    assert loader.num_workers == (0 if threaded else dm.tuned_loader.num_workers)
+    assert type(loader).__name__ == ("ThreadedLoader" if threaded else "DataLoader")
     assert len(dm.autotune_report) == len(candidates(LoaderSettings(num_workers="auto")))
     report = list(dm.autotune_report)
     dm.val_dataloader()

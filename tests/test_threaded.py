@@ -58,7 +58,8 @@ def test_datamodules_use_it_with_backend_threads(tmp_path, digits_root) -> None:
     from chute.transforms import create_transforms
 
     path = SklearnTable("wine")(tmp_path / "wine.csv")
-    dm = TabularDataModule(str(path), target="cultivar", loader={"backend": "threads", "batch_size": 16})
+    loader_settings = {"backend": "threads", "num_workers": 2, "batch_size": 16}
+    dm = TabularDataModule(str(path), target="cultivar", loader=loader_settings)
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert isinstance(loader, ThreadedLoader)
@@ -69,7 +70,7 @@ def test_datamodules_use_it_with_backend_threads(tmp_path, digits_root) -> None:
     t = create_transforms(image_size=8, crop_pct=1.0)
     images = ImageFolderDataModule(
         digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.3], std=[0.4],
-        loader={"backend": "threads", "batch_size": 32}, imbalance={"strategy": "weighted_sampler"},
+        loader={"backend": "threads", "num_workers": 2, "batch_size": 32}, imbalance={"strategy": "weighted_sampler"},
     )  # fmt: skip
     images.setup("fit")
     batch = next(iter(images.train_dataloader()))
@@ -80,10 +81,47 @@ def test_backend_settings_are_checked() -> None:
     from chute.errors import ConfigError
     from chute.loader import LoaderSettings
 
-    with pytest.raises(ConfigError, match="num_workers=0") as info:
-        LoaderSettings(backend="threads", num_workers=2)
-    assert info.value.key == "backend"
+    assert LoaderSettings(backend="threads", num_workers=2, prefetch_factor=8).prefetch_factor == 8
+    for bad, key in (
+        ({"persistent_workers": True}, "persistent_workers"),  # threads start each epoch for free
+        ({"multiprocessing_context": "spawn"}, "multiprocessing_context"),
+        ({"num_workers": 0, "prefetch_factor": 2}, "prefetch_factor"),  # nothing runs ahead
+    ):
+        with pytest.raises(ConfigError) as info:
+            LoaderSettings(backend="threads", **{"num_workers": 2, **bad})
+        assert info.value.key == key
     with pytest.raises(ConfigError) as info:
         LoaderSettings(backend="ray")
     assert info.value.key == "backend"
-    assert LoaderSettings(backend="threads", prefetch_factor=8).prefetch_factor == 8
+
+
+def test_zero_threads_fetch_in_the_calling_thread() -> None:
+    import threading
+
+    seen = set()
+
+    class Recording:
+        def __getitems__(self, batch: list[int]) -> list[int]:
+            seen.add(threading.get_ident())
+            return list(batch)
+
+    sampler = BatchIndexSampler(10, 4, shuffle=False)
+    assert list(ThreadedLoader(Recording(), sampler, threads=0)) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert seen == {threading.get_ident()}
+
+
+def test_a_stuck_batch_times_out_naming_its_indices() -> None:
+    import threading
+
+    release = threading.Event()
+
+    class Stuck:
+        def __getitems__(self, batch: list[int]) -> list[int]:
+            if 5 in batch:
+                release.wait(10)
+            return list(batch)
+
+    loader = ThreadedLoader(Stuck(), BatchIndexSampler(10, 5, shuffle=False), threads=1, timeout=0.2)
+    with pytest.raises(RuntimeError, match=r"timed out after 0.2 s waiting for batch 1 \(indices \[5, 6, 7, 8, 9\]\)"):
+        list(loader)
+    release.set()

@@ -42,11 +42,7 @@ def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
         DataError: The file is missing, empty or cannot be decoded; the message names the file.
     """
     channels_of(mode)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise DataError(f"Cannot read image '{path}': {err.strerror or err}") from err
+    data = read_bytes(path)
     if not data:
         raise DataError(f"Cannot decode image '{path}': the file is empty (0 bytes). Remove or replace it.")
     ext = os.path.splitext(path)[1].lower()
@@ -58,6 +54,15 @@ def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
     if image.ndim != 3 or image.shape[0] != _CHANNELS[mode]:
         raise DataError(f"Cannot decode image '{path}': got shape {tuple(image.shape)}, expected {mode} channels.")
     return image
+
+
+def read_bytes(path: str) -> bytes:
+    """The file's bytes; a missing or unreadable file raises a :class:`DataError` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        raise DataError(f"Cannot read image '{path}': {err.strerror or err}") from err
 
 
 def _decode_fast(data: bytes, mode: ImageMode) -> torch.Tensor:

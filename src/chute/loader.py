@@ -41,8 +41,10 @@ class LoaderSettings:
             epochs and a run is reproducible from its seed.
         multiprocessing_context: ``fork``, ``spawn`` or ``forkserver`` (default: the platform's).
         backend: ``torch`` (the DataLoader) or ``threads``: a :class:`~chute.threaded.ThreadedLoader`
-            that gathers whole batches in background threads of this process, for cheap batched
-            reads (precomputed images, tables) where worker IPC costs more than it saves.
+            that gathers whole batches in ``num_workers`` background threads of this process (0:
+            in the calling thread), for work that releases the GIL (crop-decoding JPEGs, gathers
+            from precomputed arrays, tables) where worker IPC costs more than it saves. With
+            ``num_workers=auto`` both backends are probed and the faster one is kept.
 
     Example:
         >>> LoaderSettings(batch_size=128, num_workers=4).pin_memory in (True, False)
@@ -80,17 +82,18 @@ or leave prefetch_factor unset (null)
             _check_int(self, "num_workers", minimum=0, hint="0 loads in the main process, or 'auto'")
         if self.prefetch_factor is not None:
             _check_int(self, "prefetch_factor", minimum=1)
-            if self.num_workers == 0 and self.backend != "threads":
+            if self.num_workers == 0:
                 raise ConfigError(
                     "prefetch_factor",
                     self.prefetch_factor,
                     "only applies with worker processes; set num_workers > 0 or leave prefetch_factor unset (null)",
                 )
-        if self.persistent_workers and self.num_workers == 0 and not self.auto:
+        if self.persistent_workers and (self.num_workers == 0 or self.backend == "threads") and not self.auto:
             raise ConfigError(
                 "persistent_workers",
                 self.persistent_workers,
-                "needs worker processes; set num_workers > 0 or persistent_workers=false",
+                "needs worker processes (backend=torch, num_workers > 0); threads are started each epoch "
+                "at no cost. Set persistent_workers=false or null",
             )
         if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or self.timeout < 0:
             raise ConfigError("timeout", self.timeout, "must be a number of seconds >= 0 (0 waits forever)")
@@ -98,8 +101,10 @@ or leave prefetch_factor unset (null)
             raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
         if self.backend not in ("torch", "threads"):
             raise ConfigError("backend", self.backend, "must be 'torch' or 'threads'")
-        if self.backend == "threads" and (self.auto or self.num_workers > 0):
-            raise ConfigError("backend", self.backend, "loads in threads of this process; set num_workers=0")
+        if self.backend == "threads" and self.multiprocessing_context is not None:
+            raise ConfigError(
+                "multiprocessing_context", self.multiprocessing_context, "has no effect with backend=threads"
+            )
         if self.multiprocessing_context not in _MP_CONTEXTS:
             raise ConfigError(
                 "multiprocessing_context", self.multiprocessing_context, f"must be one of {list(_MP_CONTEXTS)}"

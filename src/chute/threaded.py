@@ -27,9 +27,11 @@ class ThreadedLoader:
         dataset: A dataset with ``__getitems__`` (or ``__getitem__``) that gathers a whole batch.
         sampler: Yields one list/tensor of indices per batch (e.g. :class:`~chute.samplers.BatchIndexSampler`).
         collate_fn: Applied to what the dataset returns (default: as is).
-        prefetch: Batches prepared ahead.
-        threads: Background threads fetching batches (order is kept).
+        prefetch: Batches prepared ahead, per thread.
+        threads: Background threads fetching batches (order is kept); 0 fetches each batch in the
+            calling thread when it is asked for.
         pin_memory: Pin batches (only useful with CUDA).
+        timeout: Seconds to wait for a batch before raising (0 waits forever).
     """
 
     def __init__(
@@ -38,19 +40,21 @@ class ThreadedLoader:
         sampler: Any,
         collate_fn: Callable[[Any], Any] | None = None,
         *,
-        prefetch: int = 4,
+        prefetch: int = 2,
         threads: int = 2,
         pin_memory: bool = False,
+        timeout: float = 0.0,
     ) -> None:
-        if prefetch < 1 or threads < 1:
-            raise ValueError(f"prefetch={prefetch} and threads={threads} must be >= 1")
+        if prefetch < 1 or threads < 0:
+            raise ValueError(f"prefetch={prefetch} must be >= 1 and threads={threads} >= 0")
         self.dataset = dataset
         self.sampler = sampler
         self.collate_fn = collate_fn
         self.prefetch = prefetch
         self.threads = threads
         self.pin_memory = pin_memory
-        self.num_workers = 0  # for code that asks a loader for it
+        self.timeout = timeout
+        self.num_workers = 0  # no worker processes (for code that asks a loader for it)
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -63,8 +67,11 @@ class ThreadedLoader:
 
     def __iter__(self) -> Iterator[Any]:
         batches = list(self.sampler)  # the sampler runs here, in the caller's thread (epoch, state)
+        if self.threads == 0:
+            yield from (self._fetch(batch) for batch in batches)
+            return
         slots: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in batches]
-        ahead = threading.Semaphore(self.prefetch)
+        ahead = threading.Semaphore(self.prefetch * self.threads)
         stop = threading.Event()
         position = iter(range(len(batches)))
         lock = threading.Lock()
@@ -86,8 +93,14 @@ class ThreadedLoader:
         for thread in workers:
             thread.start()
         try:
-            for slot in slots:
-                item = slot.get()
+            for n, slot in enumerate(slots):
+                try:
+                    item = slot.get(timeout=self.timeout or None)
+                except queue.Empty:
+                    raise RuntimeError(
+                        f"ThreadedLoader timed out after {self.timeout} s waiting for batch {n} "
+                        f"(indices {_head(batches[n])}); raise loader.timeout or find the slow sample."
+                    ) from None
                 ahead.release()
                 if isinstance(item, _Failure):
                     raise item.error
@@ -96,6 +109,11 @@ class ThreadedLoader:
             stop.set()
             for _ in workers:
                 ahead.release()
+
+
+def _head(batch: Any, n: int = 8) -> str:
+    items = [int(i) for i in list(batch)[:n]]
+    return f"{items}{' ...' if len(batch) > n else ''}"
 
 
 class _Failure:

@@ -157,34 +157,35 @@ class ChuteDataModule(L.LightningDataModule):
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
 
-        def build(settings: LoaderSettings, probe: bool = False) -> DataLoader[Any]:
+        def build(settings: LoaderSettings, probe: bool = False) -> Any:
             # Probes get copies of stateful samplers, so tuning leaves the real epoch count alone.
+            s, b = (copy.deepcopy(sampler), copy.deepcopy(batch_sampler)) if probe else (sampler, batch_sampler)
+            if settings.backend == "threads":
+                return self._threaded(dataset, settings, train, collate_fn, s, b, dataset_batches)
             return build_dataloader(
-                dataset, settings, train=train, seed=self.seed, collate_fn=collate_fn,
-                sampler=copy.deepcopy(sampler) if probe else sampler,
-                batch_sampler=copy.deepcopy(batch_sampler) if probe else batch_sampler,
+                dataset, settings, train=train, seed=self.seed, collate_fn=collate_fn, sampler=s, batch_sampler=b,
                 rank=rank, dataset_batches=dataset_batches,
             )  # fmt: skip
 
         settings = self.loader_settings
-        if settings.backend == "threads":
-            return self._threaded(dataset, train, collate_fn, sampler, batch_sampler, dataset_batches)  # type: ignore[return-value]
         if settings.auto:
             if self.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
-                self.tuned_loader, self.autotune_report = autotune(lambda s: build(s, probe=True), settings)
+                self.tuned_loader, self.autotune_report = autotune(
+                    lambda s: build(s, probe=True), settings, threads=not dataset_batches
+                )
             settings = self.tuned_loader
         return build(settings)
 
     def _threaded(
         self,
         dataset: Dataset[Any],
+        settings: LoaderSettings,
         train: bool,
         collate_fn: Callable[[Any], Any] | None,
         sampler: Sampler[Any] | None,
         batch_sampler: Sampler[Any] | None,
         dataset_batches: bool,
     ) -> ThreadedLoader:
-        settings = self.loader_settings
         if dataset_batches:
             raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
         size = settings.batch_size_for(train)
@@ -197,8 +198,10 @@ class ChuteDataModule(L.LightningDataModule):
                 size, shuffle=train and settings.shuffle, drop_last=train and settings.drop_last,
                 seed=derive_seed(self.seed, 0 if train else 1),
             )  # fmt: skip
-        prefetch = settings.prefetch_factor or 4
-        return ThreadedLoader(dataset, batches, collate_fn, prefetch=prefetch, pin_memory=settings.resolved_pin_memory)
+        return ThreadedLoader(
+            dataset, batches, collate_fn, prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
+            pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
+        )  # fmt: skip
 
     # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
 

@@ -232,7 +232,8 @@ class ImageFolderDataModule(ChuteDataModule):
     def dataset(self, split: str) -> ImageFolderDataset:
         """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
         transform = self.train_transform if split == "train" else self.val_transform
-        return ImageFolderDataset(self._split(split), transform, self.image_mode)
+        # Whole-batch gathering bypasses collate_fn, so a custom one gets the samples one by one.
+        return ImageFolderDataset(self._split(split), transform, self.image_mode, gather=self.collate_fn is None)
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` seeded random samples of ``split`` after its pipeline, without touching global RNG."""

@@ -12,7 +12,8 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.errors import DataError
-from chute.images import IMG_EXTENSIONS, ImageMode, read_image
+from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_bytes, read_image
+from chute.transforms.fused import CropDecode
 
 
 @dataclass(frozen=True)
@@ -117,10 +118,18 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
 class ImageFolderDataset(Dataset[tuple[Any, int]]):
     """Decoded, transformed images of a :class:`FolderIndex` as ``(image, label)`` pairs.
 
+    With a crop-aware transform (:class:`~chute.transforms.fused.CropDecode`, what
+    ``create_transforms`` builds by default), JPEG files are decoded straight to the crop and
+    ``__getitems__`` writes a whole batch into one ``uint8`` tensor (``(N, C, H, W)`` in
+    channels-last memory, in shared memory inside a DataLoader worker) with no per-sample collate;
+    other files and transforms take the generic path (decode, then the transform).
+
     Args:
         index: The split's files and labels.
         transform: Callable applied to the ``uint8`` ``(C, H, W)`` tensor (``None``: none).
         image_mode: ``"RGB"`` or ``"L"``.
+        gather: Let ``__getitems__`` return collated ``(images, labels)`` batches (needs a
+            ``CropDecode`` transform; the DataModule turns it off for a custom ``collate_fn``).
     """
 
     def __init__(
@@ -128,19 +137,47 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         index: FolderIndex,
         transform: Callable[[torch.Tensor], Any] | None = None,
         image_mode: ImageMode = "RGB",
+        gather: bool = True,
     ) -> None:
         self.index = index
         self.transform = transform
         self.image_mode = image_mode
+        self.gather = gather
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
+        if isinstance(self.transform, CropDecode):
+            return self._crop_decode(int(i)), int(self.index.targets[i])
         image = read_image(self.index.path(i), self.image_mode)
         if self.transform is not None:
             image = self.transform(image)
         return image, int(self.index.targets[i])
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        """A batch: collated ``(images, labels)`` on the crop-decode path, else a list of samples."""
+        if not (self.gather and isinstance(self.transform, CropDecode)):
+            return [self[int(i)] for i in indices]
+        rows = np.asarray(indices, dtype=np.int64)
+        size, channels = self.transform.size, channels_of(self.image_mode)
+        images = _batch_buffer((len(rows), size, size, channels))
+        pixels = images.numpy()
+        for j, i in enumerate(rows):
+            self._crop_decode(int(i), pixels[j])
+        return images.permute(0, 3, 1, 2), torch.from_numpy(self.index.targets[rows])
+
+    def _crop_decode(self, i: int, out: np.ndarray | None = None) -> torch.Tensor:
+        """Image ``i`` through the crop-aware transform, into ``out`` (``(H, W, C)``) if given."""
+        transform = self.transform
+        assert isinstance(transform, CropDecode)
+        path = self.index.path(i)
+        size, channels = transform.size, channels_of(self.image_mode)
+        if out is None:
+            out = np.empty((size, size, channels), dtype=np.uint8)
+        if not transform.decode_into(read_bytes(path), out, gray=self.image_mode == "L"):
+            out[...] = transform(read_image(path, self.image_mode)).permute(1, 2, 0).numpy()
+        return torch.from_numpy(out).permute(2, 0, 1)
 
     def reseed(self, seed: int) -> None:
         """Reseed the transform's own generators (called in each worker; see ``WorkerSeeder``)."""
@@ -155,3 +192,12 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
     @property
     def targets(self) -> np.ndarray:
         return self.index.targets
+
+
+def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised ``uint8`` tensor; in shared memory inside a DataLoader worker, so sending
+    it to the main process moves no pixels (what ``default_collate`` does for its outputs)."""
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)

@@ -15,6 +15,7 @@ import torch
 from torchvision.transforms import v2
 
 from chute.errors import ConfigError
+from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 
 BACKENDS = ("torchvision", "albumentations")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -40,6 +41,9 @@ class TransformSettings:
         interpolation: ``nearest``, ``bilinear`` or ``bicubic``.
         mixup_alpha: MixUp's Beta(alpha, alpha) for training batches, on the device (0 disables it).
         cutmix_alpha: CutMix's alpha likewise; with both set, each batch gets one of the two.
+        fast_decode: With the torchvision backend and a crop + horizontal-flip pipeline (no
+            rotation, vertical flip or colour jitter; bilinear), decode JPEGs straight to the crop
+            (:mod:`chute.transforms.fused`): same geometry, a fraction of the decoding work.
     """
 
     backend: str = "torchvision"
@@ -54,6 +58,7 @@ class TransformSettings:
     interpolation: str = "bilinear"
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    fast_decode: bool = True
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -80,6 +85,12 @@ class TransformSettings:
     @property
     def eval_resize(self) -> int:
         return max(self.image_size, round(self.image_size / self.crop_pct))
+
+    @property
+    def fusable(self) -> bool:
+        """Whether the pipelines are crop, resize and flip only, so ``fast_decode`` applies."""
+        simple = self.rotation == 0 and self.color_jitter == 0 and self.vflip == 0
+        return self.fast_decode and self.backend == "torchvision" and simple and self.interpolation == "bilinear"
 
 
 def _check_range(values: Sequence[float], key: str, low: float, high: float) -> None:
@@ -165,8 +176,8 @@ class Transforms:
     precomputed images (``device_augment``).
     """
 
-    train: Pipeline
-    val: Pipeline
+    train: Pipeline | RandomResizedCropDecode
+    val: Pipeline | CenterCropDecode
     train_batch: Any = None
 
 
@@ -182,13 +193,20 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
         settings = TransformSettings(**overrides)
     elif overrides:
         raise TypeError("pass either a TransformSettings or keyword arguments, not both")
-    build = _torchvision_steps if settings.backend == "torchvision" else _albumentations_steps
     from chute.transforms.device import RandomResizedCropBatch
 
+    train_batch = RandomResizedCropBatch(settings.image_size, settings.scale, settings.ratio, settings.hflip)
+    if settings.fusable:
+        return Transforms(
+            train=RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip),
+            val=CenterCropDecode(settings.image_size, settings.eval_resize),
+            train_batch=train_batch,
+        )
+    build = _torchvision_steps if settings.backend == "torchvision" else _albumentations_steps
     return Transforms(
         train=Pipeline(build(settings, train=True), settings.backend),
         val=Pipeline(build(settings, train=False), settings.backend),
-        train_batch=RandomResizedCropBatch(settings.image_size, settings.scale, settings.ratio, settings.hflip),
+        train_batch=train_batch,
     )
 
 
