@@ -134,7 +134,6 @@ class CachedDataset(Dataset[Any]):
             self.names, self.arrays, self.template = arrays
         else:
             self.names, self.arrays, self.template = _build_memory(source, n, progress)
-        self._tensors: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.arrays[0])
@@ -152,21 +151,16 @@ class CachedDataset(Dataset[Any]):
         stage, the list of transformed samples in the given order."""
         if self.transform is not None:
             return [self[int(i)] for i in indices]
-        index = torch.from_numpy(np.sort(np.asarray(indices, dtype=np.int64)))
-        if self._tensors is None:  # zero-copy views of the arrays (disk maps are copy-on-write: writable views)
-            self._tensors = [torch.from_numpy(a) for a in self.arrays]
-        return _rebuild(self.template, [t.index_select(0, index) for t in self._tensors])
+        index = np.sort(np.asarray(indices, dtype=np.int64))
+        # NumPy's gather runs on one core and releases the GIL, so loader threads gather batches in
+        # parallel; torch's index_select would start intra-op threads of its own in each of them.
+        return _rebuild(self.template, [torch.from_numpy(np.asarray(a[index])) for a in self.arrays])
 
     def reseed(self, seed: int) -> None:
         """Reseed the random stage in a worker (chute's worker seeding calls this)."""
         reseed = getattr(self.transform, "reseed", None)
         if callable(reseed):
             reseed(seed)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_tensors"] = None  # rebuilt from the arrays in each process
-        return state
 
     @property
     def shared(self) -> bool:
