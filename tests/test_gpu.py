@@ -39,3 +39,22 @@ def test_pinned_batches_normalize_on_the_gpu(digits_root: Path) -> None:
     ready, _ = dm.on_after_batch_transfer((images.cuda(non_blocking=True), labels.cuda()), 0)
     assert ready.is_cuda
     assert ready.dtype == torch.float32
+
+
+def test_threaded_loader_delivers_on_the_device_through_reused_pinned_buffers() -> None:
+    import numpy as np
+
+    from chute.datasets import TabularDataset
+    from chute.samplers import BatchIndexSampler
+    from chute.threaded import ThreadedLoader
+
+    dataset = TabularDataset(np.arange(640, dtype=np.float32)[:, None], np.arange(640) % 3)
+    sampler = BatchIndexSampler(640, 64, shuffle=False)
+    loader = ThreadedLoader(dataset, sampler, threads=2, pin_memory=True, device="cuda")
+    batches = list(loader)
+    assert all(b[0].is_cuda and b[1].is_cuda for b in batches)
+    assert torch.cat([b[0][:, 0] for b in batches]).cpu().tolist() == list(range(640))
+    assert loader._copier is not None
+    assert loader._copier.pool.allocated <= 2 * 2 * (2 + 1)  # (features, targets) x in-flight batches
+    list(loader)  # a second epoch reuses the same staging buffers
+    assert loader._copier.pool.allocated <= 2 * 2 * (2 + 1)

@@ -125,3 +125,20 @@ def test_a_stuck_batch_times_out_naming_its_indices() -> None:
     with pytest.raises(RuntimeError, match=r"timed out after 0.2 s waiting for batch 1 \(indices \[5, 6, 7, 8, 9\]\)"):
         list(loader)
     release.set()
+
+
+def test_staging_pool_reuses_buffers_per_shape_and_layout() -> None:
+    from chute.threaded import StagingPool
+
+    pool = StagingPool(pin=False)  # pinning needs CUDA; the reuse logic does not
+    batch = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    first = pool.stage(batch)
+    assert torch.equal(first, batch)
+    assert first.stride() == batch.stride()  # channels-last stays channels-last
+    pool.give_back([first])
+    second = pool.stage(batch + 1)
+    assert second.data_ptr() == first.data_ptr()  # the same memory, refilled
+    assert torch.equal(second, batch + 1)
+    other = pool.stage(torch.zeros(5))
+    assert other.data_ptr() != second.data_ptr()
+    assert pool.allocated == 2

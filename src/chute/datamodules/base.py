@@ -198,9 +198,11 @@ class ChuteDataModule(L.LightningDataModule):
                 size, shuffle=train and settings.shuffle, drop_last=train and settings.drop_last,
                 seed=derive_seed(self.seed, 0 if train else 1),
             )  # fmt: skip
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         return ThreadedLoader(
             dataset, batches, collate_fn, prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
+            device=device if device is not None and device.type == "cuda" and settings.resolved_pin_memory else None,
         )  # fmt: skip
 
     # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
