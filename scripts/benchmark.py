@@ -9,9 +9,11 @@ A Hydra app (settings in ``conf/benchmark/default.yaml``). Experiments, on the p
 a warm-up epoch):
 
 - ``workers``: images/s for each ``num_workers``, torchvision's ImageFolder + v1 transforms vs
-  chute's on-the-fly pipeline;
+  chute's on-the-fly pipeline (crop-aware JPEG decoding) in worker processes and in as many loader
+  threads (``loader.backend=threads``);
 - ``persistent``: time to the first batch of epoch 2 with and without persistent workers;
-- ``precompute``: on-the-fly vs precomputed (memory-mapped cache, crop in the device hook);
+- ``precompute``: on-the-fly vs precomputed (memory-mapped cache, crop in the device hook), in
+  worker processes and in loader threads;
 - ``pin_memory``: host-to-device copy of a batch from pinned vs pageable memory (needs CUDA).
 
 Each experiment writes ``<name>.csv`` and ``<name>.png`` into the run directory and prints a
@@ -63,7 +65,10 @@ def workers(cfg: DictConfig, root: Path) -> list[dict[str, Any]]:
         for label, make in (
             ("torchvision", lambda w=n: baseline_loader(root, w, cfg.batch_size)),
             ("chute", lambda w=n: chute_module(root, w, cfg.batch_size, None).train_dataloader()),
+            ("chute threads", lambda w=n: chute_module(root, w, cfg.batch_size, None, "threads").train_dataloader()),
         ):
+            if label == "chute threads" and n == 0:
+                continue  # zero threads loads in the caller, like 0 workers
             rate = measure(make(), cfg.epochs)
             rows.append({"setting": f"{label} {n}w", "pipeline": label, "num_workers": n, "img_per_s": round(rate)})
     return rows
@@ -91,8 +96,13 @@ def precompute(cfg: DictConfig, root: Path) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as cache_dir:
         for n in cfg.precompute_workers:
             for label, cache in (("on the fly", None), ("precomputed", cache_dir)):
-                rate = measure(chute_module(root, n, cfg.batch_size, cache).train_dataloader(), cfg.epochs)
-                rows.append({"setting": f"{label} {n}w", "num_workers": n, "img_per_s": round(rate)})
+                for backend in ("torch", "threads") if n > 0 else ("torch",):
+                    loader = chute_module(root, n, cfg.batch_size, cache, backend).train_dataloader()
+                    unit = "t" if backend == "threads" else "w"
+                    rows.append(
+                        {"setting": f"{label} {n}{unit}", "backend": backend, "num_workers": n,
+                         "img_per_s": round(measure(loader, cfg.epochs))}
+                    )  # fmt: skip
     return rows
 
 
