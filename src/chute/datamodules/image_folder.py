@@ -170,7 +170,31 @@ class ImageFolderDataModule(ChuteDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
+        """Write the tree if ``prepare`` is set; with ``cache="disk"``, build the train and val caches.
+
+        Lightning runs this once per node (local rank 0) before any process sets up, so ranks
+        never build the same disk cache at once; each then memory-maps the finished files.
+        """
         self._prepare_root(self.root)
+        if self.cache == "disk":
+            self.build_cache()
+
+    def build_cache(self, splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
+        """Build (or find up to date) the disk cache of ``splits``; returns each split's cache folder.
+
+        What ``scripts/build_cache.py`` and ``prepare_data`` call; a missing ``val`` split is skipped.
+        """
+        if self.cache != "disk":
+            raise ConfigError("cache", self.cache, "build_cache writes a disk cache; set cache=disk and cache_size")
+        self._index_splits()
+        built = {}
+        for split in splits:
+            if self._splits.get(split) is None:
+                continue
+            train = split == "train"
+            self._cached_dataset(split, self.train_transform if train else self.val_transform, train)
+            built[split] = os.path.join(self.cache_dir, split)
+        return built
 
     def setup(self, stage: str | None = None) -> None:
         self._index_splits()
