@@ -167,6 +167,43 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed for one sample's augmentation, mixed from ``(seed, epoch, index)``.
+
+    Randomness keyed by the sample, not by the process that happens to load it, makes batches the
+    same whatever ``num_workers`` (or threads) load them. SplitMix64's finalizer over a linear
+    combination: about a microsecond, against tens for ``np.random.SeedSequence``.
+
+    Example:
+        >>> sample_seed(0, 1, 2) == sample_seed(0, 1, 2) != sample_seed(0, 2, 2)
+        True
+    """
+    x = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xD1B54A32D192ED03 + (index + 1) * 0x8CB92BA72F3D8DD7) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+class SharedEpoch:
+    """The current epoch in a shared-memory integer: set in the main process, read in workers.
+
+    Persistent DataLoader workers keep their own copy of the dataset, so a plain attribute set in
+    the main process would never reach them; this one does (forked or spawned alike).
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        self._value = torch.full((1,), int(epoch), dtype=torch.int64).share_memory_()
+
+    def set(self, epoch: int) -> None:
+        self._value[0] = int(epoch)
+
+    def get(self) -> int:
+        return int(self._value[0])
+
+
 def seed_everything_local(seed: int) -> None:
     """Seed Python, NumPy and torch in this process (no environment variables, no logging)."""
     random.seed(seed)

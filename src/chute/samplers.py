@@ -15,7 +15,7 @@ DataLoader fetches a batch per sampler item.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,14 @@ from torch.utils.data import DistributedSampler
 
 from chute.loader import BatchFetch, derive_seed
 
-__all__ = ["BatchFetch", "BatchIndexSampler", "BucketBatchSampler", "DistributedDraw", "world_position"]
+__all__ = [
+    "BatchFetch",
+    "BatchIndexSampler",
+    "BucketBatchSampler",
+    "DistributedDraw",
+    "IndexSampler",
+    "world_position",
+]
 
 
 def world_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
@@ -53,6 +60,14 @@ class DistributedDraw(DistributedSampler):
         self._explicit = False
         self._skip = 0
         self._yielded = 0
+        # Told the epoch of each pass before its first item (e.g. a dataset's ``set_epoch``, whose
+        # per-sample augmentations are keyed by (seed, epoch, index)).
+        self.epoch_listener: Callable[[int], None] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["epoch_listener"] = None  # copies (e.g. autotune's probes) do not drive the dataset
+        return state
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
@@ -89,6 +104,8 @@ class DistributedDraw(DistributedSampler):
 
     def __iter__(self) -> Iterator[Any]:
         items = self.rank_items()
+        if self.epoch_listener is not None:
+            self.epoch_listener(self.epoch)
         start, self._skip = self._skip, 0
         if not self._explicit:
             self.epoch += 1  # plain loops get a new draw each pass; Lightning calls set_epoch
@@ -108,6 +125,32 @@ class DistributedDraw(DistributedSampler):
             raise ValueError(f"sampler state is for seed {state['seed']}, this sampler has seed {self.seed}")
         self.set_epoch(int(state["epoch"]))
         self._skip = int(state["yielded"])
+
+
+class IndexSampler(DistributedDraw):
+    """Every index once per epoch: a permutation drawn from ``(seed, epoch)`` (or ``0..n-1``).
+
+    The training sampler of DataModules without an imbalance strategy: the order depends on the
+    seed and the epoch only (not on how many workers load or on other uses of the loader's
+    generator), ranks split it as every :class:`DistributedDraw` does, and it resumes mid-epoch.
+
+    Example:
+        >>> sorted(IndexSampler(5, seed=1)) == [0, 1, 2, 3, 4]
+        True
+    """
+
+    def __init__(
+        self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__(seed, rank, world_size)
+        self.num_samples = num_samples
+        self.shuffle = shuffle
+
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        if self.shuffle:
+            return torch.randperm(self.num_samples, generator=generator).numpy()
+        return np.arange(self.num_samples)
 
 
 class BatchIndexSampler(DistributedDraw):

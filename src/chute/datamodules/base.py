@@ -16,7 +16,7 @@ from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
 from chute.loader import LoaderSettings, build_dataloader, derive_seed
-from chute.samplers import BatchIndexSampler, DistributedDraw
+from chute.samplers import BatchIndexSampler, DistributedDraw, IndexSampler
 from chute.threaded import ThreadedLoader
 
 
@@ -103,11 +103,25 @@ class ChuteDataModule(L.LightningDataModule):
         if classes is None:
             return None, False
         labels, num_classes, names = classes
-        rank = self.trainer.global_rank if self.trainer is not None else None
-        world = self.trainer.world_size if self.trainer is not None else None
+        rank, world = self._world()
         return build_sampler(
             self.imbalance, labels, num_classes, self.loader_settings.batch_size,
             seed=derive_seed(self.seed, 9), class_names=names, rank=rank, world_size=world,
+        )  # fmt: skip
+
+    def _world(self) -> tuple[int | None, int | None]:
+        """``(global rank, world size)`` from the attached trainer; ``None`` leaves it to torch.distributed."""
+        if self.trainer is None:
+            return None, None
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _index_sampler(self, num_samples: int) -> IndexSampler:
+        """The training sampler without an imbalance strategy: a (seed, epoch) permutation that
+        every rank draws alike and splits, resumable mid-epoch (:class:`~chute.samplers.IndexSampler`)."""
+        rank, world = self._world()
+        return IndexSampler(
+            num_samples, shuffle=self.loader_settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank,
+            world_size=world,
         )  # fmt: skip
 
     @property

@@ -257,7 +257,11 @@ class ImageFolderDataModule(ChuteDataModule):
         """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
         transform = self.train_transform if split == "train" else self.val_transform
         # Whole-batch gathering bypasses collate_fn, so a custom one gets the samples one by one.
-        return ImageFolderDataset(self._split(split), transform, self.image_mode, gather=self.collate_fn is None)
+        # Training augmentations are keyed by (seed, epoch, index): the same whatever loads them.
+        return ImageFolderDataset(
+            self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
+            seed=derive_seed(self.seed, 3) if split == "train" else None,
+        )  # fmt: skip
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` seeded random samples of ``split`` after its pipeline, without touching global RNG."""
@@ -280,6 +284,10 @@ class ImageFolderDataModule(ChuteDataModule):
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
         sampler, batched = self._train_sampler() if train else (None, False)
+        if train and sampler is None:
+            sampler = self._index_sampler(len(dataset))  # type: ignore[arg-type]
+        if sampler is not None and callable(getattr(dataset, "set_epoch", None)):
+            sampler.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         return self._dataloader(
             dataset, train=train, collate_fn=self._collate(collate_images),
             sampler=None if batched else sampler, batch_sampler=sampler if batched else None,

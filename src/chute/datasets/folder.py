@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +15,7 @@ from torch.utils.data import Dataset
 
 from chute.errors import DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_bytes, read_image
+from chute.loader import SharedEpoch, sample_seed
 from chute.transforms.fused import CropDecode
 
 
@@ -130,6 +133,10 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         image_mode: ``"RGB"`` or ``"L"``.
         gather: Let ``__getitems__`` return collated ``(images, labels)`` batches (needs a
             ``CropDecode`` transform; the DataModule turns it off for a custom ``collate_fn``).
+        seed: Key each sample's augmentation by ``(seed, epoch, index)`` (:func:`~chute.loader.sample_seed`)
+            instead of the loading process's random state, so batches are the same whatever
+            ``num_workers`` (or threads) load them; ``set_epoch`` moves to the next epoch's draws.
+            ``None``: the transform's own generators (reseeded per worker).
     """
 
     def __init__(
@@ -138,11 +145,24 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         transform: Callable[[torch.Tensor], Any] | None = None,
         image_mode: ImageMode = "RGB",
         gather: bool = True,
+        seed: int | None = None,
     ) -> None:
         self.index = index
         self.transform = transform
         self.image_mode = image_mode
         self.gather = gather
+        self.seed = seed
+        self.epoch = SharedEpoch() if seed is not None else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose augmentations the next samples get (seen by persistent workers too)."""
+        if self.epoch is not None:
+            self.epoch.set(epoch)
+
+    def _sample_seed(self, i: int) -> int | None:
+        if self.seed is None or self.epoch is None:
+            return None
+        return sample_seed(self.seed, self.epoch.get(), i)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -152,7 +172,8 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             return self._crop_decode(int(i)), int(self.index.targets[i])
         image = read_image(self.index.path(i), self.image_mode)
         if self.transform is not None:
-            image = self.transform(image)
+            key = self._sample_seed(int(i))
+            image = self.transform(image) if key is None else seeded_call(self.transform, image, key)
         return image, int(self.index.targets[i])
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
@@ -175,8 +196,13 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         size, channels = transform.size, channels_of(self.image_mode)
         if out is None:
             out = np.empty((size, size, channels), dtype=np.uint8)
-        if not transform.decode_into(read_bytes(path), out, gray=self.image_mode == "L"):
-            out[...] = transform(read_image(path, self.image_mode)).permute(1, 2, 0).numpy()
+        key = self._sample_seed(i)
+        rng = random.Random(key) if key is not None else None
+        state = rng.getstate() if rng is not None else None
+        if not transform.decode_into(read_bytes(path), out, gray=self.image_mode == "L", rng=rng):
+            if rng is not None and state is not None:
+                rng.setstate(state)  # the generic path draws the same region
+            out[...] = transform(read_image(path, self.image_mode), rng=rng).permute(1, 2, 0).numpy()
         return torch.from_numpy(out).permute(2, 0, 1)
 
     def reseed(self, seed: int) -> None:
@@ -201,3 +227,28 @@ def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.uint8)
     storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
+def seeded_call(transform: Callable[[torch.Tensor], Any], image: torch.Tensor, key: int) -> Any:
+    """``transform(image)`` with every generator it may use seeded from ``key``.
+
+    torchvision v2 draws from torch's global generator, albumentations from its own (``reseed``).
+    In a DataLoader worker the global state is the worker's own; in the main process (``num_workers=0``,
+    or loader threads, which take turns here) it is restored afterwards, so the model's randomness is
+    untouched.
+    """
+    seed = key & 0x7FFF_FFFF_FFFF_FFFF
+    reseed = getattr(transform, "reseed", None)
+    if torch.utils.data.get_worker_info() is not None:
+        torch.manual_seed(seed)
+        if callable(reseed):
+            reseed(seed & 0xFFFF_FFFF)
+        return transform(image)
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if callable(reseed):
+            reseed(seed & 0xFFFF_FFFF)
+        return transform(image)
+
+
+_GLOBAL_RNG = threading.Lock()  # torch's global generator is one per process
