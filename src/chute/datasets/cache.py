@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from chute.errors import ConfigError, DataError
+from chute.paths import inside
 
 Store = Literal["memory", "disk"]
 MANIFEST = "cache.json"
@@ -219,7 +220,12 @@ def _manifest_path(cache_dir: str) -> Path:
 
 
 def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.ndarray], Any] | None:
-    """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged."""
+    """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged.
+
+    Raises:
+        DataError: The manifest names a file outside ``cache_dir`` or a dtype holding Python objects
+            (never written by chute: the manifest was edited or forged); nothing is read then.
+    """
     try:
         manifest = json.loads(_manifest_path(cache_dir).read_text())
     except FileNotFoundError:
@@ -230,17 +236,27 @@ def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.nda
     if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
         rank_zero_info(f"Cache '{cache_dir}': built for other source files or settings, rebuilding.")
         return None
-    arrays: list[np.ndarray] = []
+    where = f"Cache manifest '{_manifest_path(cache_dir)}'"
+    files: list[tuple[Path, np.dtype[Any], tuple[int, ...]]] = []
     for field in manifest["fields"]:
-        path = Path(cache_dir) / field["file"]
+        # The manifest is data, not trusted: its file names stay inside the cache folder, and no dtype
+        # with Python objects, which a memory map would read as raw pointers (worse than unpickling).
+        path = Path(inside(cache_dir, field["file"], f"{where}, field {field.get('name')!r}"))
         dtype, shape = np.dtype(field["dtype"]), (n, *field["shape"])
+        if dtype.hasobject:
+            raise DataError(
+                f"{where}, field {field.get('name')!r} has dtype {dtype} (Python objects): a cache holds plain "
+                "numeric arrays only and nothing in it is unpickled. Delete the folder; the source must yield "
+                "tensors or numbers."
+            )
         expected = int(np.prod(shape)) * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
-            rank_zero_info(f"Cache '{cache_dir}': '{path.name}' is missing or truncated, rebuilding.")
+            rank_zero_info(f"Cache '{cache_dir}': '{field['file']}' is missing or truncated, rebuilding.")
             return None
-        # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
-        # writes to it).
-        arrays.append(np.memmap(path, dtype=dtype, mode="c", shape=shape))
+        files.append((path, dtype, shape))
+    # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
+    # writes to it). Mapped only once every field has passed the checks above.
+    arrays: list[np.ndarray] = [np.memmap(path, dtype=dtype, mode="c", shape=shape) for path, dtype, shape in files]
     template = _rebuild(_template_from(manifest["template"]), range(len(arrays)))
     return [f["name"] for f in manifest["fields"]], arrays, template
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 
 from chute.errors import DataError
 from chute.loader import derive_seed
+from chute.paths import inside
 
 INDEX = "index.json"
 FORMAT = "chute-jsonl-shards/1"
@@ -109,7 +111,12 @@ def write_index(out: str | os.PathLike[str], splits: dict[str, list[dict[str, An
 
 @dataclass(frozen=True)
 class ShardIndex:
-    """What ``index.json`` says: per split, shard paths (inside ``root``) and sample counts."""
+    """What ``index.json`` says: per split, shard paths and sample counts, plus the writer's settings.
+
+    :meth:`read` resolves every shard file inside ``root`` (an absolute name, ``..`` or a symlink
+    leading out is a :class:`DataError`) and accepts only chute's own collate functions and plain
+    ``model_kwargs``, so an index cannot make chute read other files or run other code.
+    """
 
     root: str
     splits: dict[str, tuple[tuple[str, int], ...]]
@@ -127,26 +134,56 @@ class ShardIndex:
             raise DataError(f"Shard index '{path}' is not valid JSON: {err}") from None
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise DataError(f"'{path}' is not a chute shard index (expected format {FORMAT!r}).")
-        real_root = os.path.realpath(root)
         splits: dict[str, tuple[tuple[str, int], ...]] = {}
         for split, entries in payload["splits"].items():
             shards = []
             for entry in entries:
-                file = os.path.realpath(os.path.join(root, str(entry["file"])))
-                if os.path.commonpath([file, real_root]) != real_root:  # never read outside the shard folder
-                    raise DataError(f"Shard index '{path}' names '{entry['file']}', outside '{root}'.")
+                file = inside(root, entry["file"], f"Shard index '{path}', split '{split}'")  # never read elsewhere
                 count = int(entry["count"])
                 if count < 0:
                     raise DataError(f"Shard index '{path}': negative count for '{entry['file']}'.")
                 shards.append((file, count))
             splits[str(split)] = tuple(shards)
         extra = {k: v for k, v in payload.items() if k not in ("format", "splits")}
+        _check_extra(path, extra)
         return cls(root, splits, extra)
 
     def shards(self, split: str) -> tuple[tuple[str, int], ...]:
         if split not in self.splits:
             raise DataError(f"Shard index in '{self.root}' has no '{split}' split (has {sorted(self.splits)}).")
         return self.splits[split]
+
+
+# An index's settings reach code too: ``collate`` is a dotted path that gets imported and called on
+# samples, and ``model_kwargs`` go through Hydra's ``instantiate`` (which would build any nested
+# ``_target_`` and resolve ``${...}``). So an index may only name chute's own collate functions and
+# hold plain values.
+_COLLATE = re.compile(r"chute(\.[A-Za-z_]\w*)*\.collate_\w+")
+_HYDRA_KEYS = frozenset({"_target_", "_args_", "_partial_", "_recursive_", "_convert_"})
+
+
+def _check_extra(path: str, extra: dict[str, Any]) -> None:
+    collate = extra.get("collate")
+    if collate is not None and not (isinstance(collate, str) and _COLLATE.fullmatch(collate)):
+        raise DataError(
+            f"Shard index '{path}': collate {collate!r} is not one of chute's collate functions "
+            "('chute.<module>.collate_<name>'), and an index cannot name other code to import. Remove it "
+            "from the index and pass your function as StreamingDataModule(collate_fn=...)."
+        )
+    _check_plain(path, "model_kwargs", extra.get("model_kwargs", {}))
+
+
+def _check_plain(path: str, key: str, value: Any) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in _HYDRA_KEYS:
+                raise DataError(f"Shard index '{path}': '{key}' holds {k!r}; an index holds plain values, not objects.")
+            _check_plain(path, f"{key}.{k}", v)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_plain(path, f"{key}[{i}]", v)
+    elif isinstance(value, str) and "${" in value:
+        raise DataError(f"Shard index '{path}': '{key}' = {value!r} is an interpolation; an index holds plain values.")
 
 
 # -- Reading: exactly once across ranks and workers -----------------------------------------
