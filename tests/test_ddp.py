@@ -39,3 +39,41 @@ def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, t
     assert ranks[0]["received"] == per_class  # ClassHistogram summed both ranks
     assert max(per_class) / min(per_class) < 2  # the table's ratio is 6
     assert (tmp_path / "class_histogram.png").is_file()
+
+
+def _expected_val_loss() -> float:
+    import torch
+
+    from tests.ddp_eval import VAL_SAMPLES, logits_of
+
+    ids = torch.arange(VAL_SAMPLES)
+    return float(torch.nn.functional.cross_entropy(logits_of(ids), ids % 3))
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(
+    ("kind", "processes", "workers"),
+    [
+        ("table", 2, 0),
+        ("image", 3, 2),
+        pytest.param("table", 3, 2, marks=pytest.mark.slow),
+        pytest.param("image", 2, 0, marks=pytest.mark.slow),
+        pytest.param("image", 2, 2, marks=pytest.mark.slow),
+        pytest.param("image", 3, 0, marks=pytest.mark.slow),
+    ],
+)
+def test_validation_sees_each_sample_exactly_once(kind: str, processes: int, workers: int, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_eval.py"), str(tmp_path), kind, str(processes), str(workers)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"eval-rank{r}.json").read_text()) for r in range(processes)]
+    assert [r["world"] for r in ranks] == [processes] * processes
+    seen = sorted(i for r in ranks for i in r["val_ids"])
+    assert seen == list(range(23))  # every validation sample once: no padding duplicates, none lost
+    shares = [len(r["val_ids"]) for r in ranks]
+    assert max(shares) - min(shares) <= 1  # uneven by at most one sample, and no rank hung
+    for r in ranks:  # the logged loss is the mean over each sample once, the same on every rank
+        assert r["val_loss"] == pytest.approx(_expected_val_loss(), rel=1e-5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -188,13 +187,6 @@ def test_checkpoints_of_a_streaming_fit_load_weights_only(tmp_path: Path, monkey
     trainer.validate(TabularModel(**dm.model_kwargs, hidden=[8]), datamodule=dm, ckpt_path=path)
 
 
-@pytest.mark.xfail(
-    raises=pickle.UnpicklingError,
-    strict=True,
-    reason="chute.app instantiates models with Hydra's ListConfig/DictConfig arguments (hidden, widths, "
-    "backbone_kwargs), which save_hyperparameters stores as omegaconf objects; instantiate(..., "
-    "_convert_='all') in chute.app would make the checkpoints plain",
-)
 def test_checkpoints_of_the_train_app_load_weights_only(digits_root: Path, tmp_path: Path) -> None:
     overrides = ["data=streaming", "trainer.max_epochs=1", *FAST[1:], "callbacks.preview=null"]
     run(make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path))

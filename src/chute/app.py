@@ -126,9 +126,13 @@ def build_model(cfg: DictConfig, data_hints: dict[str, Any]) -> L.LightningModul
 
 
 def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
-    """``instantiate(cfg[group])``; a bad value surfaces as ``ConfigError`` naming ``group.key``."""
+    """``instantiate(cfg[group])``; a bad value surfaces as ``ConfigError`` naming ``group.key``.
+
+    Arguments arrive as plain lists and dicts (``_convert_="all"``), not omegaconf containers: what
+    a model saves with ``save_hyperparameters`` then loads with ``torch.load(weights_only=True)``.
+    """
     try:
-        return instantiate(cfg[group], **kwargs)
+        return instantiate(cfg[group], _convert_="all", **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__.with_prefix(group) from None

@@ -3,7 +3,9 @@
 Every chute sampler draws the whole epoch (indices or whole batches) from a generator seeded by
 ``(seed, epoch)``, so every rank draws the same thing; rank ``r`` of ``w`` then takes items
 ``r, r + w, r + 2w, ...``. Ranks never overlap within an epoch and together they see exactly the
-draw (which is made a multiple of the world size). ``set_epoch`` changes the draw; ``state_dict``
+draw. For training the draw is made a multiple of the world size (a few items repeated, so every
+rank takes as many steps); for evaluation (``pad=False``) it is not: ranks differ by at most one
+item and every sample is evaluated exactly once. ``set_epoch`` changes the draw; ``state_dict``
 / ``load_state_dict`` resume a rank mid-epoch.
 
 They subclass :class:`torch.utils.data.DistributedSampler`, so Lightning recognises them as
@@ -50,12 +52,15 @@ class DistributedDraw(DistributedSampler):
         seed: Seed; the epoch is mixed in.
         rank: This process's rank (``None``: from torch.distributed when the epoch starts).
         world_size: Number of ranks (likewise).
+        pad: Repeat the first items so the draw splits evenly (training: equal step counts);
+            ``False`` for evaluation, where nothing may count twice.
     """
 
-    def __init__(self, seed: int = 0, rank: int | None = None, world_size: int | None = None) -> None:
+    def __init__(self, seed: int = 0, rank: int | None = None, world_size: int | None = None, pad: bool = True) -> None:
         # DistributedSampler.__init__ needs a dataset and a process group; only its type is wanted.
         self.seed = seed
         self._rank, self._world = rank, world_size
+        self.pad = pad
         self.epoch = 0
         self._explicit = False
         self._skip = 0
@@ -86,11 +91,11 @@ class DistributedDraw(DistributedSampler):
         raise NotImplementedError
 
     def epoch_items(self, epoch: int | None = None) -> np.ndarray:
-        """The draw of ``epoch`` (default: the current one), a multiple of the world size long."""
+        """The draw of ``epoch`` (default: the current one); with ``pad``, a multiple of the world size long."""
         seed = derive_seed(self.seed, self.epoch if epoch is None else epoch)
         items = self.draw(torch.Generator().manual_seed(seed))
         world = self.num_replicas
-        if len(items) % world:  # wrap around so every rank gets as many items
+        if self.pad and len(items) % world:  # wrap around so every rank gets as many items
             extra = world - len(items) % world
             items = np.concatenate([items, items[np.arange(extra) % max(len(items), 1)]])
         return items
@@ -141,9 +146,9 @@ class IndexSampler(DistributedDraw):
 
     def __init__(
         self, num_samples: int, *, shuffle: bool = True, seed: int = 0, rank: int | None = None,
-        world_size: int | None = None,
+        world_size: int | None = None, pad: bool = True,
     ) -> None:  # fmt: skip
-        super().__init__(seed, rank, world_size)
+        super().__init__(seed, rank, world_size, pad)
         self.num_samples = num_samples
         self.shuffle = shuffle
 
@@ -178,10 +183,11 @@ class BatchIndexSampler(DistributedDraw):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        pad: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
-        super().__init__(seed, rank, world_size)
+        super().__init__(seed, rank, world_size, pad)
         self.num_samples = num_samples
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -229,10 +235,11 @@ class BucketBatchSampler(DistributedDraw):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        pad: bool = True,
     ) -> None:
         if batch_size < 1 or pool_batches < 1:
             raise ValueError(f"batch_size={batch_size} and pool_batches={pool_batches} must be >= 1")
-        super().__init__(seed, rank, world_size)
+        super().__init__(seed, rank, world_size, pad)
         self.lengths = np.asarray(lengths)
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -115,13 +115,14 @@ class ChuteDataModule(L.LightningDataModule):
             return None, None
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _index_sampler(self, num_samples: int) -> IndexSampler:
-        """The training sampler without an imbalance strategy: a (seed, epoch) permutation that
-        every rank draws alike and splits, resumable mid-epoch (:class:`~chute.samplers.IndexSampler`)."""
+    def _index_sampler(self, num_samples: int, train: bool = True) -> IndexSampler:
+        """Training without an imbalance strategy: a (seed, epoch) permutation that every rank draws
+        alike and splits, resumable mid-epoch. Evaluation: ``0..n-1`` split across ranks without
+        padding, so each sample is evaluated exactly once (:class:`~chute.samplers.IndexSampler`)."""
         rank, world = self._world()
         return IndexSampler(
-            num_samples, shuffle=self.loader_settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank,
-            world_size=world,
+            num_samples, shuffle=train and self.loader_settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank,
+            world_size=world, pad=train,
         )  # fmt: skip
 
     @property
@@ -210,7 +211,7 @@ class ChuteDataModule(L.LightningDataModule):
             batches = BatchIndexSampler(
                 len(dataset),  # type: ignore[arg-type]
                 size, shuffle=train and settings.shuffle, drop_last=train and settings.drop_last,
-                seed=derive_seed(self.seed, 0 if train else 1),
+                seed=derive_seed(self.seed, 0 if train else 1), pad=train,
             )  # fmt: skip
         device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         return ThreadedLoader(

@@ -284,8 +284,8 @@ class ImageFolderDataModule(ChuteDataModule):
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
         sampler, batched = self._train_sampler() if train else (None, False)
-        if train and sampler is None:
-            sampler = self._index_sampler(len(dataset))  # type: ignore[arg-type]
+        if sampler is None:  # train: a (seed, epoch) permutation; eval: in order, each sample on one rank
+            sampler = self._index_sampler(len(dataset), train)  # type: ignore[arg-type]
         if sampler is not None and callable(getattr(dataset, "set_epoch", None)):
             sampler.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         return self._dataloader(

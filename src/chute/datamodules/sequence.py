@@ -24,7 +24,7 @@ from chute.datasets.sequence import (
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed
-from chute.samplers import BucketBatchSampler
+from chute.samplers import BatchIndexSampler, BucketBatchSampler, DistributedDraw
 
 
 class SequenceDataModule(ChuteDataModule):
@@ -225,7 +225,11 @@ class SequenceDataModule(ChuteDataModule):
                 dataset, train=train, collate_fn=collate,
                 sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
             )  # fmt: skip
-        batch_sampler = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
+        batch_sampler: DistributedDraw | None = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
+        if batch_sampler is None and not train:  # in order, each sample on exactly one rank
+            batch_sampler = BatchIndexSampler(
+                len(dataset), self.loader_settings.batch_size_for(False), shuffle=False, pad=False
+            )
         return self._dataloader(dataset, train=train, collate_fn=collate, batch_sampler=batch_sampler)
 
     def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
@@ -242,6 +246,7 @@ class SequenceDataModule(ChuteDataModule):
             drop_last=train and settings.drop_last,
             pool_batches=self.pool_batches,
             seed=derive_seed(self.seed, 4),
+            pad=train,  # evaluation: every sample exactly once across ranks
         )
 
     def _read_splits(self) -> dict[str, RawRecords]:

@@ -185,6 +185,7 @@ class TableDataModuleBase(ChuteDataModule):
                 shuffle=train and settings.shuffle,
                 drop_last=train and settings.drop_last,
                 seed=derive_seed(self.seed, 5),
+                pad=train,  # evaluation: every row exactly once across ranks
             )
         )
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)

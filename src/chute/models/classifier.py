@@ -12,6 +12,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from chute.models.backbones import create_backbone
+from chute.models.eval_loss import EvalLoss
 from chute.models.optim import adamw_per_step
 
 
@@ -52,6 +53,7 @@ class ImageClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.eval_loss = EvalLoss()  # val/test loss: one sample-weighted mean over all ranks
         self.net = create_backbone(backbone, in_channels, num_classes, **dict(backbone_kwargs or {}))
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
@@ -96,7 +98,7 @@ class ImageClassifier(L.LightningModule):
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         images, targets = batch
         logits = self(images)
-        self.log(f"{stage}/loss", self._loss(logits, targets), prog_bar=True, batch_size=len(images))
+        self.eval_loss.log(self, stage, self._loss(logits, targets), len(images), prog_bar=True)
         metric(logits, targets)
         self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(images))
         for name in ("bal_acc", "macro_f1"):

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from chute.models.eval_loss import EvalLoss
 from chute.models.optim import adamw_per_step
 from chute.models.tabular import mlp
 
@@ -57,6 +58,7 @@ class MultiTaskModel(L.LightningModule):
         if unknown:
             raise ValueError(f"task_weights names tasks {sorted(unknown)} that the data does not have: {list(heads)}")
         self.save_hyperparameters()
+        self.eval_loss = EvalLoss()  # val/test loss: one sample-weighted mean over all ranks
         self.tasks = {name: dict(spec) for name, spec in heads.items()}
         self.weights = {name: float((task_weights or {}).get(name, 1.0)) for name in heads}
         widths = list(hidden)
@@ -105,7 +107,7 @@ class MultiTaskModel(L.LightningModule):
                 if metric_stage == stage and task == name:
                     metric(output, target)
                     self.log(f"{stage}/{name}/{what}", metric, on_step=False, on_epoch=True, batch_size=size)
-        self.log(f"{stage}/loss", total, prog_bar=stage != "train", batch_size=size)
+        self.eval_loss.log(self, stage, total, size, prog_bar=stage != "train")
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 from torchmetrics.classification import MulticlassAccuracy
 
+from chute.models.eval_loss import EvalLoss
 from chute.models.optim import adamw_per_step
 
 
@@ -64,6 +65,7 @@ class SequenceClassifier(L.LightningModule):
         if encoder not in ("conv", "gru"):
             raise ValueError(f"encoder={encoder!r}: must be 'conv' or 'gru'")
         self.save_hyperparameters()
+        self.eval_loss = EvalLoss()  # val/test loss: one sample-weighted mean over all ranks
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
@@ -123,7 +125,7 @@ class SequenceClassifier(L.LightningModule):
         metric = self.accuracy[f"{stage}_acc"]
         assert isinstance(metric, MulticlassAccuracy)
         metric(logits, targets)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", batch_size=len(targets))
+        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train")
         self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
         return loss
 

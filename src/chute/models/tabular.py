@@ -12,6 +12,7 @@ from torch.nn import functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
+from chute.models.eval_loss import EvalLoss
 from chute.models.optim import adamw_per_step
 
 
@@ -64,6 +65,7 @@ class TabularModel(L.LightningModule):
         if task not in ("classification", "regression"):
             raise ValueError(f"task={task!r}: must be 'classification' or 'regression'")
         self.save_hyperparameters()
+        self.eval_loss = EvalLoss()  # val/test loss: one sample-weighted mean over all ranks
         self.task = task
         weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
         self.register_buffer("class_weights", weights, persistent=False)
@@ -89,7 +91,7 @@ class TabularModel(L.LightningModule):
         else:
             losses = F.mse_loss(output, targets.float(), reduction="none")
         loss = losses.mean() if weights is None else (losses * weights).sum() / weights.sum().clamp_min(1e-12)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", batch_size=len(targets))
+        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train")
         for name, metric in self.metrics.items():
             assert isinstance(metric, Metric)
             if name.startswith(f"{stage}_"):

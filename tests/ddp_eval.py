@@ -1,0 +1,110 @@
+"""Validation under real multi-process DDP on the CPU (gloo), run by tests/test_ddp.py as a script.
+
+    python tests/ddp_eval.py OUT_DIR KIND PROCESSES WORKERS
+
+KIND is ``image`` (an image folder whose pixels encode each sample's id) or ``table`` (a CSV whose
+only feature is the row id). One short fit; every rank writes the validation ids it received and
+the synced ``val/loss`` to OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known function
+of ``i``, so the test can tell a mean over each sample once from one with padded duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from chute.datamodules import ImageFolderDataModule, TabularDataModule
+from chute.models.eval_loss import EvalLoss
+from chute.transforms import create_transforms
+
+VAL_SAMPLES = 23  # not a multiple of 2 or 3: ranks get uneven shares
+BATCH = 4
+
+
+def logits_of(ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample logits that depend on the id, so each sample has its own loss."""
+    x = ids.float() / VAL_SAMPLES
+    return torch.stack([x, 1 - x, 0.5 * torch.ones_like(x)], dim=1)
+
+
+class RecordEval(L.LightningModule):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.layer = nn.Linear(1, 1)
+        self.eval_loss = EvalLoss()
+        self.val_ids: list[int] = []
+
+    def ids(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        inputs = batch[0]
+        if self.kind == "table":
+            return inputs[:, 0].round().long()
+        pixels = (inputs[:, 0, 0, :2].float() * 255).round().long()  # mean 0, std 1: x / 255
+        return pixels[:, 0] * 256 + pixels[:, 1]
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return self.layer.weight.sum() * 0.0
+
+    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+        ids = self.ids(batch)
+        self.val_ids += ids.tolist()
+        loss = nn.functional.cross_entropy(logits_of(ids), batch[1])
+        self.eval_loss.log(self, "val", loss, len(ids), prog_bar=False)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def write_images(root: Path) -> None:
+    for split, n in (("train", 8), ("val", VAL_SAMPLES)):
+        for i in range(n):
+            pixels = np.zeros((8, 8), dtype=np.uint8)
+            pixels[0, 0], pixels[0, 1] = i // 256, i % 256
+            folder = root / split / f"c{i % 3}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels, mode="L").save(folder / f"{i:03d}.png")
+
+
+def main() -> None:
+    out, kind, processes, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    out.mkdir(parents=True, exist_ok=True)
+    loader = {"batch_size": BATCH, "num_workers": workers}
+    if kind == "table":
+        table = out / "val.csv"
+        if not table.exists():  # rank 0 runs first (the launcher starts the others after it)
+            table.write_text("id,label\n" + "".join(f"{i},c{i % 3}\n" for i in range(VAL_SAMPLES)))
+        dm: L.LightningDataModule = TabularDataModule(
+            str(table), target="label", numeric=["id"], standardize=False, val_path=str(table), loader=loader,
+        )  # fmt: skip
+    else:
+        root = out / "images"
+        if not (root / "val").exists():
+            write_images(root)
+        t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
+        dm = ImageFolderDataModule(
+            root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
+            channels_last=False, loader=loader,
+        )  # fmt: skip
+    model = RecordEval(kind)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=processes, strategy="ddp", max_epochs=1, limit_train_batches=1,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(out),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    record = {
+        "rank": trainer.global_rank, "world": trainer.world_size, "val_ids": model.val_ids,
+        "val_loss": float(trainer.callback_metrics["val/loss"]),
+    }  # fmt: skip
+    (out / f"eval-rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
