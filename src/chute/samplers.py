@@ -83,6 +83,8 @@ class DistributedDraw(DistributedSampler):
         return world_position(self._rank, self._world)[0]
 
     def set_epoch(self, epoch: int) -> None:
+        if int(epoch) != self.epoch:
+            self._skip = 0  # a resume offset belongs to the epoch it was saved in
         self.epoch = int(epoch)
         self._explicit = True
 

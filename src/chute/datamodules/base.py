@@ -66,6 +66,8 @@ class ChuteDataModule(L.LightningDataModule):
         # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
         self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
+        self._position = (0, 0)  # (epoch, training batches consumed in it)
+        self._resume_at: tuple[int, int] | None = None  # from a checkpoint, applied to the next train loader
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -171,6 +173,13 @@ class ChuteDataModule(L.LightningDataModule):
         dataset_batches: bool = False,
     ) -> DataLoader[Any]:
         rank = self.trainer.global_rank if self.trainer is not None else None
+        if train and not dataset_batches:
+            if sampler is None and batch_sampler is None:  # order from (seed, epoch), resumable
+                sampler = self._index_sampler(len(dataset))  # type: ignore[arg-type]
+            if batch_sampler is not None:
+                self._resume(batch_sampler, 1)
+            else:
+                self._resume(sampler, self.loader_settings.batch_size)
 
         def build(settings: LoaderSettings, probe: bool = False) -> Any:
             # Probes get copies of stateful samplers, so tuning leaves the real epoch count alone.
@@ -253,6 +262,7 @@ class ChuteDataModule(L.LightningDataModule):
         batch = _apply_to_inputs(self.batch_transform, batch)
         if self.trainer is None or not self.trainer.training:
             return batch
+        self._count_training_batch()
         batch = _apply_to_inputs(self.train_batch_transform, batch)
         if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
             inputs, targets = self.train_pair_transform(batch[0], batch[1])
@@ -260,10 +270,42 @@ class ChuteDataModule(L.LightningDataModule):
         return batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed}
+        """The seed and where training stands in its epoch (saved in every Lightning checkpoint)."""
+        return {"seed": self.seed, "train_position": self._train_resume_point()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
+        position = state_dict.get("train_position")
+        if position is not None:
+            self._resume_at = (int(position["epoch"]), int(position["batches"]))
+
+    # -- Mid-epoch resume ------------------------------------------------------------------------
+    # The training batches consumed in the current epoch are counted as they reach the device (not
+    # as the loader yields them: Lightning fetches one batch ahead and workers prefetch more), saved
+    # with the checkpoint, and on resume the training sampler skips exactly those: the two parts of
+    # an interrupted epoch together see the samples of one uninterrupted epoch, in the same order.
+
+    def _count_training_batch(self) -> None:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        done_epoch, done = self._position
+        self._position = (epoch, done + 1 if done_epoch == epoch else 1)
+
+    def _train_resume_point(self) -> dict[str, int]:
+        epoch, batches = self._position
+        total = getattr(self.trainer, "num_training_batches", None) if self.trainer is not None else None
+        if isinstance(total, int) and batches >= total:  # the epoch is complete: resume at the next one
+            epoch, batches = epoch + 1, 0
+        return {"epoch": epoch, "batches": batches}
+
+    def _resume(self, sampler: Any, items_per_batch: int) -> None:
+        """Point a fresh training sampler at the saved position (once, after ``load_state_dict``)."""
+        resume = self._resume_at
+        if resume is None or not isinstance(sampler, DistributedDraw):
+            return
+        epoch, batches = resume
+        self._resume_at = None
+        self._position = (epoch, batches)
+        sampler.load_state_dict({"epoch": epoch, "yielded": batches * items_per_batch, "seed": sampler.seed})
 
 
 class _Batched:
