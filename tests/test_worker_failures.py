@@ -1,0 +1,68 @@
+"""A worker that dies (killed, or crashing in native code) is an error naming it and its samples, not a hang."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from chute.loader import LoaderSettings, WorkerDiedError, build_dataloader
+
+
+class Dies(Dataset[torch.Tensor]):
+    """Sample ``fatal`` kills its worker: with SIGKILL (like the OOM killer) or a segfault."""
+
+    def __init__(self, fatal: int, how: str, gather: bool = False) -> None:
+        self.fatal, self.how = fatal, how
+        if gather:
+            self.__getitems__ = self._batch  # type: ignore[method-assign]
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == self.fatal and torch.utils.data.get_worker_info() is not None:
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            ctypes.string_at(0)  # reads address 0: SIGSEGV in native code
+        return torch.tensor([i])
+
+    def _batch(self, indices: list[int]) -> list[torch.Tensor]:
+        return [self[i] for i in indices]
+
+    def describe(self, i: int) -> str:
+        return f"/data/sample-{i}.jpg"
+
+
+def loader(dataset: Dataset[torch.Tensor]) -> torch.utils.data.DataLoader[torch.Tensor]:
+    settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=False)
+    return build_dataloader(dataset, settings, train=True, seed=0)
+
+
+@pytest.mark.parametrize("how", ["kill", "segfault"])
+def test_a_dead_worker_names_itself_and_the_sample(how: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkerDiedError) as info:
+        for _ in loader(Dies(fatal=6, how=how)):
+            pass
+    message = str(info.value)
+    assert "Worker 1 " in message  # batch 1 (samples 4-7) goes to worker 1
+    assert "sample 6 (/data/sample-6.jpg)" in message
+    assert "DataLoader worker" in message  # torch's own message stays first
+    assert time.monotonic() - started < 60  # an error, not a hang
+
+
+def test_a_worker_dying_in_a_batch_gather_names_the_batch() -> None:
+    with pytest.raises(WorkerDiedError, match=r"Worker 0 \(pid \d+\) was loading 4 samples \[8, 9, 10, 11\]"):
+        for _ in loader(Dies(fatal=9, how="kill", gather=True)):
+            pass
+
+
+def test_healthy_loaders_are_unchanged() -> None:
+    seen = [i for b in loader(Dies(fatal=-1, how="kill")) for i in b.flatten().tolist()]
+    assert seen == list(range(32))
