@@ -1,11 +1,13 @@
-"""Validation under real multi-process DDP on the CPU (gloo), run by tests/test_ddp.py as a script.
+"""Training and validation under real multi-process DDP on the CPU (gloo), run by tests/test_ddp.py.
 
     python tests/ddp_eval.py OUT_DIR KIND PROCESSES WORKERS
 
-KIND is ``image`` (an image folder whose pixels encode each sample's id) or ``table`` (a CSV whose
-only feature is the row id). One short fit; every rank writes the validation ids it received and
-the synced ``val/loss`` to OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known function
-of ``i``, so the test can tell a mean over each sample once from one with padded duplicates.
+KIND is ``image`` (an image folder whose pixels encode each sample's id), ``table`` (a CSV whose
+only feature is the row id), ``sequence`` (JSONL token sequences whose first token encodes the id)
+or ``multitask`` (a CSV with a class and a regression target, feature = row id). One epoch; every
+rank writes the training and validation ids it received and the synced ``val/loss`` to
+OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known function of ``i``, so the test can
+tell a mean over each sample once from one with padded duplicates.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -20,11 +23,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from chute.datamodules import ImageFolderDataModule, TabularDataModule
+from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, SequenceDataModule, TabularDataModule
 from chute.models.eval_loss import EvalLoss
 from chute.transforms import create_transforms
 
 VAL_SAMPLES = 23  # not a multiple of 2 or 3: ranks get uneven shares
+TRAIN_IMAGES = 10  # image kind; the table kinds train on the same 23 rows
 BATCH = 4
 
 
@@ -41,21 +45,28 @@ class RecordEval(L.LightningModule):
         self.layer = nn.Linear(1, 1)
         self.eval_loss = EvalLoss()
         self.val_ids: list[int] = []
+        self.train_ids: list[int] = []
+        self.train_batches = 0
 
-    def ids(self, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        inputs = batch[0]
-        if self.kind == "table":
+    def ids(self, batch: Any) -> torch.Tensor:
+        if self.kind == "sequence":
+            return batch["inputs"][:, 0].long() - 2
+        inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
+        if self.kind in ("table", "multitask"):
             return inputs[:, 0].round().long()
         pixels = (inputs[:, 0, 0, :2].float() * 255).round().long()  # mean 0, std 1: x / 255
         return pixels[:, 0] * 256 + pixels[:, 1]
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        return self.layer.weight.sum() * 0.0
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.train_ids += self.ids(batch).tolist()
+        self.train_batches += 1
+        # Every step all-reduces gradients: uneven step counts across ranks would hang.
+        return sum(p.sum() for p in self.parameters()) * 0.0
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
         ids = self.ids(batch)
         self.val_ids += ids.tolist()
-        loss = nn.functional.cross_entropy(logits_of(ids), batch[1])
+        loss = nn.functional.cross_entropy(logits_of(ids), ids % 3)
         self.eval_loss.log(self, "val", loss, len(ids), prog_bar=False)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -63,7 +74,7 @@ class RecordEval(L.LightningModule):
 
 
 def write_images(root: Path) -> None:
-    for split, n in (("train", 8), ("val", VAL_SAMPLES)):
+    for split, n in (("train", TRAIN_IMAGES), ("val", VAL_SAMPLES)):
         for i in range(n):
             pixels = np.zeros((8, 8), dtype=np.uint8)
             pixels[0, 0], pixels[0, 1] = i // 256, i % 256
@@ -76,13 +87,29 @@ def main() -> None:
     out, kind, processes, workers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     out.mkdir(parents=True, exist_ok=True)
     loader = {"batch_size": BATCH, "num_workers": workers}
+    table = out / "val.csv"
+    if kind in ("table", "multitask") and not table.exists():  # rank 0 runs first, then the others
+        rows = "".join(f"{i},c{i % 3},{i * 0.5}\n" for i in range(VAL_SAMPLES))
+        table.write_text("id,label,value\n" + rows)
     if kind == "table":
-        table = out / "val.csv"
-        if not table.exists():  # rank 0 runs first (the launcher starts the others after it)
-            table.write_text("id,label\n" + "".join(f"{i},c{i % 3}\n" for i in range(VAL_SAMPLES)))
         dm: L.LightningDataModule = TabularDataModule(
             str(table), target="label", numeric=["id"], standardize=False, val_path=str(table), loader=loader,
         )  # fmt: skip
+    elif kind == "multitask":
+        tasks = {"cls": {"column": "label", "type": "classification"}, "reg": {"column": "value", "type": "regression"}}
+        dm = MultiTaskDataModule(
+            str(table), tasks=tasks, numeric=["id"], standardize=False, val_path=str(table), loader=loader
+        )
+    elif kind == "sequence":
+        root = out / "sequences"
+        if not (root / "val.jsonl").exists():
+            root.mkdir(parents=True, exist_ok=True)
+            lines = "".join(
+                json.dumps({"tokens": [i + 2] + [3] * (1 + i % 5), "label": i % 3}) + "\n" for i in range(VAL_SAMPLES)
+            )
+            (root / "train.jsonl").write_text(lines)
+            (root / "val.jsonl").write_text(lines)
+        dm = SequenceDataModule(root, loader=loader)
     else:
         root = out / "images"
         if not (root / "val").exists():
@@ -94,13 +121,13 @@ def main() -> None:
         )  # fmt: skip
     model = RecordEval(kind)
     trainer = L.Trainer(
-        accelerator="cpu", devices=processes, strategy="ddp", max_epochs=1, limit_train_batches=1,
-        num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=str(out),
+        accelerator="cpu", devices=processes, strategy="ddp", max_epochs=1, num_sanity_val_steps=0, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out),
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
     record = {
         "rank": trainer.global_rank, "world": trainer.world_size, "val_ids": model.val_ids,
+        "train_ids": model.train_ids, "train_batches": model.train_batches,
         "val_loss": float(trainer.callback_metrics["val/loss"]),
     }  # fmt: skip
     (out / f"eval-rank{trainer.global_rank}.json").write_text(json.dumps(record))

@@ -50,19 +50,18 @@ def _expected_val_loss() -> float:
     return float(torch.nn.functional.cross_entropy(logits_of(ids), ids % 3))
 
 
+FAST_CASES = {("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0)}
+ALL_CASES = [(k, p, w) for k in ("table", "image", "sequence", "multitask") for p in (2, 3) for w in (0, 2)]
+
+
 @pytest.mark.ddp
 @pytest.mark.parametrize(
     ("kind", "processes", "workers"),
-    [
-        ("table", 2, 0),
-        ("image", 3, 2),
-        pytest.param("table", 3, 2, marks=pytest.mark.slow),
-        pytest.param("image", 2, 0, marks=pytest.mark.slow),
-        pytest.param("image", 2, 2, marks=pytest.mark.slow),
-        pytest.param("image", 3, 0, marks=pytest.mark.slow),
-    ],
+    [c if c in FAST_CASES else pytest.param(*c, marks=pytest.mark.slow) for c in ALL_CASES],
 )
-def test_validation_sees_each_sample_exactly_once(kind: str, processes: int, workers: int, tmp_path: Path) -> None:
+def test_each_sample_once_per_epoch_under_ddp(kind: str, processes: int, workers: int, tmp_path: Path) -> None:
+    from tests.ddp_eval import TRAIN_IMAGES, VAL_SAMPLES
+
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
         [sys.executable, str(REPO / "tests" / "ddp_eval.py"), str(tmp_path), kind, str(processes), str(workers)],
@@ -71,9 +70,17 @@ def test_validation_sees_each_sample_exactly_once(kind: str, processes: int, wor
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"eval-rank{r}.json").read_text()) for r in range(processes)]
     assert [r["world"] for r in ranks] == [processes] * processes
+    # Validation: every sample exactly once (no padding duplicates, none lost), shares within one.
     seen = sorted(i for r in ranks for i in r["val_ids"])
-    assert seen == list(range(23))  # every validation sample once: no padding duplicates, none lost
+    assert seen == list(range(VAL_SAMPLES))
     shares = [len(r["val_ids"]) for r in ranks]
-    assert max(shares) - min(shares) <= 1  # uneven by at most one sample, and no rank hung
+    assert max(shares) - min(shares) <= 1
     for r in ranks:  # the logged loss is the mean over each sample once, the same on every rank
         assert r["val_loss"] == pytest.approx(_expected_val_loss(), rel=1e-5)
+    # Training: the same number of steps on every rank (else gradient all-reduce would hang), every
+    # sample at least once, and repeats only to even out the ranks (at most processes - 1).
+    assert len({r["train_batches"] for r in ranks}) == 1
+    train = [i for r in ranks for i in r["train_ids"]]
+    expected = set(range(TRAIN_IMAGES if kind == "image" else VAL_SAMPLES))
+    assert set(train) == expected
+    assert len(train) - len(expected) <= processes - 1
