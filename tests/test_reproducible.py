@@ -23,11 +23,11 @@ def epoch_digest(loader: Any) -> str:
     return digest.hexdigest()
 
 
-def module(root: Path, loader: dict[str, Any], **transform: Any) -> ImageFolderDataModule:
+def module(root: Path, loader: dict[str, Any], cache: str | None = None, **transform: Any) -> ImageFolderDataModule:
     t = create_transforms(**{"image_size": 24, "crop_pct": 1.0, **transform})
     dm = ImageFolderDataModule(
         root, train_transform=t.train, val_transform=t.val, mean=[0.5] * 3, std=[0.25] * 3, seed=7,
-        loader={"batch_size": 16, **loader},
+        loader={"batch_size": 16, **loader}, cache=cache, cache_size=32 if cache else None,  # type: ignore[arg-type]
     )  # fmt: skip
     dm.setup("fit")
     return dm
@@ -48,6 +48,7 @@ LOADERS = [
     [
         pytest.param({}, id="crop-aware-jpeg"),  # RandomResizedCropDecode: region from the per-sample rng
         pytest.param({"rotation": 15.0, "color_jitter": 0.2}, id="torchvision-v2"),  # torch's generator
+        pytest.param({"cache": "memory"}, id="cached-squares"),  # the random stage on top of a cache
     ],
 )
 def test_first_two_epochs_hash_the_same_for_any_loader(make_tree: Any, transform: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -186,6 +187,31 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
     return x ^ (x >> 31)
+
+
+def seeded_call(transform: Callable[[Any], Any], sample: Any, key: int) -> Any:
+    """``transform(sample)`` with every generator it may use seeded from ``key`` (:func:`sample_seed`).
+
+    torchvision v2 draws from torch's global generator; albumentations and chute's crop-aware
+    transforms from their own (``reseed``). In a DataLoader worker the global state is the worker's
+    own; in the main process (``num_workers=0``, or loader threads, which take turns here) it is
+    restored afterwards, so the model's randomness is untouched.
+    """
+    seed = key & 0x7FFF_FFFF_FFFF_FFFF
+    reseed = getattr(transform, "reseed", None)
+    if torch.utils.data.get_worker_info() is not None:
+        torch.manual_seed(seed)
+        if callable(reseed):
+            reseed(seed & 0xFFFF_FFFF)
+        return transform(sample)
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if callable(reseed):
+            reseed(seed & 0xFFFF_FFFF)
+        return transform(sample)
+
+
+_GLOBAL_RNG = threading.Lock()  # torch's global generator is one per process
 
 
 class SharedEpoch:

@@ -128,7 +128,7 @@ def test_image_folder_cache_keeps_training_augmentation_per_epoch(
     )  # fmt: skip
     dm.setup("fit")
     loader = dm.train_dataloader()
-    epoch1, epoch2 = next(iter(loader))[0], next(iter(dm.train_dataloader()))[0]
+    epoch1, epoch2 = next(iter(loader))[0], next(iter(loader))[0]  # two passes: epochs 0 and 1
     n = len(dm.dataset("train"))
     assert reads <= n + 1  # decoded once for the cache (+1: the determinism check), not per epoch
     assert epoch1.shape == (n, 1, 12, 12)

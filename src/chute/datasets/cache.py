@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from chute.errors import ConfigError, DataError
+from chute.loader import SharedEpoch, sample_seed, seeded_call
 from chute.paths import inside
 
 Store = Literal["memory", "disk"]
@@ -96,6 +97,9 @@ class CachedDataset(Dataset[Any]):
         key: Fingerprint of what the source depends on (see :func:`fingerprint`); the disk cache is
             rebuilt when it changes.
         progress: Show a progress bar while building.
+        seed: Key the random stage of sample ``i`` by ``(seed, epoch, i)`` (see
+            :func:`~chute.loader.sample_seed`; ``set_epoch`` moves on), so it does not depend on
+            which worker reads it. ``None``: the transform's own generators.
 
     Example:
         >>> source = [(torch.full((2, 2), i, dtype=torch.uint8), i) for i in range(5)]
@@ -113,12 +117,15 @@ class CachedDataset(Dataset[Any]):
         cache_dir: str | os.PathLike[str] | None = None,
         key: str = "",
         progress: bool = True,
+        seed: int | None = None,
     ) -> None:
         if store not in ("memory", "disk"):
             raise ConfigError("cache", store, "must be 'memory' or 'disk'")
         if store == "disk" and cache_dir is None:
             raise ConfigError("cache_dir", None, "is needed for a disk cache")
         self.transform = transform
+        self.seed = seed
+        self.epoch = SharedEpoch()
         self.store = store
         self.cache_dir = None if cache_dir is None else os.fspath(cache_dir)
         self.key = key
@@ -143,7 +150,15 @@ class CachedDataset(Dataset[Any]):
         # Copy out of the cache: transforms may write in place, and a memmap slice must not escape.
         values = [torch.from_numpy(np.array(a[index])) if a.ndim > 1 else _scalar(a[index]) for a in self.arrays]
         sample = _rebuild(self.template, values)
-        return sample if self.transform is None else self.transform(sample)
+        if self.transform is None:
+            return sample
+        if self.seed is None:
+            return self.transform(sample)
+        return seeded_call(self.transform, sample, sample_seed(self.seed, self.epoch.get(), int(index)))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose random stage the next samples get (seen by persistent workers too)."""
+        self.epoch.set(epoch)
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         """A whole batch: without a random stage, one gather per field, already collated (a tuple or
