@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from chute.loader import BatchFetch, derive_seed
+from chute.loader import BatchFetch, derive_seed, world_position
 
 __all__ = [
     "BatchFetch",
@@ -34,15 +34,6 @@ __all__ = [
     "IndexSampler",
     "world_position",
 ]
-
-
-def world_position(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
-    """``(rank, world_size)``: the given values, else torch.distributed's, else ``(0, 1)``."""
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return rank or 0, world_size or 1
 
 
 class DistributedDraw(DistributedSampler):
