@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
+import re
+import warnings
 from typing import Literal
 
 import numpy as np
@@ -21,6 +24,14 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 _FAST_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 _READ_MODES: dict[str, Literal["RGB", "GRAY"]] = {"RGB": "RGB", "L": "GRAY"}
 _CHANNELS = {"RGB": 3, "L": 1}
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_EOI = b"\xff\xd9"
+_COLORSPACE_CMYK = (4, 5)  # JCS_CMYK, JCS_YCCK: libjpeg cannot convert them to RGB; TorchCodec does
+
+try:  # the crop decoder's extension, also a strict whole-image JPEG decoder (see _decode_jpeg)
+    from chute import _jpegcrop
+except ImportError:  # pragma: no cover - depends on the build machine
+    _jpegcrop = None  # type: ignore[assignment]
 
 
 def channels_of(mode: ImageMode) -> int:
@@ -36,24 +47,108 @@ def read_image(path: str, mode: ImageMode = "RGB") -> torch.Tensor:
 
     Args:
         path: Image file.
-        mode: ``"RGB"`` (3 channels; grayscale, palette and RGBA are converted) or ``"L"`` (1 channel).
+        mode: ``"RGB"`` (3 channels) or ``"L"`` (1 channel). Grayscale, palette, CMYK and RGBA files
+            are converted as Pillow's ``Image.convert`` does (RGBA: the alpha channel is dropped).
 
     Raises:
-        DataError: The file is missing, empty or cannot be decoded; the message names the file.
+        DataError: The file is missing, empty, cannot be decoded (corrupt, truncated, not an image)
+            or has more pixels than the decompression-bomb limit; the message names the file.
+    """
+    return decode_bytes(path, read_bytes(path), mode)
+
+
+def decode_bytes(path: str, data: bytes, mode: ImageMode = "RGB") -> torch.Tensor:
+    """:func:`read_image` on bytes already read from ``path`` (which names the file in errors).
+
+    JPEGs decode through libjpeg-turbo with corrupt-data warnings treated as errors, so a file cut
+    short (even one ending in an end-of-image marker) fails instead of coming out half grey; CMYK
+    JPEGs, PNG, WebP and GIF through TorchCodec; other formats through Pillow. Every file's size is
+    read from its header first and checked against the decompression-bomb limit.
     """
     channels_of(mode)
-    data = read_bytes(path)
     if not data:
         raise DataError(f"Cannot decode image '{path}': the file is empty (0 bytes). Remove or replace it.")
     ext = os.path.splitext(path)[1].lower()
     try:
-        image = _decode_fast(data, mode) if ext in _FAST_EXTENSIONS else _decode_pil(data, mode)
+        strict_jpeg = check_image_size(path, data)
+        if strict_jpeg:
+            image = _decode_jpeg(data, mode, *strict_jpeg)
+        elif ext in _FAST_EXTENSIONS:
+            image = _decode_fast(data, mode)
+        else:
+            image = _decode_pil(data, mode)
+    except DataError:
+        raise
     except Exception as err:  # the decoders raise RuntimeError, OSError, ValueError, ...
-        reason = str(err).strip().splitlines()[0].rstrip(".") if str(err).strip() else type(err).__name__
-        raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from err
+        raise DataError(f"Cannot decode image '{path}': {_reason(err)}. The file is corrupt or not an image.") from err
     if image.ndim != 3 or image.shape[0] != _CHANNELS[mode]:
         raise DataError(f"Cannot decode image '{path}': got shape {tuple(image.shape)}, expected {mode} channels.")
     return image
+
+
+def check_image_size(path: str, data: bytes) -> tuple[int, int] | None:
+    """Read the image's size from its header and refuse one over the decompression-bomb limit.
+
+    The limit is Pillow's ``PIL.Image.MAX_IMAGE_PIXELS`` (about 89 megapixels unless changed; ``None``
+    turns the check off), applied to every format before any pixel is decoded: TorchCodec and
+    libjpeg have no such limit of their own.
+
+    Returns:
+        ``(width, height)`` for a JPEG the strict libjpeg-turbo decoder takes (not CMYK), else ``None``.
+
+    Raises:
+        DataError: The image has more pixels than the limit (naming the file, its size and the
+            limit), or its header cannot be read.
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if _jpegcrop is not None and data.startswith(_JPEG_MAGIC):
+        try:
+            width, height, _, colorspace = _jpegcrop.header(data)
+        except _jpegcrop.DecodeError as err:
+            raise DataError(f"Cannot decode image '{path}': {err}. The file is corrupt or not an image.") from None
+        # Without an end-of-image marker (ignoring zero padding) the file was cut short: TorchCodec
+        # reports that, and tolerates bytes after the marker, which the strict path would not see.
+        ends = data.rstrip(b"\0").endswith(_EOI)
+        strict = (width, height) if ends and colorspace not in _COLORSPACE_CMYK else None
+    else:
+        strict = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked below, naming the file
+                with Image.open(io.BytesIO(data)) as img:
+                    width, height = img.size
+        except Image.DecompressionBombError as err:  # over twice the limit: Pillow does not say the size
+            found = re.search(r"\((\d+) pixels\)", str(err))
+            size = f"has {int(found.group(1)):,} pixels" if found else "is too large"
+            raise DataError(_bomb_message(path, size, limit)) from None
+        except Image.UnidentifiedImageError:
+            reason = "no image format recognised (Pillow, TorchCodec)"
+            raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from None
+        except Exception as err:
+            reason = _reason(err)
+            raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from None
+    if limit is not None and width * height > limit:
+        raise DataError(_bomb_message(path, f"is {width}x{height} = {width * height:,} pixels", limit))
+    return strict
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of a decoder's message, without TorchCodec's source location."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0].rstrip(".")
+    return re.sub(r"^\w+, \S+\.(cpp|c|h):\d+, ", "", line)
+
+
+def _bomb_message(path: str, size: str, limit: int | None) -> str:
+    return (
+        f"Image '{path}' {size}, over the decompression-bomb limit of {int(limit or 0):,} pixels "
+        "(PIL.Image.MAX_IMAGE_PIXELS). Shrink or remove the file, or raise that limit (None turns it off) if "
+        "the file is trusted."
+    )
 
 
 def read_bytes(path: str) -> bytes:
@@ -72,13 +167,20 @@ def _decode_fast(data: bytes, mode: ImageMode) -> torch.Tensor:
     return image
 
 
-def _decode_pil(data: bytes, mode: ImageMode) -> torch.Tensor:
-    import io
+def _decode_jpeg(data: bytes, mode: ImageMode, width: int, height: int) -> torch.Tensor:
+    """Decode a whole JPEG with chute's libjpeg-turbo extension (the same pixels as TorchCodec), which
+    turns libjpeg's corrupt-data warnings into errors; TorchCodec lets them pass."""
+    assert _jpegcrop is not None
+    out = torch.empty((height, width, _CHANNELS[mode]), dtype=torch.uint8)
+    _jpegcrop.decode_into(data, 0, 0, width, height, 8, mode == "L", out.numpy())
+    return out.permute(2, 0, 1)
 
+
+def _decode_pil(data: bytes, mode: ImageMode) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
         array = np.asarray(img.convert(mode))
     if array.ndim == 2:
         array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # a writable copy

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_images
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
@@ -76,6 +77,12 @@ class ImageFolderDataModule(ChuteDataModule):
         device_augment: With ``cache``: training batches are gathered whole from the cache
             (``cache_size`` squares, no per-sample CPU work) and ``train_batch_transform`` crops,
             resizes and flips them on the device after normalization.
+        on_error: A file that cannot be read (corrupt, truncated, empty, not an image, over the
+            decompression-bomb limit): ``raise`` names it and the reason; ``skip`` replaces it by the
+            next readable image of the split, counts it (summed over workers, see ``bad_samples``) and
+            logs it.
+        max_bad_fraction: With ``skip``, raise once more than this share of a split's images were bad
+            (measured over at least 100 images).
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -120,6 +127,8 @@ class ImageFolderDataModule(ChuteDataModule):
         device_augment: bool = False,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
         if device_augment and (cache is None or train_batch_transform is None):
@@ -160,11 +169,15 @@ class ImageFolderDataModule(ChuteDataModule):
         self._splits: dict[str, FolderIndex | None] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
+        BadSamples(on_error, max_bad_fraction)  # check both now
+        self.on_error: OnError = on_error
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad: dict[str, BadSamples] = {}
         self._save_plain_hparams(
             root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
             test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last, cache=cache,
             cache_size=cache_size, cache_dir=cache_dir, device_augment=device_augment, mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha,
+            cutmix_alpha=cutmix_alpha, on_error=on_error, max_bad_fraction=self.max_bad_fraction,
         )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -210,6 +223,11 @@ class ImageFolderDataModule(ChuteDataModule):
             self._checked = True
         self._check_imbalance()
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Log each split's skipped images (``on_error="skip"``) not reported at an epoch start yet."""
+        for split, bad in self._bad.items():
+            bad.report(f"the {split} split of '{self.root}'")
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
@@ -253,6 +271,20 @@ class ImageFolderDataModule(ChuteDataModule):
         """Training samples per class (index = label)."""
         return self._split("train").class_counts()
 
+    @property
+    def bad_samples(self) -> dict[str, dict[str, Any]]:
+        """Per split read so far: images attempted (``seen``), ``skipped`` and the ``first`` skipped
+        paths, summed over DataLoader workers (``on_error="skip"``; this process's rank only)."""
+        return {split: bad.summary() for split, bad in self._bad.items()}
+
+    def _bad_samples(self, split: str) -> BadSamples:
+        """The split's policy, shared by every dataset built for it so its counts add up."""
+        index = self._split(split)
+        key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
+        if key not in self._bad:
+            self._bad[key] = BadSamples(self.on_error, self.max_bad_fraction, what="image")
+        return self._bad[key]
+
     def dataset(self, split: str) -> ImageFolderDataset:
         """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
         transform = self.train_transform if split == "train" else self.val_transform
@@ -260,7 +292,7 @@ class ImageFolderDataModule(ChuteDataModule):
         # Training augmentations are keyed by (seed, epoch, index): the same whatever loads them.
         return ImageFolderDataset(
             self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
-            seed=derive_seed(self.seed, 3) if split == "train" else None,
+            seed=derive_seed(self.seed, 3) if split == "train" else None, on_error=self._bad_samples(split),
         )  # fmt: skip
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -304,7 +336,7 @@ class ImageFolderDataModule(ChuteDataModule):
             assert self.cache is not None
             assert self.cache_size is not None
             stage: Transform | None = SquareResize(self.cache_size) if train else transform
-            source = ImageFolderDataset(index, stage, self.image_mode)
+            source = ImageFolderDataset(index, stage, self.image_mode, on_error=self._bad_samples(split))
             key = fingerprint((index.path(i) for i in range(len(index))), (self.image_mode, repr(stage)))
             self._cached[split] = CachedDataset(
                 source, store=self.cache, cache_dir=os.path.join(self.cache_dir, split), key=key
@@ -312,6 +344,7 @@ class ImageFolderDataModule(ChuteDataModule):
         cached = self._cached[split]
         random_stage = train and transform is not None and not self.device_augment
         cached.transform = OnFirst(transform) if random_stage else None  # type: ignore[arg-type]
+        cached.seed = derive_seed(self.seed, 3) if random_stage else None  # keyed by (seed, epoch, index)
         return cached
 
     def _split(self, name: str) -> FolderIndex:
@@ -367,7 +400,20 @@ class ImageFolderDataModule(ChuteDataModule):
             )
 
     def _raw_sample(self, index: FolderIndex) -> torch.Tensor:
-        return read_image(index.path(0), self.image_mode)
+        """The first image of ``index`` that reads (``on_error="skip"`` passes over bad ones)."""
+        for image in self._readable_images(index, range(len(index))):
+            return image
+        raise DataError(f"None of the images under '{index.root}' can be read (on_error=skip skipped them all).")
+
+    def _readable_images(self, index: FolderIndex, picks: Iterable[int]) -> Iterator[torch.Tensor]:
+        """Decoded images at ``picks`` for setup-time checks and statistics. With ``on_error="skip"``
+        unreadable ones are left out here; training counts them when it meets them."""
+        for i in picks:
+            try:
+                yield read_image(index.path(int(i)), self.image_mode)
+            except DataError:
+                if self.on_error == "raise":
+                    raise
 
     def _measure_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of up to 512 training images after the eval pipeline."""
@@ -377,14 +423,15 @@ class ImageFolderDataModule(ChuteDataModule):
         total = torch.zeros(self.num_channels, dtype=torch.float64)
         total_sq = torch.zeros_like(total)
         count = 0
-        for i in picks:
-            image = read_image(train.path(int(i)), self.image_mode)
+        for image in self._readable_images(train, picks):
             if self.val_transform is not None:
                 image = self.val_transform(image)
             pixels = image.reshape(image.shape[0], -1).to(torch.float64) / 255.0
             total += pixels.sum(dim=1)
             total_sq += (pixels * pixels).sum(dim=1)
             count += pixels.shape[1]
+        if count == 0:
+            raise DataError(f"None of the {len(picks)} training images sampled under '{train.root}' can be read.")
         mean = total / count
         std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
         return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]

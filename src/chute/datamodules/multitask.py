@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from chute.bad_samples import OnError
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
 from chute.datasets.tabular import MissingStrategy, MultiTaskDataset
 from chute.errors import ConfigError
@@ -28,7 +29,7 @@ class MultiTaskDataModule(TableDataModuleBase):
         tasks: ``{name: {"column": ..., "type": "classification" | "regression"}}``; ``column``
             defaults to the task's name.
         numeric, categorical, weight, val_path, test_path, val_fraction, missing, fill_value,
-        standardize, unknown_category, loader, seed, prepare, collate_fn: As for
+        standardize, unknown_category, loader, seed, prepare, collate_fn, on_error, max_bad_fraction: As for
             :class:`~chute.datamodules.TabularDataModule`; the validation split is stratified by the
             first classification task.
 
@@ -63,18 +64,21 @@ class MultiTaskDataModule(TableDataModuleBase):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(
             path, tasks=_parse_tasks(tasks), numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
-            seed=seed, prepare=prepare, collate_fn=collate_fn,
+            seed=seed, prepare=prepare, collate_fn=collate_fn, on_error=on_error, max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
         self._save_plain_hparams(
             path=self.path, tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()},
             numeric=self._numeric, categorical=list(categorical), weight=weight, val_path=val_path,
             test_path=test_path, val_fraction=val_fraction, missing=missing, fill_value=fill_value,
-            standardize=standardize, unknown_category=unknown_category,
+            standardize=standardize, unknown_category=unknown_category, on_error=on_error,
+            max_bad_fraction=self.max_bad_fraction,
         )  # fmt: skip
 
     def _make_dataset(

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
+from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_nested, resolve_collate
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.shards import ShardIndex, ShardStream, distributed_position
@@ -44,6 +45,11 @@ class StreamingDataModule(ChuteDataModule):
         seed: Seed of the shuffles; the epoch, rank and worker are mixed in.
         prepare: Optional ``prepare(root)`` that writes the shards (e.g. a ``ShardedCopy``).
         collate_fn: Collate function or dotted path (default: the source's, else nested stacking/padding).
+        on_error: A shard line that is not JSON (or not a sample): ``raise`` names the shard and the
+            line; ``skip`` drops it, counts it (``bad_samples``) and logs it. Its reader then yields one
+            sample fewer than the index says (see :class:`~chute.datasets.ShardStream`).
+        max_bad_fraction: With ``skip``, raise once more than this share of a split's lines were bad
+            (measured over at least 100 lines).
 
     Example:
         >>> from chute.datamodules import TabularDataModule
@@ -71,8 +77,11 @@ class StreamingDataModule(ChuteDataModule):
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        BadSamples(on_error, max_bad_fraction)  # check both now
         if shuffle_buffer < 0:
             raise ConfigError("shuffle_buffer", shuffle_buffer, "must be >= 0 (0: no sample shuffling)")
         self.root = os.fspath(root)
@@ -80,9 +89,12 @@ class StreamingDataModule(ChuteDataModule):
         self.shuffle_shards = shuffle_shards
         self.split_names = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.index: ShardIndex | None = None
+        self.on_error: OnError = on_error
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad: dict[str, BadSamples] = {}
         self._save_plain_hparams(
             root=self.root, shuffle_buffer=shuffle_buffer, shuffle_shards=shuffle_shards, train_split=train_split,
-            val_split=val_split, test_split=test_split,
+            val_split=val_split, test_split=test_split, on_error=on_error, max_bad_fraction=self.max_bad_fraction,
         )  # fmt: skip
 
     def prepare_data(self) -> None:
@@ -114,6 +126,17 @@ class StreamingDataModule(ChuteDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def teardown(self, stage: str | None = None) -> None:
+        """Log each split's skipped lines (``on_error="skip"``) not reported at an epoch start yet."""
+        for name, bad in self._bad.items():
+            bad.report(f"split '{name}' of '{self.root}'")
+
+    @property
+    def bad_samples(self) -> dict[str, dict[str, Any]]:
+        """Per shard split read so far: lines read (``seen``), ``skipped`` and the ``first`` skipped lines,
+        summed over DataLoader workers (``on_error="skip"``; this process's rank only)."""
+        return {name: bad.summary() for name, bad in self._bad.items()}
+
     def num_samples(self, split: str) -> int:
         return sum(n for _, n in self._index().shards(self.split_names[split]))
 
@@ -126,6 +149,9 @@ class StreamingDataModule(ChuteDataModule):
         if rank is None:
             rank, world = distributed_position()
         default = resolve_collate(index.extra.get("collate"), collate_nested)
+        name = self.split_names[split]
+        if name not in self._bad:  # one policy per shard split, so the counts of its streams add up
+            self._bad[name] = BadSamples(self.on_error, self.max_bad_fraction, what="line")
         return ShardStream(
             index.shards(self.split_names[split]),
             settings.batch_size_for(train),
@@ -137,6 +163,7 @@ class StreamingDataModule(ChuteDataModule):
             rank=rank,
             world_size=world,
             num_workers=settings.num_workers,
+            on_error=self._bad[name],
         )
 
     def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:

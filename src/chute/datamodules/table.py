@@ -11,6 +11,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 
+from chute.bad_samples import BadSamples, OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import stratified_split
@@ -21,7 +22,7 @@ from chute.datasets.tabular import (
     encode_labels,
     encode_numbers,
     label_classes,
-    read_table,
+    read_split,
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
@@ -60,8 +61,11 @@ class TableDataModuleBase(ChuteDataModule):
         prepare: Callable[[str], Any] | None,
         collate_fn: Callable[[Any], Any] | str | None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
+        BadSamples(on_error, max_bad_fraction)  # check both now
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_path")
         if not tasks:
@@ -90,6 +94,9 @@ class TableDataModuleBase(ChuteDataModule):
         self.task_classes: dict[str, tuple[str, ...]] = {}
         self._datasets: dict[str, Dataset[Any]] = {}
         self._saved_state: dict[str, Any] | None = None
+        self.on_error: OnError = on_error
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad: dict[str, BadSamples] = {}
 
     def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         """Config keys naming each task's column and type, for error messages."""
@@ -159,6 +166,12 @@ class TableDataModuleBase(ChuteDataModule):
     def feature_names(self) -> list[str]:
         return self._encoder().feature_names
 
+    @property
+    def bad_samples(self) -> dict[str, dict[str, Any]]:
+        """Per table file read (``train``, ``val``, ``test``): rows read (``seen``), ``skipped`` for a wrong
+        number of fields and the ``first`` skipped lines (``on_error="skip"``)."""
+        return {split: bad.summary() for split, bad in self._bad.items()}
+
     def dataset(self, split: str) -> Any:
         """The ``train``, ``val`` or ``test`` split (encoded)."""
         self._encoder()
@@ -190,10 +203,17 @@ class TableDataModuleBase(ChuteDataModule):
         )
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)
 
+    def _read(self, split: str) -> Split:
+        """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
+        path = self.paths[split]
+        assert path is not None
+        self._bad[split] = BadSamples(self.on_error, self.max_bad_fraction, what="row")
+        return read_split(path, self._bad[split])
+
     def _read_splits(self) -> dict[str, Split]:
-        train = Split.whole(read_table(self.path), self.path)
+        train = self._read("train")
         if self.paths["val"] is not None:
-            val = Split.whole(read_table(self.paths["val"]), self.paths["val"])
+            val = self._read("val")
         else:
             seed = derive_seed(self.seed, 1)
             stratify = next((column for column, kind in self.tasks.values() if kind == "classification"), None)
@@ -207,7 +227,7 @@ class TableDataModuleBase(ChuteDataModule):
             train, val = train.take(keep), train.take(held)
         test = val
         if self.paths["test"] is not None:
-            test = Split.whole(read_table(self.paths["test"]), self.paths["test"])
+            test = self._read("test")
         return {"train": train, "val": val, "test": test}
 
     def _infer_numeric(self, train: Split) -> list[str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from chute.bad_samples import OnError
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
 from chute.datasets.tabular import MissingStrategy, TabularDataset
 from chute.imbalance import ImbalanceSettings
@@ -44,6 +45,10 @@ class TabularDataModule(TableDataModuleBase):
         prepare: Optional callable ``prepare(path)`` that writes the table if missing.
         collate_fn: Collate function or dotted path; it receives whole batches (default: pass through).
         imbalance: Class-imbalance strategy (classification only).
+        on_error: A CSV row with the wrong number of fields: ``raise`` names the file, the line and the
+            field counts; ``skip`` drops the row, counts it (``bad_samples``) and logs its line.
+        max_bad_fraction: With ``skip``, raise when more than this share of a file's rows is bad (for
+            files of fewer than 100 rows, more than ``max_bad_fraction * 100`` rows).
 
     Example:
         >>> from chute.datasets import SklearnTable
@@ -78,19 +83,23 @@ class TabularDataModule(TableDataModuleBase):
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(
             path, tasks={"target": (target, task)}, numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
-            seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance,
+            seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
         self.target = target
         self.task: Task = task
         self._save_plain_hparams(
             path=self.path, target=target, numeric=self._numeric, categorical=list(categorical), weight=weight,
             task=task, val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
-            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category,
+            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, on_error=on_error,
+            max_bad_fraction=self.max_bad_fraction,
         )  # fmt: skip
 
     def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:

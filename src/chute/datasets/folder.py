@@ -7,14 +7,15 @@ import random
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
-from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_bytes, read_image
+from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
 from chute.loader import SharedEpoch, sample_seed
 from chute.transforms.fused import CropDecode
 
@@ -137,6 +138,12 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             instead of the loading process's random state, so batches are the same whatever
             ``num_workers`` (or threads) load them; ``set_epoch`` moves to the next epoch's draws.
             ``None``: the transform's own generators (reseeded per worker).
+        on_error: What a file that cannot be read does (corrupt, truncated, empty, not an image, over
+            the decompression-bomb limit): ``"raise"`` its :class:`~chute.errors.DataError`, which
+            names the file and the reason, or ``"skip"``: use the next index that reads instead (wrapping
+            around; its own label and augmentation seed), count and log it, and raise once more than
+            1% are bad. A :class:`~chute.bad_samples.BadSamples` sets the fraction and shares its
+            counts (across DataLoader workers, and between datasets of one split).
     """
 
     def __init__(
@@ -146,6 +153,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         image_mode: ImageMode = "RGB",
         gather: bool = True,
         seed: int | None = None,
+        on_error: OnError | BadSamples = "raise",
     ) -> None:
         self.index = index
         self.transform = transform
@@ -153,11 +161,16 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         self.gather = gather
         self.seed = seed
         self.epoch = SharedEpoch() if seed is not None else None
+        self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="image")
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch whose augmentations the next samples get (seen by persistent workers too)."""
+        """The epoch whose augmentations the next samples get (seen by persistent workers too).
+
+        Also logs how many images were skipped so far (``on_error="skip"``), if more than at the last call.
+        """
         if self.epoch is not None:
             self.epoch.set(epoch)
+        self.bad_samples.report(f"'{self.index.root}'")
 
     def _sample_seed(self, i: int) -> int | None:
         if self.seed is None or self.epoch is None:
@@ -169,24 +182,43 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         if isinstance(self.transform, CropDecode):
-            return self._crop_decode(int(i)), int(self.index.targets[i])
-        image = read_image(self.index.path(i), self.image_mode)
+            image, used = self._readable(int(i), self._crop_decode)
+            return image, int(self.index.targets[used])
+        image, used = self._readable(int(i), lambda j: read_image(self.index.path(j), self.image_mode))
         if self.transform is not None:
-            key = self._sample_seed(int(i))
+            key = self._sample_seed(used)
             image = self.transform(image) if key is None else seeded_call(self.transform, image, key)
-        return image, int(self.index.targets[i])
+        return image, int(self.index.targets[used])
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         """A batch: collated ``(images, labels)`` on the crop-decode path, else a list of samples."""
         if not (self.gather and isinstance(self.transform, CropDecode)):
             return [self[int(i)] for i in indices]
-        rows = np.asarray(indices, dtype=np.int64)
+        rows = np.array(indices, dtype=np.int64)  # a copy: skipped rows are replaced in it
         size, channels = self.transform.size, channels_of(self.image_mode)
         images = _batch_buffer((len(rows), size, size, channels))
         pixels = images.numpy()
         for j, i in enumerate(rows):
-            self._crop_decode(int(i), pixels[j])
+            _, rows[j] = self._readable(int(i), lambda k: self._crop_decode(k, pixels[j]))  # noqa: B023
         return images.permute(0, 3, 1, 2), torch.from_numpy(self.index.targets[rows])
+
+    def _readable(self, i: int, load: Callable[[int], _T]) -> tuple[_T, int]:
+        """``(load(i), i)``; with ``on_error="skip"``, the first index from ``i`` on (wrapping) that loads."""
+        bad = self.bad_samples
+        if not bad.skipping:
+            return load(i), i
+        n = len(self.index)
+        for step in range(n):
+            j = (i + step) % n
+            bad.seen()
+            try:
+                return load(j), j
+            except DataError as err:
+                bad.skip(self.index.path(j), err)  # raises past max_bad_fraction
+        raise DataError(
+            f"None of the {n} images under '{self.index.root}' can be read (on_error=skip skipped them all); "
+            f"first: {', '.join(bad.first)}."
+        )
 
     def _crop_decode(self, i: int, out: np.ndarray | None = None) -> torch.Tensor:
         """Image ``i`` through the crop-aware transform, into ``out`` (``(H, W, C)``) if given."""
@@ -199,10 +231,13 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         key = self._sample_seed(i)
         rng = random.Random(key) if key is not None else None
         state = rng.getstate() if rng is not None else None
-        if not transform.decode_into(read_bytes(path), out, gray=self.image_mode == "L", rng=rng):
+        data = read_bytes(path)
+        if data.startswith(_JPEG_MAGIC):  # the fast path decodes JPEGs itself: check the bomb limit first
+            check_image_size(path, data)
+        if not transform.decode_into(data, out, gray=self.image_mode == "L", rng=rng):
             if rng is not None and state is not None:
                 rng.setstate(state)  # the generic path draws the same region
-            out[...] = transform(read_image(path, self.image_mode), rng=rng).permute(1, 2, 0).numpy()
+            out[...] = transform(decode_bytes(path, data, self.image_mode), rng=rng).permute(1, 2, 0).numpy()
         return torch.from_numpy(out).permute(2, 0, 1)
 
     def reseed(self, seed: int) -> None:
@@ -252,3 +287,5 @@ def seeded_call(transform: Callable[[torch.Tensor], Any], image: torch.Tensor, k
 
 
 _GLOBAL_RNG = threading.Lock()  # torch's global generator is one per process
+_T = TypeVar("_T")
+_JPEG_MAGIC = b"\xff\xd8\xff"

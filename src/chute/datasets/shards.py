@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
+from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
 from chute.loader import derive_seed
 from chute.paths import inside
@@ -235,6 +236,12 @@ class ShardStream(IterableDataset[Any]):
         world_size: Number of ranks (``None``: from torch.distributed or ``WORLD_SIZE``).
         transform: Optional callable applied to each decoded sample.
         num_workers: Workers the DataLoader will use (for an exact ``len``; reading adapts anyway).
+        on_error: A line that is not a valid sample (not JSON, or not an encoded sample): ``"raise"`` a
+            :class:`~chute.errors.DataError` naming the shard and the line, or ``"skip"`` it, count and
+            log it and raise once more than 1% are bad; a :class:`~chute.bad_samples.BadSamples` sets
+            the fraction and shares the counts. A skipped line makes its reader yield one sample
+            fewer than the index counts, so ``len`` can overstate this rank's batches by one per
+            reader: under DDP, ranks could then run different numbers of steps, so fix such shards.
     """
 
     def __init__(
@@ -251,6 +258,7 @@ class ShardStream(IterableDataset[Any]):
         world_size: int | None = None,
         transform: Callable[[Any], Any] | None = None,
         num_workers: int = 0,
+        on_error: OnError | BadSamples = "raise",
     ) -> None:
         super().__init__()
         self.shards = [(str(p), int(n)) for p, n in shards]
@@ -264,11 +272,14 @@ class ShardStream(IterableDataset[Any]):
         self.world_size = world_size
         self.transform = transform
         self.num_workers = num_workers
+        self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="line")
         # Shared memory, so persistent workers see the epoch the main process sets.
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
+        """Lay out epoch ``epoch`` next; also logs lines skipped so far (``on_error="skip"``) if there are new ones."""
         self._epoch[0] = epoch
+        self.bad_samples.report()
 
     @property
     def epoch(self) -> int:
@@ -322,6 +333,7 @@ class ShardStream(IterableDataset[Any]):
             yield self.collate_fn(batch)
 
     def _read(self, ranges: list[tuple[int, int, int]]) -> Iterator[Any]:
+        bad = self.bad_samples
         for shard, start, stop in ranges:
             path = self.shards[shard][0]
             lines = 0
@@ -332,10 +344,13 @@ class ShardStream(IterableDataset[Any]):
                     lines = line_no + 1
                     if line_no < start:
                         continue
+                    if bad.skipping:
+                        bad.seen()
                     try:
                         sample = decode_sample(json.loads(line))
-                    except ValueError as err:
-                        raise DataError(f"'{path}', line {line_no + 1} is not a valid sample: {err}") from None
+                    except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a sample
+                        bad.skip(f"'{path}', line {line_no + 1}", _line_error(path, line_no + 1, err, bad.skipping))
+                        continue
                     yield sample if self.transform is None else self.transform(sample)
             if lines < stop:
                 raise DataError(
@@ -355,3 +370,13 @@ class ShardStream(IterableDataset[Any]):
             yield sample
         for i in rng.permutation(len(buffer)):
             yield buffer[i]
+
+
+def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataError:
+    """The error for a shard line that does not decode, naming the shard file and the line."""
+    if isinstance(err, json.JSONDecodeError):
+        what = f"is not JSON ({err.msg} at column {err.colno})"
+    else:
+        what = f"is not a valid sample ({err})"
+    hint = "" if skipping else " Write the shards again, or set data.on_error=skip to skip such lines."
+    return DataError(f"Shard '{path}', line {line} {what}.{hint}")

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
+from chute.bad_samples import BadSamples
 from chute.errors import ConfigError, DataError
 
 MissingStrategy = Literal["raise", "mean", "median", "constant"]
@@ -26,9 +27,18 @@ MISSING_STRATEGIES = ("raise", "mean", "median", "constant")
 MISSING_CATEGORY = "<missing>"
 
 
-def read_table(path: str | os.PathLike[str]) -> pa.Table:
-    """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file."""
-    import pyarrow.csv as pacsv
+def read_table(path: str | os.PathLike[str], bad_samples: BadSamples | None = None) -> pa.Table:
+    """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file.
+
+    A CSV row with the wrong number of fields raises naming the file, the line and the field counts,
+    or with ``bad_samples`` skipping (``on_error="skip"``) is dropped, counted and logged;
+    :func:`read_split` also keeps the surviving rows' numbers for later messages.
+    """
+    return read_split(path, bad_samples).table
+
+
+def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = None) -> Split:
+    """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out."""
     import pyarrow.parquet as pq
 
     path = os.fspath(path)
@@ -37,23 +47,76 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table:
     if os.path.getsize(path) == 0:
         raise DataError(f"Table file '{path}' is empty (0 bytes): expected a header row and data rows.")
     name = path.lower().removesuffix(".gz")
+    bad = bad_samples or BadSamples("raise", what="row")
+    skipped: list[int] = []
     try:
         if name.endswith((".parquet", ".pq")):
             table = pq.read_table(path)
         elif name.endswith((".csv", ".tsv", ".txt")):
-            delimiter = "\t" if name.endswith(".tsv") else ","
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter=delimiter),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
-            )
+            table, skipped = _read_csv(path, "\t" if name.endswith(".tsv") else ",", bad)
         else:
             raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"Cannot read table '{path}': {err}") from None
     if table.num_rows == 0:
         raise DataError(f"Table file '{path}' has a header but no data rows.")
-    return table
+    rows = np.arange(1, table.num_rows + len(skipped) + 1, dtype=np.int64)
+    if skipped:
+        rows = np.setdiff1d(rows, np.asarray(skipped, dtype=np.int64))[: table.num_rows]
+        bad.report(f"'{path}'")
+    return Split(table, path, rows)
+
+
+def _read_csv(path: str, delimiter: str, bad: BadSamples) -> tuple[pa.Table, list[int]]:
+    """The table, and the data-row numbers (1-based, header excluded) of rows skipped for a wrong field count.
+
+    The first read uses pyarrow's threads, which cannot say where a bad row is; only a file that has
+    one is read again on one thread to find its line numbers.
+    """
+    import pyarrow.csv as pacsv
+
+    invalid: list[Any] = []
+
+    def on_invalid(row: Any) -> str:
+        invalid.append(row)
+        return "skip" if bad.skipping else "error"
+
+    def read(threads: bool) -> pa.Table:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(use_threads=threads),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
+        )
+
+    try:
+        table = read(threads=True)
+    except pa.ArrowInvalid:
+        if not invalid:
+            raise
+    if not invalid:
+        return table, []
+    invalid.clear()
+    try:
+        table = read(threads=False)
+    except pa.ArrowInvalid:
+        if not invalid:
+            raise
+        raise _row_error(path, invalid[0], hint=True) from None
+    bad.seen(table.num_rows + len(invalid))
+    for row in invalid:
+        bad.skip(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False))
+    return table, [row.number - 1 for row in invalid if row.number is not None]
+
+
+def _row_error(path: str, row: Any, hint: bool) -> DataError:
+    line = f"line {row.number}" if row.number is not None else "a line"
+    text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
+    counts = f"expected {row.expected_columns} fields (the header's), found {row.actual_columns}"
+    message = f"'{path}', {line}: {counts}: {text!r}."
+    if hint:
+        message += " Fix the row (a stray delimiter or unquoted value?) or set data.on_error=skip to drop such rows."
+    return DataError(message)
 
 
 @dataclass

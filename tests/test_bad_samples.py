@@ -1,0 +1,402 @@
+"""Bad samples (issue 6.4): ``on_error: raise | skip`` for images, table rows and shard lines.
+
+Every broken input is a real file written into ``tmp_path``: a truncated JPEG (with and without an
+end-of-image marker), a zero-byte file, a text file named ``.jpg``, an image over the
+decompression-bomb limit, a CSV row with the wrong number of fields, a JSONL line that is not JSON.
+CMYK, grayscale, palette and RGBA images are not bad: they must come out as Pillow converts them.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from chute.bad_samples import BadSamples
+from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, StreamingDataModule, TabularDataModule
+from chute.datasets.folder import ImageFolderDataset, scan_folder
+from chute.datasets.shards import write_index, write_shards
+from chute.errors import ConfigError, DataError
+from chute.images import read_image
+from chute.transforms import create_transforms
+from chute.transforms.fused import CenterCropDecode
+from tests.helpers import assert_mentions, write_image
+
+RGB_CROP = create_transforms(image_size=16, crop_pct=1.0, hflip=0.0)  # crop-aware: JPEGs decode to the crop
+GENERIC = create_transforms(image_size=16, rotation=10)  # not crop-aware: decode, then transform
+
+
+def _pixels(seed: int, size: tuple[int, int] = (40, 30)) -> np.ndarray:
+    w, h = size
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _jpeg(path: Path, seed: int = 0, size: tuple[int, int] = (40, 30)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(_pixels(seed, size)).save(path, quality=90)
+    return path
+
+
+def truncated(path: Path, eoi: bool = False) -> Path:
+    """A JPEG cut in half, optionally closed again with an end-of-image marker (decoders then warn only)."""
+    data = _jpeg(path, size=(64, 64)).read_bytes()
+    path.write_bytes(data[: len(data) // 2] + (b"\xff\xd9" if eoi else b""))
+    return path
+
+
+def zero_bytes(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def text_as_jpg(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("this is a note, not a photograph\n")
+    return path
+
+
+BROKEN = {  # how each broken file is written, and what the error says about it
+    "truncated": (truncated, "truncated"),
+    "truncated_with_eoi": (lambda p: truncated(p, eoi=True), "premature end"),
+    "zero_bytes": (zero_bytes, "empty (0 bytes)"),
+    "text_named_jpg": (text_as_jpg, "not an image"),
+}
+
+
+# -- Images: reading ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+@pytest.mark.parametrize("transform", ["generic", "crop", "none"])
+def test_broken_image_raises_naming_file_and_reason(tmp_path: Path, case: str, transform: str) -> None:
+    write, reason = BROKEN[case]
+    write(tmp_path / "tree" / "a" / "0.jpg")
+    _jpeg(tmp_path / "tree" / "a" / "1.jpg")
+    chosen = {"generic": GENERIC.val, "crop": CenterCropDecode(16), "none": None}[transform]
+    dataset = ImageFolderDataset(scan_folder(tmp_path / "tree"), chosen)
+    with pytest.raises(DataError) as err:
+        dataset[0]
+    assert_mentions(str(err.value), "a/0.jpg", reason)
+    if transform == "crop":  # the batch path too
+        with pytest.raises(DataError, match=r"a/0\.jpg"):
+            dataset.__getitems__([1, 0])
+
+
+def test_truncated_jpeg_is_an_error_not_a_half_grey_image(tmp_path: Path) -> None:
+    # TorchCodec decodes a cut-short JPEG that ends in an EOI marker without complaint (the lost half grey).
+    path = truncated(tmp_path / "t.jpg", eoi=True)
+    with pytest.raises(DataError, match="Corrupt JPEG data: premature end"):
+        read_image(str(path))
+    with pytest.raises(DataError, match="truncated"):
+        read_image(str(truncated(tmp_path / "u.jpg")))
+    padded = tmp_path / "z.jpg"  # cut short, then zero-filled to the original size (a preallocated download)
+    data = _jpeg(padded, size=(64, 64)).read_bytes()
+    padded.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    with pytest.raises(DataError, match="truncated"):
+        read_image(str(padded))
+
+
+def _save(path: Path, image: Image.Image) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, **({"quality": 95} if path.suffix == ".jpg" else {}))
+    return path
+
+
+def _pillow(path: Path, mode: str) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert(mode))
+
+
+CONVERTED = {
+    "cmyk.jpg": lambda a: Image.fromarray(a).convert("CMYK"),
+    "gray.jpg": lambda a: Image.fromarray(a).convert("L"),
+    "gray.png": lambda a: Image.fromarray(a).convert("L"),
+    "palette.png": lambda a: Image.fromarray(a).convert("P"),
+    "rgba.png": lambda a: Image.fromarray(np.dstack([a, a[:, :, :1]]), "RGBA"),
+    "palette.gif": lambda a: Image.fromarray(a).convert("P"),
+    "gray.bmp": lambda a: Image.fromarray(a).convert("L"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONVERTED))
+def test_other_colour_modes_convert_to_rgb_as_pillow_does(tmp_path: Path, name: str) -> None:
+    path = _save(tmp_path / name, CONVERTED[name](_pixels(3)))
+    image = read_image(str(path))
+    assert image.shape == (3, 30, 40)
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), _pillow(path, "RGB"))  # RGBA: alpha dropped
+    gray = read_image(str(path), "L")
+    assert gray.shape == (1, 30, 40)
+    assert np.abs(gray[0].numpy().astype(int) - _pillow(path, "L").astype(int)).max() <= 1  # rounding
+
+
+def test_cmyk_jpeg_through_the_crop_path_matches_pillow(tmp_path: Path) -> None:
+    # The fast path declines CMYK; the dataset then decodes it generically and crops the same region.
+    path = _save(tmp_path / "tree" / "a" / "cmyk.jpg", Image.fromarray(_pixels(4)).convert("CMYK"))
+    dataset = ImageFolderDataset(scan_folder(tmp_path / "tree"), CenterCropDecode(30, resize=30))
+    image, _ = dataset[0]
+    expected = _pillow(path, "RGB")[:, 5:35]
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), expected)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".bmp", ".webp"])
+@pytest.mark.parametrize("crop", [False, True])
+def test_decompression_bomb_limit_is_checked_from_the_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str, crop: bool
+) -> None:
+    path = write_image(tmp_path / "tree" / "a" / f"big{suffix}", size=(40, 30))
+    dataset = ImageFolderDataset(scan_folder(tmp_path / "tree"), RGB_CROP.train if crop else None)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1200 pixels is over
+    with pytest.raises(DataError) as err:
+        dataset[0]
+    assert_mentions(str(err.value), str(path), "1,200 pixels", "limit of 1,000", "MAX_IMAGE_PIXELS")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # over twice the limit: Pillow itself refuses to open it
+    with pytest.raises(DataError, match="decompression-bomb limit of 500"):
+        dataset[0]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # None: no limit
+    assert dataset[0][0].shape[0] == 3
+
+
+# -- Images: skipping --------------------------------------------------------------------------
+
+
+def _mixed_tree(root: Path) -> tuple[Path, list[str]]:
+    """``root/a`` and ``root/b``: good JPEGs and PNGs with one broken file of each kind in between."""
+    bad = []
+    for label in ("a", "b"):
+        for i in range(8):
+            _jpeg(root / label / f"{i}.jpg", seed=10 * (label == "b") + i)
+    for n, (write, _) in enumerate(BROKEN[case] for case in sorted(BROKEN)):
+        label, i = ("a", 2 * n) if n < 2 else ("b", 2 * n - 4)
+        name = f"{i}x.jpg"  # sorts after i.jpg, before i+1.jpg: never two bad files in a row
+        write(root / label / name)
+        bad.append(f"{label}/{name}")
+    return root, bad
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_skip_replaces_a_bad_image_by_the_next_readable_one(tmp_path: Path, crop: bool) -> None:
+    root, bad = _mixed_tree(tmp_path / "tree")
+    index = scan_folder(root)
+    transform = RGB_CROP.train if crop else GENERIC.train
+    dataset = ImageFolderDataset(index, transform, seed=7, on_error=BadSamples("skip", max_fraction=0.5))
+    reference = ImageFolderDataset(index, transform, seed=7)
+    paths = [index.paths[i].decode() for i in range(len(index))]
+    for name in bad:
+        i = paths.index(name)
+        image, label = dataset[i]
+        expected_image, expected_label = reference[i + 1]  # the next file, with its own label and seed
+        assert torch.equal(image, expected_image)
+        assert label == expected_label
+    assert dataset.bad_samples.counts == (2 * len(bad), len(bad))
+    assert [p.removeprefix(str(root) + "/") for p in dataset.bad_samples.first] == bad
+    if crop:  # a whole batch: the bad rows hold their replacements, labels included
+        rows = [paths.index(name) for name in bad]
+        images, labels = dataset.__getitems__(rows)
+        for j, i in enumerate(rows):
+            assert torch.equal(images[j], reference[i + 1][0])
+            assert int(labels[j]) == reference[i + 1][1]
+
+
+def test_skip_logs_the_first_bad_paths_and_the_count(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root, bad = _mixed_tree(tmp_path / "tree")
+    dataset = ImageFolderDataset(scan_folder(root), on_error=BadSamples("skip", 0.5, what="image", keep=2))
+    with caplog.at_level(logging.WARNING, logger="chute.bad_samples"):
+        for i in range(len(dataset)):
+            dataset[i]
+        dataset.set_epoch(1)  # the epoch boundary reports what the last epoch skipped
+        dataset.set_epoch(2)  # nothing new: no second report
+    messages = [r.getMessage() for r in caplog.records]
+    skipping = [m for m in messages if m.startswith("Skipping a bad image")]
+    assert len(skipping) == 2  # only the first `keep` are logged one by one
+    assert bad[0] in skipping[0]
+    (summary,) = [m for m in messages if m.startswith("Skipped")]
+    assert_mentions(summary, f"Skipped {len(bad)} of {len(dataset) + len(bad)} images", bad[0], bad[1])
+
+
+def test_skip_raises_once_the_bad_fraction_is_exceeded(tmp_path: Path) -> None:
+    root, bad = _mixed_tree(tmp_path / "tree")
+    # 1% of at least 100 images: the first bad one is tolerated, the second one is over the limit.
+    # Seen counts every read attempted: the bad file, its replacement, then the second bad file.
+    dataset = ImageFolderDataset(scan_folder(root), on_error="skip")
+    paths = [dataset.index.paths[i].decode() for i in range(len(dataset))]
+    dataset[paths.index(bad[0])]
+    with pytest.raises(DataError) as err:
+        dataset[paths.index(bad[1])]
+    assert_mentions(str(err.value), "2 of 3 images", "max_bad_fraction=0.01", "data.on_error", bad[0], bad[1])
+
+
+def test_skip_with_nothing_readable_raises(tmp_path: Path) -> None:
+    for i in range(3):
+        text_as_jpg(tmp_path / "tree" / "a" / f"{i}.jpg")
+    dataset = ImageFolderDataset(scan_folder(tmp_path / "tree"), on_error=BadSamples("skip", max_fraction=1.0))
+    with pytest.raises(DataError, match="None of the 3 images"):
+        dataset[1]
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="on_error='ignore'"):
+        BadSamples("ignore")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"max_bad_fraction=1\.5"):
+        ImageFolderDataModule("unused", max_bad_fraction=1.5)
+    with pytest.raises(ConfigError, match="on_error"):
+        TabularDataModule("unused.csv", target="y", on_error="drop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_datamodule_skip_counts_sum_over_workers(tmp_path: Path, workers: int) -> None:
+    root, bad = _mixed_tree(tmp_path / "tree" / "train")
+    for label in ("a", "b"):
+        _jpeg(tmp_path / "tree" / "val" / label / "0.jpg")
+    dm = ImageFolderDataModule(
+        tmp_path / "tree", train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, on_error="skip",
+        max_bad_fraction=0.5, loader={"batch_size": 4, "num_workers": workers},
+    )  # fmt: skip
+    dm.setup("fit")  # the statistics and the determinism check pass over bad files without counting them
+    assert dm.bad_samples == {}
+    loader = dm.train_dataloader()
+    for epoch in range(2):
+        images, _ = zip(*list(loader), strict=True)
+        n = len(dm.dataset("train"))
+        assert sum(len(x) for x in images) == n
+        report = dm.bad_samples["train"]
+        assert report["skipped"] == len(bad) * (epoch + 1)  # each bad file is met once per epoch
+        assert report["seen"] == (n + len(bad)) * (epoch + 1)  # its own attempt plus its replacement's
+    assert sorted(p.removeprefix(str(root) + "/") for p in report["first"]) == sorted(bad)
+    assert pickle.loads(pickle.dumps(dm)).bad_samples["train"]["skipped"] == 2 * len(bad)
+    dm.teardown("fit")
+
+
+def test_datamodule_raise_names_the_file(tmp_path: Path) -> None:
+    root, _ = _mixed_tree(tmp_path / "tree")
+    dm = ImageFolderDataModule(
+        root, train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, val_fraction=0.2, mean=[0.5] * 3,
+        std=[0.2] * 3, loader={"batch_size": 64, "shuffle": False},
+    )  # fmt: skip
+    dm.setup("fit")
+    with pytest.raises(DataError, match=r"Cannot decode image '.*/(a|b)/\d+x\.jpg'"):
+        next(iter(dm.train_dataloader()))
+    assert dm.hparams["on_error"] == "raise"
+    assert dm.hparams["max_bad_fraction"] == 0.01
+
+
+def test_good_jpegs_decode_to_the_same_pixels_as_torchcodec(tmp_path: Path) -> None:
+    from torchcodec.decoders import decode_image
+
+    # read_image decodes JPEGs with chute's strict libjpeg-turbo path: it must not change any pixel.
+    for subsampling in (0, 1, 2):
+        path = tmp_path / f"{subsampling}.jpg"
+        Image.fromarray(_pixels(subsampling, (61, 47))).save(path, quality=85, subsampling=subsampling)
+        for mode, codec in (("RGB", "RGB"), ("L", "GRAY")):
+            expected = decode_image(path.read_bytes(), mode=codec)
+            assert torch.equal(read_image(str(path), mode), expected)  # type: ignore[arg-type]
+
+
+# -- Tables ------------------------------------------------------------------------------------
+
+
+def _csv(path: Path, rows: list[str]) -> str:
+    path.write_text("\n".join(["x,label", *rows]) + "\n")
+    return str(path)
+
+
+def _rows(n: int, bad: dict[int, str]) -> list[str]:
+    """``n`` data rows ``i,a|b``; row ``r`` (1-based) replaced by ``bad[r]``."""
+    return [bad.get(r, f"{r},{'ab'[r % 2]}") for r in range(1, n + 1)]
+
+
+def test_csv_row_with_wrong_field_count_raises_naming_file_line_and_counts(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", _rows(20, {7: "7,a,extra"}))
+    with pytest.raises(DataError) as err:
+        TabularDataModule(path, target="label").setup("fit")
+    assert_mentions(str(err.value), "t.csv", "line 8", "expected 2 fields", "found 3", "'7,a,extra'", "on_error=skip")
+
+
+@pytest.mark.parametrize("module", ["tabular", "multitask"])
+def test_csv_skip_drops_bad_rows_counts_them_and_keeps_row_numbers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, module: str
+) -> None:
+    path = _csv(tmp_path / "t.csv", _rows(200, {7: "7,a,extra", 50: "50"}))
+    kwargs = {"on_error": "skip", "val_path": path}
+    dm = (
+        TabularDataModule(path, target="label", **kwargs)  # type: ignore[arg-type]
+        if module == "tabular"
+        else MultiTaskDataModule(path, tasks={"label": {"type": "classification"}}, **kwargs)  # type: ignore[arg-type]
+    )
+    with caplog.at_level(logging.WARNING, logger="chute.bad_samples"):
+        dm.setup("fit")
+    assert len(dm.dataset("train")) == 198
+    report = dm.bad_samples["train"]
+    assert (report["seen"], report["skipped"]) == (200, 2)
+    assert report["first"] == [f"'{path}', line 8", f"'{path}', line 51"]
+    assert any("Skipped 2 of 200 rows" in r.getMessage() for r in caplog.records)
+    # Later errors still name the row's own number in the file, not its position after skipping.
+    later = _csv(tmp_path / "u.csv", _rows(200, {7: "7,a,extra", 60: "abc,b"}))
+    with pytest.raises(DataError, match=r"'abc' at '.*u\.csv', row 60"):
+        TabularDataModule(later, target="label", numeric=["x"], on_error="skip", val_path=later).setup("fit")
+
+
+def test_csv_skip_raises_past_the_bad_fraction(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "t.csv", _rows(200, {r: f"{r},a,x" for r in (3, 9, 27)}))
+    with pytest.raises(DataError) as err:
+        TabularDataModule(path, target="label", on_error="skip").setup("fit")
+    assert_mentions(str(err.value), "3 of 200 rows", "max_bad_fraction=0.01", "line 4", "line 10")
+    dm = TabularDataModule(path, target="label", on_error="skip", max_bad_fraction=0.02)
+    dm.setup("fit")
+    assert dm.bad_samples["train"]["skipped"] == 3
+
+
+# -- Streams -----------------------------------------------------------------------------------
+
+
+def _shards(root: Path, n: int = 60, per_shard: int = 20) -> Path:
+    samples = [(torch.tensor([float(i)]), i % 2) for i in range(n)]
+    splits = {name: write_shards(samples, root, name, per_shard) for name in ("train", "val")}
+    write_index(root, splits)
+    return root
+
+
+def _corrupt(path: Path, line: int, text: str = "{not json") -> None:
+    lines = path.read_text().splitlines()
+    lines[line - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_jsonl_line_that_is_not_json_raises_naming_shard_and_line(tmp_path: Path) -> None:
+    root = _shards(tmp_path / "shards")
+    _corrupt(root / "train-00001.jsonl", 5)
+    dm = StreamingDataModule(root, loader={"batch_size": 8})
+    dm.setup("fit")
+    with pytest.raises(DataError) as err:
+        list(dm.train_dataloader())
+    assert_mentions(str(err.value), "train-00001.jsonl", "line 5", "is not JSON", "on_error=skip")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_jsonl_skip_drops_the_line_counts_it_and_raises_past_the_fraction(tmp_path: Path, workers: int) -> None:
+    root = _shards(tmp_path / "shards")
+    _corrupt(root / "train-00000.jsonl", 3)
+    _corrupt(root / "train-00002.jsonl", 20, '{"tensor": [1], "dtype": "no_such_dtype"}')
+    dm = StreamingDataModule(
+        root, on_error="skip", max_bad_fraction=0.05, loader={"batch_size": 8, "num_workers": workers}
+    )
+    dm.setup("fit")
+    features = torch.cat([batch[0] for batch in dm.train_dataloader()])
+    assert len(features) == 58  # two samples fewer than the index counts
+    assert 2.0 not in features  # line 3 of the first shard
+    assert 59.0 not in features  # line 20 of the last
+    report = dm.bad_samples["train"]
+    assert (report["seen"], report["skipped"]) == (60, 2)
+    assert sorted(report["first"]) == sorted(
+        [f"'{root / 'train-00000.jsonl'}', line 3", f"'{root / 'train-00002.jsonl'}', line 20"]
+    )
+    strict = StreamingDataModule(root, on_error="skip", loader={"batch_size": 8, "num_workers": workers})
+    strict.setup("fit")
+    _corrupt(root / "train-00001.jsonl", 1)  # 2 or 3 (each reader raises at its own) of at least 100 is over 1%
+    with pytest.raises(DataError, match=r"[23] of \d+ lines read so far were bad .*max_bad_fraction=0.01"):
+        list(strict.train_dataloader())
