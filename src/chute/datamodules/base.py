@@ -286,7 +286,7 @@ class ChuteDataModule(L.LightningDataModule):
     # an interrupted epoch together see the samples of one uninterrupted epoch, in the same order.
 
     def _count_training_batch(self) -> None:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        epoch = int(getattr(self.trainer, "current_epoch", 0))
         done_epoch, done = self._position
         self._position = (epoch, done + 1 if done_epoch == epoch else 1)
 
