@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +15,7 @@ from torch.utils.data import Dataset
 from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
-from chute.loader import SharedEpoch, sample_seed
+from chute.loader import SharedEpoch, sample_seed, seeded_call
 from chute.transforms.fused import CropDecode
 
 
@@ -264,28 +263,5 @@ def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
-def seeded_call(transform: Callable[[torch.Tensor], Any], image: torch.Tensor, key: int) -> Any:
-    """``transform(image)`` with every generator it may use seeded from ``key``.
-
-    torchvision v2 draws from torch's global generator, albumentations from its own (``reseed``).
-    In a DataLoader worker the global state is the worker's own; in the main process (``num_workers=0``,
-    or loader threads, which take turns here) it is restored afterwards, so the model's randomness is
-    untouched.
-    """
-    seed = key & 0x7FFF_FFFF_FFFF_FFFF
-    reseed = getattr(transform, "reseed", None)
-    if torch.utils.data.get_worker_info() is not None:
-        torch.manual_seed(seed)
-        if callable(reseed):
-            reseed(seed & 0xFFFF_FFFF)
-        return transform(image)
-    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if callable(reseed):
-            reseed(seed & 0xFFFF_FFFF)
-        return transform(image)
-
-
-_GLOBAL_RNG = threading.Lock()  # torch's global generator is one per process
 _T = TypeVar("_T")
 _JPEG_MAGIC = b"\xff\xd8\xff"
