@@ -4,7 +4,8 @@
 
 KIND is ``image`` (an image folder whose pixels encode each sample's id), ``table`` (a CSV whose
 only feature is the row id), ``sequence`` (JSONL token sequences whose first token encodes the id)
-or ``multitask`` (a CSV with a class and a regression target, feature = row id). One epoch; every
+``multitask`` (a CSV with a class and a regression target, feature = row id) or ``stream`` (the
+table as JSONL shards through StreamingDataModule). One epoch; every
 rank writes the training and validation ids it received and the synced ``val/loss`` to
 OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known function of ``i``, so the test can
 tell a mean over each sample once from one with padded duplicates.
@@ -23,7 +24,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, SequenceDataModule, TabularDataModule
+from chute.datamodules import (
+    ImageFolderDataModule,
+    MultiTaskDataModule,
+    SequenceDataModule,
+    StreamingDataModule,
+    TabularDataModule,
+)
+from chute.datasets import ShardedCopy
 from chute.models.eval_loss import EvalLoss
 from chute.transforms import create_transforms
 
@@ -52,7 +60,7 @@ class RecordEval(L.LightningModule):
         if self.kind == "sequence":
             return batch["inputs"][:, 0].long() - 2
         inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
-        if self.kind in ("table", "multitask"):
+        if self.kind in ("table", "multitask", "stream"):
             return inputs[:, 0].round().long()
         pixels = (inputs[:, 0, 0, :2].float() * 255).round().long()  # mean 0, std 1: x / 255
         return pixels[:, 0] * 256 + pixels[:, 1]
@@ -88,13 +96,16 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     loader = {"batch_size": BATCH, "num_workers": workers}
     table = out / "val.csv"
-    if kind in ("table", "multitask") and not table.exists():  # rank 0 runs first, then the others
+    if kind in ("table", "multitask", "stream") and not table.exists():  # rank 0 runs first, then the others
         rows = "".join(f"{i},c{i % 3},{i * 0.5}\n" for i in range(VAL_SAMPLES))
         table.write_text("id,label,value\n" + rows)
     if kind == "table":
         dm: L.LightningDataModule = TabularDataModule(
             str(table), target="label", numeric=["id"], standardize=False, val_path=str(table), loader=loader,
         )  # fmt: skip
+    elif kind == "stream":  # the table as JSONL shards (rank 0 writes them in prepare_data)
+        source = TabularDataModule(str(table), target="label", numeric=["id"], standardize=False, val_path=str(table))
+        dm = StreamingDataModule(out / "shards", prepare=ShardedCopy(source, 5), loader=loader, shuffle_buffer=8)
     elif kind == "multitask":
         tasks = {"cls": {"column": "label", "type": "classification"}, "reg": {"column": "value", "type": "regression"}}
         dm = MultiTaskDataModule(

@@ -2,8 +2,9 @@
 
     python tests/resume_fit.py OUT_DIR KIND WORKERS MODE
 
-KIND: ``image`` (an image folder of constant images whose pixel value is the sample id) or
-``table`` (a CSV whose feature is the row id). MODE: ``full`` trains 2 epochs; ``killed`` trains
+KIND: ``image`` (an image folder of constant images whose pixel value is the sample id),
+``table`` (a CSV whose feature is the row id) or ``stream`` (that table copied into JSONL shards and
+streamed by StreamingDataModule). MODE: ``full`` trains 2 epochs; ``killed`` trains
 the same run, checkpointing every 3 steps, and SIGKILLs itself after step 17 (epoch 1, batch 5;
 the last checkpoint is step 15); ``resume`` resumes from the step-15 checkpoint. Every training
 step appends the ids of its batch to OUT_DIR/ids-<MODE>.jsonl (flushed and synced, so a killed
@@ -25,7 +26,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 from torch import nn
 
-from chute.datamodules import ImageFolderDataModule, TabularDataModule
+from chute.datamodules import ImageFolderDataModule, StreamingDataModule, TabularDataModule
+from chute.datasets import ShardedCopy
 from chute.transforms import create_transforms
 
 SAMPLES = 48  # 12 batches of 4 per epoch
@@ -40,7 +42,7 @@ class RecordIds(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         inputs = batch[0]
-        if self.kind == "table":
+        if self.kind in ("table", "stream"):
             ids = inputs[:, 0].round().long()
         else:  # mean 0, std 1: the model sees pixel / 255
             ids = (inputs.reshape(len(inputs), -1)[:, 0] * 255).round().long()
@@ -62,12 +64,15 @@ class KillAt(Callback):
 
 def datamodule(out: Path, kind: str, workers: int) -> L.LightningDataModule:
     loader = {"batch_size": 4, "num_workers": workers}
-    if kind == "table":
+    if kind in ("table", "stream"):
         table = out / "table.csv"
         table.write_text("id,label\n" + "".join(f"{i},c{i % 3}\n" for i in range(SAMPLES)))
-        return TabularDataModule(
+        source = TabularDataModule(
             str(table), target="label", numeric=["id"], standardize=False, val_path=str(table), loader=loader, seed=5
         )
+        if kind == "table":
+            return source
+        return StreamingDataModule(out / "shards", prepare=ShardedCopy(source, 10), loader=loader, seed=5)
     root = out / "images"
     for i in range(SAMPLES):
         folder = root / "train" / f"c{i % 3}"

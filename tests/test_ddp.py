@@ -50,8 +50,9 @@ def _expected_val_loss() -> float:
     return float(torch.nn.functional.cross_entropy(logits_of(ids), ids % 3))
 
 
-FAST_CASES = {("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0)}
-ALL_CASES = [(k, p, w) for k in ("table", "image", "sequence", "multitask") for p in (2, 3) for w in (0, 2)]
+FAST_CASES = {("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0), ("stream", 3, 2)}
+KINDS = ("table", "image", "sequence", "multitask", "stream")
+ALL_CASES = [(k, p, w) for k in KINDS for p in (2, 3) for w in (0, 2)]
 
 
 @pytest.mark.ddp
@@ -83,4 +84,7 @@ def test_each_sample_once_per_epoch_under_ddp(kind: str, processes: int, workers
     train = [i for r in ranks for i in r["train_ids"]]
     expected = set(range(TRAIN_IMAGES if kind == "image" else VAL_SAMPLES))
     assert set(train) == expected
-    assert len(train) - len(expected) <= processes - 1
+    if kind == "stream":  # ranks even out by repeating whole batches of their first reader
+        assert len(train) - len(expected) < processes * 4
+    else:
+        assert len(train) - len(expected) <= processes - 1

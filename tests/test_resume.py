@@ -27,7 +27,7 @@ def batches(path: Path) -> list[tuple[int, list[int]]]:
     return [(r["epoch"], r["ids"]) for r in map(json.loads, path.read_text().splitlines())]
 
 
-@pytest.mark.parametrize(("kind", "workers"), [("image", 2), ("table", 0)])
+@pytest.mark.parametrize(("kind", "workers"), [("image", 2), ("table", 0), ("stream", 2)])
 def test_killed_and_resumed_run_sees_the_uninterrupted_epochs(kind: str, workers: int, tmp_path: Path) -> None:
     full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
     full_dir.mkdir()

@@ -138,3 +138,40 @@ def test_missing_or_foreign_index_is_named(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text('{"splits": {}}')
     with pytest.raises(DataError, match="not a chute shard index"):
         ShardIndex.read(tmp_path)
+
+
+def stream_of(root: Path, counts: list[int], **kwargs: object) -> ShardStream:
+    return ShardStream(make_shards(root, counts), 4, collate_nested, buffer_size=5, seed=3, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("world", "workers"), [(2, 0), (3, 2)])
+def test_even_ranks_take_the_same_steps_and_still_cover_the_epoch(tmp_path: Path, world: int, workers: int) -> None:
+    counts = [7, 3, 5]  # 15 samples: ranks and readers get uneven shares
+    per_rank = []
+    for rank in range(world):
+        stream = stream_of(tmp_path / f"r{rank}", counts, rank=rank, world_size=world, num_workers=workers,
+                           even_ranks=True)  # fmt: skip
+        batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+        assert len(batches) == len(stream)
+        per_rank.append([int(i) for b in batches for i in b["id"]])
+    steps = {len(list(DataLoader(stream_of(tmp_path / f"s{r}", counts, rank=r, world_size=world, num_workers=workers,
+                                           even_ranks=True), batch_size=None, num_workers=workers)))
+             for r in range(world)}  # fmt: skip
+    assert len(steps) == 1  # every rank the same number of batches
+    seen = [i for r in per_rank for i in r]
+    assert set(seen) == set(range(15))  # every sample at least once; the extra are repeated batches
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_skips_exactly_the_consumed_batches(tmp_path: Path, workers: int) -> None:
+    counts = [9, 6, 11]
+    full = stream_of(tmp_path / "a", counts, num_workers=workers, even_ranks=True)
+    full.set_epoch(2)
+    expected = [b["id"].tolist() for b in DataLoader(full, batch_size=None, num_workers=workers)]
+    for consumed in (1, 3, len(expected) - 1):
+        resumed = stream_of(tmp_path / f"b{consumed}", counts, num_workers=workers, even_ranks=True)
+        resumed.resume(2, consumed)
+        rest = [b["id"].tolist() for b in DataLoader(resumed, batch_size=None, num_workers=workers)]
+        assert rest == expected[consumed:], consumed
+        resumed.set_epoch(3)  # the offset belonged to epoch 2 only
+        assert len(list(DataLoader(resumed, batch_size=None, num_workers=workers))) == len(expected)

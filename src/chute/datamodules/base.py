@@ -180,6 +180,11 @@ class ChuteDataModule(L.LightningDataModule):
                 self._resume(batch_sampler, 1)
             else:
                 self._resume(sampler, self.loader_settings.batch_size)
+        resumed_stream = None
+        if train and dataset_batches and self._resume_at is not None and callable(getattr(dataset, "resume", None)):
+            resumed_stream, self._resume_at = self._resume_at, None
+            self._position = resumed_stream
+            dataset.resume(*resumed_stream)  # type: ignore[attr-defined]
 
         def build(settings: LoaderSettings, probe: bool = False) -> Any:
             # Probes get copies of stateful samplers, so tuning leaves the real epoch count alone.
@@ -198,7 +203,10 @@ class ChuteDataModule(L.LightningDataModule):
                     lambda s: build(s, probe=True), settings, threads=not dataset_batches
                 )
             settings = self.tuned_loader
-        return build(settings)
+        loader = build(settings)
+        if resumed_stream is not None and callable(getattr(loader, "set_epoch", None)):
+            loader.set_epoch(resumed_stream[0])  # the stream's pass counter starts at the saved epoch
+        return loader
 
     def _threaded(
         self,

@@ -164,6 +164,7 @@ class StreamingDataModule(ChuteDataModule):
             world_size=world,
             num_workers=settings.num_workers,
             on_error=self._bad[name],
+            even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )
 
     def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:

@@ -240,8 +240,17 @@ class ShardStream(IterableDataset[Any]):
             :class:`~chute.errors.DataError` naming the shard and the line, or ``"skip"`` it, count and
             log it and raise once more than 1% are bad; a :class:`~chute.bad_samples.BadSamples` sets
             the fraction and shares the counts. A skipped line makes its reader yield one sample
-            fewer than the index counts, so ``len`` can overstate this rank's batches by one per
-            reader: under DDP, ranks could then run different numbers of steps, so fix such shards.
+            fewer than the index counts; with ``even_ranks`` the batch count stays as planned.
+        even_ranks: Every rank yields the same number of batches (training under DDP: a rank with
+            fewer would leave the others waiting in the gradient all-reduce): the ranks short of the
+            longest repeat their first batch, and a reader that skipped bad lines repeats its first
+            batch to keep its planned count. ``False`` (evaluation): each sample exactly once, ranks
+            may differ by a batch.
+
+    Resuming mid-epoch (:meth:`resume`): the DataLoader takes batches from its workers in turn, so
+    from the batches consumed this rank's readers know how many each had delivered; each re-reads
+    and discards those (the order, shuffle buffer included, is a function of seed, epoch and reader)
+    and goes on.
     """
 
     def __init__(
@@ -259,6 +268,7 @@ class ShardStream(IterableDataset[Any]):
         transform: Callable[[Any], Any] | None = None,
         num_workers: int = 0,
         on_error: OnError | BadSamples = "raise",
+        even_ranks: bool = False,
     ) -> None:
         super().__init__()
         self.shards = [(str(p), int(n)) for p, n in shards]
@@ -273,13 +283,23 @@ class ShardStream(IterableDataset[Any]):
         self.transform = transform
         self.num_workers = num_workers
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="line")
-        # Shared memory, so persistent workers see the epoch the main process sets.
+        self.even_ranks = even_ranks
+        # Shared memory, so persistent workers see what the main process sets: the epoch, and the
+        # (epoch, batches consumed) to resume from (-1: none).
         self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._resume = torch.full((2,), -1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         """Lay out epoch ``epoch`` next; also logs lines skipped so far (``on_error="skip"``) if there are new ones."""
         self._epoch[0] = epoch
+        if int(self._resume[0]) != epoch:
+            self._resume.fill_(-1)  # a resume offset belongs to the epoch it was saved in
         self.bad_samples.report()
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next pass epoch ``epoch`` without its first ``batches`` batches (on this rank)."""
+        self._epoch[0] = epoch
+        self._resume[0], self._resume[1] = epoch, batches
 
     @property
     def epoch(self) -> int:
@@ -305,20 +325,59 @@ class ShardStream(IterableDataset[Any]):
             return list(range(len(self.shards)))
         return np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(len(self.shards)).tolist()
 
+    def planned_batches(self, rank: int, world_size: int, workers: int) -> list[int]:
+        """Batches each of ``rank``'s readers (workers) yields this epoch, ``even_ranks`` padding included."""
+        workers = max(workers, 1)
+
+        def own(r: int) -> list[int]:
+            counts = []
+            for worker in range(workers):
+                n = sum(stop - start for _, start, stop in self.reader_ranges(r, world_size, worker, workers))
+                counts.append(n // self.batch_size if self.drop_last else -(-n // self.batch_size))
+            return counts
+
+        counts = own(rank)
+        if self.even_ranks and world_size > 1:
+            longest = max(sum(own(r)) for r in range(world_size))
+            counts[0] += longest - sum(counts)  # the first reader repeats batches to even out the ranks
+        return counts
+
     def __len__(self) -> int:
         """Batches this rank yields per epoch (exact for the configured ``num_workers``)."""
         rank, world = self._position()
-        workers = max(self.num_workers, 1)
-        total = 0
-        for worker in range(workers):
-            n = sum(stop - start for _, start, stop in self.reader_ranges(rank, world, worker, workers))
-            total += n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-        return total
+        return sum(self.planned_batches(rank, world, self.num_workers))
 
     def __iter__(self) -> Iterator[Any]:
         rank, world = self._position()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        planned = self.planned_batches(rank, world, workers)
+        skip = 0
+        if int(self._resume[0]) == self.epoch and int(self._resume[1]) > 0:
+            # The new DataLoader asks worker 0 first; the cut may have been mid-round. Worker w plays
+            # reader (w + next) % workers, so the turns continue exactly where they stopped.
+            delivered, following = _delivered(planned, int(self._resume[1]))
+            worker = (worker + following) % workers
+            skip = delivered[worker]
+        yielded, first = 0, None
+        for batch in self._batches(rank, world, worker, workers):
+            if yielded >= planned[worker]:
+                break
+            if first is None:
+                first = batch
+            yielded += 1
+            if yielded > skip:
+                yield batch
+        while yielded < planned[worker]:  # even out the ranks, or make up for skipped bad lines
+            if first is None:  # this reader had nothing: repeat the epoch's first batch
+                first = next(iter(self._batches(0, world, 0, workers)), None)
+                if first is None:
+                    return
+            yielded += 1
+            if yielded > skip:
+                yield first
+
+    def _batches(self, rank: int, world: int, worker: int, workers: int) -> Iterator[Any]:
         ranges = self.reader_ranges(rank, world, worker, workers)
         samples = self._read(ranges)
         if self.buffer_size > 1:
@@ -370,6 +429,31 @@ class ShardStream(IterableDataset[Any]):
             yield sample
         for i in rng.permutation(len(buffer)):
             yield buffer[i]
+
+
+def _delivered(planned: Sequence[int], consumed: int) -> tuple[list[int], int]:
+    """How many batches each worker had delivered when ``consumed`` were taken, and whose turn was next.
+
+    A DataLoader over an iterable dataset takes one batch from each worker in turn, passing over
+    workers that are done, so worker ``w`` delivers its ``k``-th batch in round ``k``.
+
+    Example:
+        >>> _delivered([3, 1, 2], 5)
+        ([2, 1, 2], 0)
+        >>> _delivered([2, 2], 1)
+        ([1, 0], 1)
+    """
+    out = [0] * len(planned)
+    left = consumed
+    for round_ in range(max(planned, default=0)):
+        for worker, count in enumerate(planned):
+            if count <= round_:
+                continue
+            if left == 0:
+                return out, worker
+            out[worker] += 1
+            left -= 1
+    return out, 0
 
 
 def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataError:
