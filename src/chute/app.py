@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import json
 import os
 import platform
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -38,6 +41,11 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
 def run(cfg: DictConfig) -> float:
     """Train (and optionally test) as ``cfg`` says; return the best value of ``cfg.optimized_metric``."""
+    with _one_job_per_ddp_launch():
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     settings = validate_config(cfg)
     L.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -93,6 +101,48 @@ def run(cfg: DictConfig) -> float:
     }
     _report(summary, run_dir, cfg.optimized_metric)
     return result
+
+
+# What Lightning's DDP launcher sets in the environment of the process it launches ranks from.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+@contextlib.contextmanager
+def _one_job_per_ddp_launch() -> Iterator[None]:
+    """In a Hydra multirun job, make Lightning's DDP launcher start the other ranks for this job only.
+
+    Lightning starts ranks > 0 by re-running the script with ``sys.argv`` plus ``hydra.run.dir=<run.dir>``
+    (``_hydra_subprocess_cmd``). Under ``-m`` that argv is the whole sweep and ``run.dir`` is not the
+    job's folder, so every child would run a sweep of its own. For the job's duration the argv becomes
+    this job's overrides and ``run.dir`` its output folder; afterwards the process group is destroyed
+    and the launcher's environment variables restored, or the next job would reuse the finished job's
+    group (``LOCAL_RANK`` set: Lightning assumes an external launcher) and wait forever.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict, read_write
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        yield
+        return
+    hydra: Any = HydraConfig.get()  # a DictConfig at run time
+    argv, env, run_dir = list(sys.argv), {k: os.environ.get(k) for k in _LAUNCHER_ENV}, hydra.run.dir
+    sys.argv = [argv[0], *hydra.overrides.task]
+    with read_write(hydra), open_dict(hydra):
+        hydra.run.dir = hydra.runtime.output_dir
+    try:
+        yield
+    finally:
+        sys.argv = argv
+        with read_write(hydra), open_dict(hydra):
+            hydra.run.dir = run_dir
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:

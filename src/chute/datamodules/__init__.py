@@ -2,6 +2,7 @@
 
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
+from chute.datamodules.litdata import LitDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.streaming import StreamingDataModule
@@ -10,6 +11,7 @@ from chute.datamodules.tabular import TabularDataModule
 __all__ = [
     "ChuteDataModule",
     "ImageFolderDataModule",
+    "LitDataModule",
     "MultiTaskDataModule",
     "SequenceDataModule",
     "StreamingDataModule",

@@ -1,0 +1,182 @@
+"""LitDataModule: chunks from any chute dataset, each sample once across ranks and workers, resumable."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from chute.app import run
+from chute.datamodules import LitDataModule, TabularDataModule
+from chute.datamodules.litdata import LitDataCopy
+from chute.datasets import SklearnTable
+from chute.errors import DataError
+from tests.conftest import REPO
+from tests.datamodules.contract import check_datamodule
+from tests.test_config import make_config
+from tests.test_train import FAST
+
+pytest.importorskip("litdata")
+
+
+def _script() -> Any:
+    spec = importlib.util.spec_from_file_location("to_litdata", REPO / "scripts" / "to_litdata.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def table_chunks(tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("litdata")
+    source = TabularDataModule(str(tmp / "cancer.csv"), target="diagnosis", prepare=SklearnTable("breast_cancer"))
+    return str(LitDataCopy(source, chunk_size=40)(tmp / "chunks"))
+
+
+def test_contract(table_chunks: str) -> None:
+    dm = check_datamodule(lambda: LitDataModule(table_chunks, loader={"batch_size": 32}), 32, torch.float32)
+    assert dm.model_kwargs == {"num_features": 30, "num_classes": 2, "task": "classification"}
+    assert dm.class_names == ("benign", "malignant")
+    assert dm.num_samples("train") + dm.num_samples("val") == 569
+
+
+def _rows(loader: Any) -> torch.Tensor:
+    return torch.cat([batch[0] for batch in loader])
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(table_chunks: str, split: str) -> None:
+    dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": 2}, seed=3)
+    dm.setup("fit")
+    train = split == "train"
+    loaders = [dm.dataloader(split, train=train, rank=rank, world_size=2) for rank in range(2)]
+    epochs = [[_rows(loader) for loader in loaders] for _ in range(2)]
+    n = dm.num_samples(split)
+    for ranks in epochs:
+        rows = torch.cat(ranks)
+        assert len(torch.unique(rows, dim=0)) == len(rows)  # nothing read twice (the table has no duplicate rows)
+        if train:  # ranks get equal shares (DDP needs equal batch counts); at most a batch per rank is left over
+            assert len(ranks[0]) == len(ranks[1])
+            assert n - len(rows) < 2 * 16
+        else:  # evaluation reads every sample exactly once
+            assert len(rows) == n
+    if train:  # a new order every epoch
+        assert not torch.equal(epochs[0][0], epochs[1][0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_state_resumes_the_uninterrupted_epoch(table_chunks: str, workers: int) -> None:
+    def loader() -> Any:
+        dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": workers}, seed=5)
+        dm.setup("fit")
+        return dm.dataloader("train", train=True, rank=0, world_size=1)
+
+    reference = loader()
+    list(reference)  # epoch 1; epoch 2 is interrupted below
+    uninterrupted = [b[0] for b in reference]
+
+    first = loader()
+    list(first)
+    iterator = iter(first)
+    consumed = [next(iterator)[0] for _ in range(5)]
+    state = json.loads(json.dumps(first.state_dict()))  # plain values, as a checkpoint holds them
+    del iterator
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    rest = [b[0] for b in resumed]
+    assert len(consumed) + len(rest) == len(uninterrupted)
+    assert all(torch.equal(a, b) for a, b in zip(consumed + rest, uninterrupted, strict=True))
+
+
+class _Record(L.LightningModule):
+    """Records the first feature of every training row (unique per row in the table)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(30, 2)
+        self.seen: list[list[float]] = []
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch[0][:, 0].tolist())
+        return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(table_chunks: str, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> _Record:
+    dm = LitDataModule(table_chunks, loader={"batch_size": 32, "num_workers": 2}, seed=1)
+    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
+    model = _Record()
+    trainer = L.Trainer(
+        max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,
+        enable_checkpointing=bool(every),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+    return model
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+def test_lightning_checkpoint_resumes_mid_epoch(table_chunks: str, tmp_path: Path) -> None:
+    uninterrupted = _fit(table_chunks, tmp_path / "full").seen
+    per_epoch = len(uninterrupted) // 2  # 456 rows / 32 = 15 batches
+    stop = per_epoch + 4  # mid-way through epoch 2
+    interrupted = _fit(table_chunks, tmp_path / "cut", every=stop, max_steps=stop + 1).seen[:stop]
+    ckpt = next((tmp_path / "cut").glob(f"*step={stop}.ckpt"))
+    assert "combined_loader" in torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]
+    resumed = _fit(table_chunks, tmp_path / "cut", ckpt=str(ckpt), every=stop).seen
+    assert interrupted + resumed == uninterrupted
+
+
+def test_script_converts_digits_and_app_trains_one_epoch(digits_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "digits-chunks"
+    counts = _script().convert(["data=digits", f"paths.data_dir={digits_root.parent}"], out, chunk_size=256)
+    assert counts == {"train": 1438, "val": 359}
+    meta = json.loads((out / "chute.json").read_text())
+    assert meta["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
+    assert "normalize" in meta
+    overrides = [
+        "data=litdata", f"data.input_dir={out}", "data.prepare=null", "model=small_cnn", "loader.num_workers=2",
+        "trainer.max_epochs=1", *FAST[1:], "callbacks.preview=null",
+    ]  # fmt: skip
+    run_dir = tmp_path / "run"
+    run(make_config(*overrides, output_dir=run_dir))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1
+    assert metrics["train_samples"] > 0
+    assert 0.0 <= metrics["metrics"]["val/acc"] <= 1.0
+
+
+def test_pickled_leaves_are_refused(table_chunks: str, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "evil"
+    shutil.copytree(table_chunks, copy)
+    index = copy / "train" / "index.json"
+    payload = json.loads(index.read_text())
+    payload["config"]["data_format"] = ["pickle", "tensor"]
+    index.write_text(json.dumps(payload))
+    dm = LitDataModule(str(copy), loader={"batch_size": 8})
+    dm.setup("fit")
+    with pytest.raises(DataError, match="'pickle' serializer"):
+        next(iter(dm.train_dataloader()))
+
+
+def test_bad_metadata_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"to_litdata\.py"):
+        LitDataModule(str(tmp_path)).setup("fit")
+    (tmp_path / "chute.json").write_text(json.dumps({"format": "chute-litdata/1", "splits": {"../x": 3}}))
+    with pytest.raises(DataError, match="split name"):
+        LitDataModule(str(tmp_path)).setup("fit")
