@@ -229,13 +229,12 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             out = np.empty((size, size, channels), dtype=np.uint8)
         key = self._sample_seed(i)
         rng = random.Random(key) if key is not None else None
-        state = rng.getstate() if rng is not None else None
         data = read_bytes(path)
         if data.startswith(_JPEG_MAGIC):  # the fast path decodes JPEGs itself: check the bomb limit first
             check_image_size(path, data)
         if not transform.decode_into(data, out, gray=self.image_mode == "L", rng=rng):
-            if rng is not None and state is not None:
-                rng.setstate(state)  # the generic path draws the same region
+            if key is not None:
+                rng = random.Random(key)  # the generic path draws the same region
             out[...] = transform(decode_bytes(path, data, self.image_mode), rng=rng).permute(1, 2, 0).numpy()
         return torch.from_numpy(out).permute(2, 0, 1)
 
