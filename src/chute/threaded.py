@@ -138,13 +138,7 @@ class _Failure:
 
 
 def _pin(data: Any) -> Any:
-    if isinstance(data, torch.Tensor):
-        return data.pin_memory()
-    if isinstance(data, (tuple, list)):
-        return type(data)(_pin(d) for d in data)
-    if isinstance(data, dict):
-        return {k: _pin(v) for k, v in data.items()}
-    return data
+    return _map_tensors(data, lambda t: t.pin_memory())
 
 
 class StagingPool:

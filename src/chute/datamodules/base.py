@@ -172,7 +172,7 @@ class ChuteDataModule(L.LightningDataModule):
         batch_sampler: Sampler[Any] | None = None,
         dataset_batches: bool = False,
     ) -> DataLoader[Any]:
-        rank = self.trainer.global_rank if self.trainer is not None else None
+        rank = self._world()[0]
         if train and not dataset_batches:
             if sampler is None and batch_sampler is None:  # order from (seed, epoch), resumable
                 sampler = self._index_sampler(len(dataset))  # type: ignore[arg-type]

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
-from chute.loader import derive_seed
+from chute.loader import SharedEpoch, derive_seed
 from chute.paths import inside
 
 INDEX = "index.json"
@@ -286,24 +286,24 @@ class ShardStream(IterableDataset[Any]):
         self.even_ranks = even_ranks
         # Shared memory, so persistent workers see what the main process sets: the epoch, and the
         # (epoch, batches consumed) to resume from (-1: none).
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
+        self._epoch = SharedEpoch()
         self._resume = torch.full((2,), -1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         """Lay out epoch ``epoch`` next; also logs lines skipped so far (``on_error="skip"``) if there are new ones."""
-        self._epoch[0] = epoch
+        self._epoch.set(epoch)
         if int(self._resume[0]) != epoch:
             self._resume.fill_(-1)  # a resume offset belongs to the epoch it was saved in
         self.bad_samples.report()
 
     def resume(self, epoch: int, batches: int) -> None:
         """Make the next pass epoch ``epoch`` without its first ``batches`` batches (on this rank)."""
-        self._epoch[0] = epoch
+        self._epoch.set(epoch)
         self._resume[0], self._resume[1] = epoch, batches
 
     @property
     def epoch(self) -> int:
-        return int(self._epoch[0])
+        return self._epoch.get()
 
     @property
     def num_samples(self) -> int:
