@@ -171,21 +171,24 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             self.epoch.set(epoch)
         self.bad_samples.report(f"'{self.index.root}'")
 
-    def _sample_seed(self, i: int) -> int | None:
-        if self.seed is None or self.epoch is None:
-            return None
-        return sample_seed(self.seed, self.epoch.get(), i)
+    def _epoch(self) -> int | None:
+        """The epoch that keys augmentations (``None``: not keyed); read once per batch."""
+        return None if self.seed is None or self.epoch is None else self.epoch.get()
+
+    def _sample_seed(self, i: int, epoch: int | None) -> int | None:
+        return None if epoch is None or self.seed is None else sample_seed(self.seed, epoch, i)
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
+        epoch = self._epoch()
         if isinstance(self.transform, CropDecode):
-            image, used = self._readable(int(i), self._crop_decode)
+            image, used = self._readable(int(i), lambda j: self._crop_decode(j, epoch))
             return image, int(self.index.targets[used])
         image, used = self._readable(int(i), lambda j: read_image(self.index.path(j), self.image_mode))
         if self.transform is not None:
-            key = self._sample_seed(used)
+            key = self._sample_seed(used, epoch)
             image = self.transform(image) if key is None else seeded_call(self.transform, image, key)
         return image, int(self.index.targets[used])
 
@@ -197,8 +200,9 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         size, channels = self.transform.size, channels_of(self.image_mode)
         images = _batch_buffer((len(rows), size, size, channels))
         pixels = images.numpy()
+        epoch = self._epoch()
         for j, i in enumerate(rows):
-            _, rows[j] = self._readable(int(i), lambda k: self._crop_decode(k, pixels[j]))  # noqa: B023
+            _, rows[j] = self._readable(int(i), lambda k: self._crop_decode(k, epoch, pixels[j]))  # noqa: B023
         return images.permute(0, 3, 1, 2), torch.from_numpy(self.index.targets[rows])
 
     def _readable(self, i: int, load: Callable[[int], _T]) -> tuple[_T, int]:
@@ -219,20 +223,21 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             f"first: {', '.join(bad.first)}."
         )
 
-    def _crop_decode(self, i: int, out: np.ndarray | None = None) -> torch.Tensor:
-        """Image ``i`` through the crop-aware transform, into ``out`` (``(H, W, C)``) if given."""
+    def _crop_decode(self, i: int, epoch: int | None, out: np.ndarray | None = None) -> torch.Tensor:
+        """Image ``i`` of ``epoch`` through the crop-aware transform, into ``out`` (``(H, W, C)``) if given."""
         transform = self.transform
         assert isinstance(transform, CropDecode)
         path = self.index.path(i)
         size, channels = transform.size, channels_of(self.image_mode)
         if out is None:
             out = np.empty((size, size, channels), dtype=np.uint8)
-        key = self._sample_seed(i)
+        key = self._sample_seed(i, epoch)
         rng = random.Random(key) if key is not None else None
         data = read_bytes(path)
-        if data.startswith(_JPEG_MAGIC):  # the fast path decodes JPEGs itself: check the bomb limit first
-            check_image_size(path, data)
-        if not transform.decode_into(data, out, gray=self.image_mode == "L", rng=rng):
+        # The fast path decodes JPEGs itself: check the bomb limit first. The header read for that
+        # also says whether libjpeg can take the file (not CMYK, not cut short) and its size.
+        header = check_image_size(path, data) if data.startswith(_JPEG_MAGIC) else None
+        if header is None or not transform.decode_into(data, out, self.image_mode == "L", rng, header):
             if key is not None:
                 rng = random.Random(key)  # the generic path draws the same region
             out[...] = transform(decode_bytes(path, data, self.image_mode), rng=rng).permute(1, 2, 0).numpy()

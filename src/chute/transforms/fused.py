@@ -81,20 +81,35 @@ class CropDecode:
 
     # -- the JPEG path -----------------------------------------------------------------------------
 
-    def decode_into(self, data: bytes, out: np.ndarray, gray: bool = False, rng: random.Random | None = None) -> bool:
+    def decode_into(
+        self,
+        data: bytes,
+        out: np.ndarray,
+        gray: bool = False,
+        rng: random.Random | None = None,
+        size: tuple[int, int] | None = None,
+    ) -> bool:
         """Decode JPEG ``data`` straight into ``out`` (``(size, size, C)`` ``uint8``, C-contiguous).
 
         Returns ``False``, leaving ``out`` untouched, when the fast path does not apply: no compiled
         decoder, not a JPEG, a CMYK JPEG, no end-of-image marker (a truncated file is left to the
         generic decoder, which reports it), or libjpeg refuses the data. The caller then decodes
         the file generically and calls this transform on the tensor.
+
+        ``size``: the image's ``(width, height)`` when the caller has already read the header and
+        made these checks (:func:`chute.images.check_image_size` returns it), so they are not repeated.
         """
-        if _jpegcrop is None or not data.startswith(_JPEG_MAGIC) or not data.rstrip(b"\0").endswith(_EOI):
+        if _jpegcrop is None:
             return False
         try:
-            width, height, _, colorspace = _jpegcrop.header(data)
-            if colorspace in _COLORSPACE_CMYK:
-                return False
+            if size is not None:
+                width, height = size
+            else:
+                if not data.startswith(_JPEG_MAGIC) or not data.rstrip(b"\0").endswith(_EOI):
+                    return False
+                width, height, _, colorspace = _jpegcrop.header(data)
+                if colorspace in _COLORSPACE_CMYK:
+                    return False
             r = self.region(width, height, rng or self._rng)
             num = _dct_scale(r.width, r.height, self.size)
             channels = 1 if gray else 3
@@ -238,7 +253,6 @@ def _resize_into(decoded: np.ndarray, out: np.ndarray, flip: bool) -> None:
         decoded, target = decoded[:, :, 0], out[:, :, 0]
     else:
         target = out
-    if not flip:
-        cv2.resize(decoded, size, dst=target, interpolation=cv2.INTER_LINEAR)
-    else:
-        cv2.flip(cv2.resize(decoded, size, interpolation=cv2.INTER_LINEAR), 1, dst=target)
+    cv2.resize(decoded, size, dst=target, interpolation=cv2.INTER_LINEAR)
+    if flip:
+        cv2.flip(target, 1, dst=target)  # in place: OpenCV swaps each row's ends, no temporary image
