@@ -1,4 +1,7 @@
-"""SequenceDataModule: JSONL reading, padding collate with mask, length bucketing, vocabularies, errors."""
+"""SequenceDataModule: JSONL reading, padding collate with mask, length bucketing, vocabularies, errors.
+
+Bad lines (each kind, raise and skip) are tested in tests/test_bad_samples_sequence.py.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from chute.datasets import LengthMajoritySequences, collate_sequences
 from chute.errors import ConfigError, DataError
 from chute.samplers import BucketBatchSampler
 from tests.datamodules.contract import check_datamodule
-from tests.helpers import assert_mentions
 
 
 @pytest.fixture(scope="module")
@@ -118,36 +120,6 @@ def test_max_length_truncates_and_pad_id_fills(seq_root: str) -> None:
         [{"inputs": torch.arange(1, 4), "targets": 0}, {"inputs": torch.tensor([1]), "targets": 1}], 9
     )
     assert batch["inputs"].tolist() == [[1, 2, 3], [1, 9, 9]]
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        ('{"tokens": [1, 2], "label": 0', ["not JSON", "line 2"]),
-        ('{"tokens": [1, -2], "label": 0}', ["non-negative integers", "line 2"]),
-        ('{"tokens": [1, 2], "label": "yes"}', ["'label' must be an integer", "line 2"]),
-        ('{"words": [1, 2], "label": 0}', ["'tokens'", "'text'", "line 2"]),
-        ("[1, 2, 3]", ["JSON object", "line 2"]),
-        ('{"text": "abc", "label": 0}', ["one kind per file", "line 2"]),
-    ],
-)
-def test_bad_lines_are_named(tmp_path: Path, line: str, expected: list[str]) -> None:
-    write_jsonl(tmp_path / "train.jsonl", [{"tokens": [1], "label": 0}, line])
-    with pytest.raises(DataError) as info:
-        SequenceDataModule(tmp_path).setup("fit")
-    assert_mentions(str(info.value), "train.jsonl", *expected)
-
-
-def test_val_ids_and_labels_outside_training_are_named(tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "train.jsonl", [{"tokens": [1, 2], "label": 0}, {"tokens": [3], "label": 1}])
-    write_jsonl(tmp_path / "val.jsonl", [{"tokens": [1], "label": 0}, {"tokens": [7], "label": 1}])
-    with pytest.raises(DataError) as info:
-        SequenceDataModule(tmp_path).setup("fit")
-    assert_mentions(str(info.value), "val.jsonl", "record 2", "token id 7", "vocab_size")
-    write_jsonl(tmp_path / "val.jsonl", [{"tokens": [1], "label": 5}])
-    with pytest.raises(DataError) as info:
-        SequenceDataModule(tmp_path).setup("fit")
-    assert_mentions(str(info.value), "val.jsonl", "label 5")
 
 
 def test_missing_root_and_empty_file(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader
 
+from chute.bad_samples import BadSamples, OnError
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import stratified_split
 from chute.datasets.sequence import (
@@ -18,6 +19,7 @@ from chute.datasets.sequence import (
     RawRecords,
     SequenceDataset,
     collate_sequences,
+    keep_in_range,
     padding_waste,
     read_jsonl,
 )
@@ -56,6 +58,12 @@ class SequenceDataModule(ChuteDataModule):
         prepare: Optional callable ``prepare(root)`` that writes the files if missing.
         collate_fn: Collate function or dotted path (default: pad to the batch's longest, with mask).
         imbalance: Class-imbalance strategy; a sampling strategy replaces length bucketing for training.
+        on_error: A bad line (what :func:`~chute.datasets.sequence.read_jsonl` rejects, a token id
+            ``>= vocab_size``, a label that is not a training class): ``raise`` names the file, the line
+            and the reason; ``skip`` drops the line at setup, before the split, the vocabulary and the
+            class count see it, counts it (``bad_samples``) and logs the count and first lines once.
+        max_bad_fraction: With ``skip``, raise when more than this share of a file's record lines is
+            bad (for files of fewer than 100 lines, more than ``max_bad_fraction * 100`` lines).
 
     Example:
         >>> from chute.datasets import LengthMajoritySequences
@@ -89,8 +97,11 @@ class SequenceDataModule(ChuteDataModule):
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
+        BadSamples(on_error, max_bad_fraction)  # check both now
         if max_length is not None and max_length < 1:
             raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
         if vocab_size is not None and vocab_size < 2:
@@ -108,15 +119,20 @@ class SequenceDataModule(ChuteDataModule):
         self.bucket = bucket
         self.pool_batches = pool_batches
         self.min_char_count = min_char_count
+        self._given_vocab_size = vocab_size
         self._vocab_size = vocab_size
         self.vocab: CharVocab | None = None
         self._num_classes: int | None = None
         self._saved: dict[str, Any] | None = None
         self._datasets: dict[str, SequenceDataset] = {}
+        self.on_error: OnError = on_error
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad: dict[str, BadSamples] = {}  # per file read: "train", "val", "test"
         self._save_plain_hparams(
             root=self.root, train_file=train_file, val_file=val_file, test_file=test_file, val_fraction=val_fraction,
             label_key=label_key, vocab_size=vocab_size, pad_id=pad_id, max_length=max_length, bucket=bucket,
-            pool_batches=pool_batches, min_char_count=min_char_count,
+            pool_batches=pool_batches, min_char_count=min_char_count, on_error=on_error,
+            max_bad_fraction=self.max_bad_fraction,
         )  # fmt: skip
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -127,14 +143,17 @@ class SequenceDataModule(ChuteDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
             return
-        raw = self._read_splits()
-        train = raw["train"]
+        # What is known before reading (the vocab_size argument, a checkpoint's) checks the training
+        # file before the split; what is fitted on the training split then checks val and test.
+        self.vocab, self._vocab_size, self._num_classes = None, self._given_vocab_size, None
         if self._saved is not None:
             chars = self._saved.get("chars")
             self.vocab = CharVocab(chars) if chars is not None else None
             self._vocab_size = int(self._saved["vocab_size"])
             self._num_classes = int(self._saved["num_classes"])
-        else:
+        raw = self._read_splits()
+        train = raw["train"]
+        if self._saved is None:
             if train.texts is not None:
                 self.vocab = CharVocab.build(train.texts, self.min_char_count)
             elif self._vocab_size is None:
@@ -142,6 +161,13 @@ class SequenceDataModule(ChuteDataModule):
             self._num_classes = int(train.labels.max()) + 1
         if self.vocab is not None:
             self._vocab_size = len(self.vocab)
+        checked = {id(train): train}  # without a test file, test is the val split: check it once
+        for split in ("val", "test"):
+            if id(raw[split]) not in checked:
+                checked[id(raw[split])] = self._in_range(raw[split], split)
+            raw[split] = checked[id(raw[split])]
+        for split, bad in self._bad.items():
+            bad.report(f"'{os.path.join(self.root, self.files[split])}'")
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
         self._check_imbalance()
 
@@ -194,6 +220,12 @@ class SequenceDataModule(ChuteDataModule):
     @property
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.dataset("train").packed.labels, minlength=self.num_classes)
+
+    @property
+    def bad_samples(self) -> dict[str, dict[str, Any]]:
+        """Per JSONL file read (``train``, ``val``, ``test``): record lines read (``seen``), ``skipped``
+        bad lines and the ``first`` of them (``on_error="skip"``)."""
+        return {split: bad.summary() for split, bad in self._bad.items()}
 
     def dataset(self, split: str) -> SequenceDataset:
         self._ready()
@@ -253,45 +285,32 @@ class SequenceDataModule(ChuteDataModule):
         if not os.path.isdir(self.root):
             raise DataError(f"Sequence root '{self.root}' does not exist or is not a directory.")
         paths = {k: os.path.join(self.root, f) for k, f in self.files.items()}
-        train = read_jsonl(paths["train"], self.label_key)
+        self._bad = {}
+        train = self._in_range(self._read(paths["train"], "train"), "train")
         if os.path.isfile(paths["val"]):
-            val = read_jsonl(paths["val"], self.label_key)
-        else:
+            val = self._read(paths["val"], "val")
+        else:  # split the kept lines only
             keep, held = stratified_split(train.labels, self.val_fraction, derive_seed(self.seed, 1))
-            train, val = _subset(train, keep), _subset(train, held)
-        test = read_jsonl(paths["test"], self.label_key) if os.path.isfile(paths["test"]) else val
+            train, val = train.take(keep), train.take(held)
+        test = self._read(paths["test"], "test") if os.path.isfile(paths["test"]) else val
         for records in (val, test):
             if (records.texts is None) != (train.texts is None):
                 raise DataError(f"'{records.source}' and the training file mix 'text' and 'tokens' records.")
         return {"train": train, "val": val, "test": test}
+
+    def _read(self, path: str, split: str) -> RawRecords:
+        """The JSONL file of ``split``; bad lines raise or, with ``skip``, are dropped and counted."""
+        self._bad[split] = BadSamples(self.on_error, self.max_bad_fraction, what="line")
+        return read_jsonl(path, self.label_key, self._bad[split])
+
+    def _in_range(self, records: RawRecords, split: str) -> RawRecords:
+        """``records`` without token ids or labels beyond what is known so far, counted against their file."""
+        owner = split if split in self._bad else "train"  # a held-out val split (test without a file is val)
+        return keep_in_range(records, self._vocab_size, self._num_classes, self._bad[owner])
 
     def _pack(self, records: RawRecords) -> PackedSequences:
         if records.texts is not None:
             assert self.vocab is not None
             return PackedSequences.pack([self.vocab.encode(t) for t in records.texts], records.labels)
         assert records.tokens is not None
-        assert self._vocab_size is not None
-        assert self._num_classes is not None
-        packed = PackedSequences.pack(records.tokens, records.labels)
-        if packed.flat.size and int(packed.flat.max()) >= self._vocab_size:
-            record = int(np.searchsorted(packed.offsets, int(np.argmax(packed.flat >= self._vocab_size)), "right"))
-            raise DataError(
-                f"'{records.source}', record {record}: token id {int(packed.flat.max())} is outside the vocabulary "
-                f"(vocab_size={self._vocab_size}); set vocab_size to cover every id."
-            )
-        bad = np.flatnonzero((packed.labels < 0) | (packed.labels >= self._num_classes))
-        if bad.size:
-            raise DataError(
-                f"'{records.source}', record {int(bad[0]) + 1}: label {int(packed.labels[bad[0]])} is outside the "
-                f"training classes 0..{self._num_classes - 1}."
-            )
-        return packed
-
-
-def _subset(records: RawRecords, keep: np.ndarray) -> RawRecords:
-    return RawRecords(
-        records.source,
-        [records.tokens[i] for i in keep] if records.tokens is not None else None,
-        [records.texts[i] for i in keep] if records.texts is not None else None,
-        records.labels[keep],
-    )
+        return PackedSequences.pack(records.tokens, records.labels)

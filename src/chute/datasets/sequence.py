@@ -13,73 +13,162 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from chute.bad_samples import BadSamples
 from chute.errors import DataError
 
 
 @dataclass
 class RawRecords:
-    """What a JSONL file holds, before token ids are assigned: per record tokens or text, and a label."""
+    """What a JSONL file holds, before token ids are assigned: per record tokens or text, a label, and its line."""
 
     source: str
     tokens: list[list[int]] | None
     texts: list[str] | None
     labels: np.ndarray
+    lines: np.ndarray  # each record's line number in ``source`` (1-based), so messages name the line
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, keep: np.ndarray) -> RawRecords:
+        """The records at positions ``keep``, with their line numbers."""
+        return RawRecords(
+            self.source,
+            [self.tokens[i] for i in keep] if self.tokens is not None else None,
+            [self.texts[i] for i in keep] if self.texts is not None else None,
+            self.labels[keep],
+            self.lines[keep],
+        )
 
-def read_jsonl(path: str | os.PathLike[str], label_key: str = "label") -> RawRecords:
-    """Read ``{"tokens": [...] | "text": "...", label_key: int}`` lines; errors name the file and line."""
+    def where(self, position: int) -> str:
+        """``'file', line N`` of the record at ``position``, for messages."""
+        return f"'{self.source}', line {int(self.lines[position])}"
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], label_key: str = "label", bad_samples: BadSamples | None = None
+) -> RawRecords:
+    """Read ``{"tokens": [...] | "text": "...", label_key: int}`` lines; errors name the file, the line and why.
+
+    A line that is not such a record (not UTF-8 or not JSON, not an object, neither ``tokens`` nor
+    ``text``, the other kind than the file's first good record, a label that is not a non-negative integer,
+    empty or non-integer tokens, empty text) raises a :class:`~chute.errors.DataError`, or with
+    ``bad_samples`` skipping (``on_error="skip"``) is left out and counted once the whole file is read,
+    so its ``max_fraction`` is measured over every record line of the file. Blank lines are ignored.
+    The caller logs the summary (``bad_samples.report()``) once it has done its own checks too.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"Sequence file '{path}' does not exist.")
-    tokens: list[list[int]] = []
-    texts: list[str] = []
+    bad = bad_samples or BadSamples("raise", what="line")
+    values: list[Any] = []
     labels: list[int] = []
+    lines: list[int] = []
+    rejected: list[tuple[str, str]] = []  # ("'file', line N", reason), counted once the file is read
     kind: str | None = None
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
+    with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not an unreadable file
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
                 continue
             where = f"'{path}', line {line_no}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{where} is not JSON ({err.msg} at column {err.colno}).") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}.")
-            this = "tokens" if "tokens" in record else "text" if "text" in record else None
-            if this is None:
-                raise DataError(f"{where}: needs a 'tokens' (list of ids) or 'text' (string) field.")
-            if kind is not None and this != kind:
-                raise DataError(f"{where}: has '{this}' but earlier lines have '{kind}'; use one kind per file.")
+                this, value, label = _parse(raw, label_key, kind)
+            except ValueError as err:
+                if not bad.skipping:
+                    raise _line_error(where, str(err), skipping=False) from None
+                rejected.append((where, str(err)))
+                continue
             kind = this
-            label = record.get(label_key)
-            if isinstance(label, bool) or not isinstance(label, int):
-                raise DataError(f"{where}: '{label_key}' must be an integer class index, got {label!r}.")
+            values.append(value)
             labels.append(label)
-            value = record[this]
-            if this == "text":
-                if not isinstance(value, str) or not value:
-                    raise DataError(f"{where}: 'text' must be a non-empty string.")
-                texts.append(value)
-            else:
-                if not isinstance(value, list) or not value or not all(_is_id(v) for v in value):
-                    raise DataError(f"{where}: 'tokens' must be a non-empty list of non-negative integers.")
-                tokens.append(value)
+            lines.append(line_no)
+    bad.seen(len(labels) + len(rejected))
+    for where, reason in rejected:
+        bad.skip(where, _line_error(where, reason, skipping=True))  # raises past max_bad_fraction
     if not labels:
-        raise DataError(f"Sequence file '{path}' has no records.")
-    return RawRecords(path, tokens if kind == "tokens" else None, texts if kind == "text" else None, np.array(labels))
+        dropped = f" (on_error=skip dropped all {len(rejected)} lines)" if rejected else ""
+        raise DataError(f"Sequence file '{path}' has no records{dropped}.")
+    return RawRecords(
+        path,
+        values if kind == "tokens" else None,
+        values if kind == "text" else None,
+        np.array(labels, dtype=np.int64),
+        np.array(lines, dtype=np.int64),
+    )
 
 
-def _is_id(value: Any) -> bool:
+def keep_in_range(
+    records: RawRecords, vocab_size: int | None, num_classes: int | None, bad_samples: BadSamples
+) -> RawRecords:
+    """``records`` whose token ids are below ``vocab_size`` and labels below ``num_classes`` (``None``: unchecked).
+
+    Any other record raises naming its file and line, or with ``bad_samples`` skipping is left out,
+    counted (its line was already counted as seen by :func:`read_jsonl`) and logged. Text records
+    have no ids to check: unseen characters map to :attr:`CharVocab.UNK`.
+    """
+    ok = np.ones(len(records), dtype=bool)
+    if num_classes is not None:
+        ok &= records.labels < num_classes
+    if vocab_size is not None and records.tokens is not None:
+        top = np.fromiter((max(t) for t in records.tokens), dtype=np.int64, count=len(records))
+        ok &= top < vocab_size
+    if ok.all():
+        return records
+    for i in np.flatnonzero(~ok).tolist():
+        label = int(records.labels[i])
+        if num_classes is not None and label >= num_classes:
+            reason = f"label {label} is outside the training classes 0..{num_classes - 1}"
+        else:
+            assert records.tokens is not None
+            reason = (
+                f"token id {max(records.tokens[i])} is outside the vocabulary (vocab_size={vocab_size}); "
+                "set vocab_size to cover every id"
+            )
+        bad_samples.skip(records.where(i), _line_error(records.where(i), reason, skipping=bad_samples.skipping))
+    return records.take(np.flatnonzero(ok))
+
+
+def _line_error(where: str, reason: str, skipping: bool) -> DataError:
+    """The error for one bad line; when it stops the run, it says how to skip such lines instead."""
+    hint = "" if skipping else " Fix the line, or set data.on_error=skip to drop such lines."
+    return DataError(f"{where}: {reason}.{hint}")
+
+
+def _parse(raw: bytes, label_key: str, kind: str | None) -> tuple[str, Any, int]:
+    """``(kind, tokens or text, label)`` of one line; a ``ValueError`` says what is wrong with it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not JSON ({err.msg} at column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    this = "tokens" if "tokens" in record else "text" if "text" in record else None
+    if this is None:
+        raise ValueError("needs a 'tokens' (list of ids) or 'text' (string) field")
+    if kind is not None and this != kind:
+        raise ValueError(f"has '{this}' but earlier lines have '{kind}'; use one kind per file")
+    label = record.get(label_key)
+    if not _is_id(label):
+        raise ValueError(f"'{label_key}' must be a non-negative integer class index, got {label!r}")
+    value = record[this]
+    if this == "text" and (not isinstance(value, str) or not value):
+        raise ValueError("'text' must be a non-empty string")
+    if this == "tokens" and (not isinstance(value, list) or not value or not all(_is_id(v) for v in value)):
+        raise ValueError("'tokens' must be a non-empty list of non-negative integers")
+    return this, value, label
+
+
+def _is_id(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
