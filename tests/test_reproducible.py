@@ -1,4 +1,4 @@
-"""Same seed, same batches: whatever num_workers (or threads) load them, run after run."""
+"""Same seed, same batches: whatever num_workers (or threads) load them, run after run; streams too."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from chute.datamodules import ImageFolderDataModule
+from chute.datamodules import ImageFolderDataModule, StreamingDataModule
+from chute.datasets.shards import write_index, write_shards
 from chute.loader import sample_seed
 from chute.transforms import create_transforms
 
@@ -78,3 +79,44 @@ def test_num_workers_zero_leaves_global_random_state_alone(make_tree: Any) -> No
     torch.manual_seed(123)
     next(iter(dm.train_dataloader()))
     assert torch.equal(torch.rand(3), expected)
+
+
+# -- Streams: one batch sequence per rank, whichever worker makes each batch ------------------------
+
+STREAM_LOADERS = [
+    {"num_workers": 0},
+    {"num_workers": 1},
+    {"num_workers": 2},
+    {"num_workers": 4},
+    {"num_workers": 2, "persistent_workers": False},
+]
+
+
+def shard_folder(root: Path) -> Path:
+    """150 samples (features = id, id / 2; target id % 3) in shards of 23, one of them a bad line."""
+    samples = [(torch.tensor([float(i), i / 2]), i % 3) for i in range(150)]
+    write_index(root, {name: write_shards(samples, root, name, 23) for name in ("train", "val")})
+    lines = (root / "train-00003.jsonl").read_text().splitlines(keepends=True)
+    lines[5] = "{not json\n"  # skipped: its batch is one sample smaller, the others stay put
+    (root / "train-00003.jsonl").write_text("".join(lines))
+    return root
+
+
+def stream_module(root: Path, loader: dict[str, Any]) -> StreamingDataModule:
+    dm = StreamingDataModule(root, shuffle_buffer=16, seed=7, on_error="skip", loader={"batch_size": 8, **loader})
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes:UserWarning")
+def test_stream_epochs_hash_the_same_for_any_worker_count(tmp_path: Path) -> None:
+    root = shard_folder(tmp_path / "shards")
+    digests = []
+    for settings in STREAM_LOADERS:
+        loader = stream_module(root, settings).train_dataloader()
+        digests.append((epoch_digest(loader), epoch_digest(loader)))  # epochs 0 and 1
+    assert len(set(digests)) == 1, digests
+    first, second = digests[0]
+    assert first != second  # a new epoch draws a new shard order and a new shuffle
+    again = stream_module(root, {"num_workers": 2}).train_dataloader()
+    assert epoch_digest(again) == first  # and a new run repeats them

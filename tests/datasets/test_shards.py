@@ -1,10 +1,14 @@
-"""Shards: exactly once per epoch over any layout, world size and worker count; safe, checked reading."""
+"""Shards: each sample once per epoch over any layout and world size, the same batches for any worker
+count; safe, checked reading."""
 
 from __future__ import annotations
 
 import json
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
+from chute.bad_samples import BadSamples
 from chute.collate import collate_nested
 from chute.datasets import ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.shards import decode_sample, encode_sample, write_index
@@ -48,32 +53,61 @@ def _empty(root: Path, i: int) -> Path:
     return path
 
 
-def ids_read(stream: ShardStream, rank: int, world: int, worker: int, workers: int) -> list[int]:
-    stream.rank, stream.world_size = rank, world
-    samples = stream._read(stream.reader_ranges(rank, world, worker, workers))
-    return [int(s["id"]) for s in samples]
+def ids(batches: list[Any]) -> list[list[int]]:
+    return [b["id"].tolist() for b in batches]
+
+
+def turns(stream: ShardStream, workers: int) -> list[Any]:
+    """What a DataLoader with ``workers`` workers delivers: one batch from each worker in turn, passing
+    over workers that are done (each worker simulated in this process)."""
+    per_worker = []
+    for worker in range(workers):
+        info = SimpleNamespace(id=worker, num_workers=workers)
+        with mock.patch("chute.datasets.shards.get_worker_info", return_value=info):
+            per_worker.append(list(stream))
+    rounds = max(map(len, per_worker))
+    return [batches[k] for k in range(rounds) for batches in per_worker if k < len(batches)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(counts=layouts, world=st.integers(min_value=1, max_value=4), epoch=st.integers(min_value=0, max_value=3))
+def test_stream_reads_each_sample_exactly_once_per_epoch(counts: list[int], world: int, epoch: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(Path(tmp), counts)
+        seen = []
+        for rank in range(world):
+            stream = ShardStream(shards, 4, collate_nested, buffer_size=3, seed=1, rank=rank, world_size=world)
+            stream.set_epoch(epoch)
+            batches = list(stream)
+            assert len(batches) == len(stream)
+            seen += [i for batch in ids(batches) for i in batch]
+        assert sorted(seen) == list(range(sum(counts)))
 
 
 @settings(max_examples=40, deadline=None)
 @given(
     counts=layouts,
-    world=st.integers(min_value=1, max_value=4),
-    workers=st.integers(min_value=0, max_value=3),
-    epoch=st.integers(min_value=0, max_value=3),
+    world=st.integers(min_value=1, max_value=3),
+    workers=st.integers(min_value=2, max_value=5),
+    consumed=st.integers(min_value=0, max_value=9),
+    buffer=st.sampled_from([0, 4, 50]),
+    drop_last=st.booleans(),
+    even_ranks=st.booleans(),
 )
-def test_stream_reads_each_sample_exactly_once_per_epoch(
-    counts: list[int], world: int, workers: int, epoch: int
+def test_workers_take_turns_at_the_batches_of_one_worker(
+    counts: list[int], world: int, workers: int, consumed: int, buffer: int, drop_last: bool, even_ranks: bool
 ) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        stream = ShardStream(make_shards(Path(tmp), counts), batch_size=4, collate_fn=collate_nested, seed=1)
-        stream.set_epoch(epoch)
-        seen = [
-            i
-            for rank in range(world)
-            for worker in range(max(workers, 1))
-            for i in ids_read(stream, rank, world, worker, max(workers, 1))
-        ]
-        assert sorted(seen) == list(range(sum(counts)))
+        shards = make_shards(Path(tmp), counts)
+        for rank in range(world):
+            stream = ShardStream(shards, 3, collate_nested, buffer_size=buffer, seed=2, drop_last=drop_last,
+                                 rank=rank, world_size=world, even_ranks=even_ranks)  # fmt: skip
+            stream.set_epoch(1)
+            alone = ids(list(stream))
+            assert len(alone) == len(stream)
+            assert ids(turns(stream, workers)) == alone  # the same batches, in the same order
+            stream.resume(1, consumed)
+            assert ids(turns(stream, workers)) == alone[consumed:]
 
 
 @pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 2), (3, 1)])
@@ -81,12 +115,11 @@ def test_real_dataloader_workers_and_ranks_see_each_sample_once(tmp_path: Path, 
     shards = make_shards(tmp_path, [7, 0, 13, 5, 1])
     seen = []
     for rank in range(world):
-        stream = ShardStream(
-            shards, 3, collate_nested, buffer_size=4, seed=5, rank=rank, world_size=world, num_workers=workers
-        )
+        stream = ShardStream(shards, 3, collate_nested, buffer_size=4, seed=5, rank=rank, world_size=world)
         loader = DataLoader(stream, batch_size=None, num_workers=workers)
         batches = list(loader)
         assert len(batches) == len(loader) == len(stream)  # the length progress bars use is exact
+        assert ids(batches) == ids(list(stream))  # the workers' turns give the main process's batches
         seen += torch.cat([b["id"] for b in batches]).tolist()
     assert sorted(seen) == list(range(26))
 
@@ -140,38 +173,88 @@ def test_missing_or_foreign_index_is_named(tmp_path: Path) -> None:
         ShardIndex.read(tmp_path)
 
 
-def stream_of(root: Path, counts: list[int], **kwargs: object) -> ShardStream:
-    return ShardStream(make_shards(root, counts), 4, collate_nested, buffer_size=5, seed=3, **kwargs)  # type: ignore[arg-type]
+def stream_of(root: Path, counts: list[int], **kwargs: Any) -> ShardStream:
+    return ShardStream(make_shards(root, counts), 4, collate_nested, buffer_size=5, seed=3, **kwargs)
 
 
-@pytest.mark.parametrize(("world", "workers"), [(2, 0), (3, 2)])
-def test_even_ranks_take_the_same_steps_and_still_cover_the_epoch(tmp_path: Path, world: int, workers: int) -> None:
-    counts = [7, 3, 5]  # 15 samples: ranks and readers get uneven shares
+@pytest.mark.parametrize(("counts", "world", "workers"), [([7, 3, 7], 2, 0), ([7, 3, 3], 3, 2)])
+def test_even_ranks_take_the_same_steps_and_still_cover_the_epoch(
+    tmp_path: Path, counts: list[int], world: int, workers: int
+) -> None:
+    shards = make_shards(tmp_path, counts)  # ranks of 8 and 9 samples (2 and 3 batches of 4), or 4, 4 and 5 (1, 1, 2)
     per_rank = []
     for rank in range(world):
-        stream = stream_of(tmp_path / f"r{rank}", counts, rank=rank, world_size=world, num_workers=workers,
-                           even_ranks=True)  # fmt: skip
-        batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+        stream = ShardStream(shards, 4, collate_nested, buffer_size=5, seed=3, rank=rank, world_size=world,
+                             even_ranks=True)  # fmt: skip
+        batches = ids(list(DataLoader(stream, batch_size=None, num_workers=workers)))
         assert len(batches) == len(stream)
-        per_rank.append([int(i) for b in batches for i in b["id"]])
-    steps = {len(list(DataLoader(stream_of(tmp_path / f"s{r}", counts, rank=r, world_size=world, num_workers=workers,
-                                           even_ranks=True), batch_size=None, num_workers=workers)))
-             for r in range(world)}  # fmt: skip
-    assert len(steps) == 1  # every rank the same number of batches
-    seen = [i for r in per_rank for i in r]
-    assert set(seen) == set(range(15))  # every sample at least once; the extra are repeated batches
+        own = stream.rank_batches(rank, world)
+        assert batches[own:] == [batches[0]] * (len(batches) - own)  # a shorter rank repeats its first batch
+        per_rank.append(batches)
+    assert len({len(batches) for batches in per_rank}) == 1  # every rank the same number of batches
+    seen = [i for batches in per_rank for batch in batches for i in batch]
+    assert set(seen) == set(range(sum(counts)))  # every sample at least once; the extra are repeated batches
+    assert len(seen) > sum(counts)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_skips_exactly_the_consumed_batches(tmp_path: Path, workers: int) -> None:
-    counts = [9, 6, 11]
-    full = stream_of(tmp_path / "a", counts, num_workers=workers, even_ranks=True)
-    full.set_epoch(2)
-    expected = [b["id"].tolist() for b in DataLoader(full, batch_size=None, num_workers=workers)]
-    for consumed in (1, 3, len(expected) - 1):
-        resumed = stream_of(tmp_path / f"b{consumed}", counts, num_workers=workers, even_ranks=True)
-        resumed.resume(2, consumed)
-        rest = [b["id"].tolist() for b in DataLoader(resumed, batch_size=None, num_workers=workers)]
+def test_a_rank_without_samples_repeats_another_ranks_batch(tmp_path: Path) -> None:
+    shards = make_shards(tmp_path, [1])  # rank 0 of 2 gets no line
+    for rank in range(2):
+        stream = ShardStream(shards, 4, collate_nested, rank=rank, world_size=2, even_ranks=True)
+        assert len(stream) == 1
+        assert ids(list(stream)) == [[0]]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+def test_resume_yields_exactly_the_batches_after_the_consumed_ones(tmp_path: Path, workers: int) -> None:
+    stream = stream_of(tmp_path, [9, 6, 11], even_ranks=True)  # 26 samples: 7 batches of 4
+    stream.set_epoch(2)
+    expected = ids(list(stream))  # the uninterrupted epoch, made in this process
+    for consumed in (1, 2, 3, 5, len(expected) - 1):  # mid-round for every worker count
+        stream.resume(2, consumed)
+        rest = ids(list(DataLoader(stream, batch_size=None, num_workers=workers)))
         assert rest == expected[consumed:], consumed
-        resumed.set_epoch(3)  # the offset belonged to epoch 2 only
-        assert len(list(DataLoader(resumed, batch_size=None, num_workers=workers))) == len(expected)
+    stream.set_epoch(3)  # the offset belonged to epoch 2 only
+    assert len(list(DataLoader(stream, batch_size=None, num_workers=workers))) == len(expected)
+
+
+def corrupt(path: str, lines: range, text: str = "{not json") -> None:
+    rows = Path(path).read_text().splitlines()
+    for line in lines:
+        rows[line - 1] = text
+    Path(path).write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("even_ranks", [False, True])
+def test_a_bad_line_makes_only_its_batch_smaller_and_counts_once(tmp_path: Path, even_ranks: bool) -> None:
+    shards = make_shards(tmp_path, [10, 10])
+    corrupt(shards[0][0], range(4, 5))  # sample 3
+
+    def stream() -> ShardStream:
+        return ShardStream(shards, 4, collate_nested, buffer_size=6, seed=1, on_error="skip", rank=0, world_size=1,
+                           even_ranks=even_ranks)  # fmt: skip
+
+    alone = ids(list(stream()))
+    assert sorted(i for batch in alone for i in batch) == [i for i in range(20) if i != 3]
+    assert sorted(map(len, alone)) == [3, 4, 4, 4, 4]  # the boundaries stay where the index puts them
+    for workers in (2, 3):
+        fresh = stream()
+        assert ids(turns(fresh, workers)) == alone
+        assert fresh.bad_samples.counts == (20, 1)  # counted by the worker that owns its batch only
+
+
+@pytest.mark.parametrize(
+    ("even_ranks", "expected"), [(False, [[0, 1, 2, 3], [8, 9]]), (True, [[0, 1, 2, 3]] * 2 + [[8, 9]])]
+)
+def test_a_batch_of_bad_lines_is_left_out_or_repeats_the_first(
+    tmp_path: Path, even_ranks: bool, expected: list[list[int]]
+) -> None:
+    shards = make_shards(tmp_path, [10])
+    corrupt(shards[0][0], range(5, 9))  # all of batch 1
+    bad = BadSamples("skip", max_fraction=0.5, what="line")
+    stream = ShardStream(shards, 4, collate_nested, buffer_size=0, on_error=bad, rank=0, world_size=1,
+                         even_ranks=even_ranks)  # fmt: skip
+    assert ids(list(stream)) == expected
+    assert bad.counts == (10, 4)
+    assert ids(turns(stream, 2)) == expected

@@ -18,36 +18,37 @@ from chute.loader import LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
-# worker. ShardStream splits the epoch across workers and ranks and its length counts exactly that.
+# worker. ShardStream's workers take turns at one sequence of batches per rank, and its length counts it.
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined", category=UserWarning)
 
 
 class StreamingDataModule(ChuteDataModule):
     """Stream a shard folder (``index.json`` + ``<split>-NNNNN.jsonl``) written by :class:`~chute.datasets.ShardedCopy`.
 
-    The training stream shuffles the shard order each epoch (the same order on every rank) and the
-    samples through a buffer, then splits the epoch across distributed ranks and DataLoader workers
-    by sample position, so every sample is read exactly once per epoch whatever the world size,
-    worker count or shard sizes. ``len(train_dataloader())`` is the exact number of batches this
-    rank yields, so progress bars and schedulers work. The index tells the model what it needs
-    (``model_kwargs``), the default collate function and, for images, the normalization applied on
-    the device.
+    The training stream shuffles the shard order each epoch (the same order on every rank), splits
+    the epoch across distributed ranks by sample position and shuffles each rank's samples through
+    a buffer, so every sample is read exactly once per epoch whatever the world size or shard sizes,
+    and the batches are the same whatever ``num_workers`` (the workers take turns at them).
+    ``len(train_dataloader())`` is the exact number of batches this rank yields, so progress bars
+    and schedulers work. The index tells the model what it needs (``model_kwargs``), the default
+    collate function and, for images, the normalization applied on the device.
 
     Args:
         root: Shard folder.
-        shuffle_buffer: Samples held per reader for shuffling (0: no sample shuffling).
+        shuffle_buffer: Lines held per rank for shuffling (0: no sample shuffling); each worker keeps
+            its own copy of the buffer, as raw text.
         shuffle_shards: Shuffle the shard order each epoch.
         train_split: Split name to train on.
         val_split: Split for validation (and test/predict unless ``test_split`` is set).
         test_split: Split for test and predict.
         loader: DataLoader settings (``batch_size``, ``num_workers``, ... ; ``shuffle`` turns both
             shuffles off when false).
-        seed: Seed of the shuffles; the epoch, rank and worker are mixed in.
+        seed: Seed of the shuffles; the epoch and rank are mixed in.
         prepare: Optional ``prepare(root)`` that writes the shards (e.g. a ``ShardedCopy``).
         collate_fn: Collate function or dotted path (default: the source's, else nested stacking/padding).
         on_error: A shard line that is not JSON (or not a sample): ``raise`` names the shard and the
-            line; ``skip`` drops it, counts it (``bad_samples``) and logs it. Its reader then yields one
-            sample fewer than the index says (see :class:`~chute.datasets.ShardStream`).
+            line; ``skip`` drops it, counts it (``bad_samples``) and logs it. Its batch is then one sample
+            smaller; the other batches stay as they were (see :class:`~chute.datasets.ShardStream`).
         max_bad_fraction: With ``skip``, raise once more than this share of a split's lines were bad
             (measured over at least 100 lines).
 
@@ -162,7 +163,6 @@ class StreamingDataModule(ChuteDataModule):
             drop_last=train and settings.drop_last,
             rank=rank,
             world_size=world,
-            num_workers=settings.num_workers,
             on_error=self._bad[name],
             even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )

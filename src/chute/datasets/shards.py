@@ -4,11 +4,12 @@ A shard folder holds ``<split>-NNNNN.jsonl`` files and an ``index.json`` listing
 and sample count. One JSON line is one sample; tensors are stored with their dtype
 (``{"tensor": [...], "dtype": "uint8"}``), so they come back exactly. Nothing is unpickled.
 
-:class:`ShardStream` splits an epoch across distributed ranks and DataLoader workers by sample
-position, not by whole shard: the shards (in a per-epoch order shared by every rank) are laid end to
-end and every (rank, worker) reads one contiguous range of that sequence. So each sample is read
-exactly once per epoch for any world size and worker count, even with fewer shards than readers or
-shards of uneven size, and ranks differ by at most one sample.
+:class:`ShardStream` splits an epoch across distributed ranks by sample position, not by whole shard:
+the shards (in a per-epoch order shared by every rank) are laid end to end and each rank reads one
+contiguous range of that sequence. So each sample is read exactly once per epoch for any world size,
+even with fewer shards than ranks or shards of uneven size, and ranks differ by at most one sample.
+Within a rank, one shuffle buffer and fixed batch boundaries make the batches the same for any number
+of DataLoader workers, which take turns at them.
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def _check_plain(path: str, key: str, value: Any) -> None:
         raise DataError(f"Shard index '{path}': '{key}' = {value!r} is an interpolation; an index holds plain values.")
 
 
-# -- Reading: exactly once across ranks and workers -----------------------------------------
+# -- Reading: exactly once across ranks, the same batches for any worker count ---------------
 
 
 def partition(counts: Sequence[int], consumers: int, consumer: int) -> list[tuple[int, int, int]]:
@@ -222,35 +223,46 @@ def distributed_position() -> tuple[int, int]:
 
 
 class ShardStream(IterableDataset[Any]):
-    """Batches from JSONL shards; each sample once per epoch across ranks and workers.
+    """Batches from JSONL shards: each sample once per epoch across ranks, the same batches for any worker count.
+
+    Each rank reads one contiguous range of the epoch's shard sequence (:func:`partition` over the
+    ranks), passes its lines through one shuffle buffer seeded by (seed, epoch, rank) and cuts the
+    result into runs of ``batch_size`` lines: batch ``g`` is the ``g``-th run. A rank's batches are
+    a function of seed, epoch, rank, world size and data, not of ``num_workers``.
+
+    DataLoader worker ``w`` of ``W`` yields the batches ``g`` with ``g % W == w``, in order; the
+    DataLoader takes one batch from each worker in turn, so they arrive as ``0, 1, 2, ...``. Every
+    worker reads the rank's whole range and runs the same buffer over the raw lines, but decodes,
+    transforms and collates only its own batches.
 
     Args:
         shards: ``(path, count)`` per shard, e.g. ``ShardIndex.read(root).shards("train")``.
         batch_size: Samples per batch (the stream batches, so the DataLoader runs with ``batch_size=None``).
         collate_fn: Turns a list of samples into a batch.
         shuffle_shards: Shuffle the shard order each epoch (the same order on every rank).
-        buffer_size: Samples per reader's shuffle buffer (0: no sample shuffling); larger mixes more.
-        seed: Seed; the epoch and the reader's position are mixed in.
-        drop_last: Drop each reader's last incomplete batch.
+        buffer_size: Lines in the rank's shuffle buffer (0: no sample shuffling); larger mixes more.
+            Each worker holds its own copy, as raw text.
+        seed: Seed; the epoch and the rank are mixed in.
+        drop_last: Drop the rank's last incomplete batch.
         rank: Distributed rank (``None``: from torch.distributed or ``RANK``).
         world_size: Number of ranks (``None``: from torch.distributed or ``WORLD_SIZE``).
         transform: Optional callable applied to each decoded sample.
-        num_workers: Workers the DataLoader will use (for an exact ``len``; reading adapts anyway).
         on_error: A line that is not a valid sample (not JSON, or not an encoded sample): ``"raise"`` a
             :class:`~chute.errors.DataError` naming the shard and the line, or ``"skip"`` it, count and
             log it and raise once more than 1% are bad; a :class:`~chute.bad_samples.BadSamples` sets
-            the fraction and shares the counts. A skipped line makes its reader yield one sample
-            fewer than the index counts; with ``even_ranks`` the batch count stays as planned.
+            the fraction and shares the counts. A skipped line makes its batch one sample smaller (the
+            batch boundaries stay). A batch whose lines are all bad is replaced, with ``even_ranks``,
+            by the batch a short rank repeats; without, it is left out: the rank then yields one batch
+            fewer than ``len``, and with workers the later batches may arrive in another order.
         even_ranks: Every rank yields the same number of batches (training under DDP: a rank with
-            fewer would leave the others waiting in the gradient all-reduce): the ranks short of the
-            longest repeat their first batch, and a reader that skipped bad lines repeats its first
-            batch to keep its planned count. ``False`` (evaluation): each sample exactly once, ranks
-            may differ by a batch.
+            fewer would leave the others waiting in the gradient all-reduce): a rank short of the
+            longest repeats its first batch (its first with a readable line; a rank with none repeats
+            another rank's). ``False`` (evaluation): each sample exactly once, ranks may differ by a
+            batch.
 
-    Resuming mid-epoch (:meth:`resume`): the DataLoader takes batches from its workers in turn, so
-    from the batches consumed this rank's readers know how many each had delivered; each re-reads
-    and discards those (the order, shuffle buffer included, is a function of seed, epoch and reader)
-    and goes on.
+    Resuming mid-epoch (:meth:`resume`): with ``c`` batches consumed on this rank the next is batch
+    ``c``, and the new DataLoader asks worker 0 first, so worker ``w`` yields the batches ``g >= c``
+    with ``g % W == (w + c) % W``. The consumed lines go through the buffer again, undecoded.
     """
 
     def __init__(
@@ -266,11 +278,12 @@ class ShardStream(IterableDataset[Any]):
         rank: int | None = None,
         world_size: int | None = None,
         transform: Callable[[Any], Any] | None = None,
-        num_workers: int = 0,
         on_error: OnError | BadSamples = "raise",
         even_ranks: bool = False,
     ) -> None:
         super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.shards = [(str(p), int(n)) for p, n in shards]
         self.batch_size = batch_size
         self.collate_fn = collate_fn
@@ -281,7 +294,6 @@ class ShardStream(IterableDataset[Any]):
         self.rank = rank
         self.world_size = world_size
         self.transform = transform
-        self.num_workers = num_workers
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="line")
         self.even_ranks = even_ranks
         # Shared memory, so persistent workers see what the main process sets: the epoch, and the
@@ -313,11 +325,10 @@ class ShardStream(IterableDataset[Any]):
         rank, world = distributed_position()
         return (rank if self.rank is None else self.rank), (world if self.world_size is None else self.world_size)
 
-    def reader_ranges(self, rank: int, world_size: int, worker: int, workers: int) -> list[tuple[int, int, int]]:
-        """``(shard, start, stop)`` ranges of one reader this epoch (shard indices into ``self.shards``)."""
+    def rank_ranges(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
+        """``(shard, start, stop)`` line ranges ``rank`` reads this epoch (shard indices into ``self.shards``)."""
         order = self._shard_order()
-        counts = [self.shards[i][1] for i in order]
-        ranges = partition(counts, world_size * max(workers, 1), rank * max(workers, 1) + worker)
+        ranges = partition([self.shards[i][1] for i in order], world_size, rank)
         return [(order[s], start, stop) for s, start, stop in ranges]
 
     def _shard_order(self) -> list[int]:
@@ -325,135 +336,123 @@ class ShardStream(IterableDataset[Any]):
             return list(range(len(self.shards)))
         return np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(len(self.shards)).tolist()
 
-    def planned_batches(self, rank: int, world_size: int, workers: int) -> list[int]:
-        """Batches each of ``rank``'s readers (workers) yields this epoch, ``even_ranks`` padding included."""
-        workers = max(workers, 1)
+    def rank_batches(self, rank: int, world_size: int) -> int:
+        """Batches cut from ``rank``'s lines each epoch (no ``even_ranks`` padding; the same every epoch)."""
+        total = self.num_samples
+        lines = (rank + 1) * total // world_size - rank * total // world_size  # as partition() splits
+        return lines // self.batch_size if self.drop_last else -(-lines // self.batch_size)
 
-        def own(r: int) -> list[int]:
-            counts = []
-            for worker in range(workers):
-                n = sum(stop - start for _, start, stop in self.reader_ranges(r, world_size, worker, workers))
-                counts.append(n // self.batch_size if self.drop_last else -(-n // self.batch_size))
-            return counts
-
-        counts = own(rank)
+    def planned_batches(self, rank: int, world_size: int) -> int:
+        """Batches ``rank`` yields each epoch, ``even_ranks`` padding included."""
         if self.even_ranks and world_size > 1:
-            longest = max(sum(own(r)) for r in range(world_size))
-            counts[0] += longest - sum(counts)  # the first reader repeats batches to even out the ranks
-        return counts
+            return max(self.rank_batches(r, world_size) for r in range(world_size))
+        return self.rank_batches(rank, world_size)
 
     def __len__(self) -> int:
-        """Batches this rank yields per epoch (exact for the configured ``num_workers``)."""
-        rank, world = self._position()
-        return sum(self.planned_batches(rank, world, self.num_workers))
+        """Batches this rank yields per epoch, for any number of workers."""
+        return self.planned_batches(*self._position())
 
     def __iter__(self) -> Iterator[Any]:
         rank, world = self._position()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        planned = self.planned_batches(rank, world, workers)
-        skip = 0
-        if int(self._resume[0]) == self.epoch and int(self._resume[1]) > 0:
-            # The new DataLoader asks worker 0 first; the cut may have been mid-round. Worker w plays
-            # reader (w + next) % workers, so the turns continue exactly where they stopped.
-            delivered, following = _delivered(planned, int(self._resume[1]))
-            worker = (worker + following) % workers
-            skip = delivered[worker]
-        yielded, first = 0, None
-        for batch in self._batches(rank, world, worker, workers):
-            if yielded >= planned[worker]:
-                break
-            if first is None:
-                first = batch
-            yielded += 1
-            if yielded > skip:
+        consumed = max(int(self._resume[1]), 0) if int(self._resume[0]) == self.epoch else 0
+        # After a resume the new DataLoader asks worker 0 first, so worker 0 makes batch `consumed`.
+        mine = range(consumed + worker, self.planned_batches(rank, world), workers)
+        if not mine:
+            return
+        repeat: Any = None  # the batch repeated for a missing one, found when first needed
+        for g, run in enumerate(self._runs(rank, world)):  # to the end, so every worker finds a truncated shard
+            if g not in mine:
+                continue
+            batch = self._collate_run(run, count=True)
+            if batch is _BAD and self.even_ranks:  # every line bad: keep the planned count
+                repeat = self._first_batch(rank, world) if repeat is None else repeat
+                batch = repeat
+            if batch is not _BAD:
                 yield batch
-        while yielded < planned[worker]:  # even out the ranks, or make up for skipped bad lines
-            if first is None:  # this reader had nothing: repeat the epoch's first batch
-                first = next(iter(self._batches(0, world, 0, workers)), None)
-                if first is None:
-                    return
-            yielded += 1
-            if yielded > skip:
-                yield first
+        for _ in range(len(mine) - len(range(mine.start, self.rank_batches(rank, world), workers))):
+            repeat = self._first_batch(rank, world) if repeat is None else repeat  # even out the ranks
+            if repeat is not _BAD:
+                yield repeat
 
-    def _batches(self, rank: int, world: int, worker: int, workers: int) -> Iterator[Any]:
-        ranges = self.reader_ranges(rank, world, worker, workers)
-        samples = self._read(ranges)
+    def _runs(self, rank: int, world: int) -> Iterator[list[tuple[int, int, str]]]:
+        """``rank``'s batches as runs of raw ``(shard, line, text)``, in order; the last may be short."""
+        lines = self._lines(self.rank_ranges(rank, world))
         if self.buffer_size > 1:
-            samples = self._buffered(samples, derive_seed(self.seed, self.epoch, rank, worker))
-        batch: list[Any] = []
-        for sample in samples:
-            batch.append(sample)
-            if len(batch) == self.batch_size:
-                yield self.collate_fn(batch)
-                batch = []
-        if batch and not self.drop_last:
-            yield self.collate_fn(batch)
+            lines = _buffered(lines, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
+        run: list[tuple[int, int, str]] = []
+        for line in lines:
+            run.append(line)
+            if len(run) == self.batch_size:
+                yield run
+                run = []
+        if run and not self.drop_last:
+            yield run
 
-    def _read(self, ranges: list[tuple[int, int, int]]) -> Iterator[Any]:
-        bad = self.bad_samples
+    def _lines(self, ranges: list[tuple[int, int, int]]) -> Iterator[tuple[int, int, str]]:
         for shard, start, stop in ranges:
             path = self.shards[shard][0]
             lines = 0
             with open(path) as f:
-                for line_no, line in enumerate(f):
+                for line_no, text in enumerate(f):
                     if line_no >= stop:
                         break
                     lines = line_no + 1
-                    if line_no < start:
-                        continue
-                    if bad.skipping:
-                        bad.seen()
-                    try:
-                        sample = decode_sample(json.loads(line))
-                    except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a sample
-                        bad.skip(f"'{path}', line {line_no + 1}", _line_error(path, line_no + 1, err, bad.skipping))
-                        continue
-                    yield sample if self.transform is None else self.transform(sample)
+                    if line_no >= start:
+                        yield shard, line_no, text
             if lines < stop:
                 raise DataError(
                     f"Shard '{path}' has {lines} lines but its index says {self.shards[shard][1]}; it was "
                     "truncated or rewritten: write the shards again."
                 )
 
-    def _buffered(self, samples: Iterator[Any], seed: int) -> Iterator[Any]:
-        rng = np.random.default_rng(seed)
-        buffer: list[Any] = []
-        for sample in samples:
-            if len(buffer) < self.buffer_size:
-                buffer.append(sample)
+    def _collate_run(self, run: list[tuple[int, int, str]], count: bool) -> Any:
+        """The batch of ``run``'s readable lines (``_BAD`` if none); ``count``: apply ``on_error`` and count."""
+        bad = self.bad_samples
+        if count and bad.skipping:
+            bad.seen(len(run))
+        samples = []
+        for shard, line_no, text in run:
+            try:
+                sample = decode_sample(json.loads(text))
+            except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a sample
+                if count:  # only the worker that owns the batch, so each bad line counts once
+                    path = self.shards[shard][0]
+                    bad.skip(f"'{path}', line {line_no + 1}", _line_error(path, line_no + 1, err, bad.skipping))
                 continue
-            i = int(rng.integers(len(buffer)))
-            buffer[i], sample = sample, buffer[i]
-            yield sample
-        for i in rng.permutation(len(buffer)):
-            yield buffer[i]
+            samples.append(sample if self.transform is None else self.transform(sample))
+        return self.collate_fn(samples) if samples else _BAD
+
+    def _first_batch(self, rank: int, world: int) -> Any:
+        """The batch that stands in for a missing one: ``rank``'s first with a readable line, else another rank's."""
+        for r in dict.fromkeys([rank, *range(world)]):
+            for run in self._runs(r, world):
+                batch = self._collate_run(run, count=False)  # its owner counts (or raises for) its bad lines
+                if batch is not _BAD:
+                    return batch
+        return _BAD
 
 
-def _delivered(planned: Sequence[int], consumed: int) -> tuple[list[int], int]:
-    """How many batches each worker had delivered when ``consumed`` were taken, and whose turn was next.
+_BAD = object()  # stands for a run of lines none of which decoded
 
-    A DataLoader over an iterable dataset takes one batch from each worker in turn, passing over
-    workers that are done, so worker ``w`` delivers its ``k``-th batch in round ``k``.
 
-    Example:
-        >>> _delivered([3, 1, 2], 5)
-        ([2, 1, 2], 0)
-        >>> _delivered([2, 2], 1)
-        ([1, 0], 1)
-    """
-    out = [0] * len(planned)
-    left = consumed
-    for round_ in range(max(planned, default=0)):
-        for worker, count in enumerate(planned):
-            if count <= round_:
-                continue
-            if left == 0:
-                return out, worker
-            out[worker] += 1
-            left -= 1
-    return out, 0
+def _buffered(items: Iterator[Any], size: int, seed: int) -> Iterator[Any]:
+    """``items`` through a shuffle buffer: each new item swaps out a random one of ``size`` held, then the rest."""
+    rng = np.random.default_rng(seed)
+    buffer: list[Any] = []
+    picks: list[int] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        if not picks:  # drawn in blocks: one draw per line would cost more than reading it
+            picks = rng.integers(size, size=1024).tolist()
+        i = picks.pop()
+        buffer[i], item = item, buffer[i]
+        yield item
+    for i in rng.permutation(len(buffer)).tolist():
+        yield buffer[i]
 
 
 def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataError:
