@@ -18,8 +18,9 @@ import torch
 from PIL import Image
 
 from chute.bad_samples import BadSamples
+from chute.collate import collate_images
 from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, StreamingDataModule, TabularDataModule
-from chute.datasets.folder import ImageFolderDataset, scan_folder
+from chute.datasets.folder import DropMissing, ImageFolderDataset, scan_folder
 from chute.datasets.shards import write_index, write_shards
 from chute.errors import ConfigError, DataError
 from chute.images import read_image
@@ -283,6 +284,119 @@ def test_datamodule_raise_names_the_file(tmp_path: Path) -> None:
         next(iter(dm.train_dataloader()))
     assert dm.hparams["on_error"] == "raise"
     assert dm.hparams["max_bad_fraction"] == 0.01
+
+
+# -- Images: evaluation leaves bad files out ----------------------------------------------------
+
+
+def _eval_tree(root: Path) -> tuple[Path, Path]:
+    """``root/with_bad`` (train and val, val with the broken files) and ``root/clean`` (the same without them)."""
+    for tree in ("with_bad", "clean"):
+        for label in ("a", "b"):
+            for i in range(6):
+                _jpeg(root / tree / "train" / label / f"{i}.jpg", seed=i)
+        _mixed_tree(root / tree / "val")
+    for name in ("with_bad", "clean"):
+        if name == "clean":
+            for path in sorted((root / name / "val").rglob("*x.jpg")):
+                path.unlink()
+    return root / "with_bad", root / "clean"
+
+
+def _val_batches(dm: ImageFolderDataModule) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    dm.setup("fit")
+    return list(dm.val_dataloader())
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_drop_bad_leaves_a_bad_image_out_of_its_batch(tmp_path: Path, crop: bool) -> None:
+    root, bad = _mixed_tree(tmp_path / "tree")
+    index = scan_folder(root)
+    transform = RGB_CROP.val if crop else create_transforms(image_size=16, fast_decode=False).val
+    dataset = ImageFolderDataset(index, transform, on_error=BadSamples("skip", 0.5), drop_bad=True)
+    reference = ImageFolderDataset(index, transform, on_error=BadSamples("skip", 0.5))
+    paths = [index.paths[i].decode() for i in range(len(index))]
+    good = [i for i, p in enumerate(paths) if p not in bad]
+    assert all(dataset[paths.index(name)] is None for name in bad)
+    batch = dataset.__getitems__(range(len(index)))
+    if crop:  # gathered whole: the good images in order, no gaps, no replacements
+        images, labels = batch
+    else:
+        images, labels = DropMissing(collate_images)(batch)
+    assert len(images) == len(good)
+    for j, i in enumerate(good):
+        assert torch.equal(images[j], reference[i][0])
+        assert int(labels[j]) == int(index.targets[i])
+    assert dataset.bad_samples.counts[1] == 2 * len(bad)  # once per dataset[i] above, once in the batch
+
+
+@pytest.mark.parametrize(
+    ("cache", "backend", "workers"),
+    [(None, "torch", 0), (None, "torch", 2), (None, "threads", 2), ("memory", "torch", 0), ("disk", "torch", 2)],
+)
+def test_evaluation_counts_each_readable_image_once(
+    tmp_path: Path, cache: str | None, backend: str, workers: int
+) -> None:
+    with_bad, clean = _eval_tree(tmp_path)
+
+    def module(root: Path) -> ImageFolderDataModule:
+        return ImageFolderDataModule(
+            root, train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, on_error="skip",
+            max_bad_fraction=0.5, cache=cache, cache_size=24 if cache else None,
+            cache_dir=str(tmp_path / "cache" / root.name),
+            loader={"batch_size": 4, "num_workers": workers, "backend": backend},
+        )  # fmt: skip
+
+    dm = module(with_bad)
+    got = _val_batches(dm)
+    expected = _val_batches(module(clean))
+    images = torch.cat([b[0] for b in got])
+    assert torch.equal(images, torch.cat([b[0] for b in expected]))  # the readable ones, once each, in order
+    assert torch.equal(torch.cat([b[1] for b in got]), torch.cat([b[1] for b in expected]))
+    assert dm.bad_samples["val"]["skipped"] == len(BROKEN)
+    if cache == "disk":  # reloaded from disk, the cache still knows which images were left out
+        again = module(with_bad)
+        assert torch.equal(torch.cat([b[0] for b in _val_batches(again)]), images)
+        assert again.bad_samples["val"]["skipped"] == 0  # nothing decoded: read from the cache
+
+
+def test_validation_metrics_are_those_of_the_readable_images(tmp_path: Path) -> None:
+    import lightning as L
+
+    from chute.models import ImageClassifier
+
+    with_bad, clean = _eval_tree(tmp_path)
+    results = []
+    for root in (with_bad, clean):
+        dm = ImageFolderDataModule(
+            root, train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, on_error="skip", max_bad_fraction=0.5,
+            loader={"batch_size": 3, "num_workers": 0}, mean=[0.5] * 3, std=[0.25] * 3,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = ImageClassifier(num_classes=2, backbone="small_cnn")
+        trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        results.append(trainer.validate(model, datamodule=dm, verbose=False)[0])
+    assert results[0] == pytest.approx(results[1])
+
+
+def test_a_batch_of_only_bad_images_is_passed_over(tmp_path: Path) -> None:
+    from chute.models import ImageClassifier
+
+    for i in range(2):
+        text_as_jpg(tmp_path / "tree" / "a" / f"{i}.jpg")
+    dataset = ImageFolderDataset(
+        scan_folder(tmp_path / "tree"), RGB_CROP.val, on_error=BadSamples("skip", 1.0), drop_bad=True
+    )
+    images, labels = dataset.__getitems__([0, 1])
+    assert images.shape == (0, 3, 16, 16)
+    assert labels.shape == (0,)
+    generic = DropMissing(collate_images, channels=3)([None, None])
+    assert generic[0].shape[:2] == (0, 3)
+    assert generic[1].shape == (0,)
+    model = ImageClassifier(num_classes=2, backbone="small_cnn")
+    model.validation_step((images.float(), labels), 0)  # no forward pass over nothing, no metric update
+    assert model.val_acc.update_count == 0
+    assert model.predict_step((images.float(), labels), 0)["probs"].shape == (0, 2)
 
 
 def test_good_jpegs_decode_to_the_same_pixels_as_torchcodec(tmp_path: Path) -> None:

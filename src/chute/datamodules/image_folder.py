@@ -15,7 +15,7 @@ from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_images
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset, scan_folder, stratified_split
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
@@ -78,9 +78,10 @@ class ImageFolderDataModule(ChuteDataModule):
             (``cache_size`` squares, no per-sample CPU work) and ``train_batch_transform`` crops,
             resizes and flips them on the device after normalization.
         on_error: A file that cannot be read (corrupt, truncated, empty, not an image, over the
-            decompression-bomb limit): ``raise`` names it and the reason; ``skip`` replaces it by the
-            next readable image of the split, counts it (summed over workers, see ``bad_samples``) and
-            logs it.
+            decompression-bomb limit): ``raise`` names it and the reason; ``skip`` counts it (summed
+            over workers, see ``bad_samples``), logs it, and in training replaces it by the next
+            readable image of the split, while validation and test leave it out of its batch, so every
+            readable image is evaluated exactly once.
         max_bad_fraction: With ``skip``, raise once more than this share of a split's images were bad
             (measured over at least 100 images).
 
@@ -293,6 +294,7 @@ class ImageFolderDataModule(ChuteDataModule):
         return ImageFolderDataset(
             self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
             seed=derive_seed(self.seed, 3) if split == "train" else None, on_error=self._bad_samples(split),
+            drop_bad=split != "train",  # evaluation: a bad image is left out, not replaced by a duplicate
         )  # fmt: skip
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +304,7 @@ class ImageFolderDataModule(ChuteDataModule):
         picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, 8))
-            samples = [dataset[int(i)] for i in picks]
+            samples = [sample for i in picks if (sample := dataset[int(i)]) is not None]
         images, labels = collate_images(samples)
         return images, labels
 
@@ -320,8 +322,11 @@ class ImageFolderDataModule(ChuteDataModule):
             sampler = self._index_sampler(len(dataset), train)  # type: ignore[arg-type]
         if sampler is not None and callable(getattr(dataset, "set_epoch", None)):
             sampler.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
+        collate = self._collate(collate_images)
+        if not train and self.on_error == "skip":
+            collate = DropMissing(collate, channels_of(self.image_mode))  # the bad images an evaluation split left out
         return self._dataloader(
-            dataset, train=train, collate_fn=self._collate(collate_images),
+            dataset, train=train, collate_fn=collate,
             sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
         )  # fmt: skip
 
@@ -336,7 +341,9 @@ class ImageFolderDataModule(ChuteDataModule):
             assert self.cache is not None
             assert self.cache_size is not None
             stage: Transform | None = SquareResize(self.cache_size) if train else transform
-            source = ImageFolderDataset(index, stage, self.image_mode, on_error=self._bad_samples(split))
+            source = ImageFolderDataset(
+                index, stage, self.image_mode, on_error=self._bad_samples(split), drop_bad=not train
+            )
             key = fingerprint((index.path(i) for i in range(len(index))), (self.image_mode, repr(stage)))
             self._cached[split] = CachedDataset(
                 source, store=self.cache, cache_dir=os.path.join(self.cache_dir, split), key=key

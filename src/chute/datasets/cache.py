@@ -12,6 +12,10 @@ dict of fixed-shape tensors, arrays and numbers. Those are stored once, one arra
 
 The random stage (``transform``) runs on the fly in ``__getitem__``, so augmentations still differ
 per epoch and worker. Nothing is pickled: the manifest is JSON and the arrays are raw bytes.
+
+A source may return ``None`` for a sample it leaves out (an evaluation split's unreadable image
+under ``on_error="skip"``): the cache records it as missing (in the manifest too), ``__getitem__``
+returns ``None`` for it and ``__getitems__`` gathers batches without it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from chute.paths import inside
 
 Store = Literal["memory", "disk"]
 MANIFEST = "cache.json"
-_VERSION = 1
+_VERSION = 2  # 2: the manifest lists missing samples
 
 
 def fingerprint(files: Iterable[str | bytes], config: Any) -> str:
@@ -139,14 +143,21 @@ class CachedDataset(Dataset[Any]):
                 _build_disk(source, n, self.cache_dir, key, progress)
                 arrays = _load_disk(self.cache_dir, key, n)
                 assert arrays is not None
-            self.names, self.arrays, self.template = arrays
+            self.names, self.arrays, self.template, missing = arrays
         else:
-            self.names, self.arrays, self.template = _build_memory(source, n, progress)
+            self.names, self.arrays, self.template, missing = _build_memory(source, n, progress)
+        #: Indices the source left out (returned ``None`` for); never delivered.
+        self.missing = np.asarray(sorted(missing), dtype=np.int64)
+        self._present = None if not len(self.missing) else np.ones(n, dtype=bool)
+        if self._present is not None:
+            self._present[self.missing] = False
 
     def __len__(self) -> int:
         return len(self.arrays[0])
 
     def __getitem__(self, index: int) -> Any:
+        if self._present is not None and not self._present[index]:
+            return None  # left out by the source
         # Copy out of the cache: transforms may write in place, and a memmap slice must not escape.
         values = [torch.from_numpy(np.array(a[index])) if a.ndim > 1 else _scalar(a[index]) for a in self.arrays]
         sample = _rebuild(self.template, values)
@@ -168,6 +179,8 @@ class CachedDataset(Dataset[Any]):
         if self.transform is not None:
             return [self[int(i)] for i in indices]
         index = np.sort(np.asarray(indices, dtype=np.int64))
+        if self._present is not None:
+            index = index[self._present[index]]
         # NumPy's gather runs on one core and releases the GIL, so loader threads gather batches in
         # parallel; torch's index_select would start intra-op threads of its own in each of them.
         return _rebuild(self.template, [torch.from_numpy(np.asarray(a[index])) for a in self.arrays])
@@ -192,37 +205,52 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _first(source: Any) -> tuple[list[str], list[np.ndarray], Any]:
-    sample = source[0]
+def _first(source: Any, n: int) -> tuple[list[str], list[np.ndarray], Any, int]:
+    """Field names, arrays and template of the first sample the source does not leave out, and its index."""
+    for i in range(n):
+        sample = source[i]
+        if sample is not None:
+            break
+    else:
+        raise DataError(f"Cannot cache a dataset whose {n} samples were all left out (unreadable).")
     leaves = _leaves(sample)
     names = [name or "sample" for name, _ in leaves]
-    firsts = [_as_array(v, f"sample 0, field {n!r}") for n, (_, v) in zip(names, leaves, strict=True)]
-    return names, firsts, sample
+    firsts = [_as_array(v, f"sample {i}, field {n!r}") for n, (_, v) in zip(names, leaves, strict=True)]
+    return names, firsts, sample, i
 
 
-def _fill(source: Any, first: Any, names: list[str], outs: Sequence[np.ndarray], progress: bool) -> None:
+def _fill(
+    source: Any, first: Any, start: int, names: list[str], outs: Sequence[np.ndarray], progress: bool
+) -> list[int]:
+    """Write every sample into ``outs`` from ``start`` (whose sample is ``first``); the indices left out."""
     n = len(outs[0])
-    for i in tqdm(range(n), desc="Building cache", unit="sample", disable=not progress, leave=False):
-        leaves = _leaves(first if i == 0 else source[i])
+    missing = list(range(start))  # before the first sample: all left out
+    for i in tqdm(range(start, n), desc="Building cache", unit="sample", disable=not progress, leave=False):
+        sample = first if i == start else source[i]
+        if sample is None:
+            missing.append(i)
+            continue
+        leaves = _leaves(sample)
         if len(leaves) != len(outs):
-            raise DataError(f"Sample {i} has {len(leaves)} fields, sample 0 has {len(outs)}: cannot cache it.")
+            raise DataError(f"Sample {i} has {len(leaves)} fields, sample {start} has {len(outs)}: cannot cache it.")
         for name, (_, value), out in zip(names, leaves, outs, strict=True):
             array = _as_array(value, f"sample {i}, field {name!r}")
             if array.shape != out.shape[1:]:
                 raise DataError(
-                    f"Sample {i}, field {name!r} has shape {array.shape}, sample 0 has {out.shape[1:]}: the cached "
-                    "(deterministic) stage must give fixed shapes, e.g. resize and crop to one size."
+                    f"Sample {i}, field {name!r} has shape {array.shape}, sample {start} has {out.shape[1:]}: the "
+                    "cached (deterministic) stage must give fixed shapes, e.g. resize and crop to one size."
                 )
             out[i] = array
+    return missing
 
 
-def _build_memory(source: Any, n: int, progress: bool) -> tuple[list[str], list[np.ndarray], Any]:
-    names, firsts, template = _first(source)
+def _build_memory(source: Any, n: int, progress: bool) -> tuple[list[str], list[np.ndarray], Any, list[int]]:
+    names, firsts, template, start = _first(source, n)
     # torch shared memory: forked or spawned workers map the same pages instead of copying them.
     tensors = [torch.from_numpy(np.empty((n, *f.shape), dtype=f.dtype)).share_memory_() for f in firsts]
     outs = [t.numpy() for t in tensors]
-    _fill(source, template, names, outs, progress)
-    return names, outs, template
+    missing = _fill(source, template, start, names, outs, progress)
+    return names, outs, template, missing
 
 
 def _is_shared(array: np.ndarray) -> bool:
@@ -234,7 +262,7 @@ def _manifest_path(cache_dir: str) -> Path:
     return Path(cache_dir) / MANIFEST
 
 
-def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.ndarray], Any] | None:
+def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.ndarray], Any, list[int]] | None:
     """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged.
 
     Raises:
@@ -273,7 +301,10 @@ def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.nda
     # writes to it). Mapped only once every field has passed the checks above.
     arrays: list[np.ndarray] = [np.memmap(path, dtype=dtype, mode="c", shape=shape) for path, dtype, shape in files]
     template = _rebuild(_template_from(manifest["template"]), range(len(arrays)))
-    return [f["name"] for f in manifest["fields"]], arrays, template
+    missing = [int(i) for i in manifest.get("missing", []) if 0 <= int(i) < n]
+    if missing:
+        rank_zero_info(f"Cache '{cache_dir}': {len(missing)} unreadable samples were left out when it was built.")
+    return [f["name"] for f in manifest["fields"]], arrays, template, missing
 
 
 def _template_from(spec: Any) -> Any:
@@ -302,12 +333,12 @@ def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        names, firsts, template = _first(source)
+        names, firsts, template, start = _first(source, n)
         outs = [
             np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *f.shape))
             for j, f in enumerate(firsts)
         ]
-        _fill(source, template, names, outs, progress)
+        missing = _fill(source, template, start, names, outs, progress)
         fields = []
         for j, (name, out) in enumerate(zip(names, outs, strict=True)):
             out.flush()  # raw bytes, no header: the expected size is exactly n * item bytes
@@ -319,6 +350,7 @@ def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -
             "length": n,
             "fields": fields,
             "template": _template_spec(template),
+            "missing": missing,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         if target.exists():

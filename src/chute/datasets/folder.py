@@ -118,7 +118,7 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
 
 
-class ImageFolderDataset(Dataset[tuple[Any, int]]):
+class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
     """Decoded, transformed images of a :class:`FolderIndex` as ``(image, label)`` pairs.
 
     With a crop-aware transform (:class:`~chute.transforms.fused.CropDecode`, what
@@ -143,6 +143,10 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
             around; its own label and augmentation seed), count and log it, and raise once more than
             1% are bad. A :class:`~chute.bad_samples.BadSamples` sets the fraction and shares its
             counts (across DataLoader workers, and between datasets of one split).
+        drop_bad: With ``on_error="skip"``, leave a bad image out instead of replacing it
+            (evaluation: every readable image counted exactly once, none twice). ``__getitem__`` then
+            returns ``None`` for it, and ``__getitems__`` a batch without it; :class:`DropMissing`
+            wraps a collate function to do the same with samples.
     """
 
     def __init__(
@@ -153,6 +157,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         gather: bool = True,
         seed: int | None = None,
         on_error: OnError | BadSamples = "raise",
+        drop_bad: bool = False,
     ) -> None:
         self.index = index
         self.transform = transform
@@ -161,6 +166,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         self.seed = seed
         self.epoch = SharedEpoch() if seed is not None else None
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="image")
+        self.drop_bad = drop_bad
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations the next samples get (seen by persistent workers too).
@@ -181,12 +187,14 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
     def __len__(self) -> int:
         return len(self.index)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
+    def __getitem__(self, i: int) -> tuple[Any, int] | None:
         epoch = self._epoch()
         if isinstance(self.transform, CropDecode):
             image, used = self._readable(int(i), lambda j: self._crop_decode(j, epoch))
-            return image, int(self.index.targets[used])
+            return None if used < 0 else (image, int(self.index.targets[used]))
         image, used = self._readable(int(i), lambda j: read_image(self.index.path(j), self.image_mode))
+        if used < 0:
+            return None
         if self.transform is not None:
             key = self._sample_seed(used, epoch)
             image = self.transform(image) if key is None else seeded_call(self.transform, image, key)
@@ -201,15 +209,28 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
         images = _batch_buffer((len(rows), size, size, channels))
         pixels = images.numpy()
         epoch = self._epoch()
-        for j, i in enumerate(rows):
-            _, rows[j] = self._readable(int(i), lambda k: self._crop_decode(k, epoch, pixels[j]))  # noqa: B023
+        kept = 0  # images that read; with drop_bad, bad ones leave no gap
+        for i in indices:
+            _, used = self._readable(int(i), lambda k: self._crop_decode(k, epoch, pixels[kept]))  # noqa: B023
+            if used >= 0:
+                rows[kept] = used
+                kept += 1
+        images, rows = images[:kept], rows[:kept]
         return images.permute(0, 3, 1, 2), torch.from_numpy(self.index.targets[rows])
 
     def _readable(self, i: int, load: Callable[[int], _T]) -> tuple[_T, int]:
-        """``(load(i), i)``; with ``on_error="skip"``, the first index from ``i`` on (wrapping) that loads."""
+        """``(load(i), i)``; with ``on_error="skip"``, the first index from ``i`` on (wrapping) that loads,
+        or with ``drop_bad`` ``(None, -1)`` when ``i`` does not load."""
         bad = self.bad_samples
         if not bad.skipping:
             return load(i), i
+        if self.drop_bad:
+            bad.seen()
+            try:
+                return load(i), i
+            except DataError as err:
+                bad.skip(self.index.path(i), err)  # raises past max_bad_fraction
+                return None, -1  # type: ignore[return-value]
         n = len(self.index)
         for step in range(n):
             j = (i + step) % n
@@ -256,6 +277,26 @@ class ImageFolderDataset(Dataset[tuple[Any, int]]):
     @property
     def targets(self) -> np.ndarray:
         return self.index.targets
+
+
+class DropMissing:
+    """``collate`` over the samples that are not ``None`` (those a ``drop_bad`` dataset left out).
+
+    A batch whose every sample was left out comes out as ``(images, labels)`` with no rows
+    (``(0, channels, 0, 0)`` images), which chute's models pass over.
+    """
+
+    def __init__(self, collate: Callable[[list[Any]], Any], channels: int = 3) -> None:
+        self.collate = collate
+        self.channels = channels
+
+    def __call__(self, samples: list[Any]) -> Any:
+        if isinstance(samples, tuple):  # a batch the dataset gathered whole, already without them
+            return self.collate(samples)
+        present = [s for s in samples if s is not None]
+        if present:
+            return self.collate(present)
+        return torch.empty((0, self.channels, 0, 0), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
 
 
 def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:

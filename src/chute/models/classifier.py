@@ -97,6 +97,8 @@ class ImageClassifier(L.LightningModule):
 
     def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
         images, targets = batch
+        if len(targets) == 0:  # every image of the batch was unreadable and left out (on_error=skip)
+            return
         logits = self(images)
         self.eval_loss.log(self, stage, self._loss(logits, targets), len(images), prog_bar=True)
         metric(logits, targets)
@@ -115,6 +117,9 @@ class ImageClassifier(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if len(images) == 0:  # every image of the batch was unreadable and left out (on_error=skip)
+            empty = torch.empty(0, self.hparams["num_classes"], device=images.device)
+            return {"probs": empty, "preds": empty.argmax(dim=1)}
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "preds": probs.argmax(dim=1)}
 
