@@ -258,3 +258,17 @@ def test_a_batch_of_bad_lines_is_left_out_or_repeats_the_first(
     assert ids(list(stream)) == expected
     assert bad.counts == (10, 4)
     assert ids(turns(stream, 2)) == expected
+
+
+def test_rank_comes_from_the_launcher_when_no_process_group_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under srun, a stream built without a rank (and spawned workers, which have no process group)
+    # takes its place from SLURM's variables, as every other chute sampler does.
+    shards = make_shards(tmp_path, [10])
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    stream = ShardStream(shards, 5, collate_nested, shuffle_shards=False, buffer_size=0)
+    assert ids(list(stream)) == [[5, 6, 7, 8, 9]]

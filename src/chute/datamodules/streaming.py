@@ -12,9 +12,9 @@ from torch.utils.data import DataLoader
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_nested, resolve_collate
 from chute.datamodules.base import ChuteDataModule
-from chute.datasets.shards import ShardIndex, ShardStream, distributed_position
+from chute.datasets.shards import ShardIndex, ShardStream
 from chute.errors import ConfigError
-from chute.loader import LoaderSettings, derive_seed
+from chute.loader import LoaderSettings, derive_seed, world_position
 from chute.transforms.batch import NormalizeBatch
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
@@ -145,10 +145,7 @@ class StreamingDataModule(ChuteDataModule):
         """The ``train``, ``val`` or ``test`` stream as its DataLoader reads it."""
         index, settings = self._index(), self.loader_settings
         shuffle = train and settings.shuffle
-        rank = self.trainer.global_rank if self.trainer is not None else None
-        world = self.trainer.world_size if self.trainer is not None else None
-        if rank is None:
-            rank, world = distributed_position()
+        rank, world = world_position(*self._world())
         default = resolve_collate(index.extra.get("collate"), collate_nested)
         name = self.split_names[split]
         if name not in self._bad:  # one policy per shard split, so the counts of its streams add up

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
-from chute.loader import SharedEpoch, derive_seed
+from chute.loader import SharedEpoch, derive_seed, world_position
 from chute.paths import inside
 
 INDEX = "index.json"
@@ -215,13 +215,6 @@ def partition(counts: Sequence[int], consumers: int, consumer: int) -> list[tupl
     return ranges
 
 
-def distributed_position() -> tuple[int, int]:
-    """``(rank, world_size)`` from torch.distributed when initialised, else the launcher's env, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
 class ShardStream(IterableDataset[Any]):
     """Batches from JSONL shards: each sample once per epoch across ranks, the same batches for any worker count.
 
@@ -244,8 +237,9 @@ class ShardStream(IterableDataset[Any]):
             Each worker holds its own copy, as raw text.
         seed: Seed; the epoch and the rank are mixed in.
         drop_last: Drop the rank's last incomplete batch.
-        rank: Distributed rank (``None``: from torch.distributed or ``RANK``).
-        world_size: Number of ranks (``None``: from torch.distributed or ``WORLD_SIZE``).
+        rank: Distributed rank (``None``: :func:`~chute.loader.world_position`: torch.distributed, else
+            the launcher's ``RANK`` or ``SLURM_PROCID``).
+        world_size: Number of ranks (``None``: likewise, ``WORLD_SIZE`` or ``SLURM_NTASKS``).
         transform: Optional callable applied to each decoded sample.
         on_error: A line that is not a valid sample (not JSON, or not an encoded sample): ``"raise"`` a
             :class:`~chute.errors.DataError` naming the shard and the line, or ``"skip"`` it, count and
@@ -322,8 +316,7 @@ class ShardStream(IterableDataset[Any]):
         return sum(n for _, n in self.shards)
 
     def _position(self) -> tuple[int, int]:
-        rank, world = distributed_position()
-        return (rank if self.rank is None else self.rank), (world if self.world_size is None else self.world_size)
+        return world_position(self.rank, self.world_size)
 
     def rank_ranges(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
         """``(shard, start, stop)`` line ranges ``rank`` reads this epoch (shard indices into ``self.shards``)."""
