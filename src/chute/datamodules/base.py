@@ -180,6 +180,10 @@ class ChuteDataModule(L.LightningDataModule):
                 self._resume(batch_sampler, 1)
             else:
                 self._resume(sampler, self.loader_settings.batch_size)
+        if callable(getattr(dataset, "set_epoch", None)):  # e.g. augmentations keyed by (seed, epoch, index)
+            for drawn in (sampler, batch_sampler):
+                if drawn is not None and hasattr(drawn, "epoch_listener"):
+                    drawn.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         resumed_stream = None
         if train and dataset_batches and self._resume_at is not None and callable(getattr(dataset, "resume", None)):
             resumed_stream, self._resume_at = self._resume_at, None

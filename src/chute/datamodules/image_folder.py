@@ -318,10 +318,8 @@ class ImageFolderDataModule(ChuteDataModule):
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
         sampler, batched = self._train_sampler() if train else (None, False)
-        if sampler is None:  # train: a (seed, epoch) permutation; eval: in order, each sample on one rank
-            sampler = self._index_sampler(len(dataset), train)  # type: ignore[arg-type]
-        if sampler is not None and callable(getattr(dataset, "set_epoch", None)):
-            sampler.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
+        if sampler is None and not train:  # in order, each sample on one rank (training: the base's default)
+            sampler = self._index_sampler(len(dataset), train=False)  # type: ignore[arg-type]
         collate = self._collate(collate_images)
         if not train and self.on_error == "skip":
             collate = DropMissing(collate, channels_of(self.image_mode))  # the bad images an evaluation split left out
