@@ -4,11 +4,11 @@
 
 KIND is ``image`` (an image folder whose pixels encode each sample's id), ``table`` (a CSV whose
 only feature is the row id), ``sequence`` (JSONL token sequences whose first token encodes the id)
-``multitask`` (a CSV with a class and a regression target, feature = row id) or ``stream`` (the
-table as JSONL shards through StreamingDataModule). One epoch; every
-rank writes the training and validation ids it received and the synced ``val/loss`` to
-OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known function of ``i``, so the test can
-tell a mean over each sample once from one with padded duplicates.
+``multitask`` (a CSV with a class and a regression target, feature = row id), ``stream`` (the
+table as JSONL shards through StreamingDataModule) or ``litdata`` (the table as LitData chunks
+through LitDataModule). One epoch; every rank writes the training and validation ids it received
+and the synced ``val/loss`` to OUT_DIR/eval-rank<r>.json. The loss of sample ``i`` is a known
+function of ``i``, so the test can tell a mean over each sample once from one with padded duplicates.
 """
 
 from __future__ import annotations
@@ -26,11 +26,13 @@ from torch import nn
 
 from chute.datamodules import (
     ImageFolderDataModule,
+    LitDataModule,
     MultiTaskDataModule,
     SequenceDataModule,
     StreamingDataModule,
     TabularDataModule,
 )
+from chute.datamodules.litdata import LitDataCopy
 from chute.datasets import ShardedCopy
 from chute.models.eval_loss import EvalLoss
 from chute.transforms import create_transforms
@@ -38,6 +40,7 @@ from chute.transforms import create_transforms
 VAL_SAMPLES = 23  # not a multiple of 2 or 3: ranks get uneven shares
 TRAIN_IMAGES = 10  # image kind; the table kinds train on the same 23 rows
 BATCH = 4
+TABLE_KINDS = ("table", "multitask", "stream", "litdata")  # the only feature is the row id
 
 
 def logits_of(ids: torch.Tensor) -> torch.Tensor:
@@ -60,7 +63,7 @@ class RecordEval(L.LightningModule):
         if self.kind == "sequence":
             return batch["inputs"][:, 0].long() - 2
         inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
-        if self.kind in ("table", "multitask", "stream"):
+        if self.kind in TABLE_KINDS:
             return inputs[:, 0].round().long()
         pixels = (inputs[:, 0, 0, :2].float() * 255).round().long()  # mean 0, std 1: x / 255
         return pixels[:, 0] * 256 + pixels[:, 1]
@@ -96,7 +99,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     loader = {"batch_size": BATCH, "num_workers": workers}
     table = out / "val.csv"
-    if kind in ("table", "multitask", "stream") and not table.exists():  # rank 0 runs first, then the others
+    if kind in TABLE_KINDS and not table.exists():  # rank 0 runs first, then the others
         rows = "".join(f"{i},c{i % 3},{i * 0.5}\n" for i in range(VAL_SAMPLES))
         table.write_text("id,label,value\n" + rows)
     if kind == "table":
@@ -106,6 +109,9 @@ def main() -> None:
     elif kind == "stream":  # the table as JSONL shards (rank 0 writes them in prepare_data)
         source = TabularDataModule(str(table), target="label", numeric=["id"], standardize=False, val_path=str(table))
         dm = StreamingDataModule(out / "shards", prepare=ShardedCopy(source, 5), loader=loader, shuffle_buffer=8)
+    elif kind == "litdata":  # the table as LitData chunks of 5 rows (rank 0 writes them in prepare_data)
+        source = TabularDataModule(str(table), target="label", numeric=["id"], standardize=False, val_path=str(table))
+        dm = LitDataModule(out / "chunks", prepare=LitDataCopy(source, chunk_size=5), loader=loader)
     elif kind == "multitask":
         tasks = {"cls": {"column": "label", "type": "classification"}, "reg": {"column": "value", "type": "regression"}}
         dm = MultiTaskDataModule(

@@ -50,8 +50,10 @@ def _expected_val_loss() -> float:
     return float(torch.nn.functional.cross_entropy(logits_of(ids), ids % 3))
 
 
-FAST_CASES = {("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0), ("stream", 3, 2)}
-KINDS = ("table", "image", "sequence", "multitask", "stream")
+FAST_CASES = {
+    ("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0), ("stream", 3, 2), ("litdata", 3, 2),
+}  # fmt: skip
+KINDS = ("table", "image", "sequence", "multitask", "stream", "litdata")
 ALL_CASES = [(k, p, w) for k in KINDS for p in (2, 3) for w in (0, 2)]
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from chute.app import run
 from chute.datamodules import LitDataModule, TabularDataModule
-from chute.datamodules.litdata import LitDataCopy
+from chute.datamodules.litdata import LitDataCopy, _cover_rest
 from chute.datasets import SklearnTable
 from chute.errors import DataError
 from tests.conftest import REPO
@@ -59,18 +59,45 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(table_chun
     dm.setup("fit")
     train = split == "train"
     loaders = [dm.dataloader(split, train=train, rank=rank, world_size=2) for rank in range(2)]
-    epochs = [[_rows(loader) for loader in loaders] for _ in range(2)]
+    epochs = [[[batch[0] for batch in loader] for loader in loaders] for _ in range(2)]
     n = dm.num_samples(split)
     for ranks in epochs:
-        rows = torch.cat(ranks)
-        assert len(torch.unique(rows, dim=0)) == len(rows)  # nothing read twice (the table has no duplicate rows)
-        if train:  # ranks get equal shares (DDP needs equal batch counts); at most a batch per rank is left over
-            assert len(ranks[0]) == len(ranks[1])
-            assert n - len(rows) < 2 * 16
-        else:  # evaluation reads every sample exactly once
-            assert len(rows) == n
+        rows = torch.cat([torch.cat(batches) for batches in ranks])
+        assert len(rows) == n
+        assert len(torch.unique(rows, dim=0)) == n  # each row once (the table has no duplicate rows)
+        if train:  # 456 rows: LitData deals each rank 14 batches of 16, the loaders read the other 8 in one
+            # batch each; DDP needs equal batch counts, and len() must say so (Lightning trusts it)
+            assert [len(batches) for batches in ranks] == [len(loader) for loader in loaders] == [15, 15]
     if train:  # a new order every epoch
-        assert not torch.equal(epochs[0][0], epochs[1][0])
+        assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+
+
+_CHUNKS = [[s, s, min(s + 5, 23), min(s + 5, 23)] for s in range(0, 23, 5)]  # 23 samples in chunks of 5
+
+
+@pytest.mark.parametrize(
+    ("plan", "expected"),
+    [
+        # LitData's plan for 3 ranks, batches of 4: a batch each; the 11 left over make one more each
+        ([[[0, 0, 4, 5]], [[0, 4, 5, 5], [5, 5, 8, 10]], [[5, 8, 10, 10], [10, 10, 12, 15]]], (2, [1, 1, 1], 0)),
+        # 2 left over for 3 ranks: one repeat (world_size - 1 at most)
+        ([[[0, 0, 5, 5], [5, 5, 7, 10]], [[5, 7, 10, 10], [10, 10, 14, 15]], [[10, 14, 15, 15], *_CHUNKS[3:4],
+          [20, 20, 21, 23]]], (3, [1, 1, 1], 1)),
+        # uneven ranks (LitData's per-node plans): rank 1 first catches up, then one more batch each
+        ([[[0, 0, 5, 5], [5, 5, 8, 10]], [[10, 10, 14, 15]]], (3, [1, 2], 0)),
+        # one rank reading everything: nothing to add
+        ([_CHUNKS], (6, [0], 0)),
+    ],
+)  # fmt: skip
+def test_cover_rest_reads_what_litdata_leaves_and_ends_ranks_on_one_step(
+    plan: list[Any], expected: tuple[int, list[int], int]
+) -> None:
+    steps, extra = _cover_rest(plan, _CHUNKS, world_size=len(plan), batch_size=4)
+    read = [i for worker in plan for interval in worker for i in range(interval[1], interval[2])]
+    added = [i for batches in extra for batch in batches for i in batch]
+    assert sorted(set(read + added)) == list(range(23))  # every sample read
+    assert (steps, [len(batches) for batches in extra], len(read) + len(added) - 23) == expected
+    assert all(0 < len(batch) <= 4 for batches in extra for batch in batches)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -96,6 +123,40 @@ def test_mid_epoch_state_resumes_the_uninterrupted_epoch(table_chunks: str, work
     rest = [b[0] for b in resumed]
     assert len(consumed) + len(rest) == len(uninterrupted)
     assert all(torch.equal(a, b) for a, b in zip(consumed + rest, uninterrupted, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rank_state_resumes_inside_and_after_the_extra_batches(
+    table_chunks: str, workers: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litdata.utilities.env import _DistributedEnv
+
+    # LitData's window shuffle (its default on NFS and Lustre) leaves several batches per rank unread;
+    # its load_state_dict reads the world from torch.distributed, here rank 0 of 2.
+    monkeypatch.setenv("LITDATA_POSIX_FAST", "1")
+    monkeypatch.setattr(_DistributedEnv, "detect", classmethod(lambda cls: cls(2, 0, 1)))
+
+    def loader() -> Any:
+        dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": workers}, seed=5)
+        dm.setup("fit")
+        return dm.dataloader("train", train=True, rank=0, world_size=2)
+
+    reference = loader()
+    epochs = [[b[0] for b in reference] for _ in range(2)]
+    steps, extra = len(epochs[0]), len(reference._plan(1)[1])
+    assert extra >= 2
+    for stop in (3, steps - extra, steps - 1, steps):  # in LitData's part, at its end, in the extra batches, at the end
+        first = loader()
+        iterator = iter(first)
+        consumed = [next(iterator)[0] for _ in range(stop)]
+        state = json.loads(json.dumps(first.state_dict()))
+        del iterator
+        resumed = loader()
+        resumed.load_state_dict(state)
+        assert len(resumed) == steps  # the whole epoch, as Lightning counts it
+        rest = [b[0] for b in resumed]
+        expected = epochs[0] if stop < steps else epochs[0] + epochs[1]  # past the end: the next epoch
+        assert all(torch.equal(a, b) for a, b in zip(consumed + rest, expected, strict=True)), stop
 
 
 class _Record(L.LightningModule):
