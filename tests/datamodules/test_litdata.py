@@ -15,7 +15,8 @@ from torch import nn
 
 from chute.app import run
 from chute.datamodules import LitDataModule, TabularDataModule
-from chute.datamodules.litdata import LitDataCopy, _cover_rest
+from chute.datamodules.litdata import LitDataCopy
+from chute.datamodules.litdata_cover import _cover_rest
 from chute.datasets import SklearnTable
 from chute.errors import DataError
 from tests.conftest import REPO
