@@ -23,13 +23,14 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from hydra.errors import ConfigCompositionException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from chute.app import run
 from chute.datamodules import LitDataModule
+from chute.errors import DataError
 from tests.conftest import REPO
+from tests.helpers import assert_mentions
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -196,14 +197,6 @@ def test_mid_epoch_state_resumes_the_uninterrupted_epoch(options: dict[str, str]
     _interrupt_and_resume(options, tmp_path, workers, cache="run")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="LitData's loader state names the local cache folder and refuses any other ('The provided `input_dir` "
-    "path state doesn't match'); fix: CoveringStreamingDataLoader.load_state_dict (datamodules/litdata_cover.py) "
-    "and the drop_last loader (litdata.py) set state['dataset'] input_dir_path and cache_dir_path to this "
-    "dataset's when its input_dir_url matches, before LitData's load_state_dict",
-)
 def test_resume_with_another_cache_dir(options: dict[str, str], tmp_path: Path) -> None:
     # A requeued job on another node, or the default cache under a per-job TMPDIR.
     _interrupt_and_resume(options, tmp_path, workers=0, cache="elsewhere")
@@ -256,8 +249,7 @@ def test_app_trains_from_the_url(options: dict[str, str], tmp_path: Path) -> Non
     storage = ",".join(f"{key}:'{value}'" for key, value in options.items())
     overrides = [
         "data=litdata", f"data.input_dir={URL}", "data.prepare=null", f"data.cache_dir={tmp_path / 'cache'}",
-        # ++: conf/data/litdata.yaml's empty storage_options takes no keys (see the test below)
-        f"++data.storage_options={{{storage}}}", "loader.batch_size=32", *FAST, "callbacks.preview=null",
+        f"data.storage_options={{{storage}}}", "loader.batch_size=32", *FAST, "callbacks.preview=null",
     ]  # fmt: skip
     run_dir = tmp_path / "run"
     run(make_config(*overrides, output_dir=run_dir))
@@ -267,12 +259,6 @@ def test_app_trains_from_the_url(options: dict[str, str], tmp_path: Path) -> Non
     assert 0.0 <= metrics["metrics"]["val/acc"] <= 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConfigCompositionException,
-    reason="conf/data/litdata.yaml declares `storage_options: {}`, a struct node that takes no new keys, so "
-    "`data.storage_options={endpoint_url:...}` fails to compose; fix: `storage_options: null`",
-)
 def test_storage_options_override_composes() -> None:
     cfg = make_config("data=litdata", "data.storage_options={endpoint_url:'http://127.0.0.1:9000'}")
     assert cfg.data.storage_options == {"endpoint_url": "http://127.0.0.1:9000"}
@@ -294,3 +280,11 @@ def test_http_endpoint_needs_litdata_to_allow_http(
     dm = _remote(options, tmp_path / "cache")
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
+
+
+def test_a_url_without_a_converted_dataset_is_named(options: dict[str, str], tmp_path: Path) -> None:
+    missing = f"s3://{BUCKET}/not-converted"
+    dm = LitDataModule(missing, cache_dir=str(tmp_path / "cache"), storage_options=options)
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert_mentions(str(err.value), f"{missing}/chute.json", "scripts/to_litdata.py", "data.storage_options")

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from chute.collate import collate_nested, resolve_collate
 from chute.datamodules.base import ChuteDataModule
-from chute.datamodules.litdata_cover import covering_loader_class
+from chute.datamodules.litdata_cover import covering_loader_class, resumable_loader_class
 from chute.datasets.materialize import materialize
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
@@ -236,7 +236,7 @@ class LitDataModule(ChuteDataModule):
         # cluster (and LitData's guess of the node count is wrong on multi-node CPU runs).
         dataset.distributed_env = _DistributedEnv(world_size, rank, num_nodes)
         workers = settings.num_workers
-        loader_class = litdata.StreamingDataLoader if settings.drop_last else covering_loader_class()
+        loader_class = resumable_loader_class() if settings.drop_last else covering_loader_class()
         loader = loader_class(
             dataset,
             batch_size=settings.batch_size,
@@ -375,7 +375,13 @@ def read_meta(input_dir: str, cache_dir: str, storage_options: Mapping[str, Any]
 
         local = os.path.join(cache_dir, f"{hashlib.sha256(input_dir.encode()).hexdigest()[:16]}-{META}")
         os.makedirs(cache_dir, exist_ok=True)
-        _get_fs_provider(path, dict(storage_options or {})).download_file(path, local)
+        try:
+            _get_fs_provider(path, dict(storage_options or {})).download_file(path, local)
+        except Exception as err:  # botocore, obstore, gcsfs ... each raise their own "not found"
+            raise DataError(
+                f"Cannot read '{path}' ({type(err).__name__}: {err}): convert a dataset with scripts/to_litdata.py "
+                "and upload the whole output folder there, or check the URL and data.storage_options."
+            ) from err
         path_to_read = local
     else:
         path_to_read = path

@@ -17,13 +17,42 @@ from typing import Any
 import numpy as np
 
 
+def relocated(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
+    """LitData loader ``state`` with the local cache paths of ``dataset`` when both stream the same URL.
+
+    LitData records where a remote dataset was cached and refuses a resume from any other folder, so a
+    job resumed on another node, or with another ``TMPDIR`` under SLURM, would fail. For the same URL
+    the cache is only a copy: the state is made to point at this run's.
+    """
+    saved = state.get("dataset")
+    url = getattr(dataset.input_dir, "url", None)
+    if not isinstance(saved, dict) or url is None or saved.get("input_dir_url") != url:
+        return state
+    return {
+        **state,
+        "dataset": {**saved, "input_dir_path": dataset.input_dir.path, "cache_dir_path": dataset.cache_dir.path},
+    }
+
+
+@functools.cache
+def resumable_loader_class() -> type:
+    """LitData's ``StreamingDataLoader`` that resumes a remote dataset whatever its local cache folder
+    (:func:`relocated`; defined on first use: litdata is optional)."""
+    from litdata import StreamingDataLoader
+
+    class ResumableStreamingDataLoader(StreamingDataLoader):
+        def load_state_dict(self, obj: dict[str, Any]) -> None:
+            super().load_state_dict(relocated(obj, self.dataset))
+
+    return ResumableStreamingDataLoader
+
+
 @functools.cache
 def covering_loader_class() -> type:
     """LitData's ``StreamingDataLoader`` that also reads what LitData leaves of each epoch (defined on
     first use: litdata is optional)."""
-    from litdata import StreamingDataLoader
 
-    class CoveringStreamingDataLoader(StreamingDataLoader):
+    class CoveringStreamingDataLoader(resumable_loader_class()):  # type: ignore[misc]
         """After LitData's batches, the extra batches :func:`_cover_rest` deals this rank, read by global
         index in this process; their count is saved in ``state_dict`` beside LitData's state."""
 
