@@ -51,7 +51,7 @@ def _expected_val_loss() -> float:
 
 
 FAST_CASES = {
-    ("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0), ("stream", 3, 2), ("litdata", 3, 2),
+    ("table", 2, 0), ("image", 3, 2), ("sequence", 2, 2), ("multitask", 3, 0), ("stream", 3, 2), ("litdata", 2, 0),
 }  # fmt: skip
 KINDS = ("table", "image", "sequence", "multitask", "stream", "litdata")
 ALL_CASES = [(k, p, w) for k in KINDS for p in (2, 3) for w in (0, 2)]
