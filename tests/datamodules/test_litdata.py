@@ -11,7 +11,6 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from torch import nn
 
 from chute.app import run
 from chute.datamodules import LitDataModule, TabularDataModule
@@ -21,6 +20,7 @@ from chute.datasets import SklearnTable
 from chute.errors import DataError
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
+from tests.helpers import RecordRows
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -160,26 +160,10 @@ def test_rank_state_resumes_inside_and_after_the_extra_batches(
         assert all(torch.equal(a, b) for a, b in zip(consumed + rest, expected, strict=True)), stop
 
 
-class _Record(L.LightningModule):
-    """Records the first feature of every training row (unique per row in the table)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(30, 2)
-        self.seen: list[list[float]] = []
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self.seen.append(batch[0][:, 0].tolist())
-        return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
-def _fit(table_chunks: str, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> _Record:
+def _fit(table_chunks: str, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> RecordRows:
     dm = LitDataModule(table_chunks, loader={"batch_size": 32, "num_workers": 2}, seed=1)
     callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
-    model = _Record()
+    model = RecordRows()
     trainer = L.Trainer(
         max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,

@@ -24,13 +24,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from torch import nn
 
 from chute.app import run
 from chute.datamodules import LitDataModule
 from chute.errors import DataError
 from tests.conftest import REPO
-from tests.helpers import assert_mentions
+from tests.helpers import RecordRows, assert_mentions
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -202,27 +201,11 @@ def test_resume_with_another_cache_dir(options: dict[str, str], tmp_path: Path) 
     _interrupt_and_resume(options, tmp_path, workers=0, cache="elsewhere")
 
 
-class _Record(L.LightningModule):
-    """Records the first feature of every training row (unique per row in the table)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = nn.Linear(30, 2)
-        self.seen: list[list[float]] = []
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        self.seen.append(batch[0][:, 0].tolist())
-        return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
-
-
 def _fit(options: dict[str, str], root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> Any:
     callbacks: list[Callback] = (
         [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
     )
-    model = _Record()
+    model = RecordRows()
     trainer = L.Trainer(
         max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,
