@@ -43,3 +43,21 @@ class RecordRows(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def fit_recording(
+    datamodule: L.LightningDataModule, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1
+) -> list[list[float]]:
+    """Fit :class:`RecordRows` for 2 epochs (no validation) and return the rows each step trained on;
+    ``every``: also checkpoint every that many steps into ``root``; ``ckpt``: resume from it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
+    model = RecordRows()
+    trainer = L.Trainer(
+        max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,
+        enable_checkpointing=bool(every),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+    return model.seen

@@ -7,10 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 
 from chute.app import run
 from chute.datamodules import LitDataModule, TabularDataModule
@@ -20,7 +18,7 @@ from chute.datasets import SklearnTable
 from chute.errors import DataError
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
-from tests.helpers import RecordRows
+from tests.helpers import fit_recording
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -160,29 +158,21 @@ def test_rank_state_resumes_inside_and_after_the_extra_batches(
         assert all(torch.equal(a, b) for a, b in zip(consumed + rest, expected, strict=True)), stop
 
 
-def _fit(table_chunks: str, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> RecordRows:
+def _fit(table_chunks: str, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> Any:
     dm = LitDataModule(table_chunks, loader={"batch_size": 32, "num_workers": 2}, seed=1)
-    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
-    model = RecordRows()
-    trainer = L.Trainer(
-        max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,
-        enable_checkpointing=bool(every),
-    )  # fmt: skip
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
-    return model
+    return fit_recording(dm, root, ckpt, every, max_steps)
 
 
 @pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 def test_lightning_checkpoint_resumes_mid_epoch(table_chunks: str, tmp_path: Path) -> None:
-    uninterrupted = _fit(table_chunks, tmp_path / "full").seen
+    uninterrupted = _fit(table_chunks, tmp_path / "full")
     per_epoch = len(uninterrupted) // 2  # 456 rows / 32 = 15 batches
     stop = per_epoch + 4  # mid-way through epoch 2
-    interrupted = _fit(table_chunks, tmp_path / "cut", every=stop, max_steps=stop + 1).seen[:stop]
+    interrupted = _fit(table_chunks, tmp_path / "cut", every=stop, max_steps=stop + 1)[:stop]
     ckpt = next((tmp_path / "cut").glob(f"*step={stop}.ckpt"))
     assert "combined_loader" in torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]
-    resumed = _fit(table_chunks, tmp_path / "cut", ckpt=str(ckpt), every=stop).seen
+    resumed = _fit(table_chunks, tmp_path / "cut", ckpt=str(ckpt), every=stop)
     assert interrupted + resumed == uninterrupted
 
 

@@ -20,16 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from chute.app import run
 from chute.datamodules import LitDataModule
 from chute.errors import DataError
 from tests.conftest import REPO
-from tests.helpers import RecordRows, assert_mentions
+from tests.helpers import assert_mentions, fit_recording
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -202,17 +200,7 @@ def test_resume_with_another_cache_dir(options: dict[str, str], tmp_path: Path) 
 
 
 def _fit(options: dict[str, str], root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1) -> Any:
-    callbacks: list[Callback] = (
-        [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
-    )
-    model = RecordRows()
-    trainer = L.Trainer(
-        max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, callbacks=callbacks, default_root_dir=root,
-        enable_checkpointing=bool(every),
-    )  # fmt: skip
-    trainer.fit(model, datamodule=_remote(options, root / "cache", seed=1), ckpt_path=ckpt)
-    return model.seen
+    return fit_recording(_remote(options, root / "cache", seed=1), root, ckpt, every, max_steps)
 
 
 @pytest.mark.slow
