@@ -224,21 +224,16 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         bad = self.bad_samples
         if not bad.skipping:
             return load(i), i
-        if self.drop_bad:
-            bad.seen()
-            try:
-                return load(i), i
-            except DataError as err:
-                bad.skip(self.index.path(i), err)  # raises past max_bad_fraction
-                return None, -1  # type: ignore[return-value]
         n = len(self.index)
-        for step in range(n):
+        for step in range(1 if self.drop_bad else n):  # drop_bad: no replacement is tried
             j = (i + step) % n
             bad.seen()
             try:
                 return load(j), j
             except DataError as err:
                 bad.skip(self.index.path(j), err)  # raises past max_bad_fraction
+        if self.drop_bad:
+            return None, -1  # type: ignore[return-value]
         raise DataError(
             f"None of the {n} images under '{self.index.root}' can be read (on_error=skip skipped them all); "
             f"first: {', '.join(bad.first)}."
