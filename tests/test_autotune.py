@@ -79,7 +79,7 @@ def test_datamodule_tunes_once_and_reports(tmp_path: Path) -> None:
     assert dm.tuned_loader is not None
     threaded = dm.tuned_loader.backend == "threads"
     assert loader.num_workers == (0 if threaded else dm.tuned_loader.num_workers)
-    assert type(loader).__name__ == ("ThreadedLoader" if threaded else "DataLoader")
+    assert type(loader).__name__ == ("ChuteThreadedLoader" if threaded else "ChuteDataLoader")
     assert len(dm.autotune_report) == len(candidates(LoaderSettings(num_workers="auto")))
     report = list(dm.autotune_report)
     dm.val_dataloader()

@@ -379,24 +379,40 @@ def test_validation_metrics_are_those_of_the_readable_images(tmp_path: Path) -> 
     assert results[0] == pytest.approx(results[1])
 
 
-def test_a_batch_of_only_bad_images_is_passed_over(tmp_path: Path) -> None:
-    from chute.models import ImageClassifier
+@pytest.mark.parametrize("collate", [None, "chute.collate.collate_images"])  # gathered whole, or per sample
+@pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("torch", 2), ("threads", 2)])
+def test_no_empty_batch_reaches_the_model(tmp_path: Path, collate: str | None, backend: str, workers: int) -> None:
+    """A validation batch whose every image is unreadable is left out by the loader: a user's own
+    model, which knows nothing of bad samples, never receives a batch without samples."""
+    import lightning as L
 
-    for i in range(2):
-        text_as_jpg(tmp_path / "tree" / "a" / f"{i}.jpg")
-    dataset = ImageFolderDataset(
-        scan_folder(tmp_path / "tree"), RGB_CROP.val, on_error=BadSamples("skip", 1.0), drop_bad=True
-    )
-    images, labels = dataset.__getitems__([0, 1])
-    assert images.shape == (0, 3, 16, 16)
-    assert labels.shape == (0,)
-    generic = DropMissing(collate_images, channels=3)([None, None])
-    assert generic[0].shape[:2] == (0, 3)
-    assert generic[1].shape == (0,)
-    model = ImageClassifier(num_classes=2, backbone="small_cnn")
-    model.validation_step((images.float(), labels), 0)  # no forward pass over nothing, no metric update
-    assert model.val_acc.update_count == 0
-    assert model.predict_step((images.float(), labels), 0)["probs"].shape == (0, 2)
+    for i in range(2):  # sorted first: with batch 2, the first validation batch is all bad
+        text_as_jpg(tmp_path / "tree" / "val" / "a" / f"0{i}.jpg")
+    for i in range(3):
+        _jpeg(tmp_path / "tree" / "val" / "a" / f"1{i}.jpg", seed=i)
+        _jpeg(tmp_path / "tree" / "train" / "a" / f"{i}.jpg", seed=i)
+
+    class Strict(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(1, 1)
+            self.sizes: list[int] = []
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            images, labels = batch
+            assert images.shape[0] > 0, tuple(images.shape)
+            assert images.shape[2:] == (16, 16), tuple(images.shape)
+            self.sizes.append(len(labels))
+
+    dm = ImageFolderDataModule(
+        tmp_path / "tree", train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, on_error="skip",
+        max_bad_fraction=1.0, collate_fn=collate, mean=[0.5] * 3, std=[0.25] * 3,
+        loader={"batch_size": 2, "num_workers": workers, "backend": backend},
+    )  # fmt: skip
+    model = Strict()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    assert sorted(model.sizes) == [1, 2]  # the three readable images, the all-bad batch left out
 
 
 def test_good_jpegs_decode_to_the_same_pixels_as_torchcodec(tmp_path: Path) -> None:

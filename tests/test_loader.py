@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute import ConfigError, LoaderSettings
-from chute.loader import build_dataloader, derive_seed
+from chute.loader import build_loader, derive_seed
 
 
 @pytest.mark.parametrize(
@@ -53,20 +53,20 @@ def test_loader_gets_every_knob() -> None:
     s = LoaderSettings(
         batch_size=4, eval_batch_size=5, num_workers=1, prefetch_factor=3, pin_memory=False, drop_last=True, timeout=30
     )
-    train = build_dataloader(_Range(), s, train=True, seed=0)
-    assert (train.batch_size, train.num_workers, train.prefetch_factor, train.timeout) == (4, 1, 3, 30)
-    assert train.drop_last
+    train = build_loader(_Range(), s, train=True, seed=0)
+    assert (train.sampler.batch_size, train.num_workers, train.prefetch_factor, train.timeout) == (4, 1, 3, 30)
+    assert train.sampler.drop_last
     assert train.persistent_workers
     assert not train.pin_memory
-    val = build_dataloader(_Range(), s, train=False, seed=0)
-    assert val.batch_size == 5
-    assert not val.drop_last
-    assert isinstance(val.sampler, torch.utils.data.SequentialSampler)
+    assert [len(b) for b in train] == [4, 4]
+    val = build_loader(_Range(), s, train=False, seed=0)
+    assert val.sampler.batch_size == 5
+    assert [b.tolist() for b in val] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
 def test_shuffle_order_follows_the_seed() -> None:
     s = LoaderSettings(batch_size=10)
-    order = lambda seed: next(iter(build_dataloader(_Range(), s, train=True, seed=seed))).tolist()  # noqa: E731
+    order = lambda seed: next(iter(build_loader(_Range(), s, train=True, seed=seed))).tolist()  # noqa: E731
     torch.manual_seed(123)  # global RNG use elsewhere must not change the order
     first = order(0)
     torch.rand(100)
@@ -90,7 +90,7 @@ class _Draws(Dataset):
 
 def _epochs(seed: int, persistent: bool, n: int = 2) -> list[torch.Tensor]:
     s = LoaderSettings(batch_size=2, num_workers=2, shuffle=False, persistent_workers=persistent)
-    loader = build_dataloader(_Draws(), s, train=True, seed=seed, rank=0)
+    loader = build_loader(_Draws(), s, train=True, seed=seed, rank=0)
     return [torch.cat(list(loader)) for _ in range(n)]
 
 
@@ -112,7 +112,7 @@ def test_worker_seeding(persistent: bool) -> None:
 
 def test_ranks_get_different_streams() -> None:
     s = LoaderSettings(batch_size=8, num_workers=1, shuffle=False)
-    draws = [next(iter(build_dataloader(_Draws(), s, train=True, seed=0, rank=r)))[:, 2:] for r in (0, 1)]
+    draws = [next(iter(build_loader(_Draws(), s, train=True, seed=0, rank=r)))[:, 2:] for r in (0, 1)]
     assert not torch.equal(*draws)
 
 

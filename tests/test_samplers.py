@@ -47,10 +47,10 @@ def test_plain_loops_get_a_new_order_each_pass(make) -> None:
 def test_lightning_calls_set_epoch_on_the_loader_sampler(make) -> None:
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
-    from chute.loader import LoaderSettings, build_dataloader
+    from chute.loader import LoaderSettings, build_loader
 
     sampler = make()
-    loader = build_dataloader(list(range(40)), LoaderSettings(), train=True, seed=0, batch_sampler=sampler)
+    loader = build_loader(list(range(40)), LoaderSettings(), train=True, seed=0, batches=sampler)
     assert loader.sampler is sampler
     _set_sampler_epoch(loader, 3)
     assert sampler.epoch == 3

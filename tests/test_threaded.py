@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from chute.datasets import TabularDataset
+from chute.loader.threaded import ThreadedLoader
 from chute.samplers import BatchIndexSampler
-from chute.threaded import ThreadedLoader
 
 
 def dataset(n: int = 100) -> TabularDataset:
@@ -128,7 +128,7 @@ def test_a_stuck_batch_times_out_naming_its_indices() -> None:
 
 
 def test_staging_pool_reuses_buffers_per_shape_and_layout() -> None:
-    from chute.threaded import StagingPool
+    from chute.loader.threaded import StagingPool
 
     pool = StagingPool(pin=False)  # pinning needs CUDA; the reuse logic does not
     batch = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2).contiguous(memory_format=torch.channels_last)

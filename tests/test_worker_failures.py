@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from chute.loader import LoaderSettings, WorkerDiedError, build_dataloader
+from chute.loader import LoaderSettings, WorkerDiedError, build_loader
 
 
 class Dies(Dataset[torch.Tensor]):
@@ -41,7 +41,7 @@ class Dies(Dataset[torch.Tensor]):
 
 def loader(dataset: Dataset[torch.Tensor]) -> torch.utils.data.DataLoader[torch.Tensor]:
     settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=False)
-    return build_dataloader(dataset, settings, train=True, seed=0)
+    return build_loader(dataset, settings, train=True, seed=0)
 
 
 @pytest.mark.parametrize("how", ["kill", "segfault"])

@@ -77,8 +77,11 @@ class BadSamples:
         # Per process: (seen, skipped) and the names of its first `keep` bad samples. Only ``skip``
         # counts, so ``raise`` allocates no shared memory.
         slots = slots if on_error == "skip" else 1
-        self._counts = torch.zeros((slots, 2), dtype=torch.int64)
-        self._names = torch.zeros((slots, keep, _NAME_BYTES), dtype=torch.uint8)
+        # Made during trainer.validate the counters would be inference tensors, which loader threads
+        # (outside inference mode, a per-thread setting) could not update.
+        with torch.inference_mode(False):
+            self._counts = torch.zeros((slots, 2), dtype=torch.int64)
+            self._names = torch.zeros((slots, keep, _NAME_BYTES), dtype=torch.uint8)
         if on_error == "skip":
             self._counts.share_memory_()
             self._names.share_memory_()

@@ -24,15 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from chute.loader import BatchFetch, derive_seed, world_position
+from chute.loader.distributed import world_position
+from chute.loader.seeding import derive_seed
 
 __all__ = [
-    "BatchFetch",
     "BatchIndexSampler",
     "BucketBatchSampler",
     "DistributedDraw",
+    "EvalBatches",
     "IndexSampler",
-    "world_position",
 ]
 
 
@@ -121,8 +121,13 @@ class DistributedDraw(DistributedSampler):
         """Resume: the next pass continues ``state``'s epoch after the items already handed out."""
         if int(state.get("seed", self.seed)) != self.seed:
             raise ValueError(f"sampler state is for seed {state['seed']}, this sampler has seed {self.seed}")
-        self.set_epoch(int(state["epoch"]))
-        self._skip = int(state["yielded"])
+        self.resume(int(state["epoch"]), int(state["yielded"]))
+
+    def resume(self, epoch: int, items: int) -> None:
+        """Make the next pass epoch ``epoch`` without its first ``items`` items (on this rank); a later
+        ``set_epoch`` to another epoch drops the offset."""
+        self.set_epoch(epoch)
+        self._skip = int(items)
 
 
 class IndexSampler(DistributedDraw):
@@ -149,6 +154,44 @@ class IndexSampler(DistributedDraw):
         if self.shuffle:
             return torch.randperm(self.num_samples, generator=generator).numpy()
         return np.arange(self.num_samples)
+
+
+class EvalBatches(DistributedDraw):
+    """Evaluation batches: every sample exactly once across ranks, rank shares within one sample.
+
+    The samples are split first (rank ``r`` of ``w`` takes ``order[r::w]``), then each rank cuts its
+    share into batches, so no rank is left without a batch while there are at least ``w`` samples
+    (splitting whole batches would leave a rank empty whenever there are fewer batches than ranks).
+
+    Args:
+        order: The evaluation order of all samples (an int ``n`` means ``0..n-1``; sequences pass
+            their indices sorted by length, so batches pad little).
+        batch_size: Samples per batch.
+        rank, world_size: See :class:`DistributedDraw`.
+
+    Example:
+        >>> [list(EvalBatches(7, 2, rank=r, world_size=3)) for r in range(3)]
+        [[[0, 3], [6]], [[1, 4]], [[2, 5]]]
+    """
+
+    def __init__(
+        self, order: int | Sequence[int] | np.ndarray, batch_size: int, *, rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:  # fmt: skip
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        super().__init__(0, rank, world_size, pad=False)
+        self.order = np.arange(order) if isinstance(order, int) else np.asarray(order, dtype=np.int64)
+        self.batch_size = batch_size
+        self.drop_last = False
+
+    def draw(self, generator: torch.Generator) -> np.ndarray:
+        return self.order
+
+    def rank_items(self, epoch: int | None = None) -> np.ndarray:
+        rank, world = world_position(self._rank, self._world)
+        mine = self.order[rank::world]
+        return _ragged([mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)])
 
 
 class BatchIndexSampler(DistributedDraw):

@@ -10,7 +10,7 @@ import torch
 from chute.datamodules import SequenceDataModule, StreamingDataModule, TabularDataModule
 from chute.datasets import LengthMajoritySequences, ShardedCopy, SklearnTable
 from chute.errors import DataError
-from chute.loader import EpochDataLoader
+from chute.loader import ChuteDataLoader
 from tests.datamodules.contract import check_datamodule
 
 
@@ -35,7 +35,7 @@ def test_each_epoch_is_every_sample_once_in_a_new_order(tabular_shards: str, wor
     dm = StreamingDataModule(tabular_shards, loader={"batch_size": 50, "num_workers": workers})
     dm.setup("fit")
     loader = dm.train_dataloader()
-    assert isinstance(loader, EpochDataLoader)
+    assert isinstance(loader, ChuteDataLoader)
     epochs = []
     for _ in range(2):
         batches = list(loader)

@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute import ConfigError, LoaderSettings
-from chute.loader import build_dataloader
+from chute.loader import build_loader
 from chute.transforms import Pipeline, TransformSettings, check_deterministic, create_transforms
 
 BACKENDS = ["torchvision", "albumentations"]
@@ -101,6 +101,6 @@ def test_workers_draw_different_augmentations(backend: str) -> None:
     """Forked workers start from a copy of the parent's generators; chute's worker seeding splits them."""
     pipeline = create_transforms(backend=backend, image_size=16, scale=[0.05, 1.0]).train
     settings = LoaderSettings(batch_size=1, num_workers=2, shuffle=False)
-    outs = [b[0] for b in build_dataloader(_Same(pipeline), settings, train=True, seed=0, rank=0)]
+    outs = [b[0] for b in build_loader(_Same(pipeline), settings, train=True, seed=0, rank=0)]
     worker0, worker1 = outs[0::2], outs[1::2]  # batches alternate between the two workers
     assert not any(torch.equal(a, b) for a, b in zip(worker0, worker1, strict=True))

@@ -9,15 +9,14 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from chute.autotune import autotune
 from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
-from chute.loader import LoaderSettings, build_dataloader, derive_seed
-from chute.samplers import BatchIndexSampler, DistributedDraw, IndexSampler
-from chute.threaded import ThreadedLoader
+from chute.loader import Batched, Loader, LoaderSettings, as_loader_settings, build_loader, derive_seed
+from chute.samplers import DistributedDraw, EvalBatches, IndexSampler
 
 
 class ChuteDataModule(L.LightningDataModule):
@@ -66,8 +65,8 @@ class ChuteDataModule(L.LightningDataModule):
         # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
         self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
-        self._position = (0, 0)  # (epoch, training batches consumed in it)
-        self._resume_at: tuple[int, int] | None = None  # from a checkpoint, applied to the next train loader
+        self._train_loader: Any = None  # the last training loader built (its position is saved)
+        self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -167,95 +166,94 @@ class ChuteDataModule(L.LightningDataModule):
         dataset: Dataset[Any],
         *,
         train: bool,
-        collate_fn: Callable[[list[Any]], Any] | None = None,
-        sampler: Sampler[Any] | None = None,
-        batch_sampler: Sampler[Any] | None = None,
-        dataset_batches: bool = False,
-    ) -> DataLoader[Any]:
-        rank = self._world()[0]
-        if train and not dataset_batches:
-            if sampler is None and batch_sampler is None:  # order from (seed, epoch), resumable
-                sampler = self._index_sampler(len(dataset))  # type: ignore[arg-type]
-            if batch_sampler is not None:
-                self._resume(batch_sampler, 1)
-            else:
-                self._resume(sampler, self.loader_settings.batch_size)
-        if callable(getattr(dataset, "set_epoch", None)):  # e.g. augmentations keyed by (seed, epoch, index)
-            for drawn in (sampler, batch_sampler):
-                if drawn is not None and hasattr(drawn, "epoch_listener"):
-                    drawn.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
-        resumed_stream = None
-        if train and dataset_batches and self._resume_at is not None and callable(getattr(dataset, "resume", None)):
-            resumed_stream, self._resume_at = self._resume_at, None
-            self._position = resumed_stream
-            dataset.resume(*resumed_stream)  # type: ignore[attr-defined]
+        collate_fn: Callable[[Any], Any] | None = None,
+        batches: Any = None,
+        eval_order: Any = None,
+        stream: bool = False,
+    ) -> Loader:
+        """The loader of one split, built by :func:`~chute.loader.build_loader`; every DataModule's path.
 
-        def build(settings: LoaderSettings, probe: bool = False) -> Any:
-            # Probes get copies of stateful samplers, so tuning leaves the real epoch count alone.
-            s, b = (copy.deepcopy(sampler), copy.deepcopy(batch_sampler)) if probe else (sampler, batch_sampler)
-            if settings.backend == "threads":
-                return self._threaded(dataset, settings, train, collate_fn, s, b, dataset_batches)
-            return build_dataloader(
-                dataset, settings, train=train, seed=self.seed, collate_fn=collate_fn, sampler=s, batch_sampler=b,
-                rank=rank, dataset_batches=dataset_batches,
+        The order of batches is decided here, once for every DataModule:
+
+        - ``batches``: a DataModule's own sampler of index batches (e.g. length buckets), if given;
+        - training: else the
+          imbalance strategy's sampler, else a ``(seed, epoch)`` permutation; every rank draws alike
+          and takes its share, with at most ``world - 1`` repeats so ranks take equal steps;
+        - evaluation: :class:`~chute.samplers.EvalBatches` over ``eval_order`` (default
+          ``0..n-1``): each sample exactly once, rank shares within one sample;
+        - ``stream``: the dataset yields whole batches itself.
+
+        The training loader's position (its ``state_dict``) is what a checkpoint resumes from.
+        """
+        settings = self.loader_settings
+        order: Any = None
+        if not stream:
+            order = self._order(len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
+            if callable(getattr(dataset, "set_epoch", None)):  # augmentations keyed by (seed, epoch, index)
+                draw = getattr(order, "sampler", order)
+                draw.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
+        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
+        trainer = self.trainer
+
+        def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
+            # Probes get copies of the order, so tuning leaves the real epoch and position alone.
+            return build_loader(
+                dataset, chosen, train=train, seed=self.seed, batches=copy.deepcopy(order) if probe else order,
+                collate_fn=collate_fn, rank=self._world()[0],
+                device=device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None,
+                epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
             )  # fmt: skip
 
-        settings = self.loader_settings
         if settings.auto:
             if self.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
                 self.tuned_loader, self.autotune_report = autotune(
-                    lambda s: build(s, probe=True), settings, threads=not dataset_batches
+                    lambda s: build(s, probe=True), settings, threads=not stream
                 )
             settings = self.tuned_loader
+        if stream and settings.backend == "threads":
+            raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
         loader = build(settings)
-        if resumed_stream is not None and callable(getattr(loader, "set_epoch", None)):
-            loader.set_epoch(resumed_stream[0])  # the stream's pass counter starts at the saved epoch
+        return self._training_loader(loader) if train else loader
+
+    def _training_loader(self, loader: Any) -> Any:
+        """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
+        if self._loader_state is not None:  # from a checkpoint (see state_dict)
+            loader.load_state_dict(self._loader_state)
+            self._loader_state = None
+        self._train_loader = loader
         return loader
 
-    def _threaded(
-        self,
-        dataset: Dataset[Any],
-        settings: LoaderSettings,
-        train: bool,
-        collate_fn: Callable[[Any], Any] | None,
-        sampler: Sampler[Any] | None,
-        batch_sampler: Sampler[Any] | None,
-        dataset_batches: bool,
-    ) -> ThreadedLoader:
-        if dataset_batches:
-            raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
-        size = settings.batch_size_for(train)
-        batches: Any = batch_sampler
-        if batches is None and sampler is not None:
-            batches = _Batched(sampler, size, settings.drop_last and train)
-        if batches is None:
-            batches = BatchIndexSampler(
-                len(dataset),  # type: ignore[arg-type]
-                size, shuffle=train and settings.shuffle, drop_last=train and settings.drop_last,
-                seed=derive_seed(self.seed, 0 if train else 1), pad=train,
-            )  # fmt: skip
-        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
-        return ThreadedLoader(
-            dataset, batches, collate_fn, prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
-            pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
-            device=device if device is not None and device.type == "cuda" and settings.resolved_pin_memory else None,
-        )  # fmt: skip
+    def _order(self, size: int, train: bool, batches: Any, eval_order: Any) -> Any:
+        """The sampler of index batches a map-style loader follows (see :meth:`_dataloader`)."""
+        if batches is not None:
+            return batches
+        rank, world = self._world()
+        settings = self.loader_settings
+        if not train:
+            order = size if eval_order is None else eval_order
+            return EvalBatches(order, settings.batch_size_for(False), rank=rank, world_size=world)
+        sampler, batched = self._train_sampler()
+        if sampler is None:
+            sampler = self._index_sampler(size)
+        elif batched:
+            return sampler
+        return Batched(sampler, settings.batch_size, settings.drop_last)
 
     # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
 
-    def train_dataloader(self) -> DataLoader[Any]:
+    def train_dataloader(self) -> Loader:
         return self._split_loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader[Any]:
+    def val_dataloader(self) -> Loader:
         return self._split_loader("val", train=False)
 
-    def test_dataloader(self) -> DataLoader[Any]:
+    def test_dataloader(self) -> Loader:
         return self._split_loader("test", train=False)
 
-    def predict_dataloader(self) -> DataLoader[Any]:
+    def predict_dataloader(self) -> Loader:
         return self._split_loader("test", train=False)
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool) -> Loader:
         """The loader of ``split`` (``train``, ``val`` or ``test``); ``train`` selects training behaviour."""
         raise NotImplementedError
 
@@ -274,76 +272,32 @@ class ChuteDataModule(L.LightningDataModule):
         batch = _apply_to_inputs(self.batch_transform, batch)
         if self.trainer is None or not self.trainer.training:
             return batch
-        self._count_training_batch()
         batch = _apply_to_inputs(self.train_batch_transform, batch)
         if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
             inputs, targets = self.train_pair_transform(batch[0], batch[1])
             batch = type(batch)([inputs, targets, *batch[2:]])
         return batch
 
+    # -- Mid-epoch resume ------------------------------------------------------------------------
+    # The training loader's own state_dict (epoch, batches handed out) is the position. Lightning
+    # saves it in every checkpoint's loop state; it is also kept here, in the DataModule's state,
+    # because Lightning does not restore loop-held loader states when the model's
+    # configure_optimizers asks for trainer.estimated_stepping_batches (Lightning issue #20550),
+    # which every shipped model's schedule does. Restoring the same state twice is harmless.
+
     def state_dict(self) -> dict[str, Any]:
-        """The seed and where training stands in its epoch (saved in every Lightning checkpoint)."""
-        return {"seed": self.seed, "train_position": self._train_resume_point()}
+        """The seed and the training loader's position (saved in every Lightning checkpoint)."""
+        loader = self._train_loader.state_dict() if self._train_loader is not None else self._loader_state
+        return {"seed": self.seed, "train_loader": loader}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_train_loader"] = None  # live loaders (worker processes, iterators) do not pickle
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
-        position = state_dict.get("train_position")
-        if position is not None:
-            self._resume_at = (int(position["epoch"]), int(position["batches"]))
-
-    # -- Mid-epoch resume ------------------------------------------------------------------------
-    # The training batches consumed in the current epoch are counted as they reach the device (not
-    # as the loader yields them: Lightning fetches one batch ahead and workers prefetch more), saved
-    # with the checkpoint, and on resume the training sampler skips exactly those: the two parts of
-    # an interrupted epoch together see the samples of one uninterrupted epoch, in the same order.
-
-    def _count_training_batch(self) -> None:
-        epoch = int(getattr(self.trainer, "current_epoch", 0))
-        done_epoch, done = self._position
-        self._position = (epoch, done + 1 if done_epoch == epoch else 1)
-
-    def _train_resume_point(self) -> dict[str, int]:
-        epoch, batches = self._position
-        total = getattr(self.trainer, "num_training_batches", None) if self.trainer is not None else None
-        if isinstance(total, int) and batches >= total:  # the epoch is complete: resume at the next one
-            epoch, batches = epoch + 1, 0
-        return {"epoch": epoch, "batches": batches}
-
-    def _resume(self, sampler: Any, items_per_batch: int) -> None:
-        """Point a fresh training sampler at the saved position (once, after ``load_state_dict``)."""
-        resume = self._resume_at
-        if resume is None or not isinstance(sampler, DistributedDraw):
-            return
-        epoch, batches = resume
-        self._resume_at = None
-        self._position = (epoch, batches)
-        sampler.load_state_dict({"epoch": epoch, "yielded": batches * items_per_batch, "seed": sampler.seed})
-
-
-class _Batched:
-    """Group an index sampler's indices into batches; ``set_epoch`` reaches the index sampler."""
-
-    def __init__(self, sampler: Sampler[Any], batch_size: int, drop_last: bool) -> None:
-        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
-
-    def set_epoch(self, epoch: int) -> None:
-        set_epoch = getattr(self.sampler, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-
-    def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Any:
-        batch: list[int] = []
-        for index in self.sampler:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
-            yield batch
+        self._loader_state = state_dict.get("train_loader")
 
 
 def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
@@ -355,17 +309,6 @@ def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
     if isinstance(batch, dict) and "inputs" in batch:
         return {**batch, "inputs": transform(batch["inputs"])}
     return transform(batch)
-
-
-def as_loader_settings(loader: LoaderSettings | Mapping[str, Any] | None) -> LoaderSettings:
-    """Accept settings as an object, a mapping of its fields (e.g. a Hydra node) or ``None``."""
-    if loader is None:
-        return LoaderSettings()
-    if isinstance(loader, LoaderSettings):
-        return loader
-    if isinstance(loader, Mapping):
-        return LoaderSettings(**{str(k): v for k, v in loader.items() if k != "_target_"})
-    raise TypeError(f"loader must be LoaderSettings, a mapping or None, not {type(loader).__name__}")
 
 
 def _qualname(fn: Any) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_images
@@ -19,7 +19,7 @@ from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset, 
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed
+from chute.loader import Loader, LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
 from chute.transforms.device import MixBatch
@@ -216,7 +216,7 @@ class ImageFolderDataModule(ChuteDataModule):
             self.mean, self.std = self._measure_stats()
         self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
         if self.device_augment and self._train_batch is not None:
-            self.train_batch_transform = _ChannelsLast(self._train_batch) if self.channels_last else self._train_batch
+            self.train_batch_transform = _InLayout(self._train_batch, self.channels_last)
         if any(a > 0 for a in self.mix_alphas):
             self.train_pair_transform = MixBatch(self.num_classes, *self.mix_alphas)
         if not self._checked and self.val_transform is not None:
@@ -310,23 +310,17 @@ class ImageFolderDataModule(ChuteDataModule):
 
     # -- Internals -------------------------------------------------------------------------------
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool) -> Loader:
         transform = self.train_transform if train else self.val_transform
         dataset: Dataset[Any] = (
             self._cached_dataset(split, transform, train) if self.cache is not None else self.dataset(split)
         )
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
-        sampler, batched = self._train_sampler() if train else (None, False)
-        if sampler is None and not train:  # in order, each sample on one rank (training: the base's default)
-            sampler = self._index_sampler(len(dataset), train=False)  # type: ignore[arg-type]
         collate = self._collate(collate_images)
         if not train and self.on_error == "skip":
-            collate = DropMissing(collate, channels_of(self.image_mode))  # the bad images an evaluation split left out
-        return self._dataloader(
-            dataset, train=train, collate_fn=collate,
-            sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
-        )  # fmt: skip
+            collate = DropMissing(collate)  # the bad images an evaluation split left out
+        return self._dataloader(dataset, train=train, collate_fn=collate)
 
     def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
         train = self._split("train")
@@ -442,11 +436,12 @@ class ImageFolderDataModule(ChuteDataModule):
         return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 
-class _ChannelsLast:
-    """Apply a batch transform, then hand the model a channels-last batch again."""
+class _InLayout:
+    """Apply a batch transform, then hand the model the batch in the layout asked for again."""
 
-    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], channels_last: bool) -> None:
         self.transform = transform
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.transform(images).contiguous(memory_format=torch.channels_last)
+        return self.transform(images).contiguous(memory_format=self.layout)

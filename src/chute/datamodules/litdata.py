@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from chute.collate import collate_nested, resolve_collate
 from chute.datamodules.base import ChuteDataModule
@@ -38,7 +38,7 @@ from chute.datasets.materialize import materialize
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings, WorkerSeeder, derive_seed
-from chute.samplers import IndexSampler
+from chute.samplers import EvalBatches
 from chute.transforms.batch import NormalizeBatch
 
 META = "chute.json"
@@ -224,12 +224,11 @@ class LitDataModule(ChuteDataModule):
         )
         if not train:
             n = self.num_samples(split)
-            sampler = (
-                self._index_sampler(n, train=False)
-                if rank is None or world_size is None
-                else IndexSampler(n, shuffle=False, rank=rank, world_size=world_size, pad=False)
+            given = rank is not None and world_size is not None  # a simulated rank (else the trainer's)
+            batches = (
+                EvalBatches(n, settings.batch_size_for(False), rank=rank, world_size=world_size) if given else None
             )
-            return self._dataloader(_Indexed(dataset, n), train=False, collate_fn=collate, sampler=sampler)
+            return self._dataloader(_Indexed(dataset, n), train=False, collate_fn=collate, batches=batches)
         assert rank is not None
         assert world_size is not None
         # The dataset reads the world from torch.distributed when built; the trainer knows it on any
@@ -251,9 +250,9 @@ class LitDataModule(ChuteDataModule):
         )
         if self.trainer is not None:  # a rebuilt loader (reload_dataloaders_every_n_epochs) keeps the epoch
             loader.current_epoch = self.trainer.current_epoch
-        return loader
+        return self._training_loader(loader)
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool) -> Any:
         return self.dataloader(split, train=train)
 
     def _distributed(self, env: Any) -> tuple[int, int, int]:

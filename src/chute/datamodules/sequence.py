@@ -8,7 +8,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from torch.utils.data import DataLoader
 
 from chute.bad_samples import BadSamples, OnError
 from chute.datamodules.base import ChuteDataModule
@@ -25,8 +24,8 @@ from chute.datasets.sequence import (
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed
-from chute.samplers import BatchIndexSampler, BucketBatchSampler, DistributedDraw
+from chute.loader import Loader, LoaderSettings, derive_seed
+from chute.samplers import BucketBatchSampler
 
 
 class SequenceDataModule(ChuteDataModule):
@@ -171,7 +170,7 @@ class SequenceDataModule(ChuteDataModule):
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
         self._check_imbalance()
 
-    def predict_dataloader(self) -> DataLoader[Any]:
+    def predict_dataloader(self) -> Loader:
         return self._split_loader("test", train=False, keep_order=True)
 
     def state_dict(self) -> dict[str, Any]:
@@ -248,21 +247,15 @@ class SequenceDataModule(ChuteDataModule):
         if not self._datasets:
             raise self._not_set_up()
 
-    def _split_loader(self, split: str, train: bool, keep_order: bool = False) -> DataLoader[Any]:
+    def _split_loader(self, split: str, train: bool, keep_order: bool = False) -> Loader:
         dataset = self.dataset(split)
         collate = self._collate(functools.partial(collate_sequences, pad_id=self.padding_id))
-        sampler, batched = self._train_sampler() if train else (None, False)
-        if sampler is not None:  # an imbalance strategy decides the training order instead of buckets
-            return self._dataloader(
-                dataset, train=train, collate_fn=collate,
-                sampler=None if batched else sampler, batch_sampler=sampler if batched else None,
-            )  # fmt: skip
-        batch_sampler: DistributedDraw | None = None if keep_order else self._batch_sampler(dataset, train, self.bucket)
-        if batch_sampler is None and not train:  # in order, each sample on exactly one rank
-            batch_sampler = BatchIndexSampler(
-                len(dataset), self.loader_settings.batch_size_for(False), shuffle=False, pad=False
-            )
-        return self._dataloader(dataset, train=train, collate_fn=collate, batch_sampler=batch_sampler)
+        if train:  # an imbalance strategy decides the training order instead of buckets
+            batches = None if self.imbalance.samples else self._batch_sampler(dataset, train, self.bucket)
+            return self._dataloader(dataset, train=True, collate_fn=collate, batches=batches)
+        # Evaluation in length order (little padding), or in file order for predict.
+        order = None if keep_order or not self.bucket else np.argsort(dataset.lengths, kind="stable")
+        return self._dataloader(dataset, train=False, collate_fn=collate, eval_order=order)
 
     def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
         return self.dataset("train").packed.labels, self.num_classes, self.class_names

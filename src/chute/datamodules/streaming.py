@@ -7,14 +7,12 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torch.utils.data import DataLoader
-
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_nested, resolve_collate
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.shards import ShardIndex, ShardStream
 from chute.errors import ConfigError
-from chute.loader import LoaderSettings, derive_seed, world_position
+from chute.loader import Loader, LoaderSettings, derive_seed, world_position
 from chute.transforms.batch import NormalizeBatch
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
@@ -164,8 +162,8 @@ class StreamingDataModule(ChuteDataModule):
             even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
-        return self._dataloader(self.stream(split, train=train), train=train, dataset_batches=True)
+    def _split_loader(self, split: str, train: bool) -> Loader:
+        return self._dataloader(self.stream(split, train=train), train=train, stream=True)
 
     def _index(self) -> ShardIndex:
         if self.index is None:

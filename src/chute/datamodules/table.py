@@ -9,7 +9,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import passthrough
@@ -26,8 +26,7 @@ from chute.datasets.tabular import (
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed
-from chute.samplers import BatchIndexSampler
+from chute.loader import Loader, LoaderSettings, derive_seed
 
 Task = Literal["classification", "regression"]
 UnknownCategory = Literal["raise", "ignore"]
@@ -133,10 +132,6 @@ class TableDataModuleBase(ChuteDataModule):
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
         self._check_imbalance()
 
-    def predict_dataloader(self) -> DataLoader[Any]:
-        # A plain batch sampler: Lightning rebuilds the predict loader's sampler to track indices.
-        return self._dataloader(self.dataset("test"), train=False, collate_fn=self._collate(passthrough))
-
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.encoder is not None:
@@ -184,24 +179,8 @@ class TableDataModuleBase(ChuteDataModule):
             raise self._not_set_up()
         return self.encoder
 
-    def _split_loader(self, split: str, train: bool) -> DataLoader[Any]:
-        dataset, settings = self.dataset(split), self.loader_settings
-        sampler, batched = self._train_sampler() if train else (None, False)
-        if sampler is not None and not batched:  # index draws: the DataLoader batches them, fetched whole
-            return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), sampler=sampler)
-        batches = (
-            sampler
-            if sampler is not None
-            else BatchIndexSampler(
-                len(dataset),
-                settings.batch_size_for(train),
-                shuffle=train and settings.shuffle,
-                drop_last=train and settings.drop_last,
-                seed=derive_seed(self.seed, 5),
-                pad=train,  # evaluation: every row exactly once across ranks
-            )
-        )
-        return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batch_sampler=batches)
+    def _split_loader(self, split: str, train: bool) -> Loader:
+        return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(passthrough))
 
     def _read(self, split: str) -> Split:
         """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""

@@ -277,21 +277,18 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
 class DropMissing:
     """``collate`` over the samples that are not ``None`` (those a ``drop_bad`` dataset left out).
 
-    A batch whose every sample was left out comes out as ``(images, labels)`` with no rows
-    (``(0, channels, 0, 0)`` images), which chute's models pass over.
+    A batch whose every sample was left out becomes ``None``, which chute's loaders never hand to
+    a model (:mod:`chute.loader.build`).
     """
 
-    def __init__(self, collate: Callable[[list[Any]], Any], channels: int = 3) -> None:
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
         self.collate = collate
-        self.channels = channels
 
     def __call__(self, samples: list[Any]) -> Any:
         if isinstance(samples, tuple):  # a batch the dataset gathered whole, already without them
             return self.collate(samples)
         present = [s for s in samples if s is not None]
-        if present:
-            return self.collate(present)
-        return torch.empty((0, self.channels, 0, 0), dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+        return self.collate(present) if present else None
 
 
 def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:

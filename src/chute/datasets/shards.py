@@ -293,7 +293,8 @@ class ShardStream(IterableDataset[Any]):
         # Shared memory, so persistent workers see what the main process sets: the epoch, and the
         # (epoch, batches consumed) to resume from (-1: none).
         self._epoch = SharedEpoch()
-        self._resume = torch.full((2,), -1, dtype=torch.int64).share_memory_()
+        with torch.inference_mode(False):  # updated from any thread, in or out of inference mode
+            self._resume = torch.full((2,), -1, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         """Lay out epoch ``epoch`` next; also logs lines skipped so far (``on_error="skip"``) if there are new ones."""

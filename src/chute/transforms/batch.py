@@ -17,7 +17,8 @@ class NormalizeBatch:
     Args:
         mean: Per-channel mean, in ``[0, 1]`` units.
         std: Per-channel standard deviation, in ``[0, 1]`` units.
-        channels_last: Return a channels-last (NHWC) memory layout, which convolutions prefer.
+        channels_last: Return a channels-last (NHWC) memory layout, which convolutions prefer;
+            ``False`` returns contiguous NCHW batches (what ``x.view(B, -1)`` needs).
         dtype: Floating dtype of the output (mixed precision autocasts from there).
 
     Example:
@@ -65,10 +66,12 @@ class NormalizeBatch:
                 "set mean and std with one value per channel"
             )
         scale, shift = self._scale_shift(images.device, images.dtype == torch.uint8)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = images.to(self.dtype) * scale + shift
-        return out
+        # One output buffer in the layout asked for, whatever layout the batch arrived in (crop-aware
+        # decoding writes channels-last batches), converted once and scaled in place.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = torch.empty(images.shape, dtype=self.dtype, device=images.device, memory_format=layout)
+        out.copy_(images)
+        return out.mul_(scale).add_(shift)
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()

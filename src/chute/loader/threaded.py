@@ -62,7 +62,12 @@ class ThreadedLoader:
         self.timeout = timeout
         self.device = torch.device(device) if device is not None else None
         self._copier: DeviceCopy | None = None
-        self.num_workers = 0  # no worker processes (for code that asks a loader for it)
+        # What Lightning and torch tooling read off a loader: no worker processes, and the sampler
+        # (of index batches) in the DataLoader's ``sampler`` slot, as chute's DataLoaders have it.
+        self.num_workers = 0
+        self.batch_sampler = None
+        self.batch_size = getattr(sampler, "batch_size", None)
+        self.drop_last = bool(getattr(sampler, "drop_last", False))
 
     def __len__(self) -> int:
         return len(self.sampler)

@@ -1,0 +1,292 @@
+"""Building loaders: the one place chute makes a loader, for any split, backend and kind of data.
+
+Every loader chute returns is made by :func:`build_loader` and shares one behaviour
+(:class:`Passes`), whatever runs it (DataLoader worker processes, loader threads, the calling thread):
+
+- It is driven by one *order*: a sampler of index batches (map-style data) or the stream itself
+  (a dataset that yields whole batches). The order has ``set_epoch(epoch)`` and
+  ``resume(epoch, batches)``; the loader tells it the epoch when a pass starts (the trainer's
+  epoch when attached, else the pass count).
+- Its position is its own ``state_dict()``: the epoch and how many of the order's batches this
+  pass has handed out (counted where they leave the loader, so worker prefetch is not counted).
+  ``load_state_dict`` makes the next pass of that epoch start after them. Lightning saves and
+  restores it with every checkpoint of a training loader that has both methods.
+- A pass starts lazily, at its first batch, so an epoch set after ``iter()`` (Lightning calls
+  ``iter`` before ``set_epoch``) still decides the order.
+- A batch with no samples (every sample of it left out, e.g. unreadable images in evaluation with
+  ``on_error="skip"``) is never handed to the model; it still counts towards the position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
+
+from chute.loader.distributed import current_rank
+from chute.loader.seeding import WorkerSeeder, derive_seed
+from chute.loader.settings import LoaderSettings
+from chute.loader.threaded import ThreadedLoader
+from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset
+
+
+class BatchFetch(Dataset[Any]):
+    """A view whose items are whole batches: ``view[[i, j, ...]]`` is the list of samples (or the
+    dataset's own ``__getitems__`` result). Lets a batch-yielding sampler drive a DataLoader with
+    ``batch_size=None``."""
+
+    def __init__(self, dataset: Dataset[Any]) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, batch: Sequence[int]) -> Any:
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if callable(getitems):
+            return getitems(batch)
+        return [self.dataset[i] for i in batch]
+
+    def reseed(self, seed: int) -> None:
+        reseed = getattr(self.dataset, "reseed", None)
+        if callable(reseed):
+            reseed(seed)
+
+    def __getattr__(self, name: str) -> Any:  # e.g. ``targets``, ``class_names`` of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class Batched(DistributedSampler):
+    """Group an index sampler's indices into batches: the order of a loader over an index sampler.
+
+    ``set_epoch`` reaches the index sampler; ``resume(epoch, batches)`` skips ``batches`` whole batches.
+    A :class:`~torch.utils.data.DistributedSampler` by type only (the index sampler splits the ranks):
+    Lightning then leaves the loader as it is, instead of re-making it around a
+    ``DistributedSamplerWrapper`` that would list one epoch and split it again.
+    """
+
+    def __init__(self, sampler: Any, batch_size: int, drop_last: bool) -> None:
+        # DistributedSampler.__init__ needs a dataset and a process group; only its type is wanted.
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def resume(self, epoch: int, batches: int) -> None:
+        self.sampler.resume(epoch, batches * self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+
+class Passes:
+    """What every chute loader does around its batches: epochs, position, resume, no empty batches.
+
+    A mixin: the loader class provides ``order`` (see the module docstring) and ``_batches()``, an
+    iterator over one pass's batches; ``epoch_of`` (optional) returns the trainer's current epoch.
+    """
+
+    epoch_of: Callable[[], int] | None
+
+    def _init_passes(self, epoch_of: Callable[[], int] | None) -> None:
+        self.epoch_of = epoch_of
+        self._epoch = 0  # the epoch of the current (or last) pass
+        self._handed = 0  # the order's batches this pass has handed out
+        self._next_pass = 0  # the next pass's epoch when no trainer says
+        self._pending: tuple[int, int] | None = None
+
+    @property
+    def order(self) -> Any:
+        raise NotImplementedError
+
+    def _batches(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, int]:
+        """The epoch of the current pass and how many batches it has handed out."""
+        if self._pending is not None:  # restored, not started yet: the position is still the saved one
+            return {"epoch": self._pending[0], "batches": self._pending[1]}
+        return {"epoch": self._epoch, "batches": self._handed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next pass, if it is of ``state``'s epoch, continues after its ``batches``."""
+        self._pending = (int(state["epoch"]), int(state["batches"]))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (without a trainer; with one, the trainer's epoch wins)."""
+        self._next_pass = int(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._pass()
+
+    def _pass(self) -> Iterator[Any]:
+        # A generator: nothing below runs until the first batch is asked for.
+        pending, self._pending = self._pending, None
+        if self.epoch_of is not None:
+            epoch = int(self.epoch_of())
+        else:
+            epoch = pending[0] if pending is not None else self._next_pass
+        self._next_pass = epoch + 1
+        order = self.order
+        if pending is not None and callable(getattr(order, "resume", None)):
+            order.resume(*pending)
+        if callable(getattr(order, "set_epoch", None)):
+            order.set_epoch(epoch)  # a resume offset of another epoch is dropped here
+        self._epoch = epoch
+        self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
+        for batch in self._batches():
+            self._handed += 1
+            if not _empty(batch):
+                yield batch
+
+
+def _empty(batch: Any) -> bool:
+    """Whether a batch holds no samples (``None``, or inputs with zero rows)."""
+    if batch is None:
+        return True
+    first = batch
+    while isinstance(first, (tuple, list, dict)) and first:
+        first = first.get("inputs", next(iter(first.values()))) if isinstance(first, dict) else first[0]
+    return isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == 0
+
+
+class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
+    """The torch DataLoader as chute runs it (worker processes, or the main process).
+
+    Adds :class:`Passes` and, with workers, names the worker and the samples it was loading when a
+    worker dies (:class:`~chute.loader.workers.GuardedIterator`).
+    """
+
+    def __init__(self, *args: Any, epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_passes(epoch_of)
+
+    @property
+    def order(self) -> Any:
+        return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
+
+    def _batches(self) -> Iterator[Any]:
+        iterator = DataLoader.__iter__(self)
+        tracked = _tracked(self.dataset)
+        if self.num_workers == 0 or tracked is None:
+            return iterator
+        return GuardedIterator(iterator, tracked)
+
+
+class ChuteThreadedLoader(Passes, ThreadedLoader):
+    """:class:`~chute.loader.threaded.ThreadedLoader` with :class:`Passes`."""
+
+    def __init__(self, *args: Any, epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_passes(epoch_of)
+
+    @property
+    def order(self) -> Any:
+        return self.sampler
+
+    def _batches(self) -> Iterator[Any]:
+        return ThreadedLoader.__iter__(self)
+
+
+def _tracked(dataset: Any) -> TrackedDataset | None:
+    for _ in range(3):
+        if isinstance(dataset, TrackedDataset):
+            return dataset
+        dataset = getattr(dataset, "dataset", None)
+    return None
+
+
+Loader = ChuteDataLoader | ChuteThreadedLoader
+
+
+def default_order(size: int, settings: LoaderSettings, *, train: bool, seed: int) -> Any:
+    """Training: a ``(seed, epoch)`` permutation (if ``settings.shuffle``) split across ranks and cut
+    into batches; evaluation: ``0..n-1``, each sample once across ranks (:class:`~chute.samplers.EvalBatches`)."""
+    from chute.samplers import EvalBatches, IndexSampler  # the samplers build on this package
+
+    if not train:
+        return EvalBatches(size, settings.batch_size_for(False))
+    sampler = IndexSampler(size, shuffle=settings.shuffle, seed=derive_seed(seed, 0))
+    return Batched(sampler, settings.batch_size, settings.drop_last)
+
+
+def build_loader(
+    dataset: Dataset[Any],
+    settings: LoaderSettings,
+    *,
+    train: bool,
+    seed: int,
+    batches: Any = None,
+    collate_fn: Callable[[Any], Any] | None = None,
+    rank: int | None = None,
+    device: torch.device | None = None,
+    epoch_of: Callable[[], int] | None = None,
+) -> Loader:
+    """The loader of ``dataset`` as ``settings`` say; the only place chute makes one.
+
+    Args:
+        dataset: A map-style dataset, read in the batches of ``batches``; or a stream (an iterable
+            dataset that yields whole batches itself, with ``set_epoch``/``resume``).
+        settings: Backend, workers, pinning, prefetch, timeouts (:class:`LoaderSettings`).
+        train: Training (the loader's batch size, ``drop_last``) or evaluation.
+        seed: The run's seed: worker seeds and the loader's generator derive from it alone.
+        batches: The order: a sampler of index batches with ``set_epoch``/``resume``
+            (:class:`~chute.samplers.DistributedDraw` subclasses, or :class:`Batched`); default
+            :func:`default_order`.
+        collate_fn: Applied to each batch's samples (or to what the dataset's ``__getitems__`` returned).
+        rank: This process's rank, mixed into worker seeds (default: :func:`current_rank`).
+        device: A CUDA device the threads backend copies batches to (through reused pinned buffers).
+        epoch_of: Returns the trainer's current epoch; each pass is that epoch.
+    """
+    stream = isinstance(dataset, IterableDataset)
+    if not stream:
+        if batches is None:
+            batches = default_order(len(dataset), settings, train=train, seed=seed)  # type: ignore[arg-type]
+        if collate_fn is None:  # a DataLoader without batch_size would only convert, not collate
+            collate_fn = default_collate
+    if settings.backend == "threads":
+        if stream:
+            raise ValueError("the threads backend reads map-style data; a stream needs backend=torch")
+        return ChuteThreadedLoader(
+            dataset, batches, collate_fn, prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
+            pin_memory=settings.resolved_pin_memory, timeout=settings.timeout, device=device, epoch_of=epoch_of,
+        )  # fmt: skip
+    workers = settings.num_workers
+    kwargs: dict[str, Any] = {
+        "batch_size": None,  # the order (or the stream) makes the batches
+        "num_workers": workers,
+        "pin_memory": settings.resolved_pin_memory,
+        "collate_fn": collate_fn,
+        "generator": torch.Generator().manual_seed(derive_seed(seed, 0 if train else 1)),
+        "epoch_of": epoch_of,
+    }
+    if workers > 0:
+        kwargs["persistent_workers"] = settings.resolved_persistent_workers
+        kwargs["timeout"] = settings.timeout
+        if settings.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = settings.prefetch_factor
+        if settings.multiprocessing_context is not None:
+            kwargs["multiprocessing_context"] = settings.multiprocessing_context
+        if settings.seed_workers:
+            kwargs["worker_init_fn"] = WorkerSeeder(current_rank() if rank is None else rank)
+    if stream:
+        return ChuteDataLoader(dataset, **kwargs)
+    if workers > 0:  # name the samples in flight if a worker dies
+        size = max(int(getattr(batches, "batch_size", 1) or 1), 1)
+        dataset = TrackedDataset(dataset, InFlight(workers, size))
+    return ChuteDataLoader(BatchFetch(dataset), sampler=batches, **kwargs)

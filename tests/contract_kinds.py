@@ -1,0 +1,193 @@
+"""Every kind of data chute ships, as the contract suite (tests/test_contract.py) runs it.
+
+Each kind writes small real files whose samples carry their own id (a table's only feature is the
+row id, an image's first pixels encode it, a sequence's first token), builds its DataModule for
+given loader settings, and reads the ids back from what the model received. A new DataModule
+joins the suite with one line in :data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from chute.models.eval_loss import EvalLoss
+
+SAMPLES = 23  # validation samples (and training rows): not a multiple of 2 or 3, so rank shares differ
+TRAIN_IMAGES = 10
+BATCH = 4
+EVAL_BATCH = 16  # fewer evaluation batches than 3 ranks: a split by whole batches would starve a rank
+
+
+def write_table(out: Path) -> Path:
+    table = out / "table.csv"
+    if not table.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        table.write_text("id,label,value\n" + "".join(f"{i},c{i % 3},{i * 0.5}\n" for i in range(SAMPLES)))
+    return table
+
+
+def _table(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import TabularDataModule
+
+    table = str(write_table(out))
+    return TabularDataModule(table, target="label", numeric=["id"], standardize=False, val_path=table, loader=loader)
+
+
+def _multitask(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import MultiTaskDataModule
+
+    table = str(write_table(out))
+    tasks = {"cls": {"column": "label", "type": "classification"}, "reg": {"column": "value", "type": "regression"}}
+    return MultiTaskDataModule(table, tasks=tasks, numeric=["id"], standardize=False, val_path=table, loader=loader)
+
+
+def _stream(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import StreamingDataModule
+    from chute.datasets import ShardedCopy
+
+    source = _table(out, {})
+    return StreamingDataModule(out / "shards", prepare=ShardedCopy(source, 5), loader=loader, shuffle_buffer=8)
+
+
+def _litdata(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import LitDataModule
+    from chute.datamodules.litdata import LitDataCopy
+
+    return LitDataModule(out / "chunks", prepare=LitDataCopy(_table(out, {}), chunk_size=5), loader=loader)
+
+
+def write_sequences(out: Path) -> Path:
+    root = out / "sequences"
+    if not (root / "val.jsonl").exists():
+        root.mkdir(parents=True, exist_ok=True)
+        lines = "".join(
+            json.dumps({"tokens": [i + 2] + [3] * (1 + i % 5), "label": i % 3}) + "\n" for i in range(SAMPLES)
+        )
+        (root / "train.jsonl").write_text(lines)
+        (root / "val.jsonl").write_text(lines)
+    return root
+
+
+def _sequence(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import SequenceDataModule
+
+    return SequenceDataModule(write_sequences(out), loader=loader)
+
+
+def write_images(out: Path) -> Path:
+    from PIL import Image
+
+    root = out / "images"
+    if not (root / "val").exists():
+        for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
+            for i in range(n):
+                pixels = np.zeros((8, 8), dtype=np.uint8)
+                pixels[0, 0], pixels[0, 1] = i // 256, i % 256
+                folder = root / split / f"c{i % 3}"
+                folder.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels, mode="L").save(folder / f"{i:03d}.png")
+    return root
+
+
+def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import ImageFolderDataModule
+    from chute.transforms import create_transforms
+
+    t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
+    return ImageFolderDataModule(
+        write_images(out), image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
+        channels_last=False, loader=loader,
+    )  # fmt: skip
+
+
+def _row_ids(batch: Any) -> torch.Tensor:
+    inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
+    return inputs[:, 0].round().long()
+
+
+def _image_ids(batch: Any) -> torch.Tensor:
+    pixels = (batch[0][:, 0, 0, :2].float() * 255).round().long()  # mean 0, std 1: the model sees x / 255
+    return pixels[:, 0] * 256 + pixels[:, 1]
+
+
+def _token_ids(batch: Any) -> torch.Tensor:
+    return batch["inputs"][:, 0].long() - 2
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How the suite makes a kind's DataModule and reads sample ids off its batches."""
+
+    make: Callable[[Path, Mapping[str, Any]], L.LightningDataModule]
+    ids: Callable[[Any], torch.Tensor]
+    train_samples: int = SAMPLES
+    # Loader settings it supports (tests/contract_run.py SETTINGS): streams yield whole batches
+    # themselves (no threads backend); LitData shards by worker (no autotuning).
+    settings: tuple[str, ...] = ("w0", "w2", "t2", "auto")
+    same_batches_any_workers: bool = True  # LitData's own order depends on the worker count
+    write: Callable[[Path], Any] | None = None  # files written before any rank starts
+
+
+KINDS: dict[str, Kind] = {
+    "image": Kind(_image, _image_ids, train_samples=TRAIN_IMAGES, write=write_images),
+    "table": Kind(_table, _row_ids, write=write_table),
+    "multitask": Kind(_multitask, _row_ids, write=write_table),
+    "sequence": Kind(_sequence, _token_ids, write=write_sequences),
+    "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
+    "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
+}
+
+
+def logits_of(ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample logits that depend on the id, so each sample has its own loss."""
+    x = ids.float() / SAMPLES
+    return torch.stack([x, 1 - x, 0.5 * torch.ones_like(x)], dim=1)
+
+
+def expected_val_loss() -> float:
+    ids = torch.arange(SAMPLES)
+    return float(nn.functional.cross_entropy(logits_of(ids), ids % 3))
+
+
+class Recorder(L.LightningModule):
+    """Records the sample ids of every batch it receives, per stage; trains nothing."""
+
+    def __init__(self, ids: Callable[[Any], torch.Tensor]) -> None:
+        super().__init__()
+        self.read_ids = ids
+        self.layer = nn.Linear(1, 1)
+        self.eval_loss = EvalLoss()
+        self.seen: dict[str, list[tuple[int, list[int]]]] = {"train": [], "val": [], "test": [], "predict": []}
+
+    def _record(self, stage: str, batch: Any) -> torch.Tensor:
+        ids = self.read_ids(batch)
+        assert len(ids) > 0, f"an empty {stage} batch reached the model"
+        self.seen[stage].append((self.current_epoch, ids.tolist()))
+        return ids
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self._record("train", batch)
+        return sum(p.sum() for p in self.parameters()) * 0.0  # every step all-reduces: equal steps or a hang
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        ids = self._record("val", batch)
+        loss = nn.functional.cross_entropy(logits_of(ids), ids % 3)
+        self.eval_loss.log(self, "val", loss, len(ids), prog_bar=False)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._record("test", batch)
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self._record("predict", batch)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
