@@ -56,7 +56,8 @@ def main() -> None:
         default_root_dir=str(out),
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    sampler = trainer.train_dataloader.sampler  # type: ignore[union-attr]
+    order = trainer.train_dataloader.sampler  # type: ignore[union-attr]
+    sampler = getattr(order, "sampler", order)  # an index draw is cut into batches by chute.loader.Batched
     draw = [np.atleast_1d(x).tolist() for x in sampler.epoch_items(0)]
     row_labels = dm.dataset("train").targets.tolist()
     ids_to_row = {int(f): i for i, f in enumerate(dm.dataset("train").features[:, 0].tolist())}
