@@ -47,6 +47,18 @@ def test_every_data_option_trains_one_epoch(name: str, digits_root: Path, tmp_pa
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_passes_a_fast_dev_run(name: str, digits_root: Path, tmp_path: Path, make_tree) -> None:
+    """The smoke run a user tries first: one batch of each loop (Lightning's fast_dev_run)."""
+    small = ["transforms.image_size=32"] if name == "image_folder" else []
+    quiet = ["trainer.enable_model_summary=false", "trainer.enable_progress_bar=false"]
+    overrides = [*data_overrides(name, make_tree), "trainer.fast_dev_run=true", "test_after_fit=true", *quiet, *small]
+    cfg = make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+    run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["train_samples"] > 0
+
+
 @pytest.mark.parametrize("strategy", options("imbalance"))
 def test_every_imbalance_option_trains_on_the_long_tailed_experiment(
     strategy: str, digits_root: Path, tmp_path: Path

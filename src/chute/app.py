@@ -72,7 +72,9 @@ def _run(cfg: DictConfig) -> float:
     trainer.fit(model, datamodule=datamodule)
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit:
-        trainer.test(model, datamodule=datamodule, ckpt_path="best" if _checkpoint(trainer) else None)
+        # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
+        saved = _checkpoint(trainer)
+        trainer.test(model, datamodule=datamodule, ckpt_path=(saved.best_model_path if saved else "") or None)
 
     checkpoint = _checkpoint(trainer)
     best = checkpoint.best_model_score if checkpoint is not None else None

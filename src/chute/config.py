@@ -159,6 +159,8 @@ def _omegaconf_type(tp: Any) -> Any:
         optional = len(options) < len(args)
         if any(a is collections.abc.Callable or typing.get_origin(a) is collections.abc.Callable for a in options):
             return Any  # a callable or its dotted path: a string, or a node with _target_ (and _partial_)
+        if optional and any(typing.get_origin(a) in (dict, collections.abc.Mapping) for a in options):
+            return Any  # OmegaConf cannot merge a command-line dict into a typed dict node that is null
         if str in options:  # e.g. str | os.PathLike
             inner: Any = str
         elif len(options) == 1:
@@ -202,14 +204,8 @@ def register_configs() -> None:
     """Register every schema with Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import (
-        ImageFolderDataModule,
-        MultiTaskDataModule,
-        SequenceDataModule,
-        StreamingDataModule,
-        TabularDataModule,
-    )
-    from chute.models import ImageClassifier, MultiTaskModel, SequenceClassifier, TabularModel
+    from chute.datamodules import DATAMODULES
+    from chute.models import MODELS
 
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
@@ -217,24 +213,8 @@ def register_configs() -> None:
     cs.store(group="transforms", name="transforms_schema", node=TransformSettings)
     cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
     cs.store(group="imbalance", name="imbalance_schema", node=ImbalanceSettings)
-    cs.store(
-        group="data",
-        name="image_folder_schema",
-        node=builds(
-            ImageFolderDataModule,
-            "ImageFolderDataConfig",
-            exclude=("train_transform", "val_transform", "train_batch_transform", "loader"),
-        ),
-    )
-    tabular = builds(TabularDataModule, "TabularDataConfig", exclude=("loader",))
-    cs.store(group="data", name="tabular_schema", node=tabular)
-    cs.store(group="model", name="image_classifier_schema", node=builds(ImageClassifier, "ImageClassifierConfig"))
-    cs.store(group="model", name="tabular_model_schema", node=builds(TabularModel, "TabularModelConfig"))
-    sequence = builds(SequenceDataModule, "SequenceDataConfig", exclude=("loader",))
-    cs.store(group="data", name="sequence_schema", node=sequence)
-    cs.store(group="model", name="sequence_classifier_schema", node=builds(SequenceClassifier, "SequenceModelConfig"))
-    multitask = builds(MultiTaskDataModule, "MultiTaskDataConfig", exclude=("loader",))
-    cs.store(group="data", name="multitask_schema", node=multitask)
-    cs.store(group="model", name="multitask_model_schema", node=builds(MultiTaskModel, "MultiTaskModelConfig"))
-    streaming = builds(StreamingDataModule, "StreamingDataConfig", exclude=("loader",))
-    cs.store(group="data", name="streaming_schema", node=streaming)
+    for name, datamodule in DATAMODULES.items():  # the loader composes from its own group
+        schema = builds(datamodule, f"{datamodule.__name__}Config", exclude=("loader", *datamodule.schema_exclude))
+        cs.store(group="data", name=f"{name}_schema", node=schema)
+    for name, model in MODELS.items():
+        cs.store(group="model", name=f"{name}_schema", node=builds(model, f"{model.__name__}Config"))

@@ -11,6 +11,8 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from chute.datamodules.base import ChuteDataModule
+
 
 class DataPreview(L.Callback):
     """At the start of fitting, save a grid of augmented training images and of validation images.
@@ -34,17 +36,20 @@ class DataPreview(L.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        dm: Any = trainer.datamodule  # type: ignore[attr-defined]
-        if dm is None or not hasattr(dm, "preview_batch"):
+        dm = trainer.datamodule  # type: ignore[attr-defined]
+        if not isinstance(dm, ChuteDataModule):
             return
         out_dir = self.out_dir or trainer.default_root_dir
         os.makedirs(out_dir, exist_ok=True)
         for split in ("train", "val"):
             try:
-                images, labels = dm.preview_batch(split, self.num_images)
+                batch = dm.preview_batch(split, self.num_images)
             except Exception as err:  # a missing split must not stop training
                 trainer.print(f"DataPreview: skipped '{split}': {err}")
                 continue
+            if batch is None:  # not images
+                return
+            images, labels = batch
             figure = preview_figure(images, labels, list(dm.class_names), title=f"{split} samples")
             path = os.path.join(out_dir, f"preview_{split}.png")
             figure.savefig(path, dpi=100)

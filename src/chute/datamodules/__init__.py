@@ -1,4 +1,8 @@
-"""Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`."""
+"""Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`.
+
+:data:`DATAMODULES` is the registry: each entry's Hydra schema (``data/<name>_schema``) is made from
+its constructor by :func:`chute.config.register_configs`, so a new DataModule gets one by joining it.
+"""
 
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.image_folder import ImageFolderDataModule
@@ -8,7 +12,17 @@ from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.streaming import StreamingDataModule
 from chute.datamodules.tabular import TabularDataModule
 
+DATAMODULES: dict[str, type[ChuteDataModule]] = {
+    "image_folder": ImageFolderDataModule,
+    "tabular": TabularDataModule,
+    "multitask": MultiTaskDataModule,
+    "sequence": SequenceDataModule,
+    "streaming": StreamingDataModule,
+    "litdata": LitDataModule,
+}
+
 __all__ = [
+    "DATAMODULES",
     "ChuteDataModule",
     "ImageFolderDataModule",
     "LitDataModule",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from chute.autotune import autotune
+from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
@@ -41,7 +44,17 @@ class ChuteDataModule(L.LightningDataModule):
         collate_fn: Collate function, or the dotted path of one, replacing the DataModule's default.
         imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or a mapping
             of its fields); checked at ``setup`` against the training split's classes.
+        on_error: A sample that cannot be read: ``raise`` names it (file, line or row) and stops;
+            ``skip`` leaves it out, counts it (:attr:`bad_samples`) and logs the first ones. The
+            policy of every DataModule: bad samples are dropped where the data is indexed when that
+            is possible (table rows, JSONL lines at setup), otherwise where they are read (images,
+            shard lines); no batch without samples ever reaches the model.
+        max_bad_fraction: With ``skip``, raise once more than this share of a split's samples were
+            bad (below 100 samples read, more than ``max_bad_fraction * 100``).
     """
+
+    # Constructor arguments left out of the DataModule's Hydra schema (objects the app passes in).
+    schema_exclude: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -50,8 +63,14 @@ class ChuteDataModule(L.LightningDataModule):
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Collate | str | None = None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__()
+        BadSamples(on_error, max_bad_fraction)  # check both now, naming the key
+        self.on_error: OnError = on_error
+        self.max_bad_fraction = float(max_bad_fraction)
+        self._bad: dict[str, BadSamples] = {}  # one policy (and count) per split or file
         self.loader_settings = as_loader_settings(loader)
         self.imbalance = as_imbalance_settings(imbalance)
         self.seed = int(seed)
@@ -68,10 +87,28 @@ class ChuteDataModule(L.LightningDataModule):
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
 
+    # -- The declared interface: what train.py, callbacks and tests may rely on -------------------
+    # model_kwargs, loss_kwargs, class_names, class_weights, bad_samples, preview_batch,
+    # tuned_loader / autotune_report, and the Lightning hooks. Subclasses override these, never
+    # add other members that callers must probe for.
+
     @property
     def model_kwargs(self) -> dict[str, Any]:
         """What a model needs to know about this data, e.g. ``{"num_classes": 10, "in_channels": 1}``."""
         return {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names, index = label. Raises ``AttributeError`` for data without class targets."""
+        classes = self._class_labels()
+        if classes is None:
+            raise AttributeError(f"class_names: {type(self).__name__} here has no class targets")
+        return classes[2]
+
+    def preview_batch(self, split: str, n: int = 32) -> tuple[Any, Any] | None:
+        """``n`` samples of ``split`` after its pipeline, as ``(images, labels)`` for a preview grid;
+        ``None`` for data that is not images."""
+        return None
 
     # -- Class imbalance ---------------------------------------------------------------------------
 
@@ -145,21 +182,49 @@ class ChuteDataModule(L.LightningDataModule):
         return resolve_collate(self.collate_fn, default)
 
     def _save_plain_hparams(self, **values: Any) -> None:
-        """``save_hyperparameters`` with plain values only (plus seed, loader settings and collate).
+        """``save_hyperparameters`` of the calling ``__init__``'s arguments, plain values only.
 
-        Checkpoints then load with ``torch.load(..., weights_only=True)``: no paths, dataclasses
-        or transform objects to unpickle. ``None`` values (defaults: "infer from the data") are left
-        out, because Lightning refuses a DataModule hparam that differs from the model's, and the
-        model gets the inferred value (e.g. ``vocab_size``).
+        Checkpoints then load with ``torch.load(..., weights_only=True)``: paths become strings,
+        loader settings a dict, a collate function its dotted path; callables and objects (a
+        ``prepare`` writer, transforms) are left out. ``None`` values (defaults: "infer from the
+        data") are left out too, because Lightning refuses a DataModule hparam that differs from
+        the model's, and the model gets the inferred value (e.g. ``vocab_size``). ``values``
+        override what the call received (e.g. a normalized form).
         """
+        frame = inspect.currentframe()
+        caller = frame.f_back if frame is not None else None
+        received: dict[str, Any] = {}
+        if caller is not None:
+            code = caller.f_code
+            names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
+            received = {name: caller.f_locals[name] for name in names if name in caller.f_locals}
+        received.update(values)
         collate = self.collate_fn if isinstance(self.collate_fn, str | None) else _qualname(self.collate_fn)
-        values = {
-            **values,
-            "seed": self.seed,
-            "loader": dataclasses.asdict(self.loader_settings),
-            "collate_fn": collate,
-        }
-        self.save_hyperparameters({k: v for k, v in values.items() if v is not None})
+        received.update(seed=self.seed, loader=dataclasses.asdict(self.loader_settings), collate_fn=collate)
+        received.update(on_error=self.on_error, max_bad_fraction=self.max_bad_fraction)
+        received["imbalance"] = dataclasses.asdict(self.imbalance)
+        plain = {k: _plain(v) for k, v in received.items()}
+        self.save_hyperparameters({k: v for k, v in plain.items() if v is not None and v is not _NOT_PLAIN})
+
+    # -- Bad samples: one policy for every DataModule --------------------------------------------
+
+    def _bad_policy(self, key: str, what: str, fresh: bool = False) -> BadSamples:
+        """The policy (and shared count) of split or file ``key``; ``fresh`` starts its count anew
+        (a file read again at a second ``setup``)."""
+        if fresh or key not in self._bad:
+            self._bad[key] = BadSamples(self.on_error, self.max_bad_fraction, what=what)
+        return self._bad[key]
+
+    @property
+    def bad_samples(self) -> dict[str, dict[str, Any]]:
+        """Per split (or file) read: samples read (``seen``), ``skipped`` bad ones and the ``first``
+        of them (``on_error="skip"``), summed over DataLoader workers, for this process's rank."""
+        return {key: bad.summary() for key, bad in self._bad.items()}
+
+    def teardown(self, stage: str | None = None) -> None:
+        """Log each split's skipped samples (``on_error="skip"``) not reported yet."""
+        for key, bad in self._bad.items():
+            bad.report(f"the {key} split of {type(self).__name__}")
 
     def _dataloader(
         self,
@@ -309,6 +374,24 @@ def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
     if isinstance(batch, dict) and "inputs" in batch:
         return {**batch, "inputs": transform(batch["inputs"])}
     return transform(batch)
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain data (str, numbers, lists, dicts), or ``_NOT_PLAIN``."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, Mapping):
+        items = {str(k): _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
+    if isinstance(value, (list, tuple)):
+        listed = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in listed) else listed
+    return _NOT_PLAIN
 
 
 def _qualname(fn: Any) -> str:

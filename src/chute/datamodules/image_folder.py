@@ -102,6 +102,8 @@ class ImageFolderDataModule(ChuteDataModule):
 
     sample_collate = "chute.collate.collate_images"  # for streams of its samples
 
+    schema_exclude = ("train_transform", "val_transform", "train_batch_transform")
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -131,7 +133,10 @@ class ImageFolderDataModule(ChuteDataModule):
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
         if device_augment and (cache is None or train_batch_transform is None):
             raise ConfigError(
                 "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"
@@ -170,16 +175,7 @@ class ImageFolderDataModule(ChuteDataModule):
         self._splits: dict[str, FolderIndex | None] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
-        BadSamples(on_error, max_bad_fraction)  # check both now
-        self.on_error: OnError = on_error
-        self.max_bad_fraction = float(max_bad_fraction)
-        self._bad: dict[str, BadSamples] = {}
-        self._save_plain_hparams(
-            root=self.root, image_mode=image_mode, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir,
-            test_dir=test_dir, mean=self.mean, std=self.std, channels_last=channels_last, cache=cache,
-            cache_size=cache_size, cache_dir=cache_dir, device_augment=device_augment, mixup_alpha=mixup_alpha,
-            cutmix_alpha=cutmix_alpha, on_error=on_error, max_bad_fraction=self.max_bad_fraction,
-        )  # fmt: skip
+        self._save_plain_hparams()
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -224,11 +220,6 @@ class ImageFolderDataModule(ChuteDataModule):
             self._checked = True
         self._check_imbalance()
 
-    def teardown(self, stage: str | None = None) -> None:
-        """Log each split's skipped images (``on_error="skip"``) not reported at an epoch start yet."""
-        for split, bad in self._bad.items():
-            bad.report(f"the {split} split of '{self.root}'")
-
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
@@ -272,19 +263,11 @@ class ImageFolderDataModule(ChuteDataModule):
         """Training samples per class (index = label)."""
         return self._split("train").class_counts()
 
-    @property
-    def bad_samples(self) -> dict[str, dict[str, Any]]:
-        """Per split read so far: images attempted (``seen``), ``skipped`` and the ``first`` skipped
-        paths, summed over DataLoader workers (``on_error="skip"``; this process's rank only)."""
-        return {split: bad.summary() for split, bad in self._bad.items()}
-
     def _bad_samples(self, split: str) -> BadSamples:
         """The split's policy, shared by every dataset built for it so its counts add up."""
         index = self._split(split)
         key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
-        if key not in self._bad:
-            self._bad[key] = BadSamples(self.on_error, self.max_bad_fraction, what="image")
-        return self._bad[key]
+        return self._bad_policy(key, "image")
 
     def dataset(self, split: str) -> ImageFolderDataset:
         """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""

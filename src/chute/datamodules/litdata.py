@@ -18,7 +18,6 @@ litdata is an optional dependency (``pip install chute[litdata]``); it is import
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
@@ -31,15 +30,13 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from chute.collate import collate_nested, resolve_collate
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.described import DescribedDataModule
 from chute.datamodules.litdata_cover import covering_loader_class, resumable_loader_class
-from chute.datasets.materialize import materialize
+from chute.datasets.materialize import SourceCopy
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings, WorkerSeeder, derive_seed
 from chute.samplers import EvalBatches
-from chute.transforms.batch import NormalizeBatch
 
 META = "chute.json"
 FORMAT = "chute-litdata/1"
@@ -64,7 +61,7 @@ def is_remote(path: str) -> bool:
     return path.startswith(_REMOTE)
 
 
-class LitDataModule(ChuteDataModule):
+class LitDataModule(DescribedDataModule):
     """Train and evaluate from LitData chunks written by :class:`LitDataCopy` (``scripts/to_litdata.py``).
 
     ``input_dir`` is a local folder or an object-store URL (``s3://bucket/prefix``, ``gs://...``);
@@ -135,57 +132,25 @@ class LitDataModule(ChuteDataModule):
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn)
+        super().__init__(
+            input_dir, train_split=train_split, val_split=val_split, test_split=test_split, loader=loader, seed=seed,
+            prepare=prepare, collate_fn=collate_fn,
+        )  # fmt: skip
         if self.loader_settings.auto or self.loader_settings.backend != "torch":
             raise ConfigError(
                 "loader", "num_workers=auto" if self.loader_settings.auto else "backend=threads",
                 "LitDataModule needs backend=torch and an integer num_workers (LitData's loader shards by worker)",
             )  # fmt: skip
-        self.input_dir = os.fspath(input_dir)
+        self.input_dir = self.root
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         self.storage_options = dict(storage_options or {})
-        self.split_names = {"train": train_split, "val": val_split, "test": test_split or val_split}
         for name in set(self.split_names.values()):
             _check_split(name)
-        self.meta: dict[str, Any] | None = None
-        self._save_plain_hparams(
-            input_dir=self.input_dir, cache_dir=cache_dir, max_cache_size=max_cache_size, train_split=train_split,
-            val_split=val_split, test_split=test_split,
-        )  # fmt: skip
+        self._save_plain_hparams(storage_options=None)  # may hold credentials: never in a checkpoint
 
-    def prepare_data(self) -> None:
-        self._prepare_root(self.input_dir)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self.meta is not None:
-            return
-        meta = read_meta(self.input_dir, self._cache_root(), self.storage_options)
-        for name in set(self.split_names.values()):
-            if name not in meta["splits"]:
-                raise DataError(f"'{self.input_dir}' has no '{name}' split (has {sorted(meta['splits'])}).")
-        normalize = meta.get("normalize")
-        if normalize is not None:
-            self.batch_transform = NormalizeBatch(normalize["mean"], normalize["std"])
-        self.meta = meta
-
-    @property
-    def model_kwargs(self) -> dict[str, Any]:
-        return dict(self._meta().get("model_kwargs", {}))
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        names = self._meta().get("class_names")
-        if names is None:
-            raise AttributeError("class_names: chute.json records no classes")
-        return tuple(names)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def num_samples(self, split: str) -> int:
-        return int(self._meta()["splits"][self.split_names[split]])
+    def _read_meta(self) -> dict[str, Any]:
+        return read_meta(self.input_dir, self._cache_root(), self.storage_options)
 
     def dataloader(
         self,
@@ -208,7 +173,7 @@ class LitDataModule(ChuteDataModule):
         from litdata.utilities.env import _DistributedEnv
 
         settings, name = self.loader_settings, self.split_names[split]
-        collate = self._collate(resolve_collate(self._meta().get("collate"), collate_nested))
+        collate = self._sample_collate()
         if train and (rank is None or world_size is None):
             rank, world_size, num_nodes = self._distributed(_DistributedEnv)
         dataset = litdata.StreamingDataset(
@@ -264,11 +229,6 @@ class LitDataModule(ChuteDataModule):
     def _cache_root(self) -> str:
         return self.cache_dir or os.path.join(tempfile.gettempdir(), "chute-litdata")
 
-    def _meta(self) -> dict[str, Any]:
-        if self.meta is None:
-            raise self._not_set_up()
-        return self.meta
-
 
 class _Indexed(Dataset[Any]):
     """A map-style view of a LitData split: item ``i`` is the split's global sample ``i``."""
@@ -283,7 +243,7 @@ class _Indexed(Dataset[Any]):
         return self.dataset[int(index)]
 
 
-class LitDataCopy:
+class LitDataCopy(SourceCopy):
     """Writes a chute DataModule's splits as LitData chunks plus ``chute.json``, once (atomically).
 
     Use it as a :class:`LitDataModule`'s ``prepare`` or from ``scripts/to_litdata.py``. Samples are
@@ -297,42 +257,24 @@ class LitDataCopy:
         splits: Splits to write.
     """
 
+    per_file_key = "chunk_size"
+
     def __init__(self, source: Any, chunk_size: int = 1024, splits: Sequence[str] = ("train", "val")) -> None:
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size={chunk_size}: must be >= 1")
         for split in splits:
             _check_split(split)
-        self.source, self.chunk_size, self.splits = source, chunk_size, tuple(splits)
-
-    def manifest(self) -> dict[str, Any]:
-        hparams = {k: v for k, v in dict(getattr(self.source, "hparams", {})).items() if k != "loader"}
-        return {
-            "source": f"{type(self.source).__module__}.{type(self.source).__qualname__}",
-            "source_hparams": hparams, "chunk_size": self.chunk_size, "splits": list(self.splits),
-        }  # fmt: skip
+        super().__init__(source, chunk_size, splits)
 
     def __call__(self, root: str | os.PathLike[str]) -> Path:
         if is_remote(os.fspath(root)):
             raise ValueError(f"LitDataCopy writes a local folder, not '{root}': write locally, then copy it up.")
         _litdata()
-        return materialize(root, json.loads(json.dumps(self.manifest(), default=str)), self._write)
+        return super().__call__(root)
 
-    def _write(self, out: Path) -> None:
-        source = self.source
-        source.prepare_data()
-        source.setup("fit")
-        meta: dict[str, Any] = {"format": FORMAT, "splits": {}, "model_kwargs": source.model_kwargs}
-        for split in self.splits:
-            dataset = source.dataset(split)
-            meta["splits"][split] = write_chunks(
-                (dataset[i] for i in range(len(dataset))), out / split, self.chunk_size
-            )
-        meta["collate"] = getattr(source, "sample_collate", None)
-        mean, std = getattr(source, "mean", None), getattr(source, "std", None)
-        if isinstance(mean, list) and isinstance(std, list):
-            meta["normalize"] = {"mean": mean, "std": std}
-        with contextlib.suppress(AttributeError):  # e.g. a regression target has no classes
-            meta["class_names"] = list(source.class_names)
+    def _write_split(self, samples: Any, out: Path, split: str, total: int) -> Any:
+        return write_chunks(samples, out / split, self.per_file)
+
+    def _describe(self, out: Path, splits: dict[str, Any], description: dict[str, Any]) -> None:
+        meta = {"format": FORMAT, "splits": splits, **description}
         (out / META).write_text(json.dumps(meta, indent=2))
 
 

@@ -73,13 +73,7 @@ class MultiTaskDataModule(TableDataModuleBase):
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
             seed=seed, prepare=prepare, collate_fn=collate_fn, on_error=on_error, max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
-        self._save_plain_hparams(
-            path=self.path, tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()},
-            numeric=self._numeric, categorical=list(categorical), weight=weight, val_path=val_path,
-            test_path=test_path, val_fraction=val_fraction, missing=missing, fill_value=fill_value,
-            standardize=standardize, unknown_category=unknown_category, on_error=on_error,
-            max_bad_fraction=self.max_bad_fraction,
-        )  # fmt: skip
+        self._save_plain_hparams(tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()})
 
     def _make_dataset(
         self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None

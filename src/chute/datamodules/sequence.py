@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import OnError
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import stratified_split
 from chute.datasets.sequence import (
@@ -99,8 +99,10 @@ class SequenceDataModule(ChuteDataModule):
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
-        BadSamples(on_error, max_bad_fraction)  # check both now
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
         if max_length is not None and max_length < 1:
             raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
         if vocab_size is not None and vocab_size < 2:
@@ -124,15 +126,7 @@ class SequenceDataModule(ChuteDataModule):
         self._num_classes: int | None = None
         self._saved: dict[str, Any] | None = None
         self._datasets: dict[str, SequenceDataset] = {}
-        self.on_error: OnError = on_error
-        self.max_bad_fraction = float(max_bad_fraction)
-        self._bad: dict[str, BadSamples] = {}  # per file read: "train", "val", "test"
-        self._save_plain_hparams(
-            root=self.root, train_file=train_file, val_file=val_file, test_file=test_file, val_fraction=val_fraction,
-            label_key=label_key, vocab_size=vocab_size, pad_id=pad_id, max_length=max_length, bucket=bucket,
-            pool_batches=pool_batches, min_char_count=min_char_count, on_error=on_error,
-            max_bad_fraction=self.max_bad_fraction,
-        )  # fmt: skip
+        self._save_plain_hparams()
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -220,12 +214,6 @@ class SequenceDataModule(ChuteDataModule):
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.dataset("train").packed.labels, minlength=self.num_classes)
 
-    @property
-    def bad_samples(self) -> dict[str, dict[str, Any]]:
-        """Per JSONL file read (``train``, ``val``, ``test``): record lines read (``seen``), ``skipped``
-        bad lines and the ``first`` of them (``on_error="skip"``)."""
-        return {split: bad.summary() for split, bad in self._bad.items()}
-
     def dataset(self, split: str) -> SequenceDataset:
         self._ready()
         return self._datasets[split]
@@ -293,8 +281,7 @@ class SequenceDataModule(ChuteDataModule):
 
     def _read(self, path: str, split: str) -> RawRecords:
         """The JSONL file of ``split``; bad lines raise or, with ``skip``, are dropped and counted."""
-        self._bad[split] = BadSamples(self.on_error, self.max_bad_fraction, what="line")
-        return read_jsonl(path, self.label_key, self._bad[split])
+        return read_jsonl(path, self.label_key, self._bad_policy(split, "line", fresh=True))
 
     def _in_range(self, records: RawRecords, split: str) -> RawRecords:
         """``records`` without token ids or labels beyond what is known so far, counted against their file."""

@@ -11,7 +11,7 @@ import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import stratified_split
@@ -63,8 +63,10 @@ class TableDataModuleBase(ChuteDataModule):
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
     ) -> None:
-        super().__init__(loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance)
-        BadSamples(on_error, max_bad_fraction)  # check both now
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_path")
         if not tasks:
@@ -93,9 +95,6 @@ class TableDataModuleBase(ChuteDataModule):
         self.task_classes: dict[str, tuple[str, ...]] = {}
         self._datasets: dict[str, Dataset[Any]] = {}
         self._saved_state: dict[str, Any] | None = None
-        self.on_error: OnError = on_error
-        self.max_bad_fraction = float(max_bad_fraction)
-        self._bad: dict[str, BadSamples] = {}
 
     def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         """Config keys naming each task's column and type, for error messages."""
@@ -161,12 +160,6 @@ class TableDataModuleBase(ChuteDataModule):
     def feature_names(self) -> list[str]:
         return self._encoder().feature_names
 
-    @property
-    def bad_samples(self) -> dict[str, dict[str, Any]]:
-        """Per table file read (``train``, ``val``, ``test``): rows read (``seen``), ``skipped`` for a wrong
-        number of fields and the ``first`` skipped lines (``on_error="skip"``)."""
-        return {split: bad.summary() for split, bad in self._bad.items()}
-
     def dataset(self, split: str) -> Any:
         """The ``train``, ``val`` or ``test`` split (encoded)."""
         self._encoder()
@@ -186,8 +179,7 @@ class TableDataModuleBase(ChuteDataModule):
         """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
         path = self.paths[split]
         assert path is not None
-        self._bad[split] = BadSamples(self.on_error, self.max_bad_fraction, what="row")
-        return read_split(path, self._bad[split])
+        return read_split(path, self._bad_policy(split, "row", fresh=True))
 
     def _read_splits(self) -> dict[str, Split]:
         train = self._read("train")

@@ -95,12 +95,7 @@ class TabularDataModule(TableDataModuleBase):
         )  # fmt: skip
         self.target = target
         self.task: Task = task
-        self._save_plain_hparams(
-            path=self.path, target=target, numeric=self._numeric, categorical=list(categorical), weight=weight,
-            task=task, val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
-            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, on_error=on_error,
-            max_bad_fraction=self.max_bad_fraction,
-        )  # fmt: skip
+        self._save_plain_hparams()
 
     def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         return {("target", "task"): next(iter(tasks.values()))}

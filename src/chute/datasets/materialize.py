@@ -8,11 +8,12 @@ folder that chute did not write is never overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +60,66 @@ def materialize(root: str | os.PathLike[str], manifest: dict[str, Any], write: C
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
+
+
+class SourceCopy:
+    """Writes a chute DataModule's splits once (atomically) and describes them; subclasses say how.
+
+    Subclasses implement :meth:`_write_split` (the samples of one split into ``out``; returns the
+    count) and :meth:`_describe` (the manifest file), and name their unit of writing in ``per_file``.
+    Samples are written as the source's ``dataset(split)`` returns them, in index order (image
+    sources: pass one whose training transform is the deterministic eval pipeline).
+
+    Args:
+        source: A DataModule with ``dataset(split)`` (image folder, tabular, sequence, multi-task).
+        per_file: Samples per shard or chunk file.
+        splits: Splits to write.
+    """
+
+    per_file_key = "per_file"  # the manifest's name for ``per_file`` (kept stable for existing copies)
+
+    def __init__(self, source: Any, per_file: int, splits: Sequence[str] = ("train", "val")) -> None:
+        if per_file < 1:
+            raise ValueError(f"{self.per_file_key}={per_file}: must be >= 1")
+        self.source, self.per_file, self.splits = source, per_file, tuple(splits)
+
+    def manifest(self) -> dict[str, Any]:
+        """What the copy is of: a changed source, setting or split list makes a new copy."""
+        hparams = {k: v for k, v in dict(self.source.hparams).items() if k != "loader"}
+        return {
+            "source": f"{type(self.source).__module__}.{type(self.source).__qualname__}",
+            "source_hparams": hparams, self.per_file_key: self.per_file, "splits": list(self.splits),
+        }  # fmt: skip
+
+    def __call__(self, root: str | os.PathLike[str]) -> Path:
+        return materialize(root, json.loads(json.dumps(self.manifest(), default=str)), self._write)
+
+    def _write(self, out: Path) -> None:
+        source = self.source
+        source.prepare_data()
+        source.setup("fit")
+        counts = {}
+        for split in self.splits:
+            dataset = source.dataset(split)
+            counts[split] = self._write_split((dataset[i] for i in range(len(dataset))), out, split, len(dataset))
+        self._describe(out, counts, describe_source(source))
+
+    def _write_split(self, samples: Any, out: Path, split: str, total: int) -> Any:
+        raise NotImplementedError
+
+    def _describe(self, out: Path, splits: dict[str, Any], description: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+def describe_source(source: Any) -> dict[str, Any]:
+    """What a copy of ``source`` must tell its DataModule: ``model_kwargs``, ``collate`` (the source's
+    per-sample collate function), ``normalize`` (images) and ``class_names`` (classification)."""
+    description: dict[str, Any] = {
+        "model_kwargs": source.model_kwargs, "collate": getattr(source, "sample_collate", None),
+    }  # fmt: skip
+    mean, std = getattr(source, "mean", None), getattr(source, "std", None)
+    if isinstance(mean, list) and isinstance(std, list):
+        description["normalize"] = {"mean": mean, "std": std}
+    with contextlib.suppress(AttributeError):  # e.g. a regression target has no classes
+        description["class_names"] = list(source.class_names)
+    return description

@@ -6,8 +6,17 @@ from chute.models.multitask import MultiTaskModel
 from chute.models.sequence import SequenceClassifier
 from chute.models.tabular import TabularModel, mlp
 
+# The registry: each model's Hydra schema (``model/<name>_schema``) is made from its constructor.
+MODELS: dict[str, type] = {
+    "image_classifier": ImageClassifier,
+    "tabular_model": TabularModel,
+    "sequence_classifier": SequenceClassifier,
+    "multitask_model": MultiTaskModel,
+}
+
 __all__ = [
     "BACKBONES",
+    "MODELS",
     "ImageClassifier",
     "MultiTaskModel",
     "SequenceClassifier",
