@@ -124,3 +124,46 @@ def test_contract_under_ddp(world: int, settings: list[str], tmp_path: Path) -> 
         if KINDS[kind].same_batches_any_workers and f"{kind}/{settings[0]}" in ranks[0]:
             reference = train_batches([r[f"{kind}/{settings[0]}"] for r in ranks])
             assert train_batches([r[key] for r in ranks]) == reference, key
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
+def test_every_loader_is_complete_to_lightning_and_resumes_from_its_state(kind: str, tmp_path: Path) -> None:
+    """What Lightning and torch tooling read off a loader, and the position round trip, for every
+    split and loader setting: a fresh loader given a mid-epoch ``state_dict`` yields the rest."""
+    from lightning.fabric.utilities.data import has_len
+    from lightning.pytorch.utilities.data import _is_dataloader_shuffled
+
+    from tests.contract_run import SETTINGS
+
+    spec = KINDS[kind]
+    for setting in spec.settings:
+        if setting == "auto":
+            continue  # a tuned loader is one of the others
+        loader_settings: dict[str, Any] = {"batch_size": BATCH, **SETTINGS[setting]}
+        if setting == "w2":  # persistent workers of the many loaders here would each wait to be joined
+            loader_settings["persistent_workers"] = False
+        dm = spec.make(tmp_path / kind, loader_settings)
+        dm.prepare_data()
+        dm.setup("fit")
+        for name in ("train_dataloader", "val_dataloader", "test_dataloader", "predict_dataloader"):
+            loader = getattr(dm, name)()
+            assert has_len(loader), (kind, setting, name)
+            assert hasattr(loader, "sampler"), (kind, setting, name)
+            assert hasattr(loader, "batch_sampler"), (kind, setting, name)
+            _is_dataloader_shuffled(loader)  # Lightning's inspection must not fail
+            assert len(list(loader)) == len(loader), (kind, setting, name)
+        if kind == "litdata":
+            continue  # LitData's own loader: its resume is tested in tests/datamodules/test_litdata.py
+        whole = [spec.ids(b).tolist() for b in dm.train_dataloader()]  # epoch 0, uninterrupted
+        first = dm.train_dataloader()
+        it = iter(first)
+        head = [spec.ids(next(it)).tolist() for _ in range(2)]
+        state = first.state_dict()
+        assert state == {"epoch": 0, "batches": 2}
+        rest_loader = spec.make(tmp_path / kind, loader_settings)
+        rest_loader.prepare_data()
+        rest_loader.setup("fit")
+        fresh = rest_loader.train_dataloader()
+        fresh.load_state_dict(state)
+        rest = [spec.ids(b).tolist() for b in fresh]
+        assert head + rest == whole, (kind, setting)

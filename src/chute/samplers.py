@@ -13,6 +13,9 @@ already distributed and does not wrap them again (its ``DistributedSamplerWrappe
 rank draw its own weighted list). Samplers that yield whole batches are used as the DataLoader's
 ``sampler`` with ``batch_size=None`` and a :class:`BatchFetch` view of the dataset, so the
 DataLoader fetches a batch per sampler item.
+
+Over 300 lines because the samplers share one base (:class:`DistributedDraw`) and are read
+together: each subclass is only its ``draw``.
 """
 
 from __future__ import annotations

@@ -196,3 +196,65 @@ def test_hparams_and_pickle(make_tree) -> None:
     assert dm.hparams["seed"] == 3
     assert "train_transform" not in dm.hparams
     pickle.loads(pickle.dumps(dm))
+
+
+@pytest.mark.parametrize(
+    ("ext", "generic", "cache", "backend"),
+    [
+        ("jpg", False, None, "torch"),  # crop-aware decode: the loader writes channels-last batches
+        ("jpg", False, None, "threads"),
+        ("png", True, None, "torch"),  # generic decode, then the transforms
+        ("jpg", False, "memory", "torch"),
+        ("jpg", False, "disk", "threads"),
+        ("jpg", False, "device", "torch"),  # the crop runs in the batch hook
+    ],
+)
+def test_channels_last_false_gives_contiguous_nchw_floats_on_every_path(
+    make_tree, tmp_path: Path, ext: str, generic: bool, cache: str | None, backend: str
+) -> None:
+    """A model written for plain NCHW tensors (``x.view(B, -1)``) gets them, whatever path made the batch."""
+    import lightning as L
+
+    from chute.transforms.device import RandomResizedCropBatch
+
+    root = make_tree(ext=ext, size=(48, 40))
+    transforms = create_transforms(image_size=16, rotation=10 if generic else 0)
+    kwargs: dict = {"cache": cache, "cache_size": 24, "cache_dir": str(tmp_path / "cache")} if cache else {}
+    if cache == "device":
+        kwargs = {"cache": "memory", "cache_size": 24, "device_augment": True,
+                  "train_batch_transform": RandomResizedCropBatch(16)}  # fmt: skip
+    dm = _dm(
+        root, channels_last=False, loader={"batch_size": 4, "backend": backend, "num_workers": 0},
+        train_transform=transforms.train, val_transform=transforms.val, **kwargs,
+    )  # fmt: skip
+    seen: list[torch.Tensor] = []
+
+    class Flat(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3 * 16 * 16, 3)
+
+        def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            images = batch[0]
+            seen.append(images)
+            return torch.nn.functional.cross_entropy(self.layer(images.view(len(images), -1)), batch[1])
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            return self.step(batch)
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+            self.step(batch)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Flat(), datamodule=dm)
+    assert seen
+    for images in seen:
+        assert images.dtype == torch.float32
+        assert images.shape[1:] == (3, 16, 16)
+        assert images.is_contiguous()  # plain NCHW, not channels-last strides

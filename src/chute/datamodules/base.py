@@ -1,4 +1,12 @@
-"""What every chute DataModule shares: loader settings, seeding and the device-side batch hook."""
+"""``ChuteDataModule``: what every chute DataModule gets by construction.
+
+The declared interface (what ``train.py``, callbacks and tests may rely on), the order of every
+loader (training draw, imbalance strategy, per-sample evaluation split) handed to
+:func:`chute.loader.build_loader`, the bad-sample policy, the resumable position, plain
+hyperparameters and the device-side batch hook. Over 300 lines because it is the one class every
+DataModule inherits; its sections are marked, and the loader machinery itself lives in
+:mod:`chute.loader`.
+"""
 
 from __future__ import annotations
 
@@ -55,6 +63,9 @@ class ChuteDataModule(L.LightningDataModule):
 
     # Constructor arguments left out of the DataModule's Hydra schema (objects the app passes in).
     schema_exclude: tuple[str, ...] = ()
+    # The dotted path of the function that collates this DataModule's samples one by one, recorded
+    # in copies of its data (shards, LitData chunks); ``None``: nested stacking and padding.
+    sample_collate: str | None = None
 
     def __init__(
         self,
@@ -89,8 +100,8 @@ class ChuteDataModule(L.LightningDataModule):
 
     # -- The declared interface: what train.py, callbacks and tests may rely on -------------------
     # model_kwargs, loss_kwargs, class_names, class_weights, bad_samples, preview_batch,
-    # tuned_loader / autotune_report, and the Lightning hooks. Subclasses override these, never
-    # add other members that callers must probe for.
+    # normalization, sample_collate, tuned_loader / autotune_report, and the Lightning hooks.
+    # Subclasses override these, never add other members that callers must probe for.
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
@@ -104,6 +115,11 @@ class ChuteDataModule(L.LightningDataModule):
         if classes is None:
             raise AttributeError(f"class_names: {type(self).__name__} here has no class targets")
         return classes[2]
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """Per-channel ``(mean, std)`` the device hook normalizes images with; ``None`` for other data."""
+        return None
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[Any, Any] | None:
         """``n`` samples of ``split`` after its pipeline, as ``(images, labels)`` for a preview grid;

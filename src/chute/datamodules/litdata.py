@@ -14,6 +14,10 @@ an untrusted bucket cannot run code. Images are stored decoded (``uint8``, after
 eval pipeline), so reading a sample is a memory copy.
 
 litdata is an optional dependency (``pip install chute[litdata]``); it is imported when first used.
+
+Over 300 lines because LitData needs an adapter on each side: the writer (:class:`LitDataCopy`,
+with serializers that refuse pickling) and the reader (remote metadata, the resumable covering
+loader in :mod:`chute.datamodules.litdata_cover`).
 """
 
 from __future__ import annotations

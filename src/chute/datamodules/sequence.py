@@ -74,7 +74,7 @@ class SequenceDataModule(ChuteDataModule):
         (['inputs', 'lengths', 'mask', 'targets'], 64, 4)
     """
 
-    sample_collate = "chute.datasets.sequence.collate_sequences"  # for streams of its samples
+    sample_collate: str | None = "chute.datasets.sequence.collate_sequences"  # for streams of its samples
 
     def __init__(
         self,

@@ -16,6 +16,9 @@ per epoch and worker. Nothing is pickled: the manifest is JSON and the arrays ar
 A source may return ``None`` for a sample it leaves out (an evaluation split's unreadable image
 under ``on_error="skip"``): the cache records it as missing (in the manifest too), ``__getitem__``
 returns ``None`` for it and ``__getitems__`` gathers batches without it.
+
+Over 300 lines because the memory and disk stores, the build (once per node, atomically) and the
+per-epoch random stage share one layout of the stored arrays.
 """
 
 from __future__ import annotations

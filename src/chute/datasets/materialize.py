@@ -112,13 +112,12 @@ class SourceCopy:
 
 
 def describe_source(source: Any) -> dict[str, Any]:
-    """What a copy of ``source`` must tell its DataModule: ``model_kwargs``, ``collate`` (the source's
-    per-sample collate function), ``normalize`` (images) and ``class_names`` (classification)."""
-    description: dict[str, Any] = {
-        "model_kwargs": source.model_kwargs, "collate": getattr(source, "sample_collate", None),
-    }  # fmt: skip
-    mean, std = getattr(source, "mean", None), getattr(source, "std", None)
-    if isinstance(mean, list) and isinstance(std, list):
+    """What a copy of ``source`` (a :class:`~chute.datamodules.ChuteDataModule`) must tell its
+    DataModule: ``model_kwargs``, ``collate`` (the source's per-sample collate function),
+    ``normalize`` (images) and ``class_names`` (classification)."""
+    description: dict[str, Any] = {"model_kwargs": source.model_kwargs, "collate": source.sample_collate}
+    if source.normalization is not None:
+        mean, std = source.normalization
         description["normalize"] = {"mean": mean, "std": std}
     with contextlib.suppress(AttributeError):  # e.g. a regression target has no classes
         description["class_names"] = list(source.class_names)
