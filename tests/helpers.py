@@ -61,3 +61,17 @@ def fit_recording(
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     return model.seen
+
+
+class SigtermAt(L.Callback):
+    """Sends this process SIGTERM after training step ``step`` (what a cluster scheduler does)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)

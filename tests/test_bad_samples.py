@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -530,3 +531,32 @@ def test_jsonl_skip_drops_the_line_counts_it_and_raises_past_the_fraction(tmp_pa
     _corrupt(root / "train-00001.jsonl", 1)  # 2 or 3 (each reader raises at its own) of at least 100 is over 1%
     with pytest.raises(DataError, match=r"[23] of \d+ lines read so far were bad .*max_bad_fraction=0.01"):
         list(strict.train_dataloader())
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_a_dangling_symlink_is_a_bad_sample_in_the_disk_cache_build(tmp_path: Path, on_error: str) -> None:
+    """A file that cannot even be stat'ed (a link to nothing) is named and, with skip, counted."""
+    for label in ("a", "b"):
+        for i in range(4):
+            _jpeg(tmp_path / "tree" / "train" / label / f"{i}.jpg", seed=i)
+            _jpeg(tmp_path / "tree" / "val" / label / f"{i}.jpg", seed=i)
+    dangling = tmp_path / "tree" / "train" / "a" / "gone.jpg"
+    dangling.symlink_to(tmp_path / "nowhere.jpg")
+    dm = ImageFolderDataModule(
+        tmp_path / "tree", train_transform=RGB_CROP.train, val_transform=RGB_CROP.val, cache="disk", cache_size=24,
+        cache_dir=str(tmp_path / "cache"), on_error=on_error, max_bad_fraction=0.5, loader={"batch_size": 4},
+    )  # fmt: skip
+
+    def build_and_read() -> list[Any]:
+        dm.setup("fit")
+        return list(dm.train_dataloader())
+
+    if on_error == "raise":
+        with pytest.raises(DataError, match=r"gone\.jpg"):
+            build_and_read()
+        return
+    build_and_read()
+    labels = torch.cat([b[1] for b in dm.train_dataloader()])
+    assert len(labels) == 9  # every image of the split; the bad one replaced by a readable one
+    assert dm.bad_samples["train"]["skipped"] == 1
+    assert any("gone.jpg" in name for name in dm.bad_samples["train"]["first"])

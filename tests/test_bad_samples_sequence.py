@@ -66,6 +66,8 @@ CASES: dict[str, tuple[str, Any, str, dict[str, Any]]] = {
     "token_negative": ("tokens", '{"tokens": [1, -2], "label": 0}', "list of non-negative integers", {}),
     "token_float": ("tokens", '{"tokens": [1, 2.5], "label": 0}', "list of non-negative integers", {}),
     "token_bool": ("tokens", '{"tokens": [true], "label": 0}', "list of non-negative integers", {}),
+    "token_over_int64": ("tokens", '{"tokens": [1, 18446744073709551616], "label": 0}', "at most 2**63 - 1", {}),
+    "label_over_int64": ("tokens", '{"tokens": [1], "label": 18446744073709551616}', "class index, got 1844", {}),
     "token_over_vocab_size": (
         "tokens", '{"tokens": [3, 12], "label": 7}', "token id 12 is outside the vocabulary (vocab_size=10)",
         {"vocab_size": 10},

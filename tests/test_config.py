@@ -173,3 +173,49 @@ def test_saved_config_round_trips() -> None:
     cfg = make_config("loader.num_workers=3")
     text = OmegaConf.to_yaml(cfg.loader)
     assert "num_workers: 3" in text
+
+
+def test_schemas_are_not_offered_as_options() -> None:
+    """A mistyped option lists what a user can pick, not the internal schema entries."""
+    with pytest.raises(ConfigCompositionException) as info:
+        make_config("data=imagefolder")
+    options_listed = str(info.value).split("Available options in 'data':", 1)[1].split("Config search path", 1)[0]
+    assert options_listed.split() == [
+        "digits",
+        "image_folder",
+        "litdata",
+        "multitask",
+        "sequence",
+        "streaming",
+        "tabular",
+    ]
+
+
+@pytest.mark.parametrize("name", options("data"))
+def test_every_data_option_is_checked_by_its_schema(name: str) -> None:
+    with pytest.raises(ConfigCompositionException, match=r"data\.seed=abc") as info:
+        make_config(f"data={name}", "data.seed=abc")
+    assert "could not be converted to Integer" in str(info.value.__cause__)
+
+
+def test_seed_null_draws_one_and_every_reference_gets_it(digits_root: Path, tmp_path: Path) -> None:
+    from chute.app import run
+    from tests.test_train import FAST
+
+    cfg = make_config(*FAST, "seed=null", "callbacks.preview=null", data_dir=digits_root.parent, output_dir=tmp_path)
+    run(cfg)
+    import json
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert isinstance(metrics["seed"], int)
+    assert cfg.data.seed == metrics["seed"]
+
+
+def test_fp16_on_the_cpu_is_said(caplog: pytest.LogCaptureFixture) -> None:
+    from chute.app import _warn_slow_precision
+
+    with caplog.at_level("WARNING"):
+        _warn_slow_precision("16-mixed", "cpu")
+        _warn_slow_precision("32-true", "cpu")
+    assert len(caplog.records) == 1
+    assert "32-true" in caplog.records[0].getMessage()

@@ -167,3 +167,26 @@ def test_every_loader_is_complete_to_lightning_and_resumes_from_its_state(kind: 
         fresh.load_state_dict(state)
         rest = [spec.ids(b).tolist() for b in fresh]
         assert head + rest == whole, (kind, setting)
+
+
+def test_an_empty_evaluation_split_is_an_error_naming_the_setting(tmp_path: Path, make_tree) -> None:
+    """Too little training data to hold out a validation split: said at the loader, naming val_fraction."""
+    from chute.datamodules import ImageFolderDataModule, SequenceDataModule
+    from chute.errors import DataError
+    from chute.transforms import create_transforms
+
+    (tmp_path / "seq").mkdir()
+    (tmp_path / "seq" / "train.jsonl").write_text('{"tokens": [1, 2], "label": 0}\n{"tokens": [3], "label": 1}\n')
+    t = create_transforms(image_size=8)
+    modules = [
+        SequenceDataModule(tmp_path / "seq", val_fraction=0.1),
+        ImageFolderDataModule(
+            make_tree(splits=None, counts={"a": 1, "b": 1}), val_fraction=0.1, train_transform=t.train,
+            val_transform=t.val, mean=[0.5] * 3, std=[0.2] * 3,
+        ),
+    ]  # fmt: skip
+    for dm in modules:
+        dm.prepare_data()
+        dm.setup("fit")
+        with pytest.raises(DataError, match=r"the val split has no samples.*val_fraction"):
+            dm.val_dataloader()

@@ -60,3 +60,22 @@ def test_a_pass_cut_short_still_advances_the_epoch() -> None:
     sampler = BatchIndexSampler(40, 8)
     first = next(iter(sampler))
     assert next(iter(sampler)) != first
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(("rank", "world"), [(0, 1), (1, 3)])
+def test_batched_draw_is_the_item_stream_cut_into_batches(drop_last: bool, rank: int, world: int) -> None:
+    """``Batched`` slices the draw (no Python step per index) and resumes after whole batches."""
+    from chute.loader import Batched
+    from chute.samplers import IndexSampler
+
+    items = list(IndexSampler(103, seed=4, rank=rank, world_size=world))
+    batches = [items[i : i + 8] for i in range(0, len(items), 8)]
+    batches = [b for b in batches if len(b) == 8] if drop_last else batches
+    order = Batched(IndexSampler(103, seed=4, rank=rank, world_size=world), 8, drop_last)
+    order.set_epoch(0)
+    assert [b.tolist() for b in order] == batches
+    assert len(order) == len(batches)
+    order.resume(0, 3)
+    order.set_epoch(0)
+    assert [b.tolist() for b in order] == batches[3:]

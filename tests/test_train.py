@@ -74,6 +74,28 @@ def test_misspelled_key_fails_at_compose(tmp_path: Path) -> None:
     assert "LoaderSettings" in proc.stderr
 
 
+def test_bad_data_fails_with_one_line_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_table.csv"
+    proc = train("data=tabular", f"data.path={missing}", "data.prepare=null", f"hydra.run.dir={tmp_path / 'run'}",
+                 data_dir=tmp_path)  # fmt: skip
+    assert proc.returncode == 1
+    assert "chute: bad data: " in proc.stderr
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_sigterm_stops_the_run_with_a_message_and_a_failing_status(tmp_path: Path, digits_root: Path) -> None:
+    """A scheduler's SIGTERM: Lightning stops cleanly, metrics are written, the exit status says it stopped."""
+    run_dir = tmp_path / "run"
+    proc = train(
+        *FAST, "+callbacks.sigterm._target_=tests.helpers.SigtermAt", "+callbacks.sigterm.step=2",
+        "callbacks.preview=null", f"hydra.run.dir={run_dir}", data_dir=digits_root.parent,
+    )  # fmt: skip
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    assert "chute: stopped by SIGTERM" in proc.stderr
+    assert (run_dir / "metrics.json").is_file()
+
+
 def test_multirun_sweep(tmp_path: Path, digits_root: Path) -> None:
     """`-m loader.num_workers=0,1,2 seed=1,2`: six runs, each with its own config, logs and metrics."""
     sweep = tmp_path / "sweep"

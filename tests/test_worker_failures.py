@@ -66,3 +66,37 @@ def test_a_worker_dying_in_a_batch_gather_names_the_batch() -> None:
 def test_healthy_loaders_are_unchanged() -> None:
     seen = [i for b in loader(Dies(fatal=-1, how="kill")) for i in b.flatten().tolist()]
     assert seen == list(range(32))
+
+
+class Raises(Dataset[torch.Tensor]):
+    """Sample 6 raises, as a user's transform might."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        if i == 6:
+            raise RuntimeError("boom: the transform failed")
+        return torch.tensor([i])
+
+    def describe(self, i: int) -> str:
+        return f"/data/sample-{i}.jpg"
+
+
+@pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("torch", 2), ("threads", 2)])
+def test_an_error_raised_while_loading_is_not_a_death(backend: str, workers: int) -> None:
+    """A raised error keeps its type and message and names the sample, whatever loads it."""
+    import traceback
+
+    settings = LoaderSettings(
+        batch_size=4, num_workers=workers, backend=backend, shuffle=False,
+        persistent_workers=False if backend == "torch" and workers else None,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError) as info:
+        for _ in build_loader(Raises(), settings, train=True, seed=0):
+            pass
+    assert not isinstance(info.value, WorkerDiedError)
+    text = "".join(traceback.format_exception(info.value))
+    assert "boom: the transform failed" in text
+    assert "sample 6 (/data/sample-6.jpg)" in text
+    assert "out of memory" not in text

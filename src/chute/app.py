@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import inspect
 import json
+import logging
 import os
 import platform
 import sys
@@ -20,14 +21,17 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import chute
 from chute.callbacks import StallMonitor, Throughput
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
-from chute.errors import ConfigError
+from chute.errors import ConfigError, DataError
 from chute.transforms import create_transforms
+
+log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -48,7 +52,12 @@ def run(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     settings = validate_config(cfg)
-    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    # seed: null (lightning-hydra-template's default) draws one; Lightning keeps it in PL_GLOBAL_SEED,
+    # which the DDP ranks it launches later inherit, so every rank uses the same one.
+    seed = L.seed_everything(cfg.seed, workers=False, verbose=False)
+    if cfg.seed is None:
+        cfg.seed = seed  # every ${seed} in the config resolves to it from here on
+        log.info("seed=null: using seed %d (set seed=%d to repeat this run)", seed, seed)
     run_dir = str(cfg.paths.output_dir)
 
     datamodule = build_datamodule(cfg, settings)
@@ -63,15 +72,18 @@ def _run(cfg: DictConfig) -> float:
         callbacks.append(throughput)
     trainer_kwargs = {k: v for k, v in dataclasses.asdict(settings.trainer).items() if v is not None}
     trainer_kwargs["precision"] = resolve_precision(str(settings.trainer.precision), settings.trainer.accelerator)
+    _warn_slow_precision(trainer_kwargs["precision"], settings.trainer.accelerator)
     trainer = L.Trainer(
         **trainer_kwargs,
         callbacks=callbacks,
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         default_root_dir=run_dir,
     )
-    trainer.fit(model, datamodule=datamodule)
+    # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
+    with contextlib.suppress(SIGTERMException):
+        trainer.fit(model, datamodule=datamodule)
     fit_metrics = _floats(trainer.callback_metrics)
-    if cfg.test_after_fit:
+    if cfg.test_after_fit and not trainer.received_sigterm:
         # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
         saved = _checkpoint(trainer)
         trainer.test(model, datamodule=datamodule, ckpt_path=(saved.best_model_path if saved else "") or None)
@@ -102,7 +114,24 @@ def _run(cfg: DictConfig) -> float:
         "versions": _versions(),
     }
     _report(summary, run_dir, cfg.optimized_metric)
+    if trainer.received_sigterm:  # Lightning stops cleanly on SIGTERM; the run still did not finish
+        raise InterruptedRunError(f"stopped by SIGTERM at epoch {trainer.current_epoch}, step {trainer.global_step}")
     return result
+
+
+def _warn_slow_precision(precision: str, accelerator: str) -> None:
+    """fp16 on a CPU is emulated: it runs, many times slower than fp32, so say so once."""
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    if on_cpu and precision in ("16", "16-mixed", "16-true"):
+        log.warning(
+            "trainer.precision=%s on the CPU runs float16 in software, far slower than float32; "
+            "use trainer.precision=32-true (or auto) unless you are checking fp16 numerics.",
+            precision,
+        )
+
+
+class InterruptedRunError(RuntimeError):
+    """The run was stopped by a signal (e.g. a scheduler's SIGTERM); checkpoints and metrics so far are written."""
 
 
 # What Lightning's DDP launcher sets in the environment of the process it launches ranks from.
@@ -188,6 +217,8 @@ def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         if isinstance(err.__cause__, ConfigError):
             raise err.__cause__.with_prefix(group) from None
+        if isinstance(err.__cause__, DataError):  # e.g. a file the constructor checks: its own message
+            raise err.__cause__ from None
         raise
 
 

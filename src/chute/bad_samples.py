@@ -111,7 +111,7 @@ class BadSamples:
             self._counts[slot, 1] += 1
             local = int(self._counts[slot, 1])
             if local <= self.keep:
-                encoded = name.encode("utf-8")[:_NAME_BYTES]
+                encoded = name.encode("utf-8", "surrogateescape")[:_NAME_BYTES]  # a file name may not be UTF-8
                 self._names[slot, local - 1].zero_()
                 self._names[slot, local - 1, : len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
         if local <= self.keep:

@@ -74,7 +74,7 @@ class PathsConfig:
 class TrainConfig:
     """The root config: one field per config group, plus run-level settings."""
 
-    seed: int = 0
+    seed: Optional[int] = 0  # noqa: UP045  (null: drawn at start and logged)
     paths: PathsConfig = field(default_factory=PathsConfig)
     loader: LoaderSettings = field(default_factory=LoaderSettings)
     transforms: TransformSettings = field(default_factory=TransformSettings)
@@ -207,14 +207,17 @@ def register_configs() -> None:
     from chute.datamodules import DATAMODULES
     from chute.models import MODELS
 
+    # Schemas live in groups of their own (``schema/<group>/<name>``), so ``data=...`` or ``model=...``
+    # lists only the options a user can pick; a config file takes its schema in its defaults list
+    # (``- /schema/data/tabular@data``, ``- /schema/model/tabular_model@_here_``).
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="loader", name="loader_schema", node=LoaderSettings)
-    cs.store(group="transforms", name="transforms_schema", node=TransformSettings)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="imbalance", name="imbalance_schema", node=ImbalanceSettings)
+    cs.store(group="schema/loader", name="loader", node=LoaderSettings)
+    cs.store(group="schema/transforms", name="transforms", node=TransformSettings)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/imbalance", name="imbalance", node=ImbalanceSettings)
     for name, datamodule in DATAMODULES.items():  # the loader composes from its own group
         schema = builds(datamodule, f"{datamodule.__name__}Config", exclude=("loader", *datamodule.schema_exclude))
-        cs.store(group="data", name=f"{name}_schema", node=schema)
+        cs.store(group="schema/data", name=name, node=schema)
     for name, model in MODELS.items():
-        cs.store(group="model", name=f"{name}_schema", node=builds(model, f"{model.__name__}Config"))
+        cs.store(group="schema/model", name=name, node=builds(model, f"{model.__name__}Config"))

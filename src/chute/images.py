@@ -190,7 +190,30 @@ def _decode_pil(data: bytes, mode: ImageMode) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        array = np.asarray(img.convert(mode))
+        if img.mode in _WIDE_MODES:  # 16-bit or 32-bit single-channel: convert() would clip at 255
+            gray = _scale_to_uint8(np.asarray(img))
+            array = gray[:, :, None].repeat(_CHANNELS[mode], axis=2)
+        else:
+            array = np.asarray(img.convert(mode))
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # a writable copy
+
+
+# Pillow's modes for single-channel images wider than 8 bits (16-bit TIFF/PGM, 32-bit int and float).
+# Colour images of 16 bits per channel Pillow already reduces to 8 bits by their high byte.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """8 bits by scaling: integers over their 16-bit range (or, past it, over 32 bits), floats in [0, 1]
+    (a float image whose values go past 1 is scaled by its maximum)."""
+    if values.dtype.kind == "f":
+        finite = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(finite.max()) if finite.size else 1.0
+        scaled = finite.clip(0.0, None) / (top if top > 1.0 else 1.0) * 255.0
+    else:
+        wide = values.astype(np.float64).clip(0.0, None)
+        top = 65535.0 if (wide.max() if wide.size else 0) <= 65535 else float(2**31 - 1)
+        scaled = wide / top * 255.0
+    return np.rint(scaled).clip(0, 255).astype(np.uint8)

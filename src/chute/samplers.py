@@ -115,6 +115,21 @@ class DistributedDraw(DistributedSampler):
             item = items[position]
             yield item.tolist() if item.ndim else int(item)
 
+    def batched(self, batch_size: int, drop_last: bool) -> Iterator[np.ndarray]:
+        """One pass, as :meth:`__iter__`, cut into batches of ``batch_size`` items (index draws only):
+        an ``int64`` array slice per batch, with no Python step per index (and none to turn a list of
+        ints back into a tensor: a batched gather takes the array as it is)."""
+        items = self.rank_items()
+        if self.epoch_listener is not None:
+            self.epoch_listener(self.epoch)
+        start, self._skip = self._skip, 0
+        if not self._explicit:
+            self.epoch += 1
+        stop = len(items) // batch_size * batch_size if drop_last else len(items)
+        for begin in range(start, stop, batch_size):
+            self._yielded = min(begin + batch_size, stop)
+            yield items[begin : begin + batch_size]
+
     def state_dict(self) -> dict[str, int]:
         """Where this rank is: the epoch and how many items it has handed out in it."""
         epoch = self.epoch if self._explicit else max(self.epoch - 1, 0)

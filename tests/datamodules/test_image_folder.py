@@ -179,16 +179,18 @@ def test_mean_std_must_match_channels(tmp_path: Path) -> None:
         ImageFolderDataModule(tmp_path, image_mode="L", mean=[0.5, 0.5, 0.5], std=[0.2])
 
 
-def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("torch", 2), ("threads", 2)])
+def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path, backend: str, workers: int) -> None:
+    """The same explanation whatever loads the batch: in a worker process it is not a worker death."""
     write_image(tmp_path / "a" / "0.png", size=(10, 10))
     write_image(tmp_path / "a" / "1.png", size=(12, 10))
     write_image(tmp_path / "b" / "0.png", size=(10, 10))
-    dm = ImageFolderDataModule(
-        tmp_path, loader=LoaderSettings(batch_size=3, shuffle=False), mean=[0.5] * 3, std=[0.2] * 3
-    )
+    loader = LoaderSettings(batch_size=3, shuffle=False, num_workers=workers, backend=backend)
+    dm = ImageFolderDataModule(tmp_path, loader=loader, mean=[0.5] * 3, std=[0.2] * 3)
     dm.setup("fit")
-    with pytest.raises(DataError, match=r"different shapes.*image_size"):
+    with pytest.raises(DataError, match=r"(?s)different shapes.*image_size") as info:
         next(iter(dm.train_dataloader()))
+    assert "out of memory" not in str(info.value)
 
 
 def test_hparams_and_pickle(make_tree) -> None:

@@ -12,6 +12,7 @@ from chute.datasets import LengthMajoritySequences, ShardedCopy, SklearnTable
 from chute.errors import DataError
 from chute.loader import ChuteDataLoader
 from tests.datamodules.contract import check_datamodule
+from tests.helpers import assert_mentions
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +69,16 @@ def test_prepare_is_idempotent_and_missing_split_is_named(tabular_shards: str) -
     assert sorted(p.stat().st_mtime_ns for p in Path(tabular_shards).iterdir()) == before
     with pytest.raises(DataError, match="no 'holdout' split"):
         dm.setup("fit")
+
+
+def test_a_shard_missing_from_the_folder_fails_at_setup(tmp_path: Path, tabular_shards: str) -> None:
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(tabular_shards, copy)
+    victim = sorted(copy.glob("val-*.jsonl"))[0]
+    victim.unlink()
+    dm = StreamingDataModule(copy)
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    assert_mentions(str(info.value), victim.name, "val", "write_shards.py", "prepare_data")

@@ -238,3 +238,88 @@ def test_bad_settings_fail_at_construction_naming_the_key(kwargs: dict[str, Any]
     with pytest.raises(ConfigError) as info:
         TabularDataModule("unused.csv", **{"target": "label", **kwargs})
     assert info.value.key == key
+
+
+# -- Real-world inputs (issue 13.6): each refused naming file, row and column, or read right ---------
+
+
+def _rows(n: int = 12) -> list[str]:
+    return [f"{i},{i * 0.5},c{i % 2}" for i in range(n)]
+
+
+@pytest.mark.parametrize("cell", ["inf", "-inf", "Infinity"])
+def test_an_infinite_feature_is_refused_naming_row_and_column(tmp_path: Path, cell: str) -> None:
+    rows = _rows()
+    rows[4] = f"4,{cell},c0"
+    path = write_csv(tmp_path / "t.csv", "id,x,label\n" + "\n".join(rows))
+    dm = TabularDataModule(path, target="label", numeric=["id", "x"], val_path=path)
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    assert_mentions(str(info.value), "'x'", "row 5", "t.csv", "inf")
+
+
+@pytest.mark.parametrize("numeric", [None, ["id", "x"]])
+def test_a_text_cell_in_a_numeric_column_is_an_error_naming_the_row(tmp_path: Path, numeric: Any) -> None:
+    """With numeric=None the column is not silently dropped from the features."""
+    rows = _rows()
+    rows[7] = "7,n/a?,c1"
+    path = write_csv(tmp_path / "t.csv", "id,x,label\n" + "\n".join(rows))
+    dm = TabularDataModule(path, target="label", numeric=numeric, val_path=path)
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    assert_mentions(str(info.value), "'x'", "row 8", "n/a?")
+
+
+def test_a_text_column_is_still_left_out_with_numeric_none(tmp_path: Path) -> None:
+    rows = [f"{i},{i * 0.5},word{i},c{i % 2}" for i in range(12)]
+    path = write_csv(tmp_path / "t.csv", "id,x,note,label\n" + "\n".join(rows))
+    dm = TabularDataModule(path, target="label", val_path=path)
+    dm.setup("fit")
+    assert dm.feature_names == ["id", "x"]
+
+
+def test_a_field_of_megabytes_reads(tmp_path: Path) -> None:
+    big = "y" * 3_000_000  # over pyarrow's 1 MB read block
+    rows = [f'{i},{i * 0.5},"{big if i == 3 else "short"}",c{i % 2}' for i in range(12)]
+    path = write_csv(tmp_path / "t.csv", "id,x,note,label\n" + "\n".join(rows))
+    dm = TabularDataModule(path, target="label", numeric=["id", "x"], val_path=path)
+    dm.setup("fit")
+    assert len(dm.dataset("train")) == 12
+
+
+def test_a_latin1_file_reads_with_its_encoding_and_is_refused_without(tmp_path: Path) -> None:
+    rows = [f"{i},{i * 0.5},{'Genève' if i % 2 else 'Zürich'}" for i in range(12)]
+    path = tmp_path / "t.csv"
+    path.write_bytes(("id,x,city\n" + "\n".join(rows) + "\n").encode("latin-1"))
+    dm = TabularDataModule(str(path), target="city", numeric=["id", "x"], val_path=str(path), encoding="latin-1")
+    dm.setup("fit")
+    assert dm.class_names == ("Genève", "Zürich")
+    wrong = TabularDataModule(str(path), target="city", numeric=["id", "x"], val_path=str(path))
+    with pytest.raises(DataError) as info:
+        wrong.setup("fit")
+    assert_mentions(str(info.value), "'city'", "row 1", "not UTF-8", "data.encoding=latin-1")
+    with pytest.raises(ConfigError, match="encoding"):
+        TabularDataModule(str(path), target="city", encoding="no-such-codec")
+
+
+def test_duplicate_column_names_are_refused_naming_the_file(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "id,x,x,label\n" + "\n".join(f"{i},1,2,c{i % 2}" for i in range(12)))
+    dm = TabularDataModule(path, target="label", val_path=path)
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    assert_mentions(str(info.value), "t.csv", "duplicate column names", "'x'")
+
+
+@pytest.mark.parametrize("separate_val", [False, True])
+@pytest.mark.parametrize("cell", ["", "nan"])
+def test_a_missing_label_gives_the_same_error_with_or_without_a_val_file(
+    tmp_path: Path, separate_val: bool, cell: str
+) -> None:
+    rows = [f"{i},{i * 0.5},{i % 2}" for i in range(12)]
+    rows[5] = f"5,2.5,{cell}"
+    path = write_csv(tmp_path / "t.csv", "id,x,label\n" + "\n".join(rows))
+    clean = write_csv(tmp_path / "v.csv", "id,x,label\n" + "\n".join(f"{i},{i * 0.5},{i % 2}" for i in range(12)))
+    dm = TabularDataModule(path, target="label", numeric=["id", "x"], val_path=clean if separate_val else None)
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    assert_mentions(str(info.value), "Target column 'label' is missing", "t.csv", "row 6")

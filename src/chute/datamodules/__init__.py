@@ -1,6 +1,6 @@
 """Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`.
 
-:data:`DATAMODULES` is the registry: each entry's Hydra schema (``data/<name>_schema``) is made from
+:data:`DATAMODULES` is the registry: each entry's Hydra schema (``schema/data/<name>``) is made from
 its constructor by :func:`chute.config.register_configs`, so a new DataModule gets one by joining it.
 """
 

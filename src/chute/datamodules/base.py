@@ -19,12 +19,12 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, IterableDataset
 
 from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
-from chute.errors import ConfigError
+from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
 from chute.loader import Batched, Loader, LoaderSettings, as_loader_settings, build_loader, derive_seed
 from chute.samplers import DistributedDraw, EvalBatches, IndexSampler
@@ -169,16 +169,6 @@ class ChuteDataModule(L.LightningDataModule):
             return None, None
         return self.trainer.global_rank, self.trainer.world_size
 
-    def _index_sampler(self, num_samples: int, train: bool = True) -> IndexSampler:
-        """Training without an imbalance strategy: a (seed, epoch) permutation that every rank draws
-        alike and splits, resumable mid-epoch. Evaluation: ``0..n-1`` split across ranks without
-        padding, so each sample is evaluated exactly once (:class:`~chute.samplers.IndexSampler`)."""
-        rank, world = self._world()
-        return IndexSampler(
-            num_samples, shuffle=train and self.loader_settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank,
-            world_size=world, pad=train,
-        )  # fmt: skip
-
     @property
     def class_weights(self) -> list[float]:
         """Per-class loss weights from the training split's counts (the imbalance ``weighting``)."""
@@ -314,8 +304,10 @@ class ChuteDataModule(L.LightningDataModule):
             order = size if eval_order is None else eval_order
             return EvalBatches(order, settings.batch_size_for(False), rank=rank, world_size=world)
         sampler, batched = self._train_sampler()
-        if sampler is None:
-            sampler = self._index_sampler(size)
+        if sampler is None:  # a (seed, epoch) permutation every rank draws alike and splits
+            sampler = IndexSampler(
+                size, shuffle=settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank, world_size=world
+            )
         elif batched:
             return sampler
         return Batched(sampler, settings.batch_size, settings.drop_last)
@@ -323,16 +315,33 @@ class ChuteDataModule(L.LightningDataModule):
     # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
 
     def train_dataloader(self) -> Loader:
-        return self._split_loader("train", train=True)
+        return self._not_empty(self._split_loader("train", train=True), "train")
 
     def val_dataloader(self) -> Loader:
-        return self._split_loader("val", train=False)
+        return self._not_empty(self._split_loader("val", train=False), "val")
 
     def test_dataloader(self) -> Loader:
-        return self._split_loader("test", train=False)
+        return self._not_empty(self._split_loader("test", train=False), "test")
 
     def predict_dataloader(self) -> Loader:
-        return self._split_loader("test", train=False)
+        return self._not_empty(self._split_loader("test", train=False), "test")
+
+    def _not_empty(self, loader: Any, split: str) -> Any:
+        """``loader``, unless its split has no samples: then an error naming the split and what to change
+        (an empty split would otherwise fail later, far from its cause, or evaluate nothing)."""
+        dataset = loader.dataset
+        if not isinstance(dataset, IterableDataset) and len(dataset) == 0:
+            raise DataError(f"{type(self).__name__}: the {split} split has no samples. {self._empty_split_hint(split)}")
+        return loader
+
+    def _empty_split_hint(self, split: str) -> str:
+        """What makes ``split`` non-empty (subclasses name their own settings)."""
+        if split == "train":
+            return "Check that the training data has samples (and that on_error=skip did not drop them all)."
+        return (
+            f"Give the {split} split samples of its own, or hold out a larger share of the training data "
+            "(val_fraction) so that every class keeps at least one sample there."
+        )
 
     def _split_loader(self, split: str, train: bool) -> Loader:
         """The loader of ``split`` (``train``, ``val`` or ``test``); ``train`` selects training behaviour."""

@@ -53,6 +53,11 @@ class DescribedDataModule(ChuteDataModule):
         for name in set(self.split_names.values()):  # a missing split fails now, naming what there is
             if name not in meta["splits"]:
                 raise DataError(f"'{self.root}' has no '{name}' split (has {sorted(meta['splits'])}).")
+            if int(meta["splits"][name]) == 0:
+                raise DataError(
+                    f"Split '{name}' of '{self.root}' has no samples: write the copy again from a source whose "
+                    f"'{name}' split has samples (e.g. a larger val_fraction)."
+                )
         normalize = meta.get("normalize")
         if normalize is not None:
             self.batch_transform = NormalizeBatch(normalize["mean"], normalize["std"])

@@ -66,12 +66,14 @@ class MultiTaskDataModule(TableDataModuleBase):
         collate_fn: Callable[[Any], Any] | str | None = None,
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__(
             path, tasks=_parse_tasks(tasks), numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
             seed=seed, prepare=prepare, collate_fn=collate_fn, on_error=on_error, max_bad_fraction=max_bad_fraction,
+            encoding=encoding,
         )  # fmt: skip
         self._save_plain_hparams(tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()})
 

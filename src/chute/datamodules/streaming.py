@@ -10,7 +10,7 @@ from typing import Any
 from chute.bad_samples import OnError
 from chute.datamodules.described import DescribedDataModule
 from chute.datasets.shards import ShardIndex, ShardStream
-from chute.errors import ConfigError
+from chute.errors import ConfigError, DataError
 from chute.loader import Loader, LoaderSettings, derive_seed, world_position
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
@@ -90,6 +90,14 @@ class StreamingDataModule(DescribedDataModule):
 
     def _read_meta(self) -> dict[str, Any]:
         self.index = ShardIndex.read(self.root)
+        for split in set(self.split_names.values()) & set(self.index.splits):
+            missing = [file for file, _ in self.index.shards(split) if not os.path.isfile(file)]
+            if missing:  # found now, not at the first read of that shard in some epoch
+                raise DataError(
+                    f"Shard index '{self.root}/index.json' lists {len(missing)} file(s) of split '{split}' that are "
+                    f"missing, first '{missing[0]}'. Write the shards again: delete '{self.root}' and run "
+                    "prepare_data (data.prepare) or scripts/write_shards.py."
+                )
         counts = {name: sum(n for _, n in shards) for name, shards in self.index.splits.items()}
         return {**self.index.extra, "splits": counts}
 

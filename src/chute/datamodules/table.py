@@ -19,6 +19,8 @@ from chute.datasets.tabular import (
     MissingStrategy,
     Split,
     TableEncoder,
+    check_encoding,
+    check_labels_present,
     encode_labels,
     encode_numbers,
     label_classes,
@@ -62,6 +64,7 @@ class TableDataModuleBase(ChuteDataModule):
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__(
             loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
@@ -79,6 +82,8 @@ class TableDataModuleBase(ChuteDataModule):
                 raise ConfigError(key[0], column, "is also listed as a feature column; a column cannot be both")
         if weight is not None and weight in features:
             raise ConfigError("weight", weight, "is also listed as a feature column; a column cannot be both")
+        check_encoding(encoding)
+        self.encoding = encoding
         self.path = os.fspath(path)
         self.paths = {"train": self.path, "val": val_path, "test": test_path}
         self.tasks: dict[str, tuple[str, Task]] = {name: (column, kind) for name, (column, kind) in tasks.items()}
@@ -179,7 +184,7 @@ class TableDataModuleBase(ChuteDataModule):
         """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
         path = self.paths[split]
         assert path is not None
-        return read_split(path, self._bad_policy(split, "row", fresh=True))
+        return read_split(path, self._bad_policy(split, "row", fresh=True), self.encoding)
 
     def _read_splits(self) -> dict[str, Split]:
         train = self._read("train")
@@ -189,7 +194,7 @@ class TableDataModuleBase(ChuteDataModule):
             seed = derive_seed(self.seed, 1)
             stratify = next((column for column, kind in self.tasks.values() if kind == "classification"), None)
             if stratify is not None:  # by the first classification target
-                labels = np.asarray(train.strings(stratify), dtype=object)
+                labels = np.asarray(check_labels_present(train, stratify), dtype=object)
                 keep, held = stratified_split(labels, self.val_fraction, seed)
             else:
                 order = np.random.default_rng(seed).permutation(train.table.num_rows)
@@ -209,7 +214,9 @@ class TableDataModuleBase(ChuteDataModule):
             if name in taken:
                 continue
             usable = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-            (numeric if usable else skipped).append(name)
+            # A column of numbers with a few text cells reads as text: it is numeric, and encoding it
+            # names the bad cells (dropping it silently would train on fewer features than the file has).
+            (numeric if usable or _mostly_numbers(train.strings(name)) else skipped).append(name)
         if skipped:
             rank_zero_info(f"{type(self).__name__}: ignoring non-numeric columns {skipped} (list them as categorical).")
         if not numeric and not self._encoder_args["categorical"]:
@@ -229,3 +236,16 @@ class TableDataModuleBase(ChuteDataModule):
             row = int(np.flatnonzero(weights < 0)[0])
             raise DataError(f"Weight column {self.weight!r} is negative at {split.where(row)}.")
         return self._make_dataset(features, targets, weights)
+
+
+def _mostly_numbers(values: list[str | None]) -> bool:
+    """Whether most non-empty cells of a text column parse as numbers."""
+    present = [v for v in values if v is not None and v.strip()]
+    numbers = 0
+    for value in present:
+        try:
+            float(value)
+        except ValueError:
+            continue
+        numbers += 1
+    return bool(present) and numbers > len(present) / 2

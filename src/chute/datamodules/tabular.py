@@ -49,6 +49,8 @@ class TabularDataModule(TableDataModuleBase):
             field counts; ``skip`` drops the row, counts it (``bad_samples``) and logs its line.
         max_bad_fraction: With ``skip``, raise when more than this share of a file's rows is bad (for
             files of fewer than 100 rows, more than ``max_bad_fraction * 100`` rows).
+        encoding: The CSV files' text encoding (``utf-8``; e.g. ``latin-1`` or ``cp1252`` for files from
+            older spreadsheets). Text that does not decode is an error naming the row and column.
 
     Example:
         >>> from chute.datasets import SklearnTable
@@ -85,13 +87,14 @@ class TabularDataModule(TableDataModuleBase):
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
+        encoding: str = "utf-8",
     ) -> None:
         super().__init__(
             path, tasks={"target": (target, task)}, numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
             seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
+            max_bad_fraction=max_bad_fraction, encoding=encoding,
         )  # fmt: skip
         self.target = target
         self.task: Task = task

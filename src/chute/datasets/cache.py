@@ -55,8 +55,12 @@ def fingerprint(files: Iterable[str | bytes], config: Any) -> str:
     digest = hashlib.sha256()
     for file in files:
         path = os.fsdecode(file)
-        stat = os.stat(path)
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(path)
+        except OSError as err:  # e.g. a dangling symlink: reading it later is a bad sample, named and counted
+            digest.update(os.fsencode(path) + f"\0unreadable {err.errno}\n".encode())
+            continue
+        digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     digest.update(repr(config).encode())
     return digest.hexdigest()
 

@@ -41,7 +41,7 @@ class FolderIndex:
         return len(self.targets)
 
     def path(self, index: int) -> str:
-        return os.path.join(self.root, self.paths[index].decode("utf-8"))
+        return os.path.join(self.root, os.fsdecode(self.paths[index]))
 
     def class_counts(self) -> np.ndarray:
         return np.bincount(self.targets, minlength=len(self.class_names)).astype(np.int64)
@@ -87,7 +87,9 @@ def scan_folder(root: str | os.PathLike[str], class_names: Sequence[str] | None 
             )
         paths.extend(os.path.join(name, f) for f in files)
         targets.extend([label] * len(files))
-    encoded = np.array([p.encode("utf-8") for p in paths], dtype=np.bytes_)
+    # os.fsencode: the file system's own bytes, also for a name that is not valid UTF-8 (Python keeps
+    # such bytes as surrogates; os.fsdecode in ``path`` turns them back, so the file still opens).
+    encoded = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
     return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
 
 

@@ -164,12 +164,15 @@ def _parse(raw: bytes, label_key: str, kind: str | None) -> tuple[str, Any, int]
     if this == "text" and (not isinstance(value, str) or not value):
         raise ValueError("'text' must be a non-empty string")
     if this == "tokens" and (not isinstance(value, list) or not value or not all(_is_id(v) for v in value)):
-        raise ValueError("'tokens' must be a non-empty list of non-negative integers")
+        raise ValueError("'tokens' must be a non-empty list of non-negative integers (at most 2**63 - 1)")
     return this, value, label
 
 
+_MAX_ID = 2**63 - 1  # ids and labels are stored as int64
+
+
 def _is_id(value: Any) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= _MAX_ID
 
 
 class CharVocab:

@@ -11,6 +11,7 @@ column) and train-only encoding are one pipeline over the same ``Split`` object.
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,20 +29,27 @@ from chute.errors import ConfigError, DataError
 MissingStrategy = Literal["raise", "mean", "median", "constant"]
 MISSING_STRATEGIES = ("raise", "mean", "median", "constant")
 MISSING_CATEGORY = "<missing>"
+_BLOCK = 1 << 20  # pyarrow's default CSV read block; grown for files with longer rows
 
 
-def read_table(path: str | os.PathLike[str], bad_samples: BadSamples | None = None) -> pa.Table:
+def read_table(
+    path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8"
+) -> pa.Table:
     """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file.
 
     A CSV row with the wrong number of fields raises naming the file, the line and the field counts,
     or with ``bad_samples`` skipping (``on_error="skip"``) is dropped, counted and logged;
     :func:`read_split` also keeps the surviving rows' numbers for later messages.
     """
-    return read_split(path, bad_samples).table
+    return read_split(path, bad_samples, encoding).table
 
 
-def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = None) -> Split:
-    """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out."""
+def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8") -> Split:
+    """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out.
+
+    ``encoding`` is the CSV file's text encoding (e.g. ``latin-1``); text that does not decode is an
+    error naming the row and column when the column is read.
+    """
     import pyarrow.parquet as pq
 
     path = os.fspath(path)
@@ -56,13 +64,17 @@ def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = No
         if name.endswith((".parquet", ".pq")):
             table = pq.read_table(path)
         elif name.endswith((".csv", ".tsv", ".txt")):
-            table, skipped = _read_csv(path, "\t" if name.endswith(".tsv") else ",", bad)
+            table, skipped = _read_csv(path, "\t" if name.endswith(".tsv") else ",", bad, encoding)
         else:
             raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"Cannot read table '{path}': {err}") from None
     if table.num_rows == 0:
         raise DataError(f"Table file '{path}' has a header but no data rows.")
+    names = table.column_names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"Table file '{path}' has duplicate column names {repeated}: give every column its own name.")
     rows = np.arange(1, table.num_rows + len(skipped) + 1, dtype=np.int64)
     if skipped:
         rows = np.setdiff1d(rows, np.asarray(skipped, dtype=np.int64))[: table.num_rows]
@@ -70,7 +82,16 @@ def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = No
     return Split(table, path, rows)
 
 
-def _read_csv(path: str, delimiter: str, bad: BadSamples) -> tuple[pa.Table, list[int]]:
+def check_encoding(encoding: str) -> None:
+    """Raise a :class:`ConfigError` naming ``encoding`` unless Python knows it."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        reason = "is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)"
+        raise ConfigError("encoding", encoding, reason) from None
+
+
+def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8") -> tuple[pa.Table, list[int]]:
     """The table, and the data-row numbers (1-based, header excluded) of rows skipped for a wrong field count.
 
     The first read uses pyarrow's threads, which cannot say where a bad row is; only a file that has
@@ -84,13 +105,24 @@ def _read_csv(path: str, delimiter: str, bad: BadSamples) -> tuple[pa.Table, lis
         invalid.append(row)
         return "skip" if bad.skipping else "error"
 
+    check_encoding(encoding)
+    block = _BLOCK
+
     def read(threads: bool) -> pa.Table:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(use_threads=threads),
-            parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
-            convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
-        )
+        nonlocal block
+        while True:
+            try:
+                return pacsv.read_csv(
+                    path,
+                    read_options=pacsv.ReadOptions(use_threads=threads, block_size=block, encoding=encoding),
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
+                )
+            except pa.ArrowInvalid as err:
+                # A row longer than a read block (a field of megabytes): read again in larger blocks.
+                if "straddl" not in str(err) or block >= os.path.getsize(path) + 1:
+                    raise
+                block = min(block * 8, os.path.getsize(path) + 1)
 
     try:
         table = read(threads=True)
@@ -153,8 +185,8 @@ class Split:
         """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the row."""
         column = self.column(name)
         if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            return column.cast(pa.float64()).to_numpy(zero_copy_only=False)
-        values = column.to_pylist()
+            return self._finite(name, column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+        values = self._texts(name, column)
         out = np.empty(len(values), dtype=np.float64)
         for i, value in enumerate(values):
             if value is None or (isinstance(value, str) and not value.strip()):
@@ -167,7 +199,34 @@ class Split:
                     f"Column {name!r} is numeric but holds {value!r} at {self.where(i)}. Fix the value, or list "
                     f"{name!r} under categorical if it is a category."
                 ) from None
-        return out
+        return self._finite(name, out)
+
+    def _finite(self, name: str, values: np.ndarray) -> np.ndarray:
+        """``values``, unless one is infinite: standardizing would turn the whole column into nan/inf."""
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:
+            raise DataError(
+                f"Column {name!r} holds {values[infinite[0]]} at {self.where(int(infinite[0]))} ({infinite.size} such "
+                "rows): an infinite value makes the column's mean and std infinite. Replace it with a finite value, "
+                "or leave the cell empty to treat it as missing (data.missing)."
+            )
+        return values
+
+    def _texts(self, name: str, column: pa.ChunkedArray) -> list[Any]:
+        """The column's values as Python objects; bytes that are not text in the file's encoding are an
+        error naming the row (pyarrow keeps them as binary)."""
+        values = column.to_pylist()
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            for i, value in enumerate(values):
+                if isinstance(value, bytes):
+                    try:
+                        values[i] = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(
+                            f"Column {name!r} holds {value!r} at {self.where(i)}, which is not UTF-8 text. Set the "
+                            "file's encoding, e.g. data.encoding=latin-1 (or cp1252), or save the file as UTF-8."
+                        ) from None
+        return values
 
     def strings(self, name: str) -> list[str | None]:
         column = self.column(name)
@@ -175,7 +234,7 @@ class Split:
             column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
             return [None if v is None else _format_number(v) for v in column.to_pylist()]
-        return [None if v is None else str(v) for v in column.to_pylist()]
+        return [None if v is None else str(v) for v in self._texts(name, column)]
 
 
 def _format_number(value: Any) -> str:
@@ -311,6 +370,18 @@ class TableEncoder:
         self.vocab = {str(k): [str(v) for v in vs] for k, vs in state["vocab"].items()}
 
 
+def check_labels_present(split: Split, column: str) -> list[str]:
+    """The labels of ``column``; a missing (empty or NaN) one is an error naming the row."""
+    values = split.strings(column)
+    missing = [i for i, v in enumerate(values) if v is None]
+    if missing:
+        raise DataError(
+            f"Target column {column!r} is missing at {split.where(missing[0])} ({len(missing)} such rows): "
+            "every row needs a label (drop or fill those rows)."
+        )
+    return values  # type: ignore[return-value]
+
+
 def encode_labels(split: Split, column: str, classes: Sequence[str]) -> np.ndarray:
     """Class indices of ``column`` over ``classes``; a missing or unknown label is an error naming the row."""
     lookup = {c: i for i, c in enumerate(classes)}
@@ -319,7 +390,9 @@ def encode_labels(split: Split, column: str, classes: Sequence[str]) -> np.ndarr
     bad = np.flatnonzero(codes < 0)
     if bad.size:
         first = int(bad[0])
-        what = "is missing" if codes[first] == -2 else f"is {values[first]!r}, a class the training split lacks"
+        if codes[first] == -2:
+            check_labels_present(split, column)  # the same message as for the training file
+        what = f"is {values[first]!r}, a class the training split lacks"
         raise DataError(
             f"Target column {column!r} {what} at {split.where(first)} ({bad.size} such rows; classes: "
             f"{list(classes)[:10]})."

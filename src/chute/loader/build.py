@@ -29,7 +29,7 @@ from chute.loader.distributed import current_rank
 from chute.loader.seeding import WorkerSeeder, derive_seed
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import ThreadedLoader
-from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset
+from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, name_samples
 
 
 class BatchFetch(Dataset[Any]):
@@ -46,8 +46,19 @@ class BatchFetch(Dataset[Any]):
     def __getitem__(self, batch: Sequence[int]) -> Any:
         getitems = getattr(self.dataset, "__getitems__", None)
         if callable(getitems):
-            return getitems(batch)
-        return [self.dataset[i] for i in batch]
+            try:
+                return getitems(batch)
+            except Exception as err:
+                name_samples(err, self.dataset, batch)
+                raise
+        samples = []
+        for i in batch:
+            try:
+                samples.append(self.dataset[i])
+            except Exception as err:
+                name_samples(err, self.dataset, [i])
+                raise
+        return samples
 
     def reseed(self, seed: int) -> None:
         reseed = getattr(self.dataset, "reseed", None)
@@ -61,7 +72,8 @@ class BatchFetch(Dataset[Any]):
 
 
 class Batched(DistributedSampler):
-    """Group an index sampler's indices into batches: the order of a loader over an index sampler.
+    """Group an index sampler's indices into batches: the order of a loader over an index sampler
+    (a :class:`~chute.samplers.DistributedDraw` of indices, which cuts its draw with ``batched``).
 
     ``set_epoch`` reaches the index sampler; ``resume(epoch, batches)`` skips ``batches`` whole batches.
     A :class:`~torch.utils.data.DistributedSampler` by type only (the index sampler splits the ranks):
@@ -83,15 +95,8 @@ class Batched(DistributedSampler):
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batch: list[int] = []
-        for index in self.sampler:
-            batch.append(index)
-            if len(batch) == self.batch_size:
-                yield batch
-                batch = []
-        if batch and not self.drop_last:
-            yield batch
+    def __iter__(self) -> Iterator[Any]:
+        return self.sampler.batched(self.batch_size, self.drop_last)
 
 
 class Passes:
@@ -263,8 +268,9 @@ def build_loader(
         if stream:
             raise ValueError("the threads backend reads map-style data; a stream needs backend=torch")
         return ChuteThreadedLoader(
-            dataset, batches, collate_fn, prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
-            pin_memory=settings.resolved_pin_memory, timeout=settings.timeout, device=device, epoch_of=epoch_of,
+            dataset, batches, collate_fn, fetch=BatchFetch(dataset).__getitem__, prefetch=settings.prefetch_factor or 2,
+            threads=settings.num_workers, pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
+            device=device, epoch_of=epoch_of,
         )  # fmt: skip
     workers = settings.num_workers
     kwargs: dict[str, Any] = {

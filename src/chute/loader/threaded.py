@@ -37,6 +37,8 @@ class ThreadedLoader:
         timeout: Seconds to wait for a batch before raising (0 waits forever).
         device: A CUDA device: batches arrive there (see the module docstring); ``None`` keeps
             them on the CPU (pinned with ``pin_memory``).
+        fetch: Reads one batch of indices (chute passes a :class:`~chute.loader.BatchFetch`, which
+            names the samples of an error); default: ``__getitems__``, else item by item.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class ThreadedLoader:
         pin_memory: bool = False,
         timeout: float = 0.0,
         device: torch.device | str | None = None,
+        fetch: Callable[[Any], Any] | None = None,
     ) -> None:
         if prefetch < 1 or threads < 0:
             raise ValueError(f"prefetch={prefetch} must be >= 1 and threads={threads} >= 0")
@@ -61,6 +64,7 @@ class ThreadedLoader:
         self.pin_memory = pin_memory
         self.timeout = timeout
         self.device = torch.device(device) if device is not None else None
+        self.fetch = fetch  # reads one batch of indices (default: ``__getitems__``, else item by item)
         self._copier: DeviceCopy | None = None
         # What Lightning and torch tooling read off a loader: no worker processes, and the sampler
         # (of index batches) in the DataLoader's ``sampler`` slot, as chute's DataLoaders have it.
@@ -73,8 +77,11 @@ class ThreadedLoader:
         return len(self.sampler)
 
     def _fetch(self, batch: Any) -> Any:
-        getitems = getattr(self.dataset, "__getitems__", None)
-        data = getitems(batch) if callable(getitems) else [self.dataset[int(i)] for i in batch]
+        if self.fetch is not None:
+            data = self.fetch(batch)
+        else:
+            getitems = getattr(self.dataset, "__getitems__", None)
+            data = getitems(batch) if callable(getitems) else [self.dataset[int(i)] for i in batch]
         data = self.collate_fn(data) if self.collate_fn is not None else data
         if self.device is not None and self.device.type == "cuda":
             if self._copier is None:

@@ -75,29 +75,57 @@ class TrackedDataset(Dataset[Any]):
             out = []
             for i in indices:
                 self.in_flight.mark([i])
-                out.append(self.dataset[i])
+                try:
+                    out.append(self.dataset[i])
+                except Exception as err:
+                    name_samples(err, self.dataset, [i])
+                    raise
         self.in_flight.clear()
         return out
 
     def describe(self, index: int) -> str:
-        """The sample's file or row where the dataset can say (``describe`` or an ``index.path``)."""
-        inner: Any = self.dataset
-        for _ in range(3):  # through views such as BatchFetch
-            describe = getattr(inner, "describe", None)
-            if callable(describe):
-                return str(describe(index))
-            path = getattr(getattr(inner, "index", None), "path", None)
-            if callable(path):
-                return str(path(index))
-            inner = getattr(inner, "dataset", None)
-            if inner is None:
-                break
-        return f"sample {index}"
+        return describe_sample(self.dataset, index)
 
     def __getattr__(self, name: str) -> Any:
         if name in ("dataset", "in_flight"):
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+def describe_sample(dataset: Any, index: int) -> str:
+    """Sample ``index``'s file or row where the dataset can say (``describe(i)`` or an ``index.path(i)``),
+    looking through views (``.dataset``); else ``"sample <index>"``."""
+    inner: Any = dataset
+    for _ in range(4):
+        describe = getattr(inner, "describe", None)
+        if callable(describe):
+            return str(describe(index))
+        path = getattr(getattr(inner, "index", None), "path", None)
+        if callable(path):
+            return str(path(index))
+        inner = getattr(inner, "dataset", None)
+        if inner is None:
+            break
+    return f"sample {index}"
+
+
+def name_samples(error: BaseException, dataset: Any, indices: Sequence[Any]) -> None:
+    """Add to ``error`` which samples were being loaded (shown under its message and traceback, also
+    in the copy torch re-raises from a DataLoader worker), unless it names one already."""
+    if not hasattr(error, "add_note") or getattr(error, "_chute_named", False):
+        return  # Python 3.10 has no exception notes
+    head = [int(i) for i in list(indices)[:8]]
+    if len(head) == 1:
+        where = f"sample {head[0]} ({describe_sample(dataset, head[0])})"
+    else:
+        where = f"a batch of {len(indices)} samples {head}{' ...' if len(indices) > 8 else ''}"
+    error.add_note(f"chute: raised while loading {where}.")
+    error._chute_named = True  # type: ignore[attr-defined]
+
+
+# torch's messages for a worker that ended (killed by a signal, exited, crashed); an exception a
+# worker raised is re-raised as "Caught <type> in DataLoader worker process <n>" instead.
+_DEATH = re.compile(r"DataLoader worker \(pid")
 
 
 class WorkerDiedError(RuntimeError):
@@ -125,8 +153,8 @@ class GuardedIterator:
         try:
             return next(self.iterator)
         except RuntimeError as err:
-            if "DataLoader worker" not in str(err):
-                raise
+            if not _DEATH.search(str(err)):
+                raise  # an error raised in the worker keeps its type and message (and names its samples)
             raise WorkerDiedError(self._explain(str(err))) from err
 
     def _explain(self, message: str) -> str:

@@ -6,7 +6,7 @@ from chute.models.multitask import MultiTaskModel
 from chute.models.sequence import SequenceClassifier
 from chute.models.tabular import TabularModel, mlp
 
-# The registry: each model's Hydra schema (``model/<name>_schema``) is made from its constructor.
+# The registry: each model's Hydra schema (``schema/model/<name>``) is made from its constructor.
 MODELS: dict[str, type] = {
     "image_classifier": ImageClassifier,
     "tabular_model": TabularModel,
