@@ -99,7 +99,7 @@ def test_cover_rest_reads_what_litdata_leaves_and_ends_ranks_on_one_step(
     assert all(0 < len(batch) <= 4 for batches in extra for batch in batches)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_mid_epoch_state_resumes_the_uninterrupted_epoch(table_chunks: str, workers: int) -> None:
     def loader() -> Any:
         dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": workers}, seed=5)
@@ -124,7 +124,7 @@ def test_mid_epoch_state_resumes_the_uninterrupted_epoch(table_chunks: str, work
     assert all(torch.equal(a, b) for a, b in zip(consumed + rest, uninterrupted, strict=True))
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_rank_state_resumes_inside_and_after_the_extra_batches(
     table_chunks: str, workers: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
