@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("strategy", ["weighted_sampler", "balanced_batches"])
+@pytest.mark.parametrize("strategy", [pytest.param("weighted_sampler", marks=pytest.mark.slow), "balanced_batches"])
 def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
