@@ -26,8 +26,8 @@ from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
-from chute.loader import Batched, Loader, LoaderSettings, as_loader_settings, build_loader, derive_seed
-from chute.samplers import DistributedDraw, EvalBatches, IndexSampler
+from chute.loader import Batched, Loader, LoaderSettings, as_loader_settings, build_loader, default_order, derive_seed
+from chute.samplers import DistributedDraw
 
 
 class ChuteDataModule(L.LightningDataModule):
@@ -298,19 +298,15 @@ class ChuteDataModule(L.LightningDataModule):
         """The sampler of index batches a map-style loader follows (see :meth:`_dataloader`)."""
         if batches is not None:
             return batches
-        rank, world = self._world()
         settings = self.loader_settings
-        if not train:
-            order = size if eval_order is None else eval_order
-            return EvalBatches(order, settings.batch_size_for(False), rank=rank, world_size=world)
-        sampler, batched = self._train_sampler()
-        if sampler is None:  # a (seed, epoch) permutation every rank draws alike and splits
-            sampler = IndexSampler(
-                size, shuffle=settings.shuffle, seed=derive_seed(self.seed, 0), rank=rank, world_size=world
-            )
-        elif batched:
-            return sampler
-        return Batched(sampler, settings.batch_size, settings.drop_last)
+        if train:  # an imbalance strategy's draw, cut into batches unless it draws whole batches
+            sampler, batched = self._train_sampler()
+            if sampler is not None:
+                return sampler if batched else Batched(sampler, settings.batch_size, settings.drop_last)
+        rank, world = self._world()
+        return default_order(
+            size, settings, train=train, seed=self.seed, eval_order=eval_order, rank=rank, world_size=world
+        )
 
     # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
 

@@ -11,6 +11,7 @@ from chute.loader.build import (
     Loader,
     Passes,
     build_loader,
+    default_order,
 )
 from chute.loader.distributed import current_rank, world_position
 from chute.loader.seeding import (
@@ -45,6 +46,7 @@ __all__ = [
     "as_loader_settings",
     "build_loader",
     "current_rank",
+    "default_order",
     "derive_seed",
     "sample_seed",
     "seed_everything_local",

@@ -219,14 +219,25 @@ def _tracked(dataset: Any) -> TrackedDataset | None:
 Loader = ChuteDataLoader | ChuteThreadedLoader
 
 
-def default_order(size: int, settings: LoaderSettings, *, train: bool, seed: int) -> Any:
+def default_order(
+    size: int,
+    settings: LoaderSettings,
+    *,
+    train: bool,
+    seed: int,
+    eval_order: Any = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Any:
     """Training: a ``(seed, epoch)`` permutation (if ``settings.shuffle``) split across ranks and cut
-    into batches; evaluation: ``0..n-1``, each sample once across ranks (:class:`~chute.samplers.EvalBatches`)."""
+    into batches; evaluation: ``eval_order`` (default ``0..n-1``), each sample once across ranks
+    (:class:`~chute.samplers.EvalBatches`). ``rank``/``world_size``: default torch.distributed's."""
     from chute.samplers import EvalBatches, IndexSampler  # the samplers build on this package
 
     if not train:
-        return EvalBatches(size, settings.batch_size_for(False))
-    sampler = IndexSampler(size, shuffle=settings.shuffle, seed=derive_seed(seed, 0))
+        order = size if eval_order is None else eval_order
+        return EvalBatches(order, settings.batch_size_for(False), rank=rank, world_size=world_size)
+    sampler = IndexSampler(size, shuffle=settings.shuffle, seed=derive_seed(seed, 0), rank=rank, world_size=world_size)
     return Batched(sampler, settings.batch_size, settings.drop_last)
 
 
