@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torchcodec.decoders import decode_image
 
+from chute import exif
 from chute.errors import DataError
 
 ImageMode = Literal["RGB", "L"]
@@ -63,7 +64,9 @@ def decode_bytes(path: str, data: bytes, mode: ImageMode = "RGB") -> torch.Tenso
     JPEGs decode through libjpeg-turbo with corrupt-data warnings treated as errors, so a file cut
     short (even one ending in an end-of-image marker) fails instead of coming out half grey; CMYK
     JPEGs, PNG, WebP and GIF through TorchCodec; other formats through Pillow. Every file's size is
-    read from its header first and checked against the decompression-bomb limit.
+    read from its header first and checked against the decompression-bomb limit. An EXIF
+    orientation tag is applied on every path (chute's JPEG decoder reads it with :mod:`chute.exif`;
+    TorchCodec and Pillow apply it themselves), as Pillow's ``ImageOps.exif_transpose`` shows it.
     """
     channels_of(mode)
     if not data:
@@ -72,11 +75,11 @@ def decode_bytes(path: str, data: bytes, mode: ImageMode = "RGB") -> torch.Tenso
     try:
         strict_jpeg = check_image_size(path, data)
         if strict_jpeg:
-            image = _decode_jpeg(data, mode, *strict_jpeg)
+            image = exif.orient(_decode_jpeg(data, mode, *strict_jpeg), exif.orientation(data))
         elif ext in _FAST_EXTENSIONS:
-            image = _decode_fast(data, mode)
+            image = _decode_fast(data, mode)  # TorchCodec applies the tag itself
         else:
-            image = _decode_pil(data, mode)
+            image = _decode_pil(data, mode)  # Pillow reads and applies the tag itself
     except DataError:
         raise
     except Exception as err:  # the decoders raise RuntimeError, OSError, ValueError, ...
@@ -187,9 +190,10 @@ def _decode_jpeg(data: bytes, mode: ImageMode, width: int, height: int) -> torch
 
 
 def _decode_pil(data: bytes, mode: ImageMode) -> torch.Tensor:
-    from PIL import Image
+    from PIL import Image, ImageOps
 
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data)) as opened:
+        img = ImageOps.exif_transpose(opened)
         if img.mode in _WIDE_MODES:  # 16-bit or 32-bit single-channel: convert() would clip at 255
             gray = _scale_to_uint8(np.asarray(img))
             array = gray[:, :, None].repeat(_CHANNELS[mode], axis=2)

@@ -44,7 +44,7 @@ from chute.paths import inside
 
 Store = Literal["memory", "disk"]
 MANIFEST = "cache.json"
-_VERSION = 2  # 2: the manifest lists missing samples
+_VERSION = 3  # 2: the manifest lists missing samples; 3: images turned by their EXIF orientation
 
 
 def fingerprint(files: Iterable[str | bytes], config: Any) -> str:

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from chute import exif
+
 try:  # built by `pip install` where a C compiler and libjpeg-turbo's headers exist
     from chute import _jpegcrop
 except ImportError:  # pragma: no cover - depends on the build machine
@@ -98,6 +100,10 @@ class CropDecode:
 
         ``size``: the image's ``(width, height)`` when the caller has already read the header and
         made these checks (:func:`chute.images.check_image_size` returns it), so they are not repeated.
+
+        An EXIF orientation tag is honoured: the region is drawn in the displayed frame (as the tensor
+        path draws it on the turned image), mapped to the stored pixels, decoded, and turned after
+        the resize, which is a square, so it costs one more pass over ``size x size`` pixels.
         """
         if _jpegcrop is None:
             return False
@@ -110,16 +116,22 @@ class CropDecode:
                 width, height, _, colorspace = _jpegcrop.header(data)
                 if colorspace in _COLORSPACE_CMYK:
                     return False
-            r = self.region(width, height, rng or self._rng)
-            num = _dct_scale(r.width, r.height, self.size)
+            code = exif.orientation(data)
+            transpose, left_right, top_bottom = exif.STEPS[code]
+            shown = (height, width) if transpose else (width, height)
+            r = self.region(*shown, rng or self._rng)
+            x = shown[0] - r.x - r.width if left_right else r.x  # undo the flips, then the transpose
+            y = shown[1] - r.y - r.height if top_bottom else r.y
+            x, y, w, h = (y, x, r.height, r.width) if transpose else (x, y, r.width, r.height)
+            num = _dct_scale(w, h, self.size)
             channels = 1 if gray else 3
-            scratch = _scratch((r.height * num // 8 + 16) * (width * num // 8 + 16) * channels)
-            rows, row_width, x0 = _jpegcrop.decode_into(data, r.x, r.y, r.width, r.height, num, gray, scratch)
+            scratch = _scratch((h * num // 8 + 16) * (width * num // 8 + 16) * channels)
+            rows, row_width, x0 = _jpegcrop.decode_into(data, x, y, w, h, num, gray, scratch)
         except (ValueError, _jpegcrop.DecodeError):
             return False
-        cols = min(-(-(r.x + r.width) * num // 8) - r.x * num // 8, row_width - x0)
+        cols = min(-(-(x + w) * num // 8) - x * num // 8, row_width - x0)
         decoded = scratch[: rows * row_width * channels].reshape(rows, row_width, channels)[:, x0 : x0 + cols]
-        _resize_into(decoded, out, r.flip)
+        _resize_into(decoded, out, transpose, left_right != r.flip, top_bottom)
         return True
 
     def reseed(self, seed: int) -> None:
@@ -245,7 +257,9 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buffer
 
 
-def _resize_into(decoded: np.ndarray, out: np.ndarray, flip: bool) -> None:
+def _resize_into(decoded: np.ndarray, out: np.ndarray, transpose: bool, left_right: bool, top_bottom: bool) -> None:
+    """Resize ``decoded`` into the square ``out``, then transpose and flip it (the EXIF turn and the
+    augmentation's mirror, combined)."""
     import cv2
 
     size = (out.shape[1], out.shape[0])
@@ -253,6 +267,9 @@ def _resize_into(decoded: np.ndarray, out: np.ndarray, flip: bool) -> None:
         decoded, target = decoded[:, :, 0], out[:, :, 0]
     else:
         target = out
-    cv2.resize(decoded, size, dst=target, interpolation=cv2.INTER_LINEAR)
-    if flip:
-        cv2.flip(target, 1, dst=target)  # in place: OpenCV swaps each row's ends, no temporary image
+    if transpose:  # only for turned photographs: one small temporary
+        cv2.transpose(cv2.resize(decoded, size, interpolation=cv2.INTER_LINEAR), dst=target)
+    else:
+        cv2.resize(decoded, size, dst=target, interpolation=cv2.INTER_LINEAR)
+    if left_right or top_bottom:  # in place: OpenCV swaps the ends, no temporary image
+        cv2.flip(target, -1 if left_right and top_bottom else int(left_right), dst=target)
