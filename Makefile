@@ -15,6 +15,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e ".[dev]"
+	$(BIN)/python -m chute.info  # says whether the crop-aware JPEG decoder was built
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 import chute
+from chute import fastpaths
 from chute.callbacks import StallMonitor, Throughput
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
@@ -52,6 +53,7 @@ def run(cfg: DictConfig) -> float:
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     settings = validate_config(cfg)
+    fastpaths.say_if_missing()
     # seed: null (lightning-hydra-template's default) draws one; Lightning keeps it in PL_GLOBAL_SEED,
     # which the DDP ranks it launches later inherit, so every rank uses the same one.
     seed = L.seed_everything(cfg.seed, workers=False, verbose=False)
@@ -250,6 +252,7 @@ def _versions() -> dict[str, str]:
         "python": platform.python_version(),
         "cpus": str(os.cpu_count()),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "crop_decoder": "built" if fastpaths.jpegcrop is not None else fastpaths.MISSING,
     }
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torchcodec.decoders import decode_image
 
-from chute import exif
+from chute import exif, fastpaths
 from chute.errors import DataError
 
 ImageMode = Literal["RGB", "L"]
@@ -29,10 +29,9 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _EOI = b"\xff\xd9"
 _COLORSPACE_CMYK = (4, 5)  # JCS_CMYK, JCS_YCCK: libjpeg cannot convert them to RGB; TorchCodec does
 
-try:  # the crop decoder's extension, also a strict whole-image JPEG decoder (see _decode_jpeg)
-    from chute import _jpegcrop
-except ImportError:  # pragma: no cover - depends on the build machine
-    _jpegcrop = None  # type: ignore[assignment]
+# The crop decoder's extension is also the strict whole-image JPEG decoder (see _decode_jpeg); without
+# it, simplejpeg (libjpeg-turbo in a wheel) is, just as strict.
+_jpegcrop = fastpaths.jpegcrop
 
 
 def channels_of(mode: ImageMode) -> int:
@@ -106,15 +105,15 @@ def check_image_size(path: str, data: bytes) -> tuple[int, int] | None:
     from PIL import Image
 
     limit = Image.MAX_IMAGE_PIXELS
-    if _jpegcrop is not None and data.startswith(_JPEG_MAGIC):
+    if data.startswith(_JPEG_MAGIC):
         try:
-            width, height, _, colorspace = _jpegcrop.header(data)
-        except _jpegcrop.DecodeError as err:
+            width, height, cmyk = _jpeg_header(data)
+        except ValueError as err:  # chute._jpegcrop.DecodeError and simplejpeg's errors
             raise DataError(f"Cannot decode image '{path}': {err}. The file is corrupt or not an image.") from None
         # Without an end-of-image marker (ignoring zero padding) the file was cut short: TorchCodec
         # reports that, and tolerates bytes after the marker, which the strict path would not see.
         ends = data.rstrip(b"\0").endswith(_EOI)
-        strict = (width, height) if ends and colorspace not in _COLORSPACE_CMYK else None
+        strict = (width, height) if ends and not cmyk else None
     else:
         strict = None
         try:
@@ -180,10 +179,26 @@ def _decode_fast(data: bytes, mode: ImageMode) -> torch.Tensor:
     return image
 
 
+def _jpeg_header(data: bytes) -> tuple[int, int, bool]:
+    """``(width, height, cmyk)`` of JPEG ``data``; raises ``ValueError`` for an unreadable header."""
+    if _jpegcrop is not None:
+        width, height, _, colorspace = _jpegcrop.header(data)
+        return width, height, colorspace in _COLORSPACE_CMYK
+    import simplejpeg
+
+    height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    return width, height, colorspace in ("CMYK", "YCCK")
+
+
 def _decode_jpeg(data: bytes, mode: ImageMode, width: int, height: int) -> torch.Tensor:
-    """Decode a whole JPEG with chute's libjpeg-turbo extension (the same pixels as TorchCodec), which
-    turns libjpeg's corrupt-data warnings into errors; TorchCodec lets them pass."""
-    assert _jpegcrop is not None
+    """Decode a whole JPEG with libjpeg-turbo (the same pixels as TorchCodec), turning its corrupt-data
+    warnings into errors, which TorchCodec lets pass: through chute's extension, or without it
+    simplejpeg in strict mode."""
+    if _jpegcrop is None:
+        import simplejpeg
+
+        array = simplejpeg.decode_jpeg(data, colorspace="GRAY" if mode == "L" else "RGB", strict=True)
+        return torch.from_numpy(array).permute(2, 0, 1)
     out = torch.empty((height, width, _CHANNELS[mode]), dtype=torch.uint8)
     _jpegcrop.decode_into(data, 0, 0, width, height, 8, mode == "L", out.numpy())
     return out.permute(2, 0, 1)

@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
+from chute import fastpaths
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_images
 from chute.datamodules.base import ChuteDataModule
@@ -212,6 +213,7 @@ class ImageFolderDataModule(ChuteDataModule):
         return built
 
     def setup(self, stage: str | None = None) -> None:
+        fastpaths.say_if_missing()  # once per process: JPEGs decode whole without chute's extension
         self._index_splits()
         if self.mean is None or self.std is None:
             self.mean, self.std = self._measure_stats()

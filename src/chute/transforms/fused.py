@@ -26,12 +26,10 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from chute import exif
+from chute import exif, fastpaths
 
-try:  # built by `pip install` where a C compiler and libjpeg-turbo's headers exist
-    from chute import _jpegcrop
-except ImportError:  # pragma: no cover - depends on the build machine
-    _jpegcrop = None  # type: ignore[assignment]
+# Built by `pip install` where a C compiler and libjpeg-turbo's headers exist (chute.fastpaths).
+_jpegcrop = fastpaths.jpegcrop
 
 #: Whether the compiled crop decoder is available (else every image takes the generic path).
 NATIVE = _jpegcrop is not None

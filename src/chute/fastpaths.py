@@ -1,0 +1,109 @@
+"""Which fast paths this install has, and the one place that loads chute's compiled decoder.
+
+chute's crop-aware JPEG decoder (``chute._jpegcrop``, :mod:`chute.transforms.fused`) is a C
+extension built at install time against the system's libjpeg-turbo. The build is optional: without
+a C compiler or libjpeg's headers the install succeeds without it, JPEGs decode whole through
+simplejpeg's libjpeg-turbo (as strict about corrupt data: a file cut short fails), and crops
+happen after decoding: about half as fast (RandomResizedCrop(224) of 400-640 px photos on one
+thread, 2026-11-28: 500-600 images/s built, 210-380 without). That is said once per process
+(:func:`say_if_missing`: ``train.py`` at start-up, an image DataModule's ``setup``) and by
+``python -m chute.info`` (or ``chute-info``), which lists every fast path and library version.
+
+``CHUTE_NATIVE=0`` in the environment turns the extension off, to check the fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from importlib import metadata
+from types import ModuleType
+
+log = logging.getLogger("chute")
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    if os.environ.get("CHUTE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None, "turned off by CHUTE_NATIVE=0"
+    try:
+        from chute import _jpegcrop
+    except ImportError as err:  # pragma: no cover - depends on the build machine
+        return None, f"not built ({err}); a C compiler and libjpeg-turbo's headers are needed at install time"
+    return _jpegcrop, ""
+
+
+#: The compiled crop decoder, or ``None`` (see :data:`MISSING` for why).
+jpegcrop, MISSING = _load()
+_said = False
+
+
+def say_if_missing() -> None:
+    """Log once per process that the crop-aware decoder is missing, why, and how to build it."""
+    global _said
+    if jpegcrop is not None or _said:
+        return
+    _said = True
+    log.warning(
+        "chute: the crop-aware JPEG decoder (chute._jpegcrop) is %s. JPEGs decode whole (strict "
+        "simplejpeg) and are cropped after: correct, about half as fast. To build it: install a C "
+        "compiler and libjpeg-turbo's headers (Debian/Ubuntu: apt install gcc libjpeg-dev), then "
+        "reinstall chute. `python -m chute.info` lists the fast paths in use.",
+        MISSING,
+    )
+
+
+def fast_paths() -> list[tuple[str, bool, str]]:
+    """``(name, active, detail)`` for each path that makes chute fast where it can run."""
+    import cv2
+    import torch
+
+    paths = []
+    if jpegcrop is not None:
+        turbo = jpegcrop.LIBJPEG_TURBO_VERSION_NUMBER  # e.g. 2001005 for 2.1.5
+        version = f"{turbo // 1000000}.{turbo // 1000 % 1000}.{turbo % 1000}"
+        paths.append(("crop-aware JPEG decoding (chute._jpegcrop)", True, f"libjpeg-turbo {version}"))
+    else:
+        paths.append(("crop-aware JPEG decoding (chute._jpegcrop)", False, MISSING))
+    paths.append(
+        (
+            "strict whole-JPEG decoding",
+            True,
+            "chute._jpegcrop" if jpegcrop is not None else f"simplejpeg {_version('simplejpeg')} (fallback)",
+        )
+    )
+    paths.append(("PNG, WebP, GIF and CMYK JPEG decoding (TorchCodec)", True, f"torchcodec {_version('torchcodec')}"))
+    paths.append(("resize after a crop (OpenCV)", True, f"opencv {cv2.__version__}, {cv2.getNumThreads()} threads"))
+    cuda = torch.cuda.is_available()
+    paths.append(
+        ("CUDA: pinned-memory copies, batch hook on the GPU", cuda, torch.cuda.get_device_name(0) if cuda else "none")
+    )
+    bf16 = _cpu_bf16()
+    paths.append(("native bfloat16 on the CPU (AVX512-BF16 / AMX)", bf16, "" if bf16 else "emulated: slow"))
+    return paths
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of chute and the libraries its speed and results depend on."""
+    import platform
+
+    names = [
+        "chute", "torch", "torchvision", "lightning", "torchcodec", "simplejpeg", "pillow", "numpy",
+        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core",
+    ]  # fmt: skip
+    return {"python": platform.python_version(), **{name: _version(name) for name in names}}
+
+
+def _version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
