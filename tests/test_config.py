@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from chute import ConfigError, LoaderSettings
+from chute import ConfigError, LoaderSettings, fastpaths
 from chute.app import build_datamodule, build_model, resolve_precision
 from chute.config import compose_config, validate_config
 from chute.datamodules import ChuteDataModule
@@ -162,11 +162,12 @@ def test_schema_rejects_at_compose_time(override: str, message: str) -> None:
 
 
 def test_precision_auto() -> None:
-    assert resolve_precision("auto", "cpu") == "bf16-mixed"
+    cpu = "bf16-mixed" if fastpaths.cpu_has_native_bf16() else "32-true"
+    assert resolve_precision("auto", "cpu") == cpu
     assert resolve_precision("32-true", "auto") == "32-true"
     import torch
 
-    assert resolve_precision("auto", "auto") == ("16-mixed" if torch.cuda.is_available() else "bf16-mixed")
+    assert resolve_precision("auto", "auto") == ("16-mixed" if torch.cuda.is_available() else cpu)
 
 
 def test_saved_config_round_trips() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from chute import fastpaths
 from tests.conftest import REPO
 
 FAST = [
@@ -50,7 +51,8 @@ def test_default_experiment_writes_everything(tmp_path: Path, digits_root: Path)
     for key in ("metrics", "best_val/acc", "train_samples_per_s", "wall_time_s", "precision", "checkpoints"):
         assert key in metrics, key
     assert 0.0 <= metrics["metrics"]["val/acc"] <= 1.0
-    assert metrics["precision"] == ("16-mixed" if torch.cuda.is_available() else "bf16-mixed")
+    cpu = "bf16-mixed" if fastpaths.cpu_has_native_bf16() else "32-true"
+    assert metrics["precision"] == ("16-mixed" if torch.cuda.is_available() else cpu)
     assert metrics["epochs"] == 2
     assert Path(metrics["checkpoints"]["best"]).is_file()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -36,12 +36,24 @@ log = logging.getLogger(__name__)
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """``auto``: ``16-mixed`` on a GPU, ``bf16-mixed`` on the CPU; anything else passes through."""
+    """What ``trainer.precision`` means here; anything but ``auto`` passes through.
+
+    ``auto``: ``16-mixed`` on CUDA (and MPS); on the CPU ``bf16-mixed`` where the hardware computes
+    bfloat16 natively (:func:`chute.fastpaths.cpu_has_native_bf16`), else ``32-true``, because
+    emulated bf16 is many times slower than float32. The choice and its reason are logged.
+    """
     if precision != "auto":
         return precision
     on_cuda = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
     on_mps = accelerator in ("auto", "mps") and torch.backends.mps.is_available()
-    return "16-mixed" if on_cuda or on_mps else "bf16-mixed"
+    if on_cuda or on_mps:
+        chosen, why = "16-mixed", f"float16 autocast on {'CUDA' if on_cuda else 'MPS'}"
+    elif fastpaths.cpu_has_native_bf16():
+        chosen, why = "bf16-mixed", "this CPU computes bfloat16 natively (AVX512-BF16/AMX)"
+    else:
+        chosen, why = "32-true", "this CPU has no native bfloat16 (emulated bf16 is several times slower)"
+    log.info("trainer.precision=auto: %s (%s)", chosen, why)
+    return chosen
 
 
 def run(cfg: DictConfig) -> float:

@@ -15,7 +15,10 @@ class StallMonitor(L.Callback):
     """Per training step, time the wait for the next batch and the whole step.
 
     The wait runs from the end of one step to the start of the next: fetching from the DataLoader,
-    the copy to the device and the DataModule's batch hook. Logs ``perf/data_wait_fraction``
+    the copy to the device and the DataModule's batch hook (and Lightning's own bookkeeping between
+    steps, under a millisecond). The monitor moves itself to the end of the trainer's callbacks, so
+    other callbacks' end-of-step work (the progress bar, checkpoints) counts as step time, not as
+    waiting for data. Logs ``perf/data_wait_fraction``
     (share of step time spent waiting) and ``perf/step_samples_per_s`` each epoch, keeps totals
     for ``metrics.json`` (:meth:`summary`), and warns once when waiting exceeds ``threshold`` of the
     step time, naming the settings that usually fix it.
@@ -39,6 +42,11 @@ class StallMonitor(L.Callback):
         self._epoch_samples = 0
         self._last_end: float | None = None
         self._start: float | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self in trainer.callbacks and trainer.callbacks[-1] is not self:
+            # A new list: Lightning is iterating the old one to call this very hook.
+            trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch

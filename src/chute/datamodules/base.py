@@ -19,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data import Dataset, IterableDataset, default_collate, default_convert
 
 from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
@@ -95,6 +95,9 @@ class ChuteDataModule(L.LightningDataModule):
         # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
         self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
+        # Where the batch hook runs for loaders built under a CPU trainer (see _dataloader): per split
+        # kind (training or not), whether batch_transform / train_batch_transform already ran in the loader.
+        self._hooked: dict[bool, tuple[bool, bool]] = {}
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
 
@@ -265,6 +268,7 @@ class ChuteDataModule(L.LightningDataModule):
                 draw.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         trainer = self.trainer
+        collate_fn = self._hook_in_loader(collate_fn, train, device, stream)
 
         def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
             # Probes get copies of the order, so tuning leaves the real epoch and position alone.
@@ -285,6 +289,29 @@ class ChuteDataModule(L.LightningDataModule):
             raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
         loader = build(settings)
         return self._training_loader(loader) if train else loader
+
+    #: Run the batch hook inside the loader when the trainer computes on the CPU (see ``_hook_in_loader``).
+    hook_in_loader: bool = True
+
+    def _hook_in_loader(self, collate_fn: Callable[[Any], Any] | None, train: bool, device: Any, stream: bool) -> Any:
+        """On a CPU trainer, move the batch hook's work into the loader, where it runs in parallel.
+
+        With a GPU the hook (``uint8`` -> normalized float, device-side augmentation) runs on the
+        device after the copy: a quarter of the bytes to move, one kernel per batch. With no GPU it
+        would run serially in the training process between steps, so here it joins the collate
+        step in the loader's workers or threads instead: ``batch_transform`` and
+        ``train_batch_transform`` (chute's random batch transforms draw from the batch's own
+        generator there, :func:`chute.loader.batch_generator`, so their draws do not depend on the
+        backend). The pair transform (MixUp/CutMix) stays in the hook.
+        """
+        on_cpu = self.hook_in_loader and device is not None and device.type == "cpu"
+        if not on_cpu or (self.batch_transform is None and self.train_batch_transform is None):
+            self._hooked[train] = (False, False)
+            return collate_fn
+        augment = self.train_batch_transform if train else None
+        self._hooked[train] = (self.batch_transform is not None, augment is not None)
+        plain = default_convert if stream else default_collate  # what build_loader uses without one
+        return LoaderHook(collate_fn or plain, self.batch_transform, augment)
 
     def _training_loader(self, loader: Any) -> Any:
         """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
@@ -355,10 +382,14 @@ class ChuteDataModule(L.LightningDataModule):
             self.prepare(root)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        batch = _apply_to_inputs(self.batch_transform, batch)
-        if self.trainer is None or not self.trainer.training:
+        training = self.trainer is not None and self.trainer.training
+        normalized, augmented = self._hooked.get(training, (False, False))  # already done in the loader
+        if not normalized:
+            batch = _apply_to_inputs(self.batch_transform, batch)
+        if not training:
             return batch
-        batch = _apply_to_inputs(self.train_batch_transform, batch)
+        if not augmented:
+            batch = _apply_to_inputs(self.train_batch_transform, batch)
         if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
             inputs, targets = self.train_pair_transform(batch[0], batch[1])
             batch = type(batch)([inputs, targets, *batch[2:]])
@@ -384,6 +415,27 @@ class ChuteDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
         self._loader_state = state_dict.get("train_loader")
+
+
+class LoaderHook:
+    """A collate function followed by the batch hook's transforms, run where the loader collates."""
+
+    def __init__(
+        self,
+        collate_fn: Callable[[Any], Any],
+        batch_transform: Callable[[Any], Any] | None,
+        train_batch_transform: Callable[[Any], Any] | None,
+    ) -> None:
+        self.collate_fn = collate_fn
+        self.batch_transform = batch_transform
+        self.train_batch_transform = train_batch_transform
+
+    def __call__(self, samples: Any) -> Any:
+        batch = self.collate_fn(samples)
+        if batch is None:  # every sample of it was bad (drop_bad): the loader skips it
+            return None
+        batch = _apply_to_inputs(self.batch_transform, batch)
+        return _apply_to_inputs(self.train_batch_transform, batch)
 
 
 def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:

@@ -17,6 +17,7 @@ from chute.loader.distributed import current_rank, world_position
 from chute.loader.seeding import (
     SharedEpoch,
     WorkerSeeder,
+    batch_generator,
     derive_seed,
     sample_seed,
     seed_everything_local,
@@ -44,6 +45,7 @@ __all__ = [
     "WorkerDiedError",
     "WorkerSeeder",
     "as_loader_settings",
+    "batch_generator",
     "build_loader",
     "current_rank",
     "default_order",

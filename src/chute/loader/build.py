@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from chute.loader.distributed import current_rank
-from chute.loader.seeding import WorkerSeeder, derive_seed
+from chute.loader.seeding import WorkerSeeder, derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import ThreadedLoader
 from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, name_samples
@@ -37,13 +37,16 @@ class BatchFetch(Dataset[Any]):
     dataset's own ``__getitems__`` result). Lets a batch-yielding sampler drive a DataLoader with
     ``batch_size=None``."""
 
-    def __init__(self, dataset: Dataset[Any]) -> None:
+    def __init__(self, dataset: Dataset[Any], seed: int | None = None) -> None:
         self.dataset = dataset
+        self.seed = seed  # keys the batch generator (chute.loader.batch_generator) of each batch
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, batch: Sequence[int]) -> Any:
+        if self.seed is not None:
+            enter_batch(self.seed, batch)
         getitems = getattr(self.dataset, "__getitems__", None)
         if callable(getitems):
             try:
@@ -270,6 +273,7 @@ def build_loader(
         epoch_of: Returns the trainer's current epoch; each pass is that epoch.
     """
     stream = isinstance(dataset, IterableDataset)
+    batch_seed = derive_seed(seed, 4 if train else 5)
     if not stream:
         if batches is None:
             batches = default_order(len(dataset), settings, train=train, seed=seed)  # type: ignore[arg-type]
@@ -279,8 +283,9 @@ def build_loader(
         if stream:
             raise ValueError("the threads backend reads map-style data; a stream needs backend=torch")
         return ChuteThreadedLoader(
-            dataset, batches, collate_fn, fetch=BatchFetch(dataset).__getitem__, prefetch=settings.prefetch_factor or 2,
-            threads=settings.num_workers, pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
+            dataset, batches, collate_fn, fetch=BatchFetch(dataset, batch_seed).__getitem__,
+            prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
+            pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
             device=device, epoch_of=epoch_of,
         )  # fmt: skip
     workers = settings.num_workers
@@ -306,4 +311,4 @@ def build_loader(
     if workers > 0:  # name the samples in flight if a worker dies
         size = max(int(getattr(batches, "batch_size", 1) or 1), 1)
         dataset = TrackedDataset(dataset, InFlight(workers, size))
-    return ChuteDataLoader(BatchFetch(dataset), sampler=batches, **kwargs)
+    return ChuteDataLoader(BatchFetch(dataset, batch_seed), sampler=batches, **kwargs)

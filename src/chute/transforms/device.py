@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from chute.loader.seeding import batch_generator
+
 
 class RandomResizedCropBatch:
     """Random resized crop + horizontal flip of every image in a float ``(N, C, H, W)`` batch.
@@ -24,8 +26,10 @@ class RandomResizedCropBatch:
         scale: Range of the crop's share of the image area.
         ratio: Range of the crop's aspect ratio (width / height), sampled log-uniformly.
         hflip: Probability of a horizontal flip.
-        generator: Optional CPU generator for the random parameters (default: torch's global one,
-            which Lightning's ``seed_everything`` seeds).
+        generator: Optional CPU generator for the random parameters. Default: the generator of the
+            batch being loaded when this runs inside a chute loader (``chute.loader.batch_generator``,
+            keyed by the batch's samples: reproducible with workers, threads or none), else torch's
+            global one, which Lightning's ``seed_everything`` seeds.
 
     Example:
         >>> crop = RandomResizedCropBatch(8, scale=(0.5, 1.0))
@@ -53,9 +57,12 @@ class RandomResizedCropBatch:
         self.hflip = hflip
         self.generator = generator
 
+    def _generator(self) -> torch.Generator | None:
+        return self.generator if self.generator is not None else batch_generator()
+
     def boxes(self, n: int, height: int, width: int) -> torch.Tensor:
         """``(n, 4)`` crop boxes ``x0, y0, x1, y1``; like torchvision, 10 tries then a center crop."""
-        g = self.generator
+        g = self._generator()
         area = height * width * torch.empty(n, 10).uniform_(*self.scale, generator=g)
         log_ratio = torch.empty(n, 10).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=g)
         ratio = torch.exp(log_ratio)
@@ -86,7 +93,7 @@ class RandomResizedCropBatch:
             raise ValueError(f"expected a float (N, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
         n, channels, height, width = images.shape
         boxes = self.boxes(n, height, width)
-        flips = torch.rand(n, generator=self.generator) < self.hflip
+        flips = torch.rand(n, generator=self._generator()) < self.hflip
         # One affine sampling grid per image maps the output square onto its box (a flip negates
         # the x scale, for free); grid_sample resamples bilinearly, vectorized over the batch.
         theta = torch.zeros(n, 2, 3, dtype=torch.float32)
