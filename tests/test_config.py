@@ -128,7 +128,7 @@ def test_overrides_reach_settings() -> None:
         ("loader.num_workers=-1", "loader.num_workers=-1"),
         ("loader.num_workers=abc", "loader.num_workers='abc'"),  # an int or "auto", so checked by value
         ("imbalance.strategy=smote", "imbalance.strategy='smote'"),
-        ("loader.prefetch_factor=4", "loader.prefetch_factor=4"),  # digits runs with num_workers=0
+        ("loader.num_workers=0 loader.prefetch_factor=4", "loader.prefetch_factor=4"),  # no workers to prefetch
         ("loader.persistent_workers=true", "loader.persistent_workers=True"),
         ("transforms.backend=kornia", "transforms.backend='kornia'"),
         ("transforms.hflip=1.5", "transforms.hflip=1.5"),
@@ -136,7 +136,7 @@ def test_overrides_reach_settings() -> None:
     ],
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
-    cfg = make_config(override)
+    cfg = make_config(*override.split())
     with pytest.raises(ConfigError) as info:
         validate_config(cfg)
     assert str(info.value).startswith(message)

@@ -44,9 +44,10 @@ class StallMonitor(L.Callback):
         self._start: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self in trainer.callbacks and trainer.callbacks[-1] is not self:
+        callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
+        if self in callbacks and callbacks[-1] is not self:
             # A new list: Lightning is iterating the old one to call this very hook.
-            trainer.callbacks = [c for c in trainer.callbacks if c is not self] + [self]
+            trainer.callbacks = [c for c in callbacks if c is not self] + [self]  # type: ignore[attr-defined]
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch
