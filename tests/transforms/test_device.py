@@ -50,9 +50,27 @@ def test_bad_arguments_are_named(kwargs: dict[str, object], match: str) -> None:
         RandomResizedCropBatch(8, **kwargs)  # type: ignore[arg-type]
 
 
-def test_integer_batches_are_rejected() -> None:
-    with pytest.raises(ValueError, match="float"):
-        RandomResizedCropBatch(4)(torch.zeros(1, 3, 8, 8, dtype=torch.uint8))
+def test_other_integer_batches_are_rejected() -> None:
+    with pytest.raises(ValueError, match="float or uint8"):
+        RandomResizedCropBatch(4)(torch.zeros(1, 3, 8, 8, dtype=torch.int32))
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_uint8_batches_on_the_cpu_get_the_same_crops_as_floats(channels: int) -> None:
+    """The CPU loader crops uint8 batches with OpenCV: the same boxes and flips, channels-last uint8
+    out. The pixels agree to within rounding inside the crop; on its edge OpenCV repeats the crop's
+    last pixel (as crop-then-resize does) where grid_sample blends in the one beyond it, hence a
+    smooth picture here."""
+    coarse = torch.randint(0, 256, (6, channels, 4, 5)).float()
+    smooth = torch.nn.functional.interpolate(coarse, size=(24, 30), mode="bilinear", align_corners=False)
+    images = smooth.round().to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    as_uint8 = RandomResizedCropBatch(12, generator=torch.Generator().manual_seed(3))(images)
+    as_float = RandomResizedCropBatch(12, generator=torch.Generator().manual_seed(3))(images.float())
+    assert as_uint8.dtype == torch.uint8
+    assert as_uint8.shape == (6, channels, 12, 12)
+    assert as_uint8.is_contiguous(memory_format=torch.channels_last)
+    assert (as_uint8.float() - as_float).abs().mean() <= 1.0
+    assert (as_uint8.float() - as_float).abs().max() <= 12.0
 
 
 def test_mix_batch_gives_soft_targets_only_in_training(digits_root) -> None:

@@ -434,6 +434,9 @@ class LoaderHook:
         batch = self.collate_fn(samples)
         if batch is None:  # every sample of it was bad (drop_bad): the loader skips it
             return None
+        if getattr(self.train_batch_transform, "takes_uint8", False):  # crop the uint8 batch, then normalize
+            batch = _apply_to_inputs(self.train_batch_transform, batch)
+            return _apply_to_inputs(self.batch_transform, batch)
         batch = _apply_to_inputs(self.batch_transform, batch)
         return _apply_to_inputs(self.train_batch_transform, batch)
 

@@ -436,6 +436,7 @@ class _InLayout:
     def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], channels_last: bool) -> None:
         self.transform = transform
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.takes_uint8 = bool(getattr(transform, "takes_uint8", False))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.transform(images).contiguous(memory_format=self.layout)

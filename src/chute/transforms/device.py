@@ -88,12 +88,21 @@ class RandomResizedCropBatch:
         y0 = torch.where(valid, y0, ((height - h) / 2).floor())
         return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
 
+    #: Takes ``uint8`` batches on the CPU too (see ``__call__``): a CPU loader crops before normalizing.
+    takes_uint8 = True
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        if images.ndim != 4 or not images.is_floating_point():
-            raise ValueError(f"expected a float (N, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
+        """Crop, resize and flip ``images``: a float batch on any device, or a ``uint8`` batch on the
+        CPU, which OpenCV resizes image by image (the same boxes; ``uint8`` out, channels-last)."""
+        if images.ndim != 4 or not (images.is_floating_point() or images.dtype == torch.uint8):
+            raise ValueError(f"expected a float or uint8 (N, C, H, W) batch, got {images.dtype} {tuple(images.shape)}")
+        if images.dtype == torch.uint8 and images.device.type != "cpu":
+            raise ValueError("a uint8 batch is cropped on the CPU only; normalize it to floats on the device first")
         n, channels, height, width = images.shape
         boxes = self.boxes(n, height, width)
         flips = torch.rand(n, generator=self._generator()) < self.hflip
+        if images.dtype == torch.uint8:
+            return _crop_uint8(images, boxes, flips, self.size)
         # One affine sampling grid per image maps the output square onto its box (a flip negates
         # the x scale, for free); grid_sample resamples bilinearly, vectorized over the batch.
         theta = torch.zeros(n, 2, 3, dtype=torch.float32)
@@ -107,6 +116,23 @@ class RandomResizedCropBatch:
 
     def __repr__(self) -> str:
         return f"RandomResizedCropBatch(size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip={self.hflip})"
+
+
+def _crop_uint8(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Each image's box resized (bilinear, OpenCV) into one channels-last ``uint8`` batch, flipped as drawn."""
+    import cv2
+
+    pixels = images.permute(0, 2, 3, 1)  # (N, H, W, C): a view, contiguous for channels-last input
+    out = torch.empty((len(images), size[0], size[1], images.shape[1]), dtype=torch.uint8)
+    target = out.numpy()
+    for k, (x0, y0, x1, y1) in enumerate(boxes.to(torch.int64).tolist()):
+        crop = pixels[k, y0:y1, x0:x1].numpy()
+        dst = target[k] if target.shape[3] > 1 else target[k, :, :, 0]
+        src = crop if crop.shape[2] > 1 else crop[:, :, 0]
+        cv2.resize(src, (size[1], size[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
+        if flips[k]:
+            cv2.flip(dst, 1, dst=dst)
+    return out.permute(0, 3, 1, 2)
 
 
 class MixBatch:
