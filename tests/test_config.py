@@ -122,6 +122,13 @@ def test_overrides_reach_settings() -> None:
     assert v.transforms.image_size == 20
 
 
+def test_an_unknown_setting_is_named_not_a_type_error() -> None:
+    with pytest.raises(ConfigError, match=r"^trainer\.profiler='simple': is not a trainer setting chute knows; they "):
+        validate_config(make_config("+trainer.profiler=simple"))
+    with pytest.raises(ConfigError, match=r"^loader\.workers=2: is not a loader setting"):
+        validate_config(make_config("+loader.workers=2"))
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -108,6 +108,13 @@ def validate_config(cfg: DictConfig) -> Validated:
     for group, cls in groups:
         values = OmegaConf.to_container(cfg[group], resolve=True)
         assert isinstance(values, dict)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(str(k) for k in values if str(k) not in known)
+        if unknown:  # e.g. +trainer.profiler=simple: say so, not a TypeError from the constructor
+            raise ConfigError(
+                f"{group}.{unknown[0]}", values[unknown[0]], f"is not a {group} setting chute knows; "
+                f"they are: {', '.join(sorted(known))}",
+            )  # fmt: skip
         try:
             built[group] = cls(**{str(k): v for k, v in values.items()})
         except ConfigError as err:
