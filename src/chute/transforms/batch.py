@@ -79,7 +79,7 @@ class NormalizeBatch:
     def _lut_applies(self, images: torch.Tensor) -> bool:
         """A channels-last ``uint8`` batch on the CPU, asked for as channels-last ``float32``."""
         return (
-            images.dtype == torch.uint8 and images.device.type == "cpu" and self.channels_last
+            images.numel() > 0 and images.dtype == torch.uint8 and images.device.type == "cpu" and self.channels_last
             and self.dtype == torch.float32 and images.shape[1] in (1, 3, 4)
             and images.permute(0, 2, 3, 1).is_contiguous()
         )  # fmt: skip
