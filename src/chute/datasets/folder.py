@@ -20,6 +20,7 @@ from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
 from chute.loader import SharedEpoch, sample_seed, seeded_call
+from chute.loader.buffers import batch_buffer
 from chute.transforms.fused import CropDecode
 
 
@@ -212,7 +213,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
             return [self[int(i)] for i in indices]
         rows = np.array(indices, dtype=np.int64)  # a copy: skipped rows are replaced in it
         size, channels = self.transform.size, channels_of(self.image_mode)
-        images = _batch_buffer((len(rows), size, size, channels))
+        images = batch_buffer((len(rows), size, size, channels))
         pixels = images.numpy()
         epoch = self._epoch()
         kept = 0  # images that read; with drop_bad, bad ones leave no gap
@@ -295,15 +296,6 @@ class DropMissing:
             return self.collate(samples)
         present = [s for s in samples if s is not None]
         return self.collate(present) if present else None
-
-
-def _batch_buffer(shape: tuple[int, ...]) -> torch.Tensor:
-    """An uninitialised ``uint8`` tensor; in shared memory inside a DataLoader worker, so sending
-    it to the main process moves no pixels (what ``default_collate`` does for its outputs)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(int(np.prod(shape)))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 _T = TypeVar("_T")

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from chute.loader.buffers import batch_buffer
+
 
 class NormalizeBatch:
     """Turn a ``uint8`` image batch into normalized floats, on whatever device it already is.
@@ -96,7 +98,7 @@ class NormalizeBatch:
             table = ((levels - self.mean) / self.std).to(torch.float32)  # (256, C)
             self._cache[key] = (table.reshape(1, 256, channels).contiguous(), table)
         lut = self._cache[key][0].numpy()
-        out = torch.empty((n, height, width, channels), dtype=torch.float32)
+        out = batch_buffer((n, height, width, channels), torch.float32)  # reused, or shared memory in a worker
         src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
         dst = out.view(n * height, width, channels).numpy()
         if channels == 1:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from chute.loader.buffers import batch_buffer
 from chute.loader.seeding import batch_generator
 
 
@@ -123,7 +124,7 @@ def _crop_uint8(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     import cv2
 
     pixels = images.permute(0, 2, 3, 1)  # (N, H, W, C): a view, contiguous for channels-last input
-    out = torch.empty((len(images), size[0], size[1], images.shape[1]), dtype=torch.uint8)
+    out = batch_buffer((len(images), size[0], size[1], images.shape[1]))
     target = out.numpy()
     for k, (x0, y0, x1, y1) in enumerate(boxes.to(torch.int64).tolist()):
         crop = pixels[k, y0:y1, x0:x1].numpy()
