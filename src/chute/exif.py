@@ -45,11 +45,6 @@ def orientation(data: bytes) -> int:
         return 1  # a header too short or inconsistent to hold the tag: the decoder reports real damage
 
 
-def transposes(code: int) -> bool:
-    """Whether orientation ``code`` swaps width and height."""
-    return STEPS.get(code, STEPS[1])[0]
-
-
 def orient(image: torch.Tensor, code: int) -> torch.Tensor:
     """``image`` (``(..., H, W)``) turned as EXIF orientation ``code`` says (a contiguous copy unless 1)."""
     transpose, left_right, top_bottom = STEPS.get(code, STEPS[1])

@@ -57,13 +57,11 @@ def fast_paths() -> list[tuple[str, bool, str]]:
     import cv2
     import torch
 
-    paths = []
+    detail = MISSING
     if jpegcrop is not None:
         turbo = jpegcrop.LIBJPEG_TURBO_VERSION_NUMBER  # e.g. 2001005 for 2.1.5
-        version = f"{turbo // 1000000}.{turbo // 1000 % 1000}.{turbo % 1000}"
-        paths.append(("crop-aware JPEG decoding (chute._jpegcrop)", True, f"libjpeg-turbo {version}"))
-    else:
-        paths.append(("crop-aware JPEG decoding (chute._jpegcrop)", False, MISSING))
+        detail = f"libjpeg-turbo {turbo // 1000000}.{turbo // 1000 % 1000}.{turbo % 1000}"
+    paths = [("crop-aware JPEG decoding (chute._jpegcrop)", jpegcrop is not None, detail)]
     paths.append(
         (
             "strict whole-JPEG decoding",

@@ -54,8 +54,7 @@ class DataPreview(L.Callback):
             images, labels = batch
             figure = preview_figure(images, labels, list(dm.class_names), title=f"{split} samples")
             figure.canvas.draw()  # drawn once: the PNG and TensorBoard get the same pixels
-            pixels = np.array(figure.canvas.buffer_rgba())[:, :, :3]
-            _close(figure)
+            pixels = np.array(figure.canvas.buffer_rgba())[:, :, :3]  # the figure is not pyplot's: no close
             path = os.path.join(out_dir, f"preview_{split}.png")
             Image.fromarray(pixels).save(path)
             self.paths[split] = path
@@ -105,8 +104,6 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, class_names: list
 
 
 def _close(figure: Any) -> None:
-    """Release a figure: those made with ``matplotlib.figure.Figure`` are not tracked by pyplot."""
     import matplotlib.pyplot as plt
 
-    if plt.fignum_exists(getattr(figure, "number", -1)):
-        plt.close(figure)
+    plt.close(figure)

@@ -25,11 +25,10 @@ _KEEP = 4  # buffers kept per (shape, dtype) and thread: the prefetch depth plus
 
 def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """An uninitialised C-contiguous tensor of ``shape`` for a batch being made (see the module)."""
-    if torch.utils.data.get_worker_info() is not None:
-        nbytes = int(np.prod(shape)) * torch.empty(0, dtype=dtype).element_size()
-        storage = torch.UntypedStorage._new_shared(nbytes)
-        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    if torch.utils.data.get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * np_dtype.itemsize)
+        return torch.empty(0, dtype=dtype).set_(storage).view(shape)
     pools: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = _POOL.__dict__.setdefault("pools", {})
     pool = pools.setdefault((tuple(shape), np_dtype), [])
     for array in pool:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
+import numpy as np
 import torch
 
 from chute.loader.buffers import batch_buffer
@@ -45,7 +45,8 @@ class NormalizeBatch:
         self.std = torch.tensor(list(std), dtype=torch.float64)
         self.channels_last = channels_last
         self.dtype = dtype
-        self._cache: dict[tuple[torch.device, Any], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple[torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._table: np.ndarray | None = None  # (1, 256, C) float32, for the CPU lookup-table path
 
     def _scale_shift(self, device: torch.device, from_uint8: bool) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, from_uint8)
@@ -92,12 +93,10 @@ class NormalizeBatch:
         import cv2
 
         n, channels, height, width = images.shape
-        key = (torch.device("cpu"), "lut")
-        if key not in self._cache:
+        if self._table is None:
             levels = torch.arange(256, dtype=torch.float64)[:, None] / 255.0
-            table = ((levels - self.mean) / self.std).to(torch.float32)  # (256, C)
-            self._cache[key] = (table.reshape(1, 256, channels).contiguous(), table)
-        lut = self._cache[key][0].numpy()
+            self._table = ((levels - self.mean) / self.std).to(torch.float32).reshape(1, 256, channels).numpy()
+        lut = self._table
         out = batch_buffer((n, height, width, channels), torch.float32)  # reused, or shared memory in a worker
         src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
         dst = out.view(n * height, width, channels).numpy()
@@ -109,7 +108,7 @@ class NormalizeBatch:
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
-        state["_cache"] = {}
+        state["_cache"], state["_table"] = {}, None
         return state
 
     def __repr__(self) -> str:

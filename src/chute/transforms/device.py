@@ -123,16 +123,15 @@ def _crop_uint8(images: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor, 
     """Each image's box resized (bilinear, OpenCV) into one channels-last ``uint8`` batch, flipped as drawn."""
     import cv2
 
-    pixels = images.permute(0, 2, 3, 1)  # (N, H, W, C): a view, contiguous for channels-last input
+    pixels = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C): a view, contiguous for channels-last input
     out = batch_buffer((len(images), size[0], size[1], images.shape[1]))
     target = out.numpy()
-    for k, (x0, y0, x1, y1) in enumerate(boxes.to(torch.int64).tolist()):
-        crop = pixels[k, y0:y1, x0:x1].numpy()
-        dst = target[k] if target.shape[3] > 1 else target[k, :, :, 0]
-        src = crop if crop.shape[2] > 1 else crop[:, :, 0]
-        cv2.resize(src, (size[1], size[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
-        if flips[k]:
-            cv2.flip(dst, 1, dst=dst)
+    if target.shape[3] == 1:  # OpenCV takes one channel as a 2-D array
+        pixels, target = pixels[..., 0], target[..., 0]
+    for k, ((x0, y0, x1, y1), flip) in enumerate(zip(boxes.to(torch.int64).tolist(), flips.tolist(), strict=True)):
+        cv2.resize(pixels[k, y0:y1, x0:x1], (size[1], size[0]), dst=target[k], interpolation=cv2.INTER_LINEAR)
+        if flip:
+            cv2.flip(target[k], 1, dst=target[k])
     return out.permute(0, 3, 1, 2)
 
 
