@@ -2,6 +2,7 @@
 
     python scripts/bench_images.py                      # 2 workers, photos written by PhotoFolder
     python scripts/bench_images.py --workers 0 1 2 --epochs 3
+    python scripts/bench_images.py --device cuda --workers 0 4 8   # what a GPU receives
 
 Workload: ~1,800 JPEG photographs 400-640 px wide (quality 90) written once into data/photos from
 scikit-image's bundled sample photos; RandomResizedCrop(224) + horizontal flip; batch 64.
@@ -24,6 +25,10 @@ Two figures per pipeline, after one warm-up epoch (median over ``--epochs``):
   trainer, so its batch hook (uint8 -> normalized float; for the precomputed path also the crop and
   flip) runs inside the loader's workers or threads, and ``on_after_batch_transfer`` is called on
   every batch as Lightning calls it. The baseline's batches are normalized float crops already.
+  With ``--device cuda`` the model is on the GPU: every batch is copied there as Lightning copies
+  it (``move_data_to_device``, pinned host memory, ``non_blocking``) and chute's hook runs on the
+  device after the copy (threads copy on a side stream themselves); the clock stops after
+  ``torch.cuda.synchronize()``. The baseline's DataLoader pins memory as a GPU user's would.
 - **loader only**: images/s of ``train_dataloader()`` with no trainer attached, chute's batches
   still ``uint8`` (on a GPU the hook runs on the device after the copy).
 
@@ -61,6 +66,8 @@ def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> flo
         if hook is not None:
             batch = hook(batch)
         images += len(batch[0])
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the last copies and hooks are done when the clock stops
     return images / (time.perf_counter() - start)
 
 
@@ -69,13 +76,16 @@ def measure(loader: Iterable[Any], epochs: int, hook: Callable[[Any], Any] | Non
     return statistics.median(rate(loader, hook) for _ in range(epochs))
 
 
-def baseline_loader(root: Path, workers: int, batch_size: int) -> DataLoader[Any]:
+def baseline_loader(root: Path, workers: int, batch_size: int, pin_memory: bool = False) -> DataLoader[Any]:
     from torchvision import datasets
     from torchvision import transforms as T
 
     pipeline = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     dataset = datasets.ImageFolder(str(root / "train"), transform=pipeline)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+    )  # fmt: skip
 
 
 def chute_module(
@@ -93,20 +103,33 @@ def chute_module(
     return dm
 
 
-class _CpuTrainer:
-    """What Lightning's ``Trainer(accelerator="cpu")`` looks like to a DataModule during fit."""
+class _Strategy:
+    def __init__(self, device: torch.device) -> None:
+        self.root_device = device
+
+
+class _FitTrainer:
+    """What Lightning's ``Trainer`` on ``device`` looks like to a DataModule during fit."""
 
     training = True
     global_rank, world_size, current_epoch = 0, 1, 0
 
-    class strategy:  # noqa: N801 - mirrors ``trainer.strategy.root_device``
-        root_device = torch.device("cpu")
+    def __init__(self, device: torch.device) -> None:
+        self.strategy = _Strategy(device)
 
 
-def on_cpu_trainer(dm: ImageFolderDataModule) -> tuple[Any, Callable[[Any], Any]]:
-    """The training loader a CPU trainer gets, and the batch hook it calls on each batch."""
-    dm.trainer = _CpuTrainer()  # type: ignore[assignment]
-    return dm.train_dataloader(), lambda batch: dm.on_after_batch_transfer(batch, 0)
+def to_device(device: torch.device) -> Callable[[Any], Any]:
+    """Lightning's copy of a batch to the model's device (a no-op on the CPU)."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    return lambda batch: batch if device.type == "cpu" else move_data_to_device(batch, device)
+
+
+def on_trainer(dm: ImageFolderDataModule, device: torch.device) -> tuple[Any, Callable[[Any], Any]]:
+    """The training loader a trainer on ``device`` gets, and what it does to each batch."""
+    dm.trainer = _FitTrainer(device)  # type: ignore[assignment]
+    copy = to_device(device)
+    return dm.train_dataloader(), lambda batch: dm.on_after_batch_transfer(copy(batch), 0)
 
 
 def main() -> None:
@@ -122,8 +145,12 @@ def main() -> None:
         help="pipelines to run, in this order",
     )
     parser.add_argument("--fast-decode", choices=["on", "off"], default="on", help="crop-aware JPEG decoding")
+    parser.add_argument("--device", default="cpu", help="where the model is: cpu, or cuda for a GPU")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.init()
 
     root = PhotoFolder()(args.root)
     rows: list[dict[str, Any]] = []
@@ -144,7 +171,7 @@ def main() -> None:
                 made: Any = (
                     chute_module(root, workers, args.batch_size, cache, backend, args.fast_decode == "on")
                     if is_dm
-                    else baseline_loader(root, workers, args.batch_size)
+                    else baseline_loader(root, workers, args.batch_size, pin_memory=device.type == "cuda")
                 )
                 loader = made.train_dataloader() if is_dm else made
                 os.sync()  # a just-built cache is still being written back to disk; don't time that
@@ -152,11 +179,15 @@ def main() -> None:
                 row["loader_img_per_s"] = round(measure(loader, args.epochs))
                 if is_dm:
                     del loader  # its workers go before the CPU-trainer loader starts its own
-                    loader, hook = on_cpu_trainer(made)
+                    loader, hook = on_trainer(made, device)
                     row["model_img_per_s"] = round(measure(loader, args.epochs, hook))
+                elif device.type == "cpu":
+                    row["model_img_per_s"] = row["loader_img_per_s"]  # already normalized floats, in place
                 else:
-                    row["model_img_per_s"] = row["loader_img_per_s"]  # already normalized floats
+                    row["model_img_per_s"] = round(measure(loader, args.epochs, to_device(device)))
                 rows.append(row)
+                print(f"  measured: {label}, {workers} workers: model receives {row['model_img_per_s']:,} img/s, "
+                      f"loader only {row['loader_img_per_s']:,} img/s", flush=True)  # fmt: skip
                 del loader, made
     for row in rows:
         base = next(
@@ -170,8 +201,9 @@ def main() -> None:
             f"({row['model_vs_baseline']:.2f}x) | loader only {row['loader_img_per_s']:>6,} img/s "
             f"({row['loader_vs_baseline']:.2f}x)"
         )
-    stem = args.out / f"images_w{'-'.join(map(str, args.workers))}"
-    write_results(stem, vars(args), rows, "model_img_per_s", f"photos, 224 px crops, batch {args.batch_size}")
+    where = "" if device.type == "cpu" else f"_{device.type}"
+    stem = args.out / f"images{where}_w{'-'.join(map(str, args.workers))}"
+    write_results(stem, vars(args), rows, "model_img_per_s", f"photos, 224 px crops, batch {args.batch_size}, {device}")
 
 
 if __name__ == "__main__":
