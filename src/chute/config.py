@@ -62,6 +62,7 @@ class TrainerConfig:
     use_distributed_sampler: bool = True
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
+    profiler: str | None = None  # "simple", "advanced" or "pytorch": where each step's time goes
 
 
 @dataclass
