@@ -9,11 +9,13 @@
 # 3. the image benchmark with the model on the GPU: chute vs the torchvision baseline, side by side,
 #    images/s after the copy and the batch hook (scripts/bench_images.py --device cuda);
 # 4. the GPU tests (`pytest -m gpu`: a 16-mixed run with pinned memory, the hook on the device,
-#    the threaded loader's side-stream copies through reused pinned buffers).
+#    the threaded loader's side-stream copies through reused pinned buffers, the hook in loader threads);
+# 5. where the default run's wait goes, per loader setting (scripts/wait_breakdown.py, Lightning's profiler).
 #
 # Every step has a time limit and the script goes on after a failed one, so one call of a borrowed
 # machine gives every answer it can. Without CUDA it runs the same steps on the CPU (a dry run).
-# Set PYTHON to the interpreter (default python3) and BUDGET to the seconds the whole run may take.
+# Set PYTHON to the interpreter (default python3), BUDGET to the seconds the whole run may take and
+# BENCH_WORKERS to the worker counts of step 3 (default "0 4 8").
 set -u
 export PYTHONUNBUFFERED=1
 out=${1:-${OUT:-outputs/gpu}}
@@ -57,8 +59,9 @@ run_train() {  # the default experiment, data already written; metrics.json copi
     grep -h -E "chute \||precision=auto|waiting" "$log" | tail -n 3
 }
 run_train 0
-step bench_images 300 "$py" scripts/bench_images.py --device "$device" --workers 0 4 8 --epochs 2 --out "$out"
+step bench_images 300 "$py" scripts/bench_images.py --device "$device" --workers ${BENCH_WORKERS:-0 4 8} --epochs 2 --out "$out"
 step pytest_gpu 120 "$py" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider -W default -q
+step wait_breakdown 120 "$py" scripts/wait_breakdown.py --variants default inline threads2
 run_train 1
 run_train 2
 echo "== done; time left in the budget: $((deadline - $(date +%s))) s" | tee -a "$log"

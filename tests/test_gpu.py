@@ -58,3 +58,30 @@ def test_threaded_loader_delivers_on_the_device_through_reused_pinned_buffers() 
     assert loader._copier.pool.allocated <= 2 * 2 * (2 + 1)  # (features, targets) x in-flight batches
     list(loader)  # a second epoch reuses the same staging buffers
     assert loader._copier.pool.allocated <= 2 * 2 * (2 + 1)
+
+
+def test_loader_threads_hand_a_gpu_trainer_finished_batches_with_a_cpu_trainers_crops(make_tree) -> None:
+    """With loader threads on a GPU, normalization and the random crop run in the loader thread, on
+    the device, right after the side-stream copy: the training thread gets float batches on the GPU,
+    cropped as a CPU trainer's are (the same per-batch draws; the CPU crops uint8 with OpenCV, so
+    pixels agree to within rounding, and differ wholesale under other draws, ~0.95 here)."""
+    from tests.test_cpu_hook import _fit
+
+    root = make_tree(ext="jpg", counts={"a": 9, "b": 8}, size=(40, 32))
+    threads = {"num_workers": 2, "backend": "threads"}
+    gpu, cpu = _fit(root, threads, cache=True, accelerator="gpu"), _fit(root, threads, cache=True)
+    assert gpu.hooked == {True: (True, True), False: (True, False)}
+    assert all(b.is_cuda and b.dtype == torch.float32 for b in gpu.train_batches + gpu.val_batches)
+    for mine, theirs in zip(gpu.train_batches, cpu.train_batches, strict=True):
+        assert (mine.cpu() - theirs).abs().mean() < 0.2
+    for mine, theirs in zip(gpu.val_batches, cpu.val_batches, strict=True):
+        torch.testing.assert_close(mine.cpu(), theirs, atol=1e-5, rtol=0)
+
+
+def test_worker_processes_leave_the_hook_to_the_gpu_trainer(make_tree) -> None:
+    from tests.test_cpu_hook import _fit
+
+    root = make_tree(ext="jpg", counts={"a": 9, "b": 8}, size=(40, 32))
+    gpu = _fit(root, {"num_workers": 2}, cache=True, accelerator="gpu")
+    assert gpu.hooked == {True: (False, False), False: (False, False)}
+    assert all(b.is_cuda and b.dtype == torch.float32 for b in gpu.train_batches + gpu.val_batches)

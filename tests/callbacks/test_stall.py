@@ -63,3 +63,22 @@ def test_fast_data_does_not_warn() -> None:
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         fit(0.0, monitor)
     assert 0 <= monitor.summary()["data_wait_fraction"] < 0.99
+
+
+def test_the_advice_names_the_loader_settings_in_force_and_what_is_left() -> None:
+    """A thread loader's advice names its backend and thread count (it has no worker processes, so
+    the loader's own num_workers is 0); with the data cached, it does not advise caching."""
+    from types import SimpleNamespace
+
+    from chute import LoaderSettings
+    from chute.callbacks.stall import _advice
+
+    settings = LoaderSettings(backend="threads", num_workers=1)
+    cached = SimpleNamespace(loader_settings=settings, cache="memory", device_augment=True)
+    advice = _advice(SimpleNamespace(datamodule=cached, train_dataloader=SimpleNamespace(num_workers=0)))
+    assert "loader.backend=threads, loader.num_workers=1" in advice
+    assert "data.cache" not in advice
+    decoding = SimpleNamespace(loader_settings=settings, cache="none", device_augment=False)
+    assert "data.cache=memory|disk" in _advice(SimpleNamespace(datamodule=decoding))
+    foreign = SimpleNamespace(datamodule=None, train_dataloader=SimpleNamespace(num_workers=3))
+    assert "num_workers=3" in _advice(foreign)

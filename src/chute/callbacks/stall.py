@@ -80,13 +80,9 @@ class StallMonitor(L.Callback):
         self.steps += 1
         if not self.warned and self.steps >= 10 and self.wait_s > self.threshold * self.step_s:
             self.warned = True
-            loader = trainer.train_dataloader
-            workers = getattr(loader, "num_workers", "?")
             warnings.warn(
                 f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
-                f"raise loader.num_workers (now {workers}; loader.num_workers=auto measures the options) or "
-                "loader.prefetch_factor, or cache decoded data "
-                "(data.cache=memory|disk with data.device_augment=true for images).",
+                + _advice(trainer),
                 stacklevel=2,
             )
 
@@ -111,3 +107,21 @@ class StallMonitor(L.Callback):
             "step_samples_per_s": round(self.samples / self.step_s, 1),
             "measured_steps": float(self.steps),
         }
+
+
+def _advice(trainer: L.Trainer) -> str:
+    """The settings that usually shorten the wait, naming the ones in force (chute's DataModules)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    settings = getattr(datamodule, "loader_settings", None)
+    if settings is None:  # another DataModule: what the loader itself says
+        now = f"num_workers={getattr(trainer.train_dataloader, 'num_workers', '?')}"
+    else:
+        now = f"loader.backend={settings.backend}, loader.num_workers={settings.num_workers}"
+    tips = [f"raise loader.num_workers (now {now}; loader.num_workers=auto measures the options)"]
+    tips[0] += " or loader.prefetch_factor"
+    cache = getattr(datamodule, "cache", None)
+    if cache in (None, "none") and hasattr(datamodule, "device_augment"):  # an image DataModule decoding each pass
+        tips.append("cache decoded data (data.cache=memory|disk with data.device_augment=true)")
+    elif cache is not None:
+        tips.append("with the data cached already, the rest is the training loop's own time between steps")
+    return "; ".join(tips) + "."

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, default_convert
 
 from chute.autotune import autotune
@@ -272,11 +273,12 @@ class ChuteDataModule(L.LightningDataModule):
 
         def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
             # Probes get copies of the order, so tuning leaves the real epoch and position alone.
+            to_device = device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None
             return build_loader(
                 dataset, chosen, train=train, seed=self.seed, batches=copy.deepcopy(order) if probe else order,
-                collate_fn=collate_fn, rank=self._world()[0],
-                device=device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None,
+                collate_fn=collate_fn, rank=self._world()[0], device=to_device,
                 epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
+                after_copy=self._hook_after_copy(train, chosen, to_device, stream, record=not probe),
             )  # fmt: skip
 
         if settings.auto:
@@ -312,6 +314,28 @@ class ChuteDataModule(L.LightningDataModule):
         self._hooked[train] = (self.batch_transform is not None, augment is not None)
         plain = default_convert if stream else default_collate  # what build_loader uses without one
         return LoaderHook(collate_fn or plain, self.batch_transform, augment)
+
+    def _hook_after_copy(
+        self, train: bool, chosen: LoaderSettings, device: Any, stream: bool, record: bool
+    ) -> LoaderHook | None:
+        """On a GPU trainer with loader threads, the batch hook's work for the loader thread to run
+        on the device right after its side-stream copy (``ThreadedLoader(after_copy=...)``).
+
+        Between training steps the hook costs the training thread its CPU-side work (drawing crop
+        boxes, launching a handful of kernels: ~0.2-2 ms a batch, a large share of a small model's
+        step); in the loader thread it overlaps the step, and chute's random batch transforms draw
+        from the batch's own generator there, as they do on a CPU trainer. Worker processes cannot
+        touch the GPU, so with them the hook stays in ``on_after_batch_transfer``. ``record`` says
+        this loader is the real one (not an autotune probe), whose choice the hook then follows.
+        """
+        augment = self.train_batch_transform if train else None
+        moves = (
+            self.hook_in_loader and device is not None and not stream and chosen.backend == "threads"
+            and chosen.num_workers > 0 and (self.batch_transform is not None or augment is not None)
+        )  # fmt: skip
+        if record and device is not None:  # a CPU trainer's choice is _hook_in_loader's
+            self._hooked[train] = (self.batch_transform is not None, augment is not None) if moves else (False, False)
+        return LoaderHook(None, self.batch_transform, augment) if moves else None
 
     def _training_loader(self, loader: Any) -> Any:
         """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
@@ -418,11 +442,11 @@ class ChuteDataModule(L.LightningDataModule):
 
 
 class LoaderHook:
-    """A collate function followed by the batch hook's transforms, run where the loader collates."""
+    """A collate function (or none) followed by the batch hook's transforms, run in the loader."""
 
     def __init__(
         self,
-        collate_fn: Callable[[Any], Any],
+        collate_fn: Callable[[Any], Any] | None,
         batch_transform: Callable[[Any], Any] | None,
         train_batch_transform: Callable[[Any], Any] | None,
     ) -> None:
@@ -431,14 +455,25 @@ class LoaderHook:
         self.train_batch_transform = train_batch_transform
 
     def __call__(self, samples: Any) -> Any:
-        batch = self.collate_fn(samples)
+        batch = self.collate_fn(samples) if self.collate_fn is not None else samples
         if batch is None:  # every sample of it was bad (drop_bad): the loader skips it
             return None
-        if getattr(self.train_batch_transform, "takes_uint8", False):  # crop the uint8 batch, then normalize
+        if getattr(self.train_batch_transform, "takes_uint8", False) and _on_cpu(batch):
+            # crop the uint8 batch on the CPU (fewer pixels to normalize), then normalize
             batch = _apply_to_inputs(self.train_batch_transform, batch)
             return _apply_to_inputs(self.batch_transform, batch)
         batch = _apply_to_inputs(self.batch_transform, batch)
         return _apply_to_inputs(self.train_batch_transform, batch)
+
+
+def _on_cpu(batch: Any) -> bool:
+    """Whether the batch's inputs (see ``_apply_to_inputs``) are on the CPU."""
+    inputs = batch
+    if isinstance(batch, (tuple, list)) and batch:
+        inputs = batch[0]
+    elif isinstance(batch, dict) and "inputs" in batch:
+        inputs = batch["inputs"]
+    return not isinstance(inputs, torch.Tensor) or inputs.device.type == "cpu"
 
 
 def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:

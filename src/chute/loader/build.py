@@ -255,6 +255,7 @@ def build_loader(
     rank: int | None = None,
     device: torch.device | None = None,
     epoch_of: Callable[[], int] | None = None,
+    after_copy: Callable[[Any], Any] | None = None,
 ) -> Loader:
     """The loader of ``dataset`` as ``settings`` say; the only place chute makes one.
 
@@ -271,6 +272,8 @@ def build_loader(
         rank: This process's rank, mixed into worker seeds (default: :func:`current_rank`).
         device: A CUDA device the threads backend copies batches to (through reused pinned buffers).
         epoch_of: Returns the trainer's current epoch; each pass is that epoch.
+        after_copy: With the threads backend and ``device``: applied to each batch on the device,
+            in the loader thread (a DataModule's batch hook; see ``ThreadedLoader``).
     """
     stream = isinstance(dataset, IterableDataset)
     batch_seed = derive_seed(seed, 4 if train else 5)
@@ -286,7 +289,7 @@ def build_loader(
             dataset, batches, collate_fn, fetch=BatchFetch(dataset, batch_seed).__getitem__,
             prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
-            device=device, epoch_of=epoch_of,
+            device=device, epoch_of=epoch_of, after_copy=after_copy,
         )  # fmt: skip
     workers = settings.num_workers
     kwargs: dict[str, Any] = {

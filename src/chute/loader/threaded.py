@@ -6,7 +6,9 @@ shared-memory segment per batch) than they save. This loader runs ``dataset.__ge
 whole batches in background threads, keeps ``prefetch`` batches per thread ready, in order, and on
 a CUDA machine copies each batch to the device itself: through pinned staging buffers that are
 reused batch after batch, on a side CUDA stream, so the copy overlaps the training step and the
-consumer's stream only waits for it on the GPU. It keeps the DataModule contract: ``len``,
+consumer's stream only waits for it on the GPU; work given as ``after_copy`` (a DataModule's batch
+hook: normalization, random crops) runs there too, on the same side stream, so the training
+thread receives finished batches. It keeps the DataModule contract: ``len``,
 ``sampler`` (Lightning calls its ``set_epoch``), the sampler's distributed split and its
 ``state_dict``.
 """
@@ -37,6 +39,8 @@ class ThreadedLoader:
         timeout: Seconds to wait for a batch before raising (0 waits forever).
         device: A CUDA device: batches arrive there (see the module docstring); ``None`` keeps
             them on the CPU (pinned with ``pin_memory``).
+        after_copy: Applied to each batch on ``device`` after its copy, in the loader's thread and
+            on the copy's stream (ignored without ``device``).
         fetch: Reads one batch of indices (chute passes a :class:`~chute.loader.BatchFetch`, which
             names the samples of an error); default: ``__getitems__``, else item by item.
     """
@@ -53,6 +57,7 @@ class ThreadedLoader:
         timeout: float = 0.0,
         device: torch.device | str | None = None,
         fetch: Callable[[Any], Any] | None = None,
+        after_copy: Callable[[Any], Any] | None = None,
     ) -> None:
         if prefetch < 1 or threads < 0:
             raise ValueError(f"prefetch={prefetch} must be >= 1 and threads={threads} >= 0")
@@ -65,6 +70,7 @@ class ThreadedLoader:
         self.timeout = timeout
         self.device = torch.device(device) if device is not None else None
         self.fetch = fetch  # reads one batch of indices (default: ``__getitems__``, else item by item)
+        self.after_copy = after_copy
         self._copier: DeviceCopy | None = None
         # What Lightning and torch tooling read off a loader: no worker processes, and the sampler
         # (of index batches) in the DataLoader's ``sampler`` slot, as chute's DataLoaders have it.
@@ -85,7 +91,7 @@ class ThreadedLoader:
         data = self.collate_fn(data) if self.collate_fn is not None else data
         if self.device is not None and self.device.type == "cuda":
             if self._copier is None:
-                self._copier = DeviceCopy(self.device)
+                self._copier = DeviceCopy(self.device, after=self.after_copy)
             return self._copier(data)
         return _pin(data) if self.pin_memory else data
 
@@ -186,17 +192,23 @@ class StagingPool:
 
 
 class DeviceCopy:
-    """Copy batches (nested tuples, lists, dicts of tensors) to a CUDA device on a side stream."""
+    """Copy batches (nested tuples, lists, dicts of tensors) to a CUDA device on a side stream,
+    then apply ``after`` to each there (same stream, so it runs on the GPU after the copy)."""
 
-    def __init__(self, device: torch.device, pool: StagingPool | None = None) -> None:
+    def __init__(
+        self, device: torch.device, pool: StagingPool | None = None, after: Callable[[Any], Any] | None = None
+    ) -> None:
         self.device = device
         self.stream = torch.cuda.Stream(device)
         self.pool = pool or StagingPool()
+        self.after = after
 
     def __call__(self, data: Any) -> _InFlight:
         staged: list[torch.Tensor] = []
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             out = _map_tensors(data, lambda t: self._copy(t, staged))
+            if self.after is not None and out is not None:
+                out = self.after(out)
             event = torch.cuda.Event()
             event.record(self.stream)
         event.synchronize()  # in the loader thread: the staging buffers have been read
