@@ -105,22 +105,28 @@ def batch_generator() -> torch.Generator | None:
     :class:`~chute.loader.BatchFetch` before the batch is read), so a batch transform that draws from
     it (:class:`~chute.transforms.device.RandomResizedCropBatch`) makes the same draws for the same
     batch with worker processes, loader threads (which share torch's global generator with the
-    model) or none, and after a mid-epoch resume.
+    model) or none, and after a mid-epoch resume. It is seeded here, on the batch's first call, so
+    batches that draw nothing (tables) cost nothing.
     """
+    pending = getattr(_BATCH, "pending", None)
+    if pending is not None:
+        _BATCH.pending = None
+        seed, indices = pending
+        digest = hashlib.blake2b(
+            np.asarray(indices, dtype=np.int64).tobytes(),
+            digest_size=8,
+            key=(int(seed) & (2**64 - 1)).to_bytes(8, "little"),
+        ).digest()
+        generator = getattr(_BATCH, "generator", None)
+        if generator is None:
+            generator = _BATCH.generator = torch.Generator()
+        generator.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
     return getattr(_BATCH, "generator", None)
 
 
 def enter_batch(seed: int, indices: Any) -> None:
-    """Seed this thread's :func:`batch_generator` for the batch of ``indices`` (a few microseconds)."""
-    digest = hashlib.blake2b(
-        np.asarray(indices, dtype=np.int64).tobytes(),
-        digest_size=8,
-        key=(int(seed) & (2**64 - 1)).to_bytes(8, "little"),
-    ).digest()
-    generator = getattr(_BATCH, "generator", None)
-    if generator is None:
-        generator = _BATCH.generator = torch.Generator()
-    generator.manual_seed(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    """Key this thread's :func:`batch_generator` to the batch of ``indices`` (seeded when first asked for)."""
+    _BATCH.pending = (seed, indices)
 
 
 class SharedEpoch:
