@@ -199,7 +199,8 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
         raise ConfigError(
             "imbalance.strategy", settings.imbalance.strategy, f"{cfg.data._target_} has no class targets"
         )
-    if _accepts(cfg.data, "train_transform"):  # image data: per-sample pipelines from `transforms`
+    if _accepts(cfg.data, "train_transform") and cfg.data.get("transforms") is None:
+        # image data: per-sample pipelines from the `transforms` group, unless `data.transforms` sets them
         transforms = create_transforms(settings.transforms)
         data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
         if _accepts(cfg.data, "train_batch_transform"):

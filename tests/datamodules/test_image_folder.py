@@ -260,3 +260,68 @@ def test_channels_last_false_gives_contiguous_nchw_floats_on_every_path(
         assert images.dtype == torch.float32
         assert images.shape[1:] == (3, 16, 16)
         assert images.is_contiguous()  # plain NCHW, not channels-last strides
+
+
+def test_a_folder_alone_trains_with_the_documented_default_transforms(make_tree) -> None:
+    """``ImageFolderDataModule(root)`` with nothing else: random resized crop and flip for training,
+    resize and centre crop for evaluation, 224 px, JPEGs decoded straight to the crop."""
+    import lightning as L
+
+    from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
+
+    root = make_tree(ext="jpg", counts={"a": 5, "b": 4}, size=(300, 260))
+    dm = ImageFolderDataModule(root, loader={"batch_size": 4})
+    assert isinstance(dm.train_transform, RandomResizedCropDecode)
+    assert isinstance(dm.val_transform, CenterCropDecode)
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(3, 2)
+            self.shapes: list[tuple[int, ...]] = []
+
+        def training_step(self, batch, batch_idx):
+            self.shapes.append(tuple(batch[0].shape))
+            return torch.nn.functional.cross_entropy(self.layer(batch[0].mean(dim=(2, 3))), batch[1])
+
+        def validation_step(self, batch, batch_idx):
+            self.shapes.append(tuple(batch[0].shape))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    model = Tiny()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert model.shapes
+    assert all(shape[1:] == (3, 224, 224) for shape in model.shapes)
+
+
+def test_transforms_come_whole_from_a_config_node_or_a_mapping(make_tree) -> None:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from chute.transforms.fused import RandomResizedCropDecode
+
+    root = make_tree(ext="jpg", counts={"a": 3, "b": 3}, size=(64, 48))
+    node = OmegaConf.create(
+        {
+            "_target_": "chute.datamodules.ImageFolderDataModule",
+            "root": str(root),
+            "transforms": {"_target_": "chute.transforms.create_transforms", "image_size": 32, "scale": [0.5, 1.0]},
+        }
+    )
+    dm = instantiate(node)
+    assert isinstance(dm.train_transform, RandomResizedCropDecode)
+    dm.setup("fit")
+    images, _ = next(iter(dm.val_dataloader()))
+    assert tuple(images.shape[1:]) == (3, 32, 32)
+    from_mapping = ImageFolderDataModule(root, transforms={"image_size": 40, "mixup_alpha": 0.2})
+    assert from_mapping.mix_alphas == (0.2, 0.0)
+    from_mapping.setup("fit")
+    assert tuple(next(iter(from_mapping.val_dataloader()))[0].shape[1:]) == (3, 40, 40)
+    with pytest.raises(ConfigError, match="transforms"):
+        ImageFolderDataModule(root, transforms=[1, 2])  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from chute.loader import Loader, LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
 from chute.transforms.device import MixBatch
+from chute.transforms.factory import Transforms, create_transforms
 from chute.transforms.resize import OnFirst, SquareResize
 
 Transform = Callable[[torch.Tensor], Any]
@@ -51,8 +52,18 @@ class ImageFolderDataModule(ChuteDataModule):
     model never sees ``uint8``. ``mean``/``std`` left as ``None`` are measured on up to 512 training
     images at ``setup`` and kept in ``state_dict``.
 
+    Transforms: by default ``create_transforms()``: for training a random resized crop to 224 px
+    (scale 0.08-1, ratio 3/4-4/3) and a horizontal flip, for evaluation a resize of the short side
+    to 256 and a 224 px centre crop; JPEGs are decoded straight to the crop (the fast decode path).
+    So ``ImageFolderDataModule("photos")`` trains as it is. ``transforms=create_transforms(...)``
+    (or its config, ``{_target_: chute.transforms.create_transforms, image_size: 128}``, or a
+    mapping of :class:`~chute.transforms.TransformSettings` fields) sets all of them at once;
+    ``train_transform``/``val_transform``/``train_batch_transform`` given too take precedence.
+
     Args:
         root: Dataset root.
+        transforms: The train, eval and batch pipelines together (see above); default
+            ``create_transforms()``.
         train_transform: Random per-sample pipeline for training (``uint8`` tensor in and out).
         val_transform: Deterministic pipeline for validation, test and predict (checked at setup).
         loader: DataLoader settings (:class:`~chute.LoaderSettings` or a mapping of its fields).
@@ -108,12 +119,13 @@ class ImageFolderDataModule(ChuteDataModule):
 
     sample_collate: str | None = "chute.collate.collate_images"  # for streams of its samples
 
-    schema_exclude = ("train_transform", "val_transform", "train_batch_transform")
+    schema_exclude = ("train_transform", "val_transform", "train_batch_transform")  # `transforms` stays
 
     def __init__(
         self,
         root: str | os.PathLike[str],
         *,
+        transforms: Transforms | Mapping[str, Any] | None = None,
         train_transform: Transform | None = None,
         val_transform: Transform | None = None,
         loader: LoaderSettings | Mapping[str, Any] | None = None,
@@ -143,6 +155,21 @@ class ImageFolderDataModule(ChuteDataModule):
             loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
             max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
+        if transforms is None and train_transform is None and val_transform is None:
+            transforms = create_transforms()  # documented defaults: crop and flip, resize and centre crop
+        if isinstance(transforms, Mapping):
+            transforms = create_transforms(**dict(transforms))
+        if transforms is not None:
+            if not isinstance(transforms, Transforms):
+                raise ConfigError(
+                    "transforms", type(transforms).__name__, "give create_transforms(...) or a mapping of its settings"
+                )
+            train_transform = train_transform if train_transform is not None else transforms.train
+            val_transform = val_transform if val_transform is not None else transforms.val
+            if train_batch_transform is None:
+                train_batch_transform = transforms.train_batch
+            mixup_alpha = mixup_alpha or transforms.mixup_alpha
+            cutmix_alpha = cutmix_alpha or transforms.cutmix_alpha
         if device_augment and (cache is None or train_batch_transform is None):
             raise ConfigError(
                 "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"

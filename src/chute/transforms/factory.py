@@ -61,6 +61,7 @@ class TransformSettings:
     fast_decode: bool = True
 
     def __post_init__(self) -> None:
+        self.scale, self.ratio = [float(v) for v in self.scale], [float(v) for v in self.ratio]  # YAML lists too
         if self.backend not in BACKENDS:
             raise ConfigError("backend", self.backend, f"must be one of {list(BACKENDS)}")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
@@ -173,16 +174,22 @@ class Transforms:
 
     ``train_batch`` is the same training crop and flip done for a whole float batch on its device
     (:class:`~chute.transforms.device.RandomResizedCropBatch`), for DataModules that read
-    precomputed images (``device_augment``).
+    precomputed images (``device_augment``). ``mixup_alpha``/``cutmix_alpha`` are the batch mixing
+    the settings asked for. An image DataModule takes the whole object as ``transforms=``.
     """
 
     train: Pipeline | RandomResizedCropDecode
     val: Pipeline | CenterCropDecode
     train_batch: Any = None
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
 
 def create_transforms(settings: TransformSettings | None = None, **overrides: Any) -> Transforms:
     """Build the train and eval pipelines described by ``settings`` (or keyword arguments).
+
+    Instantiable from a config: ``{_target_: chute.transforms.create_transforms, image_size: 128}``
+    given as an image DataModule's ``transforms`` (in chute's ``train.py`` or any Hydra app).
 
     Example:
         >>> t = create_transforms(image_size=32, crop_pct=1.0)
@@ -196,17 +203,20 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
     from chute.transforms.device import RandomResizedCropBatch
 
     train_batch = RandomResizedCropBatch(settings.image_size, settings.scale, settings.ratio, settings.hflip)
+    mixing = {"mixup_alpha": float(settings.mixup_alpha), "cutmix_alpha": float(settings.cutmix_alpha)}
     if settings.fusable:
         return Transforms(
             train=RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip),
             val=CenterCropDecode(settings.image_size, settings.eval_resize),
             train_batch=train_batch,
+            **mixing,
         )
     build = _torchvision_steps if settings.backend == "torchvision" else _albumentations_steps
     return Transforms(
         train=Pipeline(build(settings, train=True), settings.backend),
         val=Pipeline(build(settings, train=False), settings.backend),
         train_batch=train_batch,
+        **mixing,
     )
 
 

@@ -1,0 +1,1 @@
+"""Hydra discovers this plugin in the ``hydra_plugins`` namespace of an installed chute."""
