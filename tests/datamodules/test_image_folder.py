@@ -186,7 +186,8 @@ def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path, backend: 
     write_image(tmp_path / "a" / "1.png", size=(12, 10))
     write_image(tmp_path / "b" / "0.png", size=(10, 10))
     loader = LoaderSettings(batch_size=3, shuffle=False, num_workers=workers, backend=backend)
-    dm = ImageFolderDataModule(tmp_path, loader=loader, mean=[0.5] * 3, std=[0.2] * 3)
+    # A pipeline of one's own that does not resize (the default transforms would).
+    dm = ImageFolderDataModule(tmp_path, train_transform=v2.Identity(), loader=loader, mean=[0.5] * 3, std=[0.2] * 3)
     dm.setup("fit")
     with pytest.raises(DataError, match=r"(?s)different shapes.*image_size") as info:
         next(iter(dm.train_dataloader()))

@@ -13,6 +13,11 @@ dict of fixed-shape tensors, arrays and numbers. Those are stored once, one arra
 The random stage (``transform``) runs on the fly in ``__getitem__``, so augmentations still differ
 per epoch and worker. Nothing is pickled: the manifest is JSON and the arrays are raw bytes.
 
+Colour images (``uint8`` fields shaped ``(3 or 4, H, W)``) are stored channels-last, ``(H, W, C)``,
+and read back as ``(C, H, W)`` views of those bytes: a batch gathered from the cache is then already
+in the layout that crops (OpenCV) and convolutions want, where converting a 64 x 256 px batch
+from ``(N, C, H, W)`` costs about as much as cropping it.
+
 A source may return ``None`` for a sample it leaves out (an evaluation split's unreadable image
 under ``on_error="skip"``): the cache records it as missing (in the manifest too), ``__getitem__``
 returns ``None`` for it and ``__getitems__`` gathers batches without it.
@@ -44,7 +49,7 @@ from chute.paths import inside
 
 Store = Literal["memory", "disk"]
 MANIFEST = "cache.json"
-_VERSION = 3  # 2: the manifest lists missing samples; 3: images turned by their EXIF orientation
+_VERSION = 4  # 2: the manifest lists missing samples; 3: images turned by their EXIF orientation; 4: channels-last
 
 
 def fingerprint(files: Iterable[str | bytes], config: Any) -> str:
@@ -72,6 +77,22 @@ def _leaves(sample: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(sample, tuple | list):
         return [leaf for i, v in enumerate(sample) for leaf in _leaves(v, f"{prefix}{i}.")]
     return [(prefix.rstrip("."), sample)]
+
+
+def _channels_last(array: np.ndarray) -> bool:
+    """Whether a field of this (first) sample is a colour image, stored ``(H, W, C)`` (see the module)."""
+    return array.ndim == 3 and array.dtype == np.uint8 and array.shape[0] in (3, 4)
+
+
+def _stored(array: np.ndarray, channels_last: bool) -> np.ndarray:
+    return array.transpose(1, 2, 0) if channels_last else array
+
+
+def _as_read(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """A stored sample ``(H, W, C)`` or batch ``(N, H, W, C)`` as ``(C, H, W)`` / ``(N, C, H, W)`` views."""
+    if not channels_last:
+        return tensor
+    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
 def _rebuild(template: Any, values: Iterable[Any]) -> Any:
@@ -150,9 +171,9 @@ class CachedDataset(Dataset[Any]):
                 _build_disk(source, n, self.cache_dir, key, progress)
                 arrays = _load_disk(self.cache_dir, key, n)
                 assert arrays is not None
-            self.names, self.arrays, self.template, missing = arrays
+            self.names, self.arrays, self.template, missing, self.layouts = arrays
         else:
-            self.names, self.arrays, self.template, missing = _build_memory(source, n, progress)
+            self.names, self.arrays, self.template, missing, self.layouts = _build_memory(source, n, progress)
         #: Indices the source left out (returned ``None`` for); never delivered.
         self.missing = np.asarray(sorted(missing), dtype=np.int64)
         self._present = None if not len(self.missing) else np.ones(n, dtype=bool)
@@ -166,7 +187,10 @@ class CachedDataset(Dataset[Any]):
         if self._present is not None and not self._present[index]:
             return None  # left out by the source
         # Copy out of the cache: transforms may write in place, and a memmap slice must not escape.
-        values = [torch.from_numpy(np.array(a[index])) if a.ndim > 1 else _scalar(a[index]) for a in self.arrays]
+        values = [
+            _as_read(torch.from_numpy(np.array(a[index])), last) if a.ndim > 1 else _scalar(a[index])
+            for a, last in zip(self.arrays, self.layouts, strict=True)
+        ]
         sample = _rebuild(self.template, values)
         if self.transform is None:
             return sample
@@ -190,7 +214,13 @@ class CachedDataset(Dataset[Any]):
             index = index[self._present[index]]
         # NumPy's gather runs on one core and releases the GIL, so loader threads gather batches in
         # parallel; torch's index_select would start intra-op threads of its own in each of them.
-        return _rebuild(self.template, [torch.from_numpy(np.asarray(a[index])) for a in self.arrays])
+        return _rebuild(
+            self.template,
+            [
+                _as_read(torch.from_numpy(np.asarray(a[index])), last)
+                for a, last in zip(self.arrays, self.layouts, strict=True)
+            ],
+        )
 
     def reseed(self, seed: int) -> None:
         """Reseed the random stage in a worker (chute's worker seeding calls this)."""
@@ -212,8 +242,9 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _first(source: Any, n: int) -> tuple[list[str], list[np.ndarray], Any, int]:
-    """Field names, arrays and template of the first sample the source does not leave out, and its index."""
+def _first_as_given(source: Any, n: int) -> tuple[list[str], list[np.ndarray], Any, int]:
+    """Field names, arrays (as the source gives them) and template of the first sample the source
+    does not leave out, and its index."""
     for i in range(n):
         sample = source[i]
         if sample is not None:
@@ -227,7 +258,13 @@ def _first(source: Any, n: int) -> tuple[list[str], list[np.ndarray], Any, int]:
 
 
 def _fill(
-    source: Any, first: Any, start: int, names: list[str], outs: Sequence[np.ndarray], progress: bool
+    source: Any,
+    first: Any,
+    start: int,
+    names: list[str],
+    outs: Sequence[np.ndarray],
+    progress: bool,
+    layouts: Sequence[bool],
 ) -> list[int]:
     """Write every sample into ``outs`` from ``start`` (whose sample is ``first``); the indices left out."""
     n = len(outs[0])
@@ -240,24 +277,32 @@ def _fill(
         leaves = _leaves(sample)
         if len(leaves) != len(outs):
             raise DataError(f"Sample {i} has {len(leaves)} fields, sample {start} has {len(outs)}: cannot cache it.")
-        for name, (_, value), out in zip(names, leaves, outs, strict=True):
+        for name, (_, value), out, last in zip(names, leaves, outs, layouts, strict=True):
             array = _as_array(value, f"sample {i}, field {name!r}")
-            if array.shape != out.shape[1:]:
+            stored = _stored(array, last and array.ndim == 3)
+            if stored.shape != out.shape[1:]:
+                expected = (out.shape[3], *out.shape[1:3]) if last else out.shape[1:]
                 raise DataError(
-                    f"Sample {i}, field {name!r} has shape {array.shape}, sample {start} has {out.shape[1:]}: the "
+                    f"Sample {i}, field {name!r} has shape {array.shape}, sample {start} has {expected}: the "
                     "cached (deterministic) stage must give fixed shapes, e.g. resize and crop to one size."
                 )
-            out[i] = array
+            out[i] = stored
     return missing
 
 
-def _build_memory(source: Any, n: int, progress: bool) -> tuple[list[str], list[np.ndarray], Any, list[int]]:
-    names, firsts, template, start = _first(source, n)
+def _build_memory(
+    source: Any, n: int, progress: bool
+) -> tuple[list[str], list[np.ndarray], Any, list[int], list[bool]]:
+    names, firsts, template, start = _first_as_given(source, n)
+    layouts = [_channels_last(f) for f in firsts]
     # torch shared memory: forked or spawned workers map the same pages instead of copying them.
-    tensors = [torch.from_numpy(np.empty((n, *f.shape), dtype=f.dtype)).share_memory_() for f in firsts]
+    tensors = [
+        torch.from_numpy(np.empty((n, *_stored(f, last).shape), dtype=f.dtype)).share_memory_()
+        for f, last in zip(firsts, layouts, strict=True)
+    ]
     outs = [t.numpy() for t in tensors]
-    missing = _fill(source, template, start, names, outs, progress)
-    return names, outs, template, missing
+    missing = _fill(source, template, start, names, outs, progress, layouts)
+    return names, outs, template, missing, layouts
 
 
 def _is_shared(array: np.ndarray) -> bool:
@@ -269,7 +314,9 @@ def _manifest_path(cache_dir: str) -> Path:
     return Path(cache_dir) / MANIFEST
 
 
-def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.ndarray], Any, list[int]] | None:
+def _load_disk(
+    cache_dir: str, key: str, n: int
+) -> tuple[list[str], list[np.ndarray], Any, list[int], list[bool]] | None:
     """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged.
 
     Raises:
@@ -311,7 +358,8 @@ def _load_disk(cache_dir: str, key: str, n: int) -> tuple[list[str], list[np.nda
     missing = [int(i) for i in manifest.get("missing", []) if 0 <= int(i) < n]
     if missing:
         rank_zero_info(f"Cache '{cache_dir}': {len(missing)} unreadable samples were left out when it was built.")
-    return [f["name"] for f in manifest["fields"]], arrays, template, missing
+    layouts = [f.get("layout") == "hwc" and len(f["shape"]) == 3 for f in manifest["fields"]]
+    return [f["name"] for f in manifest["fields"]], arrays, template, missing, layouts
 
 
 def _template_from(spec: Any) -> Any:
@@ -340,16 +388,22 @@ def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        names, firsts, template, start = _first(source, n)
+        names, firsts, template, start = _first_as_given(source, n)
+        layouts = [_channels_last(f) for f in firsts]
         outs = [
-            np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *f.shape))
-            for j, f in enumerate(firsts)
+            np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *_stored(f, last).shape))
+            for j, (f, last) in enumerate(zip(firsts, layouts, strict=True))
         ]
-        missing = _fill(source, template, start, names, outs, progress)
+        missing = _fill(source, template, start, names, outs, progress, layouts)
         fields = []
-        for j, (name, out) in enumerate(zip(names, outs, strict=True)):
+        for j, (name, out, last) in enumerate(zip(names, outs, layouts, strict=True)):
             out.flush()  # raw bytes, no header: the expected size is exactly n * item bytes
-            fields.append({"name": name, "file": f"field{j}.bin", "dtype": out.dtype.str, "shape": list(out.shape[1:])})
+            fields.append(
+                {
+                    "name": name, "file": f"field{j}.bin", "dtype": out.dtype.str, "shape": list(out.shape[1:]),
+                    "layout": "hwc" if last else "as-given",
+                }
+            )  # fmt: skip
         del outs
         manifest = {
             "version": _VERSION,
