@@ -60,6 +60,25 @@ def test_default_experiment_writes_everything(tmp_path: Path, digits_root: Path)
     assert (run_dir / "preview_train.png").is_file()
     assert (run_dir / "preview_val.png").is_file()
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "learning_curves.png").is_file()
+    assert (run_dir / "class_histogram.png").is_file()
+    log = (run_dir / "train.log").read_text()  # the run's whole log, not only chute's own lines
+    assert "trainer.precision=auto" in log
+    assert "`Trainer.fit` stopped" in log  # Lightning's
+    assert summary[0] in log
+
+
+def test_tensorboard_gets_the_learning_rate_and_no_placeholder_hp_metric(tmp_path: Path, digits_root: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    proc = train(*FAST, f"hydra.run.dir={run_dir}", data_dir=digits_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert any(tag.startswith("lr-") for tag in scalars), scalars
+    assert "hp_metric" not in scalars
 
 
 def test_bad_value_fails_before_training_naming_the_key(tmp_path: Path) -> None:

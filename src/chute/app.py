@@ -64,6 +64,7 @@ def run(cfg: DictConfig) -> float:
 
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
+    _log_to_run_file()
     settings = validate_config(cfg)
     fastpaths.say_if_missing()
     # seed: null (lightning-hydra-template's default) draws one; Lightning keeps it in PL_GLOBAL_SEED,
@@ -90,7 +91,8 @@ def _run(cfg: DictConfig) -> float:
     trainer = L.Trainer(
         **trainer_kwargs,
         callbacks=callbacks,
-        logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
+        # No hp_metric placeholder (-1): the hyperparameters are logged with the run's real metrics.
+        logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
         default_root_dir=run_dir,
     )
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
@@ -276,8 +278,28 @@ def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
         json.dump(summary, f, indent=2)
     last = summary["metrics"].get(metric, float("nan"))
     rate = summary.get("train_samples_per_s", float("nan"))
-    print(
+    line = (
         f"chute | {metric} {last:.4f} (best {summary[f'best_{metric}']:.4f}) | "
-        f"train {rate:,.0f} samples/s | {summary['wall_time_s']:.1f} s | {os.path.relpath(run_dir)}",
-        flush=True,
+        f"train {rate:,.0f} samples/s | {summary['wall_time_s']:.1f} s | {os.path.relpath(run_dir)}"
     )
+    print(line, flush=True)
+    for handler in _log_files():  # the run's log ends with the same line
+        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+
+
+def _log_files() -> list[logging.FileHandler]:
+    """The file handlers Hydra's job logging gave the root logger (``<run dir>/train.log``)."""
+    return [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+
+
+def _log_to_run_file() -> None:
+    """Make ``train.log`` the run's whole log: Lightning's messages (its loggers keep to their own
+    console handler and do not reach the root logger, where Hydra's file handler is) and warnings
+    (the stall monitor's advice, say), which go through logging from here on, to the console and
+    the file alike."""
+    for handler in _log_files():
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            logger = logging.getLogger(name)
+            if not logger.propagate and handler not in logger.handlers:
+                logger.addHandler(handler)
+    logging.captureWarnings(True)

@@ -46,3 +46,38 @@ def test_preview_and_throughput(digits_root: Path, tmp_path: Path) -> None:
 def test_preview_needs_positive_count() -> None:
     with pytest.raises(ValueError, match="num_images=0"):
         DataPreview(num_images=0)
+
+
+def test_learning_curves_keep_every_epochs_final_metrics_and_draw_them(tmp_path) -> None:
+    import lightning as L
+    import torch
+
+    from chute.callbacks import LearningCurves
+
+    class Model(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            loss = self.layer(batch[0]).pow(2).mean()
+            self.log("train/loss", loss, on_epoch=True, on_step=False)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/acc", 0.5 + 0.1 * self.current_epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 2)), batch_size=4)
+    curves = LearningCurves(out_dir=str(tmp_path))
+    trainer = L.Trainer(
+        max_epochs=3, callbacks=[curves], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(Model(), data, data)
+    assert [row["epoch"] for row in curves.history] == [0.0, 1.0, 2.0]
+    assert [round(row["val/acc"], 2) for row in curves.history] == [0.5, 0.6, 0.7]  # each epoch's own
+    assert all("train/loss" in row for row in curves.history)
+    assert (tmp_path / "learning_curves.png").is_file()

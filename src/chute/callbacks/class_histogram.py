@@ -87,11 +87,16 @@ def histogram_figure(dataset: np.ndarray, received: np.ndarray, class_names: lis
     import matplotlib.pyplot as plt
 
     x = np.arange(len(dataset))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(x)), 3.2))
-    ax.bar(x - 0.2, dataset / max(dataset.sum(), 1), width=0.4, label=f"training split ({int(dataset.sum())})")
-    ax.bar(x + 0.2, received / max(received.sum(), 1), width=0.4, label=f"received, epoch 0 ({int(received.sum())})")
+    split, got = dataset / max(dataset.sum(), 1), received / max(received.sum(), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(x)), 3.8))
+    ax.bar(x - 0.2, split, width=0.4, label=f"training split ({int(dataset.sum())} samples)")
+    ax.bar(x + 0.2, got, width=0.4, label=f"what the model received in epoch 0 ({int(received.sum())})")
     ax.set_xticks(x, class_names, rotation=45 if len(x) > 12 else 0)
+    ax.set_xlabel("class")
     ax.set_ylabel("share of samples")
-    ax.legend(fontsize=8)
+    ax.set_title("Classes: the training split against the batches the model received")
+    ax.set_ylim(0, max(float(split.max(initial=0)), float(got.max(initial=0)), 1e-9) * 1.1)
+    # Below the axes, so it never covers a bar.
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
