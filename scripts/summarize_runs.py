@@ -1,52 +1,28 @@
-"""Collect ``metrics.json`` of every run under a folder (e.g. a Hydra multirun) into one table.
+"""Summarize a finished sweep (or any folder of runs): the table and picture a multirun writes itself.
 
-    python scripts/summarize_runs.py outputs/multirun/2026-11-24/10-00-00
+    python scripts/summarize_runs.py outputs/multirun/2026-11-24/10-00-00 [--metric val/acc --mode max]
 
-Prints a Markdown table and writes ``summary.csv`` next to the runs. Columns: the overrides that
-differ between runs, then val accuracy, train samples/s and wall time.
+Writes ``summary.csv``, ``summary.md`` and ``summary.png`` into the folder (see ``chute.sweep``,
+whose Hydra callback does this at the end of every ``python train.py -m ...``) and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
-
-def collect(root: Path) -> list[dict[str, object]]:
-    rows = []
-    for metrics_file in sorted(root.rglob("metrics.json")):
-        run = metrics_file.parent
-        metrics = json.loads(metrics_file.read_text())
-        overrides_file = run / ".hydra" / "overrides.yaml"
-        overrides = overrides_file.read_text().splitlines() if overrides_file.exists() else []
-        row: dict[str, object] = {"run": str(run.relative_to(root)) or "."}
-        row["overrides"] = " ".join(o.removeprefix("- ").strip() for o in overrides)
-        row["val_acc"] = metrics["metrics"].get("val/acc")
-        row["best_val_acc"] = metrics.get("best_val/acc")
-        row["train_samples_per_s"] = metrics.get("train_samples_per_s")
-        row["wall_time_s"] = metrics.get("wall_time_s")
-        rows.append(row)
-    return rows
+from chute.sweep import write_summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
+    parser.add_argument("--metric", default="val/acc")
+    parser.add_argument("--mode", choices=["max", "min"], default="max")
     args = parser.parse_args()
-    rows = collect(args.root)
-    if not rows:
+    if not write_summary(args.root, args.metric, args.mode):
         raise SystemExit(f"no metrics.json under {args.root}")
-    keys = list(rows[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
-    with open(args.root / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    print((args.root / "summary.md").read_text())
 
 
 if __name__ == "__main__":

@@ -143,6 +143,29 @@ def test_multirun_sweep(tmp_path: Path, digits_root: Path) -> None:
         assert (run / ".hydra" / "config.yaml").is_file()
         assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     assert seen == {(w, s) for w in (0, 1, 2) for s in (1, 2)}
+    # The sweep ends with its answer: a table of the overrides that vary (not the ones all share) and a picture.
+    table = (sweep / "summary.md").read_text()
+    header = next(line for line in table.splitlines() if line.startswith("| job"))
+    assert header.split(" | ")[1:3] == ["loader.num_workers", "seed"]
+    assert "trainer.max_epochs" not in table
+    assert len([line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 6
+    assert (sweep / "summary.csv").read_text().count("\n") == 7
+    assert (sweep / "summary.png").is_file()
+
+
+def test_an_optuna_search_over_loader_and_training_knobs_runs_and_summarizes(tmp_path: Path, digits_root: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "sweep"
+    proc = train(
+        "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3", "trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false", "callbacks.preview=null", f"hydra.sweep.dir={sweep}",
+        data_dir=digits_root.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep / "optimization_results.yaml").is_file()  # the sweeper's own answer
+    assert len(list(sweep.glob("*/metrics.json"))) == 2
+    assert "val/acc" in (sweep / "summary.md").read_text()
 
 
 @pytest.mark.slow

@@ -1,0 +1,33 @@
+"""chute.sweep: the table and picture a multirun ends with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from chute.sweep import collect, varying, write_summary
+
+
+def _job(root: Path, name: str, overrides: list[str], acc: float, rate: float) -> None:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    metrics = {"metrics": {"val/acc": acc}, "best_val/acc": acc, "train_samples_per_s": rate, "wall_time_s": 3.0}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_the_summary_ranks_jobs_and_shows_only_the_overrides_that_vary(tmp_path: Path) -> None:
+    for i, (workers, acc) in enumerate([(0, 0.91), (2, 0.95), (1, 0.93)]):
+        _job(tmp_path, str(i), [f"loader.num_workers={workers}", "trainer.max_epochs=3"], acc, 1000.0 + i)
+    _job(tmp_path, "10", ["loader.num_workers=4", "trainer.max_epochs=3"], float("nan"), 900.0)  # a failed metric
+    rows = collect(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "1", "2", "10"]  # jobs in numeric order
+    assert varying(rows) == ["loader.num_workers"]
+    ranked = write_summary(tmp_path)
+    assert [r["job"] for r in ranked] == ["1", "2", "0", "10"]  # best first, no metric last
+    table = (tmp_path / "summary.md").read_text()
+    assert "trainer.max_epochs" not in table
+    assert table.splitlines()[2].startswith("| job | loader.num_workers | val/acc |")
+    assert (tmp_path / "summary.csv").read_text().splitlines()[1].startswith("1,2,0.95")
+    assert (tmp_path / "summary.png").is_file()
+    assert write_summary(tmp_path / "empty") == []
