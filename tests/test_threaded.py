@@ -142,38 +142,3 @@ def test_staging_pool_reuses_buffers_per_shape_and_layout() -> None:
     other = pool.stage(torch.zeros(5))
     assert other.data_ptr() != second.data_ptr()
     assert pool.allocated == 2
-
-
-def test_opencv_keeps_to_one_thread_while_two_or_more_loader_threads_run() -> None:
-    """OpenCV's pool on top of the loader's threads oversubscribes the cores: one thread during a
-    pass of two or more loader threads, the previous setting restored after the last pass ends."""
-    import cv2
-    import numpy as np
-
-    from chute.datasets import TabularDataset
-    from chute.loader.threaded import ThreadedLoader
-    from chute.samplers import BatchIndexSampler
-
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(2)
-    try:
-        dataset = TabularDataset(np.arange(64, dtype=np.float32)[:, None], np.arange(64) % 2)
-        seen: list[int] = []
-        two = ThreadedLoader(
-            dataset, BatchIndexSampler(64, 16), threads=2, collate_fn=lambda b: seen.append(cv2.getNumThreads()) or b
-        )
-        outer = iter(two)
-        next(outer)
-        assert cv2.getNumThreads() == 1
-        list(ThreadedLoader(dataset, BatchIndexSampler(64, 16), threads=3))  # a nested pass (validation)
-        assert cv2.getNumThreads() == 1  # the outer pass still runs
-        list(outer)
-        assert cv2.getNumThreads() == 2
-        assert set(seen) == {1}
-        one = ThreadedLoader(
-            dataset, BatchIndexSampler(64, 16), threads=1, collate_fn=lambda b: seen.append(cv2.getNumThreads()) or b
-        )
-        list(one)
-        assert seen[-1] == 2  # one loader thread leaves OpenCV its pool
-    finally:
-        cv2.setNumThreads(before)

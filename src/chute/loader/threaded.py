@@ -15,7 +15,6 @@ thread receives finished batches. It keeps the DataModule contract: ``len``,
 
 from __future__ import annotations
 
-import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -102,8 +101,7 @@ class ThreadedLoader:
 
     def __iter__(self) -> Iterator[Any]:
         batches = list(self.sampler)  # the sampler runs here, in the caller's thread (epoch, state)
-        with opencv_single_threaded(self.threads >= 2):
-            yield from self._batches_of(batches)
+        yield from self._batches_of(batches)
 
     def _batches_of(self, batches: list[Any]) -> Iterator[Any]:
         if self.threads == 0:
@@ -194,37 +192,6 @@ class StagingPool:
         with self._lock:
             for buffer in buffers:
                 self._free.setdefault((tuple(buffer.shape), buffer.stride(), buffer.dtype), []).append(buffer)
-
-
-_OPENCV = threading.Lock()
-_opencv_users = 0
-_opencv_threads = 0
-
-
-@contextlib.contextmanager
-def opencv_single_threaded(active: bool = True) -> Iterator[None]:
-    """While loader threads run, OpenCV's own thread pool keeps to one thread (restored after the
-    last such pass ends): the loader's threads already occupy the cores, and OpenCV's pool on top
-    of two loader threads made the precomputed images path 15-20% slower on 2 cores (crops and
-    lookup-table normalization in the loader, ``docs/benchmarks.md``)."""
-    global _opencv_users, _opencv_threads
-    if not active:
-        yield
-        return
-    import cv2
-
-    with _OPENCV:
-        if _opencv_users == 0:
-            _opencv_threads = cv2.getNumThreads()
-            cv2.setNumThreads(1)
-        _opencv_users += 1
-    try:
-        yield
-    finally:
-        with _OPENCV:
-            _opencv_users -= 1
-            if _opencv_users == 0:
-                cv2.setNumThreads(_opencv_threads)
 
 
 class DeviceCopy:
