@@ -323,3 +323,32 @@ def test_a_missing_label_gives_the_same_error_with_or_without_a_val_file(
     with pytest.raises(DataError) as info:
         dm.setup("fit")
     assert_mentions(str(info.value), "Target column 'label' is missing", "t.csv", "row 6")
+
+
+def test_a_table_with_a_conventional_target_column_needs_only_its_path(tmp_path) -> None:
+    """``TabularDataModule(path)``: the target is the column named target, label, class or y."""
+    rng = np.random.default_rng(0)
+    rows = 40
+    csv = tmp_path / "t.csv"
+    lines = ["a,b,Label"] + [f"{rng.normal():.3f},{rng.normal():.3f},{'yes' if i % 2 else 'no'}" for i in range(rows)]
+    csv.write_text("\n".join(lines) + "\n")
+    dm = TabularDataModule(csv, loader={"batch_size": 8})
+    dm.setup("fit")
+    assert dm.target == "Label"
+    assert dm.class_names == ("no", "yes")
+    assert dm.num_features == 2
+    features, targets = next(iter(dm.train_dataloader()))
+    assert tuple(features.shape) == (8, 2)
+    assert targets.dtype == torch.int64
+
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": rng.normal(size=rows), "y": rng.integers(0, 3, rows)}), parquet)
+    from_parquet = TabularDataModule(parquet)
+    from_parquet.setup("fit")
+    assert from_parquet.target == "y"
+    assert from_parquet.num_features == 1
+
+    other = tmp_path / "o.csv"
+    other.write_text("a,b,outcome\n1,2,0\n3,4,1\n")
+    with pytest.raises(ConfigError, match=r"target.*no column named target / label / class / y.*a, b, outcome"):
+        TabularDataModule(other).setup("fit")

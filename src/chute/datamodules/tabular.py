@@ -10,7 +10,8 @@ import numpy as np
 
 from chute.bad_samples import OnError
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
-from chute.datasets.tabular import MissingStrategy, TabularDataset
+from chute.datasets.tabular import MissingStrategy, TabularDataset, table_columns
+from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings
 
@@ -26,7 +27,9 @@ class TabularDataModule(TableDataModuleBase):
 
     Args:
         path: Training table (``.csv``, ``.tsv``, optionally ``.gz``, or ``.parquet``).
-        target: Target column.
+        target: Target column. ``None`` (the default) takes the column named ``target``, ``label``,
+            ``class`` or ``y`` (in that order, any case), as tables that follow the common
+            conventions name it; a table without one is an error listing its columns.
         numeric: Numeric feature columns (``None``: every numeric column that is not otherwise named).
         categorical: Categorical feature columns.
         weight: Optional column of per-sample loss weights (batches then carry a third element).
@@ -68,7 +71,7 @@ class TabularDataModule(TableDataModuleBase):
         self,
         path: str | os.PathLike[str],
         *,
-        target: str,
+        target: str | None = None,
         numeric: Sequence[str] | None = None,
         categorical: Sequence[str] = (),
         weight: str | None = None,
@@ -90,7 +93,8 @@ class TabularDataModule(TableDataModuleBase):
         encoding: str = "utf-8",
     ) -> None:
         super().__init__(
-            path, tasks={"target": (target, task)}, numeric=numeric, categorical=categorical, weight=weight,
+            path, tasks={"target": (target, task)},  # type: ignore[dict-item]  # None: found at setup
+            numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
             seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
@@ -99,6 +103,34 @@ class TabularDataModule(TableDataModuleBase):
         self.target = target
         self.task: Task = task
         self._save_plain_hparams()
+
+    #: Column names taken as the target when ``target`` is not given, in this order (any case).
+    TARGET_NAMES = ("target", "label", "class", "y")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.target is None:
+            target = self._conventional_target()
+            if target in (*(self._numeric or ()), *self._encoder_args["categorical"]):  # type: ignore[misc]
+                raise ConfigError(
+                    "target", None, f"found '{target}', which is listed as a feature column; name the target"
+                )
+            self.target = target
+            self.tasks = {"target": (target, self.task)}
+        super().setup(stage)
+
+    def _conventional_target(self) -> str:
+        """The first of :data:`TARGET_NAMES` among the training table's columns (read from its header)."""
+        columns = table_columns(self.paths["train"], self.encoding)  # type: ignore[arg-type]
+        by_name = {c.lower(): c for c in reversed(columns)}
+        for name in self.TARGET_NAMES:
+            if name in by_name:
+                return by_name[name]
+        raise ConfigError(
+            "target",
+            None,
+            f"'{self.paths['train']}' has no column named {' / '.join(self.TARGET_NAMES)}; "
+            f"name the target column (its columns: {', '.join(columns)})",
+        )
 
     def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         return {("target", "task"): next(iter(tasks.values()))}

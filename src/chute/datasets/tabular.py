@@ -82,6 +82,29 @@ def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = No
     return Split(table, path, rows)
 
 
+def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list[str]:
+    """A table file's column names, from its header (CSV/TSV, gzipped or not) or schema (Parquet),
+    without reading its rows; errors name the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Table file '{path}' does not exist.")
+    name = path.lower().removesuffix(".gz")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pacsv
+
+        check_encoding(encoding)
+        delimiter = "\t" if name.endswith(".tsv") else ","
+        options = pacsv.ReadOptions(encoding=encoding)
+        reader = pacsv.open_csv(path, read_options=options, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"Cannot read the header of table '{path}': {err}") from None
+
+
 def check_encoding(encoding: str) -> None:
     """Raise a :class:`ConfigError` naming ``encoding`` unless Python knows it."""
     try:
