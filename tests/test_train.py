@@ -171,3 +171,16 @@ def test_default_experiment_reaches_target_accuracy(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["metrics"]["val/acc"] >= 0.97
+
+
+def test_the_plugins_pure_data_config_with_its_transforms_node_runs_in_chutes_own_app(
+    tmp_path: Path, digits_root: Path
+) -> None:
+    """`data=chute_digits` (the YAML a foreign Hydra app composes, transforms given as a
+    `create_transforms` node under `data.transforms`) trains in chute's train.py as it is."""
+    run_dir = tmp_path / "run"
+    proc = train(*FAST, "data=chute_digits", f"hydra.run.dir={run_dir}", data_dir=digits_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "chute.transforms.create_transforms" in config
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
