@@ -14,7 +14,8 @@ and config, and returns a key of its ``model_kwargs`` (``num_classes``, ``in_cha
 
 Registered when Hydra loads chute's search-path plugin (any Hydra app with chute installed), or by
 :func:`register_resolvers`. A second argument names another node than ``data``:
-``${chute.data:num_classes,datamodule}``.
+``${chute.data:num_classes,datamodule}``. ``prepare_data`` runs in every process that resolves it:
+under DDP, prepare the data once before the ranks start (they would otherwise write the same files).
 """
 
 from __future__ import annotations
