@@ -146,6 +146,8 @@ def test_multirun_sweep(tmp_path: Path, digits_root: Path) -> None:
     assert len([line for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]) == 6
     assert (sweep / "summary.csv").read_text().count("\n") == 7
     assert (sweep / "summary.png").is_file()
+    for run in runs:  # each job's log holds its own run, not the next jobs' (one process runs them all)
+        assert (run / "train.log").read_text().count("`Trainer.fit` stopped") == 1
 
 
 @pytest.mark.slow

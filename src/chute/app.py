@@ -297,9 +297,14 @@ def _log_to_run_file() -> None:
     console handler and do not reach the root logger, where Hydra's file handler is) and warnings
     (the stall monitor's advice, say), which go through logging from here on, to the console and
     the file alike."""
-    for handler in _log_files():
-        for name in ("lightning.pytorch", "lightning.fabric"):
-            logger = logging.getLogger(name)
-            if not logger.propagate and handler not in logger.handlers:
+    current = _log_files()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        if logger.propagate:
+            continue
+        for stale in [h for h in logger.handlers if isinstance(h, logging.FileHandler) and h not in current]:
+            logger.removeHandler(stale)  # an earlier job's file, in a multirun (it would reopen on write)
+        for handler in current:
+            if handler not in logger.handlers:
                 logger.addHandler(handler)
     logging.captureWarnings(True)
