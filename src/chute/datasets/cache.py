@@ -242,9 +242,9 @@ def _scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _first_as_given(source: Any, n: int) -> tuple[list[str], list[np.ndarray], Any, int]:
-    """Field names, arrays (as the source gives them) and template of the first sample the source
-    does not leave out, and its index."""
+def _first(source: Any, n: int) -> tuple[list[str], list[np.ndarray], list[bool], Any, int]:
+    """Field names, arrays (as the source gives them), which of them are stored channels-last, and
+    template of the first sample the source does not leave out, and its index."""
     for i in range(n):
         sample = source[i]
         if sample is not None:
@@ -254,7 +254,7 @@ def _first_as_given(source: Any, n: int) -> tuple[list[str], list[np.ndarray], A
     leaves = _leaves(sample)
     names = [name or "sample" for name, _ in leaves]
     firsts = [_as_array(v, f"sample {i}, field {n!r}") for n, (_, v) in zip(names, leaves, strict=True)]
-    return names, firsts, sample, i
+    return names, firsts, [_channels_last(f) for f in firsts], sample, i
 
 
 def _fill(
@@ -293,8 +293,7 @@ def _fill(
 def _build_memory(
     source: Any, n: int, progress: bool
 ) -> tuple[list[str], list[np.ndarray], Any, list[int], list[bool]]:
-    names, firsts, template, start = _first_as_given(source, n)
-    layouts = [_channels_last(f) for f in firsts]
+    names, firsts, layouts, template, start = _first(source, n)
     # torch shared memory: forked or spawned workers map the same pages instead of copying them.
     tensors = [
         torch.from_numpy(np.empty((n, *_stored(f, last).shape), dtype=f.dtype)).share_memory_()
@@ -388,8 +387,7 @@ def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        names, firsts, template, start = _first_as_given(source, n)
-        layouts = [_channels_last(f) for f in firsts]
+        names, firsts, layouts, template, start = _first(source, n)
         outs = [
             np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *_stored(f, last).shape))
             for j, (f, last) in enumerate(zip(firsts, layouts, strict=True))

@@ -101,9 +101,6 @@ class ThreadedLoader:
 
     def __iter__(self) -> Iterator[Any]:
         batches = list(self.sampler)  # the sampler runs here, in the caller's thread (epoch, state)
-        yield from self._batches_of(batches)
-
-    def _batches_of(self, batches: list[Any]) -> Iterator[Any]:
         if self.threads == 0:
             yield from (self._ready(self._fetch(batch)) for batch in batches)
             return
