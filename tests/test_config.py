@@ -230,3 +230,12 @@ def test_fp16_on_the_cpu_is_said(caplog: pytest.LogCaptureFixture) -> None:
         _warn_slow_precision("32-true", "cpu")
     assert len(caplog.records) == 1
     assert "32-true" in caplog.records[0].getMessage()
+
+
+def test_the_generated_schemas_match_the_classes() -> None:
+    """``chute/_schemas.py`` is what ``python -m chute.config`` writes from today's constructors."""
+    import chute._schemas
+    from chute.config import schema_source
+
+    written = Path(chute._schemas.__file__).read_text()
+    assert written == schema_source(), "a constructor changed: run `python -m chute.config` to write chute/_schemas.py"

@@ -186,3 +186,41 @@ def test_the_plugins_pure_data_config_with_its_transforms_node_runs_in_chutes_ow
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert "chute.transforms.create_transforms" in config
     assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 2
+
+
+HEAVY = ("torch", "torchvision", "lightning")
+_EXIT_AND_IMPORTS = """
+import runpy, sys
+sys.argv = sys.argv[1:]
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit as exit:
+    print("exit:", exit.code)
+print("heavy:", sorted(m for m in {heavy!r} if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["loader.num_workers=-1", "transforms.hflip=2", "imbalance.strategy=sometimes", "trainer.precision=8"],
+)
+def test_a_config_mistake_is_reported_before_the_heavy_imports(override: str, tmp_path: Path) -> None:
+    """Composing and checking a config imports neither torch nor Lightning (startup, issue 15)."""
+    code = _EXIT_AND_IMPORTS.format(heavy=HEAVY)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(REPO / "train.py"), override, f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert f"exit: chute: invalid config: {override.split('=')[0]}=" in proc.stdout, proc.stdout + proc.stderr
+    assert "heavy: []" in proc.stdout
+
+
+def test_the_hydra_plugin_and_resolver_import_nothing_heavy() -> None:
+    """Every Hydra app on a machine with chute installed imports the plugin: it must stay light."""
+    code = (
+        "import sys, hydra_plugins.chute_searchpath, chute, chute.config, chute.loader, chute.transforms; "
+        "chute.config.register_configs(); "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "[]", proc.stderr

@@ -13,6 +13,7 @@ import collections.abc
 import copy
 import dataclasses
 import inspect
+import json
 import types
 import typing
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings
-from chute.transforms.factory import TransformSettings
+from chute.transforms.settings import TransformSettings
 
 PRECISIONS = (
     "auto", "64", "32", "16", "bf16", "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
@@ -209,11 +210,14 @@ def compose_config(*overrides: str, output_dir: str | None = None) -> DictConfig
 
 
 def register_configs() -> None:
-    """Register every schema with Hydra's ConfigStore (idempotent)."""
+    """Register every schema with Hydra's ConfigStore (idempotent), without importing torch.
+
+    The data and model schemas come from :mod:`chute._schemas`, generated from the classes'
+    constructors by :func:`schema_source` (``python -m chute.config`` writes it again).
+    """
     from hydra.core.config_store import ConfigStore
 
-    from chute.datamodules import DATAMODULES
-    from chute.models import MODELS
+    from chute import _schemas
 
     # Schemas live in groups of their own (``schema/<group>/<name>``), so ``data=...`` or ``model=...``
     # lists only the options a user can pick; a config file takes its schema in its defaults list
@@ -224,8 +228,87 @@ def register_configs() -> None:
     cs.store(group="schema/transforms", name="transforms", node=TransformSettings)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/imbalance", name="imbalance", node=ImbalanceSettings)
-    for name, datamodule in DATAMODULES.items():  # the loader composes from its own group
-        schema = builds(datamodule, f"{datamodule.__name__}Config", exclude=("loader", *datamodule.schema_exclude))
+    for name, schema in _schemas.DATA.items():  # the loader composes from its own group
         cs.store(group="schema/data", name=name, node=schema)
-    for name, model in MODELS.items():
-        cs.store(group="schema/model", name=name, node=builds(model, f"{model.__name__}Config"))
+    for name, schema in _schemas.MODELS.items():
+        cs.store(group="schema/model", name=name, node=schema)
+
+
+def schema_source() -> str:
+    """The source of :mod:`chute._schemas`: one schema per registered DataModule and model.
+
+    Made from :data:`chute.datamodules.DATAMODULES` and :data:`chute.models.MODELS` with
+    :func:`builds` (a DataModule's ``loader`` and ``schema_exclude`` arguments are left out).
+    """
+    from chute.datamodules import DATAMODULES
+    from chute.models import MODELS
+
+    groups = {
+        "DATA": {
+            name: builds(dm, f"{dm.__name__}Config", exclude=("loader", *dm.schema_exclude))
+            for name, dm in DATAMODULES.items()
+        },
+        "MODELS": {name: builds(model, f"{model.__name__}Config") for name, model in MODELS.items()},
+    }
+    lines = [
+        '"""Hydra schemas of the ``data`` and ``model`` groups, generated: do not edit.',
+        "",
+        "``python -m chute.config`` writes this file from the DataModules' and models' constructors",
+        "(:func:`chute.config.schema_source`); ``tests/test_config.py`` fails when it is out of date. It",
+        "lets Hydra compose and check a config without importing the classes (torch, Lightning).",
+        '"""',
+        "",
+        "# ruff: noqa: UP045  (OmegaConf reads Optional[...] annotations)",
+        "from dataclasses import dataclass, field",
+        "from typing import Any, Optional",
+        "",
+        "from omegaconf import MISSING",
+    ]
+    for schemas in groups.values():
+        for schema in schemas.values():
+            lines += ["", "", "@dataclass", f"class {schema.__name__}:"]
+            for f in dataclasses.fields(schema):
+                if f.default_factory is not dataclasses.MISSING:
+                    default = f"field(default_factory=lambda: {_value_source(f.default_factory())})"
+                else:
+                    default = "MISSING" if f.default == MISSING else _value_source(f.default)
+                lines.append(f"    {f.name}: {_type_source(f.type)} = {default}")
+    for group, schemas in groups.items():
+        lines += ["", "", f"{group}: dict[str, type] = {{"]
+        lines += [f'    "{name}": {schema.__name__},' for name, schema in schemas.items()]
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _value_source(value: Any) -> str:
+    """A default value as source text, strings in double quotes as the formatter writes them."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return f"[{', '.join(_value_source(v) for v in value)}]"
+    if isinstance(value, dict):
+        return f"{{{', '.join(f'{_value_source(k)}: {_value_source(v)}' for k, v in value.items())}}}"
+    return repr(value)
+
+
+def _type_source(tp: Any) -> str:
+    """``tp`` (one of :func:`_omegaconf_type`'s results) as source text."""
+    if tp is Any:
+        return "Any"
+    if tp in (int, float, bool, str):
+        return str(tp.__name__)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Union:  # Optional[X]
+        (inner,) = (a for a in args if a is not type(None))
+        return f"Optional[{_type_source(inner)}]"
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_source(a) for a in args)}]"
+    raise TypeError(f"no source form for the schema type {tp!r}")
+
+
+if __name__ == "__main__":  # python -m chute.config: write chute/_schemas.py again
+    from pathlib import Path
+
+    target = Path(__file__).with_name("_schemas.py")
+    target.write_text(schema_source())
+    print(f"wrote {target}")

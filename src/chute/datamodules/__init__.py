@@ -1,7 +1,8 @@
 """Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`.
 
 :data:`DATAMODULES` is the registry: each entry's Hydra schema (``schema/data/<name>``) is made from
-its constructor by :func:`chute.config.register_configs`, so a new DataModule gets one by joining it.
+its constructor by :func:`chute.config.schema_source`; ``python -m chute.config`` writes them to
+:mod:`chute._schemas` after a DataModule joins (a test fails until it does).
 """
 
 from chute.datamodules.base import ChuteDataModule

@@ -1,12 +1,13 @@
-"""``LoaderSettings``: every DataLoader knob, checked once, whether it came from Python or from Hydra."""
+"""``LoaderSettings``: every DataLoader knob, checked once, whether it came from Python or from Hydra.
+
+Free of torch at import, so ``train.py`` checks a composed config before the heavy imports.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from chute.errors import ConfigError
 
@@ -113,6 +114,8 @@ or leave prefetch_factor unset (null)
 
     @property
     def resolved_pin_memory(self) -> bool:
+        import torch  # here, not at the top: composing and checking a config must not import torch
+
         return torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
 
     @property

@@ -6,7 +6,8 @@ from chute.models.multitask import MultiTaskModel
 from chute.models.sequence import SequenceClassifier
 from chute.models.tabular import TabularModel, mlp
 
-# The registry: each model's Hydra schema (``schema/model/<name>``) is made from its constructor.
+# The registry: each model's Hydra schema (``schema/model/<name>``) is made from its constructor
+# into chute/_schemas.py by ``python -m chute.config``.
 MODELS: dict[str, type] = {
     "image_classifier": ImageClassifier,
     "tabular_model": TabularModel,
