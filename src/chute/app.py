@@ -293,11 +293,19 @@ def _log_files() -> list[logging.FileHandler]:
 
 
 def _log_to_run_file() -> None:
-    """Make ``train.log`` the run's whole log: Lightning's messages (its loggers keep to their own
-    console handler and do not reach the root logger, where Hydra's file handler is) and warnings
+    """Make ``train.log`` the run's whole log: Lightning's messages (imported before logging was set
+    up, its loggers keep to their own console handler and do not reach the root logger, where
+    Hydra's file handler is; imported after, they do, once) and warnings
     (the stall monitor's advice, say), which go through logging from here on, to the console and
     the file alike."""
     current = _log_files()
+    package = logging.getLogger("lightning")
+    if logging.getLogger("lightning.pytorch").propagate and logging.getLogger().handlers:
+        # Lightning was imported after Hydra set up logging (train.py imports it only once the config
+        # is checked), so its messages reach the root's console and train.log handlers; the console
+        # handler Lightning puts on its package logger would print each of them a second time.
+        for handler in [h for h in package.handlers if type(h) is logging.StreamHandler]:
+            package.removeHandler(handler)
     for name in ("lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         if logger.propagate:
