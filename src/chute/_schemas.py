@@ -142,6 +142,32 @@ class LitDataModuleConfig:
 
 
 @dataclass
+class VideoDataModuleConfig:
+    _target_: str = "chute.datamodules.video.VideoDataModule"
+    root: str = MISSING
+    frames_per_clip: int = 8
+    stride: int = 2
+    fps: Optional[float] = None
+    sampling: str = "random"
+    clips_per_video: int = 1
+    short: str = "loop"
+    transforms: Any = None
+    val_fraction: float = 0.0
+    train_dir: str = "train"
+    val_dir: str = "val"
+    test_dir: str = "test"
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    decoder_threads: int = 1
+    seed: int = 0
+    prepare: Any = None
+    collate_fn: Any = None
+    imbalance: Any = None
+    on_error: str = "raise"
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
 class ImageClassifierConfig:
     _target_: str = "chute.models.classifier.ImageClassifier"
     num_classes: int = MISSING
@@ -196,6 +222,19 @@ class MultiTaskModelConfig:
     weight_decay: float = 0.0001
 
 
+@dataclass
+class ClipClassifierConfig:
+    _target_: str = "chute.models.video.ClipClassifier"
+    num_classes: int = MISSING
+    in_channels: int = 3
+    widths: list[int] = field(default_factory=lambda: [24, 48, 96])
+    dropout: float = 0.1
+    lr: float = 0.003
+    weight_decay: float = 0.0005
+    label_smoothing: float = 0.0
+    class_weights: Optional[list[float]] = None
+
+
 DATA: dict[str, type] = {
     "image_folder": ImageFolderDataModuleConfig,
     "tabular": TabularDataModuleConfig,
@@ -203,6 +242,7 @@ DATA: dict[str, type] = {
     "sequence": SequenceDataModuleConfig,
     "streaming": StreamingDataModuleConfig,
     "litdata": LitDataModuleConfig,
+    "video": VideoDataModuleConfig,
 }
 
 
@@ -211,4 +251,5 @@ MODELS: dict[str, type] = {
     "tabular_model": TabularModelConfig,
     "sequence_classifier": SequenceClassifierConfig,
     "multitask_model": MultiTaskModelConfig,
+    "clip_classifier": ClipClassifierConfig,
 }

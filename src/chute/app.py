@@ -193,7 +193,7 @@ def _one_job_per_ddp_launch() -> Iterator[None]:
 
 
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
-    """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image data)."""
+    """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image and video data)."""
     data_kwargs: dict[str, Any] = {"loader": settings.loader}
     if _accepts(cfg.data, "imbalance"):
         data_kwargs["imbalance"] = settings.imbalance
@@ -211,6 +211,8 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
             data_kwargs.update(
                 mixup_alpha=settings.transforms.mixup_alpha, cutmix_alpha=settings.transforms.cutmix_alpha
             )
+    elif _accepts(cfg.data, "transforms") and cfg.data.get("transforms") is None:
+        data_kwargs["transforms"] = settings.transforms  # e.g. video: the settings, applied per clip
     datamodule = _instantiate(cfg, "data", **data_kwargs)
     if not isinstance(datamodule, ChuteDataModule):
         raise ConfigError("data._target_", cfg.data._target_, "must name a chute DataModule (ChuteDataModule subclass)")

@@ -64,7 +64,8 @@ class DataPreview(L.Callback):
 
 
 def preview_figure(images: torch.Tensor, labels: torch.Tensor, class_names: list[str], title: str = "") -> Any:
-    """A matplotlib figure of ``uint8`` ``(N, C, H, W)`` images, each titled with its class name.
+    """A matplotlib figure of ``uint8`` ``(N, C, H, W)`` images, each titled with its class name, or of
+    clips ``(N, T, C, H, W)``: a row per clip, its frames in order, the class under the first.
 
     The images are tiled into one picture on one axes, with the names as text under the tiles: a
     figure of 32 axes and a tight layout took ~2.5 s to draw on the 2-core machine, this ~0.3 s.
@@ -75,8 +76,15 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, class_names: list
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    names: list[str] = [class_names[int(label)] for label in labels[: len(images)]]
+    if images.ndim == 5:  # clips (N, T, C, H, W): one row per clip, its frames left to right
+        frames = images.shape[1]
+        names = [name if t == 0 else f"t{t}" for name in names for t in range(frames)]
+        images = images.flatten(0, 1)
+        cols = frames
+    else:
+        cols = min(8, len(images))
     n = len(images)
-    cols = min(8, n)
     rows = math.ceil(n / cols)
     channels, height, width = images.shape[1:]
     pad = max(1, max(height, width) // 16)
@@ -94,10 +102,9 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, class_names: list
         ax.imshow(canvas[:, :, 0], cmap="gray", vmin=0, vmax=255, interpolation="nearest", aspect="auto")
     else:
         ax.imshow(canvas, interpolation="nearest", aspect="auto")
-    for k, label in enumerate(labels[:n]):
+    for k, name in enumerate(names):
         r, c = divmod(k, cols)
-        ax.text(c * cell_w + width / 2, r * cell_h + height + gap / 2, class_names[int(label)],
-                ha="center", va="center", fontsize=9)  # fmt: skip
+        ax.text(c * cell_w + width / 2, r * cell_h + height + gap / 2, name, ha="center", va="center", fontsize=9)
     if title:
         fig.suptitle(title)
     return fig

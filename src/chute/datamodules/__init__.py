@@ -12,6 +12,7 @@ from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.streaming import StreamingDataModule
 from chute.datamodules.tabular import TabularDataModule
+from chute.datamodules.video import VideoDataModule
 
 DATAMODULES: dict[str, type[ChuteDataModule]] = {
     "image_folder": ImageFolderDataModule,
@@ -20,6 +21,7 @@ DATAMODULES: dict[str, type[ChuteDataModule]] = {
     "sequence": SequenceDataModule,
     "streaming": StreamingDataModule,
     "litdata": LitDataModule,
+    "video": VideoDataModule,
 }
 
 __all__ = [
@@ -31,4 +33,5 @@ __all__ = [
     "SequenceDataModule",
     "StreamingDataModule",
     "TabularDataModule",
+    "VideoDataModule",
 ]

@@ -21,7 +21,7 @@ from chute.bad_samples import BadSamples, OnError
 from chute.collate import collate_images
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset, discover_splits
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
@@ -384,32 +384,12 @@ class ImageFolderDataModule(ChuteDataModule):
     def _index_splits(self) -> None:
         if self._splits:
             return
-        root = self.root
-        if not os.path.isdir(root):
-            hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
-            raise DataError(f"Dataset root '{root}' does not exist or is not a directory.{hint}")
-        split_path = {k: os.path.join(root, d) for k, d in self.split_dirs.items()}
-        layered = os.path.isdir(split_path["train"])
-        train = scan_folder(split_path["train"] if layered else root)
-        val: FolderIndex | None = None
-        has_val_dir = layered and os.path.isdir(split_path["val"])
-        if has_val_dir and self.val_fraction > 0:
-            raise ConfigError(
-                "val_fraction",
-                self.val_fraction,
-                f"'{split_path['val']}' already is a validation split; set val_fraction=0 to use it",
-            )
-        if has_val_dir:
-            val = scan_folder(split_path["val"], class_names=train.class_names)
-        elif self.val_fraction > 0:
-            keep, held = stratified_split(train.targets, self.val_fraction, derive_seed(self.seed, 1))
-            train, val = train.subset(keep), train.subset(held)
-        test = val
-        if layered and os.path.isdir(split_path["test"]):
-            test = scan_folder(split_path["test"], class_names=train.class_names)
-        elif val is not None:
-            rank_zero_info(f"No '{self.split_dirs['test']}' split under '{root}': test and predict use the val split.")
-        self._splits = {"train": train, "val": val, "test": test}
+        hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
+        seed = derive_seed(self.seed, 1)
+        self._splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, missing_hint=hint)
+        if self._splits["test"] is self._splits["val"] is not None:
+            test = self.split_dirs["test"]
+            rank_zero_info(f"No '{test}' split under '{self.root}': test and predict use the val split.")
         self._check_expected_classes()
 
     def _check_expected_classes(self) -> None:

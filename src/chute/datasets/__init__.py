@@ -2,7 +2,8 @@
 
 from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.digits import DigitsFolder
-from chute.datasets.folder import FolderIndex, ImageFolderDataset, scan_folder, stratified_split
+from chute.datasets.folder import FolderIndex, ImageFolderDataset, discover_splits, scan_folder, stratified_split
+from chute.datasets.motion_clips import MotionClips
 from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
@@ -10,15 +11,19 @@ from chute.datasets.shards import ShardIndex, ShardStream, partition, write_shar
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
+from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos
 
 __all__ = [
     "SKLEARN_TABLES",
     "CachedDataset",
     "CharVocab",
+    "ClipSpec",
+    "ClipTransform",
     "DigitsFolder",
     "FolderIndex",
     "ImageFolderDataset",
     "LengthMajoritySequences",
+    "MotionClips",
     "MultiTaskDataset",
     "PhotoFolder",
     "SequenceDataset",
@@ -28,8 +33,13 @@ __all__ = [
     "SklearnTable",
     "TableEncoder",
     "TabularDataset",
+    "VideoClipDataset",
+    "VideoIndex",
+    "collate_clips",
     "collate_sequences",
+    "discover_splits",
     "fingerprint",
+    "index_videos",
     "padding_waste",
     "partition",
     "read_table",

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples, OnError
-from chute.errors import DataError
+from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
 from chute.loader import SharedEpoch, sample_seed, seeded_call
 from chute.loader.buffers import batch_buffer
@@ -51,25 +51,33 @@ class FolderIndex:
         return FolderIndex(self.root, self.paths[indices], self.targets[indices], self.class_names)
 
 
-def scan_folder(root: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> FolderIndex:
-    """Index ``root/<class>/**/<image>`` (classes sorted by name, images sorted by path).
+def scan_folder(
+    root: str | os.PathLike[str],
+    class_names: Sequence[str] | None = None,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    what: str = "images",
+) -> FolderIndex:
+    """Index ``root/<class>/**/<file>`` (classes sorted by name, files sorted by path).
 
     Args:
         root: Folder holding one sub-folder per class.
         class_names: Classes expected (e.g. the training split's); a differing set raises.
+        extensions: File name endings that count (lower case), e.g. ``chute.images.IMG_EXTENSIONS``.
+        what: What the files are, for messages (``images``, ``videos``).
 
     Raises:
-        DataError: ``root`` is missing or holds no class folders, a class folder holds no images,
+        DataError: ``root`` is missing or holds no class folders, a class folder holds no files,
             or the classes differ from ``class_names``.
     """
     root = os.fspath(root)
+    kind = what.capitalize()[:-1] if what.endswith("s") else what.capitalize()  # "Image", "Video"
     if not os.path.isdir(root):
-        raise DataError(f"Image folder '{root}' does not exist or is not a directory.")
+        raise DataError(f"{kind} folder '{root}' does not exist or is not a directory.")
     found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not found:
-        loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS)]
-        hint = f" It holds {len(loose)} loose images; move them into one folder per class." if loose else ""
-        raise DataError(f"Image folder '{root}' has no class folders: expected '{root}/<class>/<image>'.{hint}")
+        loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)]
+        hint = f" It holds {len(loose)} loose {what}; move them into one folder per class." if loose else ""
+        raise DataError(f"{kind} folder '{root}' has no class folders: expected '{root}/<class>/<{what[:-1]}>'.{hint}")
     if class_names is not None and list(class_names) != found:
         missing = sorted(set(class_names) - set(found))
         extra = sorted(set(found) - set(class_names))
@@ -80,11 +88,11 @@ def scan_folder(root: str | os.PathLike[str], class_names: Sequence[str] | None 
     paths: list[str] = []
     targets: list[int] = []
     for label, name in enumerate(found):
-        files = _images_under(os.path.join(root, name))
+        files = _files_under(os.path.join(root, name), extensions)
         if not files:
             raise DataError(
-                f"Class folder '{os.path.join(root, name)}' contains no images "
-                f"(looked for {', '.join(IMG_EXTENSIONS)}). Add images or remove the folder."
+                f"Class folder '{os.path.join(root, name)}' contains no {what} "
+                f"(looked for {', '.join(extensions)}). Add some or remove the folder."
             )
         paths.extend(os.path.join(name, f) for f in files)
         targets.extend([label] * len(files))
@@ -94,16 +102,60 @@ def scan_folder(root: str | os.PathLike[str], class_names: Sequence[str] | None 
     return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
 
 
-def _images_under(folder: str) -> list[str]:
-    """Image files below ``folder`` (recursively), as sorted paths relative to it."""
+def _files_under(folder: str, extensions: tuple[str, ...]) -> list[str]:
+    """Files below ``folder`` (recursively) ending in one of ``extensions``, as sorted relative paths."""
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         rel = os.path.relpath(dirpath, folder)
         for name in filenames:
-            if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("."):
+            if name.lower().endswith(extensions) and not name.startswith("."):
                 out.append(name if rel == "." else os.path.join(rel, name))
     return sorted(out)
+
+
+def discover_splits(
+    root: str,
+    split_dirs: dict[str, str],
+    val_fraction: float,
+    seed: int,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    what: str = "images",
+    missing_hint: str = "",
+) -> dict[str, FolderIndex | None]:
+    """The ``train``, ``val`` and ``test`` splits of a class-folder tree, as every folder DataModule finds them.
+
+    Layouts: ``root/<train_dir>/<class>/*`` with ``root/<val_dir>/...`` (and optionally
+    ``root/<test_dir>/...``); or ``root/<class>/*`` (or ``<train_dir>`` alone) with ``val_fraction``,
+    a share of each class held out with :func:`stratified_split` seeded by ``seed``. Without a test
+    split, ``test`` is the ``val`` index itself (the same object). ``split_dirs`` maps split names
+    to folder names; ``missing_hint`` ends the error for a missing root.
+
+    Raises:
+        DataError: the root or a class folder is missing or empty, or classes differ between splits.
+        ConfigError: ``val_fraction`` is set while a validation folder exists.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"Dataset root '{root}' does not exist or is not a directory.{missing_hint}")
+    split_path = {k: os.path.join(root, d) for k, d in split_dirs.items()}
+    layered = os.path.isdir(split_path["train"])
+    train = scan_folder(split_path["train"] if layered else root, extensions=extensions, what=what)
+    val: FolderIndex | None = None
+    has_val_dir = layered and os.path.isdir(split_path["val"])
+    if has_val_dir and val_fraction > 0:
+        raise ConfigError(
+            "val_fraction", val_fraction,
+            f"'{split_path['val']}' already is a validation split; set val_fraction=0 to use it",
+        )  # fmt: skip
+    if has_val_dir:
+        val = scan_folder(split_path["val"], class_names=train.class_names, extensions=extensions, what=what)
+    elif val_fraction > 0:
+        keep, held = stratified_split(train.targets, val_fraction, seed)
+        train, val = train.subset(keep), train.subset(held)
+    test = val
+    if layered and os.path.isdir(split_path["test"]):
+        test = scan_folder(split_path["test"], class_names=train.class_names, extensions=extensions, what=what)
+    return {"train": train, "val": val, "test": test}
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -95,10 +95,13 @@ class ImageClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
-    def _eval_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy) -> None:
+    def _eval_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy
+    ) -> torch.Tensor | None:
+        """Log the stage's loss and metrics for ``batch``; return its logits (``None`` for an empty batch)."""
         images, targets = batch
         if len(targets) == 0:  # every image of the batch was unreadable and left out (on_error=skip)
-            return
+            return None
         logits = self(images)
         self.eval_loss.log(self, stage, self._loss(logits, targets), len(images), prog_bar=True)
         metric(logits, targets)
@@ -108,6 +111,7 @@ class ImageClassifier(L.LightningModule):
             assert isinstance(balanced, Metric)
             balanced(logits, targets)
             self.log(f"{stage}/{name}", balanced, batch_size=len(images))
+        return logits
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.val_acc)

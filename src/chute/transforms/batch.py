@@ -11,7 +11,7 @@ from chute.loader.buffers import batch_buffer
 
 
 class NormalizeBatch:
-    """Turn a ``uint8`` image batch into normalized floats, on whatever device it already is.
+    """Turn a ``uint8`` image batch (or batch of clips) into normalized floats, on whatever device it is.
 
     Moving ``uint8`` and converting on the device costs a quarter of the bytes to pin and copy,
     and one kernel per batch instead of one CPU op per sample. Floating-point input is taken to
@@ -62,8 +62,12 @@ class NormalizeBatch:
         return self._cache[key]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 5:  # clips (N, T, C, H, W): normalize N * T frames, the same layout rules
+            return self(images.flatten(0, 1)).unflatten(0, images.shape[:2])
         if images.ndim != 4:
-            raise ValueError(f"expected an image batch of shape (N, C, H, W), got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected an image batch (N, C, H, W) or clips (N, T, C, H, W), got {tuple(images.shape)}"
+            )
         if images.shape[1] != len(self.mean):
             raise ValueError(
                 f"batch has {images.shape[1]} channels but mean/std have {len(self.mean)}; "

@@ -1,0 +1,323 @@
+"""``VideoDataModule``: any ``root/<split>/<class>/<video>`` tree, as clips decoded on demand."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from chute.bad_samples import BadSamples, OnError
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.folder import discover_splits
+from chute.datasets.video import (
+    VIDEO_EXTENSIONS,
+    ClipSpec,
+    ClipTransform,
+    Sampling,
+    Short,
+    VideoClipDataset,
+    VideoIndex,
+    collate_clips,
+    index_videos,
+)  # fmt: skip
+from chute.errors import ConfigError, DataError
+from chute.imbalance import ImbalanceSettings
+from chute.loader import Loader, LoaderSettings, derive_seed
+from chute.transforms.batch import NormalizeBatch
+from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
+from chute.transforms.settings import TransformSettings
+
+_STATS_VIDEOS = 64
+#: What a video DataModule's transforms are when none are given: 112-px clips, as small video models take.
+DEFAULT_TRANSFORMS = {"image_size": 112, "scale": [0.25, 1.0]}
+
+
+class VideoDataModule(ChuteDataModule):
+    """Videos in class folders, as clips of ``frames_per_clip`` frames, decoded on demand.
+
+    Layouts, as for images: ``root/train/<class>/*``, ``root/val/<class>/*`` (and optionally
+    ``root/test/<class>/*``); or ``root/<class>/*`` (or ``train/`` alone) plus ``val_fraction``, a
+    seeded stratified hold-out. Containers: mp4, m4v, mov, mkv, webm, avi, with any codec the
+    bundled FFmpeg decodes (H.264, HEVC, VP8/9, AV1, MPEG-4, ...), any length, size and frame rate.
+
+    At ``setup`` every video's packet table is read (no decoding) for its frame timestamps; a
+    clip then decodes from the keyframe before its first frame to its last, never the whole video.
+
+    Batches are ``(clips, labels, videos)``: ``clips`` ``uint8`` ``(B, T, C, H, W)`` on the wire,
+    normalized to ``float32`` on the device by the batch hook; ``videos`` the number of each
+    clip's video in its split, so a model can average a video's clips (``clips_per_video``).
+
+    Frames (:class:`~chute.datasets.video.ClipSpec`): training takes one random clip per video
+    and epoch, keyed by ``(seed, epoch, video)``; evaluation takes ``clips_per_video`` fixed clips
+    spread over each video (one: the centre). ``sampling="uniform"`` takes T frames spread over
+    the whole video instead. A video shorter than a clip loops by default (``short``).
+
+    Transforms (:class:`~chute.transforms.TransformSettings`, a mapping of its fields, or ``None``
+    for ``DEFAULT_TRANSFORMS``): training draws one random resized crop, flip and colour change
+    per clip and applies it to every frame; evaluation resizes and centre-crops. Rotation,
+    vertical flips, the albumentations backend and MixUp/CutMix are refused for clips.
+
+    Args:
+        root: Dataset root.
+        frames_per_clip: Frames per clip (T).
+        stride: Frames of video between a clip's frames (``sampling="random"``).
+        fps: Sample this many frames per second of video instead of every ``stride``-th frame.
+        sampling: ``random`` (a clip at a random or central start) or ``uniform`` (over the whole video).
+        clips_per_video: Clips per video for validation and test.
+        short: Videos shorter than a clip: ``loop`` (default), ``pad`` (repeat the last frame) or
+            ``skip`` (left out at setup, with a count logged).
+        transforms: Clip transforms (see above).
+        loader: DataLoader settings (:class:`~chute.LoaderSettings` or a mapping of its fields).
+        val_fraction: Share of each class held out for validation when there is no ``val`` folder.
+        train_dir: Name of the training split folder.
+        val_dir: Name of the validation split folder.
+        test_dir: Name of the test split folder.
+        mean: Per-channel mean in ``[0, 1]`` units (``None``: measured on training clips at setup).
+        std: Per-channel standard deviation (``None``: measured).
+        decoder_threads: FFmpeg threads per clip decode (1: the loader's workers give the parallelism).
+        seed: Seed for the split, the clips and shuffling.
+        prepare: Optional callable ``prepare(root)`` that writes the data if missing
+            (e.g. :class:`~chute.datasets.MotionClips`).
+        collate_fn: Collate function or its dotted path (default :func:`~chute.datasets.video.collate_clips`).
+        imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or mapping).
+        on_error: A video that cannot be read (not a video, damaged, cut short, no video stream,
+            no frames, a codec FFmpeg cannot decode): ``raise`` names the file; ``skip`` leaves it
+            out (at setup when its packet table shows it, else its clip when decoding fails) and
+            counts it (``bad_samples``).
+        max_bad_fraction: With ``skip``, raise once more than this share of a split's videos were bad.
+
+    Example:
+        >>> import tempfile
+        >>> from chute.datasets import MotionClips
+        >>> dm = VideoDataModule(tempfile.mkdtemp() + "/motion", prepare=MotionClips(12, seconds=(1, 1)),
+        ...                      frames_per_clip=4, transforms={"image_size": 32}, loader={"batch_size": 2})
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> clips, labels, videos = next(iter(dm.train_dataloader()))
+        >>> clips.dtype, tuple(clips.shape)
+        (torch.uint8, (2, 4, 3, 32, 32))
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        frames_per_clip: int = 8,
+        stride: int = 2,
+        fps: float | None = None,
+        sampling: Sampling = "random",
+        clips_per_video: int = 1,
+        short: Short = "loop",
+        transforms: TransformSettings | Mapping[str, Any] | None = None,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        val_fraction: float = 0.0,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        test_dir: str = "test",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        decoder_threads: int = 1,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+        collate_fn: Callable[[Any], Any] | str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
+    ) -> None:
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
+        self.spec = ClipSpec(frames_per_clip, stride, fps, sampling, clips_per_video, short)
+        self.transforms = _clip_settings(transforms)
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
+        for key, stat in (("mean", mean), ("std", std)):
+            if stat is not None and len(stat) != 3:
+                raise ConfigError(key, list(stat), "needs 3 values (RGB)")
+        if (mean is None) != (std is None):
+            raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
+        if isinstance(decoder_threads, bool) or not isinstance(decoder_threads, int) or decoder_threads < 0:
+            raise ConfigError("decoder_threads", decoder_threads, "must be an integer >= 0 (0: FFmpeg decides)")
+        self.root = os.fspath(root)
+        self.val_fraction = val_fraction
+        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.mean: list[float] | None = list(mean) if mean is not None else None
+        self.std: list[float] | None = list(std) if std is not None else None
+        self.decoder_threads = decoder_threads
+        self._splits: dict[str, VideoIndex | None] = {}
+        self._save_plain_hparams(transforms=dataclasses.asdict(self.transforms))
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self._prepare_root(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._index_splits()
+        if self.mean is None or self.std is None:
+            self.mean, self.std = self._measure_stats()
+        self.batch_transform = NormalizeBatch(self.mean, self.std)
+        self._check_imbalance()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(mean=self.mean, std=self.std)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("mean") is not None:
+            self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
+            self.batch_transform = NormalizeBatch(self.mean, self.std)
+
+    # -- Public properties -----------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._split("train").class_names
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_classes": self.num_classes, "in_channels": 3, "frames_per_clip": self.spec.frames_per_clip}
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        return (list(self.mean), list(self.std)) if self.mean is not None and self.std is not None else None
+
+    def dataset(self, split: str) -> VideoClipDataset:
+        """The ``train``, ``val`` or ``test`` split's clips, with its transform."""
+        train = split == "train"
+        settings = self.transforms
+        region = (
+            RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip)
+            if train else CenterCropDecode(settings.image_size, settings.eval_resize)
+        )  # fmt: skip
+        transform = ClipTransform(region, settings.color_jitter if train else 0.0, settings.interpolation)
+        return VideoClipDataset(
+            self._split(split), self.spec, transform, train=train, seed=derive_seed(self.seed, 3),
+            on_error=self._bad_samples(split), threads=self.decoder_threads,
+        )  # fmt: skip
+
+    def preview_batch(self, split: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``n`` (at most 8: a picture row each) seeded clips of ``split`` after its pipeline:
+        ``uint8`` ``(n, T, C, H, W)`` and labels."""
+        dataset = self.dataset(split)
+        rng = np.random.default_rng(derive_seed(self.seed, 7))
+        picks = rng.choice(len(dataset), size=min(n, 8, len(dataset)), replace=False)
+        batch = collate_clips([dataset[int(i)] for i in picks])
+        if batch is None:
+            raise DataError(f"None of the {len(picks)} clips drawn from the {split} split for a preview can be read.")
+        return batch[0], batch[1]
+
+    # -- Internals -------------------------------------------------------------------------------
+
+    def _split_loader(self, split: str, train: bool) -> Loader:
+        return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(collate_clips))
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        train = self._split("train")
+        return train.targets, len(train.class_names), train.class_names
+
+    def _bad_samples(self, split: str) -> BadSamples:
+        index = self._split(split)
+        key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
+        return self._bad_policy(key, "video")
+
+    def _split(self, name: str) -> VideoIndex:
+        if not self._splits:
+            raise self._not_set_up()
+        index = self._splits.get(name)
+        if index is None:
+            raise DataError(
+                f"No {name} split under '{self.root}': add '{self.root}/{self.split_dirs[name]}/<class>/<video>' "
+                "or set val_fraction to hold out part of the training videos."
+            )
+        return index
+
+    def _index_splits(self) -> None:
+        if self._splits:
+            return
+        hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
+        folders = discover_splits(
+            self.root, self.split_dirs, self.val_fraction, derive_seed(self.seed, 1), VIDEO_EXTENSIONS, "videos", hint
+        )
+        spec = self.spec
+        indexed: dict[int, VideoIndex] = {}
+        for name, folder in folders.items():
+            if folder is None or id(folder) in indexed:
+                continue
+            bad = self._bad_policy(name, "video", fresh=True)
+            index, too_short = index_videos(
+                folder.root, folder.paths, folder.targets, folder.class_names, bad,
+                keep=(lambda n, fps: spec.fits(n, fps)) if spec.short == "skip" else None,
+            )  # fmt: skip
+            if too_short:
+                rank_zero_info(
+                    f"short=skip: left out {len(too_short)} of the {len(folder)} {name} videos under "
+                    f"'{folder.root}' shorter than a clip, e.g. '{too_short[0]}'."
+                )
+            indexed[id(folder)] = index
+        self._splits = {name: indexed[id(f)] if f is not None else None for name, f in folders.items()}
+        if not len(self._split("train")):
+            raise DataError(f"No training video under '{self.root}' can be used (see the messages above).")
+
+    def _measure_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel mean/std of the evaluation clips of up to 64 training videos."""
+        dataset = self.dataset("train")
+        dataset.train = False  # fixed centre clips and the evaluation crop: the same every run
+        dataset.transform = ClipTransform(CenterCropDecode(self.transforms.image_size, self.transforms.eval_resize))
+        rng = np.random.default_rng(derive_seed(self.seed, 2))
+        picks = rng.choice(len(dataset), size=min(_STATS_VIDEOS, len(dataset)), replace=False)
+        total = torch.zeros(3, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for i in picks:
+            sample = dataset[int(i)]
+            if sample is None:
+                continue
+            pixels = sample[0].permute(1, 0, 2, 3).reshape(3, -1).to(torch.float64) / 255.0
+            total += pixels.sum(dim=1)
+            total_sq += (pixels * pixels).sum(dim=1)
+            count += pixels.shape[1]
+        if count == 0:
+            raise DataError(f"None of the {len(picks)} training videos sampled under '{self.root}' can be read.")
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+
+
+def _clip_settings(transforms: TransformSettings | Mapping[str, Any] | None) -> TransformSettings:
+    """The clip transforms' settings, refusing what cannot apply to a whole clip at once."""
+    if transforms is None:
+        settings = TransformSettings(**DEFAULT_TRANSFORMS)  # type: ignore[arg-type]
+    elif isinstance(transforms, Mapping):
+        try:
+            settings = TransformSettings(**{str(k): v for k, v in transforms.items() if k != "_target_"})
+        except ConfigError as err:
+            raise err.with_prefix("transforms") from None
+        except TypeError as err:
+            raise ConfigError("transforms", dict(transforms), f"not TransformSettings fields: {err}") from None
+    elif isinstance(transforms, TransformSettings):
+        settings = transforms
+    else:
+        raise ConfigError("transforms", type(transforms).__name__, "give TransformSettings or a mapping of its fields")
+    refused = {
+        "backend": settings.backend != "torchvision", "rotation": settings.rotation != 0, "vflip": settings.vflip != 0,
+        "mixup_alpha": settings.mixup_alpha != 0, "cutmix_alpha": settings.cutmix_alpha != 0,
+    }  # fmt: skip
+    for key, bad in refused.items():
+        if bad:
+            raise ConfigError(
+                f"transforms.{key}", getattr(settings, key),
+                "is not supported for video clips (crop, resize, horizontal flip and colour jitter are)",
+            )  # fmt: skip
+    return settings

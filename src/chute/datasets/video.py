@@ -1,0 +1,446 @@
+"""Video folders as clip datasets that decode only the frames a clip uses.
+
+The index (:func:`index_videos`) reads each file's packet table once at setup, without decoding:
+every frame's presentation timestamp, the frame rate and the frame size, kept in NumPy arrays. A
+clip is then a set of frame numbers (:class:`ClipSpec`), and :func:`decode_frames` seeks to the
+keyframe before the first of them and decodes forward only until the last: never the whole video.
+PyAV is the decoder (its wheels carry FFmpeg, so ``pip install`` is the whole set-up; TorchCodec's
+video decoder needs FFmpeg's shared libraries on the system). A clip's crop, flip and colour change
+are drawn once and applied to all its frames in one OpenCV call over the stacked frames
+(:class:`ClipTransform`), keyed by ``(seed, epoch, index)`` like images.
+
+Over 300 lines because the index layout, the frame-number policy and the dataset that reads
+through both are read together.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from chute.bad_samples import BadSamples, OnError
+from chute.errors import ConfigError, DataError
+from chute.loader import SharedEpoch, sample_seed
+from chute.transforms.fused import CropDecode
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
+Sampling = Literal["random", "uniform"]
+Short = Literal["loop", "pad", "skip"]
+SAMPLINGS: tuple[str, ...] = get_args(Sampling)
+SHORTS: tuple[str, ...] = get_args(Short)
+_INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """Which frames make a clip.
+
+    Args:
+        frames_per_clip: Frames in a clip (T).
+        stride: Take every ``stride``-th frame (``sampling="random"``).
+        fps: Instead of ``stride``, sample at this many frames per second of video, whatever the
+            video's own rate (the step is ``video_fps / fps`` frames, rounded per frame).
+        sampling: ``random``: T frames ``stride`` apart from a random start in training, from the
+            centre in evaluation. ``uniform``: the video cut into T equal segments, one frame from
+            each (random within its segment in training, its middle in evaluation): the whole
+            video at any length.
+        clips_per_video: Clips per video in evaluation, spread evenly over it (each one a sample;
+            models average them for a video-level prediction).
+        short: A video with fewer frames than a ``random`` clip spans: ``loop`` (start again from
+            its first frame, the default: motion stays motion), ``pad`` (repeat its last frame) or
+            ``skip`` (leave the video out at setup, counted and logged).
+    """
+
+    frames_per_clip: int = 8
+    stride: int = 2
+    fps: float | None = None
+    sampling: Sampling = "random"
+    clips_per_video: int = 1
+    short: Short = "loop"
+
+    def __post_init__(self) -> None:
+        for key in ("frames_per_clip", "stride", "clips_per_video"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(key, value, "must be an integer >= 1")
+        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0):
+            raise ConfigError("fps", self.fps, "must be > 0 frames per second, or null to use stride")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError("sampling", self.sampling, f"must be one of {list(SAMPLINGS)}")
+        if self.short not in SHORTS:
+            raise ConfigError("short", self.short, f"must be one of {list(SHORTS)}")
+
+    def step(self, video_fps: float) -> float:
+        """Frames of video between two frames of a clip."""
+        return video_fps / self.fps if self.fps is not None else float(self.stride)
+
+    def span(self, video_fps: float) -> int:
+        """Frames of video a ``random`` clip covers, first to last."""
+        return round((self.frames_per_clip - 1) * self.step(video_fps)) + 1
+
+    def fits(self, num_frames: int, video_fps: float) -> bool:
+        """Whether a video this long gives a whole clip without looping or padding."""
+        return self.sampling == "uniform" or num_frames >= self.span(video_fps)
+
+    def frames(self, num_frames: int, video_fps: float, rng: random.Random | None, clip: int = 0) -> np.ndarray:
+        """The clip's frame numbers (``int64``, length T): random with ``rng``, else clip ``clip`` of
+        :attr:`clips_per_video` spread over the video."""
+        t, k = self.frames_per_clip, self.clips_per_video
+        if self.sampling == "uniform":
+            edges = np.linspace(0.0, num_frames, t + 1)
+            offset = np.array([rng.random() for _ in range(t)]) if rng is not None else (clip + 0.5) / k
+            return np.minimum((edges[:-1] + offset * (edges[1:] - edges[:-1])).astype(np.int64), num_frames - 1)
+        span = self.span(video_fps)
+        room = max(num_frames - span, 0)
+        centre = round(room * (clip + 0.5) / k) if k > 1 else room // 2
+        start = rng.randint(0, room) if rng is not None else centre
+        picks = start + np.round(np.arange(t) * self.step(video_fps)).astype(np.int64)
+        if span <= num_frames:
+            return picks
+        return picks % num_frames if self.short == "loop" else np.minimum(picks, num_frames - 1)
+
+
+@dataclass(frozen=True)
+class VideoIndex:
+    """The videos of one split: paths and labels (as :class:`~chute.datasets.folder.FolderIndex`
+    keeps them) and every frame's timestamp, in flat NumPy arrays (nothing per video in Python
+    objects, so forked workers share the pages).
+
+    ``pts[offsets[v]:offsets[v + 1]]`` are video ``v``'s frame timestamps in presentation order, in
+    its stream's time base.
+    """
+
+    root: str
+    paths: np.ndarray  # "S<n>", relative to root
+    targets: np.ndarray  # int64
+    class_names: tuple[str, ...]
+    offsets: np.ndarray  # int64, len(videos) + 1
+    pts: np.ndarray  # int64, every frame of every video
+    fps: np.ndarray  # float64, average frame rate per video
+    sizes: np.ndarray  # int64 (n, 2): width, height
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def path(self, video: int) -> str:
+        return os.path.join(self.root, os.fsdecode(self.paths[video]))
+
+    def num_frames(self, video: int) -> int:
+        return int(self.offsets[video + 1] - self.offsets[video])
+
+    def frame_pts(self, video: int) -> np.ndarray:
+        return self.pts[self.offsets[video] : self.offsets[video + 1]]
+
+    @property
+    def frame_counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def subset(self, videos: np.ndarray) -> VideoIndex:
+        videos = np.asarray(videos, dtype=np.int64)
+        counts = self.frame_counts[videos]
+        pts = [self.frame_pts(int(v)) for v in videos]
+        return VideoIndex(
+            self.root, self.paths[videos], self.targets[videos], self.class_names,
+            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+            np.concatenate(pts).astype(np.int64) if pts else np.empty(0, np.int64),
+            self.fps[videos], self.sizes[videos].reshape(-1, 2),
+        )  # fmt: skip
+
+
+def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
+    """``(frame timestamps, fps, width, height)`` of ``path``'s first video stream, from its packets.
+
+    Reads the container's packet table (demuxing, no decoding). Raises :class:`DataError` naming
+    the file for anything a clip could not be read from: not a media file, no video stream (audio
+    only), a codec this FFmpeg cannot decode, no frames, or fewer frames than its header states
+    (a file cut short: below 90% of them).
+    """
+    import av
+
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                kinds = ", ".join(sorted({str(s.type) for s in container.streams})) or "no streams"
+                raise DataError(f"Video '{path}' has no video stream (it holds {kinds}).")
+            stream = container.streams.video[0]
+            name = stream.codec_context.name if stream.codec_context is not None else "unknown"
+            try:
+                av.codec.Codec(name, "r")
+            except Exception:  # av.codec.codec.UnknownCodecError and kin
+                raise DataError(f"Video '{path}': its codec '{name}' cannot be decoded by this FFmpeg.") from None
+            stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            stated = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            stated = stated or (container.duration or 0) / 1e6  # microseconds
+            stated_frames = stream.frames or (round(stated * float(rate)) if rate else 0)
+    except DataError:
+        raise
+    except av.error.EOFError:
+        raise DataError(f"Video '{path}' ends before its first frame: it holds no video data.") from None
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise DataError(f"Video '{path}' cannot be read: {err}") from None
+    if not stamps:
+        raise DataError(f"Video '{path}' has no video frames.")
+    if stated_frames and len(stamps) < 0.9 * stated_frames - 1:
+        raise DataError(
+            f"Video '{path}' is cut short: its header states {stated_frames} frames, its data holds {len(stamps)}."
+        )
+    if any(s is None for s in stamps):
+        raise DataError(f"Video '{path}': its packets carry no timestamps, so frames cannot be found by seeking.")
+    if not width or not height:
+        raise DataError(f"Video '{path}' has no frame size in its stream header.")
+    fps = float(rate) if rate else 0.0
+    if not math.isfinite(fps) or fps <= 0:
+        raise DataError(f"Video '{path}' has no frame rate in its stream header.")
+    return np.sort(np.asarray(stamps, dtype=np.int64)), fps, int(width), int(height)
+
+
+def index_videos(
+    root: str, paths: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...], bad: BadSamples,
+    keep: Callable[[int, float], bool] | None = None,
+) -> tuple[VideoIndex, list[str]]:  # fmt: skip
+    """Probe every video; a bad one raises or (``on_error=skip``) is left out and counted.
+
+    ``keep(num_frames, fps)`` may leave out good videos too (``short="skip"``); their paths are
+    returned with the index.
+    """
+    kept, stamps, rates, sizes, left_out = [], [], [], [], []
+    for i, rel in enumerate(paths):
+        path = os.path.join(root, os.fsdecode(rel))
+        bad.seen()
+        try:
+            pts, fps, width, height = probe_video(path)
+        except DataError as err:
+            bad.skip(path, err)  # raises under on_error=raise
+            continue
+        if keep is not None and not keep(len(pts), fps):
+            left_out.append(path)
+            continue
+        kept.append(i)
+        stamps.append(pts)
+        rates.append(fps)
+        sizes.append((width, height))
+    rows = np.asarray(kept, dtype=np.int64)
+    counts = np.array([len(s) for s in stamps], dtype=np.int64)
+    index = VideoIndex(
+        root, paths[rows], targets[rows], class_names,
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        np.concatenate(stamps).astype(np.int64) if stamps else np.empty(0, np.int64),
+        np.asarray(rates, dtype=np.float64), np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+    )  # fmt: skip
+    return index, left_out
+
+
+def decode_frames(path: str, pts: np.ndarray, frames: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Frames ``frames`` (numbers into ``pts``, any order, repeats allowed) of ``path`` as ``uint8``
+    ``(len(frames), H, W, 3)`` RGB.
+
+    Seeks once to the keyframe at or before the earliest frame wanted and decodes forward until the
+    latest; only the wanted frames are converted to RGB. Raises :class:`DataError` naming the file
+    and frame when the data is damaged or ends early.
+    """
+    import av
+
+    wanted, order = np.unique(frames, return_inverse=True)
+    targets = pts[wanted]
+    out: np.ndarray | None = None
+    got = 0
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            stream.thread_count = threads
+            stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+            container.seek(int(targets[0]), stream=stream, backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                stamp = frame.pts
+                if stamp is None or stamp < targets[got]:
+                    continue
+                picture = frame.to_ndarray(format="rgb24")
+                if out is None:
+                    out = np.empty((len(targets), *picture.shape), dtype=np.uint8)
+                while got < len(targets) and stamp >= targets[got]:  # a frame missing from the stream: the next
+                    out[got] = picture
+                    got += 1
+                if got == len(targets):
+                    break
+    except (av.error.FFmpegError, OSError, ValueError) as err:
+        raise DataError(f"Video '{path}' cannot be decoded near frame {int(wanted[got])}: {err}") from None
+    if out is None or got < len(targets):
+        raise DataError(
+            f"Video '{path}' ends at frame {got + int(wanted[0]) if got else 'before ' + str(int(wanted[0]))} "
+            f"of the {len(pts)} its packet table lists (damaged or cut short)."
+        )
+    return out[order]
+
+
+class ClipTransform:
+    """One crop, resize, flip and colour change per clip, the same for all its frames.
+
+    ``region`` is a crop policy of the image transforms (:class:`~chute.transforms.fused.RandomResizedCropDecode`
+    for training, :class:`~chute.transforms.fused.CenterCropDecode` for evaluation): its region is
+    drawn once from the clip's generator; the frames are cropped (a view) and resized together in
+    one antialiased ``uint8`` resize (torchvision), not frame by frame.
+
+    Args:
+        region: The crop policy; its ``size`` is the output side.
+        color_jitter: Brightness, contrast and saturation change strength (0: none), one draw per clip.
+        interpolation: ``bilinear``, ``nearest`` or ``bicubic`` (antialiased when shrinking, but nearest).
+
+    Example:
+        >>> from chute.transforms.fused import CenterCropDecode
+        >>> t = ClipTransform(CenterCropDecode(16))
+        >>> t(np.zeros((4, 30, 40, 3), np.uint8), None).shape
+        (4, 16, 16, 3)
+    """
+
+    def __init__(self, region: CropDecode, color_jitter: float = 0.0, interpolation: str = "bilinear") -> None:
+        if interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation={interpolation!r}: must be one of {list(_INTERPOLATIONS)}")
+        self.region = region
+        self.size = region.size
+        self.color_jitter = float(color_jitter)
+        self.interpolation = interpolation
+
+    def __call__(self, frames: np.ndarray, rng: random.Random | None) -> np.ndarray:
+        from torchvision.transforms.v2 import functional as F
+
+        height, width = frames.shape[1:3]
+        r = self.region.region(width, height, rng or random.Random(0))
+        crop = torch.from_numpy(frames)[:, r.y : r.y + r.height, r.x : r.x + r.width].permute(0, 3, 1, 2)
+        mode = {"nearest": F.InterpolationMode.NEAREST, "bicubic": F.InterpolationMode.BICUBIC}.get(
+            self.interpolation, F.InterpolationMode.BILINEAR
+        )
+        # One call for the whole clip: torch's uint8 antialiased resize takes the frames as a batch.
+        resized = F.resize(
+            crop, [self.size, self.size], interpolation=mode, antialias=mode != F.InterpolationMode.NEAREST
+        )
+        out = resized.permute(0, 2, 3, 1).numpy()
+        if r.flip:
+            out = out[:, :, ::-1]
+        if self.color_jitter > 0 and rng is not None:
+            out = self._jitter(out, rng)
+        return np.ascontiguousarray(out)
+
+    def _jitter(self, clip: np.ndarray, rng: random.Random) -> np.ndarray:
+        s = self.color_jitter
+        brightness, contrast, saturation = (rng.uniform(max(0.0, 1 - s), 1 + s) for _ in range(3))
+        x = clip.astype(np.float32)
+        gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        x = gray[..., None] + saturation * (x - gray[..., None])
+        x = (x - x.mean()) * contrast + x.mean()
+        return np.clip(x * brightness, 0, 255).astype(np.uint8)
+
+    def __repr__(self) -> str:
+        return f"ClipTransform({self.region!r}, color_jitter={self.color_jitter}, interpolation={self.interpolation!r})"
+
+
+class VideoClipDataset(Dataset[Any]):
+    """Clips of a :class:`VideoIndex` as ``(clip, label, video)``: ``clip`` ``uint8`` ``(T, C, H, W)``
+    (stored ``(T, H, W, C)``: channels-last frames), ``video`` the video's number in the index.
+
+    Training (``train=True``): one sample per video, a random clip keyed by ``(seed, epoch, video)``.
+    Evaluation: ``clips_per_video`` samples per video (sample ``i`` is clip ``i % K`` of video
+    ``i // K``), fixed.
+
+    Args:
+        index: The videos.
+        spec: Which frames make a clip.
+        transform: The clip transform (``None``: frames as decoded; they must then share a size).
+        train: Random clips (training) or fixed ones (evaluation).
+        seed: Keys the random draws, with the epoch and the video.
+        on_error: Policy for a video that cannot be decoded: raise naming it, or leave the clip out
+            (``None`` in its place) and count it.
+        threads: FFmpeg decoding threads per clip (1: parallelism comes from the loader's workers).
+    """
+
+    def __init__(
+        self,
+        index: VideoIndex,
+        spec: ClipSpec,
+        transform: ClipTransform | None = None,
+        *,
+        train: bool,
+        seed: int = 0,
+        on_error: OnError | BadSamples = "raise",
+        threads: int = 1,
+    ) -> None:
+        self.index = index
+        self.spec = spec
+        self.transform = transform
+        self.train = train
+        self.seed = seed
+        self.epoch = SharedEpoch()
+        self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="video")
+        self.threads = threads
+        self.clips = 1 if train else spec.clips_per_video
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch.set(epoch)
+        self.bad_samples.report(f"'{self.index.root}'")
+
+    def __len__(self) -> int:
+        return len(self.index) * self.clips
+
+    def frame_numbers(self, i: int, epoch: int | None = None) -> np.ndarray:
+        """The frames sample ``i`` decodes (in ``epoch``, for training)."""
+        video, clip = divmod(int(i), self.clips)
+        rng = random.Random(sample_seed(self.seed, epoch or 0, video)) if self.train else None
+        return self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
+        video, clip = divmod(int(i), self.clips)
+        epoch = self.epoch.get() if self.train else 0
+        rng = random.Random(sample_seed(self.seed, epoch, video)) if self.train else None
+        path = self.index.path(video)
+        if self.bad_samples.skipping:
+            self.bad_samples.seen()
+        try:
+            frames = self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip)
+            pixels = decode_frames(path, self.index.frame_pts(video), frames, self.threads)
+        except DataError as err:
+            if not self.bad_samples.skipping:
+                raise
+            self.bad_samples.skip(path, err)
+            return None
+        if self.transform is not None:
+            pixels = self.transform(pixels, rng if self.train else None)
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2), int(self.index.targets[video]), video
+
+    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
+        return [self[int(i)] for i in indices]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.index.class_names
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.repeat(self.index.targets, self.clips)
+
+
+def collate_clips(samples: Sequence[tuple[torch.Tensor, int, int] | None]) -> Any:
+    """``(clips, labels, videos)`` from samples; clips ``(B, T, C, H, W)`` with channels-last frames.
+
+    Left-out samples (``None``) are dropped; a batch without any becomes ``None`` (never handed to a
+    model by chute's loaders).
+    """
+    present = [s for s in samples if s is not None]
+    if not present:
+        return None
+    first = present[0][0]
+    t, c, h, w = first.shape
+    clips = torch.empty((len(present), t, h, w, c), dtype=first.dtype)
+    for b, (clip, _, _) in enumerate(present):
+        clips[b] = clip.permute(0, 2, 3, 1)
+    labels = torch.tensor([s[1] for s in present], dtype=torch.int64)
+    videos = torch.tensor([s[2] for s in present], dtype=torch.int64)
+    return clips.permute(0, 1, 4, 2, 3), labels, videos
