@@ -109,6 +109,35 @@ def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     )  # fmt: skip
 
 
+def write_videos(out: Path) -> Path:
+    """Six-frame videos whose every pixel is ``10 * id + 5``: the id survives lossy coding."""
+    from chute.datasets.motion_clips import encode
+
+    root = out / "videos"
+    if not (root / "val").exists():
+        for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
+            for i in range(n):
+                folder = root / split / f"c{i % 3}"
+                folder.mkdir(parents=True, exist_ok=True)
+                frames = np.full((6, 16, 16, 3), 10 * i + 5, dtype=np.uint8)
+                encode(folder / f"{i:03d}.mkv", frames, 10, "libx264", {"preset": "veryfast", "crf": "0"}, 3)
+    return root
+
+
+def _video(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import VideoDataModule
+
+    return VideoDataModule(
+        write_videos(out), frames_per_clip=2, mean=[0.0] * 3, std=[1.0] * 3, loader=loader,
+        transforms={"image_size": 8, "crop_pct": 1.0, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 0.0},
+    )  # fmt: skip
+
+
+def _clip_ids(batch: Any) -> torch.Tensor:
+    level = batch[0].float().mean(dim=(1, 2, 3, 4)) * 255  # mean 0, std 1: the model sees x / 255
+    return ((level - 5) / 10).round().long()
+
+
 def _row_ids(batch: Any) -> torch.Tensor:
     inputs = batch["inputs"] if isinstance(batch, dict) else batch[0]
     return inputs[:, 0].round().long()
@@ -144,6 +173,7 @@ KINDS: dict[str, Kind] = {
     "sequence": Kind(_sequence, _token_ids, write=write_sequences),
     "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
     "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
+    "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
 }
 
 

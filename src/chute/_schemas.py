@@ -227,6 +227,7 @@ class ClipClassifierConfig:
     _target_: str = "chute.models.video.ClipClassifier"
     num_classes: int = MISSING
     in_channels: int = 3
+    frames_per_clip: Optional[int] = None
     widths: list[int] = field(default_factory=lambda: [24, 48, 96])
     dropout: float = 0.1
     lr: float = 0.003

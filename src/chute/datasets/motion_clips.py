@@ -33,8 +33,8 @@ RATES = (12, 15, 24, 30)
 class MotionClips:
     """Writes ``root/{train,val}/<motion>/<n>.<ext>``: short videos of a camera moving over a photo.
 
-    Every video: one of :data:`MOTIONS` over a random window (35-60% of the photo's short side) of
-    a random sample photo, ``seconds`` long at one of :data:`RATES` frames per second, one of
+    Every video: one of :data:`MOTIONS` over a random window of a random sample photo (see
+    :func:`film`), ``seconds`` long at one of :data:`RATES` frames per second, one of
     :data:`SIZES`, encoded in one of :data:`FORMATS` with a keyframe every ``keyframe_seconds``.
     Written once (atomically); calling again with the same settings reuses the folder.
 
@@ -71,7 +71,7 @@ class MotionClips:
     @property
     def manifest(self) -> dict[str, object]:
         return {
-            "source": "skimage.data sample photos, camera motion", "num_videos": self.num_videos,
+            "source": "skimage.data sample photos, camera motion", "version": 2, "num_videos": self.num_videos,
             "val_fraction": self.val_fraction, "seconds": list(self.seconds),
             "keyframe_seconds": self.keyframe_seconds, "seed": self.seed, "classes": list(MOTIONS),
         }  # fmt: skip
@@ -102,27 +102,36 @@ def film(
     """``uint8`` ``(frames, height, width, 3)``: a window of ``size``'s aspect moving over ``photo``.
 
     Pans move the window 0.25-0.5 of its width per second; zooms change its size by 25-45% per
-    second. The window may leave the photo: the photo is mirrored at its edges.
+    second. The window is drawn at 35-60% of the photo's short side, made smaller where the whole
+    path would not fit, and placed so that it never leaves the photo: a mirrored border would show
+    the motion reversed.
     """
     import cv2
 
     width, height = size
+    aspect = height / width  # the window's height over its width
     h, w = photo.shape[:2]
     n = max(2, round(seconds * fps))
-    times = np.arange(n) / fps
-    side = rng.uniform(0.35, 0.6) * min(h, w)  # window width in photo pixels, at t = 0
-    cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
-    speed = rng.uniform(0.25, 0.5) * side  # pixels per second
+    duration = (n - 1) / fps
+    pan = rng.uniform(0.25, 0.5)  # windows per second
     rate = rng.uniform(0.25, 0.45)  # zoom: log-size change per second
-    dx = {"pan_left": -speed, "pan_right": speed}.get(motion, 0.0)  # the camera's motion
-    dy = {"pan_up": -speed, "pan_down": speed}.get(motion, 0.0)
+    reach = np.exp(rate * duration / 2) if motion.startswith("zoom") else 1.0  # largest window / middle one
+    across = 1 + pan * duration  # the path's extent along a pan, in windows
+    fit_x = w / (reach * (across if motion in ("pan_left", "pan_right") else 1.0))
+    fit_y = h / (reach * (aspect + (pan * duration if motion in ("pan_up", "pan_down") else 0.0)))
+    side = min(rng.uniform(0.35, 0.6) * min(h, w), 0.98 * fit_x, 0.98 * fit_y)  # window width, mid-video
+    dx = {"pan_left": -pan * side, "pan_right": pan * side}.get(motion, 0.0)  # the camera, pixels per second
+    dy = {"pan_up": -pan * side, "pan_down": pan * side}.get(motion, 0.0)
     growth = {"zoom_in": -rate, "zoom_out": rate}.get(motion, 0.0)  # zooming in: the window shrinks
-    cx, cy = cx - dx * times[-1] / 2, cy - dy * times[-1] / 2  # centre the path on the start point
+    half_x = (side * reach + abs(dx) * duration) / 2  # half the box the whole path covers
+    half_y = (side * reach * aspect + abs(dy) * duration) / 2
+    cx, cy = rng.uniform(half_x, w - half_x), rng.uniform(half_y, h - half_y)  # the path's middle
     frames = np.empty((n, height, width, 3), dtype=np.uint8)
-    for t, time in enumerate(times):
-        window = side * np.exp(growth * (time - times[-1] / 2))
+    for t in range(n):
+        offset = t / fps - duration / 2
+        window = side * np.exp(growth * offset)
         scale = width / window
-        x0, y0 = cx + dx * time - window / 2, cy + dy * time - window * height / width / 2
+        x0, y0 = cx + dx * offset - window / 2, cy + dy * offset - window * aspect / 2
         affine = np.array([[scale, 0.0, -x0 * scale], [0.0, scale, -y0 * scale]])
         frames[t] = cv2.warpAffine(
             photo, affine, (width, height), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REFLECT_101

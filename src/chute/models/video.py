@@ -94,6 +94,8 @@ class ClipClassifier(ImageClassifier):
     Args:
         num_classes: Number of classes (chute's train app takes it from the DataModule).
         in_channels: Input channels (likewise).
+        frames_per_clip: Frames per clip, as the DataModule says (kept in the hyperparameters; the
+            network pools over time, so it takes clips of any length).
         widths: Channels of the (2+1)-D blocks.
         dropout: Dropout before the head.
         lr: Peak learning rate of the one-cycle schedule (AdamW).
@@ -111,6 +113,7 @@ class ClipClassifier(ImageClassifier):
         self,
         num_classes: int,
         in_channels: int = 3,
+        frames_per_clip: int | None = None,
         widths: Sequence[int] = (24, 48, 96),
         dropout: float = 0.1,
         lr: float = 3e-3,
