@@ -3,9 +3,10 @@
     python scripts/bench_video.py                       # 0 and 2 workers, videos written by MotionClips
     python scripts/bench_video.py --workers 0 2 --epochs 3
 
-Workload: the bundled motion videos (``MotionClips``: 360 videos, 3-10 s at 12-30 fps, 64-96 px,
+Workload: the bundled motion videos (``MotionClips``: 360 videos, 2-6 s at 12-30 fps, 64-96 px,
 H.264 / VP9 / MPEG-4 in mp4, mkv, webm and avi, a keyframe every 2 s), training split; clips of 8
-frames 2 apart from a random start, a random resized crop to 56 px per clip; batch 16.
+frames at 8 per second of video from a random start (the default run's clips), a random resized
+crop to 32 px per clip; batch 16.
 
 - baseline: a ``Dataset`` that opens the video with PyAV (the same decoder), decodes every frame
   to RGB, keeps the clip's frames, applies torchvision v2 ``RandomResizedCrop`` to the clip
@@ -44,7 +45,7 @@ from chute.datasets import MotionClips
 from chute.datasets.folder import scan_folder
 from chute.datasets.video import VIDEO_EXTENSIONS
 
-FRAMES, STRIDE, SIZE = 8, 2, 56
+FRAMES, FPS, SIZE = 8, 8.0, 32
 MEAN, STD = [0.45, 0.45, 0.45], [0.225, 0.225, 0.225]
 
 
@@ -70,10 +71,12 @@ class WholeVideoClips(Dataset[Any]):
         import av
 
         with av.open(self.paths[i]) as container:
+            rate = float(container.streams.video[0].average_rate or 25)
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-        span = (FRAMES - 1) * STRIDE + 1
+        step = rate / FPS
+        span = round((FRAMES - 1) * step) + 1
         start = random.randint(0, max(len(frames) - span, 0))
-        picks = [min(start + k * STRIDE, len(frames) - 1) for k in range(FRAMES)]
+        picks = [min(start + round(k * step), len(frames) - 1) for k in range(FRAMES)]
         clip = torch.from_numpy(np.stack([frames[k] for k in picks])).permute(0, 3, 1, 2)  # (T, C, H, W)
         return self.transform(clip), self.labels[i]
 
@@ -127,7 +130,7 @@ class _FitTrainer:
 
 def chute_module(root: Path, workers: int, batch_size: int, backend: str) -> VideoDataModule:
     dm = VideoDataModule(
-        root, frames_per_clip=FRAMES, stride=STRIDE, mean=MEAN, std=STD,
+        root, frames_per_clip=FRAMES, fps=FPS, mean=MEAN, std=STD,
         transforms={"image_size": SIZE, "scale": [0.5, 1.0], "hflip": 0.0},
         loader={"batch_size": batch_size, "num_workers": workers, "backend": backend},
     )  # fmt: skip
