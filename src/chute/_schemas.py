@@ -159,6 +159,7 @@ class VideoDataModuleConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     decoder_threads: int = 1
+    decoder: str = "pyav"
     seed: int = 0
     prepare: Any = None
     collate_fn: Any = None

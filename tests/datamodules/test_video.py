@@ -297,3 +297,30 @@ def test_bad_videos_raise_at_setup_or_are_skipped_and_counted(motion: Path, numb
     assert dm.bad_samples["train"]["skipped"] == len(expected)
     assert len(dm.dataset("train")) == 18
     assert sum(len(c) for c, _, _ in dm.train_dataloader()) == 18
+
+
+# -- The TorchCodec decoder (needs FFmpeg's shared libraries on the system) ---------------------------
+
+TORCHCODEC_MISSING = __import__("chute.datasets.video", fromlist=["x"]).torchcodec_video_error()
+
+
+@pytest.mark.skipif(TORCHCODEC_MISSING is None, reason="TorchCodec's video decoder loads on this machine")
+def test_torchcodec_without_ffmpeg_is_refused_naming_the_key(motion: Path) -> None:
+    with pytest.raises(ConfigError, match=r"decoder='torchcodec'.*FFmpeg's shared libraries.*decoder=pyav"):
+        _dm(motion, decoder="torchcodec")
+
+
+@pytest.mark.skipif(TORCHCODEC_MISSING is not None, reason=f"no TorchCodec video decoder: {TORCHCODEC_MISSING}")
+def test_torchcodec_decodes_the_frames_pyav_does(numbered: dict[str, Path], motion: Path, tmp_path: Path) -> None:
+    for path in numbered.values():
+        pts = probe_video(str(path))[0]
+        wanted = np.array([17, 3, 3, 29, 12])
+        ours = decode_frames(str(path), pts, wanted, decoder="pyav")
+        theirs = decode_frames(str(path), pts, wanted, decoder="torchcodec")
+        assert [_frame_number(f) for f in theirs] == wanted.tolist()
+        assert np.abs(ours.astype(int) - theirs).mean() < 2
+    dm = _dm(motion, decoder="torchcodec", loader={"batch_size": 4, "num_workers": 2})
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(ClipClassifier(num_classes=6, widths=(8, 16)), datamodule=dm)
+    assert trainer.state.finished

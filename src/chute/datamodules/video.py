@@ -15,16 +15,19 @@ from chute.bad_samples import BadSamples, OnError
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import discover_splits
 from chute.datasets.video import (
+    DECODERS,
     VIDEO_EXTENSIONS,
     ClipSpec,
     ClipTransform,
+    Decoder,
     Sampling,
     Short,
     VideoClipDataset,
     VideoIndex,
     collate_clips,
     index_videos,
-)  # fmt: skip
+    torchcodec_video_error,
+)
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, derive_seed
@@ -80,6 +83,8 @@ class VideoDataModule(ChuteDataModule):
         mean: Per-channel mean in ``[0, 1]`` units (``None``: measured on training clips at setup).
         std: Per-channel standard deviation (``None``: measured).
         decoder_threads: FFmpeg threads per clip decode (1: the loader's workers give the parallelism).
+        decoder: ``pyav`` (default: FFmpeg comes in its wheel) or ``torchcodec`` (decodes a clip's
+            frames in C++; needs FFmpeg's shared libraries on the system, checked here).
         seed: Seed for the split, the clips and shuffling.
         prepare: Optional callable ``prepare(root)`` that writes the data if missing
             (e.g. :class:`~chute.datasets.MotionClips`).
@@ -121,6 +126,7 @@ class VideoDataModule(ChuteDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         decoder_threads: int = 1,
+        decoder: Decoder = "pyav",
         seed: int = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Callable[[Any], Any] | str | None = None,
@@ -149,6 +155,15 @@ class VideoDataModule(ChuteDataModule):
         self.mean: list[float] | None = list(mean) if mean is not None else None
         self.std: list[float] | None = list(std) if std is not None else None
         self.decoder_threads = decoder_threads
+        if decoder not in DECODERS:
+            raise ConfigError("decoder", decoder, f"must be one of {list(DECODERS)}")
+        if decoder == "torchcodec" and (why := torchcodec_video_error()) is not None:
+            raise ConfigError(
+                "decoder", decoder,
+                f"TorchCodec's video decoder cannot load ({why}); it needs FFmpeg's shared libraries (4-7), "
+                "e.g. `apt install ffmpeg`; or use decoder=pyav, which brings its own",
+            )  # fmt: skip
+        self.decoder: Decoder = decoder
         self._splits: dict[str, VideoIndex | None] = {}
         self._save_plain_hparams(transforms=dataclasses.asdict(self.transforms))
 
@@ -204,7 +219,7 @@ class VideoDataModule(ChuteDataModule):
         transform = ClipTransform(region, settings.color_jitter if train else 0.0, settings.interpolation)
         return VideoClipDataset(
             self._split(split), self.spec, transform, train=train, seed=derive_seed(self.seed, 3),
-            on_error=self._bad_samples(split), threads=self.decoder_threads,
+            on_error=self._bad_samples(split), threads=self.decoder_threads, decoder=self.decoder,
         )  # fmt: skip
 
     def preview_batch(self, split: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

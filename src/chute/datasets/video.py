@@ -241,14 +241,25 @@ def index_videos(
     return index, left_out
 
 
-def decode_frames(path: str, pts: np.ndarray, frames: np.ndarray, threads: int = 1) -> np.ndarray:
+Decoder = Literal["pyav", "torchcodec"]
+DECODERS: tuple[str, ...] = get_args(Decoder)
+
+
+def decode_frames(
+    path: str, pts: np.ndarray, frames: np.ndarray, threads: int = 1, decoder: Decoder = "pyav"
+) -> np.ndarray:
     """Frames ``frames`` (numbers into ``pts``, any order, repeats allowed) of ``path`` as ``uint8``
     ``(len(frames), H, W, 3)`` RGB.
 
-    Seeks once to the keyframe at or before the earliest frame wanted and decodes forward until the
-    latest; only the wanted frames are converted to RGB. Raises :class:`DataError` naming the file
-    and frame when the data is damaged or ends early.
+    ``pyav``: seeks once to the keyframe at or before the earliest frame wanted and decodes forward
+    until the latest; only the wanted frames are converted to RGB (PyAV hands decoded frames to
+    Python one at a time, so this loop compares one timestamp per decoded frame). ``torchcodec``:
+    TorchCodec's ``get_frames_at`` does the same seeking and decoding in C++ (exact frame
+    positions; it needs FFmpeg's shared libraries on the system). Raises :class:`DataError` naming
+    the file and frame when the data is damaged or ends early.
     """
+    if decoder == "torchcodec":
+        return _decode_torchcodec(path, frames, threads)
     import av
 
     wanted, order = np.unique(frames, return_inverse=True)
@@ -281,6 +292,29 @@ def decode_frames(path: str, pts: np.ndarray, frames: np.ndarray, threads: int =
             f"of the {len(pts)} its packet table lists (damaged or cut short)."
         )
     return out[order]
+
+
+def _decode_torchcodec(path: str, frames: np.ndarray, threads: int) -> np.ndarray:
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        video = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=threads, dimension_order="NHWC")
+        return video.get_frames_at(frames.tolist()).data.numpy()
+    except (RuntimeError, ValueError, IndexError) as err:
+        raise DataError(f"Video '{path}' cannot be decoded at frames {frames.tolist()}: {err}") from None
+
+
+def torchcodec_video_error() -> str | None:
+    """Why TorchCodec's video decoder cannot run here (``None``: it can)."""
+    try:
+        from torchcodec._core import ops
+
+        if not getattr(ops, "_FFMPEG_AVAILABLE", False):
+            ops.load_core_libraries()  # raises, saying which FFmpeg libraries it looked for
+    except Exception as err:  # RuntimeError, OSError: no FFmpeg 4-7 shared libraries found
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{type(err).__name__}: {first}"
+    return None
 
 
 _local = threading.local()
@@ -381,6 +415,7 @@ class VideoClipDataset(Dataset[Any]):
         on_error: Policy for a video that cannot be decoded: raise naming it, or leave the clip out
             (``None`` in its place) and count it.
         threads: FFmpeg decoding threads per clip (1: parallelism comes from the loader's workers).
+        decoder: ``pyav`` or ``torchcodec`` (see :func:`decode_frames`).
     """
 
     def __init__(
@@ -393,6 +428,7 @@ class VideoClipDataset(Dataset[Any]):
         seed: int = 0,
         on_error: OnError | BadSamples = "raise",
         threads: int = 1,
+        decoder: Decoder = "pyav",
     ) -> None:
         self.index = index
         self.spec = spec
@@ -402,6 +438,7 @@ class VideoClipDataset(Dataset[Any]):
         self.epoch = SharedEpoch()
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="video")
         self.threads = threads
+        self.decoder: Decoder = decoder
         self.clips = 1 if train else spec.clips_per_video
 
     def set_epoch(self, epoch: int) -> None:
@@ -426,7 +463,7 @@ class VideoClipDataset(Dataset[Any]):
             self.bad_samples.seen()
         try:
             frames = self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip)
-            pixels = decode_frames(path, self.index.frame_pts(video), frames, self.threads)
+            pixels = decode_frames(path, self.index.frame_pts(video), frames, self.threads, self.decoder)
         except DataError as err:
             if not self.bad_samples.skipping:
                 raise
