@@ -144,17 +144,6 @@ class VideoIndex:
     def frame_counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def subset(self, videos: np.ndarray) -> VideoIndex:
-        videos = np.asarray(videos, dtype=np.int64)
-        counts = self.frame_counts[videos]
-        pts = [self.frame_pts(int(v)) for v in videos]
-        return VideoIndex(
-            self.root, self.paths[videos], self.targets[videos], self.class_names,
-            np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-            np.concatenate(pts).astype(np.int64) if pts else np.empty(0, np.int64),
-            self.fps[videos], self.sizes[videos].reshape(-1, 2),
-        )  # fmt: skip
-
 
 def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
     """``(frame timestamps, fps, width, height)`` of ``path``'s first video stream, from its packets.
@@ -447,12 +436,6 @@ class VideoClipDataset(Dataset[Any]):
 
     def __len__(self) -> int:
         return len(self.index) * self.clips
-
-    def frame_numbers(self, i: int, epoch: int | None = None) -> np.ndarray:
-        """The frames sample ``i`` decodes (in ``epoch``, for training)."""
-        video, clip = divmod(int(i), self.clips)
-        rng = random.Random(sample_seed(self.seed, epoch or 0, video)) if self.train else None
-        return self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
         video, clip = divmod(int(i), self.clips)
