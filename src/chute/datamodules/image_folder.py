@@ -1,8 +1,9 @@
 """``ImageFolderDataModule``: any ``root/<split>/<class>/<image>`` tree.
 
-Over 300 lines because images carry more than other data: split discovery and hold-out, measured
-normalization, the decoded caches (memory, disk), device-side augmentation and MixUp/CutMix, and
-setup-time checks of the eval pipeline; the datasets themselves live in :mod:`chute.datasets`.
+Over 300 lines because images carry more than other data: the decoded caches (memory, disk),
+device-side augmentation and MixUp/CutMix, and setup-time checks of the eval pipeline. Splits,
+class targets and measured statistics come from :class:`~chute.datamodules.class_folders.ClassFolderDataModule`
+(shared with videos); the datasets themselves live in :mod:`chute.datasets`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from chute import fastpaths
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import OnError
 from chute.collate import collate_images
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset, discover_splits
+from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset
 from chute.errors import ConfigError, DataError
-from chute.images import ImageMode, channels_of, read_image
+from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, derive_seed
 from chute.transforms.batch import NormalizeBatch
@@ -36,7 +36,7 @@ Transform = Callable[[torch.Tensor], Any]
 _STATS_SAMPLES = 512
 
 
-class ImageFolderDataModule(ChuteDataModule):
+class ImageFolderDataModule(ClassFolderDataModule):
     """Images in class folders, for training, validation, test and prediction.
 
     Layouts:
@@ -118,6 +118,8 @@ class ImageFolderDataModule(ChuteDataModule):
     """
 
     sample_collate: str | None = "chute.collate.collate_images"  # for streams of its samples
+    sample_what = "image"
+    extensions = IMG_EXTENSIONS
 
     schema_exclude = ("train_transform", "val_transform", "train_batch_transform")  # `transforms` stays
 
@@ -152,6 +154,8 @@ class ImageFolderDataModule(ChuteDataModule):
         max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(
+            root, channels=channels_of(image_mode), channels_hint=f" for image_mode={image_mode!r}",
+            val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir, test_dir=test_dir, mean=mean, std=std,
             loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
             max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
@@ -174,24 +178,13 @@ class ImageFolderDataModule(ChuteDataModule):
             raise ConfigError(
                 "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"
             )
-        channels = channels_of(image_mode)
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
         if cache is not None and (cache_size is None or cache_size < 1):
             raise ConfigError("cache_size", cache_size, "set the side of the cached training images, e.g. 256")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
-        for key, stat in (("mean", mean), ("std", std)):
-            if stat is not None and len(stat) != channels:
-                raise ConfigError(key, list(stat), f"needs {channels} values for image_mode={image_mode!r}")
-        if (mean is None) != (std is None):
-            raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
-        self.root = os.fspath(root)
         self.train_transform = train_transform
         self.val_transform = val_transform
         self.image_mode = image_mode
-        self.val_fraction = val_fraction
-        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.channels_last = channels_last
         self.cache = cache
         self.device_augment = device_augment
@@ -203,9 +196,6 @@ class ImageFolderDataModule(ChuteDataModule):
         self.cache_size = cache_size
         self.cache_dir = cache_dir or os.path.join(self.root, ".chute-cache")
         self._cached: dict[str, CachedDataset] = {}
-        self.mean: list[float] | None = list(mean) if mean is not None else None
-        self.std: list[float] | None = list(std) if std is not None else None
-        self._splits: dict[str, FolderIndex | None] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
         self._save_plain_hparams()
@@ -277,16 +267,8 @@ class ImageFolderDataModule(ChuteDataModule):
     # -- Public properties -----------------------------------------------------------------------
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._split("train").class_names
-
-    @property
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "in_channels": self.num_channels}
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
 
     @property
     def num_channels(self) -> int:
@@ -296,12 +278,6 @@ class ImageFolderDataModule(ChuteDataModule):
     def class_counts(self) -> np.ndarray:
         """Training samples per class (index = label)."""
         return self._split("train").class_counts()
-
-    def _bad_samples(self, split: str) -> BadSamples:
-        """The split's policy, shared by every dataset built for it so its counts add up."""
-        index = self._split(split)
-        key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
-        return self._bad_policy(key, "image")
 
     def dataset(self, split: str) -> ImageFolderDataset:
         """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
@@ -313,10 +289,6 @@ class ImageFolderDataModule(ChuteDataModule):
             seed=derive_seed(self.seed, 3) if split == "train" else None, on_error=self._bad_samples(split),
             drop_bad=split != "train",  # evaluation: a bad image is left out, not replaced by a duplicate
         )  # fmt: skip
-
-    @property
-    def normalization(self) -> tuple[list[float], list[float]] | None:
-        return (list(self.mean), list(self.std)) if self.mean is not None and self.std is not None else None
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` seeded random samples of ``split`` after its pipeline, without touching global RNG."""
@@ -343,10 +315,6 @@ class ImageFolderDataModule(ChuteDataModule):
             collate = DropMissing(collate)  # the bad images an evaluation split left out
         return self._dataloader(dataset, train=train, collate_fn=collate)
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
-        train = self._split("train")
-        return train.targets, len(train.class_names), train.class_names
-
     def _cached_dataset(self, split: str, transform: Transform | None, train: bool) -> CachedDataset:
         """Build (once, in the main process, before workers start) the split's cache."""
         if split not in self._cached:
@@ -367,30 +335,13 @@ class ImageFolderDataModule(ChuteDataModule):
         cached.seed = derive_seed(self.seed, 3) if random_stage else None  # keyed by (seed, epoch, index)
         return cached
 
-    def _split(self, name: str) -> FolderIndex:
-        if not self._splits:
-            raise self._not_set_up()
-        index = self._splits.get(name)
-        if index is None:
-            raise DataError(
-                f"No {name} split under '{self.root}': add '{self.root}/{self.split_dirs[name]}/<class>/<image>' "
-                "or set val_fraction to hold out part of the training images."
-            )
-        return index
-
     def _eval_index(self) -> FolderIndex:
         return self._splits.get("val") or self._split("train")
 
     def _index_splits(self) -> None:
-        if self._splits:
-            return
-        hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
-        seed = derive_seed(self.seed, 1)
-        self._splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, missing_hint=hint)
-        if self._splits["test"] is self._splits["val"] is not None:
-            test = self.split_dirs["test"]
-            rank_zero_info(f"No '{test}' split under '{self.root}': test and predict use the val split.")
-        self._check_expected_classes()
+        if not self._splits:
+            self._splits = self._find_splits()
+            self._check_expected_classes()
 
     def _check_expected_classes(self) -> None:
         if self._expected_classes is not None and self._expected_classes != self.class_names:
@@ -418,23 +369,10 @@ class ImageFolderDataModule(ChuteDataModule):
     def _measure_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of up to 512 training images after the eval pipeline."""
         train = self._split("train")
-        rng = np.random.default_rng(derive_seed(self.seed, 2))
-        picks = rng.choice(len(train), size=min(_STATS_SAMPLES, len(train)), replace=False)
-        total = torch.zeros(self.num_channels, dtype=torch.float64)
-        total_sq = torch.zeros_like(total)
-        count = 0
-        for image in self._readable_images(train, picks):
-            if self.val_transform is not None:
-                image = self.val_transform(image)
-            pixels = image.reshape(image.shape[0], -1).to(torch.float64) / 255.0
-            total += pixels.sum(dim=1)
-            total_sq += (pixels * pixels).sum(dim=1)
-            count += pixels.shape[1]
-        if count == 0:
-            raise DataError(f"None of the {len(picks)} training images sampled under '{train.root}' can be read.")
-        mean = total / count
-        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
-        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+        picks = self._pick_for_stats(len(train), _STATS_SAMPLES)
+        transform = self.val_transform or (lambda image: image)
+        images = (transform(image) for image in self._readable_images(train, picks))
+        return self._mean_std(images, self.num_channels, len(picks))
 
 
 class _InLayout:

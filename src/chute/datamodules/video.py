@@ -11,9 +11,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from chute.bad_samples import BadSamples, OnError
-from chute.datamodules.base import ChuteDataModule
-from chute.datasets.folder import discover_splits
+from chute.bad_samples import OnError
+from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.video import (
     DECODERS,
     VIDEO_EXTENSIONS,
@@ -40,7 +39,7 @@ _STATS_VIDEOS = 64
 DEFAULT_TRANSFORMS = {"image_size": 112, "scale": [0.25, 1.0]}
 
 
-class VideoDataModule(ChuteDataModule):
+class VideoDataModule(ClassFolderDataModule):
     """Videos in class folders, as clips of ``frames_per_clip`` frames, decoded on demand.
 
     Layouts, as for images: ``root/train/<class>/*``, ``root/val/<class>/*`` (and optionally
@@ -107,6 +106,9 @@ class VideoDataModule(ChuteDataModule):
         (torch.uint8, (2, 4, 3, 32, 32))
     """
 
+    sample_what = "video"
+    extensions = VIDEO_EXTENSIONS
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -135,25 +137,14 @@ class VideoDataModule(ChuteDataModule):
         max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__(
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
+            root, channels=3, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir, test_dir=test_dir,
+            mean=mean, std=std, loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance,
+            on_error=on_error, max_bad_fraction=max_bad_fraction,
         )  # fmt: skip
         self.spec = ClipSpec(frames_per_clip, stride, fps, sampling, clips_per_video, short)
         self.transforms = _clip_settings(transforms)
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
-        for key, stat in (("mean", mean), ("std", std)):
-            if stat is not None and len(stat) != 3:
-                raise ConfigError(key, list(stat), "needs 3 values (RGB)")
-        if (mean is None) != (std is None):
-            raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
         if isinstance(decoder_threads, bool) or not isinstance(decoder_threads, int) or decoder_threads < 0:
             raise ConfigError("decoder_threads", decoder_threads, "must be an integer >= 0 (0: FFmpeg decides)")
-        self.root = os.fspath(root)
-        self.val_fraction = val_fraction
-        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
-        self.mean: list[float] | None = list(mean) if mean is not None else None
-        self.std: list[float] | None = list(std) if std is not None else None
         self.decoder_threads = decoder_threads
         if decoder not in DECODERS:
             raise ConfigError("decoder", decoder, f"must be one of {list(DECODERS)}")
@@ -164,7 +155,6 @@ class VideoDataModule(ChuteDataModule):
                 "e.g. `apt install ffmpeg`; or use decoder=pyav, which brings its own",
             )  # fmt: skip
         self.decoder: Decoder = decoder
-        self._splits: dict[str, VideoIndex | None] = {}
         self._save_plain_hparams(transforms=dataclasses.asdict(self.transforms))
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -193,20 +183,8 @@ class VideoDataModule(ChuteDataModule):
     # -- Public properties -----------------------------------------------------------------------
 
     @property
-    def class_names(self) -> tuple[str, ...]:
-        return self._split("train").class_names
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_classes": self.num_classes, "in_channels": 3, "frames_per_clip": self.spec.frames_per_clip}
-
-    @property
-    def normalization(self) -> tuple[list[float], list[float]] | None:
-        return (list(self.mean), list(self.std)) if self.mean is not None and self.std is not None else None
 
     def dataset(self, split: str) -> VideoClipDataset:
         """The ``train``, ``val`` or ``test`` split's clips, with its transform."""
@@ -238,33 +216,10 @@ class VideoDataModule(ChuteDataModule):
     def _split_loader(self, split: str, train: bool) -> Loader:
         return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(collate_clips))
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
-        train = self._split("train")
-        return train.targets, len(train.class_names), train.class_names
-
-    def _bad_samples(self, split: str) -> BadSamples:
-        index = self._split(split)
-        key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
-        return self._bad_policy(key, "video")
-
-    def _split(self, name: str) -> VideoIndex:
-        if not self._splits:
-            raise self._not_set_up()
-        index = self._splits.get(name)
-        if index is None:
-            raise DataError(
-                f"No {name} split under '{self.root}': add '{self.root}/{self.split_dirs[name]}/<class>/<video>' "
-                "or set val_fraction to hold out part of the training videos."
-            )
-        return index
-
     def _index_splits(self) -> None:
         if self._splits:
             return
-        hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
-        folders = discover_splits(
-            self.root, self.split_dirs, self.val_fraction, derive_seed(self.seed, 1), VIDEO_EXTENSIONS, "videos", hint
-        )
+        folders = self._find_splits()
         spec = self.spec
         indexed: dict[int, VideoIndex] = {}
         for name, folder in folders.items():
@@ -290,24 +245,9 @@ class VideoDataModule(ChuteDataModule):
         dataset = self.dataset("train")
         dataset.train = False  # fixed centre clips and the evaluation crop: the same every run
         dataset.transform = ClipTransform(CenterCropDecode(self.transforms.image_size, self.transforms.eval_resize))
-        rng = np.random.default_rng(derive_seed(self.seed, 2))
-        picks = rng.choice(len(dataset), size=min(_STATS_VIDEOS, len(dataset)), replace=False)
-        total = torch.zeros(3, dtype=torch.float64)
-        total_sq = torch.zeros_like(total)
-        count = 0
-        for i in picks:
-            sample = dataset[int(i)]
-            if sample is None:
-                continue
-            pixels = sample[0].permute(1, 0, 2, 3).reshape(3, -1).to(torch.float64) / 255.0
-            total += pixels.sum(dim=1)
-            total_sq += (pixels * pixels).sum(dim=1)
-            count += pixels.shape[1]
-        if count == 0:
-            raise DataError(f"None of the {len(picks)} training videos sampled under '{self.root}' can be read.")
-        mean = total / count
-        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
-        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
+        picks = self._pick_for_stats(len(dataset), _STATS_VIDEOS)
+        clips = (sample[0].transpose(0, 1) for i in picks if (sample := dataset[int(i)]) is not None)  # (C, T, H, W)
+        return self._mean_std(clips, 3, len(picks))
 
 
 def _clip_settings(transforms: TransformSettings | Mapping[str, Any] | None) -> TransformSettings:

@@ -1,0 +1,149 @@
+"""``ClassFolderDataModule``: what the DataModules over ``root/<split>/<class>/<file>`` trees share.
+
+Images and videos find their splits the same way (:func:`~chute.datasets.folder.discover_splits`),
+keep one bad-sample policy per split, take their class targets from the folder names and normalize
+with per-channel statistics measured on training samples. A new kind of class-folder data
+inherits all of it and writes only how a split is indexed and read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from chute.bad_samples import BadSamples, OnError
+from chute.datamodules.base import ChuteDataModule
+from chute.datasets.folder import FolderIndex, discover_splits
+from chute.errors import ConfigError, DataError
+from chute.imbalance import ImbalanceSettings
+from chute.loader import LoaderSettings, derive_seed
+
+
+class ClassFolderDataModule(ChuteDataModule):
+    """Base of the class-folder DataModules: splits, class targets, bad samples and statistics.
+
+    Subclasses name what a sample is (:attr:`sample_what`: ``"image"``, ``"video"``) and the file
+    endings that count (:attr:`extensions`), and fill ``self._splits`` in ``_index_splits`` (from
+    :meth:`_find_splits`); each split's index has ``class_names`` and ``targets``. The arguments are
+    those every such DataModule takes; its subclass documents them.
+    """
+
+    sample_what = "sample"
+    extensions: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        channels: int,
+        channels_hint: str = "",
+        val_fraction: float,
+        train_dir: str,
+        val_dir: str,
+        test_dir: str,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        loader: LoaderSettings | Mapping[str, Any] | None,
+        seed: int,
+        prepare: Callable[[str], Any] | None,
+        collate_fn: Callable[[Any], Any] | str | None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None,
+        on_error: OnError,
+        max_bad_fraction: float,
+    ) -> None:
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
+        for key, stat in (("mean", mean), ("std", std)):
+            if stat is not None and len(stat) != channels:
+                raise ConfigError(key, list(stat), f"needs {channels} values{channels_hint}, one per channel")
+        if (mean is None) != (std is None):
+            raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
+        self.root = os.fspath(root)
+        self.val_fraction = val_fraction
+        self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.mean: list[float] | None = list(mean) if mean is not None else None
+        self.std: list[float] | None = list(std) if std is not None else None
+        self._splits: dict[str, Any] = {}
+
+    # -- What callers read ------------------------------------------------------------------------
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self._split("train").class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        return (list(self.mean), list(self.std)) if self.mean is not None and self.std is not None else None
+
+    # -- For subclasses --------------------------------------------------------------------------
+
+    def _find_splits(self) -> dict[str, FolderIndex | None]:
+        """The tree's splits (see :func:`~chute.datasets.folder.discover_splits`), saying once when
+        test and predict fall back to the validation split."""
+        hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
+        seed = derive_seed(self.seed, 1)
+        what = f"{self.sample_what}s"
+        splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, self.extensions, what, hint)
+        if splits["test"] is splits["val"] is not None:
+            test = self.split_dirs["test"]
+            rank_zero_info(f"No '{test}' split under '{self.root}': test and predict use the val split.")
+        return splits
+
+    def _split(self, name: str) -> Any:
+        if not self._splits:
+            raise self._not_set_up()
+        index = self._splits.get(name)
+        if index is None:
+            raise DataError(
+                f"No {name} split under '{self.root}': add "
+                f"'{self.root}/{self.split_dirs[name]}/<class>/<{self.sample_what}>' or set val_fraction to hold "
+                f"out part of the training {self.sample_what}s."
+            )
+        return index
+
+    def _bad_samples(self, split: str) -> BadSamples:
+        """The split's policy, shared by every dataset built for it so its counts add up."""
+        index = self._split(split)
+        key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
+        return self._bad_policy(key, self.sample_what)
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        train = self._split("train")
+        return train.targets, len(train.class_names), tuple(train.class_names)
+
+    def _pick_for_stats(self, size: int, most: int) -> np.ndarray:
+        """Up to ``most`` of ``size`` training samples, the same for a seed, for :meth:`_mean_std`."""
+        rng = np.random.default_rng(derive_seed(self.seed, 2))
+        return rng.choice(size, size=min(most, size), replace=False)
+
+    def _mean_std(self, samples: Iterable[torch.Tensor], channels: int, tried: int) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std, in ``[0, 1]`` units, of ``uint8`` samples whose first axis is the
+        channel (``(C, ...)``); ``tried`` is how many were asked for, for the error when none read."""
+        total = torch.zeros(channels, dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        count = 0
+        for sample in samples:
+            pixels = sample.reshape(channels, -1).to(torch.float64) / 255.0
+            total += pixels.sum(dim=1)
+            total_sq += (pixels * pixels).sum(dim=1)
+            count += pixels.shape[1]
+        if count == 0:
+            raise DataError(
+                f"None of the {tried} training {self.sample_what}s sampled under '{self.root}' can be read."
+            )
+        mean = total / count
+        std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+        return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
