@@ -71,6 +71,11 @@ def fast_paths() -> list[tuple[str, bool, str]]:
     )
     paths.append(("PNG, WebP, GIF and CMYK JPEG decoding (TorchCodec)", True, f"torchcodec {_version('torchcodec')}"))
     paths.append(("resize after a crop (OpenCV)", True, f"opencv {cv2.__version__}, {cv2.getNumThreads()} threads"))
+    paths.append(("video decoding, decoder=pyav (FFmpeg in PyAV's wheel)", True, _pyav_detail()))
+    from chute.datasets.video import torchcodec_video_error
+
+    why = torchcodec_video_error()
+    paths.append(("video decoding, decoder=torchcodec (system FFmpeg)", why is None, why or ""))
     cuda = torch.cuda.is_available()
     paths.append(
         ("CUDA: pinned-memory copies, batch hook on the GPU", cuda, torch.cuda.get_device_name(0) if cuda else "none")
@@ -80,13 +85,22 @@ def fast_paths() -> list[tuple[str, bool, str]]:
     return paths
 
 
+def _pyav_detail() -> str:
+    try:
+        import av
+    except ImportError:
+        return "PyAV not installed"
+    codec = av.library_versions.get("libavcodec", ())
+    return f"av {av.__version__}, libavcodec {'.'.join(map(str, codec))}"
+
+
 def versions() -> dict[str, str]:
     """Installed versions of chute and the libraries its speed and results depend on."""
     import platform
 
     names = [
         "chute", "torch", "torchvision", "lightning", "torchcodec", "simplejpeg", "pillow", "numpy",
-        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core",
+        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core", "av",
     ]  # fmt: skip
     return {"python": platform.python_version(), **{name: _version(name) for name in names}}
 

@@ -301,6 +301,8 @@ def torchcodec_video_error() -> str | None:
         if not getattr(ops, "_FFMPEG_AVAILABLE", False):
             ops.load_core_libraries()  # raises, saying which FFmpeg libraries it looked for
     except Exception as err:  # RuntimeError, OSError: no FFmpeg 4-7 shared libraries found
+        if "Could not load libtorchcodec" in str(err):
+            return "no FFmpeg shared libraries (4-7) found for libtorchcodec"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return f"{type(err).__name__}: {first}"
     return None
