@@ -44,7 +44,6 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -52,23 +51,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchlib import write_results
+from benchlib import rate, write_results
 from chute.datamodules import ImageFolderDataModule
 from chute.datasets import PhotoFolder
 from chute.transforms import create_transforms
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-
-
-def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> float:
-    start, images = time.perf_counter(), 0
-    for batch in loader:
-        if hook is not None:
-            batch = hook(batch)
-        images += len(batch[0])
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()  # the last copies and hooks are done when the clock stops
-    return images / (time.perf_counter() - start)
 
 
 def measure(loader: Iterable[Any], epochs: int, hook: Callable[[Any], Any] | None = None) -> float:

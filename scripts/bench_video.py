@@ -30,7 +30,6 @@ import argparse
 import os
 import random
 import statistics
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from benchlib import write_results
+from benchlib import rate, write_results
 from chute.datamodules import VideoDataModule
 from chute.datasets import MotionClips
 from chute.datasets.folder import scan_folder
@@ -79,15 +78,6 @@ class WholeVideoClips(Dataset[Any]):
         picks = [min(start + round(k * step), len(frames) - 1) for k in range(FRAMES)]
         clip = torch.from_numpy(np.stack([frames[k] for k in picks])).permute(0, 3, 1, 2)  # (T, C, H, W)
         return self.transform(clip), self.labels[i]
-
-
-def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> float:
-    start, clips = time.perf_counter(), 0
-    for batch in loader:
-        if hook is not None:
-            batch = hook(batch)
-        clips += len(batch[0])
-    return clips / (time.perf_counter() - start)
 
 
 def worker_rss_mib() -> list[float]:

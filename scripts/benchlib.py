@@ -6,6 +6,8 @@ import csv
 import json
 import os
 import platform
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,21 @@ def machine() -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }
+
+
+def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> float:
+    """Samples per second of one pass over ``loader``, each batch through ``hook`` first (if given).
+
+    Counts ``len(batch[0])`` per batch; with CUDA in use, the clock stops after the device is done.
+    """
+    start, samples = time.perf_counter(), 0
+    for batch in loader:
+        if hook is not None:
+            batch = hook(batch)
+        samples += len(batch[0])
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()  # the last copies and hooks are done when the clock stops
+    return samples / (time.perf_counter() - start)
 
 
 def write_results(stem: Path, args: dict[str, Any], rows: list[dict[str, Any]], value: str, title: str) -> None:

@@ -2,7 +2,7 @@
 
 Images and videos find their splits the same way (:func:`~chute.datasets.folder.discover_splits`),
 keep one bad-sample policy per split, take their class targets from the folder names and normalize
-with per-channel statistics measured on training samples. A new kind of class-folder data
+with per-channel statistics measured on training samples (kept in ``state_dict``). A new kind of class-folder data
 inherits all of it and writes only how a split is indexed and read.
 """
 
@@ -22,6 +22,7 @@ from chute.datasets.folder import FolderIndex, discover_splits
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings, derive_seed
+from chute.transforms.batch import NormalizeBatch
 
 
 class ClassFolderDataModule(ChuteDataModule):
@@ -35,6 +36,8 @@ class ClassFolderDataModule(ChuteDataModule):
 
     sample_what = "sample"
     extensions: tuple[str, ...] = ()
+    #: The layout the batch hook hands the model (``ImageFolderDataModule`` makes it an argument).
+    channels_last = True
 
     def __init__(
         self,
@@ -88,7 +91,29 @@ class ClassFolderDataModule(ChuteDataModule):
     def normalization(self) -> tuple[list[float], list[float]] | None:
         return (list(self.mean), list(self.std)) if self.mean is not None and self.std is not None else None
 
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state.update(mean=self.mean, std=self.std)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("mean") is not None:
+            self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
+            self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+
     # -- For subclasses --------------------------------------------------------------------------
+
+    def _normalize(self) -> None:
+        """Measure ``mean``/``std`` on training samples unless given (or restored), and make the batch
+        hook normalize with them."""
+        if self.mean is None or self.std is None:
+            self.mean, self.std = self._measure_stats()
+        self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+
+    def _measure_stats(self) -> tuple[list[float], list[float]]:
+        """Per-channel ``(mean, std)`` of training samples (subclasses read them; see :meth:`_mean_std`)."""
+        raise NotImplementedError
 
     def _find_splits(self) -> dict[str, FolderIndex | None]:
         """The tree's splits (see :func:`~chute.datasets.folder.discover_splits`), saying once when

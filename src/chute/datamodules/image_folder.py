@@ -26,7 +26,6 @@ from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, derive_seed
-from chute.transforms.batch import NormalizeBatch
 from chute.transforms.checks import check_deterministic
 from chute.transforms.device import MixBatch
 from chute.transforms.factory import Transforms, create_transforms
@@ -232,9 +231,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def setup(self, stage: str | None = None) -> None:
         fastpaths.say_if_missing()  # once per process: JPEGs decode whole without chute's extension
         self._index_splits()
-        if self.mean is None or self.std is None:
-            self.mean, self.std = self._measure_stats()
-        self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
+        self._normalize()
         if self.device_augment and self._train_batch is not None:
             self.train_batch_transform = _InLayout(self._train_batch, self.channels_last)
         if any(a > 0 for a in self.mix_alphas):
@@ -247,18 +244,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.update(
-            class_names=list(self.class_names) if self._splits else self._expected_classes,
-            mean=self.mean,
-            std=self.std,
-            image_mode=self.image_mode,
+            class_names=list(self.class_names) if self._splits else self._expected_classes, image_mode=self.image_mode
         )
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
-        if state_dict.get("mean") is not None:
-            self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
-            self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
         if state_dict.get("class_names") is not None:
             self._expected_classes = tuple(state_dict["class_names"])
             if self._splits:

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from chute.bad_samples import OnError
 from chute.datamodules.class_folders import ClassFolderDataModule
+from chute.datasets.folder import DropMissing
 from chute.datasets.video import (
     DECODERS,
     VIDEO_EXTENSIONS,
@@ -30,7 +31,6 @@ from chute.datasets.video import (
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, derive_seed
-from chute.transforms.batch import NormalizeBatch
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import TransformSettings
 
@@ -164,21 +164,8 @@ class VideoDataModule(ClassFolderDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self._index_splits()
-        if self.mean is None or self.std is None:
-            self.mean, self.std = self._measure_stats()
-        self.batch_transform = NormalizeBatch(self.mean, self.std)
+        self._normalize()
         self._check_imbalance()
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state.update(mean=self.mean, std=self.std)
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if state_dict.get("mean") is not None:
-            self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
-            self.batch_transform = NormalizeBatch(self.mean, self.std)
 
     # -- Public properties -----------------------------------------------------------------------
 
@@ -188,17 +175,7 @@ class VideoDataModule(ClassFolderDataModule):
 
     def dataset(self, split: str) -> VideoClipDataset:
         """The ``train``, ``val`` or ``test`` split's clips, with its transform."""
-        train = split == "train"
-        settings = self.transforms
-        region = (
-            RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip)
-            if train else CenterCropDecode(settings.image_size, settings.eval_resize)
-        )  # fmt: skip
-        transform = ClipTransform(region, settings.color_jitter if train else 0.0, settings.interpolation)
-        return VideoClipDataset(
-            self._split(split), self.spec, transform, train=train, seed=derive_seed(self.seed, 3),
-            on_error=self._bad_samples(split), threads=self.decoder_threads, decoder=self.decoder,
-        )  # fmt: skip
+        return self._clips(split, self.spec, train=split == "train")
 
     def preview_batch(self, split: str, n: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``n`` (at most 8: a picture row each) seeded clips of ``split`` after its pipeline:
@@ -206,15 +183,31 @@ class VideoDataModule(ClassFolderDataModule):
         dataset = self.dataset(split)
         rng = np.random.default_rng(derive_seed(self.seed, 7))
         picks = rng.choice(len(dataset), size=min(n, 8, len(dataset)), replace=False)
-        batch = collate_clips([dataset[int(i)] for i in picks])
+        batch = DropMissing(collate_clips)([dataset[int(i)] for i in picks])
         if batch is None:
             raise DataError(f"None of the {len(picks)} clips drawn from the {split} split for a preview can be read.")
         return batch[0], batch[1]
 
     # -- Internals -------------------------------------------------------------------------------
 
+    def _clips(self, split: str, spec: ClipSpec, train: bool) -> VideoClipDataset:
+        """``split``'s clips by ``spec``: random ones with the training transform, or fixed ones with
+        the evaluation transform."""
+        settings = self.transforms
+        region = (
+            RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip)
+            if train else CenterCropDecode(settings.image_size, settings.eval_resize)
+        )  # fmt: skip
+        transform = ClipTransform(region, settings.color_jitter if train else 0.0, settings.interpolation)
+        return VideoClipDataset(
+            self._split(split), spec, transform, train=train, seed=derive_seed(self.seed, 3),
+            on_error=self._bad_samples(split), threads=self.decoder_threads, decoder=self.decoder,
+        )  # fmt: skip
+
     def _split_loader(self, split: str, train: bool) -> Loader:
-        return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(collate_clips))
+        # A bad video's clip is None under on_error=skip: left out of its batch before any collate sees it.
+        collate = DropMissing(self._collate(collate_clips))
+        return self._dataloader(self.dataset(split), train=train, collate_fn=collate)
 
     def _index_splits(self) -> None:
         if self._splits:
@@ -225,11 +218,8 @@ class VideoDataModule(ClassFolderDataModule):
         for name, folder in folders.items():
             if folder is None or id(folder) in indexed:
                 continue
-            bad = self._bad_policy(name, "video", fresh=True)
-            index, too_short = index_videos(
-                folder.root, folder.paths, folder.targets, folder.class_names, bad,
-                keep=(lambda n, fps: spec.fits(n, fps)) if spec.short == "skip" else None,
-            )  # fmt: skip
+            bad = self._bad_policy(name, self.sample_what, fresh=True)
+            index, too_short = index_videos(folder, bad, keep=spec.fits if spec.short == "skip" else None)
             if too_short:
                 rank_zero_info(
                     f"short=skip: left out {len(too_short)} of the {len(folder)} {name} videos under "
@@ -241,10 +231,8 @@ class VideoDataModule(ClassFolderDataModule):
             raise DataError(f"No training video under '{self.root}' can be used (see the messages above).")
 
     def _measure_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean/std of the evaluation clips of up to 64 training videos."""
-        dataset = self.dataset("train")
-        dataset.train = False  # fixed centre clips and the evaluation crop: the same every run
-        dataset.transform = ClipTransform(CenterCropDecode(self.transforms.image_size, self.transforms.eval_resize))
+        """Per-channel mean/std of the centre clips of up to 64 training videos, evaluation crop."""
+        dataset = self._clips("train", dataclasses.replace(self.spec, clips_per_video=1), train=False)
         picks = self._pick_for_stats(len(dataset), _STATS_VIDEOS)
         clips = (sample[0].transpose(0, 1) for i in picks if (sample := dataset[int(i)]) is not None)  # (C, T, H, W)
         return self._mean_std(clips, 3, len(picks))

@@ -4,9 +4,9 @@ The index (:func:`index_videos`) reads each file's packet table once at setup, w
 every frame's presentation timestamp, the frame rate and the frame size, kept in NumPy arrays. A
 clip is then a set of frame numbers (:class:`ClipSpec`), and :func:`decode_frames` seeks to the
 keyframe before the first of them and decodes forward only until the last: never the whole video.
-PyAV is the decoder (its wheels carry FFmpeg, so ``pip install`` is the whole set-up; TorchCodec's
-video decoder needs FFmpeg's shared libraries on the system). A clip's crop, flip and colour change
-are drawn once and applied to all its frames in one OpenCV call over the stacked frames
+PyAV is the default decoder (its wheels carry FFmpeg, so ``pip install`` is the whole set-up);
+TorchCodec's, which needs FFmpeg's shared libraries on the system, is the other. A clip's crop,
+flip and colour change are drawn once and applied to all its frames in one batched resize
 (:class:`ClipTransform`), keyed by ``(seed, epoch, index)`` like images.
 
 Over 300 lines because the index layout, the frame-number policy and the dataset that reads
@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples, OnError
+from chute.datasets.folder import FolderIndex
 from chute.errors import ConfigError, DataError
 from chute.loader import SharedEpoch, sample_seed
 from chute.transforms.fused import CropDecode
@@ -195,17 +196,16 @@ def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
 
 
 def index_videos(
-    root: str, paths: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...], bad: BadSamples,
-    keep: Callable[[int, float], bool] | None = None,
-) -> tuple[VideoIndex, list[str]]:  # fmt: skip
-    """Probe every video; a bad one raises or (``on_error=skip``) is left out and counted.
+    folder: FolderIndex, bad: BadSamples, keep: Callable[[int, float], bool] | None = None
+) -> tuple[VideoIndex, list[str]]:
+    """Probe every video of ``folder``; a bad one raises or (``on_error=skip``) is left out and counted.
 
     ``keep(num_frames, fps)`` may leave out good videos too (``short="skip"``); their paths are
     returned with the index.
     """
     kept, stamps, rates, sizes, left_out = [], [], [], [], []
-    for i, rel in enumerate(paths):
-        path = os.path.join(root, os.fsdecode(rel))
+    for i in range(len(folder)):
+        path = folder.path(i)
         bad.seen()
         try:
             pts, fps, width, height = probe_video(path)
@@ -222,7 +222,7 @@ def index_videos(
     rows = np.asarray(kept, dtype=np.int64)
     counts = np.array([len(s) for s in stamps], dtype=np.int64)
     index = VideoIndex(
-        root, paths[rows], targets[rows], class_names,
+        folder.root, folder.paths[rows], folder.targets[rows], folder.class_names,
         np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         np.concatenate(stamps).astype(np.int64) if stamps else np.empty(0, np.int64),
         np.asarray(rates, dtype=np.float64), np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
@@ -277,8 +277,8 @@ def decode_frames(
         raise DataError(f"Video '{path}' cannot be decoded near frame {int(wanted[got])}: {err}") from None
     if out is None or got < len(targets):
         raise DataError(
-            f"Video '{path}' ends at frame {got + int(wanted[0]) if got else 'before ' + str(int(wanted[0]))} "
-            f"of the {len(pts)} its packet table lists (damaged or cut short)."
+            f"Video '{path}' ends before frame {int(wanted[got])} of the {len(pts)} its packet table lists "
+            "(damaged or cut short)."
         )
     return out[order]
 
@@ -458,9 +458,6 @@ class VideoClipDataset(Dataset[Any]):
             pixels = self.transform(pixels, rng if self.train else None)
         return torch.from_numpy(pixels).permute(0, 3, 1, 2), int(self.index.targets[video]), video
 
-    def __getitems__(self, indices: Sequence[int]) -> list[Any]:
-        return [self[int(i)] for i in indices]
-
     @property
     def class_names(self) -> tuple[str, ...]:
         return self.index.class_names
@@ -470,20 +467,17 @@ class VideoClipDataset(Dataset[Any]):
         return np.repeat(self.index.targets, self.clips)
 
 
-def collate_clips(samples: Sequence[tuple[torch.Tensor, int, int] | None]) -> Any:
+def collate_clips(samples: Sequence[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(clips, labels, videos)`` from samples; clips ``(B, T, C, H, W)`` with channels-last frames.
 
-    Left-out samples (``None``) are dropped; a batch without any becomes ``None`` (never handed to a
-    model by chute's loaders).
+    Clips a bad video left out (``None``) are dropped first by
+    :class:`~chute.datasets.folder.DropMissing`, which the DataModule wraps around it.
     """
-    present = [s for s in samples if s is not None]
-    if not present:
-        return None
-    first = present[0][0]
+    first = samples[0][0]
     t, c, h, w = first.shape
-    clips = torch.empty((len(present), t, h, w, c), dtype=first.dtype)
-    for b, (clip, _, _) in enumerate(present):
+    clips = torch.empty((len(samples), t, h, w, c), dtype=first.dtype)
+    for b, (clip, _, _) in enumerate(samples):
         clips[b] = clip.permute(0, 2, 3, 1)
-    labels = torch.tensor([s[1] for s in present], dtype=torch.int64)
-    videos = torch.tensor([s[2] for s in present], dtype=torch.int64)
+    labels = torch.tensor([s[1] for s in samples], dtype=torch.int64)
+    videos = torch.tensor([s[2] for s in samples], dtype=torch.int64)
     return clips.permute(0, 1, 4, 2, 3), labels, videos
