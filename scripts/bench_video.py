@@ -85,7 +85,10 @@ def worker_rss_mib() -> list[float]:
     me = os.getpid()
     children = []
     for task in Path(f"/proc/{me}/task").iterdir():
-        children += (task / "children").read_text().split()
+        try:
+            children += (task / "children").read_text().split()
+        except FileNotFoundError:  # a loader thread that ended since the listing
+            continue
     rss = []
     for pid in children:
         try:

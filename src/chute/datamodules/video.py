@@ -231,10 +231,11 @@ class VideoDataModule(ClassFolderDataModule):
             raise DataError(f"No training video under '{self.root}' can be used (see the messages above).")
 
     def _measure_stats(self) -> tuple[list[float], list[float]]:
-        """Per-channel mean/std of the centre clips of up to 64 training videos, evaluation crop."""
-        dataset = self._clips("train", dataclasses.replace(self.spec, clips_per_video=1), train=False)
-        picks = self._pick_for_stats(len(dataset), _STATS_VIDEOS)
-        clips = (sample[0].transpose(0, 1) for i in picks if (sample := dataset[int(i)]) is not None)  # (C, T, H, W)
+        """Per-channel mean/std of up to 64 training videos' first evaluation clip (evaluation crop)."""
+        dataset = self._clips("train", self.spec, train=False)
+        picks = self._pick_for_stats(len(dataset.index), _STATS_VIDEOS)
+        samples = (dataset[int(v) * dataset.clips] for v in picks)
+        clips = (sample[0].transpose(0, 1) for sample in samples if sample is not None)  # (C, T, H, W)
         return self._mean_std(clips, 3, len(picks))
 
 
