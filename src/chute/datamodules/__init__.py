@@ -10,6 +10,7 @@ from chute.datamodules.image_folder import ImageFolderDataModule
 from chute.datamodules.litdata import LitDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
+from chute.datamodules.sql import SqlDataModule
 from chute.datamodules.streaming import StreamingDataModule
 from chute.datamodules.tabular import TabularDataModule
 from chute.datamodules.video import VideoDataModule
@@ -22,6 +23,7 @@ DATAMODULES: dict[str, type[ChuteDataModule]] = {
     "streaming": StreamingDataModule,
     "litdata": LitDataModule,
     "video": VideoDataModule,
+    "sql": SqlDataModule,
 }
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "LitDataModule",
     "MultiTaskDataModule",
     "SequenceDataModule",
+    "SqlDataModule",
     "StreamingDataModule",
     "TabularDataModule",
     "VideoDataModule",

@@ -21,8 +21,7 @@ from chute.datasets.tabular import (
     TableEncoder,
     check_encoding,
     check_labels_present,
-    encode_labels,
-    encode_numbers,
+    encode_split,
     label_classes,
     read_split,
 )
@@ -207,35 +206,31 @@ class TableDataModuleBase(ChuteDataModule):
         return {"train": train, "val": val, "test": test}
 
     def _infer_numeric(self, train: Split) -> list[str]:
-        taken = {column for column, _ in self.tasks.values()} | {self.weight, *self._encoder_args["categorical"]}  # type: ignore[misc]
-        numeric: list[str] = []
-        skipped: list[str] = []
-        for name, kind in zip(train.table.column_names, train.table.schema.types, strict=True):
-            if name in taken:
-                continue
-            usable = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
-            # A column of numbers with a few text cells reads as text: it is numeric, and encoding it
-            # names the bad cells (dropping it silently would train on fewer features than the file has).
-            (numeric if usable or _mostly_numbers(train.strings(name)) else skipped).append(name)
-        if skipped:
-            rank_zero_info(f"{type(self).__name__}: ignoring non-numeric columns {skipped} (list them as categorical).")
-        if not numeric and not self._encoder_args["categorical"]:
-            raise DataError(f"'{train.source}' has no numeric feature columns besides the targets.")
-        return numeric
+        taken = {column for column, _ in self.tasks.values()} | {self.weight}
+        return infer_numeric(train, taken, self._encoder_args["categorical"], type(self).__name__)  # type: ignore[arg-type]
 
     def _encode(self, split: Split) -> Dataset[Any]:
-        features = self._encoder().encode(split)
-        targets = {}
-        for name, (column, kind) in self.tasks.items():
-            if kind == "classification":
-                targets[name] = encode_labels(split, column, self.task_classes[name])
-            else:
-                targets[name] = encode_numbers(split, column)
-        weights = encode_numbers(split, self.weight, "Weight") if self.weight is not None else None
-        if weights is not None and (weights < 0).any():
-            row = int(np.flatnonzero(weights < 0)[0])
-            raise DataError(f"Weight column {self.weight!r} is negative at {split.where(row)}.")
-        return self._make_dataset(features, targets, weights)
+        encoded = encode_split(split, self._encoder(), self.tasks, self.task_classes, self.weight)
+        return self._make_dataset(*encoded)
+
+
+def infer_numeric(train: Split, taken: set[str | None], categorical: Sequence[str], owner: str) -> list[str]:
+    """The numeric feature columns of ``train``: every column not ``taken`` (targets, weight) or
+    ``categorical`` that holds numbers; other columns are logged as ignored."""
+    numeric: list[str] = []
+    skipped: list[str] = []
+    for name, kind in zip(train.table.column_names, train.table.schema.types, strict=True):
+        if name in taken or name in categorical:
+            continue
+        usable = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+        # A column of numbers with a few text cells reads as text: it is numeric, and encoding it
+        # names the bad cells (dropping it silently would train on fewer features than the file has).
+        (numeric if usable or _mostly_numbers(train.strings(name)) else skipped).append(name)
+    if skipped:
+        rank_zero_info(f"{owner}: ignoring non-numeric columns {skipped} (list them as categorical).")
+    if not numeric and not categorical:
+        raise DataError(f"'{train.source}' has no numeric feature columns besides the targets.")
+    return numeric
 
 
 def _mostly_numbers(values: list[str | None]) -> bool:

@@ -8,7 +8,7 @@ from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
 from chute.datasets.shards import ShardIndex, ShardStream, partition, write_shards
-from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnTable, sklearn_table, write_table
+from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnSqlite, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
 from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos
@@ -30,6 +30,7 @@ __all__ = [
     "ShardIndex",
     "ShardStream",
     "ShardedCopy",
+    "SklearnSqlite",
     "SklearnTable",
     "TableEncoder",
     "TabularDataset",

@@ -100,3 +100,37 @@ def write_table(table: pa.Table, path: str | os.PathLike[str]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class SklearnSqlite:
+    """Writes a bundled scikit-learn table into a SQLite file as table ``table`` (default: ``name``),
+    with an integer key column ``id`` (1..n), once (atomically): ``SqlDataModule``'s ``prepare``.
+
+    Args:
+        name: One of ``breast_cancer``, ``wine``, ``iris``, ``diabetes``.
+        table: The table's name in the file.
+    """
+
+    def __init__(self, name: str, table: str | None = None) -> None:
+        if name not in SKLEARN_TABLES:
+            raise ConfigError("name", name, f"must be one of {list(SKLEARN_TABLES)}")
+        self.name = name
+        self.table = table or name
+
+    def __call__(self, url: str) -> None:
+        from chute.datasets.database import Database
+        from chute.datasets.sql import ingest
+
+        path = Path(Database(url).path)
+        if path.is_file():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        os.remove(tmp)  # SQLite makes the file itself
+        try:
+            ingest(sklearn_table(self.name), f"sqlite:///{os.path.abspath(tmp)}", self.table)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)

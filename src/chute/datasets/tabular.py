@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -440,6 +440,33 @@ def encode_numbers(split: Split, column: str, what: str = "Target") -> np.ndarra
             f"{what} column {column!r} is missing or not finite at {split.where(int(bad[0]))} ({bad.size} such rows)."
         )
     return values.astype(np.float32)
+
+
+def encode_split(
+    split: Split,
+    encoder: TableEncoder,
+    tasks: Mapping[str, tuple[str, str]],
+    classes: Mapping[str, Sequence[str]],
+    weight: str | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+    """Features, targets per task and sample weights of ``split``: what every table source feeds a model.
+
+    ``tasks`` maps a task name to ``(column, "classification" | "regression")``; ``classes`` holds
+    each classification task's class names. Every bad value is a :class:`DataError` naming the
+    source, the row (or key) and the column.
+    """
+    features = encoder.encode(split)
+    targets = {}
+    for name, (column, kind) in tasks.items():
+        if kind == "classification":
+            targets[name] = encode_labels(split, column, classes[name])
+        else:
+            targets[name] = encode_numbers(split, column)
+    weights = encode_numbers(split, weight, "Weight") if weight is not None else None
+    if weights is not None and (weights < 0).any():
+        row = int(np.flatnonzero(weights < 0)[0])
+        raise DataError(f"Weight column {weight!r} is negative at {split.where(row)}.")
+    return features, targets, weights
 
 
 class TabularDataset(Dataset[tuple[torch.Tensor, ...]]):

@@ -15,6 +15,9 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
   ``iter`` before ``set_epoch``) still decides the order.
 - A batch with no samples (every sample of it left out, e.g. unreadable images in evaluation with
   ``on_error="skip"``) is never handed to the model; it still counts towards the position.
+- An order over data that changes between epochs (a database table: each epoch reads the rows
+  committed when it began) may also have ``snapshot_state()`` and ``restore_snapshot(epoch, state)``:
+  the position then records which rows the epoch read, and a resumed pass reads those rows again.
 """
 
 from __future__ import annotations
@@ -125,15 +128,24 @@ class Passes:
     def _batches(self) -> Iterator[Any]:
         raise NotImplementedError
 
-    def state_dict(self) -> dict[str, int]:
-        """The epoch of the current pass and how many batches it has handed out."""
+    def state_dict(self) -> dict[str, Any]:
+        """The epoch of the current pass and how many batches it has handed out (and, for an order
+        over changing data, what its snapshot was: see ``snapshot_state`` in the module docstring)."""
         if self._pending is not None:  # restored, not started yet: the position is still the saved one
-            return {"epoch": self._pending[0], "batches": self._pending[1]}
-        return {"epoch": self._epoch, "batches": self._handed}
+            state: dict[str, Any] = {"epoch": self._pending[0], "batches": self._pending[1]}
+        else:
+            state = {"epoch": self._epoch, "batches": self._handed}
+        snapshot = getattr(self.order, "snapshot_state", None)
+        if callable(snapshot) and (saved := snapshot()) is not None:
+            state["snapshot"] = saved
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next pass, if it is of ``state``'s epoch, continues after its ``batches``."""
         self._pending = (int(state["epoch"]), int(state["batches"]))
+        restore = getattr(self.order, "restore_snapshot", None)
+        if callable(restore) and state.get("snapshot") is not None:
+            restore(int(state["epoch"]), state["snapshot"])
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (without a trainer; with one, the trainer's epoch wins)."""

@@ -1,0 +1,332 @@
+"""``SqlDataModule``: features and a target from a SQL table or query, SQLite or PostgreSQL, read by key."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+
+from chute.bad_samples import OnError
+from chute.collate import passthrough
+from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.table import Task, UnknownCategory, infer_numeric
+from chute.datasets.database import Database, redact
+from chute.datasets.sql import Encoding, KeyOrder, SqlRows, SqlSource, fetch_split, key_split
+from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
+from chute.errors import ConfigError, DataError
+from chute.imbalance import ImbalanceSettings
+from chute.loader import Batched, Loader, LoaderSettings, derive_seed
+
+Snapshot = Literal["epoch", "once"]
+log = logging.getLogger(__name__)
+
+
+class SqlDataModule(ChuteDataModule):
+    """Rows of a SQL table (or ``SELECT``) as ``(features, targets)`` batches, read a batch per query.
+
+    The source needs a unique integer key column (``key``). Each epoch reads a *snapshot*: the keys
+    of the rows committed when the epoch began, read once (on rank 0, shared with the other ranks)
+    and kept in memory (8 bytes a row). Rows inserted during an epoch join the next one; a row
+    deleted during an epoch is an error naming it (``on_error=skip``: left out and counted). Under a
+    Trainer the loaders are made again each epoch to take the new snapshot's length
+    (``reload_dataloaders_every_n_epochs=1`` is set for you when it is not; ``snapshot="once"``
+    reads the keys once per run instead).
+
+    Every epoch delivers each row of its snapshot exactly once across ranks and workers (training
+    pads each rank's share with fewer than ``world_size`` repeated rows, so ranks take equal steps;
+    evaluation counts every row once), in an order drawn from ``(seed, epoch)``, and a checkpoint
+    saved mid-epoch resumes after the batches already trained on. Columns are encoded exactly as
+    :class:`TabularDataModule` encodes them (:class:`~chute.datasets.tabular.TableEncoder`), with
+    statistics fitted on the training rows at ``setup``.
+
+    Args:
+        url: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``postgresql://user@host:port/db``
+            (libpq's URI: ``?host=/socket/dir`` for a Unix socket). Keep passwords in ``PGPASSWORD``
+            or ``~/.pgpass``; a password in the URL is never shown (``***`` in logs, errors, hparams).
+        table: A table name, or a ``SELECT``/``WITH`` query whose result has the key column.
+        target: The target column.
+        key: The unique integer key column (e.g. an ``id`` primary key).
+        numeric: Numeric feature columns (``None``: every numeric column but key and target).
+        categorical: Categorical feature columns (one-hot over the training rows' values).
+        task: ``classification`` or ``regression``.
+        val_table: Table or query for validation; without it, ``val_fraction`` of ``table``'s rows
+            are held out by a seeded hash of their key (a row's split never changes, and rows that
+            arrive later split in the same proportion).
+        test_table: Table or query for test and predict (default: the validation rows).
+        val_fraction: Share held out when there is no ``val_table``.
+        missing, fill_value, standardize, unknown_category: As for :class:`TabularDataModule`.
+        snapshot: ``epoch`` (each epoch reads the rows committed when it began) or ``once``.
+        shuffle_block: Rows kept together by the training shuffle (``None``: ``batch_size // 64``, so a
+            batch is read as 64 key ranges from all over the table; 1: every row on its own).
+        fit_rows: Training rows the encoding is fitted on (a seeded sample when there are more).
+        retries: A lost connection is retried this many times (waits ``retry_wait`` s, doubling).
+        retry_wait: The first wait, in seconds.
+        loader, seed, prepare, collate_fn, imbalance, on_error, max_bad_fraction: As for every
+            DataModule (:class:`ChuteDataModule`); ``prepare(url)`` writes the database if missing.
+            Imbalance strategies that draw samples by label are refused (the labels live in the
+            database); ``loss_weights`` works.
+
+    Example:
+        >>> import tempfile
+        >>> from chute.datasets import SklearnSqlite
+        >>> url = "sqlite:///" + tempfile.mkdtemp() + "/wine.db"
+        >>> dm = SqlDataModule(url, table="wine", target="cultivar", prepare=SklearnSqlite("wine"))
+        >>> dm.prepare_data(); dm.setup("fit")
+        >>> dm.num_features, dm.class_names
+        (13, ('class_0', 'class_1', 'class_2'))
+        >>> features, targets = next(iter(dm.train_dataloader()))
+        >>> features.dtype, tuple(features.shape), targets.dtype
+        (torch.float32, (64, 13), torch.int64)
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        table: str,
+        target: str,
+        key: str = "id",
+        numeric: Sequence[str] | None = None,
+        categorical: Sequence[str] = (),
+        task: Task = "classification",
+        val_table: str | None = None,
+        test_table: str | None = None,
+        val_fraction: float = 0.2,
+        missing: MissingStrategy = "raise",
+        fill_value: float = 0.0,
+        standardize: bool = True,
+        unknown_category: UnknownCategory = "raise",
+        snapshot: Snapshot = "epoch",
+        shuffle_block: int | None = None,
+        fit_rows: int = 200_000,
+        retries: int = 3,
+        retry_wait: float = 0.5,
+        loader: LoaderSettings | Mapping[str, Any] | None = None,
+        seed: int = 0,
+        prepare: Callable[[str], Any] | None = None,
+        collate_fn: Callable[[Any], Any] | str | None = None,
+        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
+        on_error: OnError = "raise",
+        max_bad_fraction: float = 0.01,
+    ) -> None:
+        super().__init__(
+            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
+            max_bad_fraction=max_bad_fraction,
+        )  # fmt: skip
+        self.database = Database(url, retries=retries, retry_wait=retry_wait)
+        self.sources = {
+            "train": SqlSource(self.database, table, key),
+            "val": SqlSource(self.database, val_table or table, key),
+            "test": SqlSource(self.database, test_table or val_table or table, key),
+        }
+        self.held_out = val_table is None
+        if self.held_out and not 0.0 < val_fraction < 1.0:
+            raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_table")
+        if task not in ("classification", "regression"):
+            raise ConfigError("task", task, "must be 'classification' or 'regression'")
+        if snapshot not in ("epoch", "once"):
+            raise ConfigError("snapshot", snapshot, "must be 'epoch' (each epoch reads new rows) or 'once'")
+        if shuffle_block is not None and shuffle_block < 1:
+            raise ConfigError("shuffle_block", shuffle_block, "must be >= 1 (or null: batch_size // 64)")
+        if fit_rows < 1:
+            raise ConfigError("fit_rows", fit_rows, "must be >= 1")
+        if target in (key, *categorical, *(numeric or ())):
+            raise ConfigError("target", target, "is also the key or a feature column; a column cannot be both")
+        if self.imbalance.samples:
+            raise ConfigError(
+                "imbalance.strategy", self.imbalance.strategy,
+                "draws rows by label, and SqlDataModule reads rows by key; use loss_weights (or none)",
+            )  # fmt: skip
+        self.target, self.key, self.task = target, key, task
+        self.val_fraction = val_fraction
+        self.snapshot = snapshot
+        self.shuffle_block = shuffle_block
+        self.fit_rows = int(fit_rows)
+        self._numeric = None if numeric is None else list(numeric)
+        self._encoder_args = {
+            "categorical": list(categorical), "missing": missing, "fill_value": float(fill_value),
+            "standardize": standardize, "unknown_category": unknown_category,
+        }  # fmt: skip
+        TableEncoder(numeric=self._numeric if self._numeric is not None else ["?"], **self._encoder_args)  # type: ignore[arg-type]
+        self.encoding: Encoding | None = None
+        self._fit_labels: np.ndarray | None = None
+        self._saved_state: dict[str, Any] | None = None
+        self._keys_once: dict[str, np.ndarray] = {}
+        self._save_plain_hparams(url=redact(url))
+
+    # -- Lightning hooks -------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        self._prepare_root(self.database.url)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.encoding is not None:
+            return
+        source = self.sources["train"]
+        keys = self._keys("train")
+        if len(keys) == 0:
+            raise DataError(f"{source.describe()} has no training rows.")
+        if len(keys) > self.fit_rows:  # a seeded sample, in key order (one range scan per chunk)
+            rng = np.random.default_rng(derive_seed(self.seed, 2))
+            keys = np.sort(rng.choice(keys, self.fit_rows, replace=False))
+        columns = self._numeric
+        if columns is None:
+            names = source.columns().names
+            columns = [c for c in names if c not in (self.key, self.target, *self._encoder_args["categorical"])]
+        split = fetch_split(source, keys, [*columns, *self._encoder_args["categorical"], self.target])
+        numeric = self._numeric
+        if numeric is None:
+            numeric = infer_numeric(split, {self.target}, self._encoder_args["categorical"], type(self).__name__)  # type: ignore[arg-type]
+        encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
+        classes: list[str] = []
+        if self._saved_state is not None:
+            encoder.load_state_dict(self._saved_state["encoder"])
+            classes = list(self._saved_state["classes"])
+        else:
+            encoder.fit(split)
+            if self.task == "classification":
+                classes = label_classes(split, self.target)
+        self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
+        self._fit_labels = self.encoding(split)[1] if self.task == "classification" else None
+        self._check_imbalance()
+
+    # -- Public properties -----------------------------------------------------------------------
+
+    @property
+    def num_features(self) -> int:
+        return len(self._encoding().encoder.feature_names)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self._encoding().encoder.feature_names
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for regression)."""
+        return len(self._encoding().classes) if self.task == "classification" else 0
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self.task != "classification":
+            raise AttributeError("class_names: a regression task has no classes")
+        return tuple(self._encoding().classes)
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "num_classes": self.num_classes, "task": self.task}
+
+    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+        if self.task != "classification" or self._fit_labels is None:
+            return None
+        return self._fit_labels, self.num_classes, self.class_names
+
+    def dataset(self, split: str) -> SqlRows:
+        """The rows of ``train``, ``val`` or ``test`` (fetched by key; its length is the current snapshot's)."""
+        return SqlRows(self.sources[split], self._encoding(), self._bad_policy(split, "row"))
+
+    # -- Snapshots and loaders -------------------------------------------------------------------
+
+    def _keys(self, split: str, upto: int | None = None) -> np.ndarray:
+        """The keys of ``split`` committed now (``upto``: only keys up to it), the same on every rank."""
+        keys = _from_rank_zero(lambda: self.sources[split].keys(upto))
+        if self.held_out and (split != "test" or self.sources["test"].relation == self.sources["train"].relation):
+            held = key_split(keys, self.val_fraction, derive_seed(self.seed, 1))
+            keys = keys[~held] if split == "train" else keys[held]
+        return keys
+
+    def _snapshot(self, split: str) -> Callable[[int, int | None], np.ndarray]:
+        if self.snapshot == "epoch":
+            return lambda epoch, upto: self._keys(split, upto)
+
+        def once(epoch: int, upto: int | None) -> np.ndarray:
+            if split not in self._keys_once:
+                self._keys_once[split] = self._keys(split, upto)
+            return self._keys_once[split]
+
+        return once
+
+    def _split_loader(self, split: str, train: bool) -> Loader:
+        trainer = self.trainer
+        if trainer is not None and self.snapshot == "epoch" and trainer.reload_dataloaders_every_n_epochs != 1:
+            rank_zero_info(
+                f"{type(self).__name__} reads a new snapshot of {self.sources[split].name!r} each epoch, so the "
+                "Trainer makes its loaders again each epoch (reload_dataloaders_every_n_epochs=1); "
+                "data.snapshot=once reads the keys once instead."
+            )
+            trainer.reload_dataloaders_every_n_epochs = 1
+        settings = self.loader_settings
+        dataset = self.dataset(split)
+        rank, world = self._world()
+        order = KeyOrder(
+            self._snapshot(split), train=train, shuffle=settings.shuffle,
+            block=self.shuffle_block or max(settings.batch_size // 64, 1), seed=derive_seed(self.seed, 0),
+            rank=rank, world_size=world, refresh=trainer is None,
+            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
+        )  # fmt: skip
+        dataset.order = order
+        batches = KeyBatches(order, settings.batch_size_for(train), train and settings.drop_last)
+        return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batches=batches)
+
+    def _empty_split_hint(self, split: str) -> str:
+        if split == "train":
+            return f"{self.sources['train'].describe()} has no training rows (or on_error=skip dropped them all)."
+        return f"Give it rows (data.{split}_table), or hold out a larger share of the table (data.val_fraction)."
+
+    # -- State: the fitted encoding and the loader's position ------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.encoding is not None:
+            encoder = self.encoding.encoder
+            state.update(
+                numeric=list(encoder.numeric), encoder=encoder.state_dict(), classes=list(self.encoding.classes)
+            )
+        elif self._saved_state is not None:
+            state.update(self._saved_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Reuse a checkpoint's fitted encoding (statistics, vocabularies, classes); call before ``setup``."""
+        super().load_state_dict(state_dict)
+        if "encoder" in state_dict:
+            self._saved_state = {k: state_dict[k] for k in ("numeric", "encoder", "classes")}
+            self._numeric = list(state_dict["numeric"])
+            if self.encoding is not None:
+                self.encoding = None
+                self.setup()
+
+    def _encoding(self) -> Encoding:
+        if self.encoding is None:
+            raise self._not_set_up()
+        return self.encoding
+
+
+class KeyBatches(Batched):
+    """:class:`~chute.loader.Batched` over a :class:`KeyOrder`, whose snapshot a checkpoint keeps."""
+
+    def snapshot_state(self) -> dict[str, Any] | None:
+        return self.sampler.snapshot_state()
+
+    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
+        self.sampler.restore_snapshot(epoch, state)
+
+
+def _from_rank_zero(read: Callable[[], Any]) -> Any:
+    """``read()`` on rank 0, shared with every rank (an error there is raised on every rank)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return read()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = read()
+        except Exception as err:  # the other ranks would wait for the broadcast forever
+            box[0] = err
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
