@@ -67,3 +67,20 @@ def make_tree(tmp_path: Path) -> Callable[..., Path]:
         return root
 
     return make
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[object]:
+    """A throwaway PostgreSQL server for the session (Debian's ``postgresql``: initdb + pg_ctl on a Unix
+    socket in a temporary folder). Skipped where PostgreSQL is not installed, unless
+    ``CHUTE_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it after installing the package): then it fails."""
+    import os
+
+    from chute.postgres import INSTALL_HINT, TemporaryPostgres, postgres_bin
+
+    if postgres_bin() is None:
+        if os.environ.get("CHUTE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CHUTE_REQUIRE_POSTGRES=1 and PostgreSQL is not installed: {INSTALL_HINT}")
+        pytest.skip(f"PostgreSQL is not installed: {INSTALL_HINT}")
+    with TemporaryPostgres() as server:
+        yield server

@@ -133,6 +133,25 @@ def _video(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     )  # fmt: skip
 
 
+def write_sql(out: Path) -> Path:
+    """The contract table in a SQLite file (key ``id`` is the row id, as in the CSV)."""
+    from chute.datasets.sql import load_table
+
+    database = out / "table.db"
+    if not database.exists():
+        load_table(str(write_table(out)), f"sqlite:///{database}", "rows")
+    return database
+
+
+def _sql(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import SqlDataModule
+
+    url = f"sqlite:///{write_sql(out)}"
+    return SqlDataModule(
+        url, table="rows", target="label", key="id", numeric=["id"], standardize=False, val_table="rows", loader=loader
+    )
+
+
 def _clip_ids(batch: Any) -> torch.Tensor:
     level = batch[0].float().mean(dim=(1, 2, 3, 4)) * 255  # mean 0, std 1: the model sees x / 255
     return ((level - 5) / 10).round().long()
@@ -174,6 +193,7 @@ KINDS: dict[str, Kind] = {
     "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
     "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
+    "sql": Kind(_sql, _row_ids, write=write_sql),
 }
 
 

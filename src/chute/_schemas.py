@@ -169,6 +169,36 @@ class VideoDataModuleConfig:
 
 
 @dataclass
+class SqlDataModuleConfig:
+    _target_: str = "chute.datamodules.sql.SqlDataModule"
+    url: str = MISSING
+    table: str = MISSING
+    target: str = MISSING
+    key: str = "id"
+    numeric: Optional[list[str]] = None
+    categorical: list[str] = field(default_factory=lambda: [])
+    task: str = "classification"
+    val_table: Optional[str] = None
+    test_table: Optional[str] = None
+    val_fraction: float = 0.2
+    missing: str = "raise"
+    fill_value: float = 0.0
+    standardize: bool = True
+    unknown_category: str = "raise"
+    snapshot: str = "epoch"
+    shuffle_block: Optional[int] = None
+    fit_rows: int = 200000
+    retries: int = 3
+    retry_wait: float = 0.5
+    seed: int = 0
+    prepare: Any = None
+    collate_fn: Any = None
+    imbalance: Any = None
+    on_error: str = "raise"
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
 class ImageClassifierConfig:
     _target_: str = "chute.models.classifier.ImageClassifier"
     num_classes: int = MISSING
@@ -245,6 +275,7 @@ DATA: dict[str, type] = {
     "streaming": StreamingDataModuleConfig,
     "litdata": LitDataModuleConfig,
     "video": VideoDataModuleConfig,
+    "sql": SqlDataModuleConfig,
 }
 
 

@@ -14,7 +14,7 @@ from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.table import Task, UnknownCategory, infer_numeric
 from chute.datasets.database import Database, redact
-from chute.datasets.sql import Encoding, KeyOrder, SqlRows, SqlSource, fetch_split, key_split
+from chute.datasets.sql import Encoding, KeyedSplit, KeyOrder, SqlRows, SqlSource, fetch_split, key_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
@@ -180,6 +180,8 @@ class SqlDataModule(ChuteDataModule):
         numeric = self._numeric
         if numeric is None:
             numeric = infer_numeric(split, {self.target}, self._encoder_args["categorical"], type(self).__name__)  # type: ignore[arg-type]
+        if self.on_error == "skip":  # fit on the rows that read; the epochs count the others when they meet them
+            split = self._readable(fetch_split(source, split.rows, split.table.column_names, exact=True), numeric)
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
         classes: list[str] = []
         if self._saved_state is not None:
@@ -192,6 +194,15 @@ class SqlDataModule(ChuteDataModule):
         self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         self._fit_labels = self.encoding(split)[1] if self.task == "classification" else None
         self._check_imbalance()
+
+    def _readable(self, split: KeyedSplit, numeric: list[str]) -> KeyedSplit:
+        """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``)."""
+        good = np.ones(split.table.num_rows, dtype=bool)
+        allow_missing = self._encoder_args["missing"] != "raise"
+        for name in numeric:
+            good &= [_number(v) if v is not None else allow_missing for v in split.strings(name)]
+        good &= [v is not None for v in split.strings(self.target)]
+        return split.take(np.flatnonzero(good))
 
     # -- Public properties -----------------------------------------------------------------------
 
@@ -330,3 +341,11 @@ def _from_rank_zero(read: Callable[[], Any]) -> Any:
     if isinstance(box[0], Exception):
         raise box[0]
     return box[0]
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

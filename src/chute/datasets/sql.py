@@ -124,7 +124,9 @@ class SqlSource:
         wanted = np.asarray(keys, dtype=np.int64)
         if wanted.size == 0:
             return pa.table({c: pa.array([], pa.null()) for c in columns}), np.empty(0, np.int64)
-        selected = ", ".join([key, *(quote(c, "columns") for c in columns)])
+        selected = ", ".join(
+            [f"{key} AS chute_key", *(quote(c, "columns") for c in columns)]
+        )  # a key may be a feature too
         sql = f"SELECT {selected} FROM {self._from()} WHERE {_ranges(key, np.unique(wanted))}"
         what = f"a batch of {len(wanted)} rows of {self.name}"
         table = self.database.exact(sql, what) if exact else self.database.arrow(sql, what)
@@ -132,7 +134,7 @@ class SqlSource:
         order = np.argsort(found, kind="stable")
         slot = np.searchsorted(found[order], wanted).clip(0, max(len(found) - 1, 0))
         present = np.flatnonzero(found[order][slot] == wanted) if len(found) else np.empty(0, np.int64)
-        table = table.take(pa.array(order[slot[present]])).drop_columns([table.column_names[0]])
+        table = table.take(pa.array(order[slot[present]])).drop_columns(["chute_key"])
         return _plain_types(table), present
 
 
@@ -422,12 +424,14 @@ def ingest(
     return int(written if written is not None and written >= 0 else data.num_rows)
 
 
-def fetch_split(source: SqlSource, keys: np.ndarray, columns: Sequence[str], chunk: int = 65536) -> KeyedSplit:
+def fetch_split(
+    source: SqlSource, keys: np.ndarray, columns: Sequence[str], chunk: int = 65536, exact: bool = False
+) -> KeyedSplit:
     """The rows of ``keys`` as one :class:`KeyedSplit` (read ``chunk`` keys a query): what fitting reads."""
     tables, found = [], []
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
-        table, present = source.rows(part, columns)
+        table, present = source.rows(part, columns, exact=exact)
         tables.append(table)
         found.append(part[present])
     table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

@@ -1,0 +1,430 @@
+"""SqlDataModule against SQLite files and a real PostgreSQL server (started by the ``postgres_server`` fixture)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from torch import nn
+
+from chute.datamodules import SqlDataModule, TabularDataModule
+from chute.datasets.database import Database, redact
+from chute.datasets.sql import SqlSource, ingest, key_split, load_table
+from chute.errors import ConfigError, DataError
+from chute.loader import derive_seed
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+class Db:
+    """One test's database: a SQLite file, or a fresh schema-less table namespace on the shared server."""
+
+    def __init__(self, url: str, server: Any = None) -> None:
+        self.url, self.server = url, server
+
+    def table(self, data: pa.Table, name: str | None = None, key: str = "id") -> str:
+        name = name or f"t_{uuid.uuid4().hex[:8]}"
+        ingest(data, self.url, name, key=key)
+        return name
+
+    def execute(self, sql: str) -> None:
+        database = Database(self.url)
+        with database.connect() as connection, connection.cursor() as cursor:
+            cursor.execute(sql)
+
+
+@pytest.fixture(params=BACKENDS)
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Db:
+    if request.param == "sqlite":
+        return Db(f"sqlite:///{tmp_path}/test.db")
+    server = request.getfixturevalue("postgres_server")
+    return Db(server.url, server)
+
+
+def rows(n: int, start: int = 0, classes: int = 3) -> pa.Table:
+    """``id``, a numeric feature that is the id, a category and a label: ids survive the encoding."""
+    ids = np.arange(start, start + n)
+    return pa.table({
+        "id": ids, "x": ids.astype(np.float64), "color": [("red", "green", "blue")[i % 3] for i in ids],
+        "label": [f"c{i % classes}" for i in ids],
+    })  # fmt: skip
+
+
+def make(db: Db, table: str, **kwargs: Any) -> SqlDataModule:
+    args: dict[str, Any] = {"target": "label", "numeric": ["x"], "standardize": False, "loader": {"batch_size": 8}}
+    args.update(kwargs)
+    return SqlDataModule(db.url, table=table, **args)
+
+
+def ids_of(batches: Any) -> list[int]:
+    return [int(i) for features, _ in batches for i in features[:, 0].round().long()]
+
+
+# -- Reading: the table DataModule's encoding, tables and queries -----------------------------------
+
+
+def test_columns_are_encoded_by_the_same_code_as_the_table_datamodule(db: Db, tmp_path: Path) -> None:
+    data = rows(60).append_column("size", pa.array([None if i % 7 == 0 else i * 0.5 for i in range(60)]))
+    csv = tmp_path / "rows.csv"
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(data, csv)
+    name = db.table(data)
+    common = {"target": "label", "numeric": ["x", "size"], "categorical": ["color"], "missing": "mean"}
+    sql = SqlDataModule(db.url, table=name, val_table=name, **common)
+    tab = TabularDataModule(str(csv), val_path=str(csv), **common)
+    sql.setup("fit")
+    tab.setup("fit")
+    ours, theirs = sql.state_dict()["encoder"], tab.state_dict()["encoder"]
+    assert ours["vocab"] == theirs["vocab"]
+    for name in ("fill", "mean", "std"):
+        assert ours[name] == pytest.approx(theirs[name])
+    assert sql.feature_names == tab.feature_names
+    assert sql.class_names == tab.class_names
+    features, targets = sql.dataset("val").__getitems__(np.arange(60))
+    assert torch.allclose(features, tab.dataset("val").features)
+    assert torch.equal(targets, tab.dataset("val").targets)
+
+
+def test_a_select_query_is_a_source(db: Db) -> None:
+    name = db.table(rows(40))
+    dm = make(db, f"SELECT id, x, color, label FROM {name} WHERE x >= 10", val_table=f"SELECT * FROM {name}")
+    dm.setup("fit")
+    assert sorted(ids_of(dm.train_dataloader())) == list(range(10, 40))
+    assert sorted(ids_of(dm.val_dataloader())) == list(range(40))
+
+
+def test_without_numeric_columns_every_numeric_column_but_key_and_target_is_a_feature(db: Db) -> None:
+    name = db.table(rows(30))
+    dm = SqlDataModule(db.url, table=name, target="label", categorical=["color"], val_fraction=0.3)
+    dm.setup("fit")
+    assert dm.feature_names == ["x", "color=blue", "color=green", "color=red"]
+    assert dm.model_kwargs == {"num_features": 4, "num_classes": 3, "task": "classification"}
+
+
+def test_batches_are_key_range_reads_never_a_query_per_row(db: Db, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = db.table(rows(10_000))
+    dm = make(db, name, val_table=name, loader={"batch_size": 4096})
+    dm.setup("fit")
+    queries: list[str] = []
+    arrow = Database.arrow
+    monkeypatch.setattr(Database, "arrow", lambda self, sql, what: queries.append(sql) or arrow(self, sql, what))
+    loader = dm.train_dataloader()
+    seen = ids_of(loader)
+    assert sorted(seen) == sorted(dm._keys("train").tolist())
+    reads = [q for q in queries if "chute_key" in q]
+    assert len(reads) == len(loader) == 3  # one query per batch (plus the snapshot's key read)
+    assert all(16 <= q.count("BETWEEN") <= 64 for q in reads[:2])  # 64 blocks of 64 keys (neighbours merge)
+
+
+# -- Exactly once, shuffled, reproducible, resumable ------------------------------------------------
+
+
+@pytest.mark.parametrize("loader", [{"num_workers": 0}, {"num_workers": 2}, {"backend": "threads", "num_workers": 2}])
+def test_every_row_once_an_epoch_in_a_seeded_order_whatever_loads_it(tmp_path: Path, loader: dict[str, Any]) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(203))
+    settings = {"batch_size": 16, **loader}
+    dm = make(db, name, loader=settings, shuffle_block=2)
+    dm.setup("fit")
+    train = dm._keys("train").tolist()
+    loader_ = dm.train_dataloader()
+    epochs = [ids_of(loader_), ids_of(loader_)]  # a plain loop: two passes, two epochs
+    assert [sorted(e) for e in epochs] == [train, train]
+    assert epochs[0] != epochs[1]
+    again = make(db, name, loader={"batch_size": 16}, shuffle_block=2)
+    again.setup("fit")
+    assert ids_of(again.train_dataloader()) == epochs[0]  # same seed, same order, any backend
+    other = make(db, name, loader={"batch_size": 16}, shuffle_block=2, seed=1)
+    other.setup("fit")
+    assert ids_of(other.train_dataloader()) != epochs[0]
+    assert sorted(ids_of(dm.val_dataloader())) == dm._keys("val").tolist()
+
+
+def test_ranks_take_contiguous_equal_shares_and_evaluation_counts_each_row_once(tmp_path: Path) -> None:
+    from chute.datasets.sql import KeyOrder
+
+    keys = np.arange(100, 123)
+    for world in (2, 3):
+        train = [KeyOrder(lambda e, u: keys, train=True, shuffle=True, block=4, seed=0, rank=r, world_size=world)
+                 for r in range(world)]  # fmt: skip
+        shares = [o.rank_items() for o in train]
+        assert len({len(s) for s in shares}) == 1
+        together = np.concatenate(shares)
+        assert set(together) <= set(keys)
+        assert len(set(keys) - set(together)) < world
+        evaluation = [KeyOrder(lambda e, u: keys, train=False, shuffle=True, block=4, seed=0, rank=r,
+                               world_size=world).rank_items() for r in range(world)]  # fmt: skip
+        assert np.concatenate(evaluation).tolist() == keys.tolist()  # each once, in key order, contiguous
+
+
+def test_the_hold_out_is_decided_by_the_key_so_it_is_stable_as_rows_arrive(db: Db) -> None:
+    name = db.table(rows(500))
+    dm = make(db, name, val_fraction=0.25)
+    dm.setup("fit")
+    val_before, train_before = set(dm._keys("val").tolist()), set(dm._keys("train").tolist())
+    assert not val_before & train_before
+    assert len(val_before | train_before) == 500
+    assert 0.18 < len(val_before) / 500 < 0.32
+    ingest(rows(500, start=500), db.url, name, if_exists="append")
+    val_after, train_after = set(dm._keys("val").tolist()), set(dm._keys("train").tolist())
+    assert val_before <= val_after
+    assert train_before <= train_after
+    assert val_after == set(np.flatnonzero(key_split(np.arange(1000), 0.25, derive_seed(dm.seed, 1))).tolist())
+    assert 0.18 < len(val_after - val_before) / 500 < 0.32
+
+
+def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: Db) -> None:
+    name = db.table(rows(100))
+    dm = make(db, name, val_table=name)
+    dm.setup("fit")
+    whole = [ids_of([b]) for b in dm.train_dataloader()]
+    first = dm.train_dataloader()
+    it = iter(first)
+    head = [ids_of([next(it)]) for _ in range(3)]
+    state = first.state_dict()
+    assert state["snapshot"] == {"rows": 100, "last_key": 99}
+    ingest(rows(30, start=100), db.url, name, if_exists="append")  # arrive while the run is down
+    resumed = make(db, name, val_table=name)
+    resumed.setup("fit")
+    loader = resumed.train_dataloader()
+    loader.load_state_dict(state)
+    assert len(loader) == len(whole)
+    assert head + [ids_of([b]) for b in loader] == whole
+    assert sorted(ids_of(loader)) == list(range(130))  # the next epoch takes the new rows
+
+
+# -- Rows arriving while a real Trainer trains ------------------------------------------------------
+
+
+class Recorder(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 3)
+        self.seen: dict[int, list[int]] = {}
+        self.started: dict[int, float] = {}
+        self.ended: dict[int, float] = {}
+
+    def on_train_epoch_start(self) -> None:
+        self.started[self.current_epoch] = time.time()
+
+    def on_train_epoch_end(self) -> None:
+        self.ended[self.current_epoch] = time.time()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        features, targets = batch
+        self.seen.setdefault(self.current_epoch, []).extend(features[:, 0].round().long().tolist())
+        time.sleep(0.02)  # a step long enough for the writer to commit rows during the epoch
+        return nn.functional.cross_entropy(self.layer(features[:, :1] * 0), targets)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int) -> None:
+    name = db.table(rows(200))
+    committed: list[tuple[float, int]] = []  # (time committed, key)
+    stop = threading.Event()
+
+    def writer() -> None:
+        key = 200
+        while not stop.is_set():
+            ingest(rows(5, start=key), db.url, name, if_exists="append")
+            committed.append((time.time(), key + 4))
+            key += 5
+            time.sleep(0.03)
+
+    dm = make(db, name, val_table=name, loader={"batch_size": 16, "num_workers": workers})
+    model = Recorder()
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        trainer.fit(model, datamodule=dm)
+    finally:
+        stop.set()
+        thread.join()
+    assert trainer.reload_dataloaders_every_n_epochs == 1
+    sizes = []
+    for epoch in range(3):
+        seen = model.seen[epoch]
+        assert len(seen) == len(set(seen)), f"epoch {epoch} repeated rows"
+        assert sorted(seen) == list(range(max(seen) + 1)), f"epoch {epoch} is not a snapshot of committed rows"
+        before = [k for t, k in committed if t < model.started[epoch] - 0.5]
+        assert not before or max(seen) >= max(before), f"epoch {epoch} missed rows committed before it began"
+        during = [k for t, k in committed if model.started[epoch] + 0.2 < t < model.ended[epoch]]
+        assert during, f"the writer committed nothing while epoch {epoch} ran"
+        assert max(seen) < min(during), f"epoch {epoch} read rows committed while it ran"
+        sizes.append(len(seen))
+    assert sizes[0] < sizes[1] < sizes[2]
+
+
+# -- Failures --------------------------------------------------------------------------------------
+
+
+def test_a_null_or_a_wrongly_typed_value_names_table_key_and_column(db: Db) -> None:
+    data = rows(40)
+    x = data.column("x").to_pylist()
+    x[17] = None
+    name = db.table(data.set_column(1, "x", pa.array(x)))
+    dm = make(db, name, val_table=name)
+    with pytest.raises(DataError, match=rf"'x'.*'{name}', key 17"):
+        dm.setup("fit")
+    dm = make(db, name, val_table=name, missing="mean")
+    dm.setup("fit")  # imputed
+    db.execute(f"UPDATE {name} SET label = NULL WHERE id = 23")
+    with pytest.raises(DataError, match=rf"'label' is missing at '{name}', key 23"):
+        list(dm.val_dataloader())
+
+
+def test_text_in_a_number_column_of_sqlite_names_its_key(tmp_path: Path) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(3000))
+    dm = make(db, name, val_table=name, loader={"batch_size": 4096})
+    dm.setup("fit")
+    db.execute(f"UPDATE {name} SET x = 'n/a' WHERE id = 2500")
+    with pytest.raises(DataError, match=rf"'x' is numeric but holds 'n/a' at '{name}', key 2500"):
+        list(dm.val_dataloader())
+    skipping = make(db, name, val_table=name, loader={"batch_size": 4096}, on_error="skip")
+    skipping.setup("fit")
+    seen = ids_of(skipping.val_dataloader())
+    assert seen == [i for i in range(3000) if i != 2500]  # the other rows exactly, not rounded through text
+    assert skipping.bad_samples["val"]["skipped"] == 1
+
+
+def test_on_error_skip_leaves_bad_and_deleted_rows_out_and_counts_them(db: Db) -> None:
+    name = db.table(rows(60))
+    dm = make(db, name, val_table=name, on_error="skip", max_bad_fraction=0.5)
+    dm.setup("fit")
+    loader = dm.val_dataloader()
+    len(loader)  # the snapshot is read
+    db.execute(f"UPDATE {name} SET label = 'c9' WHERE id = 5")  # a class training did not see
+    db.execute(f"DELETE FROM {name} WHERE id = 40")  # gone after the snapshot
+    assert ids_of(loader) == [i for i in range(60) if i not in (5, 40)]
+    summary = dm.bad_samples["val"]
+    assert summary["skipped"] == 2
+    assert any("key 40" in f for f in summary["first"])
+    strict = make(db, name, val_table=name)
+    strict.setup("fit")
+    strict_loader = strict.val_dataloader()
+    len(strict_loader)
+    db.execute(f"DELETE FROM {name} WHERE id = 41")
+    with pytest.raises(DataError, match=r"Row 41 of the table .* is gone"):
+        list(strict_loader)
+
+
+def test_a_dropped_connection_is_retried_and_a_lost_server_is_a_clear_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("adbc_driver_postgresql")
+    from chute.postgres import TemporaryPostgres, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed")
+    with TemporaryPostgres() as server:
+        url = server.url.replace("postgres@", "postgres:hunter2@")  # trusted locally: the password is unused
+        ingest(rows(300), url, "readings")
+        dm = make(Db(url), "readings", val_table="readings", retry_wait=0.05)
+        dm.setup("fit")
+        loader = dm.val_dataloader()
+        batches = iter(loader)
+        seen = ids_of([next(batches)])
+        server.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'postgres' "
+                       "AND pid <> pg_backend_pid() AND datname = 'chute'")  # fmt: skip
+        with caplog.at_level(logging.WARNING):
+            seen += ids_of(batches)
+        assert seen == list(range(300))
+        assert "retrying" in caplog.text
+        server.stop()
+        with pytest.raises(DataError) as caught:
+            list(dm.val_dataloader())
+    message = str(caught.value)
+    assert "Lost the connection to postgresql://postgres:***@" in message
+    assert "3 retries" in message
+    assert "hunter2" not in message
+    assert "hunter2" not in caplog.text
+    assert "hunter2" not in str(dm.hparams)
+    assert dm.hparams["url"].startswith("postgresql://postgres:***@")
+
+
+def test_credentials_are_redacted_everywhere_a_url_is_shown() -> None:
+    assert redact("postgresql://ana:s3cret@db:5432/lab") == "postgresql://ana:***@db:5432/lab"
+    assert redact("sqlite:////abs/path.db") == "sqlite:////abs/path.db"
+    database = Database("postgresql://ana:s3cret@db/lab?password=s3cret")
+    assert "s3cret" not in database.safe_url
+    assert "s3cret" not in database.scrub("failed for postgresql://ana:s3cret@db/lab?password=s3cret: s3cret")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"url": "mysql://x/y"}, r"url='mysql://x/y': must start with sqlite:/// .* or postgresql://"),
+        ({"table": "t; DROP TABLE t"}, r"table='t; DROP TABLE t': is not a plain table"),
+        ({"key": "label"}, r"target='label': is also the key"),
+        ({"snapshot": "never"}, r"snapshot='never'"),
+        (
+            {"imbalance": {"strategy": "weighted_sampler"}},
+            r"imbalance.strategy='weighted_sampler': draws rows by label",
+        ),
+        ({"val_fraction": 1.5}, r"val_fraction=1.5"),
+    ],
+)
+def test_configuration_mistakes_name_the_key(tmp_path: Path, kwargs: dict[str, Any], match: str) -> None:
+    args = {"url": f"sqlite:///{tmp_path}/x.db", "table": "t", "target": "label", **kwargs}
+    with pytest.raises(ConfigError, match=match):
+        SqlDataModule(**args)
+
+
+def test_data_mistakes_name_the_table_and_key(db: Db) -> None:
+    name = db.table(rows(10))
+    with pytest.raises(DataError, match=r"nope"):
+        make(db, "nope").setup("fit")
+    with pytest.raises(ConfigError, match=r"key='color': must be an integer column"):
+        make(db, name, key="color").setup("fit")
+    db.table(pa.table({"k": [1, 2, 2], "x": [1.0, 2.0, 3.0], "label": ["a", "b", "a"]}), name=f"{name}_dup")
+    with pytest.raises(DataError, match=r"not unique: key 2 appears more than once"):
+        make(db, f"{name}_dup", key="k").setup("fit")
+
+
+# -- Loading files into tables ---------------------------------------------------------------------
+
+
+def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(db: Db, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    from tests.conftest import REPO
+
+    data = rows(25).drop_columns(["id"])
+    pq.write_table(data, tmp_path / "rows.parquet")
+    import pyarrow.csv as pacsv
+
+    pacsv.write_csv(data, tmp_path / "rows.csv")
+    name = f"t_{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [sys.executable, "scripts/load_table.py", str(tmp_path / "rows.csv"), db.url, name],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "25 rows" in done.stdout
+    assert load_table(str(tmp_path / "rows.parquet"), db.url, name, if_exists="append") == 25
+    keys = SqlSource(Database(db.url), name).keys()
+    assert keys.tolist() == list(range(1, 51))
+    with pytest.raises(DataError, match=name):
+        load_table(str(tmp_path / "rows.csv"), db.url, name)  # exists: if_exists=fail
