@@ -210,6 +210,7 @@ def test_schemas_are_not_offered_as_options() -> None:
         "litdata",
         "multitask",
         "sequence",
+        "sql",
         "streaming",
         "tabular",
         "video",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -233,31 +232,42 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int) -> None:
-    name = db.table(rows(200))
-    committed: list[tuple[float, int]] = []  # (time committed, key)
-    stop = threading.Event()
-
-    def writer() -> None:
-        key = 200
+def write_rows(url: str, table: str, log: str, stop: Any) -> None:
+    """The writer: commits 5 rows at a time (keys continuing the table's) and logs ``time key`` after each commit."""
+    key = 200
+    with open(log, "a") as out:
         while not stop.is_set():
-            ingest(rows(5, start=key), db.url, name, if_exists="append")
-            committed.append((time.time(), key + 4))
+            ingest(rows(5, start=key), url, table, if_exists="append")
+            out.write(f"{time.time()} {key + 4}\n")
+            out.flush()
             key += 5
             time.sleep(0.03)
 
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, tmp_path: Path) -> None:
+    import multiprocessing
+
+    name = db.table(rows(200))
+    # A process of its own, as a real writer is (forking DataLoader workers while a thread of this process
+    # is inside the database driver could copy a held lock into them).
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    log = tmp_path / "committed.txt"
+    writer = context.Process(target=write_rows, args=(db.url, name, str(log), stop), daemon=True)
     dm = make(db, name, val_table=name, loader={"batch_size": 16, "num_workers": workers})
     model = Recorder()
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
+    writer.start()
     try:
+        while not log.exists():  # the writer is up
+            time.sleep(0.05)
         trainer.fit(model, datamodule=dm)
     finally:
         stop.set()
-        thread.join()
+        writer.join(timeout=30)
+    committed = [(float(t), int(k)) for t, k in (line.split() for line in log.read_text().splitlines())]
     assert trainer.reload_dataloaders_every_n_epochs == 1
     sizes = []
     for epoch in range(3):
