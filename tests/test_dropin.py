@@ -86,7 +86,7 @@ def test_readme_dropin_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert trainer.state.finished
 
 
-@pytest.mark.parametrize("name", ["tabular", "sequence", "multitask", "streaming", "video"])
+@pytest.mark.parametrize("name", ["tabular", "sequence", "multitask", "streaming", "video", "sql"])
 def test_readme_datamodule_snippets_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each DataModule's README example, executed as written (in an empty working directory)."""
     monkeypatch.chdir(tmp_path)

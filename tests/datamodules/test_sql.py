@@ -244,7 +244,7 @@ def write_rows(url: str, table: str, log: str, stop: Any) -> None:
             time.sleep(0.03)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, tmp_path: Path) -> None:
     import multiprocessing
 
@@ -413,8 +413,10 @@ def test_data_mistakes_name_the_table_and_key(db: Db) -> None:
 # -- Loading files into tables ---------------------------------------------------------------------
 
 
-def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(db: Db, tmp_path: Path) -> None:
-    import subprocess
+def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import runpy
     import sys
 
     import pyarrow.parquet as pq
@@ -427,12 +429,9 @@ def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(
 
     pacsv.write_csv(data, tmp_path / "rows.csv")
     name = f"t_{uuid.uuid4().hex[:8]}"
-    done = subprocess.run(
-        [sys.executable, "scripts/load_table.py", str(tmp_path / "rows.csv"), db.url, name],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "25 rows" in done.stdout
+    monkeypatch.setattr(sys, "argv", ["load_table.py", str(tmp_path / "rows.csv"), db.url, name])
+    runpy.run_path(str(REPO / "scripts" / "load_table.py"), run_name="__main__")
+    assert f"25 rows of '{tmp_path / 'rows.csv'}' written to table '{name}'" in capsys.readouterr().out
     assert load_table(str(tmp_path / "rows.parquet"), db.url, name, if_exists="append") == 25
     keys = SqlSource(Database(db.url), name).keys()
     assert keys.tolist() == list(range(1, 51))
