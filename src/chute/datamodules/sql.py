@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
@@ -140,12 +141,16 @@ class SqlDataModule(ChuteDataModule):
                 "imbalance.strategy", self.imbalance.strategy,
                 "draws rows by label, and SqlDataModule reads rows by key; use loss_weights (or none)",
             )  # fmt: skip
+        if snapshot == "epoch" and self.loader_settings.persistent_workers is None:
+            # A Trainer makes the loaders again each epoch, so workers could not outlive theirs.
+            self.loader_settings = dataclasses.replace(self.loader_settings, persistent_workers=False)
         self.target, self.key, self.task = target, key, task
         self.val_fraction = val_fraction
         self.snapshot = snapshot
         self.shuffle_block = shuffle_block
         self.fit_rows = int(fit_rows)
         self._numeric = None if numeric is None else list(numeric)
+        self.categorical = list(categorical)
         self._encoder_args = {
             "categorical": list(categorical), "missing": missing, "fill_value": float(fill_value),
             "standardize": standardize, "unknown_category": unknown_category,
@@ -175,11 +180,11 @@ class SqlDataModule(ChuteDataModule):
         columns = self._numeric
         if columns is None:
             names = source.columns().names
-            columns = [c for c in names if c not in (self.key, self.target, *self._encoder_args["categorical"])]
-        split = fetch_split(source, keys, [*columns, *self._encoder_args["categorical"], self.target])
+            columns = [c for c in names if c not in (self.key, self.target, *self.categorical)]
+        split = fetch_split(source, keys, [*columns, *self.categorical, self.target])
         numeric = self._numeric
         if numeric is None:
-            numeric = infer_numeric(split, {self.target}, self._encoder_args["categorical"], type(self).__name__)  # type: ignore[arg-type]
+            numeric = infer_numeric(split, {self.target}, self.categorical, type(self).__name__)
         if self.on_error == "skip":  # fit on the rows that read; the epochs count the others when they meet them
             split = self._readable(fetch_split(source, split.rows, split.table.column_names, exact=True), numeric)
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
@@ -261,13 +266,14 @@ class SqlDataModule(ChuteDataModule):
 
     def _split_loader(self, split: str, train: bool) -> Loader:
         trainer = self.trainer
-        if trainer is not None and self.snapshot == "epoch" and trainer.reload_dataloaders_every_n_epochs != 1:
+        reload = "reload_dataloaders_every_n_epochs"  # a Trainer attribute its loops read each epoch
+        if trainer is not None and self.snapshot == "epoch" and getattr(trainer, reload) != 1:
             rank_zero_info(
                 f"{type(self).__name__} reads a new snapshot of {self.sources[split].name!r} each epoch, so the "
                 "Trainer makes its loaders again each epoch (reload_dataloaders_every_n_epochs=1); "
                 "data.snapshot=once reads the keys once instead."
             )
-            trainer.reload_dataloaders_every_n_epochs = 1
+            setattr(trainer, reload, 1)
         settings = self.loader_settings
         dataset = self.dataset(split)
         rank, world = self._world()
