@@ -289,8 +289,16 @@ class ChuteDataModule(L.LightningDataModule):
             settings = self.tuned_loader
         if stream and settings.backend == "threads":
             raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
+        if self.remakes_loaders and settings.persistent_workers is None:
+            settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
         loader = build(settings)
         return self._training_loader(loader) if train else loader
+
+    @property
+    def remakes_loaders(self) -> bool:
+        """Whether a Trainer makes this DataModule's loaders again each epoch (data that changes between
+        epochs); their worker processes then are not kept (``persistent_workers`` left unset)."""
+        return False
 
     #: Run the batch hook inside the loader when the trainer computes on the CPU (see ``_hook_in_loader``).
     hook_in_loader: bool = True

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,7 +20,6 @@ from chute.imbalance import ImbalanceSettings
 from chute.loader import Batched, Loader, LoaderSettings, derive_seed
 
 Snapshot = Literal["epoch", "once"]
-log = logging.getLogger(__name__)
 
 
 class SqlDataModule(ChuteDataModule):
@@ -141,9 +138,6 @@ class SqlDataModule(ChuteDataModule):
                 "imbalance.strategy", self.imbalance.strategy,
                 "draws rows by label, and SqlDataModule reads rows by key; use loss_weights (or none)",
             )  # fmt: skip
-        if snapshot == "epoch" and self.loader_settings.persistent_workers is None:
-            # A Trainer makes the loaders again each epoch, so workers could not outlive theirs.
-            self.loader_settings = dataclasses.replace(self.loader_settings, persistent_workers=False)
         self.target, self.key, self.task = target, key, task
         self.val_fraction = val_fraction
         self.snapshot = snapshot
@@ -286,6 +280,10 @@ class SqlDataModule(ChuteDataModule):
         dataset.order = order
         batches = KeyBatches(order, settings.batch_size_for(train), train and settings.drop_last)
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batches=batches)
+
+    @property
+    def remakes_loaders(self) -> bool:
+        return self.snapshot == "epoch"
 
     def _empty_split_hint(self, split: str) -> str:
         if split == "train":

@@ -14,6 +14,7 @@ Hydra records in the run's ``.hydra/config.yaml``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -43,7 +44,17 @@ def _forget_inherited() -> None:
     _CONNECTIONS.clear()
 
 
+def _close_at_exit() -> None:
+    """Close this process's connections while the driver is still loaded (at interpreter shutdown their
+    finalizers would run after it is torn down, and print errors)."""
+    pid = os.getpid()
+    for key in [k for k in _CONNECTIONS if k[0] == pid]:
+        with contextlib.suppress(Exception):
+            _CONNECTIONS.pop(key).close()
+
+
 os.register_at_fork(after_in_child=_forget_inherited)
+atexit.register(_close_at_exit)
 
 
 def redact(url: str) -> str:
