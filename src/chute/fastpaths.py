@@ -100,7 +100,8 @@ def versions() -> dict[str, str]:
 
     names = [
         "chute", "torch", "torchvision", "lightning", "torchcodec", "simplejpeg", "pillow", "numpy",
-        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core", "av",
+        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core", "av", "adbc-driver-sqlite",
+        "adbc-driver-postgresql",
     ]  # fmt: skip
     return {"python": platform.python_version(), **{name: _version(name) for name in names}}
 
