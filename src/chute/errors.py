@@ -23,6 +23,10 @@ class ConfigError(ChuteError, ValueError):
         self.reason = reason
         super().__init__(f"{key}={value!r}: {reason}")
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, object, str]]:
+        # Pickled whole, so the error rank 0 broadcasts (or a worker raises) arrives as itself.
+        return (type(self), (self.key, self.value, self.reason))
+
     def with_prefix(self, prefix: str) -> ConfigError:
         """The same error with its key qualified by a config group, e.g. ``loader.``."""
         return ConfigError(f"{prefix}.{self.key}", self.value, self.reason)

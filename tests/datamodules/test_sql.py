@@ -94,6 +94,13 @@ def test_columns_are_encoded_by_the_same_code_as_the_table_datamodule(db: Db, tm
     assert torch.equal(targets, tab.dataset("val").targets)
 
 
+def test_a_table_named_like_a_query_is_a_table(db: Db) -> None:
+    name = db.table(rows(20), name=f"withdrawals_{uuid.uuid4().hex[:6]}")
+    dm = make(db, name, val_table=name)
+    dm.setup("fit")
+    assert sorted(ids_of(dm.val_dataloader())) == list(range(20))
+
+
 def test_a_select_query_is_a_source(db: Db) -> None:
     name = db.table(rows(40))
     dm = make(db, f"SELECT id, x, color, label FROM {name} WHERE x >= 10", val_table=f"SELECT * FROM {name}")
@@ -182,9 +189,10 @@ def test_the_hold_out_is_decided_by_the_key_so_it_is_stable_as_rows_arrive(db: D
     assert 0.18 < len(val_after - val_before) / 500 < 0.32
 
 
-def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: Db) -> None:
+@pytest.mark.parametrize("snapshot", ["epoch", "once"])
+def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: Db, snapshot: str) -> None:
     name = db.table(rows(100))
-    dm = make(db, name, val_table=name)
+    dm = make(db, name, val_table=name, snapshot=snapshot)
     dm.setup("fit")
     whole = [ids_of([b]) for b in dm.train_dataloader()]
     first = dm.train_dataloader()
@@ -193,13 +201,14 @@ def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: 
     state = first.state_dict()
     assert state["snapshot"] == {"rows": 100, "last_key": 99}
     ingest(rows(30, start=100), db.url, name, if_exists="append")  # arrive while the run is down
-    resumed = make(db, name, val_table=name)
+    resumed = make(db, name, val_table=name, snapshot=snapshot)
     resumed.setup("fit")
     loader = resumed.train_dataloader()
     loader.load_state_dict(state)
     assert len(loader) == len(whole)
     assert head + [ids_of([b]) for b in loader] == whole
-    assert sorted(ids_of(loader)) == list(range(130))  # the next epoch takes the new rows
+    later = sorted(ids_of(loader))
+    assert later == (list(range(130)) if snapshot == "epoch" else list(range(100)))  # epoch: new rows join
 
 
 # -- Rows arriving while a real Trainer trains ------------------------------------------------------
@@ -316,6 +325,26 @@ def test_text_in_a_number_column_of_sqlite_names_its_key(tmp_path: Path) -> None
     assert skipping.bad_samples["val"]["skipped"] == 1
 
 
+def test_rows_beside_a_bad_value_keep_their_exact_values_under_skip(tmp_path: Path) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    data = rows(300)
+    name = db.table(data.set_column(1, "x", pa.array(1_000_000.5 + np.arange(300))))
+    dm = make(db, name, val_table=name, on_error="skip", loader={"batch_size": 512})
+    dm.setup("fit")
+    db.execute(f"UPDATE {name} SET x = 'n/a' WHERE id = 7")
+    features, _ = next(iter(dm.val_dataloader()))
+    expected = np.delete(1_000_000.5 + np.arange(300), 7).astype(np.float32)
+    assert features[:, 0].numpy().tolist() == expected.tolist()  # not 7 digits (1.000018e+06) through text
+
+
+def test_a_bad_value_in_a_large_table_is_named_when_the_encoding_is_fitted(tmp_path: Path) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(70_000))
+    db.execute(f"UPDATE {name} SET x = 'n/a' WHERE id = 69000")  # in the second chunk the fit reads
+    with pytest.raises(DataError, match=rf"'x' is numeric but holds 'n/a' at '{name}', key 69000"):
+        make(db, name, val_table=name).setup("fit")
+
+
 def test_on_error_skip_leaves_bad_and_deleted_rows_out_and_counts_them(db: Db) -> None:
     name = db.table(rows(60))
     dm = make(db, name, val_table=name, on_error="skip", max_bad_fraction=0.5)
@@ -372,10 +401,21 @@ def test_a_dropped_connection_is_retried_and_a_lost_server_is_a_clear_error(
 
 
 def test_credentials_are_redacted_everywhere_a_url_is_shown() -> None:
+    import pickle
+
     assert redact("postgresql://ana:s3cret@db:5432/lab") == "postgresql://ana:***@db:5432/lab"
     assert redact("sqlite:////abs/path.db") == "sqlite:////abs/path.db"
+    assert "s3cret" not in redact("postgresql://ana@db/lab?sslpassword=s3cret")
     database = Database("postgresql://ana:s3cret@db/lab?password=s3cret")
     assert "s3cret" not in database.safe_url
+    assert "s3cret" not in repr(database)
+    assert "s3cret" not in repr(SqlSource(database, "readings"))
+    with pytest.raises(ConfigError) as caught:  # a libpq key=value string is not a URL, and stays secret
+        Database("host=db password=s3cret")
+    assert "s3cret" not in str(caught.value)
+    error = pickle.loads(pickle.dumps(caught.value))  # what rank 0 broadcasts to the other ranks
+    assert type(error) is ConfigError
+    assert str(error) == str(caught.value)
     assert "s3cret" not in database.scrub("failed for postgresql://ana:s3cret@db/lab?password=s3cret: s3cret")
 
 
@@ -437,3 +477,7 @@ def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(
     assert keys.tolist() == list(range(1, 51))
     with pytest.raises(DataError, match=name):
         load_table(str(tmp_path / "rows.csv"), db.url, name)  # exists: if_exists=fail
+    schema = "main" if db.server is None else "public"
+    qualified = f"{schema}.{name}_q"
+    assert load_table(str(tmp_path / "rows.parquet"), db.url, qualified) == 25
+    assert SqlSource(Database(db.url), qualified).keys().tolist() == list(range(1, 26))

@@ -164,8 +164,19 @@ class SqlDataModule(ChuteDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.encoding is not None:
             return
+        # Fitted on rank 0 and shared: every rank encodes alike and builds the same model, even if
+        # rows change while the ranks start.
+        numeric, state, classes, labels = _from_rank_zero(self._fit)
+        encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
+        encoder.load_state_dict(state)
+        self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
+        self._fit_labels = labels
+        self._check_imbalance()
+
+    def _fit(self) -> tuple[list[str], dict[str, Any], list[str], np.ndarray | None]:
+        """The numeric columns, the fitted encoder's state, the classes and the fitted rows' labels."""
         source = self.sources["train"]
-        keys = self._keys("train")
+        keys = self._keys("train", shared=False)
         if len(keys) == 0:
             raise DataError(f"{source.describe()} has no training rows.")
         if len(keys) > self.fit_rows:  # a seeded sample, in key order (one range scan per chunk)
@@ -190,9 +201,9 @@ class SqlDataModule(ChuteDataModule):
             encoder.fit(split)
             if self.task == "classification":
                 classes = label_classes(split, self.target)
-        self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
-        self._fit_labels = self.encoding(split)[1] if self.task == "classification" else None
-        self._check_imbalance()
+        encoding = Encoding(encoder, self.target, self.task, tuple(classes))
+        labels = encoding(split)[1] if self.task == "classification" else None
+        return list(numeric), encoder.state_dict(), classes, labels
 
     def _readable(self, split: KeyedSplit, numeric: list[str]) -> KeyedSplit:
         """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``)."""
@@ -239,9 +250,11 @@ class SqlDataModule(ChuteDataModule):
 
     # -- Snapshots and loaders -------------------------------------------------------------------
 
-    def _keys(self, split: str, upto: int | None = None) -> np.ndarray:
-        """The keys of ``split`` committed now (``upto``: only keys up to it), the same on every rank."""
-        keys = _from_rank_zero(lambda: self.sources[split].keys(upto))
+    def _keys(self, split: str, upto: int | None = None, shared: bool = True) -> np.ndarray:
+        """The keys of ``split`` committed now (``upto``: only keys up to it), the same on every rank
+        (read on rank 0 and shared, unless ``shared`` is false: then this rank reads them itself)."""
+        read = lambda: self.sources[split].keys(upto)  # noqa: E731
+        keys = _from_rank_zero(read) if shared else read()
         if self.held_out and (split != "test" or self.sources["test"].relation == self.sources["train"].relation):
             held = key_split(keys, self.val_fraction, derive_seed(self.seed, 1))
             keys = keys[~held] if split == "train" else keys[held]
@@ -252,7 +265,7 @@ class SqlDataModule(ChuteDataModule):
             return lambda epoch, upto: self._keys(split, upto)
 
         def once(epoch: int, upto: int | None) -> np.ndarray:
-            if split not in self._keys_once:
+            if split not in self._keys_once or upto is not None:  # upto: a checkpoint's snapshot is the run's
                 self._keys_once[split] = self._keys(split, upto)
             return self._keys_once[split]
 

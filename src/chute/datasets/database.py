@@ -6,8 +6,9 @@ embedded default: nothing to start) and PostgreSQL (through libpq). Measured on 
 (12 columns, ranges of 4,096 rows): ADBC read 403-422k rows/s from either, Python's ``sqlite3``
 156k and psycopg 207k (the rows then still had to become columns).
 
-Credentials never reach a message: every error and log line shows the URL with its password
-replaced by ``***`` (:func:`redact`), and driver messages are scrubbed of it (:meth:`Database.scrub`).
+Credentials are kept out of messages: errors, log lines and ``repr`` show the URL with its
+passwords replaced by ``***`` (:func:`redact`), and driver messages are scrubbed of them
+(:meth:`Database.scrub`).
 Prefer a password in ``PGPASSWORD`` or ``~/.pgpass`` (libpq reads both) to one in the URL, which
 Hydra records in the run's ``.hydra/config.yaml``.
 """
@@ -18,6 +19,7 @@ import atexit
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -64,17 +66,23 @@ def redact(url: str) -> str:
         >>> redact("postgresql://ana:s3cret@db.example:5432/lab?sslmode=require&password=x")
         'postgresql://ana:***@db.example:5432/lab?sslmode=require&password=%2A%2A%2A'
     """
+    if "://" not in url:  # not a URL (e.g. a libpq "host=... password=..." string): hide every password
+        return _SECRET.sub(r"\1***", url)
     parts = urlsplit(url)
-    if parts.password is None and "password" not in parts.query:
+    if parts.password is None and "password" not in parts.query.lower():
         return url
     netloc = parts.netloc
     if parts.password is not None:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.split(':', 1)[0]}:***@{host}"
     query = parts.query
-    if "password" in query:
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in parse_qsl(query, keep_blank_values=True)])
+    if "password" in query.lower():  # password=, sslpassword=
+        items = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if k.lower().endswith("password") else v) for k, v in items])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 
 @dataclass
@@ -91,13 +99,16 @@ class Database:
         retry_wait: The first wait, in seconds.
     """
 
-    url: str
+    url: str = field(repr=False)
     retries: int = 3
     retry_wait: float = 0.5
     kind: str = field(init=False)
 
+    def __repr__(self) -> str:
+        return f"Database({self.safe_url!r}, retries={self.retries}, retry_wait={self.retry_wait})"
+
     def __post_init__(self) -> None:
-        scheme = urlsplit(self.url).scheme.lower()
+        scheme = urlsplit(self.url).scheme.lower() if "://" in self.url else ""
         if scheme == "sqlite":
             self.kind = "sqlite"
             if not self.path or self.path == ":memory:":
@@ -130,7 +141,7 @@ class Database:
         """``text`` without the URL's password (driver messages may quote the connection string)."""
         password = urlsplit(self.url).password
         secrets = [password, unquote(password)] if password else []
-        secrets += [v for k, v in parse_qsl(urlsplit(self.url).query) if k == "password" and v]
+        secrets += [v for k, v in parse_qsl(urlsplit(self.url).query) if k.lower().endswith("password") and v]
         for secret in secrets:
             text = text.replace(secret, "***")
         return text.replace(self.url, self.safe_url)

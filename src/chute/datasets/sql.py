@@ -45,8 +45,12 @@ def quote(name: str, key: str = "table") -> str:
     return ".".join(f'"{part}"' for part in name.split("."))
 
 
+_QUERY = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
+
+
 def is_query(relation: str) -> bool:
-    return relation.lstrip().lower().startswith(("select", "with"))
+    """Whether ``relation`` is a ``SELECT``/``WITH`` query rather than a table name (``withdrawals`` is a table)."""
+    return bool(_QUERY.match(relation))
 
 
 @dataclass
@@ -75,7 +79,8 @@ class SqlSource:
         return "query" if is_query(self.relation) else self.relation
 
     def _from(self) -> str:
-        return f"({self.relation}) AS chute_rows" if is_query(self.relation) else quote(self.relation)
+        # The newline ends a trailing ``--`` comment of the query before the closing parenthesis.
+        return f"({self.relation}\n) AS chute_rows" if is_query(self.relation) else quote(self.relation)
 
     def describe(self) -> str:
         return f"the {self.name if is_query(self.relation) else 'table ' + repr(self.name)} at {self.database.safe_url}"
@@ -118,7 +123,8 @@ class SqlSource:
 
         ``exact``: for SQLite, read through Python's ``sqlite3`` instead, keeping each value as
         stored (ADBC turns a column that mixes numbers and text into text, numbers rounded to 7
-        digits); the slow path for a batch with a bad value.
+        digits): how a batch with a bad value is read again under ``on_error=skip``, and the
+        training rows the encoding is fitted on.
         """
         key = quote(self.key, "key")
         wanted = np.asarray(keys, dtype=np.int64)
@@ -244,6 +250,10 @@ class SqlRows(Dataset[tuple[torch.Tensor, ...]]):
         except DataError:
             if not self.bad.skipping:
                 raise
+            # Read the batch again value by value: the good rows of a column that mixes numbers and
+            # text would otherwise keep the 7 digits the fast read wrote them with.
+            table, present = self.source.rows(wanted, self.encoding.columns, exact=True)
+            split = KeyedSplit(table, self.source.name, wanted[present])
             encoded = self.encoding(split.take(self._good_rows(split)))
         return _tensors(*encoded)
 
@@ -413,9 +423,14 @@ def ingest(
         data = data.add_column(0, key, pa.array(np.arange(start, start + data.num_rows, dtype=np.int64)))
     mode = {"fail": "create", "replace": "replace", "append": "append"}[if_exists]
     index = quote(f"{table.split('.')[-1]}_{key}_key")
+    schema, _, name = table.rpartition(".")
+    if database.kind == "sqlite":  # one file, one schema: "main.readings" is "readings"
+        if schema not in ("", "main"):
+            raise ConfigError("table", table, "names a schema; a SQLite file has one (main)")
+        schema, quoted = "", quote(name)
     try:
         with database.connect(create=True) as connection, connection.cursor() as cursor:
-            written = cursor.adbc_ingest(table, data, mode=mode)
+            written = cursor.adbc_ingest(name, data, mode=mode, db_schema_name=schema or None)
             if mode != "append":
                 cursor.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {index} ON {quoted} ({quoted_key})")
             # Statistics now: without them PostgreSQL planned the key-range reads of a freshly loaded
@@ -437,5 +452,20 @@ def fetch_split(
         table, present = source.rows(part, columns, exact=exact)
         tables.append(table)
         found.append(part[present])
-    table = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    table = _concat(tables) if tables else pa.table({})
     return KeyedSplit(table, source.name, np.concatenate(found) if found else np.empty(0, np.int64))
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table:
+    """One table from reads whose column types may differ (SQLite: a chunk with a text cell in a number
+    column reads as text): such columns become text, numbers written exactly, for encoding to name the cell."""
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        names = tables[0].column_names
+        mixed = {n for n in names if len({str(t.schema.field(n).type) for t in tables} - {"null"}) > 1}
+        cast = [
+            pa.table([t.column(n).cast(pa.large_string()) if n in mixed else t.column(n) for n in names], names=names)
+            for t in tables
+        ]
+        return pa.concat_tables(cast, promote_options="permissive")
