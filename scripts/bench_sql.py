@@ -144,9 +144,8 @@ def main() -> None:
             url = args.pg_url or server.url  # type: ignore[union-attr]
             try:
                 ingest(data, url, TABLE, if_exists="replace")
-                libpq = url.replace("postgresql://", "postgresql://", 1)
-                for workers in args.workers:
-                    results += compare("postgresql", url, libpq, args.rows, workers, args)
+                for workers in args.workers:  # psycopg takes the same URL
+                    results += compare("postgresql", url, url, args.rows, workers, args)
             finally:
                 if server is not None:
                     server.stop()

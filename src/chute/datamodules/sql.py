@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from chute.bad_samples import OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
-from chute.datamodules.table import Task, UnknownCategory, infer_numeric
+from chute.datamodules.table import Task, UnknownCategory, infer_numeric, is_number
 from chute.datasets.database import Database, redact
 from chute.datasets.sql import Encoding, KeyedSplit, KeyOrder, SqlRows, SqlSource, fetch_split, key_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
@@ -186,12 +186,15 @@ class SqlDataModule(ChuteDataModule):
         if columns is None:
             names = source.columns().names
             columns = [c for c in names if c not in (self.key, self.target, *self.categorical)]
-        split = fetch_split(source, keys, [*columns, *self.categorical, self.target])
+        # With skip, read value by value (exact) once: the bad rows are left out of the fit (the epochs
+        # count them when they meet them) and the good ones keep every digit.
+        skipping = self.on_error == "skip"
+        split = fetch_split(source, keys, [*columns, *self.categorical, self.target], exact=skipping)
         numeric = self._numeric
         if numeric is None:
             numeric = infer_numeric(split, {self.target}, self.categorical, type(self).__name__)
-        if self.on_error == "skip":  # fit on the rows that read; the epochs count the others when they meet them
-            split = self._readable(fetch_split(source, split.rows, split.table.column_names, exact=True), numeric)
+        if skipping:
+            split = self._readable(split, numeric)
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
         classes: list[str] = []
         if self._saved_state is not None:
@@ -210,7 +213,7 @@ class SqlDataModule(ChuteDataModule):
         good = np.ones(split.table.num_rows, dtype=bool)
         allow_missing = self._encoder_args["missing"] != "raise"
         for name in numeric:
-            good &= [_number(v) if v is not None else allow_missing for v in split.strings(name)]
+            good &= [is_number(v) if v is not None else allow_missing for v in split.strings(name)]
         good &= [v is not None for v in split.strings(self.target)]
         return split.take(np.flatnonzero(good))
 
@@ -358,11 +361,3 @@ def _from_rank_zero(read: Callable[[], Any]) -> Any:
     if isinstance(box[0], Exception):
         raise box[0]
     return box[0]
-
-
-def _number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True

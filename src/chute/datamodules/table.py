@@ -233,14 +233,17 @@ def infer_numeric(train: Split, taken: set[str | None], categorical: Sequence[st
     return numeric
 
 
+def is_number(text: str) -> bool:
+    """Whether ``text`` parses as a number (what :meth:`Split.floats` accepts in a text column)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _mostly_numbers(values: list[str | None]) -> bool:
     """Whether most non-empty cells of a text column parse as numbers."""
     present = [v for v in values if v is not None and v.strip()]
-    numbers = 0
-    for value in present:
-        try:
-            float(value)
-        except ValueError:
-            continue
-        numbers += 1
+    numbers = sum(is_number(v) for v in present)
     return bool(present) and numbers > len(present) / 2
