@@ -337,6 +337,17 @@ def test_rows_beside_a_bad_value_keep_their_exact_values_under_skip(tmp_path: Pa
     assert features[:, 0].numpy().tolist() == expected.tolist()  # not 7 digits (1.000018e+06) through text
 
 
+def test_under_skip_a_blank_number_is_missing_as_when_it_is_encoded(tmp_path: Path) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(30))
+    db.execute(f"UPDATE {name} SET x = '' WHERE id = 5")  # blank text: imputed, as Split.floats reads it
+    db.execute(f"UPDATE {name} SET x = 'n/a' WHERE id = 6")  # not a number: left out
+    dm = make(db, name, val_table=name, on_error="skip", missing="mean")
+    dm.setup("fit")
+    assert dm._fit_labels is not None
+    assert len(dm._fit_labels) == 29  # all but 'n/a'
+
+
 def test_a_bad_value_in_a_large_table_is_named_when_the_encoding_is_fitted(tmp_path: Path) -> None:
     db = Db(f"sqlite:///{tmp_path}/test.db")
     name = db.table(rows(70_000))

@@ -212,8 +212,8 @@ class SqlDataModule(ChuteDataModule):
         """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``)."""
         good = np.ones(split.table.num_rows, dtype=bool)
         allow_missing = self._encoder_args["missing"] != "raise"
-        for name in numeric:
-            good &= [is_number(v) if v is not None else allow_missing for v in split.strings(name)]
+        for name in numeric:  # a blank cell is missing, as Split.floats reads it
+            good &= [is_number(v) if v is not None and v.strip() else allow_missing for v in split.strings(name)]
         good &= [v is not None for v in split.strings(self.target)]
         return split.take(np.flatnonzero(good))
 
