@@ -152,6 +152,16 @@ def _sql(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     )
 
 
+def _sql_stream(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    from chute.datamodules import SqlDataModule
+
+    url = f"sqlite:///{write_sql(out)}"
+    return SqlDataModule(
+        url, table="rows", target="label", key="id", numeric=["id"], standardize=False, val_table="rows", loader=loader,
+        index="stream", shuffle_buffer=64,  # ranges of 4 rows (the batch size): 6 ranges, shuffled 16 at a time
+    )  # fmt: skip
+
+
 def _clip_ids(batch: Any) -> torch.Tensor:
     level = batch[0].float().mean(dim=(1, 2, 3, 4)) * 255  # mean 0, std 1: the model sees x / 255
     return ((level - 5) / 10).round().long()
@@ -194,6 +204,7 @@ KINDS: dict[str, Kind] = {
     "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
     "sql": Kind(_sql, _row_ids, write=write_sql),
+    "sql_stream": Kind(_sql_stream, _row_ids, write=write_sql),
 }
 
 

@@ -186,7 +186,9 @@ class SqlDataModuleConfig:
     standardize: bool = True
     unknown_category: str = "raise"
     snapshot: str = "epoch"
+    index: str = "memory"
     shuffle_block: Optional[int] = None
+    shuffle_buffer: int = 131072
     fit_rows: int = 200000
     retries: int = 3
     retry_wait: float = 0.5

@@ -135,25 +135,32 @@ def test_batches_are_key_range_reads_never_a_query_per_row(db: Db, monkeypatch: 
 # -- Exactly once, shuffled, reproducible, resumable ------------------------------------------------
 
 
+INDEXES = [{"index": "memory"}, {"index": "stream", "shuffle_buffer": 48}]  # stream: ranges of 16 keys
+
+
+@pytest.mark.parametrize("index", INDEXES, ids=["memory", "stream"])
 @pytest.mark.parametrize("loader", [{"num_workers": 0}, {"num_workers": 2}, {"backend": "threads", "num_workers": 2}])
-def test_every_row_once_an_epoch_in_a_seeded_order_whatever_loads_it(tmp_path: Path, loader: dict[str, Any]) -> None:
+def test_every_row_once_an_epoch_in_a_seeded_order_whatever_loads_it(
+    tmp_path: Path, loader: dict[str, Any], index: dict[str, Any]
+) -> None:
     db = Db(f"sqlite:///{tmp_path}/test.db")
     name = db.table(rows(203))
     settings = {"batch_size": 16, **loader}
-    dm = make(db, name, loader=settings, shuffle_block=2)
+    dm = make(db, name, loader=settings, shuffle_block=2, **index)
     dm.setup("fit")
     train = dm._keys("train").tolist()
     loader_ = dm.train_dataloader()
     epochs = [ids_of(loader_), ids_of(loader_)]  # a plain loop: two passes, two epochs
     assert [sorted(e) for e in epochs] == [train, train]
     assert epochs[0] != epochs[1]
-    again = make(db, name, loader={"batch_size": 16}, shuffle_block=2)
+    assert len(loader_) == -(-len(train) // 16)
+    again = make(db, name, loader={"batch_size": 16}, shuffle_block=2, **index)
     again.setup("fit")
     assert ids_of(again.train_dataloader()) == epochs[0]  # same seed, same order, any backend
-    other = make(db, name, loader={"batch_size": 16}, shuffle_block=2, seed=1)
+    other = make(db, name, loader={"batch_size": 16}, shuffle_block=2, seed=1, **index)
     other.setup("fit")
     assert ids_of(other.train_dataloader()) != epochs[0]
-    assert sorted(ids_of(dm.val_dataloader())) == dm._keys("val").tolist()
+    assert ids_of(dm.val_dataloader()) == dm._keys("val").tolist()  # evaluation: in key order
 
 
 def test_ranks_take_contiguous_equal_shares_and_evaluation_counts_each_row_once(tmp_path: Path) -> None:
@@ -189,10 +196,13 @@ def test_the_hold_out_is_decided_by_the_key_so_it_is_stable_as_rows_arrive(db: D
     assert 0.18 < len(val_after - val_before) / 500 < 0.32
 
 
+@pytest.mark.parametrize("index", INDEXES, ids=["memory", "stream"])
 @pytest.mark.parametrize("snapshot", ["epoch", "once"])
-def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: Db, snapshot: str) -> None:
+def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(
+    db: Db, snapshot: str, index: dict[str, Any]
+) -> None:
     name = db.table(rows(100))
-    dm = make(db, name, val_table=name, snapshot=snapshot)
+    dm = make(db, name, val_table=name, snapshot=snapshot, **index)
     dm.setup("fit")
     whole = [ids_of([b]) for b in dm.train_dataloader()]
     first = dm.train_dataloader()
@@ -201,7 +211,7 @@ def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: 
     state = first.state_dict()
     assert state["snapshot"] == {"rows": 100, "last_key": 99}
     ingest(rows(30, start=100), db.url, name, if_exists="append")  # arrive while the run is down
-    resumed = make(db, name, val_table=name, snapshot=snapshot)
+    resumed = make(db, name, val_table=name, snapshot=snapshot, **index)
     resumed.setup("fit")
     loader = resumed.train_dataloader()
     loader.load_state_dict(state)
@@ -209,6 +219,123 @@ def test_a_resumed_epoch_reads_its_snapshot_again_after_the_batches_trained(db: 
     assert head + [ids_of([b]) for b in loader] == whole
     later = sorted(ids_of(loader))
     assert later == (list(range(130)) if snapshot == "epoch" else list(range(100)))  # epoch: new rows join
+
+
+# -- index=stream: key ranges and a shuffle buffer, never the key index -----------------------------
+
+
+def test_the_stream_index_never_reads_the_key_index_and_encodes_as_the_memory_one(
+    db: Db, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = db.table(rows(3000))
+    memory = make(db, name, categorical=["color"], standardize=True)
+    memory.setup("fit")
+    keys = SqlSource.keys
+
+    def ranged_only(self: SqlSource, upto: int | None = None, since: int | None = None) -> np.ndarray:
+        assert since is not None, "the whole key index was read"
+        return keys(self, upto, since)
+
+    monkeypatch.setattr(SqlSource, "keys", ranged_only)
+    dm = make(db, name, categorical=["color"], standardize=True, index="stream", shuffle_buffer=1024,
+              loader={"batch_size": 64})  # fmt: skip
+    dm.setup("fit")  # fitted on a sample drawn in the scan: here every training row, as memory's fit
+    assert dm.encoding is not None
+    assert memory.encoding is not None
+    assert dm.encoding.encoder.state_dict() == memory.encoding.encoder.state_dict()
+    assert dm.class_names == memory.class_names
+    dm = make(db, name, index="stream", shuffle_buffer=1024, loader={"batch_size": 64})  # features: the ids
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    ranges = loader.sampler.ranges
+    assert len(ranges) == -(-ranges.rows // 64)
+    assert int(ranges.count.max()) == 64
+    monkeypatch.setattr(SqlSource, "keys", keys)
+    assert ranges.rows == len(memory._keys("train"))
+    seen = ids_of(loader)
+    assert sorted(seen) == memory._keys("train").tolist()
+    assert ids_of(dm.val_dataloader()) == memory._keys("val").tolist()
+
+
+def test_the_fit_sample_and_ranges_do_not_depend_on_how_the_scan_arrives() -> None:
+    from chute.datasets.sql import _RangeScan
+
+    keys = np.sort(np.random.default_rng(0).choice(10**9, 5000, replace=False))
+    source = SqlSource(Database("sqlite:///unused.db"), "t")
+    keep = lambda k: k % 3 != 0  # noqa: E731
+    results = []
+    for chunk in (5000, 977, 64):
+        scan = _RangeScan(source, 100, keep, sample=700, seed=5).restart()
+        for start in range(0, len(keys), chunk):
+            scan.add(pa.record_batch([pa.array(keys[start : start + chunk])], names=["id"]))
+        results.append(scan.result())
+    kept = keys[keep(keys)]
+    for r in results:
+        assert r.rows == len(kept)
+        assert r.last_key == int(keys[-1])
+        assert np.array_equal(r.lo, kept[::100])
+        assert np.array_equal(r.hi, np.append(kept[99::100], kept[-1]))
+        assert np.array_equal(r.sample, results[0].sample)
+        assert len(r.sample) == 700
+        assert set(r.sample.tolist()) <= set(kept.tolist())
+    repeated = _RangeScan(source, 100, None, 0, 0).restart()
+    repeated.add(pa.record_batch([pa.array([1, 2, 3])], names=["id"]))
+    with pytest.raises(DataError, match="key 3 appears more than once"):
+        repeated.add(pa.record_batch([pa.array([3, 4])], names=["id"]))  # repeated across chunks
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_stream_ranks_take_equal_steps_every_row_once_and_evaluation_counts_each_row_once(world: int) -> None:
+    from chute.datasets.sql import KeyRanges, KeyStream
+
+    keys = np.arange(1000, 1203) * 7  # 203 rows in ranges of 16 (the last of 11)
+    lo, hi = keys[::16], np.append(keys[15::16], keys[-1])
+    ranges = KeyRanges(lo, hi, np.array([16] * 12 + [11]), int(keys[-1]), np.empty(0, np.int64))
+    read = lambda a, b: keys[(keys >= a) & (keys <= b)]  # noqa: E731
+
+    def stream(rank: int, train: bool, epoch: int = 0) -> KeyStream:
+        order = KeyStream(lambda e, u: ranges, read, batch_size=10, drop_last=False, train=train, shuffle=True,
+                          block=2, buffer=40, seed=3, rank=rank, world_size=world)  # fmt: skip
+        order.set_epoch(epoch)
+        return order
+
+    train = [[b.tolist() for b in stream(r, True)] for r in range(world)]
+    assert len({len(t) for t in train}) == 1  # equal steps
+    assert all(len(stream(r, True)) == len(train[r]) for r in range(world))
+    together = [k for t in train for b in t for k in b]
+    assert len(together) == world * -(-203 // world)
+    assert set(together) == set(keys.tolist())  # every row; a short share repeats its first key
+    assert len(together) - len(set(together)) == len(together) - 203
+    assert sorted(together[:20]) != together[:20]  # shuffled: not key order
+    again = [[b.tolist() for b in stream(r, True)] for r in range(world)]
+    assert again == train  # seeded
+    assert [[b.tolist() for b in stream(r, True, epoch=1)] for r in range(world)] != train
+    evaluation = [k for r in range(world) for b in stream(r, False) for k in b.tolist()]
+    assert evaluation == keys.tolist()  # each once, in key order
+    resumed = stream(0, True)
+    resumed.resume(0, 3)
+    assert [b.tolist() for b in resumed] == train[0][3:]
+
+
+def test_a_stream_range_that_changed_during_the_epoch_is_named_or_counted(db: Db) -> None:
+    name = db.table(rows(60))
+    strict = make(db, name, val_table=name, index="stream", shuffle_buffer=160)  # ranges of 10 keys
+    strict.setup("fit")
+    loader = strict.val_dataloader()
+    assert len(loader) == 8
+    db.execute(f"DELETE FROM {name} WHERE id = 41")  # gone after the snapshot
+    with pytest.raises(DataError, match=r"keys 40\.\.49 .* 10 rows when it began, 9 now \(rows were deleted\)"):
+        list(loader)
+    dm = make(db, name, val_table=name, index="stream", shuffle_buffer=160, on_error="skip", max_bad_fraction=0.5)
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    planned = len(train)
+    db.execute(f"DELETE FROM {name} WHERE id IN (42, 43)")
+    seen = ids_of(train)
+    assert len(seen) == 59
+    assert len(train) == planned
+    assert set(seen) == set(range(60)) - {41, 42, 43}
+    assert dm.bad_samples["train"]["skipped"] == 2
 
 
 # -- Rows arriving while a real Trainer trains ------------------------------------------------------
@@ -253,8 +380,12 @@ def write_rows(url: str, table: str, log: str, stop: Any) -> None:
             time.sleep(0.03)
 
 
-@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
-def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("workers", "index"),
+    [(0, "memory"), (0, "stream"), pytest.param(2, "memory", marks=pytest.mark.slow),
+     pytest.param(2, "stream", marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, index: str, tmp_path: Path) -> None:
     import multiprocessing
 
     name = db.table(rows(200))
@@ -264,7 +395,7 @@ def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, t
     stop = context.Event()
     log = tmp_path / "committed.txt"
     writer = context.Process(target=write_rows, args=(db.url, name, str(log), stop), daemon=True)
-    dm = make(db, name, val_table=name, loader={"batch_size": 16, "num_workers": workers})
+    dm = make(db, name, val_table=name, loader={"batch_size": 16, "num_workers": workers}, index=index)
     model = Recorder()
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from chute.bad_samples import OnError
+from chute.bad_samples import BadSamples, OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.table import Task, UnknownCategory, infer_numeric, is_number
 from chute.datasets.database import Database, redact
-from chute.datasets.sql import Encoding, KeyedSplit, KeyOrder, SqlRows, SqlSource, fetch_split, key_split
+from chute.datasets.sql import (
+    Encoding,
+    KeyedSplit,
+    KeyOrder,
+    KeyRanges,
+    KeyStream,
+    SqlRows,
+    SqlSource,
+    fetch_split,
+    key_split,
+)  # fmt: skip
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Batched, Loader, LoaderSettings, derive_seed
 
+log = logging.getLogger(__name__)
 Snapshot = Literal["epoch", "once"]
+Index = Literal["memory", "stream"]
 
 
 class SqlDataModule(ChuteDataModule):
@@ -27,11 +40,21 @@ class SqlDataModule(ChuteDataModule):
 
     The source needs a unique integer key column (``key``). Each epoch reads a *snapshot*: the keys
     of the rows committed when the epoch began, read once (on rank 0, shared with the other ranks)
-    and kept in memory (8 bytes a row). Rows inserted during an epoch join the next one; a row
-    deleted during an epoch is an error naming it (``on_error=skip``: left out and counted). Under a
-    Trainer the loaders are made again each epoch to take the new snapshot's length
-    (``reload_dataloaders_every_n_epochs=1`` is set for you when it is not; ``snapshot="once"``
-    reads the keys once per run instead).
+    and kept in memory (8 bytes a row; ``index="stream"`` keeps key ranges instead, below). Rows
+    inserted during an epoch join the next one; a row deleted during an epoch is an error naming it
+    (``on_error=skip``: left out and counted). Under a Trainer the loaders are made again each epoch
+    to take the new snapshot's length (``reload_dataloaders_every_n_epochs=1`` is set for you when
+    it is not; ``snapshot="once"`` reads the keys once per run instead).
+
+    With ``index="stream"`` (tables whose key index does not fit in memory) the snapshot is a list
+    of key ranges of about ``shuffle_buffer / 16`` rows each with their row counts, read in one
+    streamed scan of the key column; training takes the ranges in a seeded order and shuffles
+    within a buffer of ``shuffle_buffer`` keys (:class:`~chute.datasets.sql.KeyStream`). Memory is
+    the ranges and the buffer, whatever the table's size; the guarantees are the same (each row
+    once, equal steps, seeded, resumable), provided rows arrive with growing keys: a range that
+    loses rows, or gains rows below the snapshot's largest key, while an epoch runs is an error
+    (``on_error=skip``: counted, the epoch goes on). The shuffle is local: a batch mixes rows from
+    about 16 ranges, not from the whole table.
 
     Every epoch delivers each row of its snapshot exactly once across ranks and workers (training
     pads each rank's share with fewer than ``world_size`` repeated rows, so ranks take equal steps;
@@ -57,8 +80,11 @@ class SqlDataModule(ChuteDataModule):
         val_fraction: Share held out when there is no ``val_table``.
         missing, fill_value, standardize, unknown_category: As for :class:`TabularDataModule`.
         snapshot: ``epoch`` (each epoch reads the rows committed when it began) or ``once``.
+        index: ``memory`` (the snapshot's keys, 8 bytes a row: a shuffle over the whole table) or
+            ``stream`` (key ranges and a shuffle buffer: any table size).
         shuffle_block: Rows kept together by the training shuffle (``None``: ``batch_size // 64``, so a
             batch is read as 64 key ranges from all over the table; 1: every row on its own).
+        shuffle_buffer: With ``index="stream"``: keys held by the training shuffle on each rank.
         fit_rows: Training rows the encoding is fitted on (a seeded sample when there are more).
         retries: A lost connection is retried this many times (waits ``retry_wait`` s, doubling).
         retry_wait: The first wait, in seconds.
@@ -98,7 +124,9 @@ class SqlDataModule(ChuteDataModule):
         standardize: bool = True,
         unknown_category: UnknownCategory = "raise",
         snapshot: Snapshot = "epoch",
+        index: Index = "memory",
         shuffle_block: int | None = None,
+        shuffle_buffer: int = 131_072,
         fit_rows: int = 200_000,
         retries: int = 3,
         retry_wait: float = 0.5,
@@ -127,6 +155,10 @@ class SqlDataModule(ChuteDataModule):
             raise ConfigError("task", task, "must be 'classification' or 'regression'")
         if snapshot not in ("epoch", "once"):
             raise ConfigError("snapshot", snapshot, "must be 'epoch' (each epoch reads new rows) or 'once'")
+        if index not in ("memory", "stream"):
+            raise ConfigError("index", index, "must be 'memory' (the keys in memory) or 'stream' (key ranges)")
+        if shuffle_buffer < 0:
+            raise ConfigError("shuffle_buffer", shuffle_buffer, "must be >= 0 keys (0: no shuffle within ranges)")
         if shuffle_block is not None and shuffle_block < 1:
             raise ConfigError("shuffle_block", shuffle_block, "must be >= 1 (or null: batch_size // 64)")
         if fit_rows < 1:
@@ -141,7 +173,9 @@ class SqlDataModule(ChuteDataModule):
         self.target, self.key, self.task = target, key, task
         self.val_fraction = val_fraction
         self.snapshot = snapshot
+        self.index = index
         self.shuffle_block = shuffle_block
+        self.shuffle_buffer = int(shuffle_buffer)
         self.fit_rows = int(fit_rows)
         self._numeric = None if numeric is None else list(numeric)
         self.categorical = list(categorical)
@@ -153,7 +187,7 @@ class SqlDataModule(ChuteDataModule):
         self.encoding: Encoding | None = None
         self._fit_labels: np.ndarray | None = None
         self._saved_state: dict[str, Any] | None = None
-        self._keys_once: dict[str, np.ndarray] = {}
+        self._once: dict[str, Any] = {}  # snapshot=once: each split's snapshot
         self._save_plain_hparams(url=redact(url))
 
     # -- Lightning hooks -------------------------------------------------------------------------
@@ -176,7 +210,10 @@ class SqlDataModule(ChuteDataModule):
     def _fit(self) -> tuple[list[str], dict[str, Any], list[str], np.ndarray | None]:
         """The numeric columns, the fitted encoder's state, the classes and the fitted rows' labels."""
         source = self.sources["train"]
-        keys = self._keys("train", shared=False)
+        if self.index == "stream":  # a sample drawn in the scan: the key index is never held
+            keys = self._ranges("train", sample=self.fit_rows, shared=False).sample
+        else:
+            keys = self._keys("train", shared=False)
         if len(keys) == 0:
             raise DataError(f"{source.describe()} has no training rows.")
         if len(keys) > self.fit_rows:  # a seeded sample, in key order (one range scan per chunk)
@@ -258,19 +295,35 @@ class SqlDataModule(ChuteDataModule):
         (read on rank 0 and shared, unless ``shared`` is false: then this rank reads them itself)."""
         read = lambda: self.sources[split].keys(upto)  # noqa: E731
         keys = _from_rank_zero(read) if shared else read()
-        if self.held_out and (split != "test" or self.sources["test"].relation == self.sources["train"].relation):
-            held = key_split(keys, self.val_fraction, derive_seed(self.seed, 1))
-            keys = keys[~held] if split == "train" else keys[held]
-        return keys
+        keep = self._keep(split)
+        return keys if keep is None else keys[keep(keys)]
 
-    def _snapshot(self, split: str) -> Callable[[int, int | None], np.ndarray]:
+    def _ranges(self, split: str, upto: int | None = None, sample: int = 0, shared: bool = True) -> KeyRanges:
+        """:meth:`_keys` as :class:`KeyRanges` (``index="stream"``), with a seeded ``sample`` of the keys."""
+        per_range = max(self.shuffle_buffer // 16, self.loader_settings.batch_size)
+        source, keep, seed = self.sources[split], self._keep(split), derive_seed(self.seed, 2)
+        read = lambda: source.key_ranges(per_range, upto, keep, sample=sample, seed=seed)  # noqa: E731
+        ranges: KeyRanges = _from_rank_zero(read) if shared else read()
+        return ranges
+
+    def _keep(self, split: str) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Which of the source's keys belong to ``split`` (``None``: all): the seeded hold-out."""
+        if not self.held_out or (split == "test" and self.sources["test"].relation != self.sources["train"].relation):
+            return None
+        fraction, seed = self.val_fraction, derive_seed(self.seed, 1)
+        if split == "train":
+            return lambda keys: ~key_split(keys, fraction, seed)
+        return lambda keys: key_split(keys, fraction, seed)
+
+    def _snapshot(self, split: str) -> Callable[[int, int | None], Any]:
+        read = self._ranges if self.index == "stream" else self._keys
         if self.snapshot == "epoch":
-            return lambda epoch, upto: self._keys(split, upto)
+            return lambda epoch, upto: read(split, upto)
 
-        def once(epoch: int, upto: int | None) -> np.ndarray:
-            if split not in self._keys_once or upto is not None:  # upto: a checkpoint's snapshot is the run's
-                self._keys_once[split] = self._keys(split, upto)
-            return self._keys_once[split]
+        def once(epoch: int, upto: int | None) -> Any:
+            if split not in self._once or upto is not None:  # upto: a checkpoint's snapshot is the run's
+                self._once[split] = read(split, upto)
+            return self._once[split]
 
         return once
 
@@ -287,15 +340,48 @@ class SqlDataModule(ChuteDataModule):
         settings = self.loader_settings
         dataset = self.dataset(split)
         rank, world = self._world()
-        order = KeyOrder(
-            self._snapshot(split), train=train, shuffle=settings.shuffle,
-            block=self.shuffle_block or max(settings.batch_size // 64, 1), seed=derive_seed(self.seed, 0),
-            rank=rank, world_size=world, refresh=trainer is None,
-            epoch_of=(lambda: trainer.current_epoch) if trainer is not None else None,
-        )  # fmt: skip
-        dataset.order = order
-        batches = KeyBatches(order, settings.batch_size_for(train), train and settings.drop_last)
+        common: dict[str, Any] = {
+            "train": train, "shuffle": settings.shuffle, "seed": derive_seed(self.seed, 0),
+            "block": self.shuffle_block or max(settings.batch_size // 64, 1), "rank": rank, "world_size": world,
+            "refresh": trainer is None,
+            "epoch_of": (lambda: trainer.current_epoch) if trainer is not None else None,
+        }  # fmt: skip
+        batch_size, drop_last = settings.batch_size_for(train), train and settings.drop_last
+        batches: KeyBatches | KeyStream
+        if self.index == "stream":
+            order = KeyStream(
+                self._snapshot(split), self._range_reader(split), batch_size=batch_size, drop_last=drop_last,
+                buffer=self.shuffle_buffer, changed=self._on_changed(dataset.bad, split), **common,
+            )  # fmt: skip
+            dataset.order = batches = order
+        else:
+            dataset.order = key_order = KeyOrder(self._snapshot(split), **common)
+            batches = KeyBatches(key_order, batch_size, drop_last)
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batches=batches)
+
+    def _range_reader(self, split: str) -> Callable[[int, int], np.ndarray]:
+        """``read(lo, hi)``: the keys of ``split`` from ``lo`` to ``hi`` committed now (one query)."""
+        source, keep = self.sources[split], self._keep(split)
+
+        def read(lo: int, hi: int) -> np.ndarray:
+            keys = source.keys(upto=hi, since=lo)
+            return keys if keep is None else keys[keep(keys)]
+
+        return read
+
+    def _on_changed(self, bad: BadSamples, split: str) -> Callable[[DataError, int], None]:
+        """What a :class:`KeyStream` does with a range whose rows changed: ``on_error`` decides."""
+        name = self.sources[split].name
+
+        def changed(error: DataError, missing: int) -> None:
+            if not bad.skipping:
+                raise error
+            if missing <= 0:  # rows inserted below the snapshot's largest key: read, not skipped
+                log.warning("%s", error)
+            for _ in range(missing):
+                bad.skip(f"'{name}', a row deleted during the epoch", error)
+
+        return changed
 
     @property
     def remakes_loaders(self) -> bool:

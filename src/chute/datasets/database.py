@@ -22,9 +22,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ import pyarrow as pa
 from chute.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+F = TypeVar("F")
 
 # Connections by (pid, thread, url). A forked DataLoader worker inherits its parent's; closing one
 # there would end the parent's session too (libpq says goodbye on the shared socket), so a child
@@ -188,16 +189,33 @@ class Database:
         A lost connection is reopened and the read retried (see ``retries``); an error in the SQL
         itself (unknown table or column, syntax) raises at once.
         """
+        # SQLite: infer each column's type from all rows read, not the first 1,024.
+        return self._retrying(sql, what, lambda cursor: cursor.fetch_arrow_table(), batch_rows=1_000_000)
+
+    def scan(self, sql: str, what: str, fold: Callable[[], F]) -> F:
+        """Run ``sql`` and hand its result to ``fold()``'s ``add(batch)``, one Arrow record batch at a
+        time, so a result larger than memory can be summarised; returns the fold. A lost connection
+        starts the scan again with a fresh ``fold()``."""
+
+        def run(cursor: Any) -> F:
+            folded = fold()
+            for batch in cursor.fetch_record_batch():
+                folded.add(batch)  # type: ignore[attr-defined]
+            return folded
+
+        return self._retrying(sql, what, run, batch_rows=65_536)
+
+    def _retrying(self, sql: str, what: str, fetch: Callable[[Any], F], batch_rows: int) -> F:
         import adbc_driver_manager as adbc
 
         wait = self.retry_wait
         for attempt in range(self.retries + 1):
             try:
                 with self._connection().cursor() as cursor:
-                    if self.kind == "sqlite":  # infer each column's type from all rows read, not the first 1,024
-                        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "1000000"})
+                    if self.kind == "sqlite":
+                        cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
                     cursor.execute(sql)
-                    return cursor.fetch_arrow_table()
+                    return fetch(cursor)
             except adbc.OperationalError as err:
                 self._drop_connection()
                 if attempt == self.retries:

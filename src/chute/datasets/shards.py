@@ -377,7 +377,7 @@ class ShardStream(IterableDataset[Any]):
         """``rank``'s batches as runs of raw ``(shard, line, text)``, in order; the last may be short."""
         lines = self._lines(self.rank_ranges(rank, world))
         if self.buffer_size > 1:
-            lines = _buffered(lines, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
+            lines = buffered(lines, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
         run: list[tuple[int, int, str]] = []
         for line in lines:
             run.append(line)
@@ -434,7 +434,7 @@ class ShardStream(IterableDataset[Any]):
 _BAD = object()  # stands for a run of lines none of which decoded
 
 
-def _buffered(items: Iterator[Any], size: int, seed: int) -> Iterator[Any]:
+def buffered(items: Iterator[Any], size: int, seed: int) -> Iterator[Any]:
     """``items`` through a shuffle buffer: each new item swaps out a random one of ``size`` held, then the rest."""
     rng = np.random.default_rng(seed)
     buffer: list[Any] = []

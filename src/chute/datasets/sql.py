@@ -18,19 +18,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from chute.bad_samples import BadSamples
 from chute.datasets.database import Database
+from chute.datasets.shards import buffered, partition
 from chute.datasets.tabular import Split, TableEncoder, encode_split
 from chute.errors import ConfigError, DataError
+from chute.loader import derive_seed, world_position
 from chute.samplers import DistributedDraw
 
 log = logging.getLogger(__name__)
@@ -89,33 +91,57 @@ class SqlSource:
         """The source's columns and their Arrow types (no rows read)."""
         return self.database.arrow(f"SELECT * FROM {self._from()} WHERE 1 = 0", f"the columns of {self.name}").schema
 
-    def keys(self, upto: int | None = None) -> np.ndarray:
-        """The sorted keys of the rows committed now (with ``upto``: only keys ``<= upto``).
+    def keys(self, upto: int | None = None, since: int | None = None) -> np.ndarray:
+        """The sorted keys of the rows committed now (with ``upto``: only keys ``<= upto``; with
+        ``since``: only keys ``>= since``).
 
         Raises:
             ConfigError: the key column is missing or not integer.
             DataError: a key is NULL or repeated (the message names it).
         """
-        key = quote(self.key, "key")
-        where = f" WHERE {key} <= {int(upto)}" if upto is not None else ""
-        sql = f"SELECT {key} FROM {self._from()}{where} ORDER BY {key}"
+        sql = f"SELECT {quote(self.key, 'key')} FROM {self._from()}{self._where(upto, since)} ORDER BY 1"
         table = self.database.arrow(sql, f"the keys of {self.name}")
-        column = table.column(0)
-        if not (pa.types.is_integer(column.type) or (pa.types.is_null(column.type) and table.num_rows == 0)):
+        keys = self._key_array(table.column(0), table.num_rows)
+        self._check_unique(keys)
+        return keys
+
+    def key_ranges(
+        self, per_range: int, upto: int | None = None, keep: Callable[[np.ndarray], np.ndarray] | None = None,
+        sample: int = 0, seed: int = 0,
+    ) -> KeyRanges:  # fmt: skip
+        """The snapshot of the rows committed now as :class:`KeyRanges` of ``per_range`` rows, read in
+        one streamed scan of the key column: memory holds the ranges (and ``sample`` keys), never the
+        key index. ``keep(keys)``: which keys count (a split's share); ``sample``: also draw that many
+        of the kept keys, the same ones whatever the scan's chunks (lowest seeded hash)."""
+        sql = f"SELECT {quote(self.key, 'key')} FROM {self._from()}{self._where(upto, None)} ORDER BY 1"
+        scan = _RangeScan(self, per_range, keep, sample, seed)
+        return self.database.scan(sql, f"the keys of {self.name}", lambda: scan.restart()).result()
+
+    def _where(self, upto: int | None, since: int | None) -> str:
+        key = quote(self.key, "key")
+        terms = [f"{key} <= {int(upto)}"] if upto is not None else []
+        terms += [f"{key} >= {int(since)}"] if since is not None else []
+        return " WHERE " + " AND ".join(terms) if terms else ""
+
+    def _key_array(self, column: pa.ChunkedArray | pa.Array, rows: int) -> np.ndarray:
+        """The key column read as ``int64`` (refused if it is not an integer column or holds a NULL)."""
+        if not (pa.types.is_integer(column.type) or (pa.types.is_null(column.type) and rows == 0)):
             reason = f"must be an integer column of {self.describe()}, and it holds {column.type}"
             raise ConfigError("key", self.key, reason)
         if column.null_count:
             raise DataError(f"Key column {self.key!r} of {self.describe()} has {column.null_count} NULL keys.")
-        keys = np.empty(0, np.int64)
-        if len(column):
-            keys = column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+        if not len(column):
+            return np.empty(0, np.int64)
+        return column.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+    def _check_unique(self, keys: np.ndarray) -> None:
+        """Sorted ``keys`` must not repeat."""
         repeated = np.flatnonzero(keys[1:] == keys[:-1])
         if repeated.size:
             raise DataError(
                 f"Key column {self.key!r} of {self.describe()} is not unique: key {int(keys[repeated[0]])} appears "
                 f"more than once ({repeated.size} repeats). Name a unique column as data.key."
             )
-        return keys
 
     def rows(self, keys: np.ndarray, columns: Sequence[str], exact: bool = False) -> tuple[pa.Table, np.ndarray]:
         """The rows of ``keys`` (in that order) with ``columns``, read in one query over key ranges,
@@ -142,6 +168,83 @@ class SqlSource:
         present = np.flatnonzero(found[order][slot] == wanted) if len(found) else np.empty(0, np.int64)
         table = table.take(pa.array(order[slot[present]])).drop_columns(["chute_key"])
         return _plain_types(table), present
+
+
+@dataclass(frozen=True)
+class KeyRanges:
+    """An epoch's snapshot without its key index: runs of consecutive keys and the rows each holds.
+
+    Range ``i`` covers keys ``lo[i]..hi[i]`` and holds ``count[i]`` rows of the split (the rows of
+    other splits between them are not counted); ``last_key`` is the largest key of any split when
+    the snapshot was read, so a range read later leaves newer rows out. ``sample``: the seeded
+    sample of keys :meth:`SqlSource.key_ranges` was asked for.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    count: np.ndarray
+    last_key: int | None
+    sample: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return int(self.count.sum())
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+
+class _RangeScan:
+    """Folds a streamed scan of sorted keys into :class:`KeyRanges` (see :meth:`SqlSource.key_ranges`)."""
+
+    def __init__(
+        self, source: SqlSource, per_range: int, keep: Callable[[np.ndarray], np.ndarray] | None, sample: int,
+        seed: int,
+    ) -> None:  # fmt: skip
+        self.source, self.per_range, self.keep = source, max(int(per_range), 1), keep
+        self.sample_size, self.seed = int(sample), seed
+
+    def restart(self) -> _RangeScan:
+        """Empty the fold (a scan started again after a lost connection)."""
+        self.starts: list[np.ndarray] = []
+        self.ends: list[np.ndarray] = []
+        self.pending = np.empty(0, np.int64)  # kept keys not yet in a range
+        self.last: int | None = None
+        self.sample = np.empty(0, np.int64)
+        self.priority = np.empty(0, np.uint64)
+        return self
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        keys = self.source._key_array(batch.column(0), batch.num_rows)
+        if not len(keys):
+            return
+        self.source._check_unique(keys if self.last is None else np.concatenate([[self.last], keys]))
+        self.last = int(keys[-1])
+        kept = keys[self.keep(keys)] if self.keep is not None else keys
+        held = np.concatenate([self.pending, kept])
+        full = len(held) // self.per_range * self.per_range
+        if full:
+            runs = held[:full].reshape(-1, self.per_range)
+            self.starts.append(runs[:, 0].copy())
+            self.ends.append(runs[:, -1].copy())
+        self.pending = held[full:]
+        if self.sample_size and len(kept):  # the lowest hashes so far: the same sample for any chunking
+            keys_ = np.concatenate([self.sample, kept])
+            priority = np.concatenate([self.priority, _mix(kept, self.seed)])
+            if len(keys_) > self.sample_size:
+                lowest = np.argpartition(priority, self.sample_size - 1)[: self.sample_size]
+                keys_, priority = keys_[lowest], priority[lowest]
+            self.sample, self.priority = keys_, priority
+
+    def result(self) -> KeyRanges:
+        starts, ends = list(self.starts), list(self.ends)
+        counts = [np.full(len(s), self.per_range, np.int64) for s in starts]
+        if len(self.pending):
+            starts.append(self.pending[:1])
+            ends.append(self.pending[-1:])
+            counts.append(np.array([len(self.pending)], np.int64))
+        cat = lambda parts: np.concatenate(parts) if parts else np.empty(0, np.int64)  # noqa: E731
+        return KeyRanges(cat(starts), cat(ends), cat(counts), self.last, np.sort(self.sample))
 
 
 def _ranges(key: str, keys: np.ndarray) -> str:
@@ -220,10 +323,10 @@ class SqlRows(Dataset[tuple[torch.Tensor, ...]]):
         self.source = source
         self.encoding = encoding
         self.bad = bad
-        self.order: KeyOrder | None = None  # the main process's order: len() is its snapshot's size
+        self.order: KeyOrder | KeyStream | None = None  # the main process's order: len() is its snapshot's
 
     def __len__(self) -> int:
-        return len(self.order.keys) if self.order is not None else 0
+        return self.order.rows if self.order is not None else 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -282,12 +385,81 @@ def key_split(keys: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     >>> key_split(np.arange(10_000), 0.2, seed=0).mean().round(2)
     np.float64(0.2)
     """
+    return (_mix(keys, seed) >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+def _mix(keys: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each key (splitmix64's finaliser)."""
     x = keys.astype(np.uint64) ^ np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)
-    with np.errstate(over="ignore"):  # splitmix64's finaliser: wrapping multiplication is the point
+    with np.errstate(over="ignore"):  # wrapping multiplication is the point
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+        return x ^ (x >> np.uint64(31))
+
+
+class Snapshots:
+    """The snapshot an order reads in each epoch: read at first use and, with ``refresh``, again when
+    an epoch begins; a checkpoint's snapshot (its size and largest key) is read again for its epoch.
+
+    Args:
+        read: ``read(epoch, upto)`` returns the snapshot of the rows committed now (only keys
+            ``<= upto`` when given): sorted keys (``np.ndarray``) or :class:`KeyRanges`.
+        refresh: Read a new snapshot when another epoch begins (plain loops); otherwise the first
+            stays (a loader made for one epoch, as under a Trainer).
+        epoch_of: The epoch a snapshot read now belongs to (the Trainer's), if not the order's own.
+    """
+
+    def __init__(
+        self, read: Callable[[int, int | None], Any], refresh: bool = True, epoch_of: Callable[[], int] | None = None
+    ) -> None:
+        self.read, self.refresh, self.epoch_of = read, refresh, epoch_of
+        self.current: Any = None
+        self.epoch = -1
+        self._bound: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot state) from a checkpoint
+
+    def get(self, epoch: int) -> Any:
+        """The current snapshot (read now if there is none yet)."""
+        if self.current is None:
+            self._read(self.epoch_of() if self.epoch_of is not None else epoch)
+        return self.current
+
+    def begin(self, epoch: int) -> None:
+        """Epoch ``epoch`` begins: a new snapshot if there is none or ``refresh`` and the epoch is new."""
+        if self.current is None or (self.refresh and int(epoch) != self.epoch):
+            self._read(int(epoch))
+
+    def _read(self, epoch: int) -> None:
+        bound = self._bound[1] if self._bound is not None and self._bound[0] == epoch else None
+        upto = bound.get("last_key") if bound is not None else None
+        current = self.read(epoch, upto)
+        if bound is not None and _size(current) != int(bound["rows"]):
+            log.warning(
+                "The snapshot of epoch %d held %d rows when the checkpoint was saved; %d rows with keys up to %s "
+                "are there now (rows were deleted, or inserted below the largest key), so the resumed epoch "
+                "reads the rows as they are now and its position is approximate.",
+                epoch, int(bound["rows"]), _size(current), upto,
+            )  # fmt: skip
+        self.current, self.epoch = current, epoch
+
+    def state(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of the snapshot: its size and largest key."""
+        if self.current is None:
+            return self._bound[1] if self._bound is not None else None
+        if isinstance(self.current, KeyRanges):
+            return {"rows": self.current.rows, "last_key": self.current.last_key}
+        keys = self.current
+        return {"rows": len(keys), "last_key": int(keys[-1]) if len(keys) else None}
+
+    def restore(self, epoch: int, state: Mapping[str, Any]) -> None:
+        """Make epoch ``epoch`` read the checkpoint's snapshot again (the keys up to its largest)."""
+        self._bound = (int(epoch), dict(state))
+        current = self.epoch_of() if self.epoch_of is not None else int(epoch)
+        if current == int(epoch) and (self.current is None or self.epoch == int(epoch)):
+            self._read(int(epoch))
+
+
+def _size(snapshot: np.ndarray | KeyRanges) -> int:
+    return snapshot.rows if isinstance(snapshot, KeyRanges) else len(snapshot)
 
 
 class KeyOrder(DistributedDraw):
@@ -305,9 +477,7 @@ class KeyOrder(DistributedDraw):
         shuffle: Shuffle at all (training only).
         block: Keys moved together by the shuffle.
         seed, rank, world_size: See :class:`~chute.samplers.DistributedDraw`.
-        refresh: Read a new snapshot when a pass of another epoch starts (plain loops); otherwise the
-            first snapshot stays (a loader made for one epoch, as under a Trainer).
-        epoch_of: The epoch a snapshot read now belongs to (the Trainer's), if not the order's own.
+        refresh, epoch_of: See :class:`Snapshots`.
     """
 
     def __init__(
@@ -316,52 +486,30 @@ class KeyOrder(DistributedDraw):
         epoch_of: Callable[[], int] | None = None,
     ) -> None:  # fmt: skip
         super().__init__(seed, rank, world_size, pad=train)
-        self.snapshot = snapshot
+        self.snapshots = Snapshots(snapshot, refresh, epoch_of)
         self.shuffle, self.block = shuffle and train, max(int(block), 1)
-        self.refresh, self.epoch_of = refresh, epoch_of
-        self._keys: np.ndarray | None = None
-        self._keys_epoch = -1
-        self._bound: tuple[int, dict[str, Any]] | None = None  # (epoch, snapshot state) from a checkpoint
-        self._drawn: tuple[int, np.ndarray] | None = None
+        self._drawn: tuple[int, np.ndarray, np.ndarray] | None = None  # (epoch, keys, draw)
 
     @property
     def keys(self) -> np.ndarray:
         """The current snapshot's sorted keys (read at first use)."""
-        if self._keys is None:
-            self._read(self.epoch_of() if self.epoch_of is not None else self.epoch)
-        assert self._keys is not None
-        return self._keys
+        keys: np.ndarray = self.snapshots.get(self.epoch)
+        return keys
 
-    def _read(self, epoch: int) -> None:
-        bound = self._bound[1] if self._bound is not None and self._bound[0] == epoch else None
-        upto = bound.get("last_key") if bound is not None else None
-        keys = self.snapshot(epoch, upto)
-        if bound is not None and len(keys) != int(bound["rows"]):
-            log.warning(
-                "The snapshot of epoch %d held %d rows when the checkpoint was saved; %d rows with keys up to %s "
-                "are there now (rows were deleted, or inserted below the largest key), so the resumed epoch "
-                "reads the rows as they are now and its position is approximate.",
-                epoch, int(bound["rows"]), len(keys), upto,
-            )  # fmt: skip
-        self._keys, self._keys_epoch, self._drawn = keys, epoch, None
+    @property
+    def rows(self) -> int:
+        """Rows in the current snapshot."""
+        return len(self.keys)
 
     def set_epoch(self, epoch: int) -> None:
-        if self._keys is None or (self.refresh and int(epoch) != self._keys_epoch):
-            self._read(int(epoch))
+        self.snapshots.begin(epoch)
         super().set_epoch(epoch)
 
     def snapshot_state(self) -> dict[str, Any] | None:
-        """What a checkpoint keeps of the snapshot: its size and largest key."""
-        if self._keys is None:
-            return self._bound[1] if self._bound is not None else None
-        return {"rows": len(self._keys), "last_key": int(self._keys[-1]) if len(self._keys) else None}
+        return self.snapshots.state()
 
     def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
-        """Make epoch ``epoch`` read the checkpoint's snapshot again (the keys up to its largest)."""
-        self._bound = (int(epoch), dict(state))
-        current = self.epoch_of() if self.epoch_of is not None else int(epoch)
-        if current == int(epoch) and (self._keys is None or self._keys_epoch == int(epoch)):
-            self._read(int(epoch))
+        self.snapshots.restore(epoch, state)
 
     def draw(self, generator: torch.Generator) -> np.ndarray:
         keys = self.keys
@@ -374,9 +522,10 @@ class KeyOrder(DistributedDraw):
 
     def epoch_items(self, epoch: int | None = None) -> np.ndarray:
         epoch = self.epoch if epoch is None else epoch
-        if self._drawn is None or self._drawn[0] != epoch:
-            self._drawn = (epoch, super().epoch_items(epoch))
-        return self._drawn[1]
+        keys = self.keys
+        if self._drawn is None or self._drawn[0] != epoch or self._drawn[1] is not keys:
+            self._drawn = (epoch, keys, super().epoch_items(epoch))
+        return self._drawn[2]
 
     def rank_items(self, epoch: int | None = None) -> np.ndarray:
         items = self.epoch_items(epoch)
@@ -385,6 +534,179 @@ class KeyOrder(DistributedDraw):
             share = len(items) // world
             return items[rank * share : (rank + 1) * share]
         return np.array_split(items, world)[rank]
+
+
+class KeyStream(DistributedSampler):
+    """Batches of keys streamed from a snapshot's :class:`KeyRanges` through a seeded shuffle buffer:
+    the order of an epoch whose key index need not fit in memory.
+
+    Training lays the ranges end to end in a ``(seed, epoch)`` order (the same on every rank); rank
+    ``r`` of ``w`` takes the ``r``-th contiguous share of that sequence (:func:`~chute.datasets.shards.partition`,
+    by row position), reads its ranges' keys one query at a time (``read``), and passes blocks of
+    ``block`` consecutive keys through a shuffle buffer of ``buffer`` keys seeded by
+    ``(seed, epoch, rank)``; batches are consecutive runs of ``batch_size`` keys. Every share is
+    ``ceil(rows / w)`` keys long (a short one repeats its first key), so ranks take equal steps.
+    Evaluation reads the ranges in key order, unshuffled, each row once (shares differ by at most
+    one row). Memory: the ranges, the buffer and one range's keys.
+
+    It runs in the loader's main process (the DataLoader's sampler), so workers and threads only
+    read the rows of the keys they are handed; a resumed epoch (``resume``) streams its keys again
+    and skips the batches already trained on, reading no rows for them.
+
+    A range whose rows changed while the epoch ran (rows deleted, or inserted with keys below the
+    snapshot's largest: rows appended with growing keys never do this) is reported to ``changed``
+    (by default raised); the share keeps its planned length either way.
+
+    Args:
+        snapshot: ``snapshot(epoch, upto)``: the :class:`KeyRanges` of the rows committed now.
+        read: ``read(lo, hi)``: the split's sorted keys in ``lo..hi`` now.
+        batch_size: Keys per batch.
+        drop_last: Drop each rank's last, incomplete batch.
+        train: Shuffle and pad (training) or not (evaluation).
+        shuffle: Shuffle at all (training only).
+        block: Consecutive keys kept together (a batch of 4,096 keys in blocks of 64 is 64 key ranges).
+        buffer: Keys in the shuffle buffer (at most ``block`` disables it).
+        seed: Seed of the range order and the buffer.
+        rank, world_size: This rank and the number of ranks (``None``: torch.distributed's).
+        refresh, epoch_of: See :class:`Snapshots`.
+        changed: ``changed(error, missing)``: a range held a different number of rows than its
+            snapshot said (``missing`` rows fewer, negative for more); raise ``error`` or count it.
+    """
+
+    def __init__(
+        self, snapshot: Callable[[int, int | None], KeyRanges], read: Callable[[int, int], np.ndarray], *,
+        batch_size: int, drop_last: bool, train: bool, shuffle: bool, block: int, buffer: int, seed: int,
+        rank: int | None = None, world_size: int | None = None, refresh: bool = True,
+        epoch_of: Callable[[], int] | None = None, changed: Callable[[DataError, int], None] | None = None,
+    ) -> None:  # fmt: skip
+        # DistributedSampler.__init__ needs a dataset and a process group; only its type is wanted
+        # (Lightning then leaves the loader as it is).
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        self.snapshots = Snapshots(snapshot, refresh, epoch_of)
+        self.read = read
+        self.batch_size, self.drop_last, self.train = batch_size, drop_last, train
+        self.shuffle, self.block, self.buffer = shuffle and train, max(int(block), 1), max(int(buffer), 0)
+        self.seed, self._rank, self._world = seed, rank, world_size
+        self.changed = changed
+        self.epoch = 0
+        self._explicit = False
+        self._skip = 0
+
+    @property
+    def num_replicas(self) -> int:  # type: ignore[override]
+        return world_position(self._rank, self._world)[1]
+
+    @property
+    def rank(self) -> int:  # type: ignore[override]
+        return world_position(self._rank, self._world)[0]
+
+    @property
+    def ranges(self) -> KeyRanges:
+        """The current snapshot (read at first use)."""
+        ranges: KeyRanges = self.snapshots.get(self.epoch)
+        return ranges
+
+    @property
+    def rows(self) -> int:
+        """Rows in the current snapshot."""
+        return self.ranges.rows
+
+    def set_epoch(self, epoch: int) -> None:
+        self.snapshots.begin(epoch)
+        if int(epoch) != self.epoch:
+            self._skip = 0  # a resume offset belongs to the epoch it was saved in
+        self.epoch, self._explicit = int(epoch), True
+
+    def resume(self, epoch: int, batches: int) -> None:
+        """Make the next pass epoch ``epoch`` without its first ``batches`` batches (on this rank)."""
+        self.set_epoch(epoch)
+        self._skip = int(batches)
+
+    def snapshot_state(self) -> dict[str, Any] | None:
+        return self.snapshots.state()
+
+    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
+        self.snapshots.restore(epoch, state)
+
+    def share(self) -> list[tuple[int, int, int]]:
+        """This rank's ``(range, start, stop)`` row positions this epoch, in reading order."""
+        ranges = self.ranges
+        order = np.arange(len(ranges))
+        if self.shuffle:
+            order = np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(len(ranges))
+        parts = partition(ranges.count[order].tolist(), self.num_replicas, self.rank)
+        return [(int(order[i]), start, stop) for i, start, stop in parts]
+
+    def share_rows(self) -> int:
+        """Keys this rank reads each epoch (training: every rank as many)."""
+        total, world, rank = self.rows, self.num_replicas, self.rank
+        if self.train:
+            return -(-total // world)
+        return (rank + 1) * total // world - rank * total // world
+
+    def __len__(self) -> int:
+        rows = self.share_rows()
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        skip, self._skip = self._skip, 0
+        batches = self._batches()
+        if not self._explicit:
+            self.epoch += 1  # plain loops get a new order each pass; loaders call set_epoch
+        for i, batch in enumerate(batches):
+            if i >= skip:
+                yield batch
+
+    def _keys(self) -> Iterator[np.ndarray]:
+        """This rank's keys in reading order, a range (or less) at a time, padded to ``share_rows``."""
+        ranges, wanted, given = self.ranges, self.share_rows(), 0
+        first: np.ndarray | None = None
+        for i, start, stop in self.share():
+            lo, hi, count = int(ranges.lo[i]), int(ranges.hi[i]), int(ranges.count[i])
+            keys = self.read(lo, hi)
+            if len(keys) != count:
+                self._changed(lo, hi, count, len(keys))
+            part = keys[start:stop]
+            if len(part):
+                first = part[:1] if first is None else first
+                given += len(part)
+                yield part
+        if given < wanted:  # a short share (or rows gone) repeats its first key: equal steps
+            if first is None and len(ranges):
+                first = self.read(int(ranges.lo[0]), int(ranges.hi[0]))[:1]
+            if first is not None and len(first):
+                yield np.repeat(first, wanted - given)
+
+    def _batches(self) -> Iterator[np.ndarray]:
+        blocks: Iterator[np.ndarray] = (
+            part[i : i + self.block] for part in self._keys() for i in range(0, len(part), self.block)
+        )
+        if self.shuffle and self.buffer > self.block:
+            blocks = buffered(blocks, self.buffer // self.block, derive_seed(self.seed, self.epoch, self.rank))
+        held: list[np.ndarray] = []
+        count = 0
+        for block in blocks:
+            held.append(block)
+            count += len(block)
+            while count >= self.batch_size:
+                keys = np.concatenate(held)
+                yield keys[: self.batch_size]
+                held, count = [keys[self.batch_size :]], count - self.batch_size
+        if count and not self.drop_last:
+            yield np.concatenate(held)
+
+    def _changed(self, lo: int, hi: int, expected: int, found: int) -> None:
+        what = "were deleted" if found < expected else "were inserted with keys below the snapshot's largest"
+        error = DataError(
+            f"Rows with keys {lo}..{hi} of the epoch's snapshot changed while it ran: {expected} rows when it "
+            f"began, {found} now (rows {what}). data.index=stream reads each epoch's rows range by range and "
+            "needs rows to arrive with growing keys; data.index=memory keeps each epoch's exact keys, or set "
+            "data.on_error=skip to go on (the share keeps its length)."
+        )
+        if self.changed is None:
+            raise error
+        self.changed(error, expected - found)
 
 
 def load_table(
