@@ -1,6 +1,7 @@
 """Rows/s of SqlDataModule vs the per-row ``SELECT ... WHERE id = ?`` Dataset, on SQLite and PostgreSQL.
 
     python scripts/bench_sql.py                            # 200k rows, batch 4096, 0 and 2 workers
+    python scripts/bench_sql.py --indexes memory stream    # also index=stream (key ranges + shuffle buffer)
     python scripts/bench_sql.py --rows 500000 --workers 2 --pg-url postgresql://ana@db.lab/bench
 
 The table is the bundled breast-cancer data tiled to ``--rows`` rows (31 columns, integer key
@@ -99,12 +100,20 @@ def compare(
         per_row, batch_size=args.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
     )
     cases = [("per-row SELECT Dataset", *measure(baseline, args.repeats, args.baseline_batches))]
-    cases.append(("chute SqlDataModule", *measure(ours, args.repeats, None)))
-    if workers > 0:  # the backend conf/data/sql.yaml ships: the drivers release the GIL while reading
-        threaded = {**settings, "backend": "threads"}
-        threads = SqlDataModule(url, table=TABLE, target="diagnosis", val_fraction=0.01, loader=threaded)
-        threads.setup("fit")
-        cases.append(("chute SqlDataModule, threads", *measure(threads.train_dataloader(), args.repeats, None)))
+    for index in args.indexes:
+        name = "chute SqlDataModule" + (", stream" if index == "stream" else "")
+        if index != "memory":
+            streamed = SqlDataModule(url, table=TABLE, target="diagnosis", val_fraction=0.01, loader=settings,
+                                     index=index)  # fmt: skip
+            streamed.setup("fit")
+            ours = streamed.train_dataloader()
+        cases.append((name, *measure(ours, args.repeats, None)))
+        if workers > 0:  # the backend conf/data/sql.yaml ships: the drivers release the GIL while reading
+            threaded = {**settings, "backend": "threads"}
+            threads = SqlDataModule(url, table=TABLE, target="diagnosis", val_fraction=0.01, loader=threaded,
+                                    index=index)  # fmt: skip
+            threads.setup("fit")
+            cases.append((name + ", threads", *measure(threads.train_dataloader(), args.repeats, None)))
     base_rate = cases[0][1]
     out = []
     for label, rate, runs in cases:
@@ -113,7 +122,7 @@ def compare(
             "runs": [round(r) for r in runs], "vs_baseline": round(rate / base_rate, 1),
         })  # fmt: skip
         ratio = f"{rate / base_rate:.1f}x"
-        print(f"{kind:>10} w{workers} {label:>30}: {rate:>10,.0f} rows/s ({ratio}) runs {out[-1]['runs']}")
+        print(f"{kind:>10} w{workers} {label:>38}: {rate:>10,.0f} rows/s ({ratio}) runs {out[-1]['runs']}")
     return out
 
 
@@ -125,6 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baseline-batches", type=int, default=4)
     parser.add_argument("--databases", nargs="+", default=["sqlite", "postgresql"])
+    parser.add_argument("--indexes", nargs="+", default=["memory"], choices=["memory", "stream"])
     parser.add_argument("--pg-url", help="a PostgreSQL server to use instead of a throwaway one")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()

@@ -132,6 +132,25 @@ def test_batches_are_key_range_reads_never_a_query_per_row(db: Db, monkeypatch: 
     assert all(16 <= q.count("BETWEEN") <= 64 for q in reads[:2])  # 64 blocks of 64 keys (neighbours merge)
 
 
+@pytest.mark.parametrize("index", ["memory", "stream"])
+def test_the_fit_sample_of_a_large_table_is_read_in_bounded_queries(
+    db: Db, index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    name = db.table(rows(60_000))
+    queries: list[str] = []
+    arrow = Database.arrow
+    monkeypatch.setattr(Database, "arrow", lambda self, sql, what: queries.append(sql) or arrow(self, sql, what))
+    dm = make(db, name, fit_rows=6_000, standardize=True, index=index)  # gaps of ~8 keys: thousands of runs
+    dm.setup("fit")  # SQLite refused one query of them all: "Expression tree is too large (maximum depth 1000)"
+    reads = [q for q in queries if "chute_key" in q]
+    assert len(reads) > 1
+    assert all(q.count("BETWEEN") <= 256 for q in reads)
+    assert dm.encoding is not None
+    state = dm.encoding.encoder.state_dict()
+    assert abs(state["mean"][0] - 30_000) < 1_500  # the sample's mean of x (the key): about the table's
+    assert abs(state["std"][0] - 60_000 / 12**0.5) < 1_500
+
+
 # -- Exactly once, shuffled, reproducible, resumable ------------------------------------------------
 
 
