@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -142,3 +147,62 @@ def test_staging_pool_reuses_buffers_per_shape_and_layout() -> None:
     other = pool.stage(torch.zeros(5))
     assert other.data_ptr() != second.data_ptr()
     assert pool.allocated == 2
+
+
+def test_the_sampler_is_read_as_batches_are_taken_and_its_errors_surface() -> None:
+    taken: list[int] = []
+
+    def lazy() -> Iterator[list[int]]:  # an order that streams its batches (a SQL table's key ranges)
+        for start in range(0, 100, 10):
+            taken.append(start)
+            yield list(range(start, start + 10))
+
+    class Order:
+        def __iter__(self) -> Iterator[list[int]]:
+            return lazy()
+
+        def __len__(self) -> int:
+            return 10
+
+    loader = ThreadedLoader(dataset(), Order(), prefetch=1, threads=2)
+    batches = iter(loader)
+    first = next(batches)
+    assert first[0][:, 0].long().tolist() == list(range(10))
+    assert len(taken) <= 1 + 2 + 1  # the first, one in flight per thread, one more: not all ten
+    assert [b[0][0, 0].item() for b in batches] == [float(s) for s in range(10, 100, 10)]
+
+    def failing() -> Iterator[list[int]]:
+        yield [0, 1]
+        raise ValueError("the order failed at its second batch")
+
+    class Failing(Order):
+        def __iter__(self) -> Iterator[list[int]]:
+            return failing()
+
+    failing_batches = iter(ThreadedLoader(dataset(), Failing(), threads=2))
+    assert next(failing_batches)[0][:, 0].long().tolist() == [0, 1]
+    with pytest.raises(ValueError, match="second batch"):
+        next(failing_batches)
+
+
+def test_a_pass_abandoned_at_the_end_of_a_script_exits_cleanly(tmp_path: Path) -> None:
+    # Daemon threads still inside torch when Python finalizes used to end the process with
+    # "terminate called without an active exception"; loader threads are stopped at exit instead.
+    script = tmp_path / "abandon.py"
+    script.write_text(
+        "import numpy as np, torch\n"
+        "from chute.datasets import TabularDataset\n"
+        "from chute.loader.threaded import ThreadedLoader\n"
+        "from chute.samplers import BatchIndexSampler\n"
+        "class Slow(TabularDataset):\n"
+        "    def __getitems__(self, batch):\n"
+        "        torch.randn(400, 400) @ torch.randn(400, 400)\n"
+        "        return super().__getitems__(batch)\n"
+        "data = Slow(np.arange(10_000, dtype=np.float32)[:, None], np.arange(10_000) % 3)\n"
+        "batches = iter(ThreadedLoader(data, BatchIndexSampler(10_000, 8), prefetch=4, threads=2))\n"
+        "next(batches)\n"
+    )
+    for _ in range(2):
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "terminate called" not in run.stderr

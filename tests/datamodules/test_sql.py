@@ -334,6 +334,29 @@ def test_stream_ranks_take_equal_steps_every_row_once_and_evaluation_counts_each
     resumed = stream(0, True)
     resumed.resume(0, 3)
     assert [b.tolist() for b in resumed] == train[0][3:]
+    plain = KeyStream(lambda e, u: ranges, read, batch_size=10, drop_last=False, train=True, shuffle=True,
+                      block=2, buffer=40, seed=3, rank=0, world_size=world)  # fmt: skip
+    assert [b.tolist() for b in plain] == train[0]  # a plain first pass is epoch 0
+    assert [b.tolist() for b in plain] == [b.tolist() for b in stream(0, True, epoch=1)]
+
+
+def test_a_stream_rank_without_rows_of_its_own_still_takes_its_steps() -> None:
+    from chute.datasets.sql import KeyRanges, KeyStream
+
+    keys = np.array([10, 11, 20, 21])  # two ranges; the first one's rows are deleted during the epoch
+    ranges = KeyRanges(np.array([10, 20]), np.array([11, 21]), np.array([2, 2]), 21, np.empty(0, np.int64))
+    read = lambda a, b: keys[(keys >= a) & (keys <= b) & (keys >= 20)]  # noqa: E731
+    counted: list[int] = []
+    lengths, steps = [], []
+    for rank in range(3):
+        order = KeyStream(lambda e, u: ranges, read, batch_size=1, drop_last=False, train=True, shuffle=False,
+                          block=1, buffer=0, seed=0, rank=rank, world_size=3,
+                          changed=lambda error, n: counted.append(n))  # fmt: skip
+        order.set_epoch(0)
+        lengths.append(len(order))
+        steps.append(len(list(order)))
+    assert lengths == steps == [2, 2, 2]  # equal steps: a rank with no rows left repeats the snapshot's first
+    assert counted == [2]  # the range's two deleted rows, told once (by the rank reading its first row)
 
 
 def test_a_stream_range_that_changed_during_the_epoch_is_named_or_counted(db: Db) -> None:
@@ -355,6 +378,73 @@ def test_a_stream_range_that_changed_during_the_epoch_is_named_or_counted(db: Db
     assert len(train) == planned
     assert set(seen) == set(range(60)) - {41, 42, 43}
     assert dm.bad_samples["train"]["skipped"] == 2
+    evaluation = dm.val_dataloader()
+    len(evaluation)  # the snapshot: 57 rows
+    db.execute(f"DELETE FROM {name} WHERE id = 7")
+    assert ids_of(evaluation) == [i for i in range(60) if i not in (7, 41, 42, 43)]  # each once, no stand-in
+    assert dm.bad_samples["val"]["skipped"] == 1
+    again = dm.val_dataloader()
+    len(again)
+    db.execute(f"INSERT INTO {name} (id, x, color, label) VALUES (7, 7.0, 'red', 'c1')")  # inside range 0..10
+    db.execute(f"INSERT INTO {name} (id, x, color, label) VALUES (41, 41.0, 'red', 'c2')")  # between two ranges
+    seen = ids_of(again)
+    assert len(seen) == len(set(seen)) == 56  # positions are the snapshot's: one row is pushed out
+    assert 7 in seen
+    assert 41 not in seen  # in no range of the snapshot: it joins the next epoch
+    assert dm.bad_samples["val"]["skipped"] == 2  # and counted, not lost silently
+
+
+def test_stream_threads_read_key_ranges_as_batches_are_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(20_000))
+    reads: list[int] = []
+    keys = SqlSource.keys
+
+    def counted(self: SqlSource, upto: int | None = None, since: int | None = None) -> np.ndarray:
+        out = keys(self, upto, since)
+        if since is not None:
+            reads.append(len(out))
+        return out
+
+    monkeypatch.setattr(SqlSource, "keys", counted)
+    loader = {"batch_size": 64, "backend": "threads", "num_workers": 2}
+    dm = make(db, name, val_table=name, index="stream", shuffle_buffer=1024, loader=loader)  # 313 ranges
+    dm.setup("fit")
+    batches = iter(dm.train_dataloader())
+    next(batches)
+    assert len(reads) < 40  # the buffer's 16 ranges and what is in flight, not the epoch's 313
+    assert len(ids_of(batches)) == 20_000 - 64
+
+
+def test_an_error_in_a_streamed_result_is_named_not_retried(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    name = db.table(rows(200_000, classes=2))
+    database = Database(db.url, retry_wait=0.05)
+    overflow = f"SELECT CASE WHEN id > 150000 THEN abs(-9223372036854775807 - 1) ELSE id END FROM {name} ORDER BY id"
+
+    class Count:
+        rows = 0
+
+        def add(self, batch: pa.RecordBatch) -> None:
+            self.rows += batch.num_rows
+
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError, match="failed: integer overflow"):
+        database.scan(overflow, "the keys", Count)  # the error comes after 150,000 rows
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError, match="integer overflow"):
+        database.arrow(overflow, "the keys")
+    assert "retrying" not in caplog.text  # the data is wrong, not the connection
+    assert database.scan(f"SELECT id FROM {name}", "the keys", Count).rows == 200_000
+
+
+def test_where_clauses_cover_far_apart_keys_without_overflow() -> None:
+    from chute.datasets.sql import _where_clauses
+
+    assert _where_clauses('"id"', np.array([-5 * 10**18, 5 * 10**18])) == [
+        '"id" IN (-5000000000000000000, 5000000000000000000)'
+    ]  # not BETWEEN the two: the whole table
+    many = _where_clauses('"id"', np.arange(0, 20 * 1000, 20).repeat(2) + np.tile([0, 1], 1000))
+    assert len(many) == 4  # 1,000 runs of two keys: 256 a query
+    assert sum(c.count("BETWEEN") for c in many) == 1000
 
 
 # -- Rows arriving while a real Trainer trains ------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -30,7 +29,6 @@ from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Batched, Loader, LoaderSettings, derive_seed
 
-log = logging.getLogger(__name__)
 Snapshot = Literal["epoch", "once"]
 Index = Literal["memory", "stream"]
 
@@ -47,14 +45,14 @@ class SqlDataModule(ChuteDataModule):
     it is not; ``snapshot="once"`` reads the keys once per run instead).
 
     With ``index="stream"`` (tables whose key index does not fit in memory) the snapshot is a list
-    of key ranges of about ``shuffle_buffer / 16`` rows each with their row counts, read in one
+    of key ranges of ``shuffle_buffer / 16`` rows each (at least a batch) with their row counts, read in one
     streamed scan of the key column; training takes the ranges in a seeded order and shuffles
     within a buffer of ``shuffle_buffer`` keys (:class:`~chute.datasets.sql.KeyStream`). Memory is
     the ranges and the buffer, whatever the table's size; the guarantees are the same (each row
     once, equal steps, seeded, resumable), provided rows arrive with growing keys: a range that
     loses rows, or gains rows below the snapshot's largest key, while an epoch runs is an error
-    (``on_error=skip``: counted, the epoch goes on). The shuffle is local: a batch mixes rows from
-    about 16 ranges, not from the whole table.
+    (``on_error=skip``: the difference is counted as skipped rows, and the epoch goes on). The
+    shuffle is local: a batch mixes rows from about 16 ranges, not from the whole table.
 
     Every epoch delivers each row of its snapshot exactly once across ranks and workers (training
     pads each rank's share with fewer than ``world_size`` repeated rows, so ranks take equal steps;
@@ -373,13 +371,11 @@ class SqlDataModule(ChuteDataModule):
         """What a :class:`KeyStream` does with a range whose rows changed: ``on_error`` decides."""
         name = self.sources[split].name
 
-        def changed(error: DataError, missing: int) -> None:
-            if not bad.skipping:
-                raise error
-            if missing <= 0:  # rows inserted below the snapshot's largest key: read, not skipped
-                log.warning("%s", error)
-            for _ in range(missing):
-                bad.skip(f"'{name}', a row deleted during the epoch", error)
+        def changed(error: DataError, rows: int) -> None:
+            # Deleted rows are missing; rows inserted inside a range push as many snapshot rows out of
+            # the rank shares (positions are the snapshot's): either way, that many rows are skipped.
+            for _ in range(rows):
+                bad.skip(f"'{name}', a row of a range that changed during the epoch", error)
 
         return changed
 

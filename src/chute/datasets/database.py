@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -50,6 +51,9 @@ def _forget_inherited() -> None:
 def _close_at_exit() -> None:
     """Close this process's connections while the driver is still loaded (at interpreter shutdown their
     finalizers would run after it is torn down, and print errors)."""
+    threaded = sys.modules.get("chute.loader.threaded")
+    if threaded is not None:  # loader threads may be reading through these connections: stop them first
+        threaded.stop_running()
     pid = os.getpid()
     for key in [k for k in _CONNECTIONS if k[0] == pid]:
         with contextlib.suppress(Exception):
@@ -186,8 +190,9 @@ class Database:
     def arrow(self, sql: str, what: str) -> pa.Table:
         """Run ``sql`` and return its result as an Arrow table; ``what`` names the read in errors.
 
-        A lost connection is reopened and the read retried (see ``retries``); an error in the SQL
-        itself (unknown table or column, syntax) raises at once.
+        A lost connection (or a busy SQLite file) is reopened and the read retried (see ``retries``);
+        any other error (unknown table or column, syntax, a value the driver cannot read) raises at
+        once as a :class:`~chute.errors.DataError`.
         """
         # SQLite: infer each column's type from all rows read, not the first 1,024.
         return self._retrying(sql, what, lambda cursor: cursor.fetch_arrow_table(), batch_rows=1_000_000)
@@ -216,7 +221,12 @@ class Database:
                         cursor.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(batch_rows)})
                     cursor.execute(sql)
                     return fetch(cursor)
-            except adbc.OperationalError as err:
+            # The driver's errors, and those of a result read as a stream (OSError, ArrowException).
+            except (adbc.Error, OSError, pa.ArrowException) as err:
+                if not _lost(err):  # the query or the data: trying again would fail again
+                    raise DataError(
+                        f"Reading {what} from {self.safe_url} failed: {self.scrub(_message(err))}"
+                    ) from None
                 self._drop_connection()
                 if attempt == self.retries:
                     raise DataError(
@@ -230,8 +240,6 @@ class Database:
                 )  # fmt: skip
                 time.sleep(wait)
                 wait *= 2
-            except adbc.Error as err:
-                raise DataError(f"Reading {what} from {self.safe_url} failed: {self.scrub(_message(err))}") from None
         raise AssertionError("unreachable")
 
     def exact(self, sql: str, what: str) -> pa.Table:
@@ -269,6 +277,20 @@ def _exact_column(values: Sequence[Any]) -> pa.Array:
     if kinds <= {int, float} or kinds <= {str} or kinds <= {bytes}:
         return pa.array(values)
     return pa.array([None if v is None else repr(v) if isinstance(v, float) else str(v) for v in values])
+
+
+# What libpq and SQLite say when the connection, not the query, failed: worth a retry.
+_LOST = re.compile(
+    r"server closed the connection|terminating connection|failed to connect|connection to server|could not "
+    r"connect|no connection to the server|connection reset|broken pipe|ssl syscall|timeout expired|the database "
+    r"system is (starting up|shutting down)|database( table)? is locked|database is busy|disk i/o error",
+    re.IGNORECASE,
+)
+
+
+def _lost(err: BaseException) -> bool:
+    """Whether ``err`` says the connection was lost (or the database busy), rather than the query failed."""
+    return _LOST.search(str(err)) is not None
 
 
 def _first_line(err: BaseException) -> str:

@@ -25,14 +25,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples
 from chute.datasets.database import Database
 from chute.datasets.shards import buffered, partition
 from chute.datasets.tabular import Split, TableEncoder, encode_split
 from chute.errors import ConfigError, DataError
-from chute.loader import derive_seed, world_position
+from chute.loader import derive_seed
 from chute.samplers import DistributedDraw
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class SqlSource:
         of the kept keys, the same ones whatever the scan's chunks (lowest seeded hash)."""
         sql = f"SELECT {quote(self.key, 'key')} FROM {self._from()}{self._where(upto, None)} ORDER BY 1"
         scan = _RangeScan(self, per_range, keep, sample, seed)
-        return self.database.scan(sql, f"the keys of {self.name}", lambda: scan.restart()).result()
+        return self.database.scan(sql, f"the keys of {self.name}", scan.restart).result()
 
     def _where(self, upto: int | None, since: int | None) -> str:
         key = quote(self.key, "key")
@@ -163,7 +163,7 @@ class SqlSource:
         what = f"a batch of {len(wanted)} rows of {self.name}"
         read = self.database.exact if exact else self.database.arrow
         tables = [read(f"SELECT {selected} FROM {self._from()} WHERE {where}", what)
-                  for where in _ranges(key, np.unique(wanted))]  # fmt: skip
+                  for where in _where_clauses(key, np.unique(wanted))]  # fmt: skip
         table = tables[0] if len(tables) == 1 else _concat(tables)
         found = table.column(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
         order = np.argsort(found, kind="stable")
@@ -206,9 +206,10 @@ class _RangeScan:
     ) -> None:  # fmt: skip
         self.source, self.per_range, self.keep = source, max(int(per_range), 1), keep
         self.sample_size, self.seed = int(sample), seed
+        self.restart()
 
     def restart(self) -> _RangeScan:
-        """Empty the fold (a scan started again after a lost connection)."""
+        """Empty the fold (a scan started again after a lost connection); returns it."""
         self.starts: list[np.ndarray] = []
         self.ends: list[np.ndarray] = []
         self.pending = np.empty(0, np.int64)  # kept keys not yet in a range
@@ -250,15 +251,16 @@ class _RangeScan:
         return KeyRanges(cat(starts), cat(ends), cat(counts), self.last, np.sort(self.sample))
 
 
-def _ranges(key: str, keys: np.ndarray) -> list[str]:
+def _where_clauses(key: str, keys: np.ndarray) -> list[str]:
     """WHERE clauses for the sorted unique ``keys``: ``BETWEEN`` for runs of near keys, ``IN`` for the
     rest; a clause has at most ``_MAX_RANGES`` runs (a sparse sample has thousands), so reading
     ``keys`` may take more than one query.
 
-    >>> _ranges('"id"', np.array([1, 2, 3, 4, 50, 90]))
+    >>> _where_clauses('"id"', np.array([1, 2, 3, 4, 50, 90]))
     ['"id" BETWEEN 1 AND 4 OR "id" IN (50, 90)']
     """
-    breaks = np.flatnonzero(np.diff(keys) > _GAP) + 1
+    gaps = np.diff(keys).view(np.uint64)  # exact even where the difference passes int64 (keys -5e18 and 5e18)
+    breaks = np.flatnonzero(gaps > _GAP) + 1
     starts, ends = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(keys)]])
     runs = list(zip(starts.tolist(), ends.tolist(), strict=True))
     singles = [int(keys[s]) for s, e in runs if e - s == 1]
@@ -555,7 +557,7 @@ class KeyOrder(DistributedDraw):
         return np.array_split(items, world)[rank]
 
 
-class KeyStream(DistributedSampler):
+class KeyStream(DistributedDraw):
     """Batches of keys streamed from a snapshot's :class:`KeyRanges` through a seeded shuffle buffer:
     the order of an epoch whose key index need not fit in memory.
 
@@ -563,10 +565,10 @@ class KeyStream(DistributedSampler):
     ``r`` of ``w`` takes the ``r``-th contiguous share of that sequence (:func:`~chute.datasets.shards.partition`,
     by row position), reads its ranges' keys one query at a time (``read``), and passes blocks of
     ``block`` consecutive keys through a shuffle buffer of ``buffer`` keys seeded by
-    ``(seed, epoch, rank)``; batches are consecutive runs of ``batch_size`` keys. Every share is
-    ``ceil(rows / w)`` keys long (a short one repeats its first key), so ranks take equal steps.
-    Evaluation reads the ranges in key order, unshuffled, each row once (shares differ by at most
-    one row). Memory: the ranges, the buffer and one range's keys.
+    ``(seed, epoch, rank)``; batches are consecutive runs of ``batch_size`` keys. Every training
+    share is ``ceil(rows / w)`` keys long (a short one repeats its first key), so ranks take equal
+    steps. Evaluation reads the ranges in key order, unshuffled, each row once (shares differ by at
+    most one row). Memory: the ranges, the buffer and one range's keys.
 
     It runs in the loader's main process (the DataLoader's sampler), so workers and threads only
     read the rows of the keys they are handed; a resumed epoch (``resume``) streams its keys again
@@ -574,7 +576,8 @@ class KeyStream(DistributedSampler):
 
     A range whose rows changed while the epoch ran (rows deleted, or inserted with keys below the
     snapshot's largest: rows appended with growing keys never do this) is reported to ``changed``
-    (by default raised); the share keeps its planned length either way.
+    (by default raised) by the rank that reads the range's first row; a training share keeps its
+    planned length (repeating its first key for rows gone), an evaluation share reads what is there.
 
     Args:
         snapshot: ``snapshot(epoch, upto)``: the :class:`KeyRanges` of the rows committed now.
@@ -588,8 +591,8 @@ class KeyStream(DistributedSampler):
         seed: Seed of the range order and the buffer.
         rank, world_size: This rank and the number of ranks (``None``: torch.distributed's).
         refresh, epoch_of: See :class:`Snapshots`.
-        changed: ``changed(error, missing)``: a range held a different number of rows than its
-            snapshot said (``missing`` rows fewer, negative for more); raise ``error`` or count it.
+        changed: ``changed(error, rows)``: a range holds ``rows`` more or fewer rows than its
+            snapshot said; raise ``error`` or count them.
     """
 
     def __init__(
@@ -598,27 +601,14 @@ class KeyStream(DistributedSampler):
         rank: int | None = None, world_size: int | None = None, refresh: bool = True,
         epoch_of: Callable[[], int] | None = None, changed: Callable[[DataError, int], None] | None = None,
     ) -> None:  # fmt: skip
-        # DistributedSampler.__init__ needs a dataset and a process group; only its type is wanted
-        # (Lightning then leaves the loader as it is).
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        super().__init__(seed, rank, world_size, pad=train)
         self.snapshots = Snapshots(snapshot, refresh, epoch_of)
         self.read = read
         self.batch_size, self.drop_last, self.train = batch_size, drop_last, train
         self.shuffle, self.block, self.buffer = shuffle and train, max(int(block), 1), max(int(buffer), 0)
-        self.seed, self._rank, self._world = seed, rank, world_size
         self.changed = changed
-        self.epoch = 0
-        self._explicit = False
-        self._skip = 0
-
-    @property
-    def num_replicas(self) -> int:  # type: ignore[override]
-        return world_position(self._rank, self._world)[1]
-
-    @property
-    def rank(self) -> int:  # type: ignore[override]
-        return world_position(self._rank, self._world)[0]
 
     @property
     def ranges(self) -> KeyRanges:
@@ -633,14 +623,7 @@ class KeyStream(DistributedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.snapshots.begin(epoch)
-        if int(epoch) != self.epoch:
-            self._skip = 0  # a resume offset belongs to the epoch it was saved in
-        self.epoch, self._explicit = int(epoch), True
-
-    def resume(self, epoch: int, batches: int) -> None:
-        """Make the next pass epoch ``epoch`` without its first ``batches`` batches (on this rank)."""
-        self.set_epoch(epoch)
-        self._skip = int(batches)
+        super().set_epoch(epoch)
 
     def snapshot_state(self) -> dict[str, Any] | None:
         return self.snapshots.state()
@@ -648,12 +631,14 @@ class KeyStream(DistributedSampler):
     def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
         self.snapshots.restore(epoch, state)
 
-    def share(self) -> list[tuple[int, int, int]]:
-        """This rank's ``(range, start, stop)`` row positions this epoch, in reading order."""
+    def share(self, epoch: int | None = None) -> list[tuple[int, int, int]]:
+        """This rank's ``(range, start, stop)`` row positions in ``epoch`` (default: the current one),
+        in reading order."""
         ranges = self.ranges
         order = np.arange(len(ranges))
         if self.shuffle:
-            order = np.random.default_rng(derive_seed(self.seed, self.epoch)).permutation(len(ranges))
+            seed = derive_seed(self.seed, self.epoch if epoch is None else epoch)
+            order = np.random.default_rng(seed).permutation(len(ranges))
         parts = partition(ranges.count[order].tolist(), self.num_replicas, self.rank)
         return [(int(order[i]), start, stop) for i, start, stop in parts]
 
@@ -669,40 +654,52 @@ class KeyStream(DistributedSampler):
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        skip, self._skip = self._skip, 0
-        batches = self._batches()
+        epoch, skip, self._skip = self.epoch, self._skip, 0
+        if self.epoch_listener is not None:
+            self.epoch_listener(epoch)
         if not self._explicit:
             self.epoch += 1  # plain loops get a new order each pass; loaders call set_epoch
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(self._batches(epoch)):
+            self._yielded = i + 1
             if i >= skip:
                 yield batch
 
-    def _keys(self) -> Iterator[np.ndarray]:
-        """This rank's keys in reading order, a range (or less) at a time, padded to ``share_rows``."""
+    def batched(self, batch_size: int, drop_last: bool) -> Iterator[np.ndarray]:
+        raise TypeError("KeyStream yields batches itself; use it as the loader's order, not inside Batched")
+
+    def _keys(self, epoch: int) -> Iterator[np.ndarray]:
+        """This rank's keys in reading order, a range (or less) at a time; training: padded to ``share_rows``."""
         ranges, wanted, given = self.ranges, self.share_rows(), 0
         first: np.ndarray | None = None
-        for i, start, stop in self.share():
+        for i, start, stop in self.share(epoch):
             lo, hi, count = int(ranges.lo[i]), int(ranges.hi[i]), int(ranges.count[i])
             keys = self.read(lo, hi)
-            if len(keys) != count:
+            if len(keys) != count and start == 0:  # told once: by the rank that reads its first row
                 self._changed(lo, hi, count, len(keys))
             part = keys[start:stop]
             if len(part):
                 first = part[:1] if first is None else first
                 given += len(part)
                 yield part
-        if given < wanted:  # a short share (or rows gone) repeats its first key: equal steps
-            if first is None and len(ranges):
-                first = self.read(int(ranges.lo[0]), int(ranges.hi[0]))[:1]
-            if first is not None and len(first):
+        if self.train and given < wanted:  # a short share (or rows gone) repeats its first key: equal steps
+            first = self._first_key(ranges) if first is None else first
+            if first is not None:
                 yield np.repeat(first, wanted - given)
 
-    def _batches(self) -> Iterator[np.ndarray]:
+    def _first_key(self, ranges: KeyRanges) -> np.ndarray | None:
+        """The snapshot's first key still there, for a rank with none of its own (``None``: no rows left)."""
+        for lo, hi in zip(ranges.lo.tolist(), ranges.hi.tolist(), strict=True):
+            keys = self.read(lo, hi)
+            if len(keys):
+                return keys[:1]
+        return None
+
+    def _batches(self, epoch: int) -> Iterator[np.ndarray]:
         blocks: Iterator[np.ndarray] = (
-            part[i : i + self.block] for part in self._keys() for i in range(0, len(part), self.block)
+            part[i : i + self.block] for part in self._keys(epoch) for i in range(0, len(part), self.block)
         )
         if self.shuffle and self.buffer > self.block:
-            blocks = buffered(blocks, self.buffer // self.block, derive_seed(self.seed, self.epoch, self.rank))
+            blocks = buffered(blocks, self.buffer // self.block, derive_seed(self.seed, epoch, self.rank))
         held: list[np.ndarray] = []
         count = 0
         for block in blocks:
@@ -721,11 +718,11 @@ class KeyStream(DistributedSampler):
             f"Rows with keys {lo}..{hi} of the epoch's snapshot changed while it ran: {expected} rows when it "
             f"began, {found} now (rows {what}). data.index=stream reads each epoch's rows range by range and "
             "needs rows to arrive with growing keys; data.index=memory keeps each epoch's exact keys, or set "
-            "data.on_error=skip to go on (the share keeps its length)."
+            "data.on_error=skip to go on (the difference is counted as skipped rows)."
         )
         if self.changed is None:
             raise error
-        self.changed(error, expected - found)
+        self.changed(error, abs(expected - found))
 
 
 def load_table(

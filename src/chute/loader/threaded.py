@@ -15,6 +15,8 @@ thread receives finished batches. It keeps the DataModule contract: ``len``,
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -23,6 +25,24 @@ from typing import Any
 import torch
 
 _DONE = object()
+
+# Passes whose threads are running: (stop, threads, semaphore). At exit they are stopped and joined
+# before Python finalizes, because a daemon thread caught inside C++ code (torch, a database driver)
+# when the interpreter freezes it ends the process with "terminate called without an active exception"
+# (an abandoned pass, e.g. ``next(iter(loader))`` at the end of a script).
+_RUNNING: set[tuple[threading.Event, tuple[threading.Thread, ...], threading.Semaphore]] = set()
+
+
+@atexit.register
+def stop_running() -> None:
+    """Stop every running pass's threads and wait for them (at exit; a batch being read is finished)."""
+    for stop, threads, ahead in list(_RUNNING):
+        stop.set()
+        for _ in threads:
+            ahead.release()
+    for _, threads, _ in list(_RUNNING):
+        for thread in threads:
+            thread.join(timeout=10)
 
 
 class ThreadedLoader:
@@ -100,46 +120,83 @@ class ThreadedLoader:
         return item.wait() if isinstance(item, _InFlight) else item
 
     def __iter__(self) -> Iterator[Any]:
-        batches = list(self.sampler)  # the sampler runs here, in the caller's thread (epoch, state)
-        if self.threads == 0:
-            yield from (self._ready(self._fetch(batch)) for batch in batches)
+        # The sampler is read as batches are taken, not listed up front: an order that streams its
+        # keys (a SQL table's, index="stream") then holds only what is in flight. Its first batch is
+        # taken here, in the caller's thread, so a pass begins (epoch, resume offset) where it was asked.
+        order = iter(self.sampler)
+        first = next(order, _DONE)
+        if first is _DONE:
             return
-        slots: list[queue.Queue[Any]] = [queue.Queue(maxsize=1) for _ in batches]
+        if self.threads == 0:
+            yield self._ready(self._fetch(first))
+            for batch in order:
+                yield self._ready(self._fetch(batch))
+            return
+        batches = itertools.chain([first], order)
+        positions = itertools.count()
+        slots: dict[int, queue.Queue[Any]] = {}
+        taken: dict[int, Any] = {}  # batches being fetched, by position: named if one times out
         ahead = threading.Semaphore(self.prefetch * self.threads)
         stop = threading.Event()
-        position = iter(range(len(batches)))
         lock = threading.Lock()
+
+        def slot(i: int) -> queue.Queue[Any]:
+            with lock:
+                return slots.setdefault(i, queue.Queue(maxsize=1))
+
+        def take() -> tuple[int, Any]:
+            """The next position and its batch (``_DONE`` past the end), one thread at a time, in order."""
+            with lock:
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    batch = _DONE
+                except BaseException as err:  # the sampler's own error: the consumer raises it
+                    batch = _Failure(err)
+                i = next(positions)
+                taken[i] = batch
+                return i, batch
 
         def work() -> None:
             while not stop.is_set():
-                ahead.acquire()  # before taking an index: indices go out in order, so no deadlock
-                with lock:
-                    i = next(position, None)
-                if i is None or stop.is_set():
+                ahead.acquire()  # before taking a batch: positions go out in order, so no deadlock
+                if stop.is_set():
+                    return
+                i, batch = take()
+                if batch is _DONE or isinstance(batch, _Failure):
+                    slot(i).put(batch)
                     return
                 try:
-                    slots[i].put(self._fetch(batches[i]))
+                    slot(i).put(self._fetch(batch))
                 except BaseException as err:  # surface in the consumer, with its traceback
-                    slots[i].put(_Failure(err))
+                    slot(i).put(_Failure(err))
                     return
 
-        workers = [threading.Thread(target=work, daemon=True) for _ in range(min(self.threads, max(len(batches), 1)))]
+        workers = tuple(threading.Thread(target=work, daemon=True) for _ in range(self.threads))
+        running = (stop, workers, ahead)
+        _RUNNING.add(running)
         for thread in workers:
             thread.start()
         try:
-            for n, slot in enumerate(slots):
+            for n in itertools.count():
                 try:
-                    item = slot.get(timeout=self.timeout or None)
+                    item = slot(n).get(timeout=self.timeout or None)
                 except queue.Empty:
                     raise RuntimeError(
                         f"ThreadedLoader timed out after {self.timeout} s waiting for batch {n} "
-                        f"(indices {_head(batches[n])}); raise loader.timeout or find the slow sample."
+                        f"(indices {_head(taken.get(n, []))}); raise loader.timeout or find the slow sample."
                     ) from None
+                with lock:
+                    slots.pop(n, None)
+                    taken.pop(n, None)
                 ahead.release()
+                if item is _DONE:
+                    return
                 if isinstance(item, _Failure):
                     raise item.error
                 yield self._ready(item)
         finally:
+            _RUNNING.discard(running)
             stop.set()
             for _ in workers:
                 ahead.release()
