@@ -474,7 +474,24 @@ def _size(snapshot: np.ndarray | KeyRanges) -> int:
     return snapshot.rows if isinstance(snapshot, KeyRanges) else len(snapshot)
 
 
-class KeyOrder(DistributedDraw):
+class SnapshotDraw(DistributedDraw):
+    """A :class:`~chute.samplers.DistributedDraw` over changing data: each epoch reads its
+    :class:`Snapshots` when it begins, and a checkpoint keeps which rows it read."""
+
+    snapshots: Snapshots
+
+    def set_epoch(self, epoch: int) -> None:
+        self.snapshots.begin(epoch)
+        super().set_epoch(epoch)
+
+    def snapshot_state(self) -> dict[str, Any] | None:
+        return self.snapshots.state()
+
+    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
+        self.snapshots.restore(epoch, state)
+
+
+class KeyOrder(SnapshotDraw):
     """The keys of a snapshot in the order an epoch reads them, shared across ranks in contiguous parts.
 
     Training shuffles blocks of ``block`` consecutive keys by ``(seed, epoch)``; evaluation reads
@@ -513,16 +530,6 @@ class KeyOrder(DistributedDraw):
         """Rows in the current snapshot."""
         return len(self.keys)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.snapshots.begin(epoch)
-        super().set_epoch(epoch)
-
-    def snapshot_state(self) -> dict[str, Any] | None:
-        return self.snapshots.state()
-
-    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
-        self.snapshots.restore(epoch, state)
-
     def draw(self, generator: torch.Generator) -> np.ndarray:
         keys = self.keys
         if not self.shuffle:
@@ -557,7 +564,7 @@ class KeyOrder(DistributedDraw):
         return np.array_split(items, world)[rank]
 
 
-class KeyStream(DistributedDraw):
+class KeyStream(SnapshotDraw):
     """Batches of keys streamed from a snapshot's :class:`KeyRanges` through a seeded shuffle buffer:
     the order of an epoch whose key index need not fit in memory.
 
@@ -620,16 +627,6 @@ class KeyStream(DistributedDraw):
     def rows(self) -> int:
         """Rows in the current snapshot."""
         return self.ranges.rows
-
-    def set_epoch(self, epoch: int) -> None:
-        self.snapshots.begin(epoch)
-        super().set_epoch(epoch)
-
-    def snapshot_state(self) -> dict[str, Any] | None:
-        return self.snapshots.state()
-
-    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
-        self.snapshots.restore(epoch, state)
 
     def share(self, epoch: int | None = None) -> list[tuple[int, int, int]]:
         """This rank's ``(range, start, stop)`` row positions in ``epoch`` (default: the current one),
