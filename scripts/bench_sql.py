@@ -21,6 +21,7 @@ to outputs/benchmarks/.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import statistics
 import tempfile
@@ -100,6 +101,11 @@ def compare(
         per_row, batch_size=args.batch_size, shuffle=True, num_workers=workers, persistent_workers=workers > 0
     )
     cases = [("per-row SELECT Dataset", *measure(baseline, args.repeats, args.baseline_batches))]
+    # Shut the baseline's persistent workers down now: left to the garbage collector, its iterator was
+    # copied into chute's loaders' forked workers, whose exit then tried to stop workers that are
+    # not their children ("AssertionError: can only test a child process", after a 2- and 3-worker run).
+    del baseline
+    gc.collect()
     for index in args.indexes:
         name = "chute SqlDataModule" + (", stream" if index == "stream" else "")
         if index != "memory":
