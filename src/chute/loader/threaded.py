@@ -26,11 +26,18 @@ import torch
 
 _DONE = object()
 
-# Passes whose threads are running: (stop, threads, semaphore). At exit they are stopped and joined
+# Passes whose threads may still run: (stop, threads, semaphore). At exit they are stopped and joined
 # before Python finalizes, because a daemon thread caught inside C++ code (torch, a database driver)
 # when the interpreter freezes it ends the process with "terminate called without an active exception"
-# (an abandoned pass, e.g. ``next(iter(loader))`` at the end of a script).
+# (an abandoned pass: ``next(iter(loader))`` at the end of a script, or a run stopped by SIGTERM).
+# A pass stays listed after it ends until its threads have finished (a batch may still be loading).
 _RUNNING: set[tuple[threading.Event, tuple[threading.Thread, ...], threading.Semaphore]] = set()
+
+
+def _forget_finished() -> None:
+    for entry in list(_RUNNING):
+        if not any(thread.is_alive() for thread in entry[1]):
+            _RUNNING.discard(entry)
 
 
 @atexit.register
@@ -173,8 +180,8 @@ class ThreadedLoader:
                     return
 
         workers = tuple(threading.Thread(target=work, daemon=True) for _ in range(self.threads))
-        running = (stop, workers, ahead)
-        _RUNNING.add(running)
+        _forget_finished()
+        _RUNNING.add((stop, workers, ahead))
         for thread in workers:
             thread.start()
         try:
@@ -196,7 +203,6 @@ class ThreadedLoader:
                     raise item.error
                 yield self._ready(item)
         finally:
-            _RUNNING.discard(running)
             stop.set()
             for _ in workers:
                 ahead.release()
