@@ -288,10 +288,10 @@ class SqlDataModule(ChuteDataModule):
 
     # -- Snapshots and loaders -------------------------------------------------------------------
 
-    def _keys(self, split: str, upto: int | None = None, shared: bool = True) -> np.ndarray:
-        """The keys of ``split`` committed now (``upto``: only keys up to it), the same on every rank
-        (read on rank 0 and shared, unless ``shared`` is false: then this rank reads them itself)."""
-        read = lambda: self.sources[split].keys(upto)  # noqa: E731
+    def _keys(self, split: str, upto: int | None = None, shared: bool = True, since: int | None = None) -> np.ndarray:
+        """The keys of ``split`` committed now (``upto``/``since``: only keys up to / from it), the same on
+        every rank (read on rank 0 and shared, unless ``shared`` is false: then this rank reads them itself)."""
+        read = lambda: self.sources[split].keys(upto, since)  # noqa: E731
         keys = _from_rank_zero(read) if shared else read()
         keep = self._keep(split)
         return keys if keep is None else keys[keep(keys)]
@@ -358,14 +358,8 @@ class SqlDataModule(ChuteDataModule):
         return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batches=batches)
 
     def _range_reader(self, split: str) -> Callable[[int, int], np.ndarray]:
-        """``read(lo, hi)``: the keys of ``split`` from ``lo`` to ``hi`` committed now (one query)."""
-        source, keep = self.sources[split], self._keep(split)
-
-        def read(lo: int, hi: int) -> np.ndarray:
-            keys = source.keys(upto=hi, since=lo)
-            return keys if keep is None else keys[keep(keys)]
-
-        return read
+        """``read(lo, hi)``: the keys of ``split`` from ``lo`` to ``hi`` committed now (one query, on this rank)."""
+        return lambda lo, hi: self._keys(split, upto=hi, shared=False, since=lo)
 
     def _on_changed(self, bad: BadSamples, split: str) -> Callable[[DataError, int], None]:
         """What a :class:`KeyStream` does with a range whose rows changed: ``on_error`` decides."""

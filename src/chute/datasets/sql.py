@@ -100,8 +100,7 @@ class SqlSource:
             ConfigError: the key column is missing or not integer.
             DataError: a key is NULL or repeated (the message names it).
         """
-        sql = f"SELECT {quote(self.key, 'key')} FROM {self._from()}{self._where(upto, since)} ORDER BY 1"
-        table = self.database.arrow(sql, f"the keys of {self.name}")
+        table = self.database.arrow(self._key_query(upto, since), f"the keys of {self.name}")
         keys = self._key_array(table.column(0), table.num_rows)
         self._check_unique(keys)
         return keys
@@ -114,15 +113,16 @@ class SqlSource:
         one streamed scan of the key column: memory holds the ranges (and ``sample`` keys), never the
         key index. ``keep(keys)``: which keys count (a split's share); ``sample``: also draw that many
         of the kept keys, the same ones whatever the scan's chunks (lowest seeded hash)."""
-        sql = f"SELECT {quote(self.key, 'key')} FROM {self._from()}{self._where(upto, None)} ORDER BY 1"
         scan = _RangeScan(self, per_range, keep, sample, seed)
-        return self.database.scan(sql, f"the keys of {self.name}", scan.restart).result()
+        return self.database.scan(self._key_query(upto, None), f"the keys of {self.name}", scan.restart).result()
 
-    def _where(self, upto: int | None, since: int | None) -> str:
+    def _key_query(self, upto: int | None, since: int | None) -> str:
+        """The sorted keys, only those ``<= upto`` / ``>= since`` when given."""
         key = quote(self.key, "key")
         terms = [f"{key} <= {int(upto)}"] if upto is not None else []
         terms += [f"{key} >= {int(since)}"] if since is not None else []
-        return " WHERE " + " AND ".join(terms) if terms else ""
+        where = " WHERE " + " AND ".join(terms) if terms else ""
+        return f"SELECT {key} FROM {self._from()}{where} ORDER BY 1"
 
     def _key_array(self, column: pa.ChunkedArray | pa.Array, rows: int) -> np.ndarray:
         """The key column read as ``int64`` (refused if it is not an integer column or holds a NULL)."""

@@ -134,12 +134,10 @@ class ThreadedLoader:
         first = next(order, _DONE)
         if first is _DONE:
             return
-        if self.threads == 0:
-            yield self._ready(self._fetch(first))
-            for batch in order:
-                yield self._ready(self._fetch(batch))
-            return
         batches = itertools.chain([first], order)
+        if self.threads == 0:
+            yield from (self._ready(self._fetch(batch)) for batch in batches)
+            return
         positions = itertools.count()
         slots: dict[int, queue.Queue[Any]] = {}
         taken: dict[int, Any] = {}  # batches being fetched, by position: named if one times out
