@@ -46,7 +46,8 @@ def write_results(stem: Path, args: dict[str, Any], rows: list[dict[str, Any]], 
     payload = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in args.items()}, "machine": machine()}
     Path(f"{stem}.json").write_text(json.dumps(payload | {"rows": rows}, indent=2))
     with open(f"{stem}.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(key for row in rows for key in row))  # every row's keys, first seen first
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     import matplotlib

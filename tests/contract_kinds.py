@@ -109,6 +109,32 @@ def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     )  # fmt: skip
 
 
+def write_jpegs(out: Path) -> Path:
+    """16x16 RGB JPEGs of one grey level each, ``10 * id + 5``: the id survives JPEG coding."""
+    from PIL import Image
+
+    root = out / "jpegs"
+    if not (root / "val").exists():
+        for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
+            for i in range(n):
+                folder = root / split / f"c{i % 3}"
+                folder.mkdir(parents=True, exist_ok=True)
+                pixels = np.full((16, 16, 3), 10 * i + 5, dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=95)
+    return root
+
+
+def _image_gpu_decode(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    """The GPU decode route (workers read bytes, the hook decodes); on a CPU trainer the same code
+    decodes on the CPU."""
+    from chute.datamodules import ImageFolderDataModule
+
+    return ImageFolderDataModule(
+        write_jpegs(out), mean=[0.0] * 3, std=[1.0] * 3, channels_last=False, loader=loader, decode="gpu",
+        transforms={"image_size": 8, "crop_pct": 1.0, "scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 0.0},
+    )  # fmt: skip
+
+
 def write_videos(out: Path) -> Path:
     """Six-frame videos whose every pixel is ``10 * id + 5``: the id survives lossy coding."""
     from chute.datasets.motion_clips import encode
@@ -163,8 +189,17 @@ def _sql_stream(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
 
 
 def _clip_ids(batch: Any) -> torch.Tensor:
-    level = batch[0].float().mean(dim=(1, 2, 3, 4)) * 255  # mean 0, std 1: the model sees x / 255
+    level = batch[0].float().flatten(1).mean(dim=1) * 255  # mean 0, std 1: the model sees x / 255
     return ((level - 5) / 10).round().long()
+
+
+def _jpeg_ids(batch: Any) -> torch.Tensor:
+    """Ids of decoded images (as the model gets them), or, from a loader alone, of the encoded files."""
+    from chute.transforms.device_decode import EncodedImages
+
+    if isinstance(batch[0], EncodedImages):
+        return torch.tensor([int(Path(p).stem) for p in batch[0].paths])
+    return _clip_ids(batch)
 
 
 def _row_ids(batch: Any) -> torch.Tensor:
@@ -203,6 +238,7 @@ KINDS: dict[str, Kind] = {
     "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
     "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
+    "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),
     "sql": Kind(_sql, _row_ids, write=write_sql),
     "sql_stream": Kind(_sql_stream, _row_ids, write=write_sql),
 }

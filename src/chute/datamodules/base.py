@@ -90,6 +90,9 @@ class ChuteDataModule(L.LightningDataModule):
         self.collate_fn = collate_fn
         resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
         self.batch_transform: Callable[[Any], Any] | None = None
+        # Applied to the whole batch before ``batch_transform`` wherever the hook runs: turns what the
+        # loader delivers into the inputs (e.g. the GPU decode route's encoded images into images).
+        self.batch_decode: Callable[[Any], Any] | None = None
         self.tuned_loader: LoaderSettings | None = None  # what num_workers=auto chose
         self.autotune_report: list[dict[str, Any]] = []
         # Applied after ``batch_transform`` to training batches only (device-side augmentation):
@@ -315,35 +318,45 @@ class ChuteDataModule(L.LightningDataModule):
         backend). The pair transform (MixUp/CutMix) stays in the hook.
         """
         on_cpu = self.hook_in_loader and device is not None and device.type == "cpu"
-        if not on_cpu or (self.batch_transform is None and self.train_batch_transform is None):
+        if not on_cpu or not self._has_hook(train):
             self._hooked[train] = (False, False)
             return collate_fn
         augment = self.train_batch_transform if train else None
-        self._hooked[train] = (self.batch_transform is not None, augment is not None)
+        self._hooked[train] = (self._normalizes, augment is not None)
         plain = default_convert if stream else default_collate  # what build_loader uses without one
-        return LoaderHook(collate_fn or plain, self.batch_transform, augment)
+        return LoaderHook(collate_fn or plain, self.batch_transform, augment, self.batch_decode)
+
+    @property
+    def _normalizes(self) -> bool:
+        """Whether the hook's first stage (``batch_decode``, then ``batch_transform``) does anything."""
+        return self.batch_transform is not None or self.batch_decode is not None
+
+    def _has_hook(self, train: bool) -> bool:
+        return self._normalizes or (train and self.train_batch_transform is not None)
 
     def _hook_after_copy(
         self, train: bool, chosen: LoaderSettings, device: Any, stream: bool, record: bool
     ) -> LoaderHook | None:
-        """On a GPU trainer with loader threads, the batch hook's work for the loader thread to run
-        on the device right after its side-stream copy (``ThreadedLoader(after_copy=...)``).
+        """On a GPU trainer with loader threads or worker processes, the batch hook's work for the
+        loader to run on the device right after its side-stream copy: in each loader thread
+        (``ThreadedLoader(after_copy=...)``), or in the one thread that feeds worker processes'
+        batches to the device (:class:`~chute.loader.threaded.DeviceFeed`).
 
         Between training steps the hook costs the training thread its CPU-side work (drawing crop
         boxes, launching a handful of kernels: ~0.2-2 ms a batch, a large share of a small model's
-        step); in the loader thread it overlaps the step, and chute's random batch transforms draw
-        from the batch's own generator there, as they do on a CPU trainer. Worker processes cannot
-        touch the GPU, so with them the hook stays in ``on_after_batch_transfer``. ``record`` says
-        this loader is the real one (not an autotune probe), whose choice the hook then follows.
+        step; the GPU decode route's nvJPEG call and crops: several ms); in the loader it overlaps
+        the step, and chute's random batch transforms draw from the batch's own generator there, as
+        they do on a CPU trainer. ``record`` says this loader is the real one (not an autotune
+        probe), whose choice the hook then follows.
         """
         augment = self.train_batch_transform if train else None
         moves = (
-            self.hook_in_loader and device is not None and not stream and chosen.backend == "threads"
-            and chosen.num_workers > 0 and (self.batch_transform is not None or augment is not None)
+            self.hook_in_loader and device is not None and not stream and chosen.num_workers > 0
+            and self._has_hook(train)
         )  # fmt: skip
         if record and device is not None:  # a CPU trainer's choice is _hook_in_loader's
-            self._hooked[train] = (self.batch_transform is not None, augment is not None) if moves else (False, False)
-        return LoaderHook(None, self.batch_transform, augment) if moves else None
+            self._hooked[train] = (self._normalizes, augment is not None) if moves else (False, False)
+        return LoaderHook(None, self.batch_transform, augment, self.batch_decode) if moves else None
 
     def _training_loader(self, loader: Any) -> Any:
         """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
@@ -417,6 +430,8 @@ class ChuteDataModule(L.LightningDataModule):
         training = self.trainer is not None and self.trainer.training
         normalized, augmented = self._hooked.get(training, (False, False))  # already done in the loader
         if not normalized:
+            if self.batch_decode is not None:
+                batch = self.batch_decode(batch)
             batch = _apply_to_inputs(self.batch_transform, batch)
         if not training:
             return batch
@@ -457,15 +472,19 @@ class LoaderHook:
         collate_fn: Callable[[Any], Any] | None,
         batch_transform: Callable[[Any], Any] | None,
         train_batch_transform: Callable[[Any], Any] | None,
+        decode: Callable[[Any], Any] | None = None,
     ) -> None:
         self.collate_fn = collate_fn
         self.batch_transform = batch_transform
         self.train_batch_transform = train_batch_transform
+        self.decode = decode
 
     def __call__(self, samples: Any) -> Any:
         batch = self.collate_fn(samples) if self.collate_fn is not None else samples
         if batch is None:  # every sample of it was bad (drop_bad): the loader skips it
             return None
+        if self.decode is not None:
+            batch = self.decode(batch)
         if getattr(self.train_batch_transform, "takes_uint8", False) and _on_cpu(batch):
             # crop the uint8 batch on the CPU (fewer pixels to normalize), then normalize
             batch = _apply_to_inputs(self.train_batch_transform, batch)

@@ -27,8 +27,11 @@ from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, derive_seed
 from chute.transforms.checks import check_deterministic
+from chute.transforms.decode_choice import choose_decode
 from chute.transforms.device import MixBatch
+from chute.transforms.device_decode import DecodeImages
 from chute.transforms.factory import Transforms, create_transforms
+from chute.transforms.fused import CropDecode
 from chute.transforms.resize import OnFirst, SquareResize
 
 Transform = Callable[[torch.Tensor], Any]
@@ -100,6 +103,14 @@ class ImageFolderDataModule(ClassFolderDataModule):
             readable image is evaluated exactly once.
         max_bad_fraction: With ``skip``, raise once more than this share of a split's images were bad
             (measured over at least 100 images).
+        decode: Where JPEGs are decoded. ``"cpu"``: in the loader's workers or threads, straight to
+            the crop (``chute.transforms.fused``). ``"gpu"``: on the device in the batch hook (nvJPEG,
+            batched; the crop, resize and flip there too), the workers only reading the files,
+            checking their headers and drawing the crops, the same boxes per ``(seed, epoch, index)``
+            (:mod:`chute.transforms.device_decode`); until the hook runs, batches hold
+            ``EncodedImages``. ``"auto"`` (default): ``"gpu"`` under a CUDA trainer when decoding a
+            sample of the training JPEGs there is faster than the loader's CPUs would be, else ``"cpu"``
+            (the choice and both rates are logged).
 
     Example:
         >>> from chute.datasets import DigitsFolder
@@ -151,6 +162,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         cutmix_alpha: float = 0.0,
         on_error: OnError = "raise",
         max_bad_fraction: float = 0.01,
+        decode: Literal["cpu", "gpu", "auto"] = "auto",
     ) -> None:
         super().__init__(
             root, channels=channels_of(image_mode), channels_hint=f" for image_mode={image_mode!r}",
@@ -177,6 +189,16 @@ class ImageFolderDataModule(ClassFolderDataModule):
             raise ConfigError(
                 "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"
             )
+        if decode not in ("cpu", "gpu", "auto"):
+            raise ConfigError("decode", decode, "must be 'cpu', 'gpu' or 'auto'")
+        if decode == "gpu" and (cache is not None or not isinstance(train_transform, CropDecode)):
+            raise ConfigError(
+                "decode", decode,
+                "decodes JPEG files on the device: it needs the crop-aware transforms (create_transforms() with "
+                "fast_decode) and no cache (a cache holds decoded images already)",
+            )  # fmt: skip
+        self.decode = decode
+        self.decode_route: Literal["cpu", "gpu"] = "cpu" if decode == "auto" else decode
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
         if cache is not None and (cache_size is None or cache_size < 1):
@@ -236,6 +258,10 @@ class ImageFolderDataModule(ClassFolderDataModule):
             self.train_batch_transform = _InLayout(self._train_batch, self.channels_last)
         if any(a > 0 for a in self.mix_alphas):
             self.train_pair_transform = MixBatch(self.num_classes, *self.mix_alphas)
+        if self.decode == "auto":
+            self.decode_route = choose_decode(self)
+        if self.decode_route == "gpu":
+            self.batch_decode = DecodeImages({s: self._bad_samples(s) for s in ("train", "val", "test")})
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
@@ -275,10 +301,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
         transform = self.train_transform if split == "train" else self.val_transform
         # Whole-batch gathering bypasses collate_fn, so a custom one gets the samples one by one.
         # Training augmentations are keyed by (seed, epoch, index): the same whatever loads them.
+        encoded = self.decode_route == "gpu" and self.collate_fn is None and isinstance(transform, CropDecode)
         return ImageFolderDataset(
             self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
             seed=derive_seed(self.seed, 3) if split == "train" else None, on_error=self._bad_samples(split),
             drop_bad=split != "train",  # evaluation: a bad image is left out, not replaced by a duplicate
+            encoded=encoded, split=split,
         )  # fmt: skip
 
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,7 +39,7 @@ from chute.datamodules.litdata_cover import covering_loader_class, resumable_loa
 from chute.datasets.materialize import SourceCopy
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
-from chute.loader import LoaderSettings, WorkerSeeder, derive_seed
+from chute.loader import LoaderSettings, WorkerInit, derive_seed
 from chute.samplers import EvalBatches
 
 META = "chute.json"
@@ -215,7 +215,7 @@ class LitDataModule(DescribedDataModule):
             prefetch_factor=settings.prefetch_factor,
             timeout=settings.timeout,
             multiprocessing_context=settings.multiprocessing_context if workers else None,
-            worker_init_fn=WorkerSeeder(rank) if settings.seed_workers and workers else None,
+            worker_init_fn=WorkerInit(rank, seed=settings.seed_workers) if workers else None,
         )
         if self.trainer is not None:  # a rebuilt loader (reload_dataloaders_every_n_epochs) keeps the epoch
             loader.current_epoch = self.trainer.current_epoch

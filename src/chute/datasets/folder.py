@@ -21,6 +21,7 @@ from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
 from chute.loader import SharedEpoch, sample_seed, seeded_call
 from chute.loader.buffers import batch_buffer
+from chute.transforms.device_decode import EncodedBatchWriter, EncodedImages
 from chute.transforms.fused import CropDecode
 
 
@@ -206,6 +207,11 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
             (evaluation: every readable image counted exactly once, none twice). ``__getitem__`` then
             returns ``None`` for it, and ``__getitems__`` a batch without it; :class:`DropMissing`
             wraps a collate function to do the same with samples.
+        encoded: The GPU decode route (:mod:`chute.transforms.device_decode`): ``__getitems__``
+            reads the files, checks their headers and draws each crop, and returns
+            ``(EncodedImages, labels)`` for the batch hook to decode; files the device does not
+            decode are decoded here as on the CPU route. Needs a ``CropDecode`` transform.
+        split: The split's name, carried by encoded batches (the hook applies its bad-file policy).
     """
 
     def __init__(
@@ -217,7 +223,12 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         seed: int | None = None,
         on_error: OnError | BadSamples = "raise",
         drop_bad: bool = False,
+        encoded: bool = False,
+        split: str = "train",
     ) -> None:
+        if encoded and not isinstance(transform, CropDecode):
+            raise ConfigError("decode", "gpu", "needs the crop-aware transforms (create_transforms(fast_decode=True))")
+        self.encoded, self.split = encoded, split
         self.index = index
         self.transform = transform
         self.image_mode = image_mode
@@ -263,6 +274,8 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         """A batch: collated ``(images, labels)`` on the crop-decode path, else a list of samples."""
         if not (self.gather and isinstance(self.transform, CropDecode)):
             return [self[int(i)] for i in indices]
+        if self.encoded:
+            return self._encoded_batch(indices)
         rows = np.array(indices, dtype=np.int64)  # a copy: skipped rows are replaced in it
         size, channels = self.transform.size, channels_of(self.image_mode)
         images = batch_buffer((len(rows), size, size, channels))
@@ -276,6 +289,30 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
                 kept += 1
         images, rows = images[:kept], rows[:kept]
         return images.permute(0, 3, 1, 2), torch.from_numpy(self.index.targets[rows])
+
+    def _encoded_batch(self, indices: Sequence[int]) -> tuple[EncodedImages, torch.Tensor]:
+        """The GPU route's batch: bytes and crops of the JPEGs the device decodes, pixels of the rest."""
+        transform = self.transform
+        assert isinstance(transform, CropDecode)
+        writer = EncodedBatchWriter(transform, channels_of(self.image_mode), len(indices), self.split)
+        epoch = self._epoch()
+        rows = []
+
+        def load(k: int) -> None:
+            path, key = self.index.path(k), self._sample_seed(k, epoch)
+            data = read_bytes(path)
+            header = check_image_size(path, data) if data.startswith(_JPEG_MAGIC) else None
+            if writer.takes(data, header):
+                assert header is not None
+                writer.add_encoded(path, data, header, random.Random(key) if key is not None else None)
+            else:  # decoded here, as the CPU route decodes it
+                writer.add_decoded(path, self._crop_decode(k, epoch, writer.scratch()).permute(1, 2, 0).numpy())
+
+        for i in indices:
+            _, used = self._readable(int(i), load)
+            if used >= 0:
+                rows.append(used)
+        return writer.finish(), torch.from_numpy(self.index.targets[np.array(rows, dtype=np.int64)])
 
     def _readable(self, i: int, load: Callable[[int], _T]) -> tuple[_T, int]:
         """``(load(i), i)``; with ``on_error="skip"``, the first index from ``i`` on (wrapping) that loads,

@@ -48,7 +48,8 @@ class PhotoFolder:
         val_fraction: Share of each class written to ``val``.
         width: Range of image widths in pixels.
         quality: JPEG quality.
-        seed: Seed of the crops.
+        seed: Seed of the crops (each image's own: ``(seed, n)``, so any number of writers write the same files).
+        workers: Processes writing (the files do not depend on it).
 
     Example:
         >>> import tempfile
@@ -64,35 +65,49 @@ class PhotoFolder:
         width: tuple[int, int] | list[int] = (400, 640),
         quality: int = 90,
         seed: int = 0,
+        workers: int = 1,
     ) -> None:
         if num_images < 2 * len(SOURCES) and num_images < 2:
             raise ValueError(f"num_images={num_images}: need at least 2")
         self.num_images, self.val_fraction, self.quality, self.seed = num_images, val_fraction, quality, seed
         self.width = (int(width[0]), int(width[1]))
+        self.workers = max(1, int(workers))
 
     @property
     def manifest(self) -> dict[str, object]:
         return {
             "source": "skimage.data sample photos", "num_images": self.num_images, "val_fraction": self.val_fraction,
             "width": list(self.width), "quality": self.quality, "seed": self.seed, "classes": list(SOURCES),
+            "draws": "per image",
         }  # fmt: skip
 
     def __call__(self, root: str | os.PathLike[str]) -> Path:
         return materialize(root, self.manifest, self._write)
 
     def _write(self, out: Path) -> None:
+        chunks = [range(start, self.num_images, self.workers) for start in range(self.workers)]
+        if self.workers == 1:
+            self._write_some(out, chunks[0], progress=True)
+            return
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(self.workers) as pool:
+            for done in [pool.submit(self._write_some, out, chunk) for chunk in chunks]:
+                done.result()
+
+    def _write_some(self, out: Path, numbers: range, progress: bool = False) -> None:
         from PIL import Image
 
-        rng = np.random.default_rng(self.seed)
         sources = [_source(name) for name in SOURCES]
-        for i in tqdm(range(self.num_images), desc="Writing photos", unit="img", leave=False):
+        for i in tqdm(numbers, desc="Writing photos", unit="img", leave=False, disable=not progress):
+            rng = np.random.default_rng([self.seed, i])
             label = i % len(SOURCES)
             split = "val" if (i // len(SOURCES)) % round(1 / max(self.val_fraction, 1e-9)) == 0 else "train"
             crop = _random_crop(sources[label], rng)
             width = int(rng.integers(self.width[0], self.width[1] + 1))
             height = max(1, round(crop.shape[0] * width / crop.shape[1]))
             folder = out / split / SOURCES[label]
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)  # several writers may make it at once
             Image.fromarray(crop).resize((width, height), Image.Resampling.BICUBIC).save(
                 folder / f"{i:05d}.jpg", quality=self.quality
             )

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         seeded_call,
     )
     from chute.loader.threaded import DeviceCopy, StagingPool, ThreadedLoader
+    from chute.loader.worker_init import WorkerInit, library_threads, limit_library_threads
     from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, WorkerDiedError
 
 _MODULES = {
@@ -44,6 +45,7 @@ _MODULES = {
         "seeded_call",
     ),
     "chute.loader.threaded": ("DeviceCopy", "StagingPool", "ThreadedLoader"),
+    "chute.loader.worker_init": ("WorkerInit", "library_threads", "limit_library_threads"),
     "chute.loader.workers": ("GuardedIterator", "InFlight", "TrackedDataset", "WorkerDiedError"),
 }  # fmt: skip
 __getattr__, __dir__ = lazy_exports(globals(), {name: module for module, names in _MODULES.items() for name in names})
@@ -64,6 +66,7 @@ __all__ = [
     "ThreadedLoader",
     "TrackedDataset",
     "WorkerDiedError",
+    "WorkerInit",
     "WorkerSeeder",
     "as_loader_settings",
     "batch_generator",
@@ -71,6 +74,8 @@ __all__ = [
     "current_rank",
     "default_order",
     "derive_seed",
+    "library_threads",
+    "limit_library_threads",
     "sample_seed",
     "seed_everything_local",
     "seeded_call",

@@ -29,9 +29,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from chute.loader.distributed import current_rank
-from chute.loader.seeding import WorkerSeeder, derive_seed, enter_batch
+from chute.loader.seeding import derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
-from chute.loader.threaded import ThreadedLoader
+from chute.loader.threaded import DeviceCopy, DeviceFeed, ThreadedLoader
+from chute.loader.worker_init import WorkerInit
 from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, name_samples
 
 
@@ -192,20 +193,29 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
     worker dies (:class:`~chute.loader.workers.GuardedIterator`).
     """
 
-    def __init__(self, *args: Any, epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        epoch_of: Callable[[], int] | None = None,
+        feed: DeviceCopy | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._init_passes(epoch_of)
+        self.feed = feed  # with worker processes on a CUDA trainer: copy and hook in a thread (DeviceFeed)
 
     @property
     def order(self) -> Any:
         return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
 
     def _batches(self) -> Iterator[Any]:
-        iterator = DataLoader.__iter__(self)
+        iterator: Any = DataLoader.__iter__(self)
         tracked = _tracked(self.dataset)
-        if self.num_workers == 0 or tracked is None:
-            return iterator
-        return GuardedIterator(iterator, tracked)
+        if self.num_workers > 0 and tracked is not None:
+            iterator = GuardedIterator(iterator, tracked)
+        if self.feed is not None:
+            return iter(DeviceFeed(iterator, self.feed))
+        return iterator
 
 
 class ChuteThreadedLoader(Passes, ThreadedLoader):
@@ -282,9 +292,11 @@ def build_loader(
             :func:`default_order`.
         collate_fn: Applied to each batch's samples (or to what the dataset's ``__getitems__`` returned).
         rank: This process's rank, mixed into worker seeds (default: :func:`current_rank`).
-        device: A CUDA device the threads backend copies batches to (through reused pinned buffers).
+        device: A CUDA device the loader delivers batches to, copied on a side stream: by its threads
+            (threads backend, through reused pinned buffers), or with worker processes and
+            ``after_copy`` by one feeding thread (:class:`~chute.loader.threaded.DeviceFeed`).
         epoch_of: Returns the trainer's current epoch; each pass is that epoch.
-        after_copy: With the threads backend and ``device``: applied to each batch on the device,
+        after_copy: With ``device`` and loader threads or worker processes: applied to each batch on the device,
             in the loader thread (a DataModule's batch hook; see ``ThreadedLoader``).
     """
     stream = isinstance(dataset, IterableDataset)
@@ -319,8 +331,10 @@ def build_loader(
             kwargs["prefetch_factor"] = settings.prefetch_factor
         if settings.multiprocessing_context is not None:
             kwargs["multiprocessing_context"] = settings.multiprocessing_context
-        if settings.seed_workers:
-            kwargs["worker_init_fn"] = WorkerSeeder(current_rank() if rank is None else rank)
+        # one thread per library in each worker (chute.loader.worker_init), then the worker's seeds
+        kwargs["worker_init_fn"] = WorkerInit(current_rank() if rank is None else rank, seed=settings.seed_workers)
+    if device is not None and device.type == "cuda" and after_copy is not None and workers > 0:
+        kwargs["feed"] = DeviceCopy(device, after=after_copy)
     if stream:
         return ChuteDataLoader(dataset, **kwargs)
     if workers > 0:  # name the samples in flight if a worker dies

@@ -267,7 +267,9 @@ class DeviceCopy:
     def __call__(self, data: Any) -> _InFlight:
         staged: list[torch.Tensor] = []
         with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
-            out = _map_tensors(data, lambda t: self._copy(t, staged))
+            # Objects that move themselves (``to``, as Lightning moves them: the GPU decode route's
+            # encoded images) do; tensors go through the staging buffers.
+            out = _map_tensors(data, lambda t: self._copy(t, staged), lambda o: o.to(self.device, non_blocking=True))
             if self.after is not None and out is not None:
                 out = self.after(out)
             event = torch.cuda.Event()
@@ -279,6 +281,8 @@ class DeviceCopy:
     def _copy(self, tensor: torch.Tensor, staged: list[torch.Tensor]) -> torch.Tensor:
         if tensor.device.type != "cpu":
             return tensor
+        if tensor.is_pinned():  # pinned already (a DataLoader's pin-memory thread): read until the event below
+            return tensor.to(self.device, non_blocking=True)
         buffer = self.pool.stage(tensor)
         staged.append(buffer)
         return buffer.to(self.device, non_blocking=True)
@@ -301,13 +305,73 @@ class _InFlight:
         return _map_tensors(self.data, keep)
 
 
-def _map_tensors(data: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def _map_tensors(
+    data: Any, fn: Callable[[torch.Tensor], torch.Tensor], movable: Callable[[Any], Any] | None = None
+) -> Any:
+    """``fn`` on every tensor of a nested batch; ``movable`` (if given) on other objects with a ``to`` method."""
     if isinstance(data, torch.Tensor):
         return fn(data)
     if isinstance(data, tuple) and hasattr(data, "_fields"):  # named tuple
-        return type(data)(*(_map_tensors(d, fn) for d in data))
+        return type(data)(*(_map_tensors(d, fn, movable) for d in data))
     if isinstance(data, (tuple, list)):
-        return type(data)(_map_tensors(d, fn) for d in data)
+        return type(data)(_map_tensors(d, fn, movable) for d in data)
     if isinstance(data, dict):
-        return {k: _map_tensors(v, fn) for k, v in data.items()}
+        return {k: _map_tensors(v, fn, movable) for k, v in data.items()}
+    if movable is not None and callable(getattr(data, "to", None)):
+        return movable(data)
     return data
+
+
+class DeviceFeed:
+    """Take batches from ``batches`` (a DataLoader's iterator: worker processes, pinned memory) in a
+    background thread, copy each to the device on a side stream and apply ``after`` there (the batch
+    hook), so the training thread receives finished batches, as loader threads hand them.
+
+    Worker processes cannot touch the GPU, so without this the hook (normalization; the GPU decode
+    route's nvJPEG call and crops) would run in the training thread between steps. ``depth`` batches
+    wait ready on the device. Errors (a worker's, the hook's) reach the consumer in order.
+    """
+
+    def __init__(self, batches: Iterator[Any], copier: DeviceCopy, depth: int = 2) -> None:
+        self.batches, self.copier, self.depth = batches, copier, depth
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        ready: queue.Queue[Any] = queue.Queue(maxsize=self.depth)
+        stop = threading.Event()
+        ahead = threading.Semaphore(0)  # only for stop_running()'s wake-up protocol
+
+        def put(item: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for batch in self.batches:
+                    if stop.is_set() or not put(self.copier(batch)):
+                        return
+                put(_DONE)
+            except BaseException as err:  # surface in the consumer, with its traceback
+                put(_Failure(err))
+
+        thread = threading.Thread(target=work, daemon=True, name="chute-device-feed")
+        _forget_finished()
+        _RUNNING.add((stop, (thread,), ahead))
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item.wait()
+        finally:
+            stop.set()

@@ -53,6 +53,21 @@ class Region:
     flip: bool = False
 
 
+@dataclass(frozen=True)
+class StoredRegion:
+    """A crop of the *stored* pixels, and how its resized square is turned into the output: first
+    transposed (if ``transpose``), then mirrored left-right and top-bottom (the EXIF orientation
+    and the augmentation's flip, combined)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    transpose: bool = False
+    mirror: bool = False
+    upside_down: bool = False
+
+
 class CropDecode:
     """Base of the crop-aware transforms: a ``region`` policy, a fast JPEG path and a tensor path.
 
@@ -114,13 +129,8 @@ class CropDecode:
                 width, height, _, colorspace = _jpegcrop.header(data)
                 if colorspace in _COLORSPACE_CMYK:
                     return False
-            code = exif.orientation(data)
-            transpose, left_right, top_bottom = exif.STEPS[code]
-            shown = (height, width) if transpose else (width, height)
-            r = self.region(*shown, rng or self._rng)
-            x = shown[0] - r.x - r.width if left_right else r.x  # undo the flips, then the transpose
-            y = shown[1] - r.y - r.height if top_bottom else r.y
-            x, y, w, h = (y, x, r.height, r.width) if transpose else (x, y, r.width, r.height)
+            cut = self.stored_region(width, height, exif.orientation(data), rng)
+            x, y, w, h = cut.x, cut.y, cut.width, cut.height
             num = _dct_scale(w, h, self.size)
             channels = 1 if gray else 3
             scratch = _scratch((h * num // 8 + 16) * (width * num // 8 + 16) * channels)
@@ -129,8 +139,25 @@ class CropDecode:
             return False
         cols = min(-(-(x + w) * num // 8) - x * num // 8, row_width - x0)
         decoded = scratch[: rows * row_width * channels].reshape(rows, row_width, channels)[:, x0 : x0 + cols]
-        _resize_into(decoded, out, transpose, left_right != r.flip, top_bottom)
+        _resize_into(decoded, out, cut.transpose, cut.mirror, cut.upside_down)
         return True
+
+    def stored_region(
+        self, width: int, height: int, orientation: int = 1, rng: random.Random | None = None
+    ) -> StoredRegion:
+        """The region of a stored ``width`` x ``height`` image (before its EXIF ``orientation`` is
+        applied) that this transform's next draw keeps, and the turn that gives the output.
+
+        The draw is made in the displayed frame, as the tensor path draws it on the turned image, so
+        every decoder (this one, the generic path, the GPU's) cuts the same box for the same ``rng``.
+        """
+        transpose, left_right, top_bottom = exif.STEPS.get(orientation, exif.STEPS[1])
+        shown = (height, width) if transpose else (width, height)
+        r = self.region(*shown, rng or self._rng)
+        x = shown[0] - r.x - r.width if left_right else r.x  # undo the flips, then the transpose
+        y = shown[1] - r.y - r.height if top_bottom else r.y
+        x, y, w, h = (y, x, r.height, r.width) if transpose else (x, y, r.width, r.height)
+        return StoredRegion(x, y, w, h, transpose, left_right != r.flip, top_bottom)
 
     def reseed(self, seed: int) -> None:
         """Reseed the generator used when no ``rng`` is passed (each DataLoader worker calls this)."""
