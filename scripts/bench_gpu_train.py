@@ -20,7 +20,10 @@ ramp is in. Loaders, all in this one process, one after another:
 - ``chute``: ``ImageFolderDataModule(root)`` with default settings (``decode="auto"``: the route
   it picks is printed), ``loader.num_workers`` as the others;
 - ``chute-cpu`` / ``chute-gpu``: the same with ``decode`` forced, to see both routes;
-- ``chute-threads``: ``decode="auto"`` with ``loader.backend=threads``.
+- ``chute-threads``: ``decode="auto"`` with ``loader.backend=threads``;
+- ``chute-cache``: the precomputed route: ``cache="disk", cache_size=256, device_augment=True``
+  (decoded once into a memory-mapped cache; crop and flip of whole batches on the device);
+- ``chute-auto``: ``loader.num_workers=auto`` (the autotuner picks workers or threads; printed).
 
 Each row: images/s, the share of the model's own speed (``alone``), and the loader alone (its
 training loader iterated for one epoch with the batch hook on the device, no model). Prints a
@@ -44,7 +47,7 @@ import torch.nn.functional as F
 from benchlib import rate, write_results
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-ALL = ["alone", "torchvision", "timm", "chute", "chute-cpu", "chute-gpu", "chute-threads"]
+ALL = ["alone", "torchvision", "timm", "chute", "chute-cpu", "chute-gpu", "chute-threads", "chute-cache", "chute-auto"]
 
 
 class Classifier(L.LightningModule):
@@ -139,11 +142,18 @@ def timm_loader(train: Path, workers: int, batch_size: int) -> Any:
 
 def chute_module(root: Path, case: str, workers: int, batch_size: int) -> Any:
     from chute.datamodules import ImageFolderDataModule
+    from chute.transforms import create_transforms
 
     decode: Any = {"chute-cpu": "cpu", "chute-gpu": "gpu"}.get(case, "auto")
     backend = "threads" if case == "chute-threads" else "torch"
-    loader = {"batch_size": batch_size, "num_workers": workers, "backend": backend, "drop_last": True}
-    return ImageFolderDataModule(root, mean=list(MEAN), std=list(STD), loader=loader, decode=decode)
+    loader = {"batch_size": batch_size, "num_workers": "auto" if case == "chute-auto" else workers}
+    loader |= {"backend": backend, "drop_last": True}
+    extra: dict[str, Any] = {}
+    if case == "chute-cache":
+        extra = {"cache": "disk", "cache_size": 256, "device_augment": True}
+        t = create_transforms(image_size=224)
+        extra |= {"train_transform": t.train, "val_transform": t.val, "train_batch_transform": t.train_batch}
+    return ImageFolderDataModule(root, mean=list(MEAN), std=list(STD), loader=loader, decode=decode, **extra)
 
 
 def shut_down(loader: Any) -> None:
@@ -177,6 +187,8 @@ def run_case(case: str, arch: str, args: argparse.Namespace, root: Path, classes
         fit.fit(model, datamodule=dm)
         row["route"] = dm.decode_route
         row["decode_auto"] = getattr(dm, "decode_report", None)
+        if dm.tuned_loader is not None:
+            row["autotuned"] = f"{dm.tuned_loader.backend} {dm.tuned_loader.num_workers}"
         loader = dm._train_loader
         fit.training = True  # the hook as in training (the fit is over): normalize unless the loader did
         row["loader_img_s"] = round(rate(loader, lambda b: dm.on_after_batch_transfer(_to_device(b), 0)))

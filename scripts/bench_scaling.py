@@ -6,9 +6,11 @@
 
 Workload: the photo folder of ``scripts/bench_images.py`` (PhotoFolder: JPEGs 400-640 px), the
 training loader of ``ImageFolderDataModule`` with its default transforms (RandomResizedCrop(224) +
-flip, JPEGs decoded straight to the crop), batch 128, no trainer attached: the **loader alone**,
-``uint8`` batches, pinned where CUDA exists. For each worker count, after one warm-up epoch, the
-median over ``--epochs`` of:
+flip, JPEGs decoded straight to the crop on the CPU), batch 128, no trainer attached: the **loader
+alone**, ``uint8`` batches, pinned where CUDA exists. The split is repeated once per worker, so
+every worker loads the same number of batches in every case (an epoch's ramp and its uneven last
+round weigh alike), and each epoch is timed from ``iter()`` to its last batch. For each worker
+count, after one warm-up epoch, the median over ``--epochs`` of:
 
 - images/s, and images/s per worker (the scaling figure: the issue's bar is >= 85% of 1 worker's);
 - CPU-seconds per delivered image of all processes together (the main process with every thread
@@ -58,44 +60,39 @@ def _busy_threads(before: dict[str, float], after: dict[str, float], wall: float
     return sum(1 for task, t in after.items() if t - before.get(task, 0.0) > 0.02 * wall)
 
 
-def _workers(iterator: Any) -> list[int]:
-    inner = getattr(iterator, "iterator", iterator)  # chute's GuardedIterator wraps torch's
-    return [w.pid for w in getattr(inner, "_workers", [])]
-
-
-def one_epoch(loader: Any, iterator_of: Any) -> tuple[float, float, int, list[int]]:
-    """Wall seconds, CPU seconds (all processes), images and threads per worker of one pass."""
-    iterator = iter(loader)
-    first = next(iterator)  # the workers exist (persistent ones from the warm-up) once a batch came
-    pids = [os.getpid(), *_workers(iterator_of(loader, iterator))]
+def one_epoch(loader: Any) -> tuple[float, float, int, list[int]]:
+    """Wall seconds, CPU seconds (all processes), images and busy threads per worker of one pass,
+    timed from ``iter()`` (persistent workers already running) to the last batch."""
+    running = getattr(loader, "_iterator", None)  # the persistent workers of the previous pass
+    pids = [os.getpid(), *(w.pid for w in getattr(running, "_workers", []))]
     cpu0 = sum(_cpu_seconds(p) for p in pids)
     tasks0 = [_task_seconds(p) for p in pids[1:]]
     start, images = time.perf_counter(), 0
-    for batch in iterator:
+    for batch in loader:
         images += len(batch[0])
     wall = time.perf_counter() - start
     cpu = sum(_cpu_seconds(p) for p in pids) - cpu0
     threads = [_busy_threads(t0, _task_seconds(p), wall) for p, t0 in zip(pids[1:], tasks0, strict=True)]
-    del first
     return wall, cpu, images, threads
 
 
-def _torch_iterator(loader: Any, iterator: Any) -> Any:
-    # chute's loader hands out a generator over the DataLoader's iterator; the DataLoader keeps its
-    # persistent iterator (and so the worker processes) in ``_iterator``.
-    return getattr(loader, "_iterator", None) or iterator
-
-
 def measure(root: Path, workers: int, epochs: int, batch_size: int) -> dict[str, Any]:
+    import numpy as np
+
     from chute.datamodules import ImageFolderDataModule
 
     dm = ImageFolderDataModule(
-        root, mean=[0.5] * 3, std=[0.25] * 3, loader={"batch_size": batch_size, "num_workers": workers}
+        root, mean=[0.5] * 3, std=[0.25] * 3, decode="cpu", loader={"batch_size": batch_size, "num_workers": workers}
     )
     dm.setup("fit")
+    # Every worker gets the same number of batches whatever their count: the split repeated once per
+    # worker, so the ramp at an epoch's start and the uneven last round weigh alike in every case.
+    index = dm._splits["train"]
+    dm._splits["train"] = index.subset(np.tile(np.arange(len(index)), max(workers, 1)))
     loader = dm.train_dataloader()
-    one_epoch(loader, _torch_iterator)  # warm-up: worker start, page cache
-    runs = [one_epoch(loader, _torch_iterator) for _ in range(epochs)]
+    for _ in loader:  # warm-up: worker start, page cache
+        pass
+    runs = [one_epoch(loader) for _ in range(epochs)]
     wall = statistics.median(r[0] for r in runs)
     images = runs[0][2]
     cpu = statistics.median(r[1] for r in runs)

@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
 # The GPU checks of docs/benchmarks.md in one timed run, for a machine with a CUDA device:
 #
-#   scripts/gpu_check.sh [OUT]        # logs and results under OUT (default outputs/gpu)
+#   scripts/gpu_check.sh [OUT] [STEP ...]     # logs and results under OUT (default outputs/gpu)
 #
-# 1. which GPU and which of chute's fast paths are active (`python -m chute.info`);
-# 2. the default experiment, `python train.py` (precision auto -> 16-mixed on CUDA; the loader's
-#    thread copies each batch to the device on a side stream), seed 0, then seeds 1 and 2 at the end;
-# 3. the image benchmark with the model on the GPU: chute vs the torchvision baseline, side by side,
-#    images/s after the copy and the batch hook (scripts/bench_images.py --device cuda);
-# 4. the GPU tests (`pytest -m gpu`: a 16-mixed run with pinned memory, the hook on the device,
-#    the threaded loader's side-stream copies through reused pinned buffers, the hook in loader threads);
-# 5. where the default run's wait goes, per loader setting (scripts/wait_breakdown.py, Lightning's profiler).
+# Steps (all, in this order, unless named):
+#   info       which GPU and which of chute's fast paths are active (`python -m chute.info`);
+#   tests      the GPU tests (`pytest -m gpu`: 16-mixed training, the hook on the device in loader
+#              threads and in the feeding thread of worker processes, the GPU decode route: nvJPEG,
+#              the crop kernel against its reference, damaged files);
+#   gpu_train  a ResNet-50 and a ResNet-18 trained through Lightning, fed by each loader in turn,
+#              against the model alone (scripts/bench_gpu_train.py; GPU_TRAIN_ARGS adds arguments);
+#   train      the default experiment, `python train.py seed=0` (its data-wait fraction);
+#   scaling    the CPU route's loader alone at 1, 4, 8 and 15 workers (scripts/bench_scaling.py);
+#   decode     nvJPEG's rate alone and beside training (scripts/bench_gpu_decode.py).
 #
 # Every step has a time limit and the script goes on after a failed one, so one call of a borrowed
 # machine gives every answer it can. Without CUDA it runs the same steps on the CPU (a dry run).
-# Set PYTHON to the interpreter (default python3), BUDGET to the seconds the whole run may take and
-# BENCH_WORKERS to the worker counts of step 3 (default "0 4 8").
+# Set PYTHON to the interpreter (default python3) and BUDGET to the seconds the whole run may take.
+# On the lent machine, `source .device/activate.sh` first (scripts/device_env.sh makes it).
 set -u
 export PYTHONUNBUFFERED=1
 out=${1:-${OUT:-outputs/gpu}}
+shift || true
+steps=${*:-info tests gpu_train train scaling}
 py=${PYTHON:-python3}
 deadline=$(($(date +%s) + ${BUDGET:-540}))
 mkdir -p "$out"
 log="$out/gpu_check.log"
-: >"$log"
+touch "$log"
 
 # step NAME LIMIT CMD...: run CMD for at most LIMIT seconds (less if the budget is nearly spent).
 step() {
@@ -40,28 +44,35 @@ step() {
     timeout "$limit" "$@" >"$out/$name.out" 2>&1
     rc=$?
     # progress bars redraw with carriage returns: keep each bar's last state
-    tr '\r' '\n' <"$out/$name.out" | grep -v -E '^\s*$|it/s\]|img/s\]|sample/s\]' >>"$log"
+    tr '\r' '\n' <"$out/$name.out" | grep -v -E '^\s*$|it/s\]|img/s\]|sample/s\]|Writing photos' >>"$log"
     rm -f "$out/$name.out"
     echo "== $name: rc=$rc in $(($(date +%s) - start)) s" | tee -a "$log"
 }
 
 device=cpu
 "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' && device=cuda
-echo "device: $device" | tee -a "$log"
+echo "device: $device; steps: $steps" | tee -a "$log"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$log"
 nproc | sed 's/^/cpus: /' | tee -a "$log"
 
-step info 60 "$py" -m chute.info
-run_train() {  # the default experiment, data already written; metrics.json copied out
-    local seed=$1 dir="outputs/runs/gpu-check/seed$1"
-    step "train_seed$seed" 120 "$py" train.py seed="$seed" hydra.run.dir="$dir" &&
-        [ -f "$dir/metrics.json" ] && cp "$dir/metrics.json" "$out/metrics_seed$seed.json"
-    grep -h -E "chute \||precision=auto|waiting" "$log" | tail -n 3
-}
-run_train 0
-step bench_images 300 "$py" scripts/bench_images.py --device "$device" --workers ${BENCH_WORKERS:-0 4 8} --epochs 2 --out "$out"
-step pytest_gpu 120 "$py" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider -W default -q
-step wait_breakdown 120 "$py" scripts/wait_breakdown.py --variants default inline threads2
-run_train 1
-run_train 2
+for name in $steps; do
+    case $name in
+    info) step info 60 "$py" -m chute.info ;;
+    tests) step tests 200 "$py" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider -W default -q -x ;;
+    gpu_train)
+        # shellcheck disable=SC2086
+        step gpu_train 420 "$py" scripts/bench_gpu_train.py --out "$out" ${GPU_TRAIN_ARGS:-}
+        grep -E "^ *resnet|model \|" "$log" | tail -n 24
+        ;;
+    train)
+        dir="outputs/runs/gpu-check/seed0"
+        step train 90 "$py" train.py seed=0 hydra.run.dir="$dir"
+        [ -f "$dir/metrics.json" ] && cp "$dir/metrics.json" "$out/metrics_seed0.json"
+        grep -h -E "chute \||precision=auto|waiting|data_wait" "$log" | tail -n 3
+        ;;
+    scaling) step scaling 120 "$py" scripts/bench_scaling.py --root data/photos-4096 --images 4551 --workers 1 4 8 15 --epochs 2 --out "$out" ;;
+    decode) step decode 100 "$py" scripts/bench_gpu_decode.py --root data/photos-4096 --images 4551 --out "$out" ;;
+    *) echo "unknown step $name" | tee -a "$log" ;;
+    esac
+done
 echo "== done; time left in the budget: $((deadline - $(date +%s))) s" | tee -a "$log"

@@ -19,8 +19,11 @@ def test_candidates_cover_worker_counts_and_prefetch_depths() -> None:
     found = [
         (c.backend, c.num_workers, c.prefetch_factor) for c in candidates(LoaderSettings(num_workers="auto"), cpus=4)
     ]
-    processes = [(1, 2), (1, 4), (2, 2), (2, 4), (4, 2), (4, 4)]
-    assert found == [("torch", 0, None), *[("torch", w, p) for w, p in processes], ("threads", 1, 2), ("threads", 4, 2)]
+    processes = [(1, 2), (1, 4), (2, 2), (2, 4), (3, 2), (3, 4)]  # all CPUs but one for training
+    assert found == [("torch", 0, None), *[("torch", w, p) for w, p in processes], ("threads", 1, 2), ("threads", 3, 2)]
+    many = candidates(LoaderSettings(num_workers="auto"), cpus=16)
+    assert sorted({c.num_workers for c in many if c.backend == "torch"}) == [0, 1, 2, 4, 8, 15]
+    assert sorted({c.num_workers for c in candidates(LoaderSettings(num_workers="auto"), cpus=2)}) == [0, 1, 2]
     assert all(not c.persistent_workers for c in candidates(LoaderSettings(num_workers="auto"), cpus=2))
     no_threads = candidates(LoaderSettings(num_workers="auto"), cpus=4, threads=False)  # e.g. streams
     assert {c.backend for c in no_threads} == {"torch"}
@@ -84,3 +87,39 @@ def test_datamodule_tunes_once_and_reports(tmp_path: Path) -> None:
     report = list(dm.autotune_report)
     dm.val_dataloader()
     assert dm.autotune_report == report  # not tuned again
+
+
+def test_a_loader_that_starves_the_training_thread_is_not_chosen() -> None:
+    """Threads that hold the interpreter (pure-Python work) load fast alone but would leave the
+    training loop no time: the stand-in training thread keeps under half its pace, so the slower
+    candidate that leaves the interpreter free is chosen."""
+    import threading
+
+    def make(settings: LoaderSettings) -> Any:
+        greedy = settings.backend == "threads" and settings.num_workers == 2
+
+        def batches() -> Any:
+            stop = threading.Event()
+
+            def hog() -> None:
+                while not stop.is_set():
+                    sum(range(1000))
+
+            hogs = [threading.Thread(target=hog, daemon=True) for _ in range(3 if greedy else 0)]
+            for h in hogs:
+                h.start()
+            try:
+                for _ in range(400):
+                    if not greedy:
+                        time.sleep(0.004)
+                    yield [0] * 8
+            finally:
+                stop.set()
+
+        return batches()
+
+    chosen, report = autotune(make, LoaderSettings(num_workers="auto"), seconds=0.3, cpus=2)
+    greedy = next(r for r in report if r["backend"] == "threads" and r["num_workers"] == 2)
+    assert greedy["training_pace"] < 0.5
+    assert greedy["samples_per_s"] > max(r["samples_per_s"] for r in report if r is not greedy)
+    assert (chosen.backend, chosen.num_workers) != ("threads", 2)

@@ -78,10 +78,101 @@ def test_loader_threads_hand_a_gpu_trainer_finished_batches_with_a_cpu_trainers_
         torch.testing.assert_close(mine.cpu(), theirs, atol=1e-5, rtol=0)
 
 
-def test_worker_processes_leave_the_hook_to_the_gpu_trainer(make_tree) -> None:
+def test_worker_processes_hand_a_gpu_trainer_finished_batches_through_a_feeding_thread(make_tree) -> None:
+    """Worker processes cannot touch the GPU; one thread (DeviceFeed) copies their batches on a side
+    stream and runs the hook there, so the training thread gets finished batches, as with threads."""
     from tests.test_cpu_hook import _fit
 
     root = make_tree(ext="jpg", counts={"a": 9, "b": 8}, size=(40, 32))
-    gpu = _fit(root, {"num_workers": 2}, cache=True, accelerator="gpu")
-    assert gpu.hooked == {True: (False, False), False: (False, False)}
+    workers = {"num_workers": 2}
+    gpu, cpu = _fit(root, workers, cache=True, accelerator="gpu"), _fit(root, workers, cache=True)
+    assert gpu.hooked == {True: (True, True), False: (True, False)}
     assert all(b.is_cuda and b.dtype == torch.float32 for b in gpu.train_batches + gpu.val_batches)
+    for mine, theirs in zip(gpu.train_batches, cpu.train_batches, strict=True):
+        assert (mine.cpu() - theirs).abs().mean() < 0.2
+    for mine, theirs in zip(gpu.val_batches, cpu.val_batches, strict=True):
+        torch.testing.assert_close(mine.cpu(), theirs, atol=1e-5, rtol=0)
+
+
+def test_the_crop_kernel_computes_the_reference_arithmetic_on_the_gpu() -> None:
+    from chute.transforms._crop_resize_kernel import launch
+    from chute.transforms.crop_resize import crop_resize_reference, pack, table
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(int(h), int(w)) for h, w in torch.randint(20, 700, (64, 2), generator=g)]
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).cuda() for h, w in shapes]
+    crops, turns = [], []
+    for h, w in shapes:
+        cw, ch = int(torch.randint(1, w + 1, (1,), generator=g)), int(torch.randint(1, h + 1, (1,), generator=g))
+        crops.append(
+            [
+                int(torch.randint(0, w - cw + 1, (1,), generator=g)),
+                int(torch.randint(0, h - ch + 1, (1,), generator=g)),
+                cw,
+                ch,
+            ]
+        )
+        turns.append(torch.randint(0, 2, (3,), generator=g).tolist())
+    flat, starts = pack(images)
+    rows = table(images, starts, torch.tensor(crops), torch.tensor(turns))
+    for size in (224, 17):
+        out = torch.empty((64, size, size, 3), dtype=torch.uint8, device="cuda")
+        launch(flat, rows.cuda(), out, size, 3, 4)
+        diff = (out.int() - crop_resize_reference(flat, rows, size, 3).int()).abs()
+        assert diff.max() <= 1
+        assert (diff > 0).float().mean() < 0.01
+
+
+def test_nvjpeg_decodes_the_cpu_routes_crops(tmp_path: Path) -> None:
+    """Plain, progressive, grayscale and EXIF-turned JPEGs through nvJPEG; CMYK and PNG decoded by the worker."""
+    from tests.transforms.test_device_decode import _module, _tree
+
+    root = _tree(tmp_path / "tree")
+    cpu, gpu = _module(root, "cpu"), _module(root, "gpu")
+    (expected, labels), encoded = next(iter(cpu.train_dataloader())), next(iter(gpu.train_dataloader()))
+    images, got = gpu.batch_decode((encoded[0].to("cuda"), encoded[1].cuda()))
+    assert images.is_cuda
+    assert torch.equal(got.cpu(), labels)
+    diff = (images.cpu().float() - expected.float()).abs().mean(dim=(1, 2, 3))
+    for row, path in enumerate(encoded[0].paths):
+        assert diff[row] < (8.0 if path.endswith("turned.jpg") else 3.0), (path, diff.tolist())
+
+
+def test_a_damaged_jpeg_on_the_gpu_route_is_named(tmp_path: Path) -> None:
+    from chute.errors import DataError
+    from tests.test_bad_samples import truncated
+    from tests.transforms.test_device_decode import _module, _tree
+
+    root = _tree(tmp_path / "tree")
+    truncated(root / "train" / "c0" / "damaged.jpg", eoi=True)
+    gpu = _module(root, "gpu")
+    batches = list(gpu.train_dataloader())
+    with pytest.raises(DataError, match=r"damaged\.jpg"):
+        [gpu.batch_decode((encoded.to("cuda"), labels.cuda())) for encoded, labels in batches]
+
+
+@pytest.mark.parametrize("loader", [{"num_workers": 2}, {"num_workers": 2, "backend": "threads"}], ids=["w2", "t2"])
+def test_the_gpu_route_trains_under_a_trainer(tmp_path: Path, loader: dict[str, object]) -> None:
+    import lightning as L
+
+    from chute.datamodules import ImageFolderDataModule
+    from tests.test_cpu_hook import Recorder
+    from tests.transforms.test_device_decode import _tree
+
+    root = _tree(tmp_path / "tree")
+    for decode in ("gpu", "auto"):
+        dm = ImageFolderDataModule(
+            root, mean=[0.5] * 3, std=[0.25] * 3, decode=decode, transforms={"image_size": 24},
+            loader={"batch_size": 4, **loader},
+        )  # fmt: skip
+        model = Recorder()
+        trainer = L.Trainer(
+            accelerator="gpu", max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm)
+        assert model.train_batches
+        assert all(b.is_cuda and b.dtype == torch.float32 and b.shape[1:] == (3, 24, 24) for b in model.train_batches)
+        if decode == "auto":
+            assert dm.decode_route in ("cpu", "gpu")
+            assert set(dm.decode_report) >= {"cpu_img_s", "gpu_img_s", "route"}

@@ -82,3 +82,26 @@ def test_the_advice_names_the_loader_settings_in_force_and_what_is_left() -> Non
     assert "data.cache=memory|disk" in _advice(SimpleNamespace(datamodule=decoding))
     foreign = SimpleNamespace(datamodule=None, train_dataloader=SimpleNamespace(num_workers=3))
     assert "num_workers=3" in _advice(foreign)
+
+
+def test_the_advice_names_the_route_that_helps_where_the_run_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU with JPEGs decoded by the CPU: decode on the GPU; loader threads on many cores:
+    worker processes (they lose there, issue 25); what num_workers=auto chose is what is named."""
+    from types import SimpleNamespace
+
+    from chute import LoaderSettings
+    from chute.callbacks.stall import _advice
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=SimpleNamespace(type="cuda")))
+    threads = LoaderSettings(backend="threads", num_workers=8)
+    dm = SimpleNamespace(loader_settings=LoaderSettings(num_workers="auto"), tuned_loader=threads, decode_route="cpu")
+    advice = _advice(SimpleNamespace(datamodule=dm, **vars(gpu)))
+    assert "data.decode=gpu" in advice
+    assert "loader.backend=torch" in advice
+    assert "loader.backend=threads, loader.num_workers=8" in advice
+    assert "16 CPUs" in advice
+    dm.decode_route = "gpu"
+    assert "data.decode" not in _advice(SimpleNamespace(datamodule=dm, **vars(gpu)))
+    on_cpu = _advice(SimpleNamespace(datamodule=dm))  # no GPU: no word of GPU decoding
+    assert "data.decode" not in on_cpu

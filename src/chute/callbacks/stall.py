@@ -110,15 +110,32 @@ class StallMonitor(L.Callback):
 
 
 def _advice(trainer: L.Trainer) -> str:
-    """The settings that usually shorten the wait, naming the ones in force (chute's DataModules)."""
+    """The settings that usually shorten the wait, naming the ones in force (chute's DataModules) and
+    the route that helps where this run is: on a GPU, decoding there; on many cores, processes."""
+    import os
+
     datamodule = getattr(trainer, "datamodule", None)
-    settings = getattr(datamodule, "loader_settings", None)
+    # what num_workers=auto chose, else the settings given
+    settings = getattr(datamodule, "tuned_loader", None) or getattr(datamodule, "loader_settings", None)
+    cpus = os.cpu_count() or 1
     if settings is None:  # another DataModule: what the loader itself says
         now = f"num_workers={getattr(trainer.train_dataloader, 'num_workers', '?')}"
-    else:
-        now = f"loader.backend={settings.backend}, loader.num_workers={settings.num_workers}"
-    tips = [f"raise loader.num_workers (now {now}; loader.num_workers=auto measures the options)"]
-    tips[0] += " or loader.prefetch_factor"
+        return f"raise loader.num_workers (now {now}; {cpus} CPUs here) or loader.prefetch_factor."
+    tips = []
+    device = getattr(getattr(trainer, "strategy", None), "root_device", None)
+    on_gpu = getattr(device, "type", "cpu") == "cuda"
+    if on_gpu and getattr(datamodule, "decode_route", None) == "cpu":
+        tips.append("decode JPEGs on the GPU (data.decode=gpu; workers then only read the files)")
+    if settings.backend == "threads" and cpus > 4:
+        tips.append(
+            f"use worker processes (loader.backend=torch): on {cpus} CPUs loader threads contend with the "
+            "training thread for the interpreter"
+        )
+    now = f"loader.backend={settings.backend}, loader.num_workers={settings.num_workers}"
+    tips.append(
+        f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; loader.num_workers=auto "
+        "measures the options) or loader.prefetch_factor"
+    )
     cache = getattr(datamodule, "cache", None)
     if cache in (None, "none") and hasattr(datamodule, "device_augment"):  # an image DataModule decoding each pass
         tips.append("cache decoded data (data.cache=memory|disk with data.device_augment=true)")

@@ -215,7 +215,7 @@ class LitDataModule(DescribedDataModule):
             prefetch_factor=settings.prefetch_factor,
             timeout=settings.timeout,
             multiprocessing_context=settings.multiprocessing_context if workers else None,
-            worker_init_fn=WorkerInit(rank, seed=settings.seed_workers) if workers else None,
+            worker_init_fn=WorkerInit(rank, seed=settings.seed_workers, opencv=False) if workers else None,
         )
         if self.trainer is not None:  # a rebuilt loader (reload_dataloaders_every_n_epochs) keeps the epoch
             loader.current_epoch = self.trainer.current_epoch

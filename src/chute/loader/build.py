@@ -22,6 +22,7 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ from chute.loader.distributed import current_rank
 from chute.loader.seeding import derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import DeviceCopy, DeviceFeed, ThreadedLoader
-from chute.loader.worker_init import WorkerInit
+from chute.loader.worker_init import WorkerInit, forking_workers
 from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, name_samples
 
 
@@ -209,7 +210,8 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
 
     def _batches(self) -> Iterator[Any]:
-        iterator: Any = DataLoader.__iter__(self)
+        with forking_workers() if self.num_workers > 0 else contextlib.nullcontext():
+            iterator: Any = DataLoader.__iter__(self)  # starts (forks) the workers, if not persistent ones
         tracked = _tracked(self.dataset)
         if self.num_workers > 0 and tracked is not None:
             iterator = GuardedIterator(iterator, tracked)

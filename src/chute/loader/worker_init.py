@@ -2,18 +2,29 @@
 
 A worker is one of ``num_workers`` processes sharing the machine's cores, and its parallelism is the
 number of workers. But libraries size their own thread pools to the whole machine: OpenCV's
-(``cv2.resize`` after a crop-aware decode) gets ``os.cpu_count()`` threads, OpenBLAS (NumPy, SciPy)
-likewise, so 15 workers on 16 cores ran ~250 OS threads contending for 16 cores (issue 25).
-torch already runs one intra-op thread in a worker; chute does the same for OpenCV, OpenBLAS and
-OpenMP (through ``threadpoolctl``). libjpeg-turbo and chute's decoder use no threads of their own,
-and PyAV decodes with one (``decode_frames(threads=1)``). ``docs/benchmarks.md`` ("Scaling with
-cores") has the measurements; ``CHUTE_LIBRARY_THREADS=off`` leaves the pools as the libraries
-size them, to measure the difference, and ``CHUTE_LIBRARY_THREADS=N`` gives each library N.
+(``cv2.LUT`` normalizing a batch on a CPU trainer, large resizes) gets ``os.cpu_count()`` threads,
+OpenBLAS (NumPy, SciPy) likewise, so 15 workers on 16 cores could run ~250 OS threads contending
+for 16 cores (issue 25). torch already runs one intra-op thread in a worker; chute does the same
+for OpenCV, OpenBLAS and OpenMP (through ``threadpoolctl``). libjpeg-turbo and chute's decoder use
+no threads of their own, and PyAV decodes with one (``decode_frames(threads=1)``).
+
+OpenCV needs care: ``cv2.setNumThreads`` in a forked child whose parent had started OpenCV's pool
+waits forever for the parent's pool threads, which the child does not have (seen: an autotune
+probe normalized a batch in the main process, the next probe's workers hung). So the parent sets
+OpenCV to one thread just while it forks its workers (:func:`forking_workers`) and the children
+inherit that; a worker started another way (``spawn``) imports OpenCV afresh and sets it itself.
+
+``docs/benchmarks.md`` ("Scaling with cores") has the measurements; ``CHUTE_LIBRARY_THREADS=off``
+leaves the pools as the libraries size them, to measure the difference, and
+``CHUTE_LIBRARY_THREADS=N`` gives each library N.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -38,11 +49,13 @@ def library_threads() -> int | None:
     return threads
 
 
-def limit_library_threads(threads: int | None = None) -> dict[str, int]:
+def limit_library_threads(threads: int | None = None, opencv: bool = True) -> dict[str, int]:
     """Give torch, OpenCV, OpenBLAS and OpenMP ``threads`` threads each in this process.
 
     For a loader worker process (it changes process-wide settings). ``None``: what
-    :func:`library_threads` says. Returns each library's thread count afterwards (empty when off).
+    :func:`library_threads` says. ``opencv=False`` leaves OpenCV alone: a worker forked without
+    :func:`forking_workers` must not touch it (see the module docstring). Returns each library's
+    thread count afterwards (empty when off).
     """
     threads = library_threads() if threads is None else threads
     if threads is None:
@@ -51,13 +64,35 @@ def limit_library_threads(threads: int | None = None) -> dict[str, int]:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     torch.set_num_threads(threads)
-    cv2.setNumThreads(threads)
+    if opencv and cv2.getNumThreads() != threads:  # forked under forking_workers(): inherited already
+        cv2.setNumThreads(threads)
     threadpool_limits(limits=threads)  # OpenBLAS and OpenMP runtimes loaded in this process
     counts = {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads()}
     for pool in threadpool_info():
         name = str(pool.get("internal_api"))
         counts[name] = max(counts.get(name, 0), int(pool.get("num_threads", 0)))
     return counts
+
+
+@contextlib.contextmanager
+def forking_workers() -> Iterator[None]:
+    """Around the fork of worker processes, in the parent: OpenCV at one thread (its pool's threads
+    joined), so the children inherit a single-threaded OpenCV; the parent's setting is restored after.
+
+    Only where OpenCV is loaded already (otherwise the children import it afresh) and the limits
+    are on (:func:`library_threads`).
+    """
+    cv2 = sys.modules.get("cv2")
+    threads = library_threads()
+    if cv2 is None or threads is None:
+        yield
+        return
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 class WorkerInit:
@@ -67,12 +102,15 @@ class WorkerInit:
     Args:
         rank: This process's rank, mixed into the workers' seeds.
         seed: Seed Python, NumPy, torch and the dataset's transforms in each worker.
+        opencv: Whether the workers start under :func:`forking_workers` (or afresh), so that their
+            OpenCV may be set (a loader chute does not start itself: ``False``).
     """
 
-    def __init__(self, rank: int = 0, seed: bool = True) -> None:
+    def __init__(self, rank: int = 0, seed: bool = True, opencv: bool = True) -> None:
         self.seeder = WorkerSeeder(rank) if seed else None
+        self.opencv = opencv
 
     def __call__(self, worker_id: int) -> None:
-        limit_library_threads()
+        limit_library_threads(opencv=self.opencv)
         if self.seeder is not None:
             self.seeder(worker_id)

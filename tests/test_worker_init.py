@@ -1,0 +1,79 @@
+"""One thread per library inside every loader worker (issue 25), set safely around the fork."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from chute import LoaderSettings
+from chute.loader import build_loader, library_threads
+
+
+class ThreadCounts(Dataset[Any]):
+    """Each sample: the thread counts torch, OpenCV and the BLAS/OpenMP pools have where it is loaded."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict[str, int]:
+        from threadpoolctl import threadpool_info
+
+        pools = {p["internal_api"]: p["num_threads"] for p in threadpool_info()}
+        return {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads(), **pools}
+
+
+def _as_list(samples: list[Any]) -> list[Any]:
+    return samples
+
+
+def _counts(workers: int, **settings: Any) -> list[dict[str, int]]:
+    loader = build_loader(
+        ThreadCounts(), LoaderSettings(batch_size=2, num_workers=workers, **settings), train=False, seed=0,
+        collate_fn=_as_list,
+    )  # fmt: skip
+    return [sample for batch in loader for sample in batch]
+
+
+def _start_opencv_pool() -> None:
+    """Run an OpenCV call large enough to start its thread pool in this (the parent) process."""
+    src = np.zeros((2048, 2048, 3), np.uint8)
+    cv2.LUT(src, np.zeros((1, 256, 3), np.float32))
+
+
+def test_every_library_runs_one_thread_in_a_worker() -> None:
+    for sample in _counts(2):
+        assert sample["torch"] == 1
+        assert sample["opencv"] == 1
+        assert all(n == 1 for name, n in sample.items() if name not in ("torch", "opencv")), sample
+
+
+def test_workers_forked_after_the_parent_used_opencvs_pool_start_and_the_parents_setting_is_kept() -> None:
+    """``cv2.setNumThreads`` in a child whose parent had started OpenCV's pool waits forever; the
+    parent sets it around the fork instead (a hang here times the test out)."""
+    before = cv2.getNumThreads()
+    _start_opencv_pool()
+    assert all(s["opencv"] == 1 for s in _counts(2, multiprocessing_context="fork"))
+    assert cv2.getNumThreads() == before
+
+
+def test_workers_started_afresh_set_their_own() -> None:
+    assert all(s["opencv"] == 1 for s in _counts(1, multiprocessing_context="spawn"))
+
+
+def test_the_limits_can_be_left_to_the_libraries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUTE_LIBRARY_THREADS", "off")
+    assert library_threads() is None
+    cpus = os.cpu_count() or 1
+    if cpus > 1:
+        assert all(s["opencv"] == cv2.getNumThreads() for s in _counts(1))
+    monkeypatch.setenv("CHUTE_LIBRARY_THREADS", "2")
+    assert library_threads() == 2
+    monkeypatch.setenv("CHUTE_LIBRARY_THREADS", "many")
+    with pytest.raises(ValueError, match="CHUTE_LIBRARY_THREADS"):
+        library_threads()
