@@ -68,12 +68,17 @@ class Classifier(L.LightningModule):
 
 
 class EpochClock(L.Callback):
-    """Images/s of each epoch after the first (device synchronized at both ends)."""
+    """Images/s of each epoch after the first (device synchronized at both ends), and where its
+    time went on the training thread: the wait for the first batch (the loader's ramp at an epoch's
+    start), the waits between steps, the steps themselves (host time: launching, and blocking
+    when the device's queue is full), and the epoch's end (the device finishing its queue)."""
 
     def __init__(self) -> None:
         self.rates: list[float] = []
-        self._start = 0.0
+        self.parts: list[dict[str, float]] = []
+        self._start = self._last = self._begin = 0.0
         self._images = 0
+        self._ramp = self._wait = self._step = 0.0
 
     def _now(self) -> float:
         if torch.cuda.is_available():
@@ -82,15 +87,28 @@ class EpochClock(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._start, self._images = self._now(), 0
+        self._last, self._ramp, self._wait, self._step = self._start, -1.0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, i: int) -> None:
+        self._begin = time.perf_counter()
+        if self._ramp < 0:
+            self._ramp = self._begin - self._start
+        else:
+            self._wait += self._begin - self._last
 
     def on_train_batch_end(
         self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
         self._images += len(batch[1])
+        self._last = time.perf_counter()
+        self._step += self._last - self._begin
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        end = self._now()
         if trainer.current_epoch > 0:
-            self.rates.append(self._images / (self._now() - self._start))
+            self.rates.append(self._images / (end - self._start))
+            ms = {"ramp": self._ramp, "waits": self._wait, "steps": self._step, "end": end - self._last}
+            self.parts.append({k: round(1000 * v, 1) for k, v in ms.items()})
 
 
 class KeptBatch:
@@ -181,6 +199,7 @@ def run_case(case: str, arch: str, args: argparse.Namespace, root: Path, classes
         make = torchvision_loader if case == "torchvision" else timm_loader
         loader = make(root / "train", args.workers, args.batch_size)
         fit.fit(model, train_dataloaders=loader)
+        rate(loader)  # the workers' start (Lightning shut them down after the fit)
         row["loader_img_s"] = round(rate(loader))
     else:
         dm = chute_module(root, case, args.workers, args.batch_size)
@@ -191,9 +210,12 @@ def run_case(case: str, arch: str, args: argparse.Namespace, root: Path, classes
             row["autotuned"] = f"{dm.tuned_loader.backend} {dm.tuned_loader.num_workers}"
         loader = dm._train_loader
         fit.training = True  # the hook as in training (the fit is over): normalize unless the loader did
-        row["loader_img_s"] = round(rate(loader, lambda b: dm.on_after_batch_transfer(_to_device(b), 0)))
+        hook = lambda b: dm.on_after_batch_transfer(_to_device(b), 0)  # noqa: E731
+        rate(loader, hook)  # the workers' start (Lightning shut them down after the fit)
+        row["loader_img_s"] = round(rate(loader, hook))
     row["img_s"] = round(statistics.median(clock.rates))
     row["epochs_img_s"] = [round(r) for r in clock.rates]
+    row["epoch_ms"] = clock.parts[-1] if clock.parts else {}  # the last epoch: ramp, waits, steps, end
     if loader is not None:
         shut_down(loader)
     del fit, model, loader
@@ -243,11 +265,11 @@ def main() -> None:
     for row in rows:
         alone = next((r for r in rows if r["model"] == row["model"] and r["loader"] == "alone"), None)
         row["share_of_model"] = round(row["img_s"] / alone["img_s"], 3) if alone else float("nan")
-    print(f"\n{'model':>9} | {'loader':>13} | {'img/s':>7} | share of model | loader only | route")
+    print(f"\n{'model':>9} | {'loader':>13} | {'img/s':>7} | share of model | loader only | route | last epoch ms")
     for r in rows:
         print(
             f"{r['model']:>9} | {r['loader']:>13} | {r['img_s']:>7,} | {r['share_of_model']:>14.3f} | "
-            f"{r.get('loader_img_s', '-'):>11} | {r.get('route', '')}"
+            f"{r.get('loader_img_s', '-'):>11} | {r.get('route', '')} {r.get('autotuned', '')} | {r['epoch_ms']}"
         )
     write_results(args.out / "gpu_train", vars(args), rows, "img_s", f"ResNet training img/s, batch {args.batch_size}")
 

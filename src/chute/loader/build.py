@@ -210,8 +210,9 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
 
     def _batches(self) -> Iterator[Any]:
-        with forking_workers() if self.num_workers > 0 else contextlib.nullcontext():
-            iterator: Any = DataLoader.__iter__(self)  # starts (forks) the workers, if not persistent ones
+        forks = self.num_workers > 0 and (self._iterator is None or not self.persistent_workers)
+        with forking_workers() if forks else contextlib.nullcontext():
+            iterator: Any = DataLoader.__iter__(self)  # starts (forks) the workers, unless persistent ones run
         tracked = _tracked(self.dataset)
         if self.num_workers > 0 and tracked is not None:
             iterator = GuardedIterator(iterator, tracked)

@@ -22,9 +22,11 @@ leaves the pools as the libraries size them, to measure the difference, and
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -76,23 +78,32 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
 
 @contextlib.contextmanager
 def forking_workers() -> Iterator[None]:
-    """Around the fork of worker processes, in the parent: OpenCV at one thread (its pool's threads
-    joined), so the children inherit a single-threaded OpenCV; the parent's setting is restored after.
+    """Around the fork of worker processes, in the parent.
 
-    Only where OpenCV is loaded already (otherwise the children import it afresh) and the limits
-    are on (:func:`library_threads`).
+    - The garbage collector's objects are frozen (``gc.freeze``), so a child never collects the
+      parent's garbage: a cycle holding a CUDA tensor (a batch the device feed had in flight)
+      freed in a forked worker aborts it ("CUDA error: initialization error", seen on the H200
+      when validation workers forked mid-fit). Python's ``gc`` documentation recommends it before
+      ``fork`` for copy-on-write's sake too.
+    - OpenCV at one thread (its pool's threads joined), so the children inherit a single-threaded
+      OpenCV; only where OpenCV is loaded already (otherwise the children import it afresh) and the
+      limits are on (:func:`library_threads`).
+
+    The parent's own settings are restored after.
     """
-    cv2 = sys.modules.get("cv2")
+    cv2: Any = sys.modules.get("cv2")
     threads = library_threads()
-    if cv2 is None or threads is None:
-        yield
-        return
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(threads)
+    hold = cv2 is not None and threads is not None
+    before = cv2.getNumThreads() if hold else 0
+    if hold:
+        cv2.setNumThreads(threads)
+    gc.freeze()
     try:
         yield
     finally:
-        cv2.setNumThreads(before)
+        gc.unfreeze()
+        if hold:
+            cv2.setNumThreads(before)
 
 
 class WorkerInit:

@@ -27,12 +27,12 @@ def pack(images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """``images`` (``(C, H_i, W_i)`` ``uint8``, one device) laid end to end: the flat buffer and each start."""
     sizes = torch.tensor([im.numel() for im in images], dtype=torch.int64)
     starts = torch.cumsum(sizes, 0) - sizes
-    return torch.cat([im.reshape(-1) for im in images]), starts
+    return torch.cat([im.reshape(-1) for im in images]), starts  # planar (C, H, W) order
 
 
 def table(images: list[torch.Tensor], starts: torch.Tensor, crops: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     """The ``(N, 10)`` ``int64`` table the resamplers read (on the CPU; the caller moves it)."""
-    shapes = torch.tensor([list(im.shape[-2:]) for im in images], dtype=torch.int64).reshape(-1, 2)
+    shapes = torch.tensor([im.shape[-2:] for im in images], dtype=torch.int64).reshape(-1, 2)
     return torch.cat([starts[:, None], shapes, crops.to(torch.int64).cpu(), turns.to(torch.int64).cpu()], dim=1)
 
 
@@ -51,7 +51,8 @@ def crop_resize(flat: torch.Tensor, rows: torch.Tensor, size: int, channels: int
             from chute.transforms._crop_resize_kernel import launch
         except ImportError:  # no Triton (it comes with torch's CUDA builds): the same arithmetic, more kernels
             return crop_resize_reference(flat, rows, size, channels)
-        launch(flat, rows.to(flat.device, non_blocking=True), out, size, channels, MAX_TAPS)
+        pinned = rows.pin_memory() if not rows.is_cuda else rows  # an asynchronous copy: no wait for the stream
+        launch(flat, pinned.to(flat.device, non_blocking=True), out, size, channels, MAX_TAPS)
         return out
     return crop_resize_reference(flat, rows, size, channels)
 

@@ -198,8 +198,9 @@ class DecodeImages:
         device, size, channels = encoded.device, encoded.size, encoded.channels
         n = len(encoded)
         out = torch.empty((n, size, size, channels), dtype=torch.uint8, device=device)
-        good = torch.ones(n, dtype=torch.bool)
-        rows = torch.nonzero(~encoded.decoded).flatten().tolist()
+        good = [True] * n
+        decoded_here = encoded.decoded.tolist()
+        rows = [r for r in range(n) if not decoded_here[r]]
         if encoded.pixels.shape[0]:
             out[encoded.decoded.to(device)] = encoded.pixels
         if rows:
@@ -209,13 +210,15 @@ class DecodeImages:
                 pixels = [decoded[r] for r in kept]
                 flat, starts = pack(pixels)
                 meta = table(pixels, starts, encoded.crops[kept], encoded.turns[kept])
-                out[torch.tensor(kept, device=device)] = crop_resize(flat, meta, size, channels)
-        return out, good
+                at = torch.tensor(kept).pin_memory() if device.type == "cuda" else torch.tensor(kept)
+                out[at.to(device, non_blocking=True)] = crop_resize(flat, meta, size, channels)
+        return out, torch.tensor(good)
 
     def _decode_files(
-        self, encoded: EncodedImages, rows: list[int], device: torch.device, good: torch.Tensor
+        self, encoded: EncodedImages, rows: list[int], device: torch.device, good: list[bool]
     ) -> dict[int, torch.Tensor]:
-        files = [encoded.file(r) for r in rows]
+        offsets = encoded.offsets.tolist()
+        files = [encoded.data[offsets[r] : offsets[r + 1]] for r in rows]
         if device.type == "cuda":
             try:
                 return dict(zip(rows, _nvjpeg(files, device), strict=True))
