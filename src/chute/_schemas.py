@@ -37,6 +37,7 @@ class ImageFolderDataModuleConfig:
     cutmix_alpha: float = 0.0
     on_error: str = "raise"
     max_bad_fraction: float = 0.01
+    decode: str = "auto"
 
 
 @dataclass

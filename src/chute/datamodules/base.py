@@ -354,6 +354,11 @@ class ChuteDataModule(L.LightningDataModule):
             self.hook_in_loader and device is not None and not stream and chosen.num_workers > 0
             and self._has_hook(train)
         )  # fmt: skip
+        # The random batch transforms draw from the batch's generator, keyed where the batch was read
+        # (chute.loader.batch_generator): in a loader thread, the thread that runs this hook; a worker
+        # process's key does not reach the feeding thread, so with workers they stay in the trainer's hook.
+        if chosen.backend != "threads":
+            augment = None
         if record and device is not None:  # a CPU trainer's choice is _hook_in_loader's
             self._hooked[train] = (self._normalizes, augment is not None) if moves else (False, False)
         return LoaderHook(None, self.batch_transform, augment, self.batch_decode) if moves else None

@@ -108,9 +108,9 @@ class ImageFolderDataModule(ClassFolderDataModule):
             batched; the crop, resize and flip there too), the workers only reading the files,
             checking their headers and drawing the crops, the same boxes per ``(seed, epoch, index)``
             (:mod:`chute.transforms.device_decode`); until the hook runs, batches hold
-            ``EncodedImages``. ``"auto"`` (default): ``"gpu"`` under a CUDA trainer when decoding a
-            sample of the training JPEGs there is faster than the loader's CPUs would be, else ``"cpu"``
-            (the choice and both rates are logged).
+            ``EncodedImages``. ``"auto"`` (default): ``"gpu"`` under a CUDA trainer when nvJPEG decodes a
+            sample of the training JPEGs at least half as fast as the loader's CPUs could at best,
+            else ``"cpu"`` (the choice and both rates are logged; :mod:`chute.transforms.decode_choice`).
 
     Example:
         >>> from chute.datasets import DigitsFolder
