@@ -83,19 +83,27 @@ def _sequence(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     return SequenceDataModule(write_sequences(out), loader=loader)
 
 
-def write_images(out: Path) -> Path:
-    from PIL import Image
-
-    root = out / "images"
+def _each_sample(root: Path, ext: str, write: Callable[[Path, int], None]) -> Path:
+    """``write(path, id)`` for every sample of the class-folder kinds: ``root/{train,val}/c<id % 3>/<id>.<ext>``."""
     if not (root / "val").exists():
         for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
             for i in range(n):
-                pixels = np.zeros((8, 8), dtype=np.uint8)
-                pixels[0, 0], pixels[0, 1] = i // 256, i % 256
                 folder = root / split / f"c{i % 3}"
                 folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(pixels, mode="L").save(folder / f"{i:03d}.png")
+                write(folder / f"{i:03d}.{ext}", i)
     return root
+
+
+def write_images(out: Path) -> Path:
+    """8x8 grey PNGs whose first two pixels hold the id."""
+    from PIL import Image
+
+    def write(path: Path, i: int) -> None:
+        pixels = np.zeros((8, 8), dtype=np.uint8)
+        pixels[0, 0], pixels[0, 1] = i // 256, i % 256
+        Image.fromarray(pixels, mode="L").save(path)
+
+    return _each_sample(out / "images", "png", write)
 
 
 def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
@@ -113,15 +121,10 @@ def write_jpegs(out: Path) -> Path:
     """16x16 RGB JPEGs of one grey level each, ``10 * id + 5``: the id survives JPEG coding."""
     from PIL import Image
 
-    root = out / "jpegs"
-    if not (root / "val").exists():
-        for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
-            for i in range(n):
-                folder = root / split / f"c{i % 3}"
-                folder.mkdir(parents=True, exist_ok=True)
-                pixels = np.full((16, 16, 3), 10 * i + 5, dtype=np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=95)
-    return root
+    def write(path: Path, i: int) -> None:
+        Image.fromarray(np.full((16, 16, 3), 10 * i + 5, dtype=np.uint8)).save(path, quality=95)
+
+    return _each_sample(out / "jpegs", "jpg", write)
 
 
 def _image_gpu_decode(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
@@ -139,15 +142,11 @@ def write_videos(out: Path) -> Path:
     """Six-frame videos whose every pixel is ``10 * id + 5``: the id survives lossy coding."""
     from chute.datasets.motion_clips import encode
 
-    root = out / "videos"
-    if not (root / "val").exists():
-        for split, n in (("train", TRAIN_IMAGES), ("val", SAMPLES)):
-            for i in range(n):
-                folder = root / split / f"c{i % 3}"
-                folder.mkdir(parents=True, exist_ok=True)
-                frames = np.full((6, 16, 16, 3), 10 * i + 5, dtype=np.uint8)
-                encode(folder / f"{i:03d}.mkv", frames, 10, "libx264", {"preset": "veryfast", "crf": "0"}, 3)
-    return root
+    def write(path: Path, i: int) -> None:
+        frames = np.full((6, 16, 16, 3), 10 * i + 5, dtype=np.uint8)
+        encode(path, frames, 10, "libx264", {"preset": "veryfast", "crf": "0"}, 3)
+
+    return _each_sample(out / "videos", "mkv", write)
 
 
 def _video(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:

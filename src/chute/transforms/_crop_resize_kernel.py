@@ -13,6 +13,16 @@ import triton.language as tl
 
 
 @triton.jit
+def _tap(out, k, taps, scale, start, length, low, high):  # pragma: no cover - see _crop_resize
+    """Tap ``k`` along one axis: the two source pixels inside the crop and the second's weight."""
+    pos = start + (out + (k + 0.5) / taps) * scale - 0.5
+    pos = tl.minimum(tl.maximum(pos, low), high)
+    first = tl.floor(pos)
+    near = first.to(tl.int64)
+    return near, tl.minimum(near + 1, start + length - 1), pos - first
+
+
+@triton.jit
 def _crop_resize(
     flat,
     rows,
@@ -57,20 +67,10 @@ def _crop_resize(
     for c in tl.static_range(CHANNELS):
         acc = tl.zeros((BLOCK,), dtype=tl.float32)
         for ky in tl.static_range(MAX_TAPS):
-            sy = y + (v + (ky + 0.5) / taps_y) * scale_y - 0.5
-            sy = tl.minimum(tl.maximum(sy, y_lo), y_hi)
-            fy0 = tl.floor(sy)
-            fy = sy - fy0
-            y0 = fy0.to(tl.int64)
-            y1 = tl.minimum(y0 + 1, y + h - 1)
+            y0, y1, fy = _tap(v, ky, taps_y, scale_y, y, h, y_lo, y_hi)
             for kx in tl.static_range(MAX_TAPS):
                 used = (taps_yi > ky) & (taps_xi > kx)
-                sx = x + (u + (kx + 0.5) / taps_x) * scale_x - 0.5
-                sx = tl.minimum(tl.maximum(sx, x_lo), x_hi)
-                fx0 = tl.floor(sx)
-                fx = sx - fx0
-                x0 = fx0.to(tl.int64)
-                x1 = tl.minimum(x0 + 1, x + w - 1)
+                x0, x1, fx = _tap(u, kx, taps_x, scale_x, x, w, x_lo, x_hi)
                 start = base + c * plane
                 load = inside & (ox * 0 + used.to(tl.int32) > 0)
                 p00 = tl.load(flat + start + y0 * width + x0, mask=load, other=0).to(tl.float32)

@@ -83,22 +83,25 @@ def crop_resize_reference(flat: torch.Tensor, rows: torch.Tensor, size: int, cha
         return flat[starts + (yy * row_width + xx).unsqueeze(-1)].to(torch.float32)
 
     for ky in range(int(taps_y.max())):  # the batch's most taps; a row with fewer weighs the rest 0
-        sy = y + (v + (ky + 0.5) / taps_y) * scale_y - 0.5
-        sy = torch.minimum(torch.maximum(sy, y.to(torch.float32)), (y + h - 1).to(torch.float32))
-        y0 = torch.floor(sy)
-        fy = (sy - y0).unsqueeze(-1)
-        y0 = y0.to(torch.int64)
-        y1 = torch.minimum(y0 + 1, y + h - 1)
+        y0, y1, fy = _tap(v, ky, taps_y, scale_y, y, h)
         for kx in range(int(taps_x.max())):
             used = ((ky < taps_y) & (kx < taps_x)).to(torch.float32).unsqueeze(-1)
-            sx = x + (u + (kx + 0.5) / taps_x) * scale_x - 0.5
-            sx = torch.minimum(torch.maximum(sx, x.to(torch.float32)), (x + w - 1).to(torch.float32))
-            x0 = torch.floor(sx)
-            fx = (sx - x0).unsqueeze(-1)
-            x0 = x0.to(torch.int64)
-            x1 = torch.minimum(x0 + 1, x + w - 1)
+            x0, x1, fx = _tap(u, kx, taps_x, scale_x, x, w)
             top = at(y0, x0) * (1 - fx) + at(y0, x1) * fx
             bottom = at(y1, x0) * (1 - fx) + at(y1, x1) * fx
             acc += (top * (1 - fy) + bottom * fy) * used
     acc /= (taps_x * taps_y).unsqueeze(-1)
     return torch.floor(acc + 0.5).clamp_(0, 255).to(torch.uint8)
+
+
+def _tap(
+    out: torch.Tensor, k: int, taps: torch.Tensor, scale: torch.Tensor, start: torch.Tensor, length: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tap ``k`` of ``taps`` along one axis for output positions ``out``: the two source pixels
+    (inside the crop ``[start, start + length)``) and the weight of the second."""
+    pos = start + (out + (k + 0.5) / taps) * scale - 0.5
+    pos = torch.minimum(torch.maximum(pos, start.to(torch.float32)), (start + length - 1).to(torch.float32))
+    first = torch.floor(pos)
+    weight = (pos - first).unsqueeze(-1)
+    low = first.to(torch.int64)
+    return low, torch.minimum(low + 1, start + length - 1), weight
