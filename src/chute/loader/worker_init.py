@@ -80,11 +80,12 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
 def forking_workers() -> Iterator[None]:
     """Around the fork of worker processes, in the parent.
 
-    - The garbage collector's objects are frozen (``gc.freeze``), so a child never collects the
-      parent's garbage: a cycle holding a CUDA tensor (a batch the device feed had in flight)
-      freed in a forked worker aborts it ("CUDA error: initialization error", seen on the H200
-      when validation workers forked mid-fit). Python's ``gc`` documentation recommends it before
-      ``fork`` for copy-on-write's sake too.
+    - The parent's garbage is collected first, so a child never collects it: a cycle holding a
+      CUDA tensor (a batch the device feed had in flight) freed in a forked worker aborts it
+      ("CUDA error: initialization error", seen on the H200 when validation workers forked
+      mid-fit). ``gc.freeze()`` instead, as Python's documentation suggests before ``fork``, made
+      DDP ranks' workers hang inside ``fork`` here (the 3-rank contract test under pytest hung in 3
+      runs of 3 with it, passed 2 of 2 without; launched directly it passed 5 of 5: a race).
     - OpenCV at one thread (its pool's threads joined), so the children inherit a single-threaded
       OpenCV; only where OpenCV is loaded already (otherwise the children import it afresh) and the
       limits are on (:func:`library_threads`).
@@ -97,11 +98,10 @@ def forking_workers() -> Iterator[None]:
     before = cv2.getNumThreads() if hold else 0
     if hold:
         cv2.setNumThreads(threads)
-    gc.freeze()
+    gc.collect()  # the parent's garbage goes here, not in a forked child (see above)
     try:
         yield
     finally:
-        gc.unfreeze()
         if hold:
             cv2.setNumThreads(before)
 
