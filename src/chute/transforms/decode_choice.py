@@ -87,6 +87,7 @@ def _sample_jpegs(index: Any, seed: int) -> list[bytes]:
     """Up to 64 training files the GPU route decodes on the device (JPEGs with a sound header and
     end marker, not CMYK: what ``EncodedBatchWriter.takes``), in a seeded sample."""
     from chute.images import check_image_size, read_bytes
+    from chute.transforms.fused import _JPEG_MAGIC
 
     rng = np.random.default_rng(seed)
     picks = rng.permutation(len(index))[: _SAMPLE * 2]
@@ -97,7 +98,7 @@ def _sample_jpegs(index: Any, seed: int) -> list[bytes]:
         except Exception:  # a bad file is the loader's to report
             continue
         try:
-            header = check_image_size("", data) if data.startswith(b"\xff\xd8\xff") else None
+            header = check_image_size("", data) if data.startswith(_JPEG_MAGIC) else None
         except Exception:
             header = None
         if header is not None:

@@ -31,9 +31,7 @@ from chute import exif
 from chute.bad_samples import BadSamples
 from chute.errors import DataError
 from chute.transforms.crop_resize import crop_resize, pack, table
-from chute.transforms.fused import CropDecode
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
+from chute.transforms.fused import _JPEG_MAGIC, CropDecode
 
 
 class EncodedImages:
@@ -91,10 +89,6 @@ class EncodedImages:
         return EncodedImages(
             self.data, self.offsets, self.crops, self.turns, pixels, self.decoded, self.paths, self.size, self.split
         )
-
-    def file(self, row: int) -> torch.Tensor:
-        """Row ``row``'s JPEG bytes (a view of :attr:`data`)."""
-        return self.data[int(self.offsets[row]) : int(self.offsets[row + 1])]
 
     def __repr__(self) -> str:
         return f"EncodedImages({len(self)} images, {int(self.decoded.sum())} decoded by the worker, size={self.size})"
