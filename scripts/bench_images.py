@@ -18,7 +18,8 @@ scikit-image's bundled sample photos; RandomResizedCrop(224) + horizontal flip; 
 - ``... threads``: the same DataModule with ``loader.backend=threads``: N loader threads in this
   process instead of N worker processes (decoding and gathers release the GIL; no IPC).
 
-Two figures per pipeline, after one warm-up epoch (median over ``--epochs``):
+Two figures per pipeline, after one warm-up epoch (median of ``--epochs`` rounds, each of whole
+passes for at least ``--span`` seconds):
 
 - **model receives** (the headline): images/s of the batches a model on this CPU gets, normalized
   ``float32`` 224 px crops, as under ``Trainer(accelerator="cpu")``: chute's DataModule sees a CPU
@@ -44,6 +45,7 @@ import argparse
 import os
 import statistics
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -51,7 +53,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchlib import rate, write_results
+from benchlib import count, rate, write_results
 from chute.datamodules import ImageFolderDataModule
 from chute.datasets import PhotoFolder
 from chute.transforms import create_transforms
@@ -59,9 +61,20 @@ from chute.transforms import create_transforms
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
-def measure(loader: Iterable[Any], epochs: int, hook: Callable[[Any], Any] | None = None) -> float:
+def measure(loader: Iterable[Any], epochs: int, hook: Callable[[Any], Any] | None = None, span: float = 2.0) -> float:
+    """Median over ``epochs`` rounds of images/s, each round whole passes for at least ``span`` seconds.
+
+    One pass of the precomputed paths takes 0.1-0.4 s here, too short to time alone (single passes
+    of the same loader read 4,000-33,000 img/s), so each round times passes back to back, with the
+    epoch boundaries a training run has."""
     rate(loader, hook)  # warm-up epoch: worker start-up, page cache, cache build
-    return statistics.median(rate(loader, hook) for _ in range(epochs))
+    rounds = []
+    for _ in range(epochs):
+        start, images = time.perf_counter(), 0.0
+        while (elapsed := time.perf_counter() - start) < span:
+            images += count(loader, hook)
+        rounds.append(images / elapsed)
+    return statistics.median(rounds)
 
 
 def baseline_loader(root: Path, workers: int, batch_size: int, pin_memory: bool = False) -> DataLoader[Any]:
@@ -125,7 +138,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("data/photos"))
     parser.add_argument("--workers", type=int, nargs="+", default=[2])
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="timed rounds (median); each at least --span s")
+    parser.add_argument("--span", type=float, default=2.0, help="seconds of whole passes per timed round")
     parser.add_argument(
         "--cases",
         nargs="+",
@@ -164,15 +178,15 @@ def main() -> None:
                 loader = made.train_dataloader() if is_dm else made
                 os.sync()  # a just-built cache is still being written back to disk; don't time that
                 row: dict[str, Any] = {"label": f"{label}\n{workers} workers", "case": label, "num_workers": workers}
-                row["loader_img_per_s"] = round(measure(loader, args.epochs))
+                row["loader_img_per_s"] = round(measure(loader, args.epochs, span=args.span))
                 if is_dm:
                     del loader  # its workers go before the CPU-trainer loader starts its own
                     loader, hook = on_trainer(made, device)
-                    row["model_img_per_s"] = round(measure(loader, args.epochs, hook))
+                    row["model_img_per_s"] = round(measure(loader, args.epochs, hook, args.span))
                 elif device.type == "cpu":
                     row["model_img_per_s"] = row["loader_img_per_s"]  # already normalized floats, in place
                 else:
-                    row["model_img_per_s"] = round(measure(loader, args.epochs, to_device(device)))
+                    row["model_img_per_s"] = round(measure(loader, args.epochs, to_device(device), args.span))
                 rows.append(row)
                 print(f"  measured: {label}, {workers} workers: model receives {row['model_img_per_s']:,} img/s, "
                       f"loader only {row['loader_img_per_s']:,} img/s", flush=True)  # fmt: skip

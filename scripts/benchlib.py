@@ -25,19 +25,25 @@ def machine() -> dict[str, Any]:
     }
 
 
-def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> float:
-    """Samples per second of one pass over ``loader``, each batch through ``hook`` first (if given).
+def count(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> int:
+    """Samples of one pass over ``loader``, each batch through ``hook`` first (if given).
 
-    Counts ``len(batch[0])`` per batch; with CUDA in use, the clock stops after the device is done.
+    Counts ``len(batch[0])`` per batch; with CUDA in use, returns after the device is done.
     """
-    start, samples = time.perf_counter(), 0
+    samples = 0
     for batch in loader:
         if hook is not None:
             batch = hook(batch)
         samples += len(batch[0])
     if torch.cuda.is_initialized():
         torch.cuda.synchronize()  # the last copies and hooks are done when the clock stops
-    return samples / (time.perf_counter() - start)
+    return samples
+
+
+def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> float:
+    """Samples per second of one pass over ``loader`` (see :func:`count`)."""
+    start = time.perf_counter()
+    return count(loader, hook) / (time.perf_counter() - start)
 
 
 def write_results(stem: Path, args: dict[str, Any], rows: list[dict[str, Any]], value: str, title: str) -> None:

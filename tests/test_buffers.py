@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
+import numpy as np
+import pytest
 import torch
 
+from chute.loader import LoaderSettings, buffers, build_loader
 from chute.loader.buffers import batch_buffer
 
 
@@ -36,3 +41,112 @@ def _in_worker(_: int) -> bool:
 def test_in_a_worker_process_the_buffer_is_shared_memory() -> None:
     loader = torch.utils.data.DataLoader(range(2), batch_size=None, num_workers=1, collate_fn=_in_worker)
     assert list(loader) == [True, True]
+
+
+# -- Worker processes started by chute's loader: the batch arena (issue 25) ----------------------
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Batches written into batch buffers: each value says which sample it is, in three layouts and
+    dtypes, with an intermediate buffer that is dropped in the worker (never sent)."""
+
+    def __init__(self, size: int = 96) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        n = len(indices)
+        scratch = batch_buffer((n, 64, 64), torch.uint8)  # a stage's output, not sent
+        scratch.fill_(7)
+        values = torch.tensor(indices, dtype=torch.float32)
+        images = batch_buffer((n, 16, 16, 3), torch.float32)
+        images.copy_(values.view(n, 1, 1, 1).expand_as(images))
+        low = batch_buffer((n, 5), torch.bfloat16)
+        low.copy_(values.view(n, 1).expand_as(low))
+        # a channels-last view and a slice of a buffer travel as views of their slot
+        return images.permute(0, 3, 1, 2), low[:, 1:4], torch.tensor(indices)
+
+
+def _expected(batch: tuple[torch.Tensor, ...]) -> None:
+    images, low, index = batch
+    values = index.to(torch.float32)
+    assert images.shape == (len(index), 3, 16, 16)
+    assert images.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(images, values.view(-1, 1, 1, 1).expand_as(images))
+    assert low.dtype == torch.bfloat16
+    assert low.shape == (len(index), 3)
+    torch.testing.assert_close(low.float(), values.view(-1, 1).expand(-1, 3))
+
+
+def _loader(workers: int = 2, **settings: object) -> torch.utils.data.DataLoader:
+    chosen = LoaderSettings(batch_size=8, num_workers=workers, **settings)  # type: ignore[arg-type]
+    return build_loader(_Batches(), chosen, train=True, seed=0, collate_fn=_as_is)
+
+
+def _as_is(batch: object) -> object:
+    return batch
+
+
+def _arena_rows(before: set[int]) -> np.ndarray:
+    """The slot table of the one arena made since ``before`` (the arenas' tokens then)."""
+    (token,) = set(buffers._ARENAS) - before
+    return buffers._ARENAS[token].table.copy()
+
+
+_SENT, _CAPACITY, _SENDS = 2, 1, 3
+
+
+def test_worker_batches_arrive_from_reused_shared_slots() -> None:
+    """Batches come back right, epoch after epoch, while each worker writes them into a handful of
+    slots it reuses (the intermediate buffer too), instead of new shared memory each batch."""
+    before = set(buffers._ARENAS)
+    loader = _loader()
+    for _ in range(3):
+        for batch in loader:
+            _expected(batch)
+    rows = _arena_rows(before)
+    made = rows[:, :, _CAPACITY] > 0
+    assert made.sum(axis=1).max() <= 8  # a few slots per worker, not three per batch (18 batches each)
+    assert rows[:, :, _SENDS][made].max() > 3  # reused
+    del loader
+
+
+def test_a_batch_still_held_is_never_written_again() -> None:
+    """Holding every batch of two epochs (more than a worker's slots) leaves each unchanged: a held
+    slot is not reused, and a worker out of slots falls back to torch's shared memory."""
+    before = set(buffers._ARENAS)
+    loader = _loader()
+    held = [batch for _ in range(2) for batch in loader]
+    assert len(held) == 24
+    for batch in held:
+        _expected(batch)
+    assert (_arena_rows(before)[:, :, 2] == _SENT).sum() > 0
+    del held
+    assert (_arena_rows(before)[:, :, 2] == _SENT).sum() == 0  # each sent slot free again once dropped
+    del loader
+
+
+def test_the_arena_goes_with_the_workers() -> None:
+    """Workers that end with each epoch take their arena with them (a new one for the next)."""
+    before = set(buffers._ARENAS)
+    loader = _loader(persistent_workers=False)
+    for _ in range(2):
+        for batch in loader:
+            _expected(batch)
+    del loader, batch
+    gc.collect()
+    assert set(buffers._ARENAS) <= before
+
+
+@pytest.mark.parametrize("context", ["spawn", "forkserver"])
+def test_spawned_workers_use_torchs_shared_memory(context: str) -> None:
+    """Workers that are not forked cannot inherit the arena: batches travel as torch sends them."""
+    before = set(buffers._ARENAS)
+    loader = _loader(multiprocessing_context=context)
+    batches = list(loader)
+    assert len(batches) == 12
+    for batch in batches:
+        _expected(batch)
+    assert set(buffers._ARENAS) <= before

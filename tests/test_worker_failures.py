@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import time
@@ -58,8 +59,26 @@ def test_a_dead_worker_names_itself_and_the_sample(how: str) -> None:
 
 
 def test_a_worker_dying_in_a_batch_gather_names_the_batch() -> None:
-    with pytest.raises(WorkerDiedError, match=r"Worker 0 \(pid \d+\) was loading 4 samples \[8, 9, 10, 11\]"):
+    with pytest.raises(
+        WorkerDiedError, match=r"Worker 0 \(pid \d+\) was killed by SIGKILL while loading 4 samples \[8, 9, 10, 11\]"
+    ):
         for _ in loader(Dies(fatal=9, how="kill", gather=True)):
+            pass
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bool) -> None:
+    """A death while the training thread is elsewhere (here: sleeping, as in a model's step) does
+    not raise torch's raw error there, from its signal handler; the next batch names it."""
+    settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=persistent)
+    batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
+    iterator = iter(batches)
+    next(iterator)
+    worker = multiprocessing.active_children()[0]  # one of this loader's two workers
+    os.kill(worker.pid, signal.SIGKILL)
+    time.sleep(1.0)  # the signal arrives here; nothing may be raised in this "step"
+    with pytest.raises(WorkerDiedError, match=rf"\(pid {worker.pid}\) was killed by SIGKILL"):
+        for _ in iterator:
             pass
 
 

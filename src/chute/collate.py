@@ -25,16 +25,17 @@ def collate_images(batch: list[Any] | tuple[Any, ...]) -> Any:
     """
     if isinstance(batch, tuple):
         return batch
-    try:
-        return default_collate(batch)
-    except RuntimeError as err:
-        if "stack expects each tensor to be equal size" not in str(err):
-            raise
-        shapes = sorted({tuple(s[0].shape) for s in batch if isinstance(s[0], torch.Tensor)})
+    # Checked first: in a worker process torch stacks into shared memory sized from the first
+    # image, and a larger one fails there with "Trying to resize storage that is not resizable".
+    shapes = sorted(
+        {tuple(s[0].shape) for s in batch if isinstance(s, tuple | list) and isinstance(s[0], torch.Tensor)}
+    )
+    if len(shapes) > 1:
         raise DataError(
             f"Images in one batch have different shapes {shapes[:4]}: give the DataModule transforms that "
             "resize to a fixed size, e.g. create_transforms(image_size=224)."
-        ) from err
+        )
+    return default_collate(batch)
 
 
 def collate_nested(batch: Sequence[Any], pad_value: int | float = 0) -> Any:

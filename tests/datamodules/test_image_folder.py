@@ -179,11 +179,16 @@ def test_mean_std_must_match_channels(tmp_path: Path) -> None:
         ImageFolderDataModule(tmp_path, image_mode="L", mean=[0.5, 0.5, 0.5], std=[0.2])
 
 
+@pytest.mark.parametrize("larger_first", [False, True])
 @pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("torch", 2), ("threads", 2)])
-def test_mismatched_sizes_without_resize_are_explained(tmp_path: Path, backend: str, workers: int) -> None:
-    """The same explanation whatever loads the batch: in a worker process it is not a worker death."""
-    write_image(tmp_path / "a" / "0.png", size=(10, 10))
-    write_image(tmp_path / "a" / "1.png", size=(12, 10))
+def test_mismatched_sizes_without_resize_are_explained(
+    tmp_path: Path, backend: str, workers: int, larger_first: bool
+) -> None:
+    """The same explanation whatever loads the batch: in a worker process it is not a worker death,
+    nor torch's "Trying to resize storage that is not resizable" (a larger image after a smaller)."""
+    small, large = (10, 10), (12, 10)
+    write_image(tmp_path / "a" / "0.png", size=large if larger_first else small)
+    write_image(tmp_path / "a" / "1.png", size=small if larger_first else large)
     write_image(tmp_path / "b" / "0.png", size=(10, 10))
     loader = LoaderSettings(batch_size=3, shuffle=False, num_workers=workers, backend=backend)
     # A pipeline of one's own that does not resize (the default transforms would).

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from chute.errors import ConfigError, DataError
 from chute.loader import SharedEpoch, sample_seed, seeded_call
+from chute.loader.buffers import batch_buffer
 from chute.paths import inside
 
 Store = Literal["memory", "disk"]
@@ -95,17 +96,37 @@ def _as_read(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
 
 
+def _gather(array: np.ndarray, index: np.ndarray) -> torch.Tensor:
+    """``array[index]`` as a tensor: images into a reused batch buffer (in a worker, shared memory
+    the main process reads without a copy), small fields (labels) as NumPy gathers them.
+
+    NumPy's own gather allocates each batch afresh (tens of MB, which it asks the kernel to back
+    with huge pages): 11 ms a batch of 64 photos at 256 px on the 2-core machine, against ~1 ms
+    into a buffer already mapped."""
+    if array.ndim < 2 or array[0].nbytes < 4096:
+        return torch.from_numpy(np.asarray(array[index]))
+    if len(index) and (index.min() < 0 or index.max() >= len(array)):
+        raise IndexError(f"sample index out of range 0..{len(array) - 1}: {index.min()}..{index.max()}")
+    out = batch_buffer((len(index), *array.shape[1:]), torch.from_numpy(np.empty(0, array.dtype)).dtype)
+    # mode="clip" (the indices are checked above): with "raise", NumPy gathers through a temporary
+    # buffer when given ``out`` (2.9 ms a batch against 0.9 here).
+    np.take(array, index, axis=0, out=out.numpy(), mode="clip")
+    return out
+
+
 def _rebuild(template: Any, values: Iterable[Any]) -> Any:
-    it = iter(values)
+    """``template``'s nesting (dicts, tuples, lists) with its leaves, in order, taken from ``values``."""
+    return _fill_in(template, iter(values))
 
-    def build(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: build(v) for k, v in node.items()}
-        if isinstance(node, tuple | list):
-            return type(node)(build(v) for v in node)
-        return next(it)
 
-    return build(template)
+def _fill_in(node: Any, leaves: Iterator[Any]) -> Any:
+    # A module-level function: a nested recursive one would be a reference cycle holding ``leaves``
+    # (the batch's tensors) until the garbage collector ran, keeping every gathered batch buffer busy.
+    if isinstance(node, dict):
+        return {k: _fill_in(v, leaves) for k, v in node.items()}
+    if isinstance(node, tuple | list):
+        return type(node)(_fill_in(v, leaves) for v in node)
+    return next(leaves)
 
 
 def _as_array(value: Any, where: str) -> np.ndarray:
@@ -216,10 +237,7 @@ class CachedDataset(Dataset[Any]):
         # parallel; torch's index_select would start intra-op threads of its own in each of them.
         return _rebuild(
             self.template,
-            [
-                _as_read(torch.from_numpy(np.asarray(a[index])), last)
-                for a, last in zip(self.arrays, self.layouts, strict=True)
-            ],
+            [_as_read(_gather(a, index), last) for a, last in zip(self.arrays, self.layouts, strict=True)],
         )
 
     def reseed(self, seed: int) -> None:

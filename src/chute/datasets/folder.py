@@ -88,8 +88,9 @@ def scan_folder(
         )
     paths: list[str] = []
     targets: list[int] = []
+    walk = _Walk(root, extensions)
     for label, name in enumerate(found):
-        files = _files_under(os.path.join(root, name), extensions)
+        files = walk.files(os.path.join(root, name))
         if not files:
             raise DataError(
                 f"Class folder '{os.path.join(root, name)}' contains no {what} "
@@ -97,22 +98,88 @@ def scan_folder(
             )
         paths.extend(os.path.join(name, f) for f in files)
         targets.extend([label] * len(files))
+    walk.check()
     # os.fsencode: the file system's own bytes, also for a name that is not valid UTF-8 (Python keeps
     # such bytes as surrogates; os.fsdecode in ``path`` turns them back, so the file still opens).
     encoded = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
     return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
 
 
-def _files_under(folder: str, extensions: tuple[str, ...]) -> list[str]:
-    """Files below ``folder`` (recursively) ending in one of ``extensions``, as sorted relative paths."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, folder)
-        for name in filenames:
-            if name.lower().endswith(extensions) and not name.startswith("."):
-                out.append(name if rel == "." else os.path.join(rel, name))
-    return sorted(out)
+class _Walk:
+    """The files below a split's class folders, each reached by exactly one path.
+
+    Links are followed (a class folder, or a folder inside one, may be a link to data stored
+    elsewhere), but a link that would index a file twice is an error naming it: a link to a folder
+    already walked or holding one (``zz -> .`` in a split folder would make a class ``zz`` of every
+    image, each under a wrong label; ``cats/again -> ..`` would never end), two links to one file,
+    or a link to a file that is also indexed where it lies. Only links cost a system call: a tree
+    without any is walked as before.
+    """
+
+    def __init__(self, root: str, extensions: tuple[str, ...]) -> None:
+        self.extensions = extensions
+        self.walked: list[tuple[str, str]] = [(os.path.realpath(root), root)]  # (real folder, path to it)
+        self.linked: dict[str, str] = {}  # real file -> the link that reached it
+
+    def files(self, folder: str) -> list[str]:
+        """Files below ``folder`` (recursively) with one of the extensions, as sorted relative paths."""
+        if os.path.islink(folder):
+            self._enter(folder)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            kept = []
+            for name in sorted(dirnames):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    self._enter(path)
+                kept.append(name)
+            dirnames[:] = kept
+            rel = os.path.relpath(dirpath, folder)
+            for name in filenames:
+                if self._counts(name):
+                    path = os.path.join(dirpath, name)
+                    if os.path.islink(path):
+                        self._link(path)
+                    out.append(name if rel == "." else os.path.join(rel, name))
+        return sorted(out)
+
+    def _counts(self, name: str) -> bool:
+        return name.lower().endswith(self.extensions) and not name.startswith(".")
+
+    def _enter(self, link: str) -> None:
+        real = os.path.realpath(link)
+        for walked, path in self.walked:
+            if real == walked or real.startswith(walked + os.sep) or walked.startswith(real + os.sep):
+                raise DataError(
+                    f"'{link}' is a link to '{real}', which overlaps '{path}', a folder indexed already: its "
+                    "files would be indexed twice (under two labels, or without end). Remove the link, or "
+                    "point it at data that is not in the tree."
+                )
+        self.walked.append((real, link))
+
+    def _link(self, link: str) -> None:
+        real = os.path.realpath(link)
+        if real in self.linked:
+            raise DataError(
+                f"'{link}' and '{self.linked[real]}' are links to the same file '{real}': it would be "
+                "indexed twice. Keep one."
+            )
+        self.linked[real] = link
+
+    def check(self) -> None:
+        """After the walk: no linked file lies in a folder that was walked (it is indexed there too)."""
+        for real, link in self.linked.items():
+            for walked, path in self.walked:
+                parts = os.path.relpath(real, walked).split(os.sep)
+                indexed = self._counts(parts[-1]) and not any(p.startswith(".") for p in parts)
+                if real.startswith(walked + os.sep) and indexed:
+                    shown = os.path.join(path, *parts)
+                    raise DataError(
+                        f"'{link}' is a link to '{real}', which is indexed as '{shown}' too: each file "
+                        "must appear once. Remove the link."
+                    )
 
 
 def discover_splits(

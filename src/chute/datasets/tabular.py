@@ -96,7 +96,7 @@ def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list
             return list(pq.read_schema(path).names)
         import pyarrow.csv as pacsv
 
-        check_encoding(encoding)
+        check_encoding(encoding, path)
         delimiter = "\t" if name.endswith(".tsv") else ","
         options = pacsv.ReadOptions(encoding=encoding)
         reader = pacsv.open_csv(path, read_options=options, parse_options=pacsv.ParseOptions(delimiter=delimiter))
@@ -105,13 +105,49 @@ def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list
         raise DataError(f"Cannot read the header of table '{path}': {err}") from None
 
 
-def check_encoding(encoding: str) -> None:
-    """Raise a :class:`ConfigError` naming ``encoding`` unless Python knows it."""
+def check_encoding(encoding: str, path: str | None = None) -> None:
+    """Raise a :class:`ConfigError` naming ``encoding`` unless Python knows it; with ``path``, a
+    :class:`DataError` when the file's first bytes say it is in a wider encoding than ``encoding``
+    reads (UTF-16 or UTF-32, with or without a byte-order mark: read byte by byte, every other
+    character would be a NUL and no row would have the header's fields)."""
     try:
-        codecs.lookup(encoding)
+        name = codecs.lookup(encoding).name
     except LookupError:
         reason = "is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)"
         raise ConfigError("encoding", encoding, reason) from None
+    if path is None or name.startswith(("utf-16", "utf-32")):
+        return
+    wide = _wide_encoding(path)
+    if wide is not None:
+        raise DataError(
+            f"'{path}' looks like {wide} text, but it is read as {encoding!r} (data.encoding). "
+            f"Set data.encoding={wide.lower()}, or save the file as UTF-8."
+        )
+
+
+def _wide_encoding(path: str) -> str | None:
+    """``UTF-16``/``UTF-32`` when the start of ``path`` (gzipped or not) is text in that encoding."""
+    import gzip
+
+    opener: Any = gzip.open if path.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None  # the reader's own error says what is wrong with the file
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    pairs = len(head) // 2
+    if pairs >= 8 and b"\0" in head:
+        # Without a mark: ASCII text in UTF-16 has a NUL in one byte of nearly every pair (in UTF-32,
+        # three of every four bytes). Text in a one-byte encoding has none.
+        if head.count(0) >= 0.7 * 0.75 * len(head):
+            return "UTF-32"
+        if max(head[0::2].count(0), head[1::2].count(0)) >= 0.7 * pairs:
+            return "UTF-16"
+    return None
 
 
 def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8") -> tuple[pa.Table, list[int]]:
@@ -128,7 +164,7 @@ def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8
         invalid.append(row)
         return "skip" if bad.skipping else "error"
 
-    check_encoding(encoding)
+    check_encoding(encoding, path)
     block = _BLOCK
 
     def read(threads: bool) -> pa.Table:

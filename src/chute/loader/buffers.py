@@ -4,17 +4,36 @@ A batch of 64 normalized 224 px images is 38 MB. Allocated afresh, its pages are
 zeroed by the kernel on first touch (thousands of page faults per batch) and given back when the
 model drops it; on 2 cores that cost as much as normalizing. :func:`batch_buffer` gives:
 
-- in a DataLoader worker process, a tensor in shared memory, which the trip to the main process
-  then moves without copying (what ``default_collate`` does for its own outputs);
+- in a DataLoader worker process started by chute's loader, a slot of the worker set's
+  :class:`BatchArena`: shared memory the main process mapped before it forked the workers, so a
+  batch travels as a few numbers (which slot, shape, strides) and is neither copied, nor mapped
+  again, nor faulted in anew on either side; the slot is written again only after the main
+  process has dropped every tensor made from it;
+- in any other worker process (spawned, or no slot left), a tensor in torch's shared memory,
+  which the trip to the main process then moves without copying (what ``default_collate`` does);
 - elsewhere (loader threads, the main process), a buffer from a small per-thread pool: one whose
   last batch nobody holds any more (every view of a tensor made from a NumPy array keeps that
   array alive, so its reference count says so), else a new one, kept while the pool has room.
+
+On the 2-core machine a worker normalizing 64 photos into a fresh shared-memory tensor took 16 ms
+for the 2.7 ms of the table lookup itself; ``docs/benchmarks.md`` ("Batches between processes")
+has the end-to-end figures; ``CHUTE_BATCH_ARENA=off`` turns the arena off, to measure it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import math
+import mmap
+import multiprocessing
+import os
 import sys
 import threading
+import weakref
+from collections.abc import Iterator
+from multiprocessing.reduction import ForkingPickler
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,18 +44,228 @@ _KEEP = 4  # buffers kept per (shape, dtype) and thread: the prefetch depth plus
 
 def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """An uninitialised C-contiguous tensor of ``shape`` for a batch being made (see the module)."""
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
     if torch.utils.data.get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(int(np.prod(shape)) * np_dtype.itemsize)
+        slot = _WORKER_SLOTS.take(nbytes) if _WORKER_SLOTS is not None else None
+        if slot is not None:
+            return slot.view(dtype).view(shape)
+        storage = torch.UntypedStorage._new_shared(nbytes)
         return torch.empty(0, dtype=dtype).set_(storage).view(shape)
-    pools: dict[tuple[tuple[int, ...], np.dtype], list[np.ndarray]] = _POOL.__dict__.setdefault("pools", {})
-    pool = pools.setdefault((tuple(shape), np_dtype), [])
+    pools: dict[tuple[tuple[int, ...], torch.dtype], list[np.ndarray]] = _POOL.__dict__.setdefault("pools", {})
+    pool = pools.setdefault((tuple(shape), dtype), [])
     for array in pool:
         # References: the pool's list, this loop's name and getrefcount's argument. Any more means a
         # tensor (or a view of one) made from it is still alive somewhere.
         if sys.getrefcount(array) == 3:
-            return torch.from_numpy(array)
-    array = np.empty(shape, dtype=np_dtype)
+            return torch.from_numpy(array)[:nbytes].view(dtype).view(shape)
+    array = np.empty(max(nbytes, 1), dtype=np.uint8)  # bytes: any dtype, NumPy's or not (bfloat16)
     if len(pool) < _KEEP:
         pool.append(array)
-    return torch.from_numpy(array)
+    return torch.from_numpy(array)[:nbytes].view(dtype).view(shape)
+
+
+# -- Worker processes: one shared arena per worker set -------------------------------------------
+
+ENV = "CHUTE_BATCH_ARENA"  # "off": worker batches in torch's shared memory, as before (to measure)
+_PAGE = mmap.PAGESIZE
+_MAP_NORESERVE = 0x4000  # Linux: address space only; pages are given when first written
+_FREE, _BUSY, _SENT = 0, 1, 2  # a slot: free; the worker's; sent, the main process's
+_OFFSET, _CAPACITY, _STATE, _SENDS = range(4)  # columns of the slot table
+
+
+class BatchArena:
+    """Shared memory for the batches of one set of forked worker processes.
+
+    Made by the main process just before it forks the workers (``fork`` start method only: the
+    children inherit the mapping; a spawned worker gets none and uses torch's shared memory). Each
+    worker owns ``per_worker`` bytes of address space (reserved, not allocated: pages exist once
+    written) cut into at most ``slots`` buffers, sized by the batches it makes and reused, and a
+    row of the slot table ``(offset, capacity, state, sends)``. A worker marks a slot busy when it
+    takes it; the main process marks it free when the last tensor made from it is gone.
+
+    Args:
+        workers: Worker processes of the set.
+        per_worker: Address space per worker, bytes.
+        slots: Buffers per worker at most; a worker with none free falls back to torch's shared memory.
+    """
+
+    _tokens = itertools.count()
+
+    def __init__(self, workers: int, per_worker: int = 1 << 31, slots: int = 12) -> None:
+        self.workers, self.slots = int(workers), int(slots)
+        self.per_worker = int(per_worker) // _PAGE * _PAGE
+        table_bytes = -(-self.workers * self.slots * 4 * 8 // _PAGE) * _PAGE
+        self.base = table_bytes
+        self.size = table_bytes + self.workers * self.per_worker
+        self.map = mmap.mmap(-1, self.size, flags=mmap.MAP_SHARED | _MAP_NORESERVE)
+        self.table = np.frombuffer(self.map, dtype=np.int64, count=self.workers * self.slots * 4).reshape(
+            self.workers, self.slots, 4
+        )
+        self.token = next(self._tokens)
+        self._received: weakref.WeakValueDictionary[tuple[int, int, int], np.ndarray] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_workers(cls, workers: int, context: Any) -> BatchArena | None:
+        """An arena for ``workers`` forked workers, or ``None`` where it cannot serve (not forked,
+        or the address space refused)."""
+        chosen = context if context is not None else multiprocessing.get_context()
+        method = chosen if isinstance(chosen, str) else chosen.get_start_method()
+        off = os.environ.get(ENV, "on").strip().lower() in ("off", "0", "false", "no")
+        if workers <= 0 or method != "fork" or sys.platform != "linux" or off:
+            return None
+        try:
+            return cls(workers)
+        except (OSError, ValueError):  # e.g. strict overcommit refusing the reservation
+            return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        raise TypeError("a BatchArena is inherited by forked workers, not pickled")
+
+    @contextlib.contextmanager
+    def forking(self) -> Iterator[None]:
+        """Around the fork of this arena's workers, in the main process: from here on this process
+        rebuilds the workers' batches (a pin-memory thread may receive one before the fork returns);
+        after it, no later fork inherits the arena (another loader's workers would keep its pages)."""
+        _ARENAS[self.token] = self
+        try:
+            yield
+        except BaseException:
+            self.retire()
+            raise
+        if hasattr(mmap, "MADV_DONTFORK"):
+            self.map.madvise(mmap.MADV_DONTFORK)
+
+    def retire(self) -> None:
+        """The workers are gone: forget the arena (tensors made from it keep its memory mapped)."""
+        _ARENAS.pop(self.token, None)
+
+    # -- In a worker --------------------------------------------------------------------------------
+
+    def install(self, worker: int) -> None:
+        """Make this arena's row ``worker`` the buffers of :func:`batch_buffer` in this process, and
+        send its tensors as slot numbers (called in the worker, by ``WorkerInit``)."""
+        global _WORKER_SLOTS
+        _WORKER_SLOTS = _WorkerSlots(self, worker)
+        ForkingPickler.register(torch.Tensor, _reduce_tensor)
+
+    # -- In the main process ------------------------------------------------------------------------
+
+    def rebuild(
+        self, worker: int, slot: int, sends: int, dtype: torch.dtype, size: Any, stride: Any, offset: int
+    ) -> torch.Tensor:
+        """The tensor a worker sent from ``slot``; the slot is freed when every tensor made from this
+        sending is gone."""
+        row = self.table[worker, slot]
+        key = (worker, slot, sends)
+        with self._lock:
+            holder = self._received.get(key)
+            if holder is None:
+                start = self.base + worker * self.per_worker + int(row[_OFFSET])
+                holder = np.frombuffer(self.map, dtype=np.uint8, count=int(row[_CAPACITY]), offset=start)
+                self._received[key] = holder
+                weakref.finalize(holder, _free, self.table, worker, slot, sends)
+        return torch.from_numpy(holder).view(dtype).as_strided(size, stride, offset)
+
+
+def _free(table: np.ndarray, worker: int, slot: int, sends: int) -> None:
+    """In the main process: the last tensor made from a sent slot is gone."""
+    if table[worker, slot, _SENDS] == sends:  # not taken again since (it cannot be while held)
+        table[worker, slot, _STATE] = _FREE
+
+
+def _unsent(table: np.ndarray, worker: int, slot: int, sends: int) -> None:
+    """In the worker: the last tensor made from a slot is gone; free it unless it was sent."""
+    if table[worker, slot, _SENDS] == sends and table[worker, slot, _STATE] == _BUSY:
+        table[worker, slot, _STATE] = _FREE
+
+
+class _WorkerSlots:
+    """One worker's row of a :class:`BatchArena`."""
+
+    def __init__(self, arena: BatchArena, worker: int) -> None:
+        self.arena, self.worker = arena, worker
+        self.row = arena.table[worker]
+        self.start = arena.base + worker * arena.per_worker
+        self.low = np.frombuffer(arena.map, dtype=np.uint8, count=1, offset=self.start).ctypes.data
+
+    def take(self, nbytes: int) -> torch.Tensor | None:
+        """A free slot of at least ``nbytes`` (the smallest), or a new one; ``None`` when out of room."""
+        if nbytes <= 0:
+            return None
+        row, best = self.row, -1
+        for k in range(self.arena.slots):
+            capacity = int(row[k, _CAPACITY])
+            if capacity == 0:  # slots are made in order: none after this one
+                break
+            if row[k, _STATE] == _FREE and capacity >= nbytes and (best < 0 or capacity < row[best, _CAPACITY]):
+                best = k
+        if best < 0:
+            made = int(np.count_nonzero(row[:, _CAPACITY]))
+            end = int((row[:made, _OFFSET] + row[:made, _CAPACITY]).max()) if made else 0
+            capacity = -(-nbytes // _PAGE) * _PAGE
+            if made == self.arena.slots or end + capacity > self.arena.per_worker:
+                return None
+            best = made
+            row[best, _OFFSET], row[best, _CAPACITY] = end, capacity
+        row[best, _STATE] = _BUSY
+        row[best, _SENDS] += 1
+        offset = int(row[best, _OFFSET])
+        # The worker's own hold on the slot: a batch made in it but not sent (an intermediate stage,
+        # e.g. the uint8 crops a CPU trainer's batch is normalized from) frees it when dropped here.
+        holder = np.frombuffer(self.arena.map, dtype=np.uint8, count=nbytes, offset=self.start + offset)
+        weakref.finalize(holder, _unsent, self.arena.table, self.worker, best, int(row[best, _SENDS]))
+        return torch.from_numpy(holder)
+
+    def slot_of(self, tensor: torch.Tensor) -> tuple[int, int] | None:
+        """``(slot, byte offset of the tensor's first element in it)`` when the whole tensor lies in
+        one of this row's slots."""
+        at = tensor.data_ptr() - self.low
+        if not 0 <= at < self.arena.per_worker or tensor.numel() == 0:
+            return None
+        extent = tensor.element_size() * (
+            1 + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.stride(), strict=True))
+        )
+        for k in range(self.arena.slots):
+            start, capacity = int(self.row[k, _OFFSET]), int(self.row[k, _CAPACITY])
+            if capacity and start <= at and at + extent <= start + capacity:
+                return k, at - start
+        return None
+
+
+_WORKER_SLOTS: _WorkerSlots | None = None
+_ARENAS: dict[int, BatchArena] = {}
+
+
+def _reduce_tensor(tensor: torch.Tensor) -> Any:
+    """How a worker pickles a tensor for the main process: a slot's tensor as its slot and layout,
+    any other as torch does (through its own shared memory)."""
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    slots = _WORKER_SLOTS
+    if slots is None or type(tensor) is not torch.Tensor or tensor.requires_grad:
+        return reduce_tensor(tensor)
+    found = slots.slot_of(tensor)
+    if found is None:
+        return reduce_tensor(tensor)
+    slot, at = found
+    itemsize = tensor.element_size()
+    if at % itemsize:
+        return reduce_tensor(tensor)
+    sends = int(slots.row[slot, _SENDS])
+    slots.row[slot, _STATE] = _SENT  # from now on the main process frees it
+    offset = at // itemsize  # of the first element, in elements from the slot's start
+    args = (slots.arena.token, slots.worker, slot, sends, tensor.dtype, tuple(tensor.size()), tensor.stride(), offset)
+    return _rebuild, args
+
+
+def _rebuild(
+    token: int, worker: int, slot: int, sends: int, dtype: torch.dtype, size: Any, stride: Any, offset: int
+) -> torch.Tensor:
+    arena = _ARENAS.get(token)
+    if arena is None:
+        raise RuntimeError(
+            "a batch arrived from a loader worker whose shared batch memory is gone (the loader that "
+            "forked it was shut down); this is a bug in chute, please report it"
+        )
+    return arena.rebuild(worker, slot, sends, dtype, size, stride, offset)

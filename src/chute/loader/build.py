@@ -22,19 +22,20 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
 
 from __future__ import annotations
 
-import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
+from chute.loader.buffers import BatchArena
 from chute.loader.distributed import current_rank
 from chute.loader.seeding import derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import DeviceCopy, DeviceFeed, ThreadedLoader
 from chute.loader.worker_init import WorkerInit, forking_workers
-from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, name_samples
+from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, hold_worker_deaths, name_samples
 
 
 class BatchFetch(Dataset[Any]):
@@ -211,13 +212,35 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
 
     def _batches(self) -> Iterator[Any]:
         forks = self.num_workers > 0 and (self._iterator is None or not self.persistent_workers)
-        with forking_workers() if forks else contextlib.nullcontext():
-            iterator: Any = DataLoader.__iter__(self)  # starts (forks) the workers, unless persistent ones run
+        if forks:
+            iterator: Any = self._fork_workers()
+        else:
+            iterator = DataLoader.__iter__(self)  # the persistent workers' next pass
         tracked = _tracked(self.dataset)
         if self.num_workers > 0 and tracked is not None:
             iterator = GuardedIterator(iterator, tracked)
         if self.feed is not None:
             return iter(DeviceFeed(iterator, self.feed))
+        return iterator
+
+    def _fork_workers(self) -> Any:
+        """``DataLoader.__iter__``, which starts the workers, with chute's preparations around the fork:
+        the parent's state (:func:`~chute.loader.worker_init.forking_workers`) and the shared memory the
+        workers make their batches in (:class:`~chute.loader.buffers.BatchArena`), kept while the
+        iterator that owns the workers lives."""
+        hold_worker_deaths()  # a worker's death surfaces on the next batch, named (GuardedIterator)
+        init = self.worker_init_fn if isinstance(self.worker_init_fn, WorkerInit) else None
+        arena = BatchArena.for_workers(self.num_workers, self.multiprocessing_context) if init is not None else None
+        if init is None or arena is None:
+            with forking_workers():
+                return DataLoader.__iter__(self)
+        init.arena = arena
+        try:
+            with forking_workers(), arena.forking():
+                iterator = DataLoader.__iter__(self)
+        finally:
+            init.arena = None  # the children have it; the next fork makes its own
+        weakref.finalize(iterator, arena.retire)
         return iterator
 
 

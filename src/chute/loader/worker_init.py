@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from chute.loader.buffers import BatchArena
 from chute.loader.seeding import WorkerSeeder
 
 ENV = "CHUTE_LIBRARY_THREADS"
@@ -120,8 +121,14 @@ class WorkerInit:
     def __init__(self, rank: int = 0, seed: bool = True, opencv: bool = True) -> None:
         self.seeder = WorkerSeeder(rank) if seed else None
         self.opencv = opencv
+        self.arena: BatchArena | None = None  # set by the loader around each fork of its workers
 
     def __call__(self, worker_id: int) -> None:
         limit_library_threads(opencv=self.opencv)
+        if self.arena is not None:
+            self.arena.install(worker_id)
         if self.seeder is not None:
             self.seeder(worker_id)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "arena": None}  # a spawned worker has no arena (see BatchArena)

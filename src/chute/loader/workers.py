@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -126,6 +128,7 @@ def name_samples(error: BaseException, dataset: Any, indices: Sequence[Any]) -> 
 # torch's messages for a worker that ended (killed by a signal, exited, crashed); an exception a
 # worker raised is re-raised as "Caught <type> in DataLoader worker process <n>" instead.
 _DEATH = re.compile(r"DataLoader worker \(pid")
+_HELD: list[str] = []  # the last deaths torch's SIGCHLD handler reported (see hold_worker_deaths)
 
 
 class WorkerDiedError(RuntimeError):
@@ -135,9 +138,14 @@ class WorkerDiedError(RuntimeError):
 class GuardedIterator:
     """A DataLoader iterator whose worker deaths name the worker and the samples it was loading.
 
-    torch notices a dead worker within seconds (``SIGCHLD`` and a liveness check on every queue
-    wait) and raises ``DataLoader worker (pid N) ...``; this adds which worker that was and what it
-    was loading (from the :class:`TrackedDataset`'s :class:`InFlight` table).
+    torch notices a dead worker through ``SIGCHLD`` and a liveness check on every queue wait (at
+    least every 5 s) and raises ``DataLoader worker (pid N) ...``. Raised from the signal handler,
+    that error could surface anywhere the training thread happened to be: between batches, in the
+    model's step, or in the middle of receiving another worker's batch (seen: an ``EOFError`` of a
+    shared-memory handover turned into torch's raw error). chute's loaders hold it back
+    (:func:`hold_worker_deaths`) so it surfaces here, on the next batch, where any error with a dead
+    worker becomes a :class:`WorkerDiedError` naming which worker that was, how it ended and what
+    it was loading (from the :class:`TrackedDataset`'s :class:`InFlight` table).
     """
 
     def __init__(self, iterator: Any, dataset: TrackedDataset) -> None:
@@ -150,27 +158,41 @@ class GuardedIterator:
         return len(self.iterator)
 
     def __next__(self) -> Any:
+        if _HELD and (dead := self._dead()):  # a death noted by the signal handler: say so at once
+            raise WorkerDiedError(self._explain(_HELD[-1], dead))
         try:
             return next(self.iterator)
-        except RuntimeError as err:
-            if not _DEATH.search(str(err)):
-                raise  # an error raised in the worker keeps its type and message (and names its samples)
-            raise WorkerDiedError(self._explain(str(err))) from err
+        except StopIteration:
+            raise
+        except Exception as err:
+            dead = self._dead()
+            if dead or (isinstance(err, RuntimeError) and _DEATH.search(str(err))):
+                raise WorkerDiedError(self._explain(str(err), dead)) from err
+            raise  # an error raised in the worker keeps its type and message (and names its samples)
 
-    def _explain(self, message: str) -> str:
-        pids = {int(p) for p in re.findall(r"\d+", message.split("pid", 1)[1])} if "pid" in message else set()
+    def _dead(self) -> list[int]:
+        """The workers that have ended with an error or a signal."""
         workers = getattr(self.iterator, "_workers", [])
-        dead = [w for w, process in enumerate(workers) if process.pid in pids] or list(range(len(workers)))
-        lines = [message.rstrip(".") + "."]
+        return [w for w, process in enumerate(workers) if not process.is_alive() and process.exitcode]
+
+    def _explain(self, message: str, dead: list[int]) -> str:
+        workers = getattr(self.iterator, "_workers", [])
+        if not dead:
+            pids = {int(p) for p in re.findall(r"\d+", message.split("pid", 1)[1])} if "pid" in message else set()
+            dead = [w for w, process in enumerate(workers) if process.pid in pids] or list(range(len(workers)))
+        lines = [message.rstrip(".") + "." if _DEATH.search(message) else "A DataLoader worker ended."]
         for w in dead:
+            process = workers[w] if w < len(workers) else None
+            pid = process.pid if process is not None else "?"
+            how = _ending(process.exitcode if process is not None else None)
             loading = self.dataset.in_flight.samples(w)
             if loading is None:
+                lines.append(f"Worker {w} (pid {pid}) {how}.")
                 continue
             head, count = loading
-            pid = workers[w].pid if w < len(workers) else "?"
             first = self.dataset.describe(head[0]) if count == 1 else ""
             where = f"sample {head[0]} ({first})" if count == 1 and first else f"{count} samples {head[:8]}"
-            lines.append(f"Worker {w} (pid {pid}) was loading {where}.")
+            lines.append(f"Worker {w} (pid {pid}) {how} while loading {where}.")
         lines.append(
             "A worker dies when it is killed (e.g. out of memory: fewer loader.num_workers or a smaller "
             "loader.batch_size) or crashes in native code (e.g. a decoder on a corrupt file)."
@@ -179,3 +201,46 @@ class GuardedIterator:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.iterator, name)
+
+
+def _ending(exitcode: int | None) -> str:
+    """How a worker process ended, from its exit code (negative: the signal)."""
+    if exitcode is None or exitcode == 0:
+        return "ended"
+    if exitcode < 0:
+        try:
+            return f"was killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"was killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+def hold_worker_deaths() -> None:
+    """In the main thread: make torch's ``SIGCHLD`` handler note a dead DataLoader worker instead of
+    raising wherever this thread happens to be; the death surfaces on the next batch instead
+    (torch's queue waits check the workers' liveness, and :class:`GuardedIterator` names it).
+
+    Installs torch's handler first (as its DataLoaders do, once per process) and wraps it; the
+    handler stays for the process, for every DataLoader in it. A no-op off the main thread and where
+    there is no ``SIGCHLD``.
+    """
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        return
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._set_SIGCHLD_handler()
+    current = signal.getsignal(signal.SIGCHLD)
+    if not callable(current) or getattr(current, "_chute_holds", False):
+        return
+
+    def held(signum: int, frame: Any) -> None:
+        try:
+            current(signum, frame)
+        except RuntimeError as err:
+            if not _DEATH.search(str(err)):
+                raise
+            del _HELD[:-7]
+            _HELD.append(str(err))
+
+    held._chute_holds = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGCHLD, held)
