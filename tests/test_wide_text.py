@@ -53,3 +53,13 @@ def test_one_byte_text_is_not_taken_for_a_wide_encoding(tmp_path: Path, codec: s
     path = tmp_path / "t.csv"
     path.write_bytes(ROWS.replace("xy", "éü").encode(codec))
     TabularDataModule(path, target="label", encoding=codec).setup("fit")
+
+
+@pytest.mark.parametrize(("separator", "named"), [(";", "';'"), ("\t", "'\\t'"), ("|", "'|'")])
+def test_a_csv_separated_otherwise_names_its_separator(tmp_path: Path, separator: str, named: str) -> None:
+    """European spreadsheets write ';': the header then reads as one column; say why, not only "not in"."""
+    path = tmp_path / "t.csv"
+    path.write_text(ROWS.replace(",", separator))
+    with pytest.raises(DataError) as err:
+        TabularDataModule(path, target="label").setup("fit")
+    assert_mentions(str(err.value), str(path), "'label'", f"separated by {named}", "comma-separated")

@@ -234,10 +234,16 @@ class Split:
 
     def column(self, name: str) -> pa.ChunkedArray:
         if self.table.schema.get_field_index(name) < 0:  # absent (repeated names are refused when read)
-            raise DataError(
-                f"Column {name!r} is not in '{self.source}'. Columns there: {self.table.column_names}. "
-                "Fix the column names in the data config (numeric, categorical, target, weight)."
-            )
+            names = self.table.column_names
+            hint = "Fix the column names in the data config (numeric, categorical, target, weight)."
+            other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+            if other and not self.source.lower().removesuffix(".gz").endswith(".parquet"):
+                hint = (
+                    f"The header is one column holding {other[0]!r}: the file seems to be separated by "
+                    f"{other[0]!r}, and a .csv file is read as comma-separated (.tsv as tab-separated). "
+                    "Save it comma-separated, or as .tsv if it uses tabs."
+                )
+            raise DataError(f"Column {name!r} is not in '{self.source}'. Columns there: {names}. {hint}")
         return self.table.column(name)
 
     def floats(self, name: str) -> np.ndarray:
