@@ -150,3 +150,36 @@ def test_names_with_spaces_are_shown_as_they_are(tmp_path: Path) -> None:
     with pytest.raises(DataError) as err:
         _fit(path)
     assert_mentions(str(err.value), "'label'", "' label '")
+
+
+def _jsonl(tmp_path: Path, data: bytes) -> Path:
+    root = tmp_path / "seq"
+    root.mkdir()
+    (root / "train.jsonl").write_bytes(data)
+    return root
+
+
+LINES = "".join(f'{{"tokens": [{i % 5 + 1}, {i % 3 + 1}], "label": {i % 2}}}\n' for i in range(40))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"\xef\xbb\xbf" + LINES.encode(), LINES.replace("\n", "\r\n").encode()],
+    ids=["utf8-byte-order-mark", "windows-line-ends"],
+)
+def test_a_jsonl_file_with_a_byte_order_mark_or_windows_line_ends_is_read(tmp_path: Path, data: bytes) -> None:
+    from chute.datamodules import SequenceDataModule
+
+    dm = SequenceDataModule(_jsonl(tmp_path, data), val_fraction=0.25)
+    dm.setup("fit")
+    assert sum(len(b["targets"]) for loader in (dm.train_dataloader(), dm.val_dataloader()) for b in loader) == 40
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-32"])
+def test_a_jsonl_file_in_utf16_or_32_is_named(tmp_path: Path, codec: str) -> None:
+    from chute.datamodules import SequenceDataModule
+
+    root = _jsonl(tmp_path, LINES.encode(codec))
+    with pytest.raises(DataError) as err:
+        SequenceDataModule(root, val_fraction=0.25).setup("fit")
+    assert_mentions(str(err.value), str(root / "train.jsonl"), codec[:6].upper(), "UTF-8")

@@ -8,6 +8,7 @@ without copy-on-write of millions of Python lists.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections import Counter
@@ -20,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples
+from chute.datasets.text_files import wide_encoding
 from chute.errors import DataError
 
 
@@ -72,8 +74,13 @@ def read_jsonl(
     lines: list[int] = []
     rejected: list[tuple[str, str]] = []  # ("'file', line N", reason), counted once the file is read
     kind: str | None = None
+    wide = wide_encoding(path)
+    if wide is not None:
+        raise DataError(f"Sequence file '{path}' looks like {wide} text; JSON Lines files are UTF-8: save it as UTF-8.")
     with open(path, "rb") as f:  # bytes: a line that is not UTF-8 is one bad line, not an unreadable file
         for line_no, raw in enumerate(f, start=1):
+            if line_no == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # written by some Windows tools; not part of the JSON
             if not raw.strip():
                 continue
             where = f"'{path}', line {line_no}"

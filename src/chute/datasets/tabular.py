@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples
+from chute.datasets.text_files import wide_encoding
 from chute.errors import ConfigError, DataError
 
 MissingStrategy = Literal["raise", "mean", "median", "constant"]
@@ -117,37 +118,12 @@ def check_encoding(encoding: str, path: str | None = None) -> None:
         raise ConfigError("encoding", encoding, reason) from None
     if path is None or name.startswith(("utf-16", "utf-32")):
         return
-    wide = _wide_encoding(path)
+    wide = wide_encoding(path)
     if wide is not None:
         raise DataError(
             f"'{path}' looks like {wide} text, but it is read as {encoding!r} (data.encoding). "
             f"Set data.encoding={wide.lower()}, or save the file as UTF-8."
         )
-
-
-def _wide_encoding(path: str) -> str | None:
-    """``UTF-16``/``UTF-32`` when the start of ``path`` (gzipped or not) is text in that encoding."""
-    import gzip
-
-    opener: Any = gzip.open if path.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return None  # the reader's own error says what is wrong with the file
-    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        return "UTF-32"
-    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "UTF-16"
-    pairs = len(head) // 2
-    if pairs >= 8 and b"\0" in head:
-        # Without a mark: ASCII text in UTF-16 has a NUL in one byte of nearly every pair (in UTF-32,
-        # three of every four bytes). Text in a one-byte encoding has none.
-        if head.count(0) >= 0.7 * 0.75 * len(head):
-            return "UTF-32"
-        if max(head[0::2].count(0), head[1::2].count(0)) >= 0.7 * pairs:
-            return "UTF-16"
-    return None
 
 
 def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8") -> tuple[pa.Table, list[int]]:
