@@ -183,3 +183,27 @@ def test_a_jsonl_file_in_utf16_or_32_is_named(tmp_path: Path, codec: str) -> Non
     with pytest.raises(DataError) as err:
         SequenceDataModule(root, val_fraction=0.25).setup("fit")
     assert_mentions(str(err.value), str(root / "train.jsonl"), codec[:6].upper(), "UTF-8")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_line_that_is_not_utf8_is_one_bad_line(tmp_path: Path, workers: int) -> None:
+    """Named with its shard and line (was a UnicodeDecodeError ending the epoch), skipped and counted
+    under on_error=skip."""
+    from chute.datamodules import StreamingDataModule
+    from tests.test_bad_samples import _shards
+
+    root = _shards(tmp_path / "shards")
+    shard = root / "train-00001.jsonl"
+    lines = shard.read_bytes().splitlines(keepends=True)
+    lines[4] = b'{"tensor": [1.0], "label": "\xff\xfe"}\n'
+    shard.write_bytes(b"".join(lines))
+    loader = {"batch_size": 8, "num_workers": workers}
+    dm = StreamingDataModule(root, loader=loader)
+    dm.setup("fit")
+    with pytest.raises(DataError) as err:
+        list(dm.train_dataloader())
+    assert_mentions(str(err.value), str(shard), "line 5", "not UTF-8", "on_error=skip")
+    dm = StreamingDataModule(root, loader=loader, on_error="skip", max_bad_fraction=0.05)
+    dm.setup("fit")
+    assert sum(len(batch[1]) for batch in dm.train_dataloader()) == 59
+    assert dm.bad_samples["train"]["skipped"] == 1

@@ -373,12 +373,12 @@ class ShardStream(IterableDataset[Any]):
             if repeat is not _BAD:
                 yield repeat
 
-    def _runs(self, rank: int, world: int) -> Iterator[list[tuple[int, int, str]]]:
+    def _runs(self, rank: int, world: int) -> Iterator[list[tuple[int, int, bytes]]]:
         """``rank``'s batches as runs of raw ``(shard, line, text)``, in order; the last may be short."""
         lines = self._lines(self.rank_ranges(rank, world))
         if self.buffer_size > 1:
             lines = buffered(lines, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
-        run: list[tuple[int, int, str]] = []
+        run: list[tuple[int, int, bytes]] = []
         for line in lines:
             run.append(line)
             if len(run) == self.batch_size:
@@ -387,11 +387,13 @@ class ShardStream(IterableDataset[Any]):
         if run and not self.drop_last:
             yield run
 
-    def _lines(self, ranges: list[tuple[int, int, int]]) -> Iterator[tuple[int, int, str]]:
+    def _lines(self, ranges: list[tuple[int, int, int]]) -> Iterator[tuple[int, int, bytes]]:
         for shard, start, stop in ranges:
             path = self.shards[shard][0]
             lines = 0
-            with open(path) as f:
+            # Bytes: json.loads reads UTF-8 from them, and a line that is not UTF-8 is one bad line
+            # (named, or skipped under on_error=skip), not a UnicodeDecodeError ending the epoch.
+            with open(path, "rb") as f:
                 for line_no, text in enumerate(f):
                     if line_no >= stop:
                         break
@@ -404,7 +406,7 @@ class ShardStream(IterableDataset[Any]):
                     "truncated or rewritten: write the shards again."
                 )
 
-    def _collate_run(self, run: list[tuple[int, int, str]], count: bool) -> Any:
+    def _collate_run(self, run: list[tuple[int, int, bytes]], count: bool) -> Any:
         """The batch of ``run``'s readable lines (``_BAD`` if none); ``count``: apply ``on_error`` and count."""
         bad = self.bad_samples
         if count and bad.skipping:
@@ -456,6 +458,8 @@ def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataErr
     """The error for a shard line that does not decode, naming the shard file and the line."""
     if isinstance(err, json.JSONDecodeError):
         what = f"is not JSON ({err.msg} at column {err.colno})"
+    elif isinstance(err, UnicodeDecodeError):
+        what = f"is not UTF-8 text (byte {err.object[err.start]:#04x} at column {err.start + 1})"
     else:
         what = f"is not a valid sample ({err})"
     hint = "" if skipping else " Write the shards again, or set data.on_error=skip to skip such lines."
