@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -12,7 +13,7 @@ from chute.bad_samples import BadSamples, OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datamodules.table import Task, UnknownCategory, infer_numeric, is_number
-from chute.datasets.database import Database, redact
+from chute.datasets.database import Database, batch_rows, redact
 from chute.datasets.sql import (
     Encoding,
     KeyedSplit,
@@ -21,6 +22,8 @@ from chute.datasets.sql import (
     KeyStream,
     SqlRows,
     SqlSource,
+    binary_columns,
+    blob_error,
     fetch_split,
     key_split,
 )  # fmt: skip
@@ -196,17 +199,37 @@ class SqlDataModule(ChuteDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.encoding is not None:
             return
+        columns = _from_rank_zero(self._columns)
+        widest = max(len(names) for names in columns.values()) + 1  # and the key, read again as chute_key
+        settings = self.loader_settings
+        self.database.batch_rows = batch_rows(widest, max(settings.batch_size, settings.eval_batch_size or 0))
         # Fitted on rank 0 and shared: every rank encodes alike and builds the same model, even if
         # rows change while the ranks start.
-        numeric, state, classes, labels = _from_rank_zero(self._fit)
+        numeric, state, classes, labels = _from_rank_zero(lambda: self._fit(columns["train"]))
+        for split in ("val", "test"):  # inferred from the training source: the others need them too
+            _check_names(self.sources[split], columns[split], {"numeric": numeric})
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
         encoder.load_state_dict(state)
         self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         self._fit_labels = labels
         self._check_imbalance()
 
-    def _fit(self) -> tuple[list[str], dict[str, Any], list[str], np.ndarray | None]:
-        """The numeric columns, the fitted encoder's state, the classes and the fitted rows' labels."""
+    def _columns(self) -> dict[str, list[str]]:
+        """Each split's source columns, every column a setting names checked against them before any row
+        is read: SQLite reads an unknown double-quoted name as a string literal (``"lable"`` is the text
+        'lable' in every row), so a typo would otherwise be read as data."""
+        named = {"key": [self.key], "target": [self.target], "numeric": self._numeric or [],
+                 "categorical": self.categorical}  # fmt: skip
+        read: dict[str, list[str]] = {}
+        for source in self.sources.values():
+            if source.relation not in read:
+                read[source.relation] = source.columns().names
+                _check_names(source, read[source.relation], named)
+        return {split: read[source.relation] for split, source in self.sources.items()}
+
+    def _fit(self, names: list[str]) -> tuple[list[str], dict[str, Any], list[str], np.ndarray | None]:
+        """The numeric columns, the fitted encoder's state, the classes and the fitted rows' labels
+        (``names``: the training source's columns)."""
         source = self.sources["train"]
         if self.index == "stream":  # a sample drawn in the scan: the key index is never held
             keys = self._ranges("train", sample=self.fit_rows, shared=False).sample
@@ -219,16 +242,13 @@ class SqlDataModule(ChuteDataModule):
             keys = np.sort(rng.choice(keys, self.fit_rows, replace=False))
         columns = self._numeric
         if columns is None:
-            names = source.columns().names
             columns = [c for c in names if c not in (self.key, self.target, *self.categorical)]
-        # With skip, read value by value (exact) once: the bad rows are left out of the fit (the epochs
-        # count them when they meet them) and the good ones keep every digit.
-        skipping = self.on_error == "skip"
-        split = fetch_split(source, keys, [*columns, *self.categorical, self.target], exact=skipping)
+        split = fetch_split(source, keys, [*columns, *self.categorical, self.target])
+        split = self._without_blobs(split)
         numeric = self._numeric
         if numeric is None:
             numeric = infer_numeric(split, {self.target}, self.categorical, type(self).__name__)
-        if skipping:
+        if self.on_error == "skip":  # the bad rows are left out of the fit (the epochs count them when they meet them)
             split = self._readable(split, numeric)
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
         classes: list[str] = []
@@ -242,6 +262,21 @@ class SqlDataModule(ChuteDataModule):
         encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         labels = encoding(split)[1] if self.task == "classification" else None
         return list(numeric), encoder.state_dict(), classes, labels
+
+    def _without_blobs(self, split: KeyedSplit) -> KeyedSplit:
+        """``split`` without its binary (BLOB) columns, which are not features: one named in the settings is
+        an error, the others (met while inferring the numeric columns) are left out and said so once."""
+        blobs = binary_columns(split.table, split.table.column_names)
+        named = [c for c in blobs if c in (*(self._numeric or ()), *self.categorical, self.target)]
+        if named:
+            raise blob_error(named, self.sources["train"].describe())
+        if not blobs:
+            return split
+        rank_zero_info(
+            f"{type(self).__name__}: leaving out binary (BLOB) columns {blobs} of {self.sources['train'].describe()}: "
+            'they are not features (cast one in a query, data.table="SELECT ..., CAST(col AS TEXT) AS col ...").'
+        )
+        return KeyedSplit(split.table.drop_columns(blobs), split.source, split.rows)
 
     def _readable(self, split: KeyedSplit, numeric: list[str]) -> KeyedSplit:
         """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``)."""
@@ -419,6 +454,21 @@ class KeyBatches(Batched):
 
     def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
         self.sampler.restore_snapshot(epoch, state)
+
+
+def _check_names(source: SqlSource, names: Sequence[str], named: Mapping[str, Sequence[str]]) -> None:
+    """Each column in ``named`` (setting -> columns) must be one of ``names`` exactly, case included (a
+    quoted name keeps its case on PostgreSQL, and rows are read back by name)."""
+    present = set(names)
+    for setting, columns in named.items():
+        for name in (n for n in columns if n not in present):
+            same = [n for n in names if n.lower() == name.lower()]
+            close = (same + [n for n in difflib.get_close_matches(name, names, n=3) if n not in same])[:3]
+            if close:
+                hint = f"the closest: {', '.join(map(repr, close))}"
+            else:
+                hint = f"its columns: {list(names[:20])}{' ...' if len(names) > 20 else ''}"
+            raise ConfigError(setting, name, f"is not a column of {source.describe()}; {hint}.")
 
 
 def _from_rank_zero(read: Callable[[], Any]) -> Any:

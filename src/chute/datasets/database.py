@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from chute.errors import ConfigError, DataError
 
@@ -62,6 +63,23 @@ def _close_at_exit() -> None:
 
 os.register_at_fork(after_in_child=_forget_inherited)
 atexit.register(_close_at_exit)
+
+# SQLite's driver reserves room for a whole batch of every column before it reads a row: batches of
+# 1,000,000 rows of 2,000 columns reserved 12-20 GB of address space, and a process under a memory
+# limit (ulimit -v, a container) crashed on a 20-row table (issue 26). So batches are sized in bytes.
+_BATCH_BYTES = 64 << 20
+_MAX_BATCH_ROWS = 1_000_000
+
+
+def batch_rows(columns: int, at_least: int = 1) -> int:
+    """Rows per SQLite driver batch for results of ``columns`` columns: about 64 MB of 8-byte cells,
+    at least ``at_least`` (a loader batch, read in one piece), at most 1,000,000.
+
+    Example:
+        >>> batch_rows(2_000), batch_rows(2_000, at_least=8_192), batch_rows(12)
+        (4194, 8192, 699050)
+    """
+    return min(max(_BATCH_BYTES // (8 * max(columns, 1)), at_least, 1), _MAX_BATCH_ROWS)
 
 
 def redact(url: str) -> str:
@@ -102,11 +120,14 @@ class Database:
             retried this many times, waiting ``retry_wait`` seconds and doubling each time; then
             :class:`~chute.errors.DataError`.
         retry_wait: The first wait, in seconds.
+        batch_rows: Rows per SQLite driver batch (:func:`batch_rows`); :class:`~chute.datamodules.SqlDataModule`
+            sizes it at ``setup`` from its widest source and its batch size.
     """
 
     url: str = field(repr=False)
     retries: int = 3
     retry_wait: float = 0.5
+    batch_rows: int = _MAX_BATCH_ROWS
     kind: str = field(init=False)
 
     def __repr__(self) -> str:
@@ -194,8 +215,19 @@ class Database:
         any other error (unknown table or column, syntax, a value the driver cannot read) raises at
         once as a :class:`~chute.errors.DataError`.
         """
-        # SQLite: infer each column's type from all rows read, not the first 1,024.
-        return self._retrying(sql, what, lambda cursor: cursor.fetch_arrow_table(), batch_rows=1_000_000)
+        if self.kind != "sqlite":
+            return self._retrying(sql, what, lambda cursor: cursor.fetch_arrow_table(), self.batch_rows)
+        # SQLite keeps each value's own type and the driver gives a column one: a column mixing REAL
+        # and text arrives as text with every REAL written to 7 digits (1.0000001 as 1.000000e+00), and
+        # a type that changes after the first batch is an error. Both are read again value by value.
+        table = self._retrying(sql, what, _fetch_typed, self.batch_rows)
+        return self.exact(sql, what) if table is None or _rounded(table) else table
+
+    def schema(self, sql: str, what: str) -> pa.Schema:
+        """The columns of ``sql``'s result, read in one-row batches (the driver reserves a batch's room
+        even for a result of no rows, and the width is not known yet)."""
+        schema: pa.Schema = self._retrying(sql, what, lambda cursor: cursor.fetch_arrow_table().schema, batch_rows=1)
+        return schema
 
     def scan(self, sql: str, what: str, fold: Callable[[], F]) -> F:
         """Run ``sql`` and hand its result to ``fold()``'s ``add(batch)``, one Arrow record batch at a
@@ -208,7 +240,7 @@ class Database:
                 folded.add(batch)  # type: ignore[attr-defined]
             return folded
 
-        return self._retrying(sql, what, run, batch_rows=65_536)
+        return self._retrying(sql, what, run, batch_rows=min(65_536, self.batch_rows))
 
     def _retrying(self, sql: str, what: str, fetch: Callable[[Any], F], batch_rows: int) -> F:
         import adbc_driver_manager as adbc
@@ -244,7 +276,8 @@ class Database:
 
     def exact(self, sql: str, what: str) -> pa.Table:
         """:meth:`arrow`, but for SQLite through Python's ``sqlite3``: every value as stored. A column
-        mixing numbers and text becomes text with each number written exactly (``repr``)."""
+        mixing numbers and text becomes text with each number written exactly (``repr``); :meth:`arrow`
+        reads this way where the driver would round or refuse a value."""
         if self.kind != "sqlite":
             return self.arrow(sql, what)
         import sqlite3
@@ -270,6 +303,29 @@ def _close_dead_threads() -> None:
     for key in [k for k in _CONNECTIONS if k[0] == pid and k[1] not in alive]:
         with contextlib.suppress(Exception):
             _CONNECTIONS.pop(key).close()
+
+
+def _fetch_typed(cursor: Any) -> pa.Table | None:
+    """The result, or ``None`` where SQLite's driver met a value of another type than the column's first batch."""
+    try:
+        return cursor.fetch_arrow_table()
+    except (OSError, pa.ArrowException) as err:
+        if "Type mismatch" in str(err):
+            return None
+        raise
+
+
+# How SQLite's driver writes a REAL into a text column (printf's %e): 7 significant digits.
+_DRIVER_REAL = r"^-?[0-9]\.[0-9]{6}e[+-][0-9]{2,}$"
+
+
+def _rounded(table: pa.Table) -> bool:
+    """Whether a text column of ``table`` holds a number SQLite's driver wrote to 7 digits."""
+    return any(
+        pc.any(pc.match_substring_regex(column, _DRIVER_REAL)).as_py()
+        for column in table.columns
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+    )
 
 
 def _exact_column(values: Sequence[Any]) -> pa.Array:

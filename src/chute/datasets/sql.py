@@ -48,6 +48,12 @@ def quote(name: str, key: str = "table") -> str:
     return ".".join(f'"{part}"' for part in name.split("."))
 
 
+def quote_column(name: str) -> str:
+    """``name`` as a quoted SQL column name, whatever its characters (``Body mass``, ``Label``): a ``"`` in
+    it is doubled. The DataModule checks each name against the source's columns before any read."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 _QUERY = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)
 
 
@@ -72,7 +78,6 @@ class SqlSource:
 
     def __post_init__(self) -> None:
         self.relation = self.relation.strip().rstrip(";")
-        quote(self.key, "key")
         if not is_query(self.relation):
             quote(self.relation)
 
@@ -89,8 +94,8 @@ class SqlSource:
         return f"the {self.name if is_query(self.relation) else 'table ' + repr(self.name)} at {self.database.safe_url}"
 
     def columns(self) -> pa.Schema:
-        """The source's columns and their Arrow types (no rows read)."""
-        return self.database.arrow(f"SELECT * FROM {self._from()} WHERE 1 = 0", f"the columns of {self.name}").schema
+        """The source's columns (no rows read; SQLite gives no types without rows)."""
+        return self.database.schema(f"SELECT * FROM {self._from()} WHERE 1 = 0", f"the columns of {self.name}")
 
     def keys(self, upto: int | None = None, since: int | None = None) -> np.ndarray:
         """The sorted keys of the rows committed now (with ``upto``: only keys ``<= upto``; with
@@ -118,7 +123,7 @@ class SqlSource:
 
     def _key_query(self, upto: int | None, since: int | None) -> str:
         """The sorted keys, only those ``<= upto`` / ``>= since`` when given."""
-        key = quote(self.key, "key")
+        key = quote_column(self.key)
         terms = [f"{key} <= {int(upto)}"] if upto is not None else []
         terms += [f"{key} >= {int(since)}"] if since is not None else []
         where = " WHERE " + " AND ".join(terms) if terms else ""
@@ -144,25 +149,18 @@ class SqlSource:
                 f"more than once ({repeated.size} repeats). Name a unique column as data.key."
             )
 
-    def rows(self, keys: np.ndarray, columns: Sequence[str], exact: bool = False) -> tuple[pa.Table, np.ndarray]:
+    def rows(self, keys: np.ndarray, columns: Sequence[str]) -> tuple[pa.Table, np.ndarray]:
         """The rows of ``keys`` (in that order) with ``columns``, read in one query over key ranges,
         and the positions in ``keys`` of the keys found (a row deleted since its key was read is missing).
-
-        ``exact``: for SQLite, read through Python's ``sqlite3`` instead, keeping each value as
-        stored (ADBC turns a column that mixes numbers and text into text, numbers rounded to 7
-        digits): how a batch with a bad value is read again under ``on_error=skip``, and the
-        training rows the encoding is fitted on.
+        Values arrive as stored, every digit (:meth:`Database.arrow`).
         """
-        key = quote(self.key, "key")
+        key = quote_column(self.key)
         wanted = np.asarray(keys, dtype=np.int64)
         if wanted.size == 0:
             return pa.table({c: pa.array([], pa.null()) for c in columns}), np.empty(0, np.int64)
-        selected = ", ".join(
-            [f"{key} AS chute_key", *(quote(c, "columns") for c in columns)]
-        )  # a key may be a feature too
+        selected = ", ".join([f"{key} AS chute_key", *(quote_column(c) for c in columns)])  # a key may be a feature too
         what = f"a batch of {len(wanted)} rows of {self.name}"
-        read = self.database.exact if exact else self.database.arrow
-        tables = [read(f"SELECT {selected} FROM {self._from()} WHERE {where}", what)
+        tables = [self.database.arrow(f"SELECT {selected} FROM {self._from()} WHERE {where}", what)
                   for where in _where_clauses(key, np.unique(wanted))]  # fmt: skip
         table = tables[0] if len(tables) == 1 else _concat(tables)
         found = table.column(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -291,6 +289,22 @@ class KeyedSplit(Split):
         return KeyedSplit(self.table.take(pa.array(indices)), self.source, self.rows[indices])
 
 
+def binary_columns(table: pa.Table, names: Sequence[str]) -> list[str]:
+    """Which of ``names`` are binary columns of ``table`` (SQLite BLOB, PostgreSQL bytea)."""
+    kinds, wanted = (pa.types.is_binary, pa.types.is_large_binary, pa.types.is_fixed_size_binary), set(names)
+    return [f.name for f in table.schema if f.name in wanted and any(kind(f.type) for kind in kinds)]
+
+
+def blob_error(names: Sequence[str], where: str) -> DataError:
+    """The one rule for binary columns: they are not features or targets, whether their bytes happen to be
+    UTF-8 text or not (a file's bytes are decoded by its encoding; a BLOB has none to name)."""
+    return DataError(
+        f"Column(s) {list(names)} of {where} hold binary values (SQLite BLOB, PostgreSQL bytea), which are not "
+        "features or targets. Leave them out of data.numeric, data.categorical and data.target, or cast them in a "
+        'query (data.table="SELECT id, CAST(col AS TEXT) AS col, ... FROM readings").'
+    )
+
+
 @dataclass
 class Encoding:
     """What turns fetched rows into tensors: the fitted encoder, the task and its classes."""
@@ -307,6 +321,9 @@ class Encoding:
         return names + ([self.weight] if self.weight is not None else [])
 
     def __call__(self, split: Split) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        blobs = binary_columns(split.table, self.columns)
+        if blobs:  # e.g. a val_table whose column holds BLOBs where the training table's held numbers
+            raise blob_error(blobs, f"'{split.source}'")
         tasks = {"target": (self.target, self.task)}
         features, targets, weights = encode_split(split, self.encoder, tasks, {"target": self.classes}, self.weight)
         return features, targets["target"], weights
@@ -361,10 +378,6 @@ class SqlRows(Dataset[tuple[torch.Tensor, ...]]):
         except DataError:
             if not self.bad.skipping:
                 raise
-            # Read the batch again value by value: the good rows of a column that mixes numbers and
-            # text would otherwise keep the 7 digits the fast read wrote them with.
-            table, present = self.source.rows(wanted, self.encoding.columns, exact=True)
-            split = KeyedSplit(table, self.source.name, wanted[present])
             encoded = self.encoding(split.take(self._good_rows(split)))
         return _tensors(*encoded)
 
@@ -777,14 +790,12 @@ def ingest(
     return int(written if written is not None and written >= 0 else data.num_rows)
 
 
-def fetch_split(
-    source: SqlSource, keys: np.ndarray, columns: Sequence[str], chunk: int = 65536, exact: bool = False
-) -> KeyedSplit:
+def fetch_split(source: SqlSource, keys: np.ndarray, columns: Sequence[str], chunk: int = 65536) -> KeyedSplit:
     """The rows of ``keys`` as one :class:`KeyedSplit` (read ``chunk`` keys a query): what fitting reads."""
     tables, found = [], []
     for start in range(0, len(keys), chunk):
         part = keys[start : start + chunk]
-        table, present = source.rows(part, columns, exact=exact)
+        table, present = source.rows(part, columns)
         tables.append(table)
         found.append(part[present])
     table = _concat(tables) if tables else pa.table({})
