@@ -49,6 +49,8 @@ class VideoDataModule(ClassFolderDataModule):
 
     At ``setup`` every video's packet table is read (no decoding) for its frame timestamps; a
     clip then decodes from the keyframe before its first frame to its last, never the whole video.
+    Frames are turned upright as the stream's display matrix says (phones' portrait video), as
+    images follow their EXIF orientation.
 
     Batches are ``(clips, labels, videos)``: ``clips`` ``uint8`` ``(B, T, C, H, W)`` on the wire,
     normalized to ``float32`` on the device by the batch hook; ``videos`` the number of each
@@ -66,9 +68,10 @@ class VideoDataModule(ClassFolderDataModule):
 
     Args:
         root: Dataset root.
-        frames_per_clip: Frames per clip (T).
+        frames_per_clip: Frames per clip (T), at most 4,096 (``chute.datasets.video.MAX_FRAMES_PER_CLIP``).
         stride: Frames of video between a clip's frames (``sampling="random"``).
-        fps: Sample this many frames per second of video instead of every ``stride``-th frame.
+        fps: Sample this many frames per second of video instead of every ``stride``-th frame: by
+            the frames' timestamps, so a variable frame rate gives the frame on screen at each time.
         sampling: ``random`` (a clip at a random or central start) or ``uniform`` (over the whole video).
         clips_per_video: Clips per video for validation and test.
         short: Videos shorter than a clip: ``loop`` (default), ``pad`` (repeat the last frame) or
@@ -89,10 +92,11 @@ class VideoDataModule(ClassFolderDataModule):
             (e.g. :class:`~chute.datasets.MotionClips`).
         collate_fn: Collate function or its dotted path (default :func:`~chute.datasets.video.collate_clips`).
         imbalance: Class-imbalance strategy (:class:`~chute.imbalance.ImbalanceSettings` or mapping).
-        on_error: A video that cannot be read (not a video, damaged, cut short, no video stream,
-            no frames, a codec FFmpeg cannot decode): ``raise`` names the file; ``skip`` leaves it
-            out (at setup when its packet table shows it, else its clip when decoding fails) and
-            counts it (``bad_samples``).
+        on_error: A video that cannot be read (not a video, damaged data the decoder detects, cut
+            short, no video stream, no frames, a codec FFmpeg cannot decode, frames over the
+            decompression-bomb limit ``PIL.Image.MAX_IMAGE_PIXELS``): ``raise`` names the file;
+            ``skip`` leaves it out (at setup when its headers or packet table show it, else its
+            clip when decoding fails) and counts it (``bad_samples``).
         max_bad_fraction: With ``skip``, raise once more than this share of a split's videos were bad.
 
     Example:

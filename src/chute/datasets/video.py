@@ -19,7 +19,7 @@ import math
 import os
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -39,6 +39,14 @@ Short = Literal["loop", "pad", "skip"]
 SAMPLINGS: tuple[str, ...] = get_args(Sampling)
 SHORTS: tuple[str, ...] = get_args(Short)
 _INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
+#: The most frames a clip may hold: they are decoded into memory together, at the video's own size.
+MAX_FRAMES_PER_CLIP = 4096
+_SAME_TIME = 1e-6  # seconds: timestamps closer than this are one instant (far below any frame's duration)
+
+
+def _times_or_constant(times: np.ndarray | None, num_frames: int, video_fps: float) -> np.ndarray:
+    """``times``, or those of ``num_frames`` frames at a constant ``video_fps``."""
+    return np.arange(num_frames) / video_fps if times is None else times
 
 
 @dataclass(frozen=True)
@@ -49,7 +57,8 @@ class ClipSpec:
         frames_per_clip: Frames in a clip (T).
         stride: Take every ``stride``-th frame (``sampling="random"``).
         fps: Instead of ``stride``, sample at this many frames per second of video, whatever the
-            video's own rate (the step is ``video_fps / fps`` frames, rounded per frame).
+            video's own rate, constant or variable: target times ``1 / fps`` apart, and for each the
+            frame on screen at that time (by the frames' timestamps).
         sampling: ``random``: T frames ``stride`` apart from a random start in training, from the
             centre in evaluation. ``uniform``: the video cut into T equal segments, one frame from
             each (random within its segment in training, its middle in evaluation): the whole
@@ -73,8 +82,16 @@ class ClipSpec:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(key, value, "must be an integer >= 1")
-        if self.fps is not None and not (isinstance(self.fps, (int, float)) and self.fps > 0):
-            raise ConfigError("fps", self.fps, "must be > 0 frames per second, or null to use stride")
+        if self.frames_per_clip > MAX_FRAMES_PER_CLIP:
+            # Refused here rather than as numpy's bare MemoryError when the first clip is allocated.
+            raise ConfigError(
+                "frames_per_clip", self.frames_per_clip,
+                f"must be at most {MAX_FRAMES_PER_CLIP:,} (chute.datasets.video.MAX_FRAMES_PER_CLIP): a clip's "
+                "frames are decoded into memory together; take fewer frames, further apart (stride or fps)",
+            )  # fmt: skip
+        fps = self.fps
+        if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps < math.inf):
+            raise ConfigError("fps", fps, "must be a finite number > 0 of frames per second, or null to use stride")
         if self.sampling not in SAMPLINGS:
             raise ConfigError("sampling", self.sampling, f"must be one of {list(SAMPLINGS)}")
         if self.short not in SHORTS:
@@ -88,14 +105,30 @@ class ClipSpec:
         """Frames of video a ``random`` clip covers, first to last."""
         return round((self.frames_per_clip - 1) * self.step(video_fps)) + 1
 
-    def fits(self, num_frames: int, video_fps: float) -> bool:
-        """Whether a video this long gives a whole clip without looping or padding."""
-        return self.sampling == "uniform" or num_frames >= self.span(video_fps)
+    def fits(self, num_frames: int, video_fps: float, times: np.ndarray | None = None) -> bool:
+        """Whether a video this long gives a whole clip without looping or padding (``times``: its
+        frames' timestamps in seconds, for ``fps``; a constant ``video_fps`` when not given)."""
+        if self.sampling == "uniform":
+            return True
+        if self.fps is None:
+            return num_frames >= self.span(video_fps)
+        times = _times_or_constant(times, num_frames, video_fps)
+        return bool(times[-1] - times[0] >= (self.frames_per_clip - 1) / self.fps - _SAME_TIME)
 
-    def frames(self, num_frames: int, video_fps: float, rng: random.Random | None, clip: int = 0) -> np.ndarray:
+    def frames(
+        self,
+        num_frames: int,
+        video_fps: float,
+        rng: random.Random | None,
+        clip: int = 0,
+        times: np.ndarray | None = None,
+    ) -> np.ndarray:
         """The clip's frame numbers (``int64``, length T): random with ``rng``, else clip ``clip`` of
-        :attr:`clips_per_video` spread over the video."""
+        :attr:`clips_per_video` spread over the video. With ``fps``, frames are chosen by ``times``
+        (each frame's timestamp in seconds, ascending; a constant ``video_fps`` when not given)."""
         t, k = self.frames_per_clip, self.clips_per_video
+        if self.fps is not None and self.sampling == "random":
+            return self._frames_by_time(_times_or_constant(times, num_frames, video_fps), video_fps, rng, clip)
         if self.sampling == "uniform":
             edges = np.linspace(0.0, num_frames, t + 1)
             offset = np.array([rng.random() for _ in range(t)]) if rng is not None else (clip + 0.5) / k
@@ -108,6 +141,26 @@ class ClipSpec:
         if span <= num_frames:
             return picks
         return picks % num_frames if self.short == "loop" else np.minimum(picks, num_frames - 1)
+
+    def _frames_by_time(self, times: np.ndarray, video_fps: float, rng: random.Random | None, clip: int) -> np.ndarray:
+        """``fps`` sampling: T target times ``1 / fps`` apart from a start frame, and for each the frame
+        on screen then (the last one shown at or before it). Stepping by frame numbers at the
+        average rate would drift wherever a variable-rate video's frames come faster or slower."""
+        assert self.fps is not None
+        offsets = np.arange(self.frames_per_clip) / self.fps  # seconds after the clip's first frame
+        # Start frames whose clip ends inside the video; none when the video is shorter than a clip.
+        room = max(int(np.searchsorted(times, times[-1] - offsets[-1] + _SAME_TIME, side="right")) - 1, 0)
+        k = self.clips_per_video
+        centre = round(room * (clip + 0.5) / k) if k > 1 else room // 2
+        start = rng.randint(0, room) if rng is not None else centre
+        targets = times[start] + offsets
+        if self.short == "loop":  # past the end: from the first frame again, the last one shown 1/fps long
+            length = times[-1] - times[0] + 1.0 / video_fps
+            targets = times[0] + np.fmod(targets - times[0], length)
+        # A target a rounding error before a frame's timestamp means that frame (a 30 fps video at
+        # fps=10 must give every third frame): hence the tolerance, far below any frame's duration.
+        picks = np.searchsorted(times, targets + _SAME_TIME, side="right") - 1
+        return np.clip(picks, 0, len(times) - 1).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -127,7 +180,8 @@ class VideoIndex:
     offsets: np.ndarray  # int64, len(videos) + 1
     pts: np.ndarray  # int64, every frame of every video
     fps: np.ndarray  # float64, average frame rate per video
-    sizes: np.ndarray  # int64 (n, 2): width, height
+    sizes: np.ndarray  # int64 (n, 2): width, height as coded (before the display matrix turns them)
+    time_bases: np.ndarray  # float64, seconds per tick of each video's timestamps
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -141,6 +195,11 @@ class VideoIndex:
     def frame_pts(self, video: int) -> np.ndarray:
         return self.pts[self.offsets[video] : self.offsets[video + 1]]
 
+    def frame_times(self, video: int) -> np.ndarray:
+        """Video ``video``'s frame timestamps in seconds, from its first frame."""
+        pts = self.frame_pts(video)
+        return (pts - pts[0]) * self.time_bases[video]
+
     @property
     def frame_counts(self) -> np.ndarray:
         return np.diff(self.offsets)
@@ -151,9 +210,15 @@ def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
 
     Reads the container's packet table (demuxing, no decoding). Raises :class:`DataError` naming
     the file for anything a clip could not be read from: not a media file, no video stream (audio
-    only), a codec this FFmpeg cannot decode, no frames, or fewer frames than its header states
-    (a file cut short: below 90% of them).
+    only), a codec this FFmpeg cannot decode, no frames, fewer frames than its header states (a
+    file cut short: below 90% of them, or of the stream's stated duration), or a frame size over
+    the decompression-bomb limit images have (``PIL.Image.MAX_IMAGE_PIXELS``).
     """
+    return _probe(path)[:4]
+
+
+def _probe(path: str) -> tuple[np.ndarray, float, int, int, float]:
+    """:func:`probe_video` and the stream's time base (seconds per timestamp tick)."""
     import av
 
     try:
@@ -167,12 +232,13 @@ def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
                 av.codec.Codec(name, "r")
             except Exception:  # av.codec.codec.UnknownCodecError and kin
                 raise DataError(f"Video '{path}': its codec '{name}' cannot be decoded by this FFmpeg.") from None
-            stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
             width, height = stream.codec_context.width, stream.codec_context.height
+            if width and height:
+                _check_frame_size(path, width, height)  # before reading on: the header alone tells
+            stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            stated = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
-            stated = stated or (container.duration or 0) / 1e6  # microseconds
-            stated_frames = stream.frames or (round(stated * float(rate)) if rate else 0)
+            time_base = float(stream.time_base) if stream.time_base else 0.0
+            stated_frames, stated = stream.frames, _stated_seconds(container, stream)
     except DataError:
         raise
     except av.error.EOFError:
@@ -190,35 +256,77 @@ def probe_video(path: str) -> tuple[np.ndarray, float, int, int]:
     if not width or not height:
         raise DataError(f"Video '{path}' has no frame size in its stream header.")
     fps = float(rate) if rate else 0.0
-    if not math.isfinite(fps) or fps <= 0:
+    if not math.isfinite(fps) or fps <= 0 or not time_base:
         raise DataError(f"Video '{path}' has no frame rate in its stream header.")
-    return np.sort(np.asarray(stamps, dtype=np.int64)), fps, int(width), int(height)
+    pts = np.sort(np.asarray(stamps, dtype=np.int64))
+    # By time, not frames times the average rate: a variable-rate video's rate says little of its count.
+    held = float(pts[-1] - pts[0]) * time_base + 1.0 / fps
+    if not stated_frames and stated and held < 0.9 * stated - 1.0 / fps:
+        raise DataError(f"Video '{path}' is cut short: its header states {stated:.2f} s, its data holds {held:.2f} s.")
+    return pts, fps, int(width), int(height), time_base
+
+
+def _stated_seconds(container: Any, stream: Any) -> float:
+    """The video stream's own stated duration in seconds (0: none stated).
+
+    Never the container's: that covers its longest stream, so a shorter second video stream (or
+    one shorter than the audio) would look cut short. Matroska states no duration per stream, but
+    FFmpeg's and mkvmerge's muxers write a ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``) for each.
+    """
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = str(stream.metadata.get("DURATION", ""))
+    if tag.count(":") == 2:
+        hours, minutes, seconds = tag.split(":")
+        try:
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        except ValueError:
+            return 0.0
+    return (container.duration or 0) / 1e6 if len(container.streams) == 1 else 0.0  # microseconds
+
+
+def _check_frame_size(path: str, width: int, height: int) -> None:
+    """Refuse frames over the decompression-bomb limit images have, before decoding one.
+
+    A header may declare any size: a 60 KB file claiming 9500x9500 decodes to 270 MB of garbage a
+    frame. The limit is Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``, as for images (``None`` turns it off).
+    """
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        raise DataError(
+            f"Video '{path}' has {width}x{height} = {width * height:,}-pixel frames, over the decompression-bomb "
+            f"limit of {int(limit):,} pixels (PIL.Image.MAX_IMAGE_PIXELS). Shrink or remove the file, or raise "
+            "that limit (None turns it off) if the file is trusted."
+        )
 
 
 def index_videos(
-    folder: FolderIndex, bad: BadSamples, keep: Callable[[int, float], bool] | None = None
+    folder: FolderIndex, bad: BadSamples, keep: Callable[[int, float, np.ndarray], bool] | None = None
 ) -> tuple[VideoIndex, list[str]]:
     """Probe every video of ``folder``; a bad one raises or (``on_error=skip``) is left out and counted.
 
-    ``keep(num_frames, fps)`` may leave out good videos too (``short="skip"``); their paths are
-    returned with the index.
+    ``keep(num_frames, fps, times)`` (``times``: the frames' timestamps in seconds) may leave out
+    good videos too (``short="skip"``); their paths are returned with the index.
     """
-    kept, stamps, rates, sizes, left_out = [], [], [], [], []
+    kept, stamps, rates, sizes, bases, left_out = [], [], [], [], [], []
     for i in range(len(folder)):
         path = folder.path(i)
         bad.seen()
         try:
-            pts, fps, width, height = probe_video(path)
+            pts, fps, width, height, time_base = _probe(path)
         except DataError as err:
             bad.skip(path, err)  # raises under on_error=raise
             continue
-        if keep is not None and not keep(len(pts), fps):
+        if keep is not None and not keep(len(pts), fps, (pts - pts[0]) * time_base):
             left_out.append(path)
             continue
         kept.append(i)
         stamps.append(pts)
         rates.append(fps)
         sizes.append((width, height))
+        bases.append(time_base)
     rows = np.asarray(kept, dtype=np.int64)
     counts = np.array([len(s) for s in stamps], dtype=np.int64)
     index = VideoIndex(
@@ -226,6 +334,7 @@ def index_videos(
         np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
         np.concatenate(stamps).astype(np.int64) if stamps else np.empty(0, np.int64),
         np.asarray(rates, dtype=np.float64), np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+        np.asarray(bases, dtype=np.float64),
     )  # fmt: skip
     return index, left_out
 
@@ -260,12 +369,23 @@ def decode_frames(
             stream = container.streams.video[0]
             stream.thread_count = threads
             stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+            # FFmpeg conceals damaged data by default: flipped bytes decode, with no error, to a wrong
+            # picture. "explode" turns the errors it detects into exceptions; what it conceals without
+            # one it marks corrupt (checked below). Not "bitstream": a mere deviation from the spec
+            # in a file that decodes fine would then refuse it.
+            stream.codec_context.options = {"err_detect": "crccheck+explode"}
             container.seek(int(targets[0]), stream=stream, backward=True, any_frame=False)
-            for frame in container.decode(stream):
+            for frame in _decode_until(container, stream, targets):
                 stamp = frame.pts
                 if stamp is None or stamp < targets[got]:
                     continue
-                picture = _rgb(frame)
+                if frame.is_corrupt:
+                    raise DataError(
+                        f"Video '{path}' is damaged near frame {int(wanted[got])}: the decoder could only conceal "
+                        "its errors. Re-encode or replace the file."
+                    )
+                _check_frame_size(path, frame.width, frame.height)  # a size change inside the stream
+                picture = _upright(_rgb(frame), frame)
                 if out is None:
                     out = np.empty((len(targets), *picture.shape), dtype=np.uint8)
                 while got < len(targets) and stamp >= targets[got]:  # a frame missing from the stream: the next
@@ -273,6 +393,8 @@ def decode_frames(
                     got += 1
                 if got == len(targets):
                     break
+    except DataError:
+        raise
     except (av.error.FFmpegError, OSError, ValueError) as err:
         raise DataError(f"Video '{path}' cannot be decoded near frame {int(wanted[got])}: {err}") from None
     if out is None or got < len(targets):
@@ -281,6 +403,22 @@ def decode_frames(
             "(damaged or cut short)."
         )
     return out[order]
+
+
+def _decode_until(container: Any, stream: Any, targets: np.ndarray) -> Iterator[Any]:
+    """``stream``'s frames from where ``container`` was sought to, sending the decoder no packet after
+    the last of ``targets``' own (then draining the frames it holds back to reorder them).
+
+    A decoder that reports damage (see ``explode`` above) would otherwise fail a clip on a damaged
+    packet it only read because of its output delay, which no frame of the clip refers to.
+    """
+    unsent = set(targets.tolist())
+    for packet in container.demux(stream):  # ends with an empty packet, which drains the decoder
+        unsent.discard(packet.pts if packet.pts is not None else packet.dts)  # as the index took them
+        yield from packet.decode()
+        if not unsent:
+            yield from stream.codec_context.decode(None)
+            return
 
 
 def _decode_torchcodec(path: str, frames: np.ndarray, threads: int) -> np.ndarray:
@@ -326,6 +464,28 @@ def _rgb(frame: Any) -> np.ndarray:
         reformatter = VideoReformatter()
         _local.reformatter = (os.getpid(), reformatter)
     return reformatter.reformat(frame, format="rgb24", threads=1).to_ndarray()
+
+
+def _upright(picture: np.ndarray, frame: Any) -> np.ndarray:
+    """``picture`` (``frame`` as RGB) turned as its display matrix says, as FFmpeg's own players do.
+
+    Phones film portrait video as landscape frames plus a matrix that turns them (images' EXIF
+    orientation, for video). The cases follow ``ffmpeg``'s autorotate (fftools): a quarter turn, a
+    half turn or none by the matrix's angle, mirrored as the signs of its entries say; odd angles
+    round to the nearest quarter turn.
+    """
+    side = frame.side_data.get("DISPLAYMATRIX")
+    if side is None:
+        return picture
+    m = np.frombuffer(bytes(side), dtype=np.int32)
+    quarters = round(-frame.rotation / 90) % 4  # clockwise quarter turns to show it upright
+    if quarters == 1:
+        return picture.transpose(1, 0, 2) if m[3] > 0 else np.rot90(picture, -1)
+    if quarters == 3:
+        return np.rot90(picture.transpose(1, 0, 2), 2) if m[3] < 0 else np.rot90(picture, 1)
+    if quarters == 2:
+        return picture[:: -1 if m[4] < 0 else 1, :: -1 if m[0] < 0 else 1]
+    return picture[::-1] if m[4] < 0 else picture
 
 
 class ClipTransform:
@@ -447,7 +607,8 @@ class VideoClipDataset(Dataset[Any]):
         if self.bad_samples.skipping:
             self.bad_samples.seen()
         try:
-            frames = self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip)
+            times = self.index.frame_times(video) if self.spec.fps is not None else None
+            frames = self.spec.frames(self.index.num_frames(video), float(self.index.fps[video]), rng, clip, times)
             pixels = decode_frames(path, self.index.frame_pts(video), frames, self.threads, self.decoder)
         except DataError as err:
             if not self.bad_samples.skipping:
