@@ -129,6 +129,7 @@ def name_samples(error: BaseException, dataset: Any, indices: Sequence[Any]) -> 
 # worker raised is re-raised as "Caught <type> in DataLoader worker process <n>" instead.
 _DEATH = re.compile(r"DataLoader worker \(pid")
 _HELD: list[str] = []  # the last deaths torch's SIGCHLD handler reported (see hold_worker_deaths)
+_FETCHING: set[int] = set()  # threads inside GuardedIterator.__next__, where a death may be raised at once
 
 
 class WorkerDiedError(RuntimeError):
@@ -160,6 +161,8 @@ class GuardedIterator:
     def __next__(self) -> Any:
         if _HELD and (dead := self._dead()):  # a death noted by the signal handler: say so at once
             raise WorkerDiedError(self._explain(_HELD[-1], dead))
+        me = threading.get_ident()
+        _FETCHING.add(me)  # here torch's signal handler may raise: it is caught just below
         try:
             return next(self.iterator)
         except StopIteration:
@@ -169,6 +172,8 @@ class GuardedIterator:
             if dead or (isinstance(err, RuntimeError) and _DEATH.search(str(err))):
                 raise WorkerDiedError(self._explain(str(err), dead)) from err
             raise  # an error raised in the worker keeps its type and message (and names its samples)
+        finally:
+            _FETCHING.discard(me)
 
     def _dead(self) -> list[int]:
         """The workers that have ended with an error or a signal."""
@@ -217,8 +222,9 @@ def _ending(exitcode: int | None) -> str:
 
 def hold_worker_deaths() -> None:
     """In the main thread: make torch's ``SIGCHLD`` handler note a dead DataLoader worker instead of
-    raising wherever this thread happens to be; the death surfaces on the next batch instead
-    (torch's queue waits check the workers' liveness, and :class:`GuardedIterator` names it).
+    raising wherever this thread happens to be; the death surfaces on the next batch instead, named
+    by :class:`GuardedIterator`. While this thread waits for a batch there, the handler raises at
+    once, as torch's does (the wait would otherwise last until torch's next liveness check, 5 s).
 
     Installs torch's handler first (as its DataLoaders do, once per process) and wraps it; the
     handler stays for the process, for every DataLoader in it. A no-op off the main thread and where
@@ -237,8 +243,8 @@ def hold_worker_deaths() -> None:
         try:
             current(signum, frame)
         except RuntimeError as err:
-            if not _DEATH.search(str(err)):
-                raise
+            if not _DEATH.search(str(err)) or threading.get_ident() in _FETCHING:
+                raise  # waiting for a batch: raised there at once, and named (GuardedIterator)
             del _HELD[:-7]
             _HELD.append(str(err))
 
