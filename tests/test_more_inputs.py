@@ -207,3 +207,25 @@ def test_a_shard_line_that_is_not_utf8_is_one_bad_line(tmp_path: Path, workers: 
     dm.setup("fit")
     assert sum(len(batch[1]) for batch in dm.train_dataloader()) == 59
     assert dm.bad_samples["train"]["skipped"] == 1
+
+
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        (lambda p: p.write_text("x"), "is a file, not a folder"),
+        (lambda p: p.mkdir(), "No '"),
+        (lambda p: (p.mkdir(), (p / "chute.json").write_bytes(b"\xff\xfe{")), "Cannot read"),
+        (lambda p: (p.mkdir(), (p / "chute.json").write_text("{not json")), "Cannot read"),
+        (lambda p: (p.mkdir(), (p / "chute.json").write_text("[]")), "not a chute LitData description"),
+    ],
+    ids=["a-file", "an-empty-folder", "not-utf8", "not-json", "not-a-description"],
+)
+def test_a_litdata_folder_that_is_not_one_is_named(tmp_path: Path, make: Callable[[Path], object], says: str) -> None:
+    from chute.datamodules import LitDataModule
+
+    where = tmp_path / "lit"
+    make(where)
+    dm = LitDataModule(where, loader={"batch_size": 4})
+    with pytest.raises(DataError) as err:
+        dm.setup("fit")
+    assert_mentions(str(err.value), str(where), says)

@@ -330,12 +330,17 @@ def read_meta(input_dir: str, cache_dir: str, storage_options: Mapping[str, Any]
         path_to_read = local
     else:
         path_to_read = path
+    if not is_remote(input_dir) and os.path.exists(input_dir) and not os.path.isdir(input_dir):
+        raise DataError(
+            f"'{input_dir}' is a file, not a folder: data.input_dir names the folder scripts/to_litdata.py wrote "
+            f"({META} and one LitData dataset per split)."
+        )
     try:
         meta = json.loads(Path(path_to_read).read_text())
     except FileNotFoundError:
         raise DataError(f"No '{path}': convert a dataset with scripts/to_litdata.py first.") from None
-    except ValueError as err:
-        raise DataError(f"'{path}' is not valid JSON: {err}") from None
+    except (ValueError, OSError) as err:  # not JSON, not UTF-8 (UnicodeDecodeError), unreadable
+        raise DataError(f"Cannot read '{path}' as a chute LitData description: {err}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"'{path}' is not a chute LitData description (expected format {FORMAT!r}).")
     splits = meta.get("splits")
