@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from chute.datamodules import ImageFolderDataModule, TabularDataModule
@@ -229,3 +230,24 @@ def test_a_litdata_folder_that_is_not_one_is_named(tmp_path: Path, make: Callabl
     with pytest.raises(DataError) as err:
         dm.setup("fit")
     assert_mentions(str(err.value), str(where), says)
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_integers_past_two_to_the_53_are_features_like_any_number(tmp_path: Path, kind: str) -> None:
+    """Nearest float, as every feature becomes (was Arrow's raw "Integer value ... not in range")."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    big = [2**63 + 4096 * i for i in range(40)]
+    table = pa.table({"big": pa.array(big, pa.uint64()), "label": ["xy"[i % 2] for i in range(40)]})
+    path = tmp_path / f"t.{kind}"
+    if kind == "parquet":
+        pq.write_table(table, path)
+    else:
+        path.write_text(
+            "big,label\n" + "".join(f"{b},{c}\n" for b, c in zip(big, table["label"].to_pylist(), strict=True))
+        )
+    dm = _fit(path)
+    features = torch.cat([batch[0] for batch in dm.train_dataloader()])
+    assert torch.isfinite(features).all()
+    assert features.std() > 0.5  # standardized: the values stay distinct enough to train on

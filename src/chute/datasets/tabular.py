@@ -226,7 +226,9 @@ class Split:
         """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the row."""
         column = self.column(name)
         if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            return self._finite(name, column.cast(pa.float64()).to_numpy(zero_copy_only=False))
+            # safe=False: an integer past 2**53 (a byte count, a big id) becomes the nearest float64, as
+            # every feature becomes a float; Arrow's checked cast would refuse the whole column.
+            return self._finite(name, column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False))
         values = self._texts(name, column)
         out = np.empty(len(values), dtype=np.float64)
         for i, value in enumerate(values):
