@@ -150,3 +150,13 @@ def test_spawned_workers_use_torchs_shared_memory(context: str) -> None:
     for batch in batches:
         _expected(batch)
     assert set(buffers._ARENAS) <= before
+
+
+def test_under_an_address_space_limit_workers_use_torchs_shared_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The arena reserves gigabytes of address space, which ``ulimit -v`` counts as if it were memory."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (8 << 30, resource.RLIM_INFINITY))
+    assert buffers.BatchArena.for_workers(2, None) is None
+    monkeypatch.undo()
+    assert buffers.BatchArena.for_workers(2, None) is not None

@@ -112,7 +112,7 @@ class BatchArena:
         chosen = context if context is not None else multiprocessing.get_context()
         method = chosen if isinstance(chosen, str) else chosen.get_start_method()
         off = os.environ.get(ENV, "on").strip().lower() in ("off", "0", "false", "no")
-        if workers <= 0 or method != "fork" or sys.platform != "linux" or off:
+        if workers <= 0 or method != "fork" or sys.platform != "linux" or off or _address_space_limited():
             return None
         try:
             return cls(workers)
@@ -166,6 +166,15 @@ class BatchArena:
                 self._received[key] = holder
                 weakref.finalize(holder, _free, self.table, worker, slot, sends)
         return torch.from_numpy(holder).view(dtype).as_strided(size, stride, offset)
+
+
+def _address_space_limited() -> bool:
+    """Whether this process runs under an address-space limit (``ulimit -v``): the arena reserves
+    gigabytes of address space (no memory), which such a limit counts; torch's shared memory then."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
 
 
 def _free(table: np.ndarray, worker: int, slot: int, sends: int) -> None:
