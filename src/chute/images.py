@@ -131,9 +131,20 @@ def check_image_size(path: str, data: bytes) -> tuple[int, int] | None:
         except Exception as err:
             reason = _reason(err)
             raise DataError(f"Cannot decode image '{path}': {reason}. The file is corrupt or not an image.") from None
-    if limit is not None and width * height > limit:
-        raise DataError(_bomb_message(path, f"is {width}x{height} = {width * height:,} pixels", limit))
+    check_pixel_limit(path, width, height)
     return strict
+
+
+def check_pixel_limit(path: str, width: int, height: int, what: str = "Image", frames: bool = False) -> None:
+    """Refuse ``width`` x ``height`` pixels (per frame, with ``frames``) over the decompression-bomb
+    limit, ``PIL.Image.MAX_IMAGE_PIXELS`` (``None`` turns it off): one rule for images and videos."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and width * height > limit:
+        pixels = f"{width}x{height} = {width * height:,}"
+        size = f"has {pixels}-pixel frames" if frames else f"is {pixels} pixels"
+        raise DataError(_bomb_message(path, size, limit, what))
 
 
 def _reason(err: BaseException) -> str:
@@ -145,9 +156,9 @@ def _reason(err: BaseException) -> str:
     return re.sub(r"^\w+, \S+\.(cpp|c|h):\d+, ", "", line)
 
 
-def _bomb_message(path: str, size: str, limit: int | None) -> str:
+def _bomb_message(path: str, size: str, limit: int | None, what: str = "Image") -> str:
     return (
-        f"Image '{path}' {size}, over the decompression-bomb limit of {int(limit or 0):,} pixels "
+        f"{what} '{path}' {size}, over the decompression-bomb limit of {int(limit or 0):,} pixels "
         "(PIL.Image.MAX_IMAGE_PIXELS). Shrink or remove the file, or raise that limit (None turns it off) if "
         "the file is trusted."
     )

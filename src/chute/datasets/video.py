@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 from chute.bad_samples import BadSamples, OnError
 from chute.datasets.folder import FolderIndex
 from chute.errors import ConfigError, DataError
+from chute.images import check_pixel_limit
 from chute.loader import SharedEpoch, sample_seed
 from chute.transforms.fused import CropDecode
 
@@ -291,15 +292,7 @@ def _check_frame_size(path: str, width: int, height: int) -> None:
     A header may declare any size: a 60 KB file claiming 9500x9500 decodes to 270 MB of garbage a
     frame. The limit is Pillow's ``PIL.Image.MAX_IMAGE_PIXELS``, as for images (``None`` turns it off).
     """
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
-    if limit is not None and width * height > limit:
-        raise DataError(
-            f"Video '{path}' has {width}x{height} = {width * height:,}-pixel frames, over the decompression-bomb "
-            f"limit of {int(limit):,} pixels (PIL.Image.MAX_IMAGE_PIXELS). Shrink or remove the file, or raise "
-            "that limit (None turns it off) if the file is trusted."
-        )
+    check_pixel_limit(path, width, height, what="Video", frames=True)
 
 
 def index_videos(
