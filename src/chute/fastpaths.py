@@ -7,7 +7,9 @@ simplejpeg's libjpeg-turbo (as strict about corrupt data: a file cut short fails
 happen after decoding: about half as fast (RandomResizedCrop(224) of 400-640 px photos on one
 thread, 2026-11-28: 500-600 images/s built, 210-380 without). That is said once per process
 (:func:`say_if_missing`: ``train.py`` at start-up, an image DataModule's ``setup``) and by
-``python -m chute.info`` (or ``chute-info``), which lists every fast path and library version.
+``python -m chute.info`` (or ``chute-info``, :mod:`chute.info`), which lists every fast path and
+library version. This module only loads; the report lives there, so the decoders that import this
+module never import the report's subjects back.
 
 ``CHUTE_NATIVE=0`` in the environment turns the extension off, to check the fallback.
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-from importlib import metadata
 from types import ModuleType
 
 log = logging.getLogger("chute")
@@ -50,67 +51,6 @@ def say_if_missing() -> None:
         "reinstall chute. `python -m chute.info` lists the fast paths in use.",
         MISSING,
     )
-
-
-def fast_paths() -> list[tuple[str, bool, str]]:
-    """``(name, active, detail)`` for each path that makes chute fast where it can run."""
-    import cv2
-    import torch
-
-    detail = MISSING
-    if jpegcrop is not None:
-        turbo = jpegcrop.LIBJPEG_TURBO_VERSION_NUMBER  # e.g. 2001005 for 2.1.5
-        detail = f"libjpeg-turbo {turbo // 1000000}.{turbo // 1000 % 1000}.{turbo % 1000}"
-    paths = [("crop-aware JPEG decoding (chute._jpegcrop)", jpegcrop is not None, detail)]
-    paths.append(
-        (
-            "strict whole-JPEG decoding",
-            True,
-            "chute._jpegcrop" if jpegcrop is not None else f"simplejpeg {_version('simplejpeg')} (fallback)",
-        )
-    )
-    paths.append(("PNG, WebP, GIF and CMYK JPEG decoding (TorchCodec)", True, f"torchcodec {_version('torchcodec')}"))
-    paths.append(("resize after a crop (OpenCV)", True, f"opencv {cv2.__version__}, {cv2.getNumThreads()} threads"))
-    paths.append(("video decoding, decoder=pyav (FFmpeg in PyAV's wheel)", True, _pyav_detail()))
-    from chute.datasets.video import torchcodec_video_error
-
-    why = torchcodec_video_error()
-    paths.append(("video decoding, decoder=torchcodec (system FFmpeg)", why is None, why or ""))
-    cuda = torch.cuda.is_available()
-    paths.append(
-        ("CUDA: pinned-memory copies, batch hook on the GPU", cuda, torch.cuda.get_device_name(0) if cuda else "none")
-    )
-    bf16 = cpu_has_native_bf16()
-    paths.append(("native bfloat16 on the CPU (AVX512-BF16 / AMX)", bf16, "" if bf16 else "emulated: slow"))
-    return paths
-
-
-def _pyav_detail() -> str:
-    try:
-        import av
-    except ImportError:
-        return "PyAV not installed"
-    codec = av.library_versions.get("libavcodec", ())
-    return f"av {av.__version__}, libavcodec {'.'.join(map(str, codec))}"
-
-
-def versions() -> dict[str, str]:
-    """Installed versions of chute and the libraries its speed and results depend on."""
-    import platform
-
-    names = [
-        "chute", "torch", "torchvision", "lightning", "torchcodec", "simplejpeg", "pillow", "numpy",
-        "opencv-python-headless", "pyarrow", "albumentations", "hydra-core", "av", "adbc-driver-sqlite",
-        "adbc-driver-postgresql",
-    ]  # fmt: skip
-    return {"python": platform.python_version(), **{name: _version(name) for name in names}}
-
-
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def cpu_has_native_bf16() -> bool:
