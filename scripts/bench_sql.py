@@ -24,6 +24,7 @@ import argparse
 import gc
 import itertools
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -154,7 +155,8 @@ def main() -> None:
             for workers in args.workers:
                 results += compare("sqlite", f"sqlite:///{path}", path, args.rows, workers, args)
         if "postgresql" in args.databases:
-            from chute.postgres import TemporaryPostgres
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its tests' fixture
+            from tests.postgres import TemporaryPostgres
 
             server = None if args.pg_url else TemporaryPostgres().start()
             url = args.pg_url or server.url  # type: ignore[union-attr]

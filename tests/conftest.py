@@ -76,7 +76,7 @@ def postgres_server() -> Iterator[object]:
     ``CHUTE_REQUIRE_POSTGRES=1`` (``.ci/run`` sets it after installing the package): then it fails."""
     import os
 
-    from chute.postgres import INSTALL_HINT, TemporaryPostgres, postgres_bin
+    from tests.postgres import INSTALL_HINT, TemporaryPostgres, postgres_bin
 
     if postgres_bin() is None:
         if os.environ.get("CHUTE_REQUIRE_POSTGRES") == "1":

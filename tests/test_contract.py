@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from chute.loader.orders import Order, SnapshotOrder
 from tests.conftest import REPO
 from tests.contract_kinds import BATCH, KINDS, SAMPLES, expected_val_loss
 from tests.contract_run import run
@@ -151,6 +152,10 @@ def test_every_loader_is_complete_to_lightning_and_resumes_from_its_state(kind: 
             assert hasattr(loader, "sampler"), (kind, setting, name)
             assert hasattr(loader, "batch_sampler"), (kind, setting, name)
             _is_dataloader_shuffled(loader)  # Lightning's inspection must not fail
+            if kind != "litdata":  # LitData's own loader and order (tests/datamodules/test_litdata.py)
+                assert isinstance(loader.order, Order), (kind, setting, name, type(loader.order))
+                if kind.startswith("sql") and name == "train_dataloader":  # each epoch reads the rows of its start
+                    assert isinstance(loader.order, SnapshotOrder), (kind, setting)
             assert len(list(loader)) == len(loader), (kind, setting, name)
         if kind == "litdata":
             continue  # LitData's own loader: its resume is tested in tests/datamodules/test_litdata.py

@@ -45,8 +45,8 @@ def test_threaded_loader_delivers_on_the_device_through_reused_pinned_buffers() 
     import numpy as np
 
     from chute.datasets import TabularDataset
+    from chute.loader.orders import BatchIndexSampler
     from chute.loader.threaded import ThreadedLoader
-    from chute.samplers import BatchIndexSampler
 
     dataset = TabularDataset(np.arange(640, dtype=np.float32)[:, None], np.arange(640) % 3)
     sampler = BatchIndexSampler(640, 64, shuffle=False)

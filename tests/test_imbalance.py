@@ -14,7 +14,8 @@ from torch.utils.data import DistributedSampler
 from chute.datamodules import ImageFolderDataModule, SequenceDataModule, TabularDataModule
 from chute.datasets import DigitsFolder, SklearnTable
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings, build_sampler, class_weights
+from chute.imbalance import ImbalanceSettings, class_weights
+from chute.loader.draws import build_sampler
 from chute.transforms import create_transforms
 
 COUNTS = np.array([100, 30, 10])

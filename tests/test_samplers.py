@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chute.samplers import BatchIndexSampler, BucketBatchSampler
+from chute.loader.orders import BatchIndexSampler, BucketBatchSampler
 
 
 @pytest.mark.parametrize(
@@ -67,7 +67,7 @@ def test_a_pass_cut_short_still_advances_the_epoch() -> None:
 def test_batched_draw_is_the_item_stream_cut_into_batches(drop_last: bool, rank: int, world: int) -> None:
     """``Batched`` slices the draw (no Python step per index) and resumes after whole batches."""
     from chute.loader import Batched
-    from chute.samplers import IndexSampler
+    from chute.loader.orders import IndexSampler
 
     items = list(IndexSampler(103, seed=4, rank=rank, world_size=world))
     batches = [items[i : i + 8] for i in range(0, len(items), 8)]
@@ -79,3 +79,18 @@ def test_batched_draw_is_the_item_stream_cut_into_batches(drop_last: bool, rank:
     order.resume(0, 3)
     order.set_epoch(0)
     assert [b.tolist() for b in order] == batches[3:]
+
+
+def test_a_sampler_without_the_order_protocol_is_refused_naming_what_it_lacks() -> None:
+    """A loader's order must say which epoch a pass is and where it resumes: a plain torch sampler
+    would leave every resumed pass starting from the top, so it is refused, not quietly used."""
+    from torch.utils.data import BatchSampler, SequentialSampler
+
+    from chute.loader import LoaderSettings, build_loader
+    from chute.loader.orders import Order
+
+    data = list(range(10))
+    plain = BatchSampler(SequentialSampler(data), batch_size=4, drop_last=False)
+    assert not isinstance(plain, Order)
+    with pytest.raises(TypeError, match=r"BatchSampler cannot drive a chute loader: it has no set_epoch, resume"):
+        build_loader(data, LoaderSettings(batch_size=4), train=True, seed=0, batches=plain)  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from chute.datasets import TabularDataset
+from chute.loader.orders import BatchIndexSampler
 from chute.loader.threaded import ThreadedLoader
-from chute.samplers import BatchIndexSampler
 
 
 def dataset(n: int = 100) -> TabularDataset:
@@ -193,7 +193,7 @@ def test_a_pass_abandoned_at_the_end_of_a_script_exits_cleanly(tmp_path: Path) -
         "import numpy as np, torch\n"
         "from chute.datasets import TabularDataset\n"
         "from chute.loader.threaded import ThreadedLoader\n"
-        "from chute.samplers import BatchIndexSampler\n"
+        "from chute.loader.orders import BatchIndexSampler\n"
         "class Slow(TabularDataset):\n"
         "    def __getitems__(self, batch):\n"
         "        torch.randn(400, 400) @ torch.randn(400, 400)\n"

@@ -15,7 +15,8 @@
 
 Every sampling strategy draws ``epoch_length`` samples per epoch (default: the training set's size,
 so strategies train with the same budget). The samplers draw per (seed, epoch), identically on every
-rank, and split the draw across ranks (the draws live in :mod:`chute.samplers`). This module does
+rank, and split the draw across ranks (the draws, and :func:`~chute.loader.draws.build_sampler`
+that picks one, live in :mod:`chute.loader.draws`). This module does
 not import torch, so ``train.py`` checks ``imbalance.*`` before the heavy imports.
 """
 
@@ -23,14 +24,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from chute.errors import ConfigError, DataError
-
-if TYPE_CHECKING:
-    from chute.samplers import DistributedDraw
 
 STRATEGIES = ("none", "weighted_sampler", "balanced_batches", "loss_weights", "oversample", "undersample")
 WEIGHTINGS = ("inverse", "inverse_sqrt", "effective_number")
@@ -136,43 +134,3 @@ def check_counts(counts: np.ndarray, class_names: Sequence[str] = ()) -> None:
             f"Class {names[0]!r} has no training samples ({len(names)} such classes: {names[:5]}); imbalance "
             "strategies need every class in the training split. Remove the class or add samples."
         )
-
-
-def build_sampler(
-    settings: ImbalanceSettings,
-    labels: np.ndarray,
-    num_classes: int,
-    batch_size: int,
-    *,
-    seed: int,
-    class_names: Sequence[str] = (),
-    rank: int | None = None,
-    world_size: int | None = None,
-) -> tuple[DistributedDraw | None, bool]:
-    """The training sampler for ``settings`` and whether it yields whole batches (``None`` for no sampler)."""
-    from chute.samplers import BalancedBatchDraw, ResampleDraw, WeightedDraw  # torch: not needed to check settings
-
-    if not settings.samples:
-        return None, False
-    counts = np.bincount(labels, minlength=num_classes)
-    check_counts(counts, class_names)
-    length = settings.epoch_length or len(labels)
-    common = {"seed": seed, "rank": rank, "world_size": world_size}
-    if settings.strategy == "weighted_sampler":
-        weights = class_weights(counts, settings, class_names)[labels]
-        if not settings.replacement and length > len(labels):
-            raise ConfigError("epoch_length", length, f"exceeds the {len(labels)} samples drawn without replacement")
-        return WeightedDraw(weights, length, replacement=settings.replacement, **common), False
-    if settings.strategy == "balanced_batches":
-        per_batch = settings.classes_per_batch or num_classes
-        if per_batch > num_classes:
-            raise ConfigError("classes_per_batch", per_batch, f"exceeds the {num_classes} classes")
-        if batch_size % per_batch or batch_size < per_batch:
-            raise ConfigError(
-                "classes_per_batch", per_batch,
-                f"batch_size {batch_size} must be a multiple of the {per_batch} classes per batch (P x K); "
-                f"e.g. batch_size {max(1, batch_size // per_batch) * per_batch} or classes_per_batch dividing it",
-            )  # fmt: skip
-        batches = max(1, length // batch_size)
-        return BalancedBatchDraw(labels, per_batch, batch_size // per_batch, batches, **common), True
-    return ResampleDraw(labels, num_classes, settings.strategy, settings.target_ratio, length, **common), False

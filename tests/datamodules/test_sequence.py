@@ -16,7 +16,7 @@ import torch
 from chute.datamodules import SequenceDataModule
 from chute.datasets import LengthMajoritySequences, collate_sequences
 from chute.errors import ConfigError, DataError
-from chute.samplers import BucketBatchSampler
+from chute.loader.orders import BucketBatchSampler
 from tests.datamodules.contract import check_datamodule
 
 

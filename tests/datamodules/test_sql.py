@@ -183,7 +183,7 @@ def test_every_row_once_an_epoch_in_a_seeded_order_whatever_loads_it(
 
 
 def test_ranks_take_contiguous_equal_shares_and_evaluation_counts_each_row_once(tmp_path: Path) -> None:
-    from chute.datasets.sql import KeyOrder
+    from chute.loader.key_orders import KeyOrder
 
     keys = np.arange(100, 123)
     for world in (2, 3):
@@ -305,7 +305,7 @@ def test_the_fit_sample_and_ranges_do_not_depend_on_how_the_scan_arrives() -> No
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_stream_ranks_take_equal_steps_every_row_once_and_evaluation_counts_each_row_once(world: int) -> None:
-    from chute.datasets.sql import KeyRanges, KeyStream
+    from chute.loader.key_orders import KeyRanges, KeyStream
 
     keys = np.arange(1000, 1203) * 7  # 203 rows in ranges of 16 (the last of 11)
     lo, hi = keys[::16], np.append(keys[15::16], keys[-1])
@@ -341,7 +341,7 @@ def test_stream_ranks_take_equal_steps_every_row_once_and_evaluation_counts_each
 
 
 def test_a_stream_rank_without_rows_of_its_own_still_takes_its_steps() -> None:
-    from chute.datasets.sql import KeyRanges, KeyStream
+    from chute.loader.key_orders import KeyRanges, KeyStream
 
     keys = np.array([10, 11, 20, 21])  # two ranges; the first one's rows are deleted during the epoch
     ranges = KeyRanges(np.array([10, 20]), np.array([11, 21]), np.array([2, 2]), 21, np.empty(0, np.int64))
@@ -621,7 +621,7 @@ def test_a_dropped_connection_is_retried_and_a_lost_server_is_a_clear_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     pytest.importorskip("adbc_driver_postgresql")
-    from chute.postgres import TemporaryPostgres, postgres_bin
+    from tests.postgres import TemporaryPostgres, postgres_bin
 
     if postgres_bin() is None:
         pytest.skip("PostgreSQL is not installed")

@@ -26,9 +26,19 @@ from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings, as_imbalance_settings, build_sampler, class_weights
-from chute.loader import Batched, Loader, LoaderSettings, as_loader_settings, build_loader, default_order, derive_seed
-from chute.samplers import DistributedDraw
+from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
+from chute.loader import (
+    Batched,
+    Loader,
+    LoaderSettings,
+    Stream,
+    as_loader_settings,
+    build_loader,
+    default_order,
+    derive_seed,
+)
+from chute.loader.draws import build_sampler
+from chute.loader.orders import DistributedDraw
 
 
 class ChuteDataModule(L.LightningDataModule):
@@ -167,7 +177,7 @@ class ChuteDataModule(L.LightningDataModule):
         rank, world = self._world()
         return build_sampler(
             self.imbalance, labels, num_classes, self.loader_settings.batch_size,
-            seed=derive_seed(self.seed, 9), class_names=names, rank=rank, world_size=world,
+            seed=derive_seed(self.seed, Stream.IMBALANCE), class_names=names, rank=rank, world_size=world,
         )  # fmt: skip
 
     def _world(self) -> tuple[int | None, int | None]:
@@ -257,7 +267,7 @@ class ChuteDataModule(L.LightningDataModule):
         - training: else the
           imbalance strategy's sampler, else a ``(seed, epoch)`` permutation; every rank draws alike
           and takes its share, with at most ``world - 1`` repeats so ranks take equal steps;
-        - evaluation: :class:`~chute.samplers.EvalBatches` over ``eval_order`` (default
+        - evaluation: :class:`~chute.loader.orders.EvalBatches` over ``eval_order`` (default
           ``0..n-1``): each sample exactly once, rank shares within one sample;
         - ``stream``: the dataset yields whole batches itself.
 

@@ -21,7 +21,7 @@ from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import FolderIndex, discover_splits
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, derive_seed
+from chute.loader import LoaderSettings, Stream, derive_seed
 from chute.transforms.batch import NormalizeBatch
 
 
@@ -119,7 +119,7 @@ class ClassFolderDataModule(ChuteDataModule):
         """The tree's splits (see :func:`~chute.datasets.folder.discover_splits`), saying once when
         test and predict fall back to the validation split."""
         hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
-        seed = derive_seed(self.seed, 1)
+        seed = derive_seed(self.seed, Stream.SPLIT)
         what = f"{self.sample_what}s"
         splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, self.extensions, what, hint)
         if splits["test"] is splits["val"] is not None:
@@ -151,7 +151,7 @@ class ClassFolderDataModule(ChuteDataModule):
 
     def _pick_for_stats(self, size: int, most: int) -> np.ndarray:
         """Up to ``most`` of ``size`` training samples, the same for a seed, for :meth:`_mean_std`."""
-        rng = np.random.default_rng(derive_seed(self.seed, 2))
+        rng = np.random.default_rng(derive_seed(self.seed, Stream.SAMPLE))
         return rng.choice(size, size=min(most, size), replace=False)
 
     def _mean_std(self, samples: Iterable[torch.Tensor], channels: int, tried: int) -> tuple[list[float], list[float]]:

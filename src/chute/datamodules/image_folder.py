@@ -25,7 +25,7 @@ from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, derive_seed
+from chute.loader import Loader, LoaderSettings, Stream, derive_seed
 from chute.transforms.checks import check_deterministic
 from chute.transforms.decode_choice import choose_decode
 from chute.transforms.device import MixBatch
@@ -304,7 +304,8 @@ class ImageFolderDataModule(ClassFolderDataModule):
         encoded = self.decode_route == "gpu" and self.collate_fn is None and isinstance(transform, CropDecode)
         return ImageFolderDataset(
             self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
-            seed=derive_seed(self.seed, 3) if split == "train" else None, on_error=self._bad_samples(split),
+            seed=derive_seed(self.seed, Stream.AUGMENT) if split == "train" else None,
+            on_error=self._bad_samples(split),
             drop_bad=split != "train",  # evaluation: a bad image is left out, not replaced by a duplicate
             encoded=encoded, split=split,
         )  # fmt: skip
@@ -312,10 +313,10 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def preview_batch(self, split: str, n: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` seeded random samples of ``split`` after its pipeline, without touching global RNG."""
         dataset = self.dataset(split)
-        rng = np.random.default_rng(derive_seed(self.seed, 7))
+        rng = np.random.default_rng(derive_seed(self.seed, Stream.PREVIEW))
         picks = rng.choice(len(dataset), size=min(n, len(dataset)), replace=False)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, 8))
+            torch.manual_seed(derive_seed(self.seed, Stream.PREVIEW_AUGMENT))
             samples = [sample for i in picks if (sample := dataset[int(i)]) is not None]
         images, labels = collate_images(samples)
         return images, labels
@@ -328,7 +329,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
             self._cached_dataset(split, transform, train) if self.cache is not None else self.dataset(split)
         )
         if train and transform is not None and hasattr(transform, "reseed"):
-            transform.reseed(derive_seed(self.seed, 3))  # main-process loading (num_workers=0)
+            transform.reseed(derive_seed(self.seed, Stream.AUGMENT))  # main-process loading (num_workers=0)
         collate = self._collate(collate_images)
         if not train and self.on_error == "skip":
             collate = DropMissing(collate)  # the bad images an evaluation split left out
@@ -351,7 +352,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         cached = self._cached[split]
         random_stage = train and transform is not None and not self.device_augment
         cached.transform = OnFirst(transform) if random_stage else None  # type: ignore[arg-type]
-        cached.seed = derive_seed(self.seed, 3) if random_stage else None  # keyed by (seed, epoch, index)
+        cached.seed = derive_seed(self.seed, Stream.AUGMENT) if random_stage else None  # keyed by (seed, epoch, index)
         return cached
 
     def _eval_index(self) -> FolderIndex:

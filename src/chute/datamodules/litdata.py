@@ -39,8 +39,8 @@ from chute.datamodules.litdata_cover import covering_loader_class, resumable_loa
 from chute.datasets.materialize import SourceCopy
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
-from chute.loader import LoaderSettings, WorkerInit, derive_seed
-from chute.samplers import EvalBatches
+from chute.loader import LoaderSettings, Stream, WorkerInit, derive_seed
+from chute.loader.orders import EvalBatches
 
 META = "chute.json"
 FORMAT = "chute-litdata/1"
@@ -186,7 +186,7 @@ class LitDataModule(DescribedDataModule):
             shuffle=train and settings.shuffle,
             # Under DDP LitData deals whole batches (equal steps on every rank); the loader reads the rest.
             drop_last=train and (settings.drop_last or (world_size or 1) > 1),
-            seed=derive_seed(self.seed, 7),
+            seed=derive_seed(self.seed, Stream.LITDATA),
             serializers=refusing_serializers(),
             max_cache_size=self.max_cache_size,
             storage_options=self.storage_options or None,

@@ -24,8 +24,8 @@ from chute.datasets.sequence import (
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, derive_seed
-from chute.samplers import BucketBatchSampler
+from chute.loader import Loader, LoaderSettings, Stream, derive_seed
+from chute.loader.orders import BucketBatchSampler
 
 
 class SequenceDataModule(ChuteDataModule):
@@ -35,7 +35,7 @@ class SequenceDataModule(ChuteDataModule):
     ``{"tokens": [ids...], "label": k}`` or ``{"text": "...", "label": k}``; text is mapped to ids
     through a character vocabulary built on the training split only (0 = padding, 1 = unseen).
     Batches pad to their own longest sequence; with ``bucket`` (default) a
-    :class:`~chute.samplers.BucketBatchSampler` groups similar lengths so little padding remains.
+    :class:`~chute.loader.orders.BucketBatchSampler` groups similar lengths so little padding remains.
     Prediction keeps the file order (no bucketing), so outputs line up with the input lines.
 
     Args:
@@ -225,7 +225,7 @@ class SequenceDataModule(ChuteDataModule):
         batches = self._batch_sampler(dataset, train=split == "train", bucket=use)
         if batches is None:
             size = self.loader_settings.batch_size_for(split == "train")
-            order = np.random.default_rng(derive_seed(self.seed, 0)).permutation(len(dataset))
+            order = np.random.default_rng(derive_seed(self.seed, Stream.REPORT)).permutation(len(dataset))
             return padding_waste(dataset.lengths, [order[i : i + size] for i in range(0, len(order), size)])
         return padding_waste(dataset.lengths, [b.tolist() for b in batches.batches()])
 
@@ -258,7 +258,7 @@ class SequenceDataModule(ChuteDataModule):
             shuffle=train and settings.shuffle,
             drop_last=train and settings.drop_last,
             pool_batches=self.pool_batches,
-            seed=derive_seed(self.seed, 4),
+            seed=derive_seed(self.seed, Stream.BUCKETS),
             pad=train,  # evaluation: every sample exactly once across ranks
         )
 
@@ -271,7 +271,7 @@ class SequenceDataModule(ChuteDataModule):
         if os.path.isfile(paths["val"]):
             val = self._read(paths["val"], "val")
         else:  # split the kept lines only
-            keep, held = stratified_split(train.labels, self.val_fraction, derive_seed(self.seed, 1))
+            keep, held = stratified_split(train.labels, self.val_fraction, derive_seed(self.seed, Stream.SPLIT))
             train, val = train.take(keep), train.take(held)
         test = self._read(paths["test"], "test") if os.path.isfile(paths["test"]) else val
         for records in (val, test):

@@ -17,9 +17,6 @@ from chute.datasets.database import Database, batch_rows, redact
 from chute.datasets.sql import (
     Encoding,
     KeyedSplit,
-    KeyOrder,
-    KeyRanges,
-    KeyStream,
     SqlRows,
     SqlSource,
     binary_columns,
@@ -30,7 +27,8 @@ from chute.datasets.sql import (
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import Batched, Loader, LoaderSettings, derive_seed
+from chute.loader import Batched, Loader, LoaderSettings, Stream, derive_seed
+from chute.loader.key_orders import KeyOrder, KeyRanges, KeyStream
 
 Snapshot = Literal["epoch", "once"]
 Index = Literal["memory", "stream"]
@@ -50,7 +48,7 @@ class SqlDataModule(ChuteDataModule):
     With ``index="stream"`` (tables whose key index does not fit in memory) the snapshot is a list
     of key ranges of ``shuffle_buffer / 16`` rows each (at least a batch) with their row counts, read in one
     streamed scan of the key column; training takes the ranges in a seeded order and shuffles
-    within a buffer of ``shuffle_buffer`` keys (:class:`~chute.datasets.sql.KeyStream`). Memory is
+    within a buffer of ``shuffle_buffer`` keys (:class:`~chute.loader.key_orders.KeyStream`). Memory is
     the ranges and the buffer, whatever the table's size; the guarantees are the same (each row
     once, equal steps, seeded, resumable), provided rows arrive with growing keys: a range that
     loses rows, or gains rows below the snapshot's largest key, while an epoch runs is an error
@@ -238,7 +236,7 @@ class SqlDataModule(ChuteDataModule):
         if len(keys) == 0:
             raise DataError(f"{source.describe()} has no training rows.")
         if len(keys) > self.fit_rows:  # a seeded sample, in key order (one range scan per chunk)
-            rng = np.random.default_rng(derive_seed(self.seed, 2))
+            rng = np.random.default_rng(derive_seed(self.seed, Stream.SAMPLE))
             keys = np.sort(rng.choice(keys, self.fit_rows, replace=False))
         columns = self._numeric
         if columns is None:
@@ -334,7 +332,7 @@ class SqlDataModule(ChuteDataModule):
     def _ranges(self, split: str, upto: int | None = None, sample: int = 0, shared: bool = True) -> KeyRanges:
         """:meth:`_keys` as :class:`KeyRanges` (``index="stream"``), with a seeded ``sample`` of the keys."""
         per_range = max(self.shuffle_buffer // 16, self.loader_settings.batch_size)
-        source, keep, seed = self.sources[split], self._keep(split), derive_seed(self.seed, 2)
+        source, keep, seed = self.sources[split], self._keep(split), derive_seed(self.seed, Stream.SAMPLE)
         read = lambda: source.key_ranges(per_range, upto, keep, sample=sample, seed=seed)  # noqa: E731
         ranges: KeyRanges = _from_rank_zero(read) if shared else read()
         return ranges
@@ -343,7 +341,7 @@ class SqlDataModule(ChuteDataModule):
         """Which of the source's keys belong to ``split`` (``None``: all): the seeded hold-out."""
         if not self.held_out or (split == "test" and self.sources["test"].relation != self.sources["train"].relation):
             return None
-        fraction, seed = self.val_fraction, derive_seed(self.seed, 1)
+        fraction, seed = self.val_fraction, derive_seed(self.seed, Stream.SPLIT)
         if split == "train":
             return lambda keys: ~key_split(keys, fraction, seed)
         return lambda keys: key_split(keys, fraction, seed)
@@ -374,7 +372,7 @@ class SqlDataModule(ChuteDataModule):
         dataset = self.dataset(split)
         rank, world = self._world()
         common: dict[str, Any] = {
-            "train": train, "shuffle": settings.shuffle, "seed": derive_seed(self.seed, 0),
+            "train": train, "shuffle": settings.shuffle, "seed": derive_seed(self.seed, Stream.ORDER),
             "block": self.shuffle_block or max(settings.batch_size // 64, 1), "rank": rank, "world_size": world,
             "refresh": trainer is None,
             "epoch_of": (lambda: trainer.current_epoch) if trainer is not None else None,

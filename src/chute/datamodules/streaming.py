@@ -11,7 +11,7 @@ from chute.bad_samples import OnError
 from chute.datamodules.described import DescribedDataModule
 from chute.datasets.shards import ShardIndex, ShardStream
 from chute.errors import ConfigError, DataError
-from chute.loader import Loader, LoaderSettings, derive_seed, world_position
+from chute.loader import Loader, LoaderSettings, Stream, derive_seed, world_position
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
 # worker. ShardStream's workers take turns at one sequence of batches per rank, and its length counts it.
@@ -113,7 +113,7 @@ class StreamingDataModule(DescribedDataModule):
             self._sample_collate(),
             shuffle_shards=shuffle and self.shuffle_shards,
             buffer_size=self.shuffle_buffer if shuffle else 0,
-            seed=derive_seed(self.seed, 6),
+            seed=derive_seed(self.seed, Stream.SHARDS),
             drop_last=train and settings.drop_last,
             rank=rank,
             world_size=world,

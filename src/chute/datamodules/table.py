@@ -27,7 +27,7 @@ from chute.datasets.tabular import (
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, derive_seed
+from chute.loader import Loader, LoaderSettings, Stream, derive_seed
 
 Task = Literal["classification", "regression"]
 UnknownCategory = Literal["raise", "ignore"]
@@ -190,7 +190,7 @@ class TableDataModuleBase(ChuteDataModule):
         if self.paths["val"] is not None:
             val = self._read("val")
         else:
-            seed = derive_seed(self.seed, 1)
+            seed = derive_seed(self.seed, Stream.SPLIT)
             stratify = next((column for column, kind in self.tasks.values() if kind == "classification"), None)
             if stratify is not None:  # by the first classification target
                 labels = np.asarray(check_labels_present(train, stratify), dtype=object)

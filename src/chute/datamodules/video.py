@@ -30,7 +30,7 @@ from chute.datasets.video import (
 )
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, derive_seed
+from chute.loader import Loader, LoaderSettings, Stream, derive_seed
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import TransformSettings
 
@@ -185,7 +185,7 @@ class VideoDataModule(ClassFolderDataModule):
         """Up to ``n`` (at most 8: a picture row each) seeded clips of ``split`` after its pipeline:
         ``uint8`` ``(n, T, C, H, W)`` and labels."""
         dataset = self.dataset(split)
-        rng = np.random.default_rng(derive_seed(self.seed, 7))
+        rng = np.random.default_rng(derive_seed(self.seed, Stream.PREVIEW))
         picks = rng.choice(len(dataset), size=min(n, 8, len(dataset)), replace=False)
         batch = DropMissing(collate_clips)([dataset[int(i)] for i in picks])
         if batch is None:
@@ -204,7 +204,7 @@ class VideoDataModule(ClassFolderDataModule):
         )  # fmt: skip
         transform = ClipTransform(region, settings.color_jitter if train else 0.0, settings.interpolation)
         return VideoClipDataset(
-            self._split(split), spec, transform, train=train, seed=derive_seed(self.seed, 3),
+            self._split(split), spec, transform, train=train, seed=derive_seed(self.seed, Stream.AUGMENT),
             on_error=self._bad_samples(split), threads=self.decoder_threads, decoder=self.decoder,
         )  # fmt: skip
 

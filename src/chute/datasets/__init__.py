@@ -7,11 +7,12 @@ from chute.datasets.motion_clips import MotionClips
 from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
-from chute.datasets.shards import ShardIndex, ShardStream, partition, write_shards
+from chute.datasets.shards import ShardIndex, ShardStream, write_shards
 from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnSqlite, SklearnTable, sklearn_table, write_table
 from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
 from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos
+from chute.loader.streams import partition
 
 __all__ = [
     "SKLEARN_TABLES",

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
 from chute.loader import SharedEpoch, derive_seed, world_position
+from chute.loader.streams import buffered, partition
 from chute.paths import inside
 
 INDEX = "index.json"
@@ -192,30 +193,6 @@ def _check_plain(path: str, key: str, value: Any) -> None:
 
 
 # -- Reading: exactly once across ranks, the same batches for any worker count ---------------
-
-
-def partition(counts: Sequence[int], consumers: int, consumer: int) -> list[tuple[int, int, int]]:
-    """The ``(shard, start, stop)`` line ranges that reader ``consumer`` of ``consumers`` reads.
-
-    Shards are laid end to end in the given order; reader ``c`` takes global positions
-    ``[c * N // C, (c + 1) * N // C)``. Every position belongs to exactly one reader.
-
-    Example:
-        >>> [partition([3, 1, 4], 3, c) for c in range(3)]
-        [[(0, 0, 2)], [(0, 2, 3), (1, 0, 1), (2, 0, 1)], [(2, 1, 4)]]
-    """
-    if not 0 <= consumer < consumers:
-        raise ValueError(f"consumer {consumer} not in [0, {consumers})")
-    total = int(sum(counts))
-    lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
-    ranges = []
-    offset = 0
-    for shard, count in enumerate(counts):
-        start, stop = max(lo, offset), min(hi, offset + count)
-        if start < stop:
-            ranges.append((shard, start - offset, stop - offset))
-        offset += count
-    return ranges
 
 
 class ShardStream(IterableDataset[Any]):
@@ -434,24 +411,6 @@ class ShardStream(IterableDataset[Any]):
 
 
 _BAD = object()  # stands for a run of lines none of which decoded
-
-
-def buffered(items: Iterator[Any], size: int, seed: int) -> Iterator[Any]:
-    """``items`` through a shuffle buffer: each new item swaps out a random one of ``size`` held, then the rest."""
-    rng = np.random.default_rng(seed)
-    buffer: list[Any] = []
-    picks: list[int] = []
-    for item in items:
-        if len(buffer) < size:
-            buffer.append(item)
-            continue
-        if not picks:  # drawn in blocks: one draw per line would cost more than reading it
-            picks = rng.integers(size, size=1024).tolist()
-        i = picks.pop()
-        buffer[i], item = item, buffer[i]
-        yield item
-    for i in rng.permutation(len(buffer)).tolist():
-        yield buffer[i]
 
 
 def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataError:

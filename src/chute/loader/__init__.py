@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from chute.loader.distributed import current_rank, world_position
     from chute.loader.seeding import (
         SharedEpoch,
+        Stream,
         WorkerSeeder,
         batch_generator,
         derive_seed,
@@ -41,8 +42,8 @@ _MODULES = {
     ),
     "chute.loader.distributed": ("current_rank", "world_position"),
     "chute.loader.seeding": (
-        "SharedEpoch", "WorkerSeeder", "batch_generator", "derive_seed", "sample_seed", "seed_everything_local",
-        "seeded_call",
+        "SharedEpoch", "Stream", "WorkerSeeder", "batch_generator", "derive_seed", "sample_seed",
+        "seed_everything_local", "seeded_call",
     ),
     "chute.loader.threaded": ("DeviceCopy", "StagingPool", "ThreadedLoader"),
     "chute.loader.worker_init": ("WorkerInit", "library_threads", "limit_library_threads"),
@@ -63,6 +64,7 @@ __all__ = [
     "Passes",
     "SharedEpoch",
     "StagingPool",
+    "Stream",
     "ThreadedLoader",
     "TrackedDataset",
     "WorkerDiedError",

@@ -3,10 +3,9 @@
 Every loader chute returns is made by :func:`build_loader` and shares one behaviour
 (:class:`Passes`), whatever runs it (DataLoader worker processes, loader threads, the calling thread):
 
-- It is driven by one *order*: a sampler of index batches (map-style data) or the stream itself
-  (a dataset that yields whole batches). The order has ``set_epoch(epoch)`` and
-  ``resume(epoch, batches)``; the loader tells it the epoch when a pass starts (the trainer's
-  epoch when attached, else the pass count).
+- It is driven by one *order* (:class:`~chute.loader.orders.Order`): a sampler of index batches
+  (map-style data) or the stream itself (a dataset that yields whole batches). The loader tells it
+  the epoch when a pass starts (the trainer's epoch when attached, else the pass count).
 - Its position is its own ``state_dict()``: the epoch and how many of the order's batches this
   pass has handed out (counted where they leave the loader, so worker prefetch is not counted).
   ``load_state_dict`` makes the next pass of that epoch start after them. Lightning saves and
@@ -15,23 +14,23 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
   ``iter`` before ``set_epoch``) still decides the order.
 - A batch with no samples (every sample of it left out, e.g. unreadable images in evaluation with
   ``on_error="skip"``) is never handed to the model; it still counts towards the position.
-- An order over data that changes between epochs (a database table: each epoch reads the rows
-  committed when it began) may also have ``snapshot_state()`` and ``restore_snapshot(epoch, state)``:
-  the position then records which rows the epoch read, and a resumed pass reads those rows again.
+- An order over data that changes between epochs (:class:`~chute.loader.orders.SnapshotOrder`) also
+  records which rows the epoch read in the position, and a resumed pass reads those rows again.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
 from chute.loader.buffers import BatchArena
 from chute.loader.distributed import current_rank
-from chute.loader.seeding import derive_seed, enter_batch
+from chute.loader.orders import EvalBatches, IndexSampler, Order, SnapshotOrder
+from chute.loader.seeding import Stream, derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import DeviceCopy, DeviceFeed, ThreadedLoader
 from chute.loader.worker_init import WorkerInit, forking_workers
@@ -82,7 +81,7 @@ class BatchFetch(Dataset[Any]):
 
 class Batched(DistributedSampler):
     """Group an index sampler's indices into batches: the order of a loader over an index sampler
-    (a :class:`~chute.samplers.DistributedDraw` of indices, which cuts its draw with ``batched``).
+    (a :class:`~chute.loader.orders.DistributedDraw` of indices, which cuts its draw with ``batched``).
 
     ``set_epoch`` reaches the index sampler; ``resume(epoch, batches)`` skips ``batches`` whole batches.
     A :class:`~torch.utils.data.DistributedSampler` by type only (the index sampler splits the ranks):
@@ -125,7 +124,7 @@ class Passes:
         self._pending: tuple[int, int] | None = None
 
     @property
-    def order(self) -> Any:
+    def order(self) -> Order:
         raise NotImplementedError
 
     def _batches(self) -> Iterator[Any]:
@@ -138,17 +137,15 @@ class Passes:
             state: dict[str, Any] = {"epoch": self._pending[0], "batches": self._pending[1]}
         else:
             state = {"epoch": self._epoch, "batches": self._handed}
-        snapshot = getattr(self.order, "snapshot_state", None)
-        if callable(snapshot) and (saved := snapshot()) is not None:
+        if isinstance(self.order, SnapshotOrder) and (saved := self.order.snapshot_state()) is not None:
             state["snapshot"] = saved
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume: the next pass, if it is of ``state``'s epoch, continues after its ``batches``."""
         self._pending = (int(state["epoch"]), int(state["batches"]))
-        restore = getattr(self.order, "restore_snapshot", None)
-        if callable(restore) and state.get("snapshot") is not None:
-            restore(int(state["epoch"]), state["snapshot"])
+        if isinstance(self.order, SnapshotOrder) and state.get("snapshot") is not None:
+            self.order.restore_snapshot(int(state["epoch"]), state["snapshot"])
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (without a trainer; with one, the trainer's epoch wins)."""
@@ -166,10 +163,9 @@ class Passes:
             epoch = pending[0] if pending is not None else self._next_pass
         self._next_pass = epoch + 1
         order = self.order
-        if pending is not None and callable(getattr(order, "resume", None)):
+        if pending is not None:
             order.resume(*pending)
-        if callable(getattr(order, "set_epoch", None)):
-            order.set_epoch(epoch)  # a resume offset of another epoch is dropped here
+        order.set_epoch(epoch)  # a resume offset of another epoch is dropped here
         self._epoch = epoch
         self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
         for batch in self._batches():
@@ -207,8 +203,8 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         self.feed = feed  # with worker processes on a CUDA trainer: copy and hook in a thread (DeviceFeed)
 
     @property
-    def order(self) -> Any:
-        return self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler
+    def order(self) -> Order:
+        return cast(Order, self.dataset if isinstance(self.dataset, IterableDataset) else self.sampler)
 
     def _batches(self) -> Iterator[Any]:
         forks = self.num_workers > 0 and (self._iterator is None or not self.persistent_workers)
@@ -252,11 +248,22 @@ class ChuteThreadedLoader(Passes, ThreadedLoader):
         self._init_passes(epoch_of)
 
     @property
-    def order(self) -> Any:
-        return self.sampler
+    def order(self) -> Order:
+        return cast(Order, self.sampler)
 
     def _batches(self) -> Iterator[Any]:
         return ThreadedLoader.__iter__(self)
+
+
+def _check_order(order: Any) -> None:
+    """A :class:`~chute.loader.orders.Order`, or a ``TypeError`` naming what it lacks."""
+    if not isinstance(order, Order):
+        needed = ("set_epoch", "resume", "__len__", "__iter__")
+        lacks = [name for name in needed if not callable(getattr(order, name, None))]
+        raise TypeError(
+            f"{type(order).__name__} cannot drive a chute loader: it has no {', '.join(lacks)} "
+            "(see chute.loader.orders.Order; wrap a plain sampler of indices in chute.loader.Batched)"
+        )
 
 
 def _tracked(dataset: Any) -> TrackedDataset | None:
@@ -282,13 +289,13 @@ def default_order(
 ) -> Any:
     """Training: a ``(seed, epoch)`` permutation (if ``settings.shuffle``) split across ranks and cut
     into batches; evaluation: ``eval_order`` (default ``0..n-1``), each sample once across ranks
-    (:class:`~chute.samplers.EvalBatches`). ``rank``/``world_size``: default torch.distributed's."""
-    from chute.samplers import EvalBatches, IndexSampler  # the samplers build on this package
-
+    (:class:`~chute.loader.orders.EvalBatches`). ``rank``/``world_size``: default torch.distributed's."""
     if not train:
         order = size if eval_order is None else eval_order
         return EvalBatches(order, settings.batch_size_for(False), rank=rank, world_size=world_size)
-    sampler = IndexSampler(size, shuffle=settings.shuffle, seed=derive_seed(seed, 0), rank=rank, world_size=world_size)
+    sampler = IndexSampler(
+        size, shuffle=settings.shuffle, seed=derive_seed(seed, Stream.ORDER), rank=rank, world_size=world_size
+    )
     return Batched(sampler, settings.batch_size, settings.drop_last)
 
 
@@ -314,7 +321,7 @@ def build_loader(
         train: Training (the loader's batch size, ``drop_last``) or evaluation.
         seed: The run's seed: worker seeds and the loader's generator derive from it alone.
         batches: The order: a sampler of index batches with ``set_epoch``/``resume``
-            (:class:`~chute.samplers.DistributedDraw` subclasses, or :class:`Batched`); default
+            (:class:`~chute.loader.orders.DistributedDraw` subclasses, or :class:`Batched`); default
             :func:`default_order`.
         collate_fn: Applied to each batch's samples (or to what the dataset's ``__getitems__`` returned).
         rank: This process's rank, mixed into worker seeds (default: :func:`current_rank`).
@@ -326,12 +333,12 @@ def build_loader(
             in the loader thread (a DataModule's batch hook; see ``ThreadedLoader``).
     """
     stream = isinstance(dataset, IterableDataset)
-    batch_seed = derive_seed(seed, 4 if train else 5)
-    if not stream:
-        if batches is None:
-            batches = default_order(len(dataset), settings, train=train, seed=seed)  # type: ignore[arg-type]
-        if collate_fn is None:  # a DataLoader without batch_size would only convert, not collate
-            collate_fn = default_collate
+    batch_seed = derive_seed(seed, Stream.TRAIN_BATCHES if train else Stream.EVAL_BATCHES)
+    if not stream and batches is None:
+        batches = default_order(len(dataset), settings, train=train, seed=seed)  # type: ignore[arg-type]
+    _check_order(dataset if stream else batches)
+    if not stream and collate_fn is None:  # a DataLoader without batch_size would only convert, not collate
+        collate_fn = default_collate
     if settings.backend == "threads":
         if stream:
             raise ValueError("the threads backend reads map-style data; a stream needs backend=torch")
@@ -347,7 +354,9 @@ def build_loader(
         "num_workers": workers,
         "pin_memory": settings.resolved_pin_memory,
         "collate_fn": collate_fn,
-        "generator": torch.Generator().manual_seed(derive_seed(seed, 0 if train else 1)),
+        "generator": torch.Generator().manual_seed(
+            derive_seed(seed, Stream.TRAIN_WORKERS if train else Stream.EVAL_WORKERS)
+        ),
         "epoch_of": epoch_of,
     }
     if workers > 0:

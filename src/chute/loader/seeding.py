@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import random
 import threading
@@ -35,6 +36,31 @@ class WorkerSeeder:
             reseed(seed)
 
 
+class Stream(enum.IntEnum):
+    """The random streams a run's seed feeds, one name each: ``derive_seed(seed, Stream.SPLIT)``.
+
+    Each use of randomness draws from its own stream, so adding or changing one never moves another
+    (a new preview does not change the training order). The values are part of what a seed means:
+    changing one changes that stream's draws for every seed, so new streams take new values.
+    """
+
+    ORDER = 0  #: the training order (index permutations, a SQL table's key order)
+    SPLIT = 1  #: the held-out validation split
+    SAMPLE = 2  #: seeded samples for statistics (mean/std, fitting encoders on a table's rows)
+    AUGMENT = 3  #: per-sample augmentations, keyed by (seed, epoch, index)
+    TRAIN_BATCHES = 4  #: batch-level randomness in training (:func:`batch_generator`)
+    EVAL_BATCHES = 5  #: batch-level randomness in evaluation
+    SHARDS = 6  #: a shard stream's shard order and shuffle buffer
+    LITDATA = 7  #: LitData's own shuffle
+    PREVIEW_AUGMENT = 8  #: the augmentations a preview shows
+    IMBALANCE = 9  #: the class-imbalance draws
+    TRAIN_WORKERS = 10  #: torch's DataLoader generator in training (worker base seeds)
+    EVAL_WORKERS = 11  #: the same in evaluation
+    BUCKETS = 12  #: length-bucketed batch order (sequences)
+    PREVIEW = 13  #: which samples a preview shows
+    REPORT = 14  #: stand-in orders for reports (the padding a random order would waste)
+
+
 def derive_seed(*parts: int) -> int:
     """A 32-bit seed mixed from any number of non-negative integers (order matters)."""
     entropy = [int(p) & 0xFFFFFFFFFFFFFFFF for p in parts]
@@ -42,6 +68,9 @@ def derive_seed(*parts: int) -> int:
 
 
 _MASK64 = (1 << 64) - 1
+# SplitMix64 (Steele, Lea and Flood, 2014): the golden-ratio increment and the finaliser's two
+# multipliers and three shifts. Written here once, for a Python int (sample_seed) and for arrays (mix64).
+_GOLDEN, _M1, _M2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -55,10 +84,24 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
         >>> sample_seed(0, 1, 2) == sample_seed(0, 1, 2) != sample_seed(0, 2, 2)
         True
     """
-    x = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xD1B54A32D192ED03 + (index + 1) * 0x8CB92BA72F3D8DD7) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    x = (seed * _GOLDEN + (epoch + 1) * 0xD1B54A32D192ED03 + (index + 1) * 0x8CB92BA72F3D8DD7) & _MASK64
+    x = ((x ^ (x >> 30)) * _M1) & _MASK64
+    x = ((x ^ (x >> 27)) * _M2) & _MASK64
     return x ^ (x >> 31)
+
+
+def mix64(values: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded 64-bit hash of each value (``uint64``): SplitMix64's finaliser over ``value ^ seed * golden``.
+
+    Example:
+        >>> bool((mix64(np.arange(4), 0) == mix64(np.arange(4), 0)).all())
+        True
+    """
+    x = values.astype(np.uint64) ^ np.uint64(seed * _GOLDEN % 2**64)
+    with np.errstate(over="ignore"):  # wrapping multiplication is the point
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(_M1)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(_M2)
+        return x ^ (x >> np.uint64(31))
 
 
 def seeded_call(transform: Callable[[Any], Any], sample: Any, key: int) -> Any:

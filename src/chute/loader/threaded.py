@@ -57,7 +57,7 @@ class ThreadedLoader:
 
     Args:
         dataset: A dataset with ``__getitems__`` (or ``__getitem__``) that gathers a whole batch.
-        sampler: Yields one list/tensor of indices per batch (e.g. :class:`~chute.samplers.BatchIndexSampler`).
+        sampler: Yields one list/tensor of indices per batch (e.g. :class:`~chute.loader.orders.BatchIndexSampler`).
         collate_fn: Applied to what the dataset returns (default: as is).
         prefetch: Batches prepared ahead, per thread.
         threads: Background threads fetching batches (order is kept); 0 fetches each batch in the

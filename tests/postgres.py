@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server in a temporary folder: what the tests and the SQL benchmark run against.
+"""A throwaway PostgreSQL server in a temporary folder: what the tests and the SQL benchmark run against
+(a test fixture, not part of the package: ``scripts/bench_sql.py`` imports it from here).
 
 It uses the system's PostgreSQL programs (Debian's ``postgresql`` package: ``initdb`` and ``pg_ctl``,
 found on ``PATH`` or in ``/usr/lib/postgresql/<version>/bin``), listens only on a Unix socket in its
