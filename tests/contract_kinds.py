@@ -140,7 +140,7 @@ def _image_gpu_decode(out: Path, loader: Mapping[str, Any]) -> L.LightningDataMo
 
 def write_videos(out: Path) -> Path:
     """Six-frame videos whose every pixel is ``10 * id + 5``: the id survives lossy coding."""
-    from chute.datasets.motion_clips import encode
+    from chute.datasets.bundled.motion_clips import encode
 
     def write(path: Path, i: int) -> None:
         frames = np.full((6, 16, 16, 3), 10 * i + 5, dtype=np.uint8)

@@ -13,7 +13,7 @@ import torch
 from chute import ConfigError, DataError
 from chute.datamodules import VideoDataModule
 from chute.datasets import MotionClips
-from chute.datasets.motion_clips import FORMATS, encode
+from chute.datasets.bundled.motion_clips import FORMATS, encode
 from chute.datasets.video import ClipSpec, ClipTransform, decode_frames, probe_video
 from chute.models import ClipClassifier
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode

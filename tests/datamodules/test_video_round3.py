@@ -119,7 +119,7 @@ def test_flipped_bytes_in_h264_are_an_error_naming_the_file_or_skipped_and_count
 def _bomb(path: Path) -> Path:
     """A 6 KB WebM whose headers (Matroska's and VP8's) declare 9500x9500 frames: 90 megapixels,
     just over Pillow's default limit, about 1 GB of garbage for a 4-frame clip."""
-    from chute.datasets.motion_clips import encode
+    from chute.datasets.bundled.motion_clips import encode
 
     encode(path, _frames(4, size=(256, 256)), 25, "libvpx", {"deadline": "realtime", "cpu-used": "8"}, 100)
     data = bytearray(path.read_bytes())

@@ -69,9 +69,9 @@ class SequenceDataModule(ChuteDataModule):
         >>> import tempfile
         >>> dm = SequenceDataModule(tempfile.mkdtemp() + "/seq", prepare=LengthMajoritySequences(200, 50))
         >>> dm.prepare_data(); dm.setup("fit")
-        >>> batch = next(iter(dm.train_dataloader()))
-        >>> sorted(batch), batch["inputs"].shape[0], dm.num_classes
-        (['inputs', 'lengths', 'mask', 'targets'], 64, 4)
+        >>> batches = list(dm.train_dataloader())  # batches of similar lengths, in a seeded order
+        >>> sorted(batches[0]), sum(len(b["targets"]) for b in batches), dm.num_classes
+        (['inputs', 'lengths', 'mask', 'targets'], 200, 4)
     """
 
     sample_collate: str | None = "chute.datasets.sequence.collate_sequences"  # for streams of its samples

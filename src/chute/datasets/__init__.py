@@ -1,15 +1,22 @@
-"""Datasets: indexing and reading data on disk, and writers for the bundled real data."""
+"""Datasets: indexing and reading data on disk; the writers of the bundled real data are in
+:mod:`chute.datasets.bundled` (re-exported here)."""
 
+from chute.datasets.bundled import (
+    SKLEARN_TABLES,
+    DigitsFolder,
+    LengthMajoritySequences,
+    MotionClips,
+    PhotoFolder,
+    SklearnSqlite,
+    SklearnTable,
+    sklearn_table,
+    write_table,
+)
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.digits import DigitsFolder
 from chute.datasets.folder import FolderIndex, ImageFolderDataset, discover_splits, scan_folder, stratified_split
-from chute.datasets.motion_clips import MotionClips
-from chute.datasets.photos import PhotoFolder
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
 from chute.datasets.shards import ShardIndex, ShardStream, write_shards
-from chute.datasets.sklearn_tables import SKLEARN_TABLES, SklearnSqlite, SklearnTable, sklearn_table, write_table
-from chute.datasets.synthetic_sequences import LengthMajoritySequences
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
 from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos
 from chute.loader.streams import partition

@@ -44,7 +44,8 @@ class LoaderSettings:
             ``num_workers=auto`` both backends are probed and the faster one is kept.
 
     Example:
-        >>> LoaderSettings(batch_size=128, num_workers=4).pin_memory in (True, False)
+        >>> import torch
+        >>> LoaderSettings(batch_size=128, num_workers=4).resolved_pin_memory == torch.cuda.is_available()
         True
         >>> LoaderSettings(num_workers=0, prefetch_factor=4)
         Traceback (most recent call last):

@@ -39,8 +39,8 @@ class SequenceClassifier(L.LightningModule):
 
     Example:
         >>> model = SequenceClassifier(vocab_size=10, num_classes=3)
-        >>> batch = {"inputs": torch.tensor([[1, 2, 0]]), "lengths": torch.tensor([2]),
-        ...          "mask": torch.tensor([[True, True, False]])}
+        >>> batch = {"inputs": torch.tensor([[1, 2, 3, 4, 5, 6, 0, 0]]), "lengths": torch.tensor([6]),
+        ...          "mask": torch.tensor([[True] * 6 + [False] * 2])}
         >>> model(batch).shape
         torch.Size([1, 3])
     """

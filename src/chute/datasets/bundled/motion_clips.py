@@ -1,7 +1,7 @@
 """Real compressed videos of camera motion over scikit-image's sample photographs, made offline.
 
 Each video films a window moving over one of the photos that ship inside scikit-image (the ones
-:mod:`chute.datasets.photos` uses): a pan left, right, up or down, or a zoom in or out, at a random
+:mod:`chute.datasets.bundled.photos` uses): a pan left, right, up or down, or a zoom in or out, at a random
 speed from a random place. The label is the motion, so no single frame can tell it: a clip model
 must compare frames (``docs/benchmarks.md`` records a clip model against a single-frame one).
 Lengths, frame sizes, frame rates, containers and codecs vary as they do in real collections.
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from chute.datasets.bundled.photos import SOURCES, _source
 from chute.datasets.materialize import materialize
-from chute.datasets.photos import SOURCES, _source
 
 MOTIONS = ("pan_left", "pan_right", "pan_up", "pan_down", "zoom_in", "zoom_out")
 # (container extension, encoder, options): H.264 in MP4 and Matroska, VP9 in WebM, MPEG-4 Part 2 in AVI.

@@ -34,7 +34,7 @@ class DigitsFolder:
     Example:
         >>> import tempfile
         >>> root = DigitsFolder()(tempfile.mkdtemp() + "/digits")
-        >>> sorted(p.name for p in root.iterdir())
+        >>> sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
         ['train', 'val']
     """
 
