@@ -300,7 +300,6 @@ class KeyStream(SnapshotDraw):
         if not self._explicit:
             self.epoch += 1  # plain loops get a new order each pass; loaders call set_epoch
         for i, batch in enumerate(self._batches(epoch)):
-            self._yielded = i + 1
             if i >= skip:
                 yield batch
 

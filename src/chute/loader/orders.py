@@ -12,8 +12,9 @@ Every chute sampler draws the whole epoch (indices or whole batches) from a gene
 ``r, r + w, r + 2w, ...``. Ranks never overlap within an epoch and together they see exactly the
 draw. For training the draw is made a multiple of the world size (a few items repeated, so every
 rank takes as many steps); for evaluation (``pad=False``) it is not: ranks differ by at most one
-item and every sample is evaluated exactly once. ``set_epoch`` changes the draw; ``state_dict``
-/ ``load_state_dict`` resume a rank mid-epoch.
+item and every sample is evaluated exactly once. ``set_epoch`` changes the draw; ``resume`` starts a
+rank's pass mid-epoch. The position itself is the loader's (:class:`~chute.loader.build.Passes`),
+not the sampler's: the loader counts the batches it hands out, after worker prefetch.
 
 They subclass :class:`torch.utils.data.DistributedSampler`, so Lightning recognises them as
 already distributed and does not wrap them again (its ``DistributedSamplerWrapper`` would let each
@@ -103,7 +104,6 @@ class DistributedDraw(DistributedSampler):
         self.epoch = 0
         self._explicit = False
         self._skip = 0
-        self._yielded = 0
         # Told the epoch of each pass before its first item (e.g. a dataset's ``set_epoch``, whose
         # per-sample augmentations are keyed by (seed, epoch, index)).
         self.epoch_listener: Callable[[int], None] | None = None
@@ -156,7 +156,6 @@ class DistributedDraw(DistributedSampler):
         if not self._explicit:
             self.epoch += 1  # plain loops get a new draw each pass; Lightning calls set_epoch
         for position in range(start, len(items)):
-            self._yielded = position + 1
             item = items[position]
             yield item.tolist() if item.ndim else int(item)
 
@@ -172,19 +171,7 @@ class DistributedDraw(DistributedSampler):
             self.epoch += 1
         stop = len(items) // batch_size * batch_size if drop_last else len(items)
         for begin in range(start, stop, batch_size):
-            self._yielded = min(begin + batch_size, stop)
             yield items[begin : begin + batch_size]
-
-    def state_dict(self) -> dict[str, int]:
-        """Where this rank is: the epoch and how many items it has handed out in it."""
-        epoch = self.epoch if self._explicit else max(self.epoch - 1, 0)
-        return {"epoch": epoch, "yielded": self._yielded, "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the next pass continues ``state``'s epoch after the items already handed out."""
-        if int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"sampler state is for seed {state['seed']}, this sampler has seed {self.seed}")
-        self.resume(int(state["epoch"]), int(state["yielded"]))
 
     def resume(self, epoch: int, items: int) -> None:
         """Make the next pass epoch ``epoch`` without its first ``items`` items (on this rank); a later
