@@ -67,7 +67,7 @@ def _fit(root: Path, loader: dict[str, Any], cache: bool, accelerator: str = "cp
         enable_model_summary=False, num_sanity_val_steps=0,
     )  # fmt: skip
     trainer.fit(model, datamodule=dm)
-    model.hooked = dict(dm._hooked)  # which of the hook's steps ran in the loader, per split
+    model.hooked = dict(dm._in_loader)  # which of the hook's steps ran in the loader, per split
     return model
 
 

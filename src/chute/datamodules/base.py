@@ -4,8 +4,9 @@ The declared interface (what ``train.py``, callbacks and tests may rely on), the
 loader (training draw, imbalance strategy, per-sample evaluation split) handed to
 :func:`chute.loader.build_loader`, the bad-sample policy, the resumable position, plain
 hyperparameters and the device-side batch hook. Over 300 lines because it is the one class every
-DataModule inherits; its sections are marked, and the loader machinery itself lives in
-:mod:`chute.loader`.
+DataModule inherits; its sections are marked. The loader machinery lives in :mod:`chute.loader`,
+what the loader runs of the batch hook in :mod:`chute.datamodules.hooks`, and the plain
+hyperparameters in :mod:`chute.datamodules.hparams`.
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import inspect
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import Dataset, IterableDataset, default_collate, default_convert
 
 from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
+from chute.datamodules.hooks import InLoader, LoaderHook, apply_to_inputs
+from chute.datamodules.hparams import plain_values, qualname
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
@@ -111,7 +112,7 @@ class ChuteDataModule(L.LightningDataModule):
         self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
         # Where the batch hook runs for loaders built under a CPU trainer (see _dataloader): per split
         # kind (training or not), whether batch_transform / train_batch_transform already ran in the loader.
-        self._hooked: dict[bool, tuple[bool, bool]] = {}
+        self._in_loader: dict[bool, InLoader] = {}  # per training/evaluation: hook stages the loader runs
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
 
@@ -222,12 +223,11 @@ class ChuteDataModule(L.LightningDataModule):
             names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
             received = {name: caller.f_locals[name] for name in names if name in caller.f_locals}
         received.update(values)
-        collate = self.collate_fn if isinstance(self.collate_fn, str | None) else _qualname(self.collate_fn)
+        collate = self.collate_fn if isinstance(self.collate_fn, str | None) else qualname(self.collate_fn)
         received.update(seed=self.seed, loader=dataclasses.asdict(self.loader_settings), collate_fn=collate)
         received.update(on_error=self.on_error, max_bad_fraction=self.max_bad_fraction)
         received["imbalance"] = dataclasses.asdict(self.imbalance)
-        plain = {k: _plain(v) for k, v in received.items()}
-        self.save_hyperparameters({k: v for k, v in plain.items() if v is not None and v is not _NOT_PLAIN})
+        self.save_hyperparameters(plain_values(received))
 
     # -- Bad samples: one policy for every DataModule --------------------------------------------
 
@@ -329,10 +329,10 @@ class ChuteDataModule(L.LightningDataModule):
         """
         on_cpu = self.hook_in_loader and device is not None and device.type == "cpu"
         if not on_cpu or not self._has_hook(train):
-            self._hooked[train] = (False, False)
+            self._in_loader[train] = InLoader()
             return collate_fn
         augment = self.train_batch_transform if train else None
-        self._hooked[train] = (self._normalizes, augment is not None)
+        self._in_loader[train] = InLoader(self._normalizes, augment is not None)
         plain = default_convert if stream else default_collate  # what build_loader uses without one
         return LoaderHook(collate_fn or plain, self.batch_transform, augment, self.batch_decode)
 
@@ -370,7 +370,7 @@ class ChuteDataModule(L.LightningDataModule):
         if chosen.backend != "threads":
             augment = None
         if record and device is not None:  # a CPU trainer's choice is _hook_in_loader's
-            self._hooked[train] = (self._normalizes, augment is not None) if moves else (False, False)
+            self._in_loader[train] = InLoader(self._normalizes, augment is not None) if moves else InLoader()
         return LoaderHook(None, self.batch_transform, augment, self.batch_decode) if moves else None
 
     def _training_loader(self, loader: Any) -> Any:
@@ -443,15 +443,15 @@ class ChuteDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training
-        normalized, augmented = self._hooked.get(training, (False, False))  # already done in the loader
+        normalized, augmented = self._in_loader.get(training, InLoader())  # already done in the loader
         if not normalized:
             if self.batch_decode is not None:
                 batch = self.batch_decode(batch)
-            batch = _apply_to_inputs(self.batch_transform, batch)
+            batch = apply_to_inputs(self.batch_transform, batch)
         if not training:
             return batch
         if not augmented:
-            batch = _apply_to_inputs(self.train_batch_transform, batch)
+            batch = apply_to_inputs(self.train_batch_transform, batch)
         if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
             inputs, targets = self.train_pair_transform(batch[0], batch[1])
             batch = type(batch)([inputs, targets, *batch[2:]])
@@ -477,75 +477,3 @@ class ChuteDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = int(state_dict.get("seed", self.seed))
         self._loader_state = state_dict.get("train_loader")
-
-
-class LoaderHook:
-    """A collate function (or none) followed by the batch hook's transforms, run in the loader."""
-
-    def __init__(
-        self,
-        collate_fn: Callable[[Any], Any] | None,
-        batch_transform: Callable[[Any], Any] | None,
-        train_batch_transform: Callable[[Any], Any] | None,
-        decode: Callable[[Any], Any] | None = None,
-    ) -> None:
-        self.collate_fn = collate_fn
-        self.batch_transform = batch_transform
-        self.train_batch_transform = train_batch_transform
-        self.decode = decode
-
-    def __call__(self, samples: Any) -> Any:
-        batch = self.collate_fn(samples) if self.collate_fn is not None else samples
-        if batch is None:  # every sample of it was bad (drop_bad): the loader skips it
-            return None
-        if self.decode is not None:
-            batch = self.decode(batch)
-        if getattr(self.train_batch_transform, "takes_uint8", False) and _on_cpu(batch):
-            # crop the uint8 batch on the CPU (fewer pixels to normalize), then normalize
-            batch = _apply_to_inputs(self.train_batch_transform, batch)
-            return _apply_to_inputs(self.batch_transform, batch)
-        batch = _apply_to_inputs(self.batch_transform, batch)
-        return _apply_to_inputs(self.train_batch_transform, batch)
-
-
-def _on_cpu(batch: Any) -> bool:
-    """Whether the batch's inputs (see ``_apply_to_inputs``) are on the CPU."""
-    inputs = batch
-    if isinstance(batch, (tuple, list)) and batch:
-        inputs = batch[0]
-    elif isinstance(batch, dict) and "inputs" in batch:
-        inputs = batch["inputs"]
-    return not isinstance(inputs, torch.Tensor) or inputs.device.type == "cpu"
-
-
-def _apply_to_inputs(transform: Callable[[Any], Any] | None, batch: Any) -> Any:
-    """``transform`` on the inputs: element 0 of a tuple batch, ``"inputs"`` of a dict, or the batch."""
-    if transform is None:
-        return batch
-    if isinstance(batch, (tuple, list)) and batch:
-        return type(batch)([transform(batch[0]), *batch[1:]])
-    if isinstance(batch, dict) and "inputs" in batch:
-        return {**batch, "inputs": transform(batch["inputs"])}
-    return transform(batch)
-
-
-_NOT_PLAIN = object()
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain data (str, numbers, lists, dicts), or ``_NOT_PLAIN``."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, Mapping):
-        items = {str(k): _plain(v) for k, v in value.items()}
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items.values()) else items
-    if isinstance(value, (list, tuple)):
-        listed = [_plain(v) for v in value]
-        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in listed) else listed
-    return _NOT_PLAIN
-
-
-def _qualname(fn: Any) -> str:
-    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
