@@ -44,7 +44,7 @@ def fast_paths() -> list[tuple[str, bool, str]]:
     paths.append(("PNG, WebP, GIF and CMYK JPEG decoding (TorchCodec)", True, f"torchcodec {_version('torchcodec')}"))
     paths.append(("resize after a crop (OpenCV)", True, f"opencv {cv2.__version__}, {cv2.getNumThreads()} threads"))
     paths.append(("video decoding, decoder=pyav (FFmpeg in PyAV's wheel)", True, _pyav_detail()))
-    from chute.datasets.video import torchcodec_video_error
+    from chute.datasets.video_decode import torchcodec_video_error
 
     why = torchcodec_video_error()
     paths.append(("video decoding, decoder=torchcodec (system FFmpeg)", why is None, why or ""))

@@ -14,7 +14,8 @@ from chute import ConfigError, DataError
 from chute.datamodules import VideoDataModule
 from chute.datasets import MotionClips
 from chute.datasets.bundled.motion_clips import FORMATS, encode
-from chute.datasets.video import ClipSpec, ClipTransform, decode_frames, probe_video
+from chute.datasets.video import ClipSpec, ClipTransform
+from chute.datasets.video_decode import decode_frames, probe_video, torchcodec_video_error
 from chute.models import ClipClassifier
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from tests.datamodules.contract import check_datamodule
@@ -301,7 +302,7 @@ def test_bad_videos_raise_at_setup_or_are_skipped_and_counted(motion: Path, numb
 
 # -- The TorchCodec decoder (needs FFmpeg's shared libraries on the system) ---------------------------
 
-TORCHCODEC_MISSING = __import__("chute.datasets.video", fromlist=["x"]).torchcodec_video_error()
+TORCHCODEC_MISSING = torchcodec_video_error()
 
 
 @pytest.mark.skipif(TORCHCODEC_MISSING is None, reason="TorchCodec's video decoder loads on this machine")

@@ -15,19 +15,17 @@ from chute.bad_samples import OnError
 from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.folder import DropMissing
 from chute.datasets.video import (
-    DECODERS,
     VIDEO_EXTENSIONS,
     ClipSpec,
     ClipTransform,
-    Decoder,
     Sampling,
     Short,
     VideoClipDataset,
     VideoIndex,
     collate_clips,
     index_videos,
-    torchcodec_video_error,
 )
+from chute.datasets.video_decode import DECODERS, Decoder, torchcodec_video_error
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, Stream, derive_seed
