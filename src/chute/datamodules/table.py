@@ -15,16 +15,8 @@ from chute.bad_samples import OnError
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule
 from chute.datasets.folder import stratified_split
-from chute.datasets.tabular import (
-    MissingStrategy,
-    Split,
-    TableEncoder,
-    check_encoding,
-    check_labels_present,
-    encode_split,
-    label_classes,
-    read_split,
-)
+from chute.datasets.table_read import Split, check_encoding, read_split
+from chute.datasets.tabular import MissingStrategy, TableEncoder, check_labels_present, encode_split, label_classes
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import Loader, LoaderSettings, Stream, derive_seed

@@ -10,7 +10,8 @@ import numpy as np
 
 from chute.bad_samples import OnError
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
-from chute.datasets.tabular import MissingStrategy, TabularDataset, table_columns
+from chute.datasets.table_read import table_columns
+from chute.datasets.tabular import MissingStrategy, TabularDataset
 from chute.errors import ConfigError
 from chute.imbalance import ImbalanceSettings
 from chute.loader import LoaderSettings

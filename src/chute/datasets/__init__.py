@@ -17,7 +17,8 @@ from chute.datasets.folder import FolderIndex, ImageFolderDataset, discover_spli
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
 from chute.datasets.shards import ShardIndex, ShardStream, write_shards
-from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset, read_table
+from chute.datasets.table_read import read_table
+from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset
 from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos
 from chute.loader.streams import partition
 

@@ -29,7 +29,8 @@ from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples
 from chute.datasets.database import Database
-from chute.datasets.tabular import Split, TableEncoder, encode_split
+from chute.datasets.table_read import Split
+from chute.datasets.tabular import TableEncoder, encode_split
 from chute.errors import ConfigError, DataError
 from chute.loader.key_orders import KeyOrder, KeyRanges, KeyStream
 from chute.loader.seeding import mix64
@@ -396,7 +397,7 @@ def load_table(
     The file is read as :class:`~chute.datamodules.TabularDataModule` reads it (typed columns, empty
     cells as NULL), then written by :func:`ingest`.
     """
-    from chute.datasets.tabular import read_table
+    from chute.datasets.table_read import read_table
 
     return ingest(read_table(path, encoding=encoding), url, table, key=key, if_exists=if_exists, what=f"'{path}'")
 

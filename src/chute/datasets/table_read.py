@@ -1,0 +1,274 @@
+"""Reading a table file (``.csv``/``.tsv``, optionally gzipped, or ``.parquet``) into a
+:class:`Split`: typed columns, each row's number in its file, and errors that name the file, the
+line, the column and the setting (``data.encoding``, the separator) that would fix them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from chute.bad_samples import BadSamples
+from chute.datasets.text_files import wide_encoding
+from chute.errors import ConfigError, DataError
+
+_BLOCK = 1 << 20  # pyarrow's default CSV read block; grown for files with longer rows
+
+
+def read_table(
+    path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8"
+) -> pa.Table:
+    """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file.
+
+    A CSV row with the wrong number of fields raises naming the file, the line and the field counts,
+    or with ``bad_samples`` skipping (``on_error="skip"``) is dropped, counted and logged;
+    :func:`read_split` also keeps the surviving rows' numbers for later messages.
+    """
+    return read_split(path, bad_samples, encoding).table
+
+
+def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8") -> Split:
+    """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out.
+
+    ``encoding`` is the CSV file's text encoding (e.g. ``latin-1``); text that does not decode is an
+    error naming the row and column when the column is read.
+    """
+    import pyarrow.parquet as pq
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Table file '{path}' does not exist.")
+    if os.path.getsize(path) == 0:
+        raise DataError(f"Table file '{path}' is empty (0 bytes): expected a header row and data rows.")
+    name = path.lower().removesuffix(".gz")
+    bad = bad_samples or BadSamples("raise", what="row")
+    skipped: list[int] = []
+    try:
+        if name.endswith((".parquet", ".pq")):
+            table = pq.read_table(path)
+        elif name.endswith((".csv", ".tsv", ".txt")):
+            table, skipped = _read_csv(path, "\t" if name.endswith(".tsv") else ",", bad, encoding)
+        else:
+            raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"Cannot read table '{path}': {err}") from None
+    if table.num_rows == 0:
+        raise DataError(f"Table file '{path}' has a header but no data rows.")
+    names = table.column_names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"Table file '{path}' has duplicate column names {repeated}: give every column its own name.")
+    rows = np.arange(1, table.num_rows + len(skipped) + 1, dtype=np.int64)
+    if skipped:
+        rows = np.setdiff1d(rows, np.asarray(skipped, dtype=np.int64))[: table.num_rows]
+        bad.report(f"'{path}'")
+    return Split(table, path, rows)
+
+
+def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list[str]:
+    """A table file's column names, from its header (CSV/TSV, gzipped or not) or schema (Parquet),
+    without reading its rows; errors name the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"Table file '{path}' does not exist.")
+    name = path.lower().removesuffix(".gz")
+    try:
+        if name.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        import pyarrow.csv as pacsv
+
+        check_encoding(encoding, path)
+        delimiter = "\t" if name.endswith(".tsv") else ","
+        options = pacsv.ReadOptions(encoding=encoding)
+        reader = pacsv.open_csv(path, read_options=options, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"Cannot read the header of table '{path}': {err}") from None
+
+
+def check_encoding(encoding: str, path: str | None = None) -> None:
+    """Raise a :class:`ConfigError` naming ``encoding`` unless Python knows it; with ``path``, a
+    :class:`DataError` when the file's first bytes say it is in a wider encoding than ``encoding``
+    reads (UTF-16 or UTF-32, with or without a byte-order mark: read byte by byte, every other
+    character would be a NUL and no row would have the header's fields)."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        reason = "is not a text encoding Python knows (e.g. utf-8, latin-1, cp1252)"
+        raise ConfigError("encoding", encoding, reason) from None
+    if path is None or name.startswith(("utf-16", "utf-32")):
+        return
+    wide = wide_encoding(path)
+    if wide is not None:
+        raise DataError(
+            f"'{path}' looks like {wide} text, but it is read as {encoding!r} (data.encoding). "
+            f"Set data.encoding={wide.lower()}, or save the file as UTF-8."
+        )
+
+
+def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8") -> tuple[pa.Table, list[int]]:
+    """The table, and the data-row numbers (1-based, header excluded) of rows skipped for a wrong field count.
+
+    The first read uses pyarrow's threads, which cannot say where a bad row is; only a file that has
+    one is read again on one thread to find its line numbers.
+    """
+    import pyarrow.csv as pacsv
+
+    invalid: list[Any] = []
+
+    def on_invalid(row: Any) -> str:
+        invalid.append(row)
+        return "skip" if bad.skipping else "error"
+
+    check_encoding(encoding, path)
+    block = _BLOCK
+
+    def read(threads: bool) -> pa.Table:
+        nonlocal block
+        while True:
+            try:
+                return pacsv.read_csv(
+                    path,
+                    read_options=pacsv.ReadOptions(use_threads=threads, block_size=block, encoding=encoding),
+                    parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
+                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
+                )
+            except pa.ArrowInvalid as err:
+                # A row longer than a read block (a field of megabytes): read again in larger blocks.
+                if "straddl" not in str(err) or block >= os.path.getsize(path) + 1:
+                    raise
+                block = min(block * 8, os.path.getsize(path) + 1)
+
+    try:
+        table = read(threads=True)
+    except pa.ArrowInvalid:
+        if not invalid:
+            raise
+    if not invalid:
+        return table, []
+    invalid.clear()
+    try:
+        table = read(threads=False)
+    except pa.ArrowInvalid:
+        if not invalid:
+            raise
+        raise _row_error(path, invalid[0], hint=True) from None
+    bad.seen(table.num_rows + len(invalid))
+    for row in invalid:
+        bad.skip(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False))
+    return table, [row.number - 1 for row in invalid if row.number is not None]
+
+
+def _row_error(path: str, row: Any, hint: bool) -> DataError:
+    line = f"line {row.number}" if row.number is not None else "a line"
+    text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
+    counts = f"expected {row.expected_columns} fields (the header's), found {row.actual_columns}"
+    message = f"'{path}', {line}: {counts}: {text!r}."
+    if hint:
+        message += " Fix the row (a stray delimiter or unquoted value?) or set data.on_error=skip to drop such rows."
+    return DataError(message)
+
+
+@dataclass
+class Split:
+    """The rows of one split: a table and each row's number in its source file (1-based, header excluded)."""
+
+    table: pa.Table
+    source: str
+    rows: np.ndarray
+
+    @classmethod
+    def whole(cls, table: pa.Table, source: str) -> Split:
+        return cls(table, source, np.arange(1, table.num_rows + 1, dtype=np.int64))
+
+    def take(self, indices: np.ndarray) -> Split:
+        return Split(self.table.take(pa.array(indices)), self.source, self.rows[indices])
+
+    def where(self, position: int) -> str:
+        """``'file', row R`` for error messages (CSV: line R + 1, after the header)."""
+        return f"'{self.source}', row {int(self.rows[position])}"
+
+    def column(self, name: str) -> pa.ChunkedArray:
+        if self.table.schema.get_field_index(name) < 0:  # absent (repeated names are refused when read)
+            names = self.table.column_names
+            hint = "Fix the column names in the data config (numeric, categorical, target, weight)."
+            other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+            if other and not self.source.lower().removesuffix(".gz").endswith(".parquet"):
+                hint = (
+                    f"The header is one column holding {other[0]!r}: the file seems to be separated by "
+                    f"{other[0]!r}, and a .csv file is read as comma-separated (.tsv as tab-separated). "
+                    "Save it comma-separated, or as .tsv if it uses tabs."
+                )
+            raise DataError(f"Column {name!r} is not in '{self.source}'. Columns there: {names}. {hint}")
+        return self.table.column(name)
+
+    def floats(self, name: str) -> np.ndarray:
+        """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the row."""
+        column = self.column(name)
+        if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            # safe=False: an integer past 2**53 (a byte count, a big id) becomes the nearest float64, as
+            # every feature becomes a float; Arrow's checked cast would refuse the whole column.
+            return self._finite(name, column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False))
+        values = self._texts(name, column)
+        out = np.empty(len(values), dtype=np.float64)
+        for i, value in enumerate(values):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                out[i] = np.nan
+                continue
+            try:
+                out[i] = float(value)
+            except (TypeError, ValueError):
+                raise DataError(
+                    f"Column {name!r} is numeric but holds {value!r} at {self.where(i)}. Fix the value, or list "
+                    f"{name!r} under categorical if it is a category."
+                ) from None
+        return self._finite(name, out)
+
+    def _finite(self, name: str, values: np.ndarray) -> np.ndarray:
+        """``values``, unless one is infinite: standardizing would turn the whole column into nan/inf."""
+        infinite = np.flatnonzero(np.isinf(values))
+        if infinite.size:
+            raise DataError(
+                f"Column {name!r} holds {values[infinite[0]]} at {self.where(int(infinite[0]))} ({infinite.size} such "
+                "rows): an infinite value makes the column's mean and std infinite. Replace it with a finite value, "
+                "or leave the cell empty to treat it as missing (data.missing)."
+            )
+        return values
+
+    def _texts(self, name: str, column: pa.ChunkedArray) -> list[Any]:
+        """The column's values as Python objects; bytes that are not text in the file's encoding are an
+        error naming the row (pyarrow keeps them as binary)."""
+        values = column.to_pylist()
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            for i, value in enumerate(values):
+                if isinstance(value, bytes):
+                    try:
+                        values[i] = value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise DataError(
+                            f"Column {name!r} holds {value!r} at {self.where(i)}, which is not UTF-8 text. Set the "
+                            "file's encoding, e.g. data.encoding=latin-1 (or cp1252), or save the file as UTF-8."
+                        ) from None
+        return values
+
+    def strings(self, name: str) -> list[str | None]:
+        column = self.column(name)
+        if pa.types.is_floating(column.type):
+            column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+            return [None if v is None else _format_number(v) for v in column.to_pylist()]
+        return [None if v is None else str(v) for v in self._texts(name, column)]
+
+
+def _format_number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
