@@ -21,7 +21,7 @@ from pathlib import Path
 
 from chute.app import build_datamodule
 from chute.config import compose_config, validate_config
-from chute.datamodules.litdata import LitDataCopy, read_meta
+from chute.datamodules.litdata import LitDataCopy, read_chunks_meta
 
 
 def convert(
@@ -34,7 +34,7 @@ def convert(
     if getattr(datamodule, "train_transform", None) is not None:
         setattr(datamodule, "train_transform", getattr(datamodule, "val_transform", None))  # noqa: B010
     root = LitDataCopy(datamodule, chunk_size, splits)(out)
-    return {str(k): int(v) for k, v in read_meta(str(root), str(root)).get("splits", {}).items()}
+    return {str(k): int(v) for k, v in read_chunks_meta(str(root), str(root)).get("splits", {}).items()}
 
 
 def main() -> None:

@@ -25,19 +25,19 @@ class ImageFolderDataModuleConfig:
     mean: Optional[list[float]] = None
     std: Optional[list[float]] = None
     channels_last: bool = True
-    seed: int = 0
-    prepare: Any = None
-    collate_fn: Any = None
     cache: Optional[str] = None
     cache_size: Optional[int] = None
     cache_dir: Optional[str] = None
-    imbalance: Any = None
     device_augment: bool = False
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    decode: str = "auto"
+    seed: int = 0
+    prepare: Any = None
+    collate_fn: Any = None
+    imbalance: Any = None
     on_error: str = "raise"
     max_bad_fraction: float = 0.01
-    decode: str = "auto"
 
 
 @dataclass
@@ -56,13 +56,13 @@ class TabularDataModuleConfig:
     fill_value: float = 0.0
     standardize: bool = True
     unknown_category: str = "raise"
+    encoding: str = "utf-8"
     seed: int = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
     on_error: str = "raise"
     max_bad_fraction: float = 0.01
-    encoding: str = "utf-8"
 
 
 @dataclass
@@ -80,12 +80,12 @@ class MultiTaskDataModuleConfig:
     fill_value: float = 0.0
     standardize: bool = True
     unknown_category: str = "raise"
+    encoding: str = "utf-8"
     seed: int = 0
     prepare: Any = None
     collate_fn: Any = None
     on_error: str = "raise"
     max_bad_fraction: float = 0.01
-    encoding: str = "utf-8"
 
 
 @dataclass

@@ -242,9 +242,13 @@ def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
 
 
 def _accepts(node: DictConfig, argument: str) -> bool:
-    """Whether the callable ``node._target_`` names takes ``argument`` (or ``**kwargs``)."""
+    """Whether the callable ``node._target_`` names takes ``argument`` (or ``**kwargs``; a DataModule's
+    ``**common`` takes only the common settings it supports)."""
     try:
-        params = inspect.signature(get_object(str(node._target_))).parameters
+        target = get_object(str(node._target_))
+        if isinstance(target, type) and issubclass(target, ChuteDataModule):
+            return argument in target.init_parameters()
+        params = inspect.signature(target).parameters
     except (ImportError, ValueError, TypeError):
         return False
     return argument in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

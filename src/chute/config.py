@@ -135,10 +135,9 @@ def builds(target: type, name: str, exclude: tuple[str, ...] = ()) -> type:
     Arguments of types OmegaConf cannot hold (callables, objects) become ``Any``; arguments in
     ``exclude`` are left out (the train app passes them at instantiation).
     """
-    hints = typing.get_type_hints(target.__init__)  # type: ignore[misc]
     fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=f"{target.__module__}.{target.__name__}"))]
-    for param in list(inspect.signature(target.__init__).parameters.values())[1:]:  # type: ignore[misc]
-        if param.name in exclude or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+    for param, hint in _init_parameters(target):
+        if param.name in exclude:
             continue
         default = param.default
         if default is inspect.Parameter.empty:
@@ -147,8 +146,18 @@ def builds(target: type, name: str, exclude: tuple[str, ...] = ()) -> type:
             spec = field(default_factory=_copier(default))
         else:
             spec = field(default=default)
-        fields.append((param.name, _omegaconf_type(hints.get(param.name, Any)), spec))
+        fields.append((param.name, _omegaconf_type(hint), spec))
     return dataclasses.make_dataclass(name, fields)
+
+
+def _init_parameters(target: type) -> list[tuple[inspect.Parameter, Any]]:
+    """``target``'s named constructor arguments and their types (a DataModule's include its ``**common``)."""
+    described = getattr(target, "init_parameters", None)
+    if described is not None:
+        return list(described().values())
+    hints = typing.get_type_hints(target.__init__)  # type: ignore[misc]
+    params = list(inspect.signature(target.__init__).parameters.values())[1:]  # type: ignore[misc]
+    return [(p, hints.get(p.name, Any)) for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _copier(default: list[Any] | tuple[Any, ...] | dict[str, Any]) -> Callable[[], Any]:

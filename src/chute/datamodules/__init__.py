@@ -5,7 +5,7 @@ its constructor by :func:`chute.config.schema_source`; ``python -m chute.config`
 :mod:`chute._schemas` after a DataModule joins (a test fails until it does).
 """
 
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datamodules.image_folder import ImageFolderDataModule
 from chute.datamodules.litdata import LitDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
@@ -29,6 +29,7 @@ DATAMODULES: dict[str, type[ChuteDataModule]] = {
 __all__ = [
     "DATAMODULES",
     "ChuteDataModule",
+    "CommonArgs",
     "ImageFolderDataModule",
     "LitDataModule",
     "MultiTaskDataModule",

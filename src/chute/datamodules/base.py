@@ -3,10 +3,11 @@
 The declared interface (what ``train.py``, callbacks and tests may rely on), the order of every
 loader (training draw, imbalance strategy, per-sample evaluation split) handed to
 :func:`chute.loader.build_loader`, the bad-sample policy, the resumable position, plain
-hyperparameters and the device-side batch hook. Over 300 lines because it is the one class every
-DataModule inherits; its sections are marked. The loader machinery lives in :mod:`chute.loader`,
-what the loader runs of the batch hook in :mod:`chute.datamodules.hooks`, and the plain
-hyperparameters in :mod:`chute.datamodules.hparams`.
+hyperparameters and the device-side batch hook. Over 400 lines because it is the one class every
+DataModule inherits, and its public hooks are documented where they are defined; its sections are
+marked. The loader machinery lives in :mod:`chute.loader`, where the batch hook runs in
+:mod:`chute.datamodules.hooks`, and the constructor arguments and plain hyperparameters in
+:mod:`chute.datamodules.hparams`.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import copy
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar, TypedDict
 
 import lightning as L
 import numpy as np
-from torch.utils.data import Dataset, IterableDataset, default_collate, default_convert
+from torch.utils.data import Dataset, IterableDataset
 
 from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
-from chute.datamodules.hooks import InLoader, LoaderHook, apply_to_inputs
-from chute.datamodules.hparams import plain_values, qualname
+from chute.datamodules.hooks import InLoader, hook_after_copy, hook_in_collate, run_hook
+from chute.datamodules.hparams import caller_arguments, init_parameters, plain_values, qualname
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
@@ -42,6 +43,24 @@ from chute.loader.draws import build_sampler
 from chute.loader.orders import DistributedDraw
 
 
+class CommonArgs(TypedDict, total=False):
+    """The settings every DataModule takes, documented on :class:`ChuteDataModule`.
+
+    A DataModule's constructor lists its own arguments and ends with ``**common: Unpack[CommonArgs]``,
+    which it hands to ``super().__init__``: users still pass them by name (``seed=1``), type checkers
+    and IDEs still see each one, the Hydra schema lists them (:meth:`ChuteDataModule.init_parameters`),
+    and a new setting is added here once.
+    """
+
+    loader: LoaderSettings | Mapping[str, Any] | None
+    seed: int
+    prepare: Callable[[str], Any] | None
+    collate_fn: Collate | str | None
+    imbalance: ImbalanceSettings | Mapping[str, Any] | None
+    on_error: OnError
+    max_bad_fraction: float
+
+
 class ChuteDataModule(L.LightningDataModule):
     """Base class: builds every DataLoader from one :class:`LoaderSettings` and applies
     ``batch_transform`` to the inputs after they reach the device.
@@ -54,6 +73,18 @@ class ChuteDataModule(L.LightningDataModule):
 
     Subclasses also report what a model needs to know about the data in :attr:`model_kwargs`
     (``num_classes``, ``in_channels``, ``num_features``, ...), which the train app passes to the model.
+
+    A subclass writes (besides Lightning's ``prepare_data`` and ``setup``):
+
+    - ``__init__(self, <its own arguments>, **common: Unpack[CommonArgs])`` handing ``**common`` to
+      ``super().__init__`` and ending with :meth:`save_plain_hyperparameters`;
+    - :meth:`split_dataloader`, usually one call of :meth:`build_dataloader`;
+    - optionally :attr:`model_kwargs`, :meth:`class_labels` (enables the imbalance strategies),
+      :meth:`empty_split_hint`, :attr:`remakes_loaders`, and ``state_dict``/``load_state_dict`` for
+      what ``setup`` fitted (calling ``super()``).
+
+    and calls :meth:`run_prepare`, :meth:`bad_policy`, :meth:`collate_or`, :meth:`check_imbalance`,
+    :meth:`rank_and_world` and :meth:`not_set_up_error`. Everything else is the base's.
 
     Args:
         loader: DataLoader settings (a :class:`LoaderSettings`, a mapping of its fields, or ``None``
@@ -75,6 +106,9 @@ class ChuteDataModule(L.LightningDataModule):
 
     # Constructor arguments left out of the DataModule's Hydra schema (objects the app passes in).
     schema_exclude: tuple[str, ...] = ()
+    #: Common settings (:class:`CommonArgs`) this kind cannot honour, with why: a value other than the
+    #: default is refused naming the key, and the Hydra schema leaves the key out.
+    unsupported: ClassVar[Mapping[str, str]] = {}
     # The dotted path of the function that collates this DataModule's samples one by one, recorded
     # in copies of its data (shards, LitData chunks); ``None``: nested stacking and padding.
     sample_collate: str | None = None
@@ -90,6 +124,11 @@ class ChuteDataModule(L.LightningDataModule):
         max_bad_fraction: float = 0.01,
     ) -> None:
         super().__init__()
+        self._refuse_unsupported(
+            {"imbalance": as_imbalance_settings(imbalance) != as_imbalance_settings(None),
+             "on_error": on_error != "raise", "max_bad_fraction": max_bad_fraction != 0.01},
+            {"imbalance": imbalance, "on_error": on_error, "max_bad_fraction": max_bad_fraction},
+        )  # fmt: skip
         BadSamples(on_error, max_bad_fraction)  # check both now, naming the key
         self.on_error: OnError = on_error
         self.max_bad_fraction = float(max_bad_fraction)
@@ -110,11 +149,23 @@ class ChuteDataModule(L.LightningDataModule):
         # to the inputs, then to ``(inputs, targets)`` pairs (MixUp/CutMix make soft targets).
         self.train_batch_transform: Callable[[Any], Any] | None = None
         self.train_pair_transform: Callable[[Any, Any], tuple[Any, Any]] | None = None
-        # Where the batch hook runs for loaders built under a CPU trainer (see _dataloader): per split
+        # Where the batch hook runs for loaders built under a CPU trainer (see build_dataloader): per split
         # kind (training or not), whether batch_transform / train_batch_transform already ran in the loader.
         self._in_loader: dict[bool, InLoader] = {}  # per training/evaluation: hook stages the loader runs
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
+
+    def _refuse_unsupported(self, changed: Mapping[str, bool], values: Mapping[str, Any]) -> None:
+        for key, why in self.unsupported.items():
+            if changed.get(key, True):
+                raise ConfigError(key, values.get(key), f"{type(self).__name__} {why}")
+
+    @classmethod
+    def init_parameters(cls) -> dict[str, tuple[inspect.Parameter, Any]]:
+        """Every argument the constructor takes, by name, with its type: its own, then the common
+        ones it takes as ``**common`` (:class:`CommonArgs`), less :attr:`unsupported`. What the Hydra
+        schema lists and what the train app may pass."""
+        return init_parameters(cls, ChuteDataModule)
 
     # -- The declared interface: what train.py, callbacks and tests may rely on -------------------
     # model_kwargs, loss_kwargs, class_names, class_weights, bad_samples, preview_batch,
@@ -129,7 +180,7 @@ class ChuteDataModule(L.LightningDataModule):
     @property
     def class_names(self) -> tuple[str, ...]:
         """Class names, index = label. Raises ``AttributeError`` for data without class targets."""
-        classes = self._class_labels()
+        classes = self.class_labels()
         if classes is None:
             raise AttributeError(f"class_names: {type(self).__name__} here has no class targets")
         return classes[2]
@@ -146,15 +197,15 @@ class ChuteDataModule(L.LightningDataModule):
 
     # -- Class imbalance ---------------------------------------------------------------------------
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
         """Training labels, number of classes and class names; ``None`` without class targets."""
         return None
 
-    def _check_imbalance(self) -> None:
+    def check_imbalance(self) -> None:
         """Fail at setup, before any training step, if the strategy cannot work on this data."""
         if self.imbalance.strategy == "none":
             return
-        classes = self._class_labels()
+        classes = self.class_labels()
         if classes is None:
             raise ConfigError(
                 "imbalance.strategy", self.imbalance.strategy,
@@ -171,17 +222,17 @@ class ChuteDataModule(L.LightningDataModule):
 
     def _train_sampler(self) -> tuple[DistributedDraw | None, bool]:
         """The imbalance strategy's training sampler (``None`` for none) and whether it yields batches."""
-        classes = self._class_labels() if self.imbalance.samples else None
+        classes = self.class_labels() if self.imbalance.samples else None
         if classes is None:
             return None, False
         labels, num_classes, names = classes
-        rank, world = self._world()
+        rank, world = self.rank_and_world()
         return build_sampler(
             self.imbalance, labels, num_classes, self.loader_settings.batch_size,
             seed=derive_seed(self.seed, Stream.IMBALANCE), class_names=names, rank=rank, world_size=world,
         )  # fmt: skip
 
-    def _world(self) -> tuple[int | None, int | None]:
+    def rank_and_world(self) -> tuple[int | None, int | None]:
         """``(global rank, world size)`` from the attached trainer; ``None`` leaves it to torch.distributed."""
         if self.trainer is None:
             return None, None
@@ -190,7 +241,7 @@ class ChuteDataModule(L.LightningDataModule):
     @property
     def class_weights(self) -> list[float]:
         """Per-class loss weights from the training split's counts (the imbalance ``weighting``)."""
-        classes = self._class_labels()
+        classes = self.class_labels()
         if classes is None:
             raise AttributeError("class_weights: this data has no class targets")
         labels, num_classes, names = classes
@@ -202,10 +253,11 @@ class ChuteDataModule(L.LightningDataModule):
         """What the model's loss needs from the imbalance strategy: ``class_weights`` for ``loss_weights``."""
         return {"class_weights": self.class_weights} if self.imbalance.strategy == "loss_weights" else {}
 
-    def _collate(self, default: Collate) -> Collate:
+    def collate_or(self, default: Collate) -> Collate:
+        """The user's ``collate_fn`` (a function or dotted path) if one was given, else ``default``."""
         return resolve_collate(self.collate_fn, default)
 
-    def _save_plain_hparams(self, **values: Any) -> None:
+    def save_plain_hyperparameters(self, **values: Any) -> None:
         """``save_hyperparameters`` of the calling ``__init__``'s arguments, plain values only.
 
         Checkpoints then load with ``torch.load(..., weights_only=True)``: paths become strings,
@@ -215,14 +267,7 @@ class ChuteDataModule(L.LightningDataModule):
         the model's, and the model gets the inferred value (e.g. ``vocab_size``). ``values``
         override what the call received (e.g. a normalized form).
         """
-        frame = inspect.currentframe()
-        caller = frame.f_back if frame is not None else None
-        received: dict[str, Any] = {}
-        if caller is not None:
-            code = caller.f_code
-            names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
-            received = {name: caller.f_locals[name] for name in names if name in caller.f_locals}
-        received.update(values)
+        received = {**caller_arguments(), **values}
         collate = self.collate_fn if isinstance(self.collate_fn, str | None) else qualname(self.collate_fn)
         received.update(seed=self.seed, loader=dataclasses.asdict(self.loader_settings), collate_fn=collate)
         received.update(on_error=self.on_error, max_bad_fraction=self.max_bad_fraction)
@@ -231,7 +276,7 @@ class ChuteDataModule(L.LightningDataModule):
 
     # -- Bad samples: one policy for every DataModule --------------------------------------------
 
-    def _bad_policy(self, key: str, what: str, fresh: bool = False) -> BadSamples:
+    def bad_policy(self, key: str, what: str, fresh: bool = False) -> BadSamples:
         """The policy (and shared count) of split or file ``key``; ``fresh`` starts its count anew
         (a file read again at a second ``setup``)."""
         if fresh or key not in self._bad:
@@ -249,7 +294,7 @@ class ChuteDataModule(L.LightningDataModule):
         for key, bad in self._bad.items():
             bad.report(f"the {key} split of {type(self).__name__}")
 
-    def _dataloader(
+    def build_dataloader(
         self,
         dataset: Dataset[Any],
         *,
@@ -282,16 +327,16 @@ class ChuteDataModule(L.LightningDataModule):
                 draw.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         trainer = self.trainer
-        collate_fn = self._hook_in_loader(collate_fn, train, device, stream)
+        collate_fn = hook_in_collate(self, collate_fn, train, device, stream)
 
         def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
             # Probes get copies of the order, so tuning leaves the real epoch and position alone.
             to_device = device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None
             return build_loader(
                 dataset, chosen, train=train, seed=self.seed, batches=copy.deepcopy(order) if probe else order,
-                collate_fn=collate_fn, rank=self._world()[0], device=to_device,
+                collate_fn=collate_fn, rank=self.rank_and_world()[0], device=to_device,
                 epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
-                after_copy=self._hook_after_copy(train, chosen, to_device, stream, record=not probe),
+                after_copy=hook_after_copy(self, train, chosen, to_device, stream, record=not probe),
             )  # fmt: skip
 
         if settings.auto:
@@ -313,65 +358,8 @@ class ChuteDataModule(L.LightningDataModule):
         epochs); their worker processes then are not kept (``persistent_workers`` left unset)."""
         return False
 
-    #: Run the batch hook inside the loader when the trainer computes on the CPU (see ``_hook_in_loader``).
+    #: Run the batch hook inside the loader where that is faster (see :mod:`chute.datamodules.hooks`).
     hook_in_loader: bool = True
-
-    def _hook_in_loader(self, collate_fn: Callable[[Any], Any] | None, train: bool, device: Any, stream: bool) -> Any:
-        """On a CPU trainer, move the batch hook's work into the loader, where it runs in parallel.
-
-        With a GPU the hook (``uint8`` -> normalized float, device-side augmentation) runs on the
-        device after the copy: a quarter of the bytes to move, one kernel per batch. With no GPU it
-        would run serially in the training process between steps, so here it joins the collate
-        step in the loader's workers or threads instead: ``batch_transform`` and
-        ``train_batch_transform`` (chute's random batch transforms draw from the batch's own
-        generator there, :func:`chute.loader.batch_generator`, so their draws do not depend on the
-        backend). The pair transform (MixUp/CutMix) stays in the hook.
-        """
-        on_cpu = self.hook_in_loader and device is not None and device.type == "cpu"
-        if not on_cpu or not self._has_hook(train):
-            self._in_loader[train] = InLoader()
-            return collate_fn
-        augment = self.train_batch_transform if train else None
-        self._in_loader[train] = InLoader(self._normalizes, augment is not None)
-        plain = default_convert if stream else default_collate  # what build_loader uses without one
-        return LoaderHook(collate_fn or plain, self.batch_transform, augment, self.batch_decode)
-
-    @property
-    def _normalizes(self) -> bool:
-        """Whether the hook's first stage (``batch_decode``, then ``batch_transform``) does anything."""
-        return self.batch_transform is not None or self.batch_decode is not None
-
-    def _has_hook(self, train: bool) -> bool:
-        return self._normalizes or (train and self.train_batch_transform is not None)
-
-    def _hook_after_copy(
-        self, train: bool, chosen: LoaderSettings, device: Any, stream: bool, record: bool
-    ) -> LoaderHook | None:
-        """On a GPU trainer with loader threads or worker processes, the batch hook's work for the
-        loader to run on the device right after its side-stream copy: in each loader thread
-        (``ThreadedLoader(after_copy=...)``), or in the one thread that feeds worker processes'
-        batches to the device (:class:`~chute.loader.threaded.DeviceFeed`).
-
-        Between training steps the hook costs the training thread its CPU-side work (drawing crop
-        boxes, launching a handful of kernels: ~0.2-2 ms a batch, a large share of a small model's
-        step; the GPU decode route's nvJPEG call and crops: several ms); in the loader it overlaps
-        the step, and chute's random batch transforms draw from the batch's own generator there, as
-        they do on a CPU trainer. ``record`` says this loader is the real one (not an autotune
-        probe), whose choice the hook then follows.
-        """
-        augment = self.train_batch_transform if train else None
-        moves = (
-            self.hook_in_loader and device is not None and not stream and chosen.num_workers > 0
-            and self._has_hook(train)
-        )  # fmt: skip
-        # The random batch transforms draw from the batch's generator, keyed where the batch was read
-        # (chute.loader.batch_generator): in a loader thread, the thread that runs this hook; a worker
-        # process's key does not reach the feeding thread, so with workers they stay in the trainer's hook.
-        if chosen.backend != "threads":
-            augment = None
-        if record and device is not None:  # a CPU trainer's choice is _hook_in_loader's
-            self._in_loader[train] = InLoader(self._normalizes, augment is not None) if moves else InLoader()
-        return LoaderHook(None, self.batch_transform, augment, self.batch_decode) if moves else None
 
     def _training_loader(self, loader: Any) -> Any:
         """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
@@ -382,7 +370,7 @@ class ChuteDataModule(L.LightningDataModule):
         return loader
 
     def _order(self, size: int, train: bool, batches: Any, eval_order: Any) -> Any:
-        """The sampler of index batches a map-style loader follows (see :meth:`_dataloader`)."""
+        """The sampler of index batches a map-style loader follows (see :meth:`build_dataloader`)."""
         if batches is not None:
             return batches
         settings = self.loader_settings
@@ -390,34 +378,34 @@ class ChuteDataModule(L.LightningDataModule):
             sampler, batched = self._train_sampler()
             if sampler is not None:
                 return sampler if batched else Batched(sampler, settings.batch_size, settings.drop_last)
-        rank, world = self._world()
+        rank, world = self.rank_and_world()
         return default_order(
             size, settings, train=train, seed=self.seed, eval_order=eval_order, rank=rank, world_size=world
         )
 
-    # -- Loaders: one per split, built by the subclass's ``_split_loader`` -------------------------
+    # -- Loaders: one per split, built by the subclass's ``split_dataloader`` -------------------------
 
     def train_dataloader(self) -> Loader:
-        return self._not_empty(self._split_loader("train", train=True), "train")
+        return self._not_empty(self.split_dataloader("train", train=True), "train")
 
     def val_dataloader(self) -> Loader:
-        return self._not_empty(self._split_loader("val", train=False), "val")
+        return self._not_empty(self.split_dataloader("val", train=False), "val")
 
     def test_dataloader(self) -> Loader:
-        return self._not_empty(self._split_loader("test", train=False), "test")
+        return self._not_empty(self.split_dataloader("test", train=False), "test")
 
     def predict_dataloader(self) -> Loader:
-        return self._not_empty(self._split_loader("test", train=False), "test")
+        return self._not_empty(self.split_dataloader("test", train=False), "test")
 
     def _not_empty(self, loader: Any, split: str) -> Any:
         """``loader``, unless its split has no samples: then an error naming the split and what to change
         (an empty split would otherwise fail later, far from its cause, or evaluate nothing)."""
         dataset = loader.dataset
         if not isinstance(dataset, IterableDataset) and len(dataset) == 0:
-            raise DataError(f"{type(self).__name__}: the {split} split has no samples. {self._empty_split_hint(split)}")
+            raise DataError(f"{type(self).__name__}: the {split} split has no samples. {self.empty_split_hint(split)}")
         return loader
 
-    def _empty_split_hint(self, split: str) -> str:
+    def empty_split_hint(self, split: str) -> str:
         """What makes ``split`` non-empty (subclasses name their own settings)."""
         if split == "train":
             return "Check that the training data has samples (and that on_error=skip did not drop them all)."
@@ -426,36 +414,25 @@ class ChuteDataModule(L.LightningDataModule):
             "(val_fraction) so that every class keeps at least one sample there."
         )
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
+    def split_dataloader(self, split: str, train: bool) -> Loader:
         """The loader of ``split`` (``train``, ``val`` or ``test``); ``train`` selects training behaviour."""
         raise NotImplementedError
 
-    def _not_set_up(self) -> RuntimeError:
+    def not_set_up_error(self) -> RuntimeError:
         """The error for using split data before ``setup``."""
         return RuntimeError(
             f"{type(self).__name__} is not set up: call prepare_data() and setup() first "
             "(Lightning's Trainer does both)."
         )
 
-    def _prepare_root(self, root: str) -> None:
+    def run_prepare(self, root: str) -> None:
+        """``prepare(root)`` if the user gave a ``prepare`` writer (for ``prepare_data``)."""
         if self.prepare is not None:
             self.prepare(root)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        training = self.trainer is not None and self.trainer.training
-        normalized, augmented = self._in_loader.get(training, InLoader())  # already done in the loader
-        if not normalized:
-            if self.batch_decode is not None:
-                batch = self.batch_decode(batch)
-            batch = apply_to_inputs(self.batch_transform, batch)
-        if not training:
-            return batch
-        if not augmented:
-            batch = apply_to_inputs(self.train_batch_transform, batch)
-        if self.train_pair_transform is not None and isinstance(batch, (tuple, list)) and len(batch) >= 2:
-            inputs, targets = self.train_pair_transform(batch[0], batch[1])
-            batch = type(batch)([inputs, targets, *batch[2:]])
-        return batch
+        """The batch hook's stages the loader did not run (:func:`~chute.datamodules.hooks.run_hook`)."""
+        return run_hook(self, batch, self.trainer is not None and self.trainer.training)
 
     # -- Mid-epoch resume ------------------------------------------------------------------------
     # The training loader's own state_dict (epoch, batches handed out) is the position. Lightning

@@ -9,19 +9,19 @@ inherits all of it and writes only how a split is indexed and read.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import Unpack
 
-from chute.bad_samples import BadSamples, OnError
-from chute.datamodules.base import ChuteDataModule
+from chute.bad_samples import BadSamples
+from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datasets.folder import FolderIndex, discover_splits
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings, Stream, derive_seed
+from chute.loader import Stream, derive_seed
 from chute.transforms.batch import NormalizeBatch
 
 
@@ -29,7 +29,7 @@ class ClassFolderDataModule(ChuteDataModule):
     """Base of the class-folder DataModules: splits, class targets, bad samples and statistics.
 
     Subclasses name what a sample is (:attr:`sample_what`: ``"image"``, ``"video"``) and the file
-    endings that count (:attr:`extensions`), and fill ``self._splits`` in ``_index_splits`` (from
+    endings that count (:attr:`extensions`), and fill ``self._splits`` in ``index_splits`` (from
     :meth:`_find_splits`); each split's index has ``class_names`` and ``targets``. The arguments are
     those every such DataModule takes; its subclass documents them.
     """
@@ -51,18 +51,9 @@ class ClassFolderDataModule(ChuteDataModule):
         test_dir: str,
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
-        loader: LoaderSettings | Mapping[str, Any] | None,
-        seed: int,
-        prepare: Callable[[str], Any] | None,
-        collate_fn: Callable[[Any], Any] | str | None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None,
-        on_error: OnError,
-        max_bad_fraction: float,
+        **common: Unpack[CommonArgs],
     ) -> None:
-        super().__init__(
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
-        )  # fmt: skip
+        super().__init__(**common)
         if not 0.0 <= val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in [0, 1)")
         for key, stat in (("mean", mean), ("std", std)):
@@ -108,10 +99,10 @@ class ClassFolderDataModule(ChuteDataModule):
         """Measure ``mean``/``std`` on training samples unless given (or restored), and make the batch
         hook normalize with them."""
         if self.mean is None or self.std is None:
-            self.mean, self.std = self._measure_stats()
+            self.mean, self.std = self.measure_stats()
         self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
 
-    def _measure_stats(self) -> tuple[list[float], list[float]]:
+    def measure_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel ``(mean, std)`` of training samples (subclasses read them; see :meth:`_mean_std`)."""
         raise NotImplementedError
 
@@ -129,7 +120,7 @@ class ClassFolderDataModule(ChuteDataModule):
 
     def _split(self, name: str) -> Any:
         if not self._splits:
-            raise self._not_set_up()
+            raise self.not_set_up_error()
         index = self._splits.get(name)
         if index is None:
             raise DataError(
@@ -143,9 +134,9 @@ class ClassFolderDataModule(ChuteDataModule):
         """The split's policy, shared by every dataset built for it so its counts add up."""
         index = self._split(split)
         key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
-        return self._bad_policy(key, self.sample_what)
+        return self.bad_policy(key, self.sample_what)
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
         train = self._split("train")
         return train.targets, len(train.class_names), tuple(train.class_names)
 

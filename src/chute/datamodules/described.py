@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from typing_extensions import Unpack
+
 from chute.collate import Collate, collate_nested, resolve_collate
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.errors import DataError
 from chute.transforms.batch import NormalizeBatch
 
@@ -21,7 +23,7 @@ from chute.transforms.batch import NormalizeBatch
 class DescribedDataModule(ChuteDataModule):
     """Base of the DataModules over a described copy (see the module docstring).
 
-    Subclasses implement :meth:`_read_meta`, which returns the manifest as a dict with ``splits``
+    Subclasses implement :meth:`read_meta`, which returns the manifest as a dict with ``splits``
     (split name to sample count) and optionally ``model_kwargs``, ``class_names``, ``collate`` and
     ``normalize`` (``{"mean": [...], "std": [...]}``).
 
@@ -29,27 +31,33 @@ class DescribedDataModule(ChuteDataModule):
         root: Folder (or URL) of the copy.
         train_split, val_split: Split names to train and validate on.
         test_split: Split for test and predict (default: ``val_split``).
-        base: The :class:`ChuteDataModule` arguments.
+        common: The :class:`ChuteDataModule` arguments (:class:`~chute.datamodules.base.CommonArgs`).
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, train_split: str, val_split: str, test_split: str | None, **base: Any
+        self,
+        root: str | os.PathLike[str],
+        *,
+        train_split: str,
+        val_split: str,
+        test_split: str | None,
+        **common: Unpack[CommonArgs],
     ) -> None:
-        super().__init__(**base)
+        super().__init__(**common)
         self.root = os.fspath(root)
         self.split_names = {"train": train_split, "val": val_split, "test": test_split or val_split}
         self.meta: dict[str, Any] | None = None
 
-    def _read_meta(self) -> dict[str, Any]:
+    def read_meta(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        self._prepare_root(self.root)
+        self.run_prepare(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self.meta is not None:
             return
-        meta = self._read_meta()
+        meta = self.read_meta()
         for name in set(self.split_names.values()):  # a missing split fails now, naming what there is
             if name not in meta["splits"]:
                 raise DataError(f"'{self.root}' has no '{name}' split (has {sorted(meta['splits'])}).")
@@ -84,9 +92,9 @@ class DescribedDataModule(ChuteDataModule):
 
     def _sample_collate(self) -> Collate:
         """The collate function: the DataModule's ``collate_fn``, else the source's, else nested stacking."""
-        return self._collate(resolve_collate(self._meta().get("collate"), collate_nested))
+        return self.collate_or(resolve_collate(self._meta().get("collate"), collate_nested))
 
     def _meta(self) -> dict[str, Any]:
         if self.meta is None:
-            raise self._not_set_up()
+            raise self.not_set_up_error()
         return self.meta

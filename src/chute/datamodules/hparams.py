@@ -1,8 +1,11 @@
-"""A DataModule's hyperparameters as plain values, so checkpoints load with ``weights_only=True``."""
+"""A DataModule's constructor arguments: which it takes (the Hydra schema's keys), and their values
+as plain hyperparameters, so checkpoints load with ``weights_only=True``."""
 
 from __future__ import annotations
 
+import inspect
 import os
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,3 +36,32 @@ def plain(value: Any) -> Any:
 
 def qualname(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+
+
+def init_parameters(cls: type, base: type) -> dict[str, tuple[inspect.Parameter, Any]]:
+    """Every argument ``cls``'s constructor takes by name, with its type: its own, then, when it takes
+    ``**common``, those of ``base``'s constructor; less the keys ``cls.unsupported`` names."""
+    own = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
+    found = {
+        p.name: (p, hints.get(p.name, Any))
+        for p in list(own.values())[1:]
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    if cls is not base and any(p.kind is p.VAR_KEYWORD for p in own.values()):
+        for name, entry in init_parameters(base, base).items():
+            found.setdefault(name, entry)
+    unsupported = getattr(cls, "unsupported", {})
+    return {name: entry for name, entry in found.items() if name not in unsupported}
+
+
+def caller_arguments() -> dict[str, Any]:
+    """The named arguments (``self`` and ``**kwargs`` aside) of the ``__init__`` that called the caller
+    of this function, as they are now."""
+    frame = inspect.currentframe()
+    caller = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
+    if caller is None:
+        return {}
+    code = caller.f_code
+    names = code.co_varnames[1 : code.co_argcount + code.co_kwonlyargcount]
+    return {name: caller.f_locals[name] for name in names if name in caller.f_locals}

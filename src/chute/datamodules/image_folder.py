@@ -15,17 +15,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
 from chute import fastpaths
-from chute.bad_samples import OnError
 from chute.collate import collate_images
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
 from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
-from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, Stream, derive_seed
+from chute.loader import Loader, Stream, derive_seed
 from chute.transforms.checks import check_deterministic
 from chute.transforms.decode_choice import choose_decode
 from chute.transforms.device import MixBatch
@@ -140,7 +140,6 @@ class ImageFolderDataModule(ClassFolderDataModule):
         transforms: Transforms | Mapping[str, Any] | None = None,
         train_transform: Transform | None = None,
         val_transform: Transform | None = None,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
         image_mode: ImageMode = "RGB",
         val_fraction: float = 0.0,
         train_dir: str = "train",
@@ -149,26 +148,20 @@ class ImageFolderDataModule(ClassFolderDataModule):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         channels_last: bool = True,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
         cache: Literal["memory", "disk"] | None = None,
         cache_size: int | None = None,
         cache_dir: str | None = None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
         train_batch_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         device_augment: bool = False,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
         decode: Literal["cpu", "gpu", "auto"] = "auto",
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
             root, channels=channels_of(image_mode), channels_hint=f" for image_mode={image_mode!r}",
             val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir, test_dir=test_dir, mean=mean, std=std,
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
+            **common,
         )  # fmt: skip
         if transforms is None and train_transform is None and val_transform is None:
             transforms = create_transforms()  # documented defaults: crop and flip, resize and centre crop
@@ -219,7 +212,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         self._cached: dict[str, CachedDataset] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
-        self._save_plain_hparams()
+        self.save_plain_hyperparameters()
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
@@ -229,7 +222,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         Lightning runs this once per node (local rank 0) before any process sets up, so ranks
         never build the same disk cache at once; each then memory-maps the finished files.
         """
-        self._prepare_root(self.root)
+        self.run_prepare(self.root)
         if self.cache == "disk":
             self.build_cache()
 
@@ -240,7 +233,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         """
         if self.cache != "disk":
             raise ConfigError("cache", self.cache, "build_cache writes a disk cache; set cache=disk and cache_size")
-        self._index_splits()
+        self.index_splits()
         built = {}
         for split in splits:
             if self._splits.get(split) is None:
@@ -252,7 +245,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         fastpaths.say_if_missing()  # once per process: JPEGs decode whole without chute's extension
-        self._index_splits()
+        self.index_splits()
         self._normalize()
         if self.device_augment and self._train_batch is not None:
             self.train_batch_transform = _InLayout(self._train_batch, self.channels_last)
@@ -265,7 +258,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
-        self._check_imbalance()
+        self.check_imbalance()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -323,17 +316,17 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     # -- Internals -------------------------------------------------------------------------------
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
+    def split_dataloader(self, split: str, train: bool) -> Loader:
         transform = self.train_transform if train else self.val_transform
         dataset: Dataset[Any] = (
             self._cached_dataset(split, transform, train) if self.cache is not None else self.dataset(split)
         )
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, Stream.AUGMENT))  # main-process loading (num_workers=0)
-        collate = self._collate(collate_images)
+        collate = self.collate_or(collate_images)
         if not train and self.on_error == "skip":
             collate = DropMissing(collate)  # the bad images an evaluation split left out
-        return self._dataloader(dataset, train=train, collate_fn=collate)
+        return self.build_dataloader(dataset, train=train, collate_fn=collate)
 
     def _cached_dataset(self, split: str, transform: Transform | None, train: bool) -> CachedDataset:
         """Build (once, in the main process, before workers start) the split's cache."""
@@ -358,7 +351,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def _eval_index(self) -> FolderIndex:
         return self._splits.get("val") or self._split("train")
 
-    def _index_splits(self) -> None:
+    def index_splits(self) -> None:
         if not self._splits:
             self._splits = self._find_splits()
             self._check_expected_classes()
@@ -386,7 +379,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
                 if self.on_error == "raise":
                     raise
 
-    def _measure_stats(self) -> tuple[list[float], list[float]]:
+    def measure_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of up to 512 training images after the eval pipeline."""
         train = self._split("train")
         picks = self._pick_for_stats(len(train), _STATS_SAMPLES)

@@ -28,18 +28,20 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.described import DescribedDataModule
 from chute.datamodules.litdata_cover import covering_loader_class, resumable_loader_class
 from chute.datasets.materialize import SourceCopy
 from chute.datasets.shards import _check_extra
 from chute.errors import ConfigError, DataError
-from chute.loader import LoaderSettings, Stream, WorkerInit, derive_seed
+from chute.loader import Stream, WorkerInit, derive_seed
 from chute.loader.orders import EvalBatches
 
 META = "chute.json"
@@ -121,6 +123,12 @@ class LitDataModule(DescribedDataModule):
         ((64, 13), 3)
     """
 
+    unsupported = {
+        "imbalance": "takes LitData's own sample order, which chute's imbalance samplers cannot change",
+        "on_error": "has no bad-sample policy (LitData reads the chunks itself): on_error must be 'raise'",
+        "max_bad_fraction": "has no bad-sample policy (LitData reads the chunks itself)",
+    }
+
     def __init__(
         self,
         input_dir: str | os.PathLike[str],
@@ -131,14 +139,10 @@ class LitDataModule(DescribedDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str | None = None,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
-            input_dir, train_split=train_split, val_split=val_split, test_split=test_split, loader=loader, seed=seed,
-            prepare=prepare, collate_fn=collate_fn,
+            input_dir, train_split=train_split, val_split=val_split, test_split=test_split, **common
         )  # fmt: skip
         if self.loader_settings.auto or self.loader_settings.backend != "torch":
             raise ConfigError(
@@ -151,10 +155,10 @@ class LitDataModule(DescribedDataModule):
         self.storage_options = dict(storage_options or {})
         for name in set(self.split_names.values()):
             _check_split(name)
-        self._save_plain_hparams(storage_options=None)  # may hold credentials: never in a checkpoint
+        self.save_plain_hyperparameters(storage_options=None)  # may hold credentials: never in a checkpoint
 
-    def _read_meta(self) -> dict[str, Any]:
-        return read_meta(self.input_dir, self._cache_root(), self.storage_options)
+    def read_meta(self) -> dict[str, Any]:
+        return read_chunks_meta(self.input_dir, self._cache_root(), self.storage_options)
 
     def dataloader(
         self,
@@ -197,7 +201,7 @@ class LitDataModule(DescribedDataModule):
             batches = (
                 EvalBatches(n, settings.batch_size_for(False), rank=rank, world_size=world_size) if given else None
             )
-            return self._dataloader(_Indexed(dataset, n), train=False, collate_fn=collate, batches=batches)
+            return self.build_dataloader(_Indexed(dataset, n), train=False, collate_fn=collate, batches=batches)
         assert rank is not None
         assert world_size is not None
         # The dataset reads the world from torch.distributed when built; the trainer knows it on any
@@ -221,7 +225,7 @@ class LitDataModule(DescribedDataModule):
             loader.current_epoch = self.trainer.current_epoch
         return self._training_loader(loader)
 
-    def _split_loader(self, split: str, train: bool) -> Any:
+    def split_dataloader(self, split: str, train: bool) -> Any:
         return self.dataloader(split, train=train)
 
     def _distributed(self, env: Any) -> tuple[int, int, int]:
@@ -311,7 +315,9 @@ def write_chunks(samples: Any, out: Path, chunk_size: int) -> int:
     return count
 
 
-def read_meta(input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def read_chunks_meta(
+    input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Read and check ``chute.json`` of ``input_dir`` (downloaded into ``cache_dir`` for a URL)."""
     path = _join(input_dir, META)
     if is_remote(input_dir):

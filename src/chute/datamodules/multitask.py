@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from typing_extensions import Unpack
 
-from chute.bad_samples import OnError
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
 from chute.datasets.tabular import MissingStrategy, MultiTaskDataset
 from chute.errors import ConfigError
-from chute.loader import LoaderSettings
 
 
 class MultiTaskDataModule(TableDataModuleBase):
@@ -45,6 +45,8 @@ class MultiTaskDataModule(TableDataModuleBase):
         ((64, 12), ['alcohol', 'cultivar'])
     """
 
+    unsupported = {"imbalance": "has several targets, no one class target to balance (weight the tasks' losses)"}
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -60,24 +62,18 @@ class MultiTaskDataModule(TableDataModuleBase):
         fill_value: float = 0.0,
         standardize: bool = True,
         unknown_category: UnknownCategory = "raise",
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
         encoding: str = "utf-8",
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
             path, tasks=_parse_tasks(tasks), numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
-            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
-            seed=seed, prepare=prepare, collate_fn=collate_fn, on_error=on_error, max_bad_fraction=max_bad_fraction,
-            encoding=encoding,
+            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, encoding=encoding,
+            **common,
         )  # fmt: skip
-        self._save_plain_hparams(tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()})
+        self.save_plain_hyperparameters(tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()})
 
-    def _make_dataset(
+    def make_dataset(
         self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None
     ) -> MultiTaskDataset:
         return MultiTaskDataset(features, targets, weights)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+from typing_extensions import Unpack
 
-from chute.bad_samples import OnError
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datasets.folder import stratified_split
 from chute.datasets.sequence import (
     CharVocab,
@@ -23,8 +22,7 @@ from chute.datasets.sequence import (
     read_jsonl,
 )
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, Stream, derive_seed
+from chute.loader import Loader, Stream, derive_seed
 from chute.loader.orders import BucketBatchSampler
 
 
@@ -91,18 +89,9 @@ class SequenceDataModule(ChuteDataModule):
         bucket: bool = True,
         pool_batches: int = 50,
         min_char_count: int = 1,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
+        **common: Unpack[CommonArgs],
     ) -> None:
-        super().__init__(
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
-        )  # fmt: skip
+        super().__init__(**common)
         if max_length is not None and max_length < 1:
             raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
         if vocab_size is not None and vocab_size < 2:
@@ -126,12 +115,12 @@ class SequenceDataModule(ChuteDataModule):
         self._num_classes: int | None = None
         self._saved: dict[str, Any] | None = None
         self._datasets: dict[str, SequenceDataset] = {}
-        self._save_plain_hparams()
+        self.save_plain_hyperparameters()
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self._prepare_root(self.root)
+        self.run_prepare(self.root)
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
@@ -162,10 +151,10 @@ class SequenceDataModule(ChuteDataModule):
         for split, bad in self._bad.items():
             bad.report(f"'{os.path.join(self.root, self.files[split])}'")
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
-        self._check_imbalance()
+        self.check_imbalance()
 
     def predict_dataloader(self) -> Loader:
-        return self._split_loader("test", train=False, keep_order=True)
+        return self.split_dataloader("test", train=False, keep_order=True)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -233,19 +222,19 @@ class SequenceDataModule(ChuteDataModule):
 
     def _ready(self) -> None:
         if not self._datasets:
-            raise self._not_set_up()
+            raise self.not_set_up_error()
 
-    def _split_loader(self, split: str, train: bool, keep_order: bool = False) -> Loader:
+    def split_dataloader(self, split: str, train: bool, keep_order: bool = False) -> Loader:
         dataset = self.dataset(split)
-        collate = self._collate(functools.partial(collate_sequences, pad_id=self.padding_id))
+        collate = self.collate_or(functools.partial(collate_sequences, pad_id=self.padding_id))
         if train:  # an imbalance strategy decides the training order instead of buckets
             batches = None if self.imbalance.samples else self._batch_sampler(dataset, train, self.bucket)
-            return self._dataloader(dataset, train=True, collate_fn=collate, batches=batches)
+            return self.build_dataloader(dataset, train=True, collate_fn=collate, batches=batches)
         # Evaluation in length order (little padding), or in file order for predict.
         order = None if keep_order or not self.bucket else np.argsort(dataset.lengths, kind="stable")
-        return self._dataloader(dataset, train=False, collate_fn=collate, eval_order=order)
+        return self.build_dataloader(dataset, train=False, collate_fn=collate, eval_order=order)
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
         return self.dataset("train").packed.labels, self.num_classes, self.class_names
 
     def _batch_sampler(self, dataset: SequenceDataset, train: bool, bucket: bool) -> BucketBatchSampler | None:
@@ -281,7 +270,7 @@ class SequenceDataModule(ChuteDataModule):
 
     def _read(self, path: str, split: str) -> RawRecords:
         """The JSONL file of ``split``; bad lines raise or, with ``skip``, are dropped and counted."""
-        return read_jsonl(path, self.label_key, self._bad_policy(split, "line", fresh=True))
+        return read_jsonl(path, self.label_key, self.bad_policy(split, "line", fresh=True))
 
     def _in_range(self, records: RawRecords, split: str) -> RawRecords:
         """``records`` without token ids or labels beyond what is known so far, counted against their file."""

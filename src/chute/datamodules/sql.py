@@ -8,11 +8,12 @@ from typing import Any, Literal
 
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import Unpack
 
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import BadSamples
 from chute.collate import passthrough
-from chute.datamodules.base import ChuteDataModule
-from chute.datamodules.table import Task, UnknownCategory, infer_numeric, is_number
+from chute.datamodules.base import CommonArgs
+from chute.datamodules.table import FittedEncoding, Task, UnknownCategory, infer_numeric, is_number
 from chute.datasets.database import Database, batch_rows, redact
 from chute.datasets.sql import (
     Encoding,
@@ -26,15 +27,14 @@ from chute.datasets.sql import (
 )  # fmt: skip
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import Batched, Loader, LoaderSettings, Stream, derive_seed
+from chute.loader import Batched, Loader, Stream, derive_seed
 from chute.loader.key_orders import KeyOrder, KeyRanges, KeyStream
 
 Snapshot = Literal["epoch", "once"]
 Index = Literal["memory", "stream"]
 
 
-class SqlDataModule(ChuteDataModule):
+class SqlDataModule(FittedEncoding):
     """Rows of a SQL table (or ``SELECT``) as ``(features, targets)`` batches, read a batch per query.
 
     The source needs a unique integer key column (``key``). Each epoch reads a *snapshot*: the keys
@@ -129,17 +129,11 @@ class SqlDataModule(ChuteDataModule):
         fit_rows: int = 200_000,
         retries: int = 3,
         retry_wait: float = 0.5,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
+            numeric=numeric, categorical=categorical, missing=missing, fill_value=fill_value, standardize=standardize,
+            unknown_category=unknown_category, **common,
         )  # fmt: skip
         self.database = Database(url, retries=retries, retry_wait=retry_wait)
         self.sources = {
@@ -176,23 +170,15 @@ class SqlDataModule(ChuteDataModule):
         self.shuffle_block = shuffle_block
         self.shuffle_buffer = int(shuffle_buffer)
         self.fit_rows = int(fit_rows)
-        self._numeric = None if numeric is None else list(numeric)
-        self.categorical = list(categorical)
-        self._encoder_args = {
-            "categorical": list(categorical), "missing": missing, "fill_value": float(fill_value),
-            "standardize": standardize, "unknown_category": unknown_category,
-        }  # fmt: skip
-        TableEncoder(numeric=self._numeric if self._numeric is not None else ["?"], **self._encoder_args)  # type: ignore[arg-type]
         self.encoding: Encoding | None = None
         self._fit_labels: np.ndarray | None = None
-        self._saved_state: dict[str, Any] | None = None
         self._once: dict[str, Any] = {}  # snapshot=once: each split's snapshot
-        self._save_plain_hparams(url=redact(url))
+        self.save_plain_hyperparameters(url=redact(url))
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self._prepare_root(self.database.url)
+        self.run_prepare(self.database.url)
 
     def setup(self, stage: str | None = None) -> None:
         if self.encoding is not None:
@@ -207,10 +193,10 @@ class SqlDataModule(ChuteDataModule):
         for split in ("val", "test"):  # inferred from the training source: the others need them too
             _check_names(self.sources[split], columns[split], {"numeric": numeric})
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
-        encoder.load_state_dict(state)
+        encoder.load_state_dict(state)  # rank 0's fit
         self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         self._fit_labels = labels
-        self._check_imbalance()
+        self.check_imbalance()
 
     def _columns(self) -> dict[str, list[str]]:
         """Each split's source columns, every column a setting names checked against them before any row
@@ -248,11 +234,10 @@ class SqlDataModule(ChuteDataModule):
             numeric = infer_numeric(split, {self.target}, self.categorical, type(self).__name__)
         if self.on_error == "skip":  # the bad rows are left out of the fit (the epochs count them when they meet them)
             split = self._readable(split, numeric)
-        encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
+        encoder, saved_classes = self._encoder(numeric)
         classes: list[str] = []
-        if self._saved_state is not None:
-            encoder.load_state_dict(self._saved_state["encoder"])
-            classes = list(self._saved_state["classes"])
+        if saved_classes is not None:
+            classes = list(saved_classes)
         else:
             encoder.fit(split)
             if self.task == "classification":
@@ -310,14 +295,14 @@ class SqlDataModule(ChuteDataModule):
     def model_kwargs(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "num_classes": self.num_classes, "task": self.task}
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
         if self.task != "classification" or self._fit_labels is None:
             return None
         return self._fit_labels, self.num_classes, self.class_names
 
     def dataset(self, split: str) -> SqlRows:
         """The rows of ``train``, ``val`` or ``test`` (fetched by key; its length is the current snapshot's)."""
-        return SqlRows(self.sources[split], self._encoding(), self._bad_policy(split, "row"))
+        return SqlRows(self.sources[split], self._encoding(), self.bad_policy(split, "row"))
 
     # -- Snapshots and loaders -------------------------------------------------------------------
 
@@ -358,7 +343,7 @@ class SqlDataModule(ChuteDataModule):
 
         return once
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
+    def split_dataloader(self, split: str, train: bool) -> Loader:
         trainer = self.trainer
         reload = "reload_dataloaders_every_n_epochs"  # a Trainer attribute its loops read each epoch
         if trainer is not None and self.snapshot == "epoch" and getattr(trainer, reload) != 1:
@@ -370,7 +355,7 @@ class SqlDataModule(ChuteDataModule):
             setattr(trainer, reload, 1)
         settings = self.loader_settings
         dataset = self.dataset(split)
-        rank, world = self._world()
+        rank, world = self.rank_and_world()
         common: dict[str, Any] = {
             "train": train, "shuffle": settings.shuffle, "seed": derive_seed(self.seed, Stream.ORDER),
             "block": self.shuffle_block or max(settings.batch_size // 64, 1), "rank": rank, "world_size": world,
@@ -388,7 +373,7 @@ class SqlDataModule(ChuteDataModule):
         else:
             dataset.order = key_order = KeyOrder(self._snapshot(split), **common)
             batches = KeyBatches(key_order, batch_size, drop_last)
-        return self._dataloader(dataset, train=train, collate_fn=self._collate(passthrough), batches=batches)
+        return self.build_dataloader(dataset, train=train, collate_fn=self.collate_or(passthrough), batches=batches)
 
     def _range_reader(self, split: str) -> Callable[[int, int], np.ndarray]:
         """``read(lo, hi)``: the keys of ``split`` from ``lo`` to ``hi`` committed now (one query, on this rank)."""
@@ -410,37 +395,23 @@ class SqlDataModule(ChuteDataModule):
     def remakes_loaders(self) -> bool:
         return self.snapshot == "epoch"
 
-    def _empty_split_hint(self, split: str) -> str:
+    def empty_split_hint(self, split: str) -> str:
         if split == "train":
             return f"{self.sources['train'].describe()} has no training rows (or on_error=skip dropped them all)."
         return f"Give it rows (data.{split}_table), or hold out a larger share of the table (data.val_fraction)."
 
-    # -- State: the fitted encoding and the loader's position ------------------------------------
+    # -- State: the fitted encoding (FittedEncoding saves it) -----------------------------------------
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.encoding is not None:
-            encoder = self.encoding.encoder
-            state.update(
-                numeric=list(encoder.numeric), encoder=encoder.state_dict(), classes=list(self.encoding.classes)
-            )
-        elif self._saved_state is not None:
-            state.update(self._saved_state)
-        return state
+    def _fitted(self) -> tuple[TableEncoder, Any] | None:
+        return None if self.encoding is None else (self.encoding.encoder, list(self.encoding.classes))
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Reuse a checkpoint's fitted encoding (statistics, vocabularies, classes); call before ``setup``."""
-        super().load_state_dict(state_dict)
-        if "encoder" in state_dict:
-            self._saved_state = {k: state_dict[k] for k in ("numeric", "encoder", "classes")}
-            self._numeric = list(state_dict["numeric"])
-            if self.encoding is not None:
-                self.encoding = None
-                self.setup()
+    def _forget_fit(self) -> bool:
+        was_set_up, self.encoding = self.encoding is not None, None
+        return was_set_up
 
     def _encoding(self) -> Encoding:
         if self.encoding is None:
-            raise self._not_set_up()
+            raise self.not_set_up_error()
         return self.encoding
 
 

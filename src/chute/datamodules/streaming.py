@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Mapping
 from typing import Any
 
-from chute.bad_samples import OnError
+from typing_extensions import Unpack
+
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.described import DescribedDataModule
 from chute.datasets.shards import ShardIndex, ShardStream
 from chute.errors import ConfigError, DataError
-from chute.loader import Loader, LoaderSettings, Stream, derive_seed, world_position
+from chute.loader import Loader, Stream, derive_seed, world_position
 
 # Lightning warns about every IterableDataset with __len__, because a naive one repeats data in each
 # worker. ShardStream's workers take turns at one sequence of batches per rank, and its length counts it.
@@ -61,6 +62,8 @@ class StreamingDataModule(DescribedDataModule):
         ((64, 13), 3)
     """
 
+    unsupported = {"imbalance": "has no class targets to balance (use a loss weight in the model)"}
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -70,25 +73,19 @@ class StreamingDataModule(DescribedDataModule):
         train_split: str = "train",
         val_split: str = "val",
         test_split: str | None = None,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
-            root, train_split=train_split, val_split=val_split, test_split=test_split, loader=loader, seed=seed,
-            prepare=prepare, collate_fn=collate_fn, on_error=on_error, max_bad_fraction=max_bad_fraction,
+            root, train_split=train_split, val_split=val_split, test_split=test_split, **common
         )  # fmt: skip
         if shuffle_buffer < 0:
             raise ConfigError("shuffle_buffer", shuffle_buffer, "must be >= 0 (0: no sample shuffling)")
         self.shuffle_buffer = shuffle_buffer
         self.shuffle_shards = shuffle_shards
         self.index: ShardIndex | None = None
-        self._save_plain_hparams()
+        self.save_plain_hyperparameters()
 
-    def _read_meta(self) -> dict[str, Any]:
+    def read_meta(self) -> dict[str, Any]:
         self.index = ShardIndex.read(self.root)
         for split in set(self.split_names.values()) & set(self.index.splits):
             missing = [file for file, _ in self.index.shards(split) if not os.path.isfile(file)]
@@ -105,7 +102,7 @@ class StreamingDataModule(DescribedDataModule):
         """The ``train``, ``val`` or ``test`` stream as its DataLoader reads it."""
         index, settings = self._index(), self.loader_settings
         shuffle = train and settings.shuffle
-        rank, world = world_position(*self._world())
+        rank, world = world_position(*self.rank_and_world())
         name = self.split_names[split]
         return ShardStream(
             index.shards(self.split_names[split]),
@@ -117,12 +114,12 @@ class StreamingDataModule(DescribedDataModule):
             drop_last=train and settings.drop_last,
             rank=rank,
             world_size=world,
-            on_error=self._bad_policy(name, "line"),  # one per shard split: its streams' counts add up
+            on_error=self.bad_policy(name, "line"),  # one per shard split: its streams' counts add up
             even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
-        return self._dataloader(self.stream(split, train=train), train=train, stream=True)
+    def split_dataloader(self, split: str, train: bool) -> Loader:
+        return self.build_dataloader(self.stream(split, train=train), train=train, stream=True)
 
     def _index(self) -> ShardIndex:
         self._meta()  # set up

@@ -3,33 +3,102 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
+from typing_extensions import Unpack
 
-from chute.bad_samples import OnError
 from chute.collate import passthrough
-from chute.datamodules.base import ChuteDataModule
+from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datasets.folder import stratified_split
 from chute.datasets.table_read import Split, check_encoding, read_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, check_labels_present, encode_split, label_classes
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, Stream, derive_seed
+from chute.loader import Loader, Stream, derive_seed
 
 Task = Literal["classification", "regression"]
 UnknownCategory = Literal["raise", "ignore"]
 
 
-class TableDataModuleBase(ChuteDataModule):
+class FittedEncoding(ChuteDataModule):
+    """What the table DataModules (files and SQL) share about their encoding.
+
+    The :class:`~chute.datasets.tabular.TableEncoder` settings are checked at construction; the
+    encoder is fitted on the training rows at ``setup`` (or taken from a checkpoint), saved in every
+    checkpoint with the numeric columns and the classes, and restored before ``setup``, so a resumed
+    or reloaded run encodes exactly as the run that fitted it. A subclass says what it fitted
+    (:meth:`_fitted`) and how to forget it (:meth:`_forget_fit`); ``setup`` starts from
+    :meth:`_encoder`, which holds a checkpoint's fit when there is one.
+    """
+
+    def __init__(
+        self,
+        *,
+        numeric: Sequence[str] | None,
+        categorical: Sequence[str],
+        missing: MissingStrategy,
+        fill_value: float,
+        standardize: bool,
+        unknown_category: UnknownCategory,
+        **common: Unpack[CommonArgs],
+    ) -> None:
+        super().__init__(**common)
+        self._numeric = None if numeric is None else list(numeric)
+        self.categorical = list(categorical)
+        self._encoder_args = {
+            "categorical": self.categorical, "missing": missing, "fill_value": float(fill_value),
+            "standardize": standardize, "unknown_category": unknown_category,
+        }  # fmt: skip
+        self._saved_state: dict[str, Any] | None = None  # a checkpoint's fit, for the next setup
+        self._encoder(self._numeric if self._numeric is not None else ["?"])  # check now: numeric may be inferred
+
+    def _encoder(self, numeric: Sequence[str]) -> tuple[TableEncoder, Any]:
+        """An encoder of ``numeric`` and the settings' other columns, and the saved classes: fitted
+        already when a checkpoint gave its state (then ``numeric`` is the checkpoint's), else not
+        (classes ``None``)."""
+        encoder = TableEncoder(numeric=list(numeric), **self._encoder_args)  # type: ignore[arg-type]
+        if self._saved_state is None:
+            return encoder, None
+        encoder.load_state_dict(self._saved_state["encoder"])
+        return encoder, self._saved_state["classes"]
+
+    def _fitted(self) -> tuple[TableEncoder, Any] | None:
+        """The encoder ``setup`` fitted and its classes (plain lists and dicts); ``None`` before."""
+        raise NotImplementedError
+
+    def _forget_fit(self) -> bool:
+        """Drop what ``setup`` fitted (so it runs again); whether there was anything."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        fitted = self._fitted()
+        if fitted is not None:
+            encoder, classes = fitted
+            state.update(numeric=list(encoder.numeric), encoder=encoder.state_dict(), classes=classes)
+        elif self._saved_state is not None:
+            state.update(self._saved_state)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Reuse a checkpoint's fitted encoding (statistics, vocabularies, classes); call before ``setup``."""
+        super().load_state_dict(state_dict)
+        if "encoder" in state_dict:
+            self._saved_state = {k: state_dict[k] for k in ("numeric", "encoder", "classes")}
+            self._numeric = list(state_dict["numeric"])
+            if self._forget_fit():
+                self.setup("fit")
+
+
+class TableDataModuleBase(FittedEncoding):
     """What the table DataModules share: reading, splitting, train-only encoding and batched loaders.
 
     ``tasks`` maps a task name to ``(column, "classification" | "regression")``. Subclasses decide
-    what a batch looks like (:meth:`_make_dataset`) and what the model is told (``model_kwargs``).
+    what a batch looks like (:meth:`make_dataset`) and what the model is told (``model_kwargs``).
     :class:`TabularDataModule` documents the other arguments.
     """
 
@@ -48,25 +117,19 @@ class TableDataModuleBase(ChuteDataModule):
         fill_value: float,
         standardize: bool,
         unknown_category: UnknownCategory,
-        loader: LoaderSettings | Mapping[str, Any] | None,
-        seed: int,
-        prepare: Callable[[str], Any] | None,
-        collate_fn: Callable[[Any], Any] | str | None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
         encoding: str = "utf-8",
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
-            loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction,
+            numeric=numeric, categorical=categorical, missing=missing, fill_value=fill_value, standardize=standardize,
+            unknown_category=unknown_category, **common,
         )  # fmt: skip
         if val_path is None and not 0.0 < val_fraction < 1.0:
             raise ConfigError("val_fraction", val_fraction, "must be in (0, 1) when there is no val_path")
         if not tasks:
             raise ConfigError("tasks", {}, "needs at least one target")
         features = set(categorical) | set(numeric or ())
-        for key, (column, kind) in self._task_keys(tasks).items():
+        for key, (column, kind) in self.task_keys(tasks).items():
             if kind not in ("classification", "regression"):
                 raise ConfigError(key[1], kind, "must be 'classification' or 'regression'")
             if column in features:
@@ -80,23 +143,15 @@ class TableDataModuleBase(ChuteDataModule):
         self.tasks: dict[str, tuple[str, Task]] = {name: (column, kind) for name, (column, kind) in tasks.items()}
         self.weight = weight
         self.val_fraction = val_fraction
-        self._numeric = None if numeric is None else list(numeric)
-        self._encoder_args = {
-            "categorical": list(categorical), "missing": missing, "fill_value": float(fill_value),
-            "standardize": standardize, "unknown_category": unknown_category,
-        }  # fmt: skip
-        # Check the encoding options now, not at setup (numeric columns may be inferred then).
-        TableEncoder(numeric=self._numeric if self._numeric is not None else ["?"], **self._encoder_args)  # type: ignore[arg-type]
         self.encoder: TableEncoder | None = None
         self.task_classes: dict[str, tuple[str, ...]] = {}
         self._datasets: dict[str, Dataset[Any]] = {}
-        self._saved_state: dict[str, Any] | None = None
 
-    def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
+    def task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         """Config keys naming each task's column and type, for error messages."""
         return {(f"tasks.{n}.column", f"tasks.{n}.type"): spec for n, spec in tasks.items()}
 
-    def _make_dataset(
+    def make_dataset(
         self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None
     ) -> Dataset[Any]:
         raise NotImplementedError
@@ -104,7 +159,7 @@ class TableDataModuleBase(ChuteDataModule):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self._prepare_root(self.path)
+        self.run_prepare(self.path)
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:
@@ -112,10 +167,9 @@ class TableDataModuleBase(ChuteDataModule):
         splits = self._read_splits()
         train = splits["train"]
         numeric = self._numeric if self._numeric is not None else self._infer_numeric(train)
-        encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
-        if self._saved_state is not None:
-            encoder.load_state_dict(self._saved_state["encoder"])
-            self.task_classes = {k: tuple(v) for k, v in self._saved_state["classes"].items()}
+        encoder, saved_classes = self._encoder(numeric)
+        if saved_classes is not None:
+            self.task_classes = {k: tuple(v) for k, v in saved_classes.items()}
         else:
             encoder.fit(train)
             self.task_classes = {
@@ -125,57 +179,48 @@ class TableDataModuleBase(ChuteDataModule):
             }
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
-        self._check_imbalance()
+        self.check_imbalance()
 
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        if self.encoder is not None:
-            classes = {name: list(values) for name, values in self.task_classes.items()}
-            state.update(numeric=list(self.encoder.numeric), encoder=self.encoder.state_dict(), classes=classes)
-        elif self._saved_state is not None:
-            state.update(self._saved_state)
-        return state
+    def _fitted(self) -> tuple[TableEncoder, Any] | None:
+        if self.encoder is None:
+            return None
+        return self.encoder, {name: list(values) for name, values in self.task_classes.items()}
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Reuse the fitted encoding (statistics, vocabularies, classes) of a checkpoint; call before ``setup``."""
-        super().load_state_dict(state_dict)
-        if "encoder" in state_dict:
-            self._saved_state = {k: state_dict[k] for k in ("numeric", "encoder", "classes")}
-            self._numeric = list(state_dict["numeric"])
-            if self._datasets:
-                self._datasets = {}
-                self.setup()
+    def _forget_fit(self) -> bool:
+        was_set_up = bool(self._datasets)
+        self._datasets, self.encoder = {}, None
+        return was_set_up
 
     # -- Public properties -----------------------------------------------------------------------
 
     @property
     def num_features(self) -> int:
-        return len(self._encoder().feature_names)
+        return len(self._fitted_encoder().feature_names)
 
     @property
     def feature_names(self) -> list[str]:
-        return self._encoder().feature_names
+        return self._fitted_encoder().feature_names
 
     def dataset(self, split: str) -> Any:
         """The ``train``, ``val`` or ``test`` split (encoded)."""
-        self._encoder()
+        self._fitted_encoder()
         return self._datasets[split]
 
     # -- Internals -------------------------------------------------------------------------------
 
-    def _encoder(self) -> TableEncoder:
+    def _fitted_encoder(self) -> TableEncoder:
         if self.encoder is None:
-            raise self._not_set_up()
+            raise self.not_set_up_error()
         return self.encoder
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
-        return self._dataloader(self.dataset(split), train=train, collate_fn=self._collate(passthrough))
+    def split_dataloader(self, split: str, train: bool) -> Loader:
+        return self.build_dataloader(self.dataset(split), train=train, collate_fn=self.collate_or(passthrough))
 
     def _read(self, split: str) -> Split:
         """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
         path = self.paths[split]
         assert path is not None
-        return read_split(path, self._bad_policy(split, "row", fresh=True), self.encoding)
+        return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding)
 
     def _read_splits(self) -> dict[str, Split]:
         train = self._read("train")
@@ -199,11 +244,11 @@ class TableDataModuleBase(ChuteDataModule):
 
     def _infer_numeric(self, train: Split) -> list[str]:
         taken = {column for column, _ in self.tasks.values()} | {self.weight}
-        return infer_numeric(train, taken, self._encoder_args["categorical"], type(self).__name__)  # type: ignore[arg-type]
+        return infer_numeric(train, taken, self.categorical, type(self).__name__)
 
     def _encode(self, split: Split) -> Dataset[Any]:
-        encoded = encode_split(split, self._encoder(), self.tasks, self.task_classes, self.weight)
-        return self._make_dataset(*encoded)
+        encoded = encode_split(split, self._fitted_encoder(), self.tasks, self.task_classes, self.weight)
+        return self.make_dataset(*encoded)
 
 
 def infer_numeric(train: Split, taken: set[str | None], categorical: Sequence[str], owner: str) -> list[str]:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from typing_extensions import Unpack
 
-from chute.bad_samples import OnError
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
 from chute.datasets.table_read import table_columns
 from chute.datasets.tabular import MissingStrategy, TabularDataset
 from chute.errors import ConfigError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import LoaderSettings
 
 
 class TabularDataModule(TableDataModuleBase):
@@ -84,26 +83,19 @@ class TabularDataModule(TableDataModuleBase):
         fill_value: float = 0.0,
         standardize: bool = True,
         unknown_category: UnknownCategory = "raise",
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
         encoding: str = "utf-8",
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
             path, tasks={"target": (target, task)},  # type: ignore[dict-item]  # None: found at setup
             numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
-            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, loader=loader,
-            seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance, on_error=on_error,
-            max_bad_fraction=max_bad_fraction, encoding=encoding,
+            fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, encoding=encoding,
+            **common,
         )  # fmt: skip
         self.target = target
         self.task: Task = task
-        self._save_plain_hparams()
+        self.save_plain_hyperparameters()
 
     #: Column names taken as the target when ``target`` is not given, in this order (any case).
     TARGET_NAMES = ("target", "label", "class", "y")
@@ -111,7 +103,7 @@ class TabularDataModule(TableDataModuleBase):
     def setup(self, stage: str | None = None) -> None:
         if self.target is None:
             target = self._conventional_target()
-            if target in (*(self._numeric or ()), *self._encoder_args["categorical"]):  # type: ignore[misc]
+            if target in (*(self._numeric or ()), *self.categorical):
                 raise ConfigError(
                     "target", None, f"found '{target}', which is listed as a feature column; name the target"
                 )
@@ -133,10 +125,10 @@ class TabularDataModule(TableDataModuleBase):
             f"name the target column (its columns: {', '.join(columns)})",
         )
 
-    def _task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
+    def task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
         return {("target", "task"): next(iter(tasks.values()))}
 
-    def _make_dataset(
+    def make_dataset(
         self, features: np.ndarray, targets: dict[str, np.ndarray], weights: np.ndarray | None
     ) -> TabularDataset:
         return TabularDataset(features, targets["target"], weights)
@@ -154,7 +146,7 @@ class TabularDataModule(TableDataModuleBase):
     def class_names(self) -> tuple[str, ...]:
         if self.task != "classification":
             raise AttributeError("class_names: a regression task has no classes")
-        self._encoder()
+        self._fitted_encoder()
         return self.task_classes["target"]
 
     @property
@@ -162,7 +154,7 @@ class TabularDataModule(TableDataModuleBase):
         """Number of classes (0 for regression)."""
         return len(self.class_names) if self.task == "classification" else 0
 
-    def _class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
         if self.task != "classification":
             return None
         return self.dataset("train").targets.numpy(), self.num_classes, self.class_names

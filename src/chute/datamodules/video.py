@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import Unpack
 
-from chute.bad_samples import OnError
+from chute.datamodules.base import CommonArgs
 from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.folder import DropMissing
 from chute.datasets.video import (
@@ -27,8 +28,7 @@ from chute.datasets.video import (
 )
 from chute.datasets.video_decode import DECODERS, Decoder, torchcodec_video_error
 from chute.errors import ConfigError, DataError
-from chute.imbalance import ImbalanceSettings
-from chute.loader import Loader, LoaderSettings, Stream, derive_seed
+from chute.loader import Loader, Stream, derive_seed
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import TransformSettings
 
@@ -122,7 +122,6 @@ class VideoDataModule(ClassFolderDataModule):
         clips_per_video: int = 1,
         short: Short = "loop",
         transforms: TransformSettings | Mapping[str, Any] | None = None,
-        loader: LoaderSettings | Mapping[str, Any] | None = None,
         val_fraction: float = 0.0,
         train_dir: str = "train",
         val_dir: str = "val",
@@ -131,17 +130,11 @@ class VideoDataModule(ClassFolderDataModule):
         std: Sequence[float] | None = None,
         decoder_threads: int = 1,
         decoder: Decoder = "pyav",
-        seed: int = 0,
-        prepare: Callable[[str], Any] | None = None,
-        collate_fn: Callable[[Any], Any] | str | None = None,
-        imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
-        on_error: OnError = "raise",
-        max_bad_fraction: float = 0.01,
+        **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
             root, channels=3, val_fraction=val_fraction, train_dir=train_dir, val_dir=val_dir, test_dir=test_dir,
-            mean=mean, std=std, loader=loader, seed=seed, prepare=prepare, collate_fn=collate_fn, imbalance=imbalance,
-            on_error=on_error, max_bad_fraction=max_bad_fraction,
+            mean=mean, std=std, **common,
         )  # fmt: skip
         self.spec = ClipSpec(frames_per_clip, stride, fps, sampling, clips_per_video, short)
         self.transforms = _clip_settings(transforms)
@@ -157,17 +150,17 @@ class VideoDataModule(ClassFolderDataModule):
                 "e.g. `apt install ffmpeg`; or use decoder=pyav, which brings its own",
             )  # fmt: skip
         self.decoder: Decoder = decoder
-        self._save_plain_hparams(transforms=dataclasses.asdict(self.transforms))
+        self.save_plain_hyperparameters(transforms=dataclasses.asdict(self.transforms))
 
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self._prepare_root(self.root)
+        self.run_prepare(self.root)
 
     def setup(self, stage: str | None = None) -> None:
-        self._index_splits()
+        self.index_splits()
         self._normalize()
-        self._check_imbalance()
+        self.check_imbalance()
 
     # -- Public properties -----------------------------------------------------------------------
 
@@ -206,12 +199,12 @@ class VideoDataModule(ClassFolderDataModule):
             on_error=self._bad_samples(split), threads=self.decoder_threads, decoder=self.decoder,
         )  # fmt: skip
 
-    def _split_loader(self, split: str, train: bool) -> Loader:
+    def split_dataloader(self, split: str, train: bool) -> Loader:
         # A bad video's clip is None under on_error=skip: left out of its batch before any collate sees it.
-        collate = DropMissing(self._collate(collate_clips))
-        return self._dataloader(self.dataset(split), train=train, collate_fn=collate)
+        collate = DropMissing(self.collate_or(collate_clips))
+        return self.build_dataloader(self.dataset(split), train=train, collate_fn=collate)
 
-    def _index_splits(self) -> None:
+    def index_splits(self) -> None:
         if self._splits:
             return
         folders = self._find_splits()
@@ -220,7 +213,7 @@ class VideoDataModule(ClassFolderDataModule):
         for name, folder in folders.items():
             if folder is None or id(folder) in indexed:
                 continue
-            bad = self._bad_policy(name, self.sample_what, fresh=True)
+            bad = self.bad_policy(name, self.sample_what, fresh=True)
             index, too_short = index_videos(folder, bad, keep=spec.fits if spec.short == "skip" else None)
             if too_short:
                 rank_zero_info(
@@ -232,7 +225,7 @@ class VideoDataModule(ClassFolderDataModule):
         if not len(self._split("train")):
             raise DataError(f"No training video under '{self.root}' can be used (see the messages above).")
 
-    def _measure_stats(self) -> tuple[list[float], list[float]]:
+    def measure_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean/std of up to 64 training videos' first evaluation clip (evaluation crop)."""
         dataset = self._clips("train", self.spec, train=False)
         picks = self._pick_for_stats(len(dataset.index), _STATS_VIDEOS)

@@ -1,0 +1,124 @@
+"""One way to write a DataModule: the common settings as one ``CommonArgs``, public hooks only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset, default_collate
+from typing_extensions import Unpack
+
+from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, LitDataModule, StreamingDataModule
+from chute.datamodules.base import ChuteDataModule as Base
+from chute.errors import ConfigError
+
+COMMON = set(CommonArgs.__annotations__)
+
+
+@pytest.mark.parametrize("name", sorted(DATAMODULES))
+def test_every_kind_takes_the_common_settings_it_supports(name: str) -> None:
+    cls = DATAMODULES[name]
+    taken = set(cls.init_parameters())
+    assert COMMON - set(cls.unsupported) <= taken
+    assert not (set(cls.unsupported) & taken)
+    assert set(cls.unsupported) <= COMMON
+
+
+@pytest.mark.parametrize("name", sorted(DATAMODULES))
+def test_no_kind_overrides_a_private_member_of_the_base(name: str) -> None:
+    """Subclasses write public hooks; what begins with ``_`` is the base's own."""
+    private = {n for n in vars(Base) if n.startswith("_") and not n.startswith("__")}
+    for klass in DATAMODULES[name].__mro__:
+        if klass is Base or not issubclass(klass, Base):
+            continue
+        assert not private & set(vars(klass)), f"{klass.__name__} overrides {private & set(vars(klass))}"
+
+
+def test_a_kind_refuses_a_common_setting_it_cannot_honour_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"imbalance.*StreamingDataModule has no class targets"):
+        StreamingDataModule(tmp_path, imbalance={"strategy": "weighted_sampler"})
+    with pytest.raises(ConfigError, match=r"on_error.*LitDataModule has no bad-sample policy"):
+        LitDataModule(tmp_path, on_error="skip")
+    # the defaults, given or not, are accepted
+    assert StreamingDataModule(tmp_path, imbalance={"strategy": "none"}, seed=3).seed == 3
+    assert LitDataModule(tmp_path, on_error="raise", max_bad_fraction=0.01).seed == 0
+
+
+class _Squares(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, n: int) -> None:
+        self.x = torch.linspace(-1, 1, n).unsqueeze(1)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], (self.x[i, 0] > 0).long()
+
+
+class SquaresDataModule(ChuteDataModule):
+    """A new kind written as docs/adding-a-datamodule.md says: public hooks, ``**common``."""
+
+    def __init__(self, size: int = 64, *, val_size: int = 16, **common: Unpack[CommonArgs]) -> None:
+        super().__init__(**common)
+        if size < 1:
+            raise ConfigError("size", size, "must be >= 1")
+        self.size, self.val_size = size, val_size
+        self._datasets: dict[str, _Squares] = {}
+        self.save_plain_hyperparameters()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._datasets = {"train": _Squares(self.size), "val": _Squares(self.val_size)}
+        self._datasets["test"] = self._datasets["val"]
+        self.check_imbalance()
+
+    def split_dataloader(self, split: str, train: bool) -> Any:
+        if not self._datasets:
+            raise self.not_set_up_error()
+        return self.build_dataloader(self._datasets[split], train=train, collate_fn=self.collate_or(default_collate))
+
+    def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
+        labels = (self._datasets["train"].x[:, 0] > 0).long().numpy()
+        return labels, 2, ("negative", "positive")
+
+
+class _Classifier(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(1, 2)
+        self.seen: list[int] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.seen.append(len(y))
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_new_kind_from_the_recipe_trains_under_a_real_trainer(workers: int, tmp_path: Path) -> None:
+    dm = SquaresDataModule(
+        64, seed=1, loader={"batch_size": 8, "num_workers": workers}, imbalance={"strategy": "balanced_batches"}
+    )
+    assert (dm.hparams["size"], dm.hparams["seed"]) == (64, 1)
+    assert dm.hparams["imbalance"]["strategy"] == "balanced_batches"
+    model = _Classifier()
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert model.seen == [8] * 16
+    assert dm.class_names == ("negative", "positive")
+    with pytest.raises(ConfigError, match="size"):
+        SquaresDataModule(0)
