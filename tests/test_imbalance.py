@@ -14,6 +14,7 @@ from chute.datamodules import ImageFolderDataModule, SequenceDataModule, Tabular
 from chute.datasets import DigitsFolder, SklearnTable
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, class_weights
+from chute.loader.distributed import rank_span
 from chute.loader.draws import build_sampler
 from chute.transforms import create_transforms
 
@@ -121,8 +122,15 @@ def test_ranks_draw_the_same_epoch_and_split_it_without_overlap(strategy: str, w
     assert all(flat(d) == flat(draws[0]) for d in draws)  # identical on every rank
     parts = [list(s) for s in samplers]
     assert len({len(p) for p in parts}) == 1  # equal lengths: no rank waits for another
-    interleaved = [parts[r][i] for i in range(len(parts[0])) for r in range(world)]
-    assert [np.atleast_1d(x).tolist() for x in interleaved] == [np.atleast_1d(x).tolist() for x in draws[0]]
+    as_lists = lambda items: [np.atleast_1d(x).tolist() for x in items]  # noqa: E731
+    together, repeats = [], 0
+    for r, part in enumerate(parts):  # contiguous shares; a short one repeats its first items
+        start, stop = rank_span(len(draws[0]), world, r)
+        together += part[: stop - start]
+        assert as_lists(part[stop - start :]) == as_lists(part[: len(part) - (stop - start)])
+        repeats += len(part) - (stop - start)
+    assert as_lists(together) == as_lists(draws[0])
+    assert repeats < world
     assert all(isinstance(s, DistributedSampler) for s in samplers)  # Lightning will not wrap them
 
 

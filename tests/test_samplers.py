@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from torch.utils.data import Dataset
 
+from chute.loader import LoaderSettings, build_loader
 from chute.loader.orders import BatchIndexSampler, BucketBatchSampler
 
 
@@ -33,14 +35,31 @@ def test_set_epoch_changes_the_order_and_is_reproducible() -> None:
 
 
 @pytest.mark.parametrize("make", [lambda: BatchIndexSampler(40, 8), lambda: BucketBatchSampler(np.arange(40), 8)])
-def test_plain_loops_get_a_new_order_each_pass(make) -> None:
+def test_the_loader_says_the_epoch_and_a_plain_loop_gets_a_new_order_each_pass(make) -> None:
     sampler = make()
     first = [list(map(int, b)) for b in sampler]
-    second = [list(map(int, b)) for b in sampler]
-    assert first != second
-    sampler.set_epoch(0)  # explicit epochs (Lightning) pin the order
-    assert [list(map(int, b)) for b in sampler] == first
-    assert [list(map(int, b)) for b in sampler] == first
+    assert [list(map(int, b)) for b in sampler] == first  # an order keeps its epoch until told (as torch's)
+    sampler.set_epoch(1)
+    assert [list(map(int, b)) for b in sampler] != first
+
+    class Epochs(Dataset[int]):
+        told: list[int] = []
+
+        def __len__(self) -> int:
+            return 40
+
+        def __getitem__(self, i: int) -> int:
+            return i
+
+        def set_epoch(self, epoch: int) -> None:
+            self.told.append(epoch)
+
+    dataset = Epochs()
+    loader = build_loader(dataset, LoaderSettings(batch_size=8), train=True, seed=0, batches=make())
+    passes = [[int(i) for b in loader for i in b] for _ in range(3)]  # no trainer: the loader counts passes
+    assert passes[0] != passes[1] != passes[2]
+    assert sorted(passes[2]) == list(range(40))
+    assert dataset.told == [0, 1, 2]  # the loader tells the dataset the epoch of each pass, once
 
 
 @pytest.mark.parametrize("make", [lambda: BatchIndexSampler(40, 8), lambda: BucketBatchSampler(np.arange(40), 8)])
@@ -57,9 +76,10 @@ def test_lightning_calls_set_epoch_on_the_loader_sampler(make) -> None:
 
 
 def test_a_pass_cut_short_still_advances_the_epoch() -> None:
-    sampler = BatchIndexSampler(40, 8)
-    first = next(iter(sampler))
-    assert next(iter(sampler)) != first
+    loader = build_loader(list(range(40)), LoaderSettings(batch_size=8), train=True, seed=0)
+    first = next(iter(loader)).tolist()
+    assert next(iter(loader)).tolist() != first
+    assert loader.state_dict()["epoch"] == 1
 
 
 @pytest.mark.parametrize("drop_last", [False, True])

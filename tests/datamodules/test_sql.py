@@ -337,6 +337,8 @@ def test_stream_ranks_take_equal_steps_every_row_once_and_evaluation_counts_each
     plain = KeyStream(lambda e, u: ranges, read, batch_size=10, drop_last=False, train=True, shuffle=True,
                       block=2, buffer=40, seed=3, rank=0, world_size=world)  # fmt: skip
     assert [b.tolist() for b in plain] == train[0]  # a plain first pass is epoch 0
+    assert [b.tolist() for b in plain] == train[0]  # and stays it: the loader (Passes) says the epoch
+    plain.set_epoch(1)
     assert [b.tolist() for b in plain] == [b.tolist() for b in stream(0, True, epoch=1)]
 
 

@@ -322,9 +322,6 @@ class ChuteDataModule(L.LightningDataModule):
         order: Any = None
         if not stream:
             order = self._order(len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
-            if callable(getattr(dataset, "set_epoch", None)):  # augmentations keyed by (seed, epoch, index)
-                draw = getattr(order, "sampler", order)
-                draw.epoch_listener = dataset.set_epoch  # type: ignore[attr-defined]
         device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
         trainer = self.trainer
         collate_fn = hook_in_collate(self, collate_fn, train, device, stream)

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from chute.bad_samples import BadSamples, OnError
 from chute.errors import DataError
 from chute.loader import SharedEpoch, derive_seed, world_position
+from chute.loader.distributed import rank_span
 from chute.loader.streams import buffered, partition
 from chute.paths import inside
 
@@ -312,8 +313,8 @@ class ShardStream(IterableDataset[Any]):
 
     def rank_batches(self, rank: int, world_size: int) -> int:
         """Batches cut from ``rank``'s lines each epoch (no ``even_ranks`` padding; the same every epoch)."""
-        total = self.num_samples
-        lines = (rank + 1) * total // world_size - rank * total // world_size  # as partition() splits
+        start, stop = rank_span(self.num_samples, world_size, rank)  # as partition() splits
+        lines = stop - start
         return lines // self.batch_size if self.drop_last else -(-lines // self.batch_size)
 
     def planned_batches(self, rank: int, world_size: int) -> int:

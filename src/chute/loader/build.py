@@ -112,12 +112,15 @@ class Passes:
 
     A mixin: the loader class provides ``order`` (see the module docstring) and ``_batches()``, an
     iterator over one pass's batches; ``epoch_of`` (optional) returns the trainer's current epoch.
+    The one place that says which epoch a pass is: it tells the order and ``epoch_reader`` (a
+    map-style dataset with ``set_epoch``, whose per-sample randomness is keyed by the epoch).
     """
 
     epoch_of: Callable[[], int] | None
 
-    def _init_passes(self, epoch_of: Callable[[], int] | None) -> None:
+    def _init_passes(self, epoch_of: Callable[[], int] | None, epoch_reader: Any = None) -> None:
         self.epoch_of = epoch_of
+        self.epoch_reader = epoch_reader if callable(getattr(epoch_reader, "set_epoch", None)) else None
         self._epoch = 0  # the epoch of the current (or last) pass
         self._handed = 0  # the order's batches this pass has handed out
         self._next_pass = 0  # the next pass's epoch when no trainer says
@@ -166,6 +169,8 @@ class Passes:
         if pending is not None:
             order.resume(*pending)
         order.set_epoch(epoch)  # a resume offset of another epoch is dropped here
+        if self.epoch_reader is not None:  # per-sample randomness keyed by (seed, epoch, index)
+            self.epoch_reader.set_epoch(epoch)
         self._epoch = epoch
         self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
         for batch in self._batches():
@@ -195,11 +200,12 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         self,
         *args: Any,
         epoch_of: Callable[[], int] | None = None,
+        epoch_reader: Any = None,
         feed: DeviceCopy | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._init_passes(epoch_of)
+        self._init_passes(epoch_of, epoch_reader)
         self.feed = feed  # with worker processes on a CUDA trainer: copy and hook in a thread (DeviceFeed)
 
     @property
@@ -243,9 +249,11 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
 class ChuteThreadedLoader(Passes, ThreadedLoader):
     """:class:`~chute.loader.threaded.ThreadedLoader` with :class:`Passes`."""
 
-    def __init__(self, *args: Any, epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, epoch_of: Callable[[], int] | None = None, epoch_reader: Any = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self._init_passes(epoch_of)
+        self._init_passes(epoch_of, epoch_reader)
 
     @property
     def order(self) -> Order:
@@ -328,7 +336,8 @@ def build_loader(
         device: A CUDA device the loader delivers batches to, copied on a side stream: by its threads
             (threads backend, through reused pinned buffers), or with worker processes and
             ``after_copy`` by one feeding thread (:class:`~chute.loader.threaded.DeviceFeed`).
-        epoch_of: Returns the trainer's current epoch; each pass is that epoch.
+        epoch_of: Returns the trainer's current epoch; each pass is that epoch (else the pass count),
+            told to the order and to a map-style ``dataset`` with ``set_epoch``.
         after_copy: With ``device`` and loader threads or worker processes: applied to each batch on the device,
             in the loader thread (a DataModule's batch hook; see ``ThreadedLoader``).
     """
@@ -346,7 +355,7 @@ def build_loader(
             dataset, batches, collate_fn, fetch=BatchFetch(dataset, batch_seed).__getitem__,
             prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
-            device=device, epoch_of=epoch_of, after_copy=after_copy,
+            device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy,
         )  # fmt: skip
     workers = settings.num_workers
     kwargs: dict[str, Any] = {
@@ -372,6 +381,7 @@ def build_loader(
         kwargs["feed"] = DeviceCopy(device, after=after_copy)
     if stream:
         return ChuteDataLoader(dataset, **kwargs)
+    kwargs["epoch_reader"] = dataset
     if workers > 0:  # name the samples in flight if a worker dies
         size = max(int(getattr(batches, "batch_size", 1) or 1), 1)
         dataset = TrackedDataset(dataset, InFlight(workers, size))

@@ -1,9 +1,20 @@
-"""Where this process stands in a distributed run: the one rule every sampler, stream and seeder uses."""
+"""Where this process stands in a distributed run, and which share of the work is its own: the one
+rule every order (samplers, evaluation batches, key orders, shard and key streams) splits by.
+
+Rank ``r`` of ``w`` takes the contiguous positions ``[r * N // w, (r + 1) * N // w)`` of the
+epoch's ``N`` items (:func:`rank_span`): every item in exactly one share, shares differing by at
+most one item. Training pads each share to ``ceil(N / w)`` by repeating its own first items (a rank
+with none repeats the epoch's first), so every rank takes as many steps and fewer than ``w`` items
+count twice (:func:`rank_share`); evaluation never pads. Contiguous shares are what streams need
+(a rank reads its positions in sequence: shard lines, key ranges) and cost map-style orders nothing
+(their items are a seeded permutation, or sorted batches that stay sorted within a share).
+"""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 
@@ -31,3 +42,36 @@ def world_position(rank: int | None = None, world_size: int | None = None) -> tu
 def current_rank() -> int:
     """Global rank of this process (:func:`world_position`)."""
     return world_position()[0]
+
+
+def rank_span(total: int, world: int, rank: int) -> tuple[int, int]:
+    """The positions ``[start, stop)`` of ``total`` that rank ``rank`` of ``world`` takes (see the module).
+
+    Example:
+        >>> [rank_span(7, 3, r) for r in range(3)]
+        [(0, 2), (2, 4), (4, 7)]
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} not in [0, {world})")
+    return rank * total // world, (rank + 1) * total // world
+
+
+def padded_share(total: int, world: int) -> int:
+    """Items every rank takes in training: ``ceil(total / world)``."""
+    return -(-total // world)
+
+
+def rank_share(items: np.ndarray, rank: int, world: int, pad: bool) -> np.ndarray:
+    """Rank ``rank``'s share of the epoch's ``items`` (see the module); ``pad``: training's equal shares.
+
+    Example:
+        >>> [rank_share(np.arange(7), r, 3, pad=True).tolist() for r in range(3)]
+        [[0, 1, 0], [2, 3, 2], [4, 5, 6]]
+    """
+    start, stop = rank_span(len(items), world, rank)
+    mine = items[start:stop]
+    missing = padded_share(len(items), world) - len(mine)
+    if not pad or missing <= 0 or len(items) == 0:
+        return mine
+    source = mine if len(mine) else items
+    return np.concatenate([mine, source[np.arange(missing) % len(source)]])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from chute.errors import DataError
+from chute.loader.distributed import padded_share, rank_span
 from chute.loader.orders import DistributedDraw
 from chute.loader.seeding import derive_seed
 from chute.loader.streams import buffered, partition
@@ -198,14 +199,6 @@ class KeyOrder(SnapshotDraw):
             self._drawn = (epoch, keys, super().epoch_items(epoch))
         return self._drawn[2]
 
-    def rank_items(self, epoch: int | None = None) -> np.ndarray:
-        items = self.epoch_items(epoch)
-        rank, world = self.rank, self.num_replicas
-        if self.pad:
-            share = len(items) // world
-            return items[rank * share : (rank + 1) * share]
-        return np.array_split(items, world)[rank]
-
 
 class KeyStream(SnapshotDraw):
     """Batches of keys streamed from a snapshot's :class:`KeyRanges` through a seeded shuffle buffer:
@@ -284,10 +277,10 @@ class KeyStream(SnapshotDraw):
 
     def share_rows(self) -> int:
         """Keys this rank reads each epoch (training: every rank as many)."""
-        total, world, rank = self.rows, self.num_replicas, self.rank
         if self.train:
-            return -(-total // world)
-        return (rank + 1) * total // world - rank * total // world
+            return padded_share(self.rows, self.num_replicas)
+        start, stop = rank_span(self.rows, self.num_replicas, self.rank)
+        return stop - start
 
     def __len__(self) -> int:
         rows = self.share_rows()
@@ -295,10 +288,6 @@ class KeyStream(SnapshotDraw):
 
     def __iter__(self) -> Iterator[np.ndarray]:
         epoch, skip, self._skip = self.epoch, self._skip, 0
-        if self.epoch_listener is not None:
-            self.epoch_listener(epoch)
-        if not self._explicit:
-            self.epoch += 1  # plain loops get a new order each pass; loaders call set_epoch
         for i, batch in enumerate(self._batches(epoch)):
             if i >= skip:
                 yield batch

@@ -26,14 +26,14 @@ DataLoader fetches a batch per sampler item.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch.utils.data import DistributedSampler
 
-from chute.loader.distributed import world_position
+from chute.loader.distributed import rank_share, world_position
 from chute.loader.seeding import derive_seed
 
 __all__ = [
@@ -92,8 +92,9 @@ class DistributedDraw(DistributedSampler):
         seed: Seed; the epoch is mixed in.
         rank: This process's rank (``None``: from torch.distributed when the epoch starts).
         world_size: Number of ranks (likewise).
-        pad: Repeat the first items so the draw splits evenly (training: equal step counts);
-            ``False`` for evaluation, where nothing may count twice.
+        pad: Pad each rank's share to as many items (training: equal step counts); ``False`` for
+            evaluation, where nothing may count twice. Ranks split the draw by
+            :func:`~chute.loader.distributed.rank_share`.
     """
 
     def __init__(self, seed: int = 0, rank: int | None = None, world_size: int | None = None, pad: bool = True) -> None:
@@ -101,17 +102,8 @@ class DistributedDraw(DistributedSampler):
         self.seed = seed
         self._rank, self._world = rank, world_size
         self.pad = pad
-        self.epoch = 0
-        self._explicit = False
+        self.epoch = 0  # told by the loader (Passes) before each pass: the order never moves it itself
         self._skip = 0
-        # Told the epoch of each pass before its first item (e.g. a dataset's ``set_epoch``, whose
-        # per-sample augmentations are keyed by (seed, epoch, index)).
-        self.epoch_listener: Callable[[int], None] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["epoch_listener"] = None  # copies (e.g. autotune's probes) do not drive the dataset
-        return state
 
     @property
     def num_replicas(self) -> int:  # type: ignore[override]
@@ -125,36 +117,27 @@ class DistributedDraw(DistributedSampler):
         if int(epoch) != self.epoch:
             self._skip = 0  # a resume offset belongs to the epoch it was saved in
         self.epoch = int(epoch)
-        self._explicit = True
 
     def draw(self, generator: torch.Generator) -> np.ndarray:
         """The whole epoch for all ranks: indices ``(N,)`` or batches ``(N, B)``."""
         raise NotImplementedError
 
     def epoch_items(self, epoch: int | None = None) -> np.ndarray:
-        """The draw of ``epoch`` (default: the current one); with ``pad``, a multiple of the world size long."""
+        """The draw of ``epoch`` (default: the current one), for all ranks."""
         seed = derive_seed(self.seed, self.epoch if epoch is None else epoch)
-        items = self.draw(torch.Generator().manual_seed(seed))
-        world = self.num_replicas
-        if self.pad and len(items) % world:  # wrap around so every rank gets as many items
-            extra = world - len(items) % world
-            items = np.concatenate([items, items[np.arange(extra) % max(len(items), 1)]])
-        return items
+        return self.draw(torch.Generator().manual_seed(seed))
 
     def rank_items(self, epoch: int | None = None) -> np.ndarray:
+        """This rank's share of the draw (:func:`~chute.loader.distributed.rank_share`)."""
         rank, world = world_position(self._rank, self._world)
-        return self.epoch_items(epoch)[rank::world]
+        return rank_share(self.epoch_items(epoch), rank, world, self.pad)
 
     def __len__(self) -> int:
         return len(self.rank_items())
 
     def __iter__(self) -> Iterator[Any]:
         items = self.rank_items()
-        if self.epoch_listener is not None:
-            self.epoch_listener(self.epoch)
         start, self._skip = self._skip, 0
-        if not self._explicit:
-            self.epoch += 1  # plain loops get a new draw each pass; Lightning calls set_epoch
         for position in range(start, len(items)):
             item = items[position]
             yield item.tolist() if item.ndim else int(item)
@@ -164,11 +147,7 @@ class DistributedDraw(DistributedSampler):
         an ``int64`` array slice per batch, with no Python step per index (and none to turn a list of
         ints back into a tensor: a batched gather takes the array as it is)."""
         items = self.rank_items()
-        if self.epoch_listener is not None:
-            self.epoch_listener(self.epoch)
         start, self._skip = self._skip, 0
-        if not self._explicit:
-            self.epoch += 1
         stop = len(items) // batch_size * batch_size if drop_last else len(items)
         for begin in range(start, stop, batch_size):
             yield items[begin : begin + batch_size]
@@ -209,7 +188,8 @@ class IndexSampler(DistributedDraw):
 class EvalBatches(DistributedDraw):
     """Evaluation batches: every sample exactly once across ranks, rank shares within one sample.
 
-    The samples are split first (rank ``r`` of ``w`` takes ``order[r::w]``), then each rank cuts its
+    The samples are split first (rank ``r`` of ``w`` takes its contiguous share of ``order``, by the
+    rule every order splits by: :func:`~chute.loader.distributed.rank_share`), then each rank cuts its
     share into batches, so no rank is left without a batch while there are at least ``w`` samples
     (splitting whole batches would leave a rank empty whenever there are fewer batches than ranks).
 
@@ -221,7 +201,7 @@ class EvalBatches(DistributedDraw):
 
     Example:
         >>> [list(EvalBatches(7, 2, rank=r, world_size=3)) for r in range(3)]
-        [[[0, 3], [6]], [[1, 4]], [[2, 5]]]
+        [[[0, 1]], [[2, 3]], [[4, 5], [6]]]
     """
 
     def __init__(
@@ -240,7 +220,7 @@ class EvalBatches(DistributedDraw):
 
     def rank_items(self, epoch: int | None = None) -> np.ndarray:
         rank, world = world_position(self._rank, self._world)
-        mine = self.order[rank::world]
+        mine = rank_share(self.order, rank, world, pad=False)
         return _ragged([mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)])
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from chute.loader.distributed import rank_span
+
 __all__ = ["buffered", "partition"]
 
 
@@ -22,10 +24,7 @@ def partition(counts: Sequence[int], consumers: int, consumer: int) -> list[tupl
         >>> [partition([3, 1, 4], 3, c) for c in range(3)]
         [[(0, 0, 2)], [(0, 2, 3), (1, 0, 1), (2, 0, 1)], [(2, 1, 4)]]
     """
-    if not 0 <= consumer < consumers:
-        raise ValueError(f"consumer {consumer} not in [0, {consumers})")
-    total = int(sum(counts))
-    lo, hi = consumer * total // consumers, (consumer + 1) * total // consumers
+    lo, hi = rank_span(int(sum(counts)), consumers, consumer)  # the one rule every order splits by
     ranges = []
     offset = 0
     for shard, count in enumerate(counts):
