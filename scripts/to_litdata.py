@@ -21,7 +21,8 @@ from pathlib import Path
 
 from chute.app import build_datamodule
 from chute.config import compose_config, validate_config
-from chute.datamodules.litdata import LitDataCopy, read_chunks_meta
+from chute.integrations import LitDataCopy
+from chute.integrations.litdata_format import read_chunks_meta
 
 
 def convert(

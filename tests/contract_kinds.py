@@ -59,8 +59,7 @@ def _stream(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
 
 
 def _litdata(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
-    from chute.datamodules import LitDataModule
-    from chute.datamodules.litdata import LitDataCopy
+    from chute.integrations import LitDataCopy, LitDataModule
 
     return LitDataModule(out / "chunks", prepare=LitDataCopy(_table(out, {}), chunk_size=5), loader=loader)
 

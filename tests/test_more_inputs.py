@@ -222,7 +222,7 @@ def test_a_shard_line_that_is_not_utf8_is_one_bad_line(tmp_path: Path, workers: 
     ids=["a-file", "an-empty-folder", "not-utf8", "not-json", "not-a-description"],
 )
 def test_a_litdata_folder_that_is_not_one_is_named(tmp_path: Path, make: Callable[[Path], object], says: str) -> None:
-    from chute.datamodules import LitDataModule
+    from chute.integrations import LitDataModule
 
     where = tmp_path / "lit"
     make(where)

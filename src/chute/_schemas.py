@@ -128,21 +128,6 @@ class StreamingDataModuleConfig:
 
 
 @dataclass
-class LitDataModuleConfig:
-    _target_: str = "chute.datamodules.litdata.LitDataModule"
-    input_dir: str = MISSING
-    cache_dir: Optional[str] = None
-    max_cache_size: Optional[str] = None
-    storage_options: Any = None
-    train_split: str = "train"
-    val_split: str = "val"
-    test_split: Optional[str] = None
-    seed: int = 0
-    prepare: Any = None
-    collate_fn: Any = None
-
-
-@dataclass
 class VideoDataModuleConfig:
     _target_: str = "chute.datamodules.video.VideoDataModule"
     root: str = MISSING
@@ -199,6 +184,21 @@ class SqlDataModuleConfig:
     imbalance: Any = None
     on_error: str = "raise"
     max_bad_fraction: float = 0.01
+
+
+@dataclass
+class LitDataModuleConfig:
+    _target_: str = "chute.integrations.litdata.LitDataModule"
+    input_dir: str = MISSING
+    cache_dir: Optional[str] = None
+    max_cache_size: Optional[str] = None
+    storage_options: Any = None
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: Optional[str] = None
+    seed: int = 0
+    prepare: Any = None
+    collate_fn: Any = None
 
 
 @dataclass
@@ -276,9 +276,9 @@ DATA: dict[str, type] = {
     "multitask": MultiTaskDataModuleConfig,
     "sequence": SequenceDataModuleConfig,
     "streaming": StreamingDataModuleConfig,
-    "litdata": LitDataModuleConfig,
     "video": VideoDataModuleConfig,
     "sql": SqlDataModuleConfig,
+    "litdata": LitDataModuleConfig,
 }
 
 

@@ -246,16 +246,18 @@ def register_configs() -> None:
 def schema_source() -> str:
     """The source of :mod:`chute._schemas`: one schema per registered DataModule and model.
 
-    Made from :data:`chute.datamodules.DATAMODULES` and :data:`chute.models.MODELS` with
-    :func:`builds` (a DataModule's ``loader`` and ``schema_exclude`` arguments are left out).
+    Made from :data:`chute.datamodules.DATAMODULES`, :data:`chute.integrations.INTEGRATIONS` and
+    :data:`chute.models.MODELS` with :func:`builds` (a DataModule's ``loader`` and ``schema_exclude``
+    arguments are left out).
     """
     from chute.datamodules import DATAMODULES
+    from chute.integrations import INTEGRATIONS
     from chute.models import MODELS
 
     groups = {
         "DATA": {
             name: builds(dm, f"{dm.__name__}Config", exclude=("loader", *dm.schema_exclude))
-            for name, dm in DATAMODULES.items()
+            for name, dm in {**DATAMODULES, **INTEGRATIONS}.items()
         },
         "MODELS": {name: builds(model, f"{model.__name__}Config") for name, model in MODELS.items()},
     }

@@ -13,27 +13,31 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from typing_extensions import Unpack
 
-from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, LitDataModule, StreamingDataModule
+from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, StreamingDataModule
 from chute.datamodules.base import ChuteDataModule as Base
 from chute.errors import ConfigError
+from chute.integrations import INTEGRATIONS, LitDataModule
 
 COMMON = set(CommonArgs.__annotations__)
 
 
-@pytest.mark.parametrize("name", sorted(DATAMODULES))
+ALL = {**DATAMODULES, **INTEGRATIONS}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_every_kind_takes_the_common_settings_it_supports(name: str) -> None:
-    cls = DATAMODULES[name]
+    cls = ALL[name]
     taken = set(cls.init_parameters())
     assert COMMON - set(cls.unsupported) <= taken
     assert not (set(cls.unsupported) & taken)
     assert set(cls.unsupported) <= COMMON
 
 
-@pytest.mark.parametrize("name", sorted(DATAMODULES))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_no_kind_overrides_a_private_member_of_the_base(name: str) -> None:
     """Subclasses write public hooks; what begins with ``_`` is the base's own."""
     private = {n for n in vars(Base) if n.startswith("_") and not n.startswith("__")}
-    for klass in DATAMODULES[name].__mro__:
+    for klass in ALL[name].__mro__:
         if klass is Base or not issubclass(klass, Base):
             continue
         assert not private & set(vars(klass)), f"{klass.__name__} overrides {private & set(vars(klass))}"

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from chute.app import run
-from chute.datamodules import LitDataModule, TabularDataModule
-from chute.datamodules.litdata import LitDataCopy
-from chute.datamodules.litdata_cover import _cover_rest
+from chute.datamodules import TabularDataModule
 from chute.datasets import SklearnTable
 from chute.errors import DataError
+from chute.integrations import LitDataCopy, LitDataModule
+from chute.integrations.litdata_cover import _cover_rest
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
 from tests.helpers import fit_recording

@@ -24,8 +24,8 @@ import pytest
 import torch
 
 from chute.app import run
-from chute.datamodules import LitDataModule
 from chute.errors import DataError
+from chute.integrations import LitDataModule
 from tests.conftest import REPO
 from tests.helpers import assert_mentions, fit_recording
 from tests.test_config import make_config

@@ -1,13 +1,14 @@
 """Lightning DataModules, one per kind of data; all share :class:`ChuteDataModule`.
 
-:data:`DATAMODULES` is the registry: each entry's Hydra schema (``schema/data/<name>``) is made from
-its constructor by :func:`chute.config.schema_source`; ``python -m chute.config`` writes them to
-:mod:`chute._schemas` after a DataModule joins (a test fails until it does).
+:data:`DATAMODULES` is the registry of the kinds read by chute's own loader (integrations, which
+run another project's loader, are :data:`chute.integrations.INTEGRATIONS`): each entry's Hydra
+schema (``schema/data/<name>``) is made from its constructor by :func:`chute.config.schema_source`;
+``python -m chute.config`` writes them to :mod:`chute._schemas` after a DataModule joins (a test
+fails until it does).
 """
 
 from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datamodules.image_folder import ImageFolderDataModule
-from chute.datamodules.litdata import LitDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
 from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.sql import SqlDataModule
@@ -21,17 +22,26 @@ DATAMODULES: dict[str, type[ChuteDataModule]] = {
     "multitask": MultiTaskDataModule,
     "sequence": SequenceDataModule,
     "streaming": StreamingDataModule,
-    "litdata": LitDataModule,
     "video": VideoDataModule,
     "sql": SqlDataModule,
 }
+
+
+def __getattr__(name: str) -> object:
+    # LitDataModule moved to chute.integrations (LitData's loader, a weaker contract); the old name
+    # still resolves, imported only when asked for (chute.integrations imports this package's base).
+    if name == "LitDataModule":
+        from chute.integrations import LitDataModule
+
+        return LitDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DATAMODULES",
     "ChuteDataModule",
     "CommonArgs",
     "ImageFolderDataModule",
-    "LitDataModule",
     "MultiTaskDataModule",
     "SequenceDataModule",
     "SqlDataModule",

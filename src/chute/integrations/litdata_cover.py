@@ -4,7 +4,7 @@ Under DDP LitData gives every rank whole batches (``drop_last``) so that ranks t
 leaves the rest of the epoch unread. :func:`covering_loader_class` is LitData's
 ``StreamingDataLoader`` plus extra batches, read by global index, that :func:`_cover_rest` deals
 from LitData's own per-worker plan so that every rank ends on the same step (see
-:class:`~chute.datamodules.litdata.LitDataModule`). Both it and :func:`resumable_loader_class` (the
+:class:`~chute.integrations.litdata.LitDataModule`). Both it and :func:`resumable_loader_class` (the
 loader with ``drop_last``) resume a remote dataset from any local cache folder (:func:`relocated`).
 """
 

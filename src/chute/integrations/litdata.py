@@ -1,10 +1,14 @@
 """``LitDataModule``: stream LitData chunks from a local folder or an object store, sharded and resumable.
 
+An integration (:mod:`chute.integrations`): LitData's own loader reads, orders and resumes, and the
+contract it allows is weaker than chute's own loader's; the package docstring has the table.
+
 A chute LitData folder holds one LitData dataset per split (``<root>/train/``, ``<root>/val/``: binary
 chunks plus LitData's ``index.json``) and ``chute.json`` beside them with what the DataModule needs:
 sample counts, the model's ``model_kwargs``, class names, the collate function and, for images, the
-normalization applied on the device. :class:`LitDataCopy` writes it from any chute DataModule
-(``scripts/to_litdata.py`` is its command line).
+normalization applied on the device. :class:`~chute.integrations.litdata_copy.LitDataCopy` writes
+it from any chute DataModule (``scripts/to_litdata.py`` is its command line); what may be read is
+:mod:`chute.integrations.litdata_format`.
 
 Storage format: every leaf of a sample (``(image, target)``, ``{"inputs": ..., "targets": ...}``) is
 written with LitData's raw serializers: tensors and arrays as dtype + shape + bytes, Python ints,
@@ -12,24 +16,13 @@ floats, bools and strings as themselves. Nothing is pickled, and reading refuses
 an ``index.json`` might name (LitData would otherwise unpickle a ``pickle`` leaf), so a dataset from
 an untrusted bucket cannot run code. Images are stored decoded (``uint8``, after the deterministic
 eval pipeline), so reading a sample is a memory copy.
-
-litdata is an optional dependency (``pip install chute[litdata]``); it is imported when first used.
-
-Over 300 lines because LitData needs an adapter on each side: the writer (:class:`LitDataCopy`,
-with serializers that refuse pickling) and the reader (remote metadata, the resumable covering
-loader in :mod:`chute.datamodules.litdata_cover`).
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import os
-import re
 import tempfile
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -37,34 +30,18 @@ from typing_extensions import Unpack
 
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.described import DescribedDataModule
-from chute.datamodules.litdata_cover import covering_loader_class, resumable_loader_class
-from chute.datasets.materialize import SourceCopy
-from chute.datasets.shards import _check_extra
-from chute.errors import ConfigError, DataError
+from chute.errors import ConfigError
+from chute.integrations.litdata_cover import covering_loader_class, resumable_loader_class
+from chute.integrations.litdata_format import (
+    _check_split,
+    _join,
+    _litdata,
+    is_remote,
+    read_chunks_meta,
+    refusing_serializers,
+)
 from chute.loader import Stream, WorkerInit, derive_seed
 from chute.loader.orders import EvalBatches
-
-META = "chute.json"
-FORMAT = "chute-litdata/1"
-# LitData serializers that read raw bytes and never unpickle (see the module docstring).
-SAFE_SERIALIZERS = frozenset({"int", "float", "bool", "str", "tensor", "no_header_tensor", "numpy", "no_header_numpy"})
-_SPLIT = re.compile(r"[A-Za-z0-9_-]+")
-_REMOTE = ("s3://", "gs://", "gcs://", "r2://", "azure://", "hf://")
-
-
-def _litdata() -> Any:
-    try:
-        import litdata
-    except ImportError:
-        raise ImportError(
-            "LitDataModule and LitDataCopy need LitData: pip install 'chute[litdata]' (or pip install litdata)."
-        ) from None
-    return litdata
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is an object-store URL (``s3://``, ``gs://``, ...) rather than a local folder."""
-    return path.startswith(_REMOTE)
 
 
 class LitDataModule(DescribedDataModule):
@@ -112,6 +89,7 @@ class LitDataModule(DescribedDataModule):
 
     Example:
         >>> from chute.datamodules import TabularDataModule
+        >>> from chute.integrations import LitDataCopy
         >>> from chute.datasets import SklearnTable
         >>> import tempfile
         >>> tmp = tempfile.mkdtemp()
@@ -249,183 +227,3 @@ class _Indexed(Dataset[Any]):
 
     def __getitem__(self, index: int) -> Any:
         return self.dataset[int(index)]
-
-
-class LitDataCopy(SourceCopy):
-    """Writes a chute DataModule's splits as LitData chunks plus ``chute.json``, once (atomically).
-
-    Use it as a :class:`LitDataModule`'s ``prepare`` or from ``scripts/to_litdata.py``. Samples are
-    written as the source's ``dataset(split)`` returns them (image sources: pass one whose training
-    transform is the deterministic eval pipeline, as the script does), in index order.
-
-    Args:
-        source: A DataModule with ``dataset(split)`` (image folder, tabular, sequence, multi-task).
-        chunk_size: Samples per chunk file. Chunks are LitData's unit of download and of sharding
-            across ranks and workers: aim for tens of MB each on an object store.
-        splits: Splits to write.
-    """
-
-    per_file_key = "chunk_size"
-
-    def __init__(self, source: Any, chunk_size: int = 1024, splits: Sequence[str] = ("train", "val")) -> None:
-        for split in splits:
-            _check_split(split)
-        super().__init__(source, chunk_size, splits)
-
-    def __call__(self, root: str | os.PathLike[str]) -> Path:
-        if is_remote(os.fspath(root)):
-            raise ValueError(f"LitDataCopy writes a local folder, not '{root}': write locally, then copy it up.")
-        _litdata()
-        return super().__call__(root)
-
-    def _write_split(self, samples: Any, out: Path, split: str, total: int) -> Any:
-        return write_chunks(samples, out / split, self.per_file)
-
-    def _describe(self, out: Path, splits: dict[str, Any], description: dict[str, Any]) -> None:
-        meta = {"format": FORMAT, "splits": splits, **description}
-        (out / META).write_text(json.dumps(meta, indent=2))
-
-
-def write_chunks(samples: Any, out: Path, chunk_size: int) -> int:
-    """Write ``samples`` as one LitData dataset in ``out`` (in this process); returns how many.
-
-    Raises:
-        TypeError: A sample leaf would need a pickling serializer (store tensors, arrays or numbers).
-    """
-    _litdata()
-    from litdata.streaming.writer import BinaryWriter
-    from litdata.utilities.env import _DistributedEnv
-
-    out.mkdir(parents=True, exist_ok=True)
-    writer = BinaryWriter(str(out), chunk_size=chunk_size)
-    # One writer in this process: under DDP (prepare_data on rank 0) LitData would otherwise wait for
-    # an index file from every rank before merging.
-    writer._distributed_env, writer._rank = _DistributedEnv(1, 0, 1), 0
-    count = 0
-    for count, sample in enumerate(samples, start=1):
-        writer.add_item(count - 1, sample)
-    writer.done()
-    writer.merge(num_workers=1)
-    formats = json.loads((out / "index.json").read_text())["config"]["data_format"]
-    unsafe = [f for f in formats if f.split(":")[0] not in SAFE_SERIALIZERS]
-    if unsafe:
-        raise TypeError(
-            f"Samples have leaves LitData would pickle ({unsafe}); return tensors, arrays, numbers or strings."
-        )
-    return count
-
-
-def read_chunks_meta(
-    input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """Read and check ``chute.json`` of ``input_dir`` (downloaded into ``cache_dir`` for a URL)."""
-    path = _join(input_dir, META)
-    if is_remote(input_dir):
-        _litdata()
-        from litdata.streaming.fs_provider import _get_fs_provider
-
-        local = os.path.join(cache_dir, f"{hashlib.sha256(input_dir.encode()).hexdigest()[:16]}-{META}")
-        os.makedirs(cache_dir, exist_ok=True)
-        try:
-            _get_fs_provider(path, dict(storage_options or {})).download_file(path, local)
-        except Exception as err:  # botocore, obstore, gcsfs ... each raise their own "not found"
-            raise DataError(
-                f"Cannot read '{path}' ({type(err).__name__}: {err}): convert a dataset with scripts/to_litdata.py "
-                "and upload the whole output folder there, or check the URL and data.storage_options."
-            ) from err
-        path_to_read = local
-    else:
-        path_to_read = path
-    if not is_remote(input_dir) and os.path.exists(input_dir) and not os.path.isdir(input_dir):
-        raise DataError(
-            f"'{input_dir}' is a file, not a folder: data.input_dir names the folder scripts/to_litdata.py wrote "
-            f"({META} and one LitData dataset per split)."
-        )
-    try:
-        meta = json.loads(Path(path_to_read).read_text())
-    except FileNotFoundError:
-        raise DataError(f"No '{path}': convert a dataset with scripts/to_litdata.py first.") from None
-    except (ValueError, OSError) as err:  # not JSON, not UTF-8 (UnicodeDecodeError), unreadable
-        raise DataError(f"Cannot read '{path}' as a chute LitData description: {err}") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DataError(f"'{path}' is not a chute LitData description (expected format {FORMAT!r}).")
-    splits = meta.get("splits")
-    if not isinstance(splits, dict) or not all(isinstance(n, int) and n >= 0 for n in splits.values()):
-        raise DataError(f"'{path}': 'splits' must map split names to sample counts.")
-    for name in splits:
-        _check_split(name, where=f"'{path}'")
-    _check_extra(path, meta)  # only chute's own collate functions, plain model_kwargs
-    return meta
-
-
-class _Refused:
-    """Stands in for every LitData serializer that could unpickle, so reading one fails instead."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def setup(self, data_format: Any) -> None:
-        raise DataError(
-            f"This LitData dataset stores leaves with the '{data_format}' serializer, which chute refuses to read "
-            f"(it could unpickle code). Allowed: {sorted(SAFE_SERIALIZERS)}; rewrite it with scripts/to_litdata.py."
-        )
-
-    def serialize(self, item: Any) -> tuple[bytes, str | None]:
-        raise TypeError(f"chute does not write LitData '{self.name}' leaves")
-
-    def deserialize(self, data: bytes) -> Any:
-        self.setup(self.name)
-
-    def can_serialize(self, item: Any) -> bool:
-        return False
-
-
-class _CopiedTensor:
-    """LitData's tensor serializer, reading into a fresh buffer.
-
-    LitData hands the deserializer a view of the chunk's read-only memory map; a tensor over it would
-    alias a file LitData unmaps when it evicts the chunk (and torch warns that it is not writable).
-    The copy costs one ``memcpy`` per leaf.
-    """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._inner: Any = None
-
-    def _serializer(self) -> Any:
-        if self._inner is None:
-            from litdata.streaming.serializers import _SERIALIZERS
-
-            self._inner = copy.copy(_SERIALIZERS[self.name])
-        return self._inner
-
-    def setup(self, data_format: Any) -> None:
-        self._serializer().setup(data_format)
-
-    def serialize(self, item: Any) -> tuple[bytes, str | None]:
-        return self._serializer().serialize(item)
-
-    def deserialize(self, data: bytes) -> Any:
-        return self._serializer().deserialize(bytearray(data))
-
-    def can_serialize(self, item: Any) -> bool:
-        return bool(self._serializer().can_serialize(item))
-
-
-def refusing_serializers() -> dict[str, Any]:
-    """LitData ``serializers`` for reading: the raw ones (tensors copied out of the memory map), and a
-    refusal for every other kind."""
-    from litdata.streaming.serializers import _SERIALIZERS
-
-    serializers: dict[str, Any] = {name: _Refused(name) for name in _SERIALIZERS if name not in SAFE_SERIALIZERS}
-    serializers.update({name: _CopiedTensor(name) for name in ("tensor", "no_header_tensor")})
-    return serializers
-
-
-def _check_split(name: str, where: str = "split") -> None:
-    if not isinstance(name, str) or not _SPLIT.fullmatch(name):
-        raise DataError(f"{where}: split name {name!r} must be letters, digits, '_' or '-' (it names a sub-folder).")
-
-
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
