@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench_tabular import tiled_table
 from benchlib import write_results
 from chute.datamodules import SqlDataModule
-from chute.datasets.sql import ingest
+from chute.datasets.sql_ingest import ingest
 
 TABLE = "readings"
 

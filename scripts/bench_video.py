@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset
 from benchlib import rate, write_results
 from chute.datamodules import VideoDataModule
 from chute.datasets import MotionClips
-from chute.datasets.folder import scan_folder
+from chute.datasets.folder_index import scan_folder
 from chute.datasets.video import VIDEO_EXTENSIONS
 
 FRAMES, FPS, SIZE = 8, 8.0, 32

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from chute.datasets.database import redact
-from chute.datasets.sql import load_table
+from chute.datasets.sql_ingest import load_table
 
 
 def main() -> None:

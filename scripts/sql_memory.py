@@ -67,7 +67,7 @@ def main() -> None:
     import numpy as np
     import pyarrow as pa
 
-    from chute.datasets.sql import ingest
+    from chute.datasets.sql_ingest import ingest
 
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{tmp}/big.db"

@@ -159,7 +159,7 @@ def _video(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
 
 def write_sql(out: Path) -> Path:
     """The contract table in a SQLite file (key ``id`` is the row id, as in the CSV)."""
-    from chute.datasets.sql import load_table
+    from chute.datasets.sql_ingest import load_table
 
     database = out / "table.db"
     if not database.exists():

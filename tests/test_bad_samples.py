@@ -21,7 +21,8 @@ from PIL import Image
 from chute.bad_samples import BadSamples
 from chute.collate import collate_images
 from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, StreamingDataModule, TabularDataModule
-from chute.datasets.folder import DropMissing, ImageFolderDataset, scan_folder
+from chute.datasets.folder import DropMissing, ImageFolderDataset
+from chute.datasets.folder_index import scan_folder
 from chute.datasets.shards import write_index, write_shards
 from chute.errors import ConfigError, DataError
 from chute.images import read_image

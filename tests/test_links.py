@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from chute.datamodules import ImageFolderDataModule
-from chute.datasets.folder import scan_folder
+from chute.datasets.folder_index import scan_folder
 from chute.errors import DataError
 from chute.images import IMG_EXTENSIONS
 from tests.helpers import assert_mentions, write_image

@@ -17,7 +17,8 @@ from torch import nn
 
 from chute.datamodules import SqlDataModule, TabularDataModule
 from chute.datasets.database import Database, redact
-from chute.datasets.sql import SqlSource, ingest, key_split, load_table
+from chute.datasets.sql_ingest import ingest, load_table
+from chute.datasets.sql_source import SqlSource, key_split
 from chute.errors import ConfigError, DataError
 from chute.loader import derive_seed
 
@@ -277,7 +278,7 @@ def test_the_stream_index_never_reads_the_key_index_and_encodes_as_the_memory_on
 
 
 def test_the_fit_sample_and_ranges_do_not_depend_on_how_the_scan_arrives() -> None:
-    from chute.datasets.sql import _RangeScan
+    from chute.datasets.sql_source import _RangeScan
 
     keys = np.sort(np.random.default_rng(0).choice(10**9, 5000, replace=False))
     source = SqlSource(Database("sqlite:///unused.db"), "t")
@@ -439,7 +440,7 @@ def test_an_error_in_a_streamed_result_is_named_not_retried(tmp_path: Path, capl
 
 
 def test_where_clauses_cover_far_apart_keys_without_overflow() -> None:
-    from chute.datasets.sql import _where_clauses
+    from chute.datasets.sql_source import _where_clauses
 
     assert _where_clauses('"id"', np.array([-5 * 10**18, 5 * 10**18])) == [
         '"id" IN (-5000000000000000000, 5000000000000000000)'

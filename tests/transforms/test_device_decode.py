@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from chute.datamodules import ImageFolderDataModule
-from chute.datasets.folder import ImageFolderDataset, scan_folder
+from chute.datasets.folder import ImageFolderDataset
+from chute.datasets.folder_index import scan_folder
 from chute.errors import ConfigError, DataError
 from chute.loader import sample_seed
 from chute.transforms import create_transforms

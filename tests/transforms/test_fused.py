@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as F
 
-from chute.datasets.folder import ImageFolderDataset, scan_folder
+from chute.datasets.folder import ImageFolderDataset
+from chute.datasets.folder_index import scan_folder
 from chute.images import read_image
 from chute.transforms import Pipeline, create_transforms
 from chute.transforms.fused import NATIVE, CenterCropDecode, RandomResizedCropDecode, _dct_scale

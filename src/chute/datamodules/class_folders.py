@@ -19,7 +19,7 @@ from typing_extensions import Unpack
 
 from chute.bad_samples import BadSamples
 from chute.datamodules.base import ChuteDataModule, CommonArgs
-from chute.datasets.folder import FolderIndex, discover_splits
+from chute.datasets.folder_index import FolderIndex, discover_splits
 from chute.errors import ConfigError, DataError
 from chute.loader import Stream, derive_seed
 from chute.transforms.batch import NormalizeBatch

@@ -22,7 +22,8 @@ from chute.collate import collate_images
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.folder import DropMissing, FolderIndex, ImageFolderDataset
+from chute.datasets.folder import DropMissing, ImageFolderDataset
+from chute.datasets.folder_index import FolderIndex
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.loader import Loader, Stream, derive_seed

@@ -10,7 +10,7 @@ import numpy as np
 from typing_extensions import Unpack
 
 from chute.datamodules.base import ChuteDataModule, CommonArgs
-from chute.datasets.folder import stratified_split
+from chute.datasets.folder_index import stratified_split
 from chute.datasets.sequence import (
     CharVocab,
     PackedSequences,

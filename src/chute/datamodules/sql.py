@@ -15,16 +15,8 @@ from chute.collate import passthrough
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.table import FittedEncoding, Task, UnknownCategory, infer_numeric, is_number
 from chute.datasets.database import Database, batch_rows, redact
-from chute.datasets.sql import (
-    Encoding,
-    KeyedSplit,
-    SqlRows,
-    SqlSource,
-    binary_columns,
-    blob_error,
-    fetch_split,
-    key_split,
-)  # fmt: skip
+from chute.datasets.sql import Encoding, SqlRows, binary_columns, blob_error
+from chute.datasets.sql_source import KeyedSplit, SqlSource, fetch_split, key_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
 from chute.loader import Batched, Loader, Stream, derive_seed

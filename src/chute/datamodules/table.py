@@ -14,7 +14,7 @@ from typing_extensions import Unpack
 
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule, CommonArgs
-from chute.datasets.folder import stratified_split
+from chute.datasets.folder_index import stratified_split
 from chute.datasets.table_read import Split, check_encoding, read_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, check_labels_present, encode_split, label_classes
 from chute.errors import ConfigError, DataError

@@ -13,7 +13,8 @@ from chute.datasets.bundled import (
     write_table,
 )
 from chute.datasets.cache import CachedDataset, fingerprint
-from chute.datasets.folder import FolderIndex, ImageFolderDataset, discover_splits, scan_folder, stratified_split
+from chute.datasets.folder import ImageFolderDataset
+from chute.datasets.folder_index import FolderIndex, discover_splits, scan_folder, stratified_split
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
 from chute.datasets.sharded_copy import ShardedCopy
 from chute.datasets.shards import ShardIndex, ShardStream, write_shards

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples, OnError
-from chute.datasets.folder import FolderIndex
+from chute.datasets.folder_index import FolderIndex
 from chute.datasets.video_decode import Decoder, decode_frames, probe_with_time_base
 from chute.errors import ConfigError, DataError
 from chute.loader import SharedEpoch, sample_seed

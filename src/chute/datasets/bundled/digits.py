@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from chute.datasets.folder import stratified_split
+from chute.datasets.folder_index import stratified_split
 from chute.datasets.materialize import materialize
 
 

@@ -119,7 +119,7 @@ class SklearnSqlite:
 
     def __call__(self, url: str) -> None:
         from chute.datasets.database import Database
-        from chute.datasets.sql import ingest
+        from chute.datasets.sql_ingest import ingest
 
         path = Path(Database(url).path)
         if path.is_file():

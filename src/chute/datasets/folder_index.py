@@ -1,0 +1,234 @@
+"""Indexing class-folder trees (``root/<class>/<file>``): the files of each class in one NumPy buffer
+(:class:`FolderIndex`), found by a walk that follows links once and never into the tree again, the
+train/val/test folders, and the seeded stratified hold-out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from chute.errors import ConfigError, DataError
+from chute.images import IMG_EXTENSIONS
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The files of one split: relative paths and integer labels, held in numpy arrays.
+
+    Paths are stored as one fixed-width bytes array rather than a list of ``str``: DataLoader
+    workers fork the parent, and touching the refcount of millions of Python strings would copy
+    every page of the list into every worker (PyTorch issue #13246).
+    """
+
+    root: str
+    paths: np.ndarray  # dtype "S<n>", paths relative to root, UTF-8
+    targets: np.ndarray  # int64
+    class_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def path(self, index: int) -> str:
+        return os.path.join(self.root, os.fsdecode(self.paths[index]))
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.class_names)).astype(np.int64)
+
+    def subset(self, indices: np.ndarray) -> FolderIndex:
+        return FolderIndex(self.root, self.paths[indices], self.targets[indices], self.class_names)
+
+
+def scan_folder(
+    root: str | os.PathLike[str],
+    class_names: Sequence[str] | None = None,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    what: str = "images",
+) -> FolderIndex:
+    """Index ``root/<class>/**/<file>`` (classes sorted by name, files sorted by path).
+
+    Args:
+        root: Folder holding one sub-folder per class.
+        class_names: Classes expected (e.g. the training split's); a differing set raises.
+        extensions: File name endings that count (lower case), e.g. ``chute.images.IMG_EXTENSIONS``.
+        what: What the files are, for messages (``images``, ``videos``).
+
+    Raises:
+        DataError: ``root`` is missing or holds no class folders, a class folder holds no files,
+            or the classes differ from ``class_names``.
+    """
+    root = os.fspath(root)
+    kind = what.capitalize()[:-1] if what.endswith("s") else what.capitalize()  # "Image", "Video"
+    if not os.path.isdir(root):
+        raise DataError(f"{kind} folder '{root}' does not exist or is not a directory.")
+    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not found:
+        loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)]
+        hint = f" It holds {len(loose)} loose {what}; move them into one folder per class." if loose else ""
+        raise DataError(f"{kind} folder '{root}' has no class folders: expected '{root}/<class>/<{what[:-1]}>'.{hint}")
+    if class_names is not None and list(class_names) != found:
+        missing = sorted(set(class_names) - set(found))
+        extra = sorted(set(found) - set(class_names))
+        raise DataError(
+            f"Classes in '{root}' differ from the training split's: missing {missing}, unexpected {extra}. "
+            "Every split needs the same class folders."
+        )
+    paths: list[str] = []
+    targets: list[int] = []
+    walk = _Walk(root, extensions)
+    for label, name in enumerate(found):
+        files = walk.files(os.path.join(root, name))
+        if not files:
+            raise DataError(
+                f"Class folder '{os.path.join(root, name)}' contains no {what} "
+                f"(looked for {', '.join(extensions)}). Add some or remove the folder."
+            )
+        paths.extend(os.path.join(name, f) for f in files)
+        targets.extend([label] * len(files))
+    walk.check()
+    # os.fsencode: the file system's own bytes, also for a name that is not valid UTF-8 (Python keeps
+    # such bytes as surrogates; os.fsdecode in ``path`` turns them back, so the file still opens).
+    encoded = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
+    return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
+
+
+class _Walk:
+    """The files below a split's class folders, each reached by exactly one path.
+
+    Links are followed (a class folder, or a folder inside one, may be a link to data stored
+    elsewhere), but a link that would index a file twice is an error naming it: a link to a folder
+    already walked or holding one (``zz -> .`` in a split folder would make a class ``zz`` of every
+    image, each under a wrong label; ``cats/again -> ..`` would never end), two links to one file,
+    or a link to a file that is also indexed where it lies. Only links cost a system call: a tree
+    without any is walked as before.
+    """
+
+    def __init__(self, root: str, extensions: tuple[str, ...]) -> None:
+        self.extensions = extensions
+        self.walked: list[tuple[str, str]] = [(os.path.realpath(root), root)]  # (real folder, path to it)
+        self.linked: dict[str, str] = {}  # real file -> the link that reached it
+
+    def files(self, folder: str) -> list[str]:
+        """Files below ``folder`` (recursively) with one of the extensions, as sorted relative paths."""
+        if os.path.islink(folder):
+            self._enter(folder)
+        out = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            kept = []
+            for name in sorted(dirnames):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    self._enter(path)
+                kept.append(name)
+            dirnames[:] = kept
+            rel = os.path.relpath(dirpath, folder)
+            for name in filenames:
+                if self._counts(name):
+                    path = os.path.join(dirpath, name)
+                    if os.path.islink(path):
+                        self._link(path)
+                    out.append(name if rel == "." else os.path.join(rel, name))
+        return sorted(out)
+
+    def _counts(self, name: str) -> bool:
+        return name.lower().endswith(self.extensions) and not name.startswith(".")
+
+    def _enter(self, link: str) -> None:
+        real = os.path.realpath(link)
+        for walked, path in self.walked:
+            if real == walked or real.startswith(walked + os.sep) or walked.startswith(real + os.sep):
+                raise DataError(
+                    f"'{link}' is a link to '{real}', which overlaps '{path}', a folder indexed already: its "
+                    "files would be indexed twice (under two labels, or without end). Remove the link, or "
+                    "point it at data that is not in the tree."
+                )
+        self.walked.append((real, link))
+
+    def _link(self, link: str) -> None:
+        real = os.path.realpath(link)
+        if real in self.linked:
+            raise DataError(
+                f"'{link}' and '{self.linked[real]}' are links to the same file '{real}': it would be "
+                "indexed twice. Keep one."
+            )
+        self.linked[real] = link
+
+    def check(self) -> None:
+        """After the walk: no linked file lies in a folder that was walked (it is indexed there too)."""
+        for real, link in self.linked.items():
+            for walked, path in self.walked:
+                parts = os.path.relpath(real, walked).split(os.sep)
+                indexed = self._counts(parts[-1]) and not any(p.startswith(".") for p in parts)
+                if real.startswith(walked + os.sep) and indexed:
+                    shown = os.path.join(path, *parts)
+                    raise DataError(
+                        f"'{link}' is a link to '{real}', which is indexed as '{shown}' too: each file "
+                        "must appear once. Remove the link."
+                    )
+
+
+def discover_splits(
+    root: str,
+    split_dirs: dict[str, str],
+    val_fraction: float,
+    seed: int,
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    what: str = "images",
+    missing_hint: str = "",
+) -> dict[str, FolderIndex | None]:
+    """The ``train``, ``val`` and ``test`` splits of a class-folder tree, as every folder DataModule finds them.
+
+    Layouts: ``root/<train_dir>/<class>/*`` with ``root/<val_dir>/...`` (and optionally
+    ``root/<test_dir>/...``); or ``root/<class>/*`` (or ``<train_dir>`` alone) with ``val_fraction``,
+    a share of each class held out with :func:`stratified_split` seeded by ``seed``. Without a test
+    split, ``test`` is the ``val`` index itself (the same object). ``split_dirs`` maps split names
+    to folder names; ``missing_hint`` ends the error for a missing root.
+
+    Raises:
+        DataError: the root or a class folder is missing or empty, or classes differ between splits.
+        ConfigError: ``val_fraction`` is set while a validation folder exists.
+    """
+    if not os.path.isdir(root):
+        raise DataError(f"Dataset root '{root}' does not exist or is not a directory.{missing_hint}")
+    split_path = {k: os.path.join(root, d) for k, d in split_dirs.items()}
+    layered = os.path.isdir(split_path["train"])
+    train = scan_folder(split_path["train"] if layered else root, extensions=extensions, what=what)
+    val: FolderIndex | None = None
+    has_val_dir = layered and os.path.isdir(split_path["val"])
+    if has_val_dir and val_fraction > 0:
+        raise ConfigError(
+            "val_fraction", val_fraction,
+            f"'{split_path['val']}' already is a validation split; set val_fraction=0 to use it",
+        )  # fmt: skip
+    if has_val_dir:
+        val = scan_folder(split_path["val"], class_names=train.class_names, extensions=extensions, what=what)
+    elif val_fraction > 0:
+        keep, held = stratified_split(train.targets, val_fraction, seed)
+        train, val = train.subset(keep), train.subset(held)
+    test = val
+    if layered and os.path.isdir(split_path["test"]):
+        test = scan_folder(split_path["test"], class_names=train.class_names, extensions=extensions, what=what)
+    return {"train": train, "val": val, "test": test}
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (train, holdout) keeping each class's share; seeded, so reproducible.
+
+    Every class keeps at least one training sample; a class with two or more samples gives at least
+    one to the holdout set.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction={fraction}: must be between 0 and 1 (exclusive)")
+    rng = np.random.default_rng(seed)
+    train, holdout = [], []
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        members = members[rng.permutation(len(members))]
+        n_holdout = min(max(round(len(members) * fraction), 1), len(members) - 1) if len(members) > 1 else 0
+        holdout.append(members[:n_holdout])
+        train.append(members[n_holdout:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(holdout))
