@@ -22,7 +22,7 @@ import time
 
 from chute.app import build_datamodule
 from chute.config import compose_config, validate_config
-from chute.datasets.cache import MANIFEST
+from chute.datasets.cache_store import MANIFEST
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from chute.collate import collate_images
 from chute.datamodules import ImageFolderDataModule, MultiTaskDataModule, StreamingDataModule, TabularDataModule
 from chute.datasets.folder import DropMissing, ImageFolderDataset
 from chute.datasets.folder_index import scan_folder
-from chute.datasets.shards import write_index, write_shards
+from chute.datasets.shard_format import write_index, write_shards
 from chute.errors import ConfigError, DataError
 from chute.images import read_image
 from chute.transforms import create_transforms

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from chute.datamodules import ImageFolderDataModule
-from chute.datasets.cache import MANIFEST
+from chute.datasets.cache_store import MANIFEST
 from chute.errors import ConfigError
 from chute.transforms import create_transforms
 

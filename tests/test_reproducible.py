@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from chute.datamodules import ImageFolderDataModule, StreamingDataModule
-from chute.datasets.shards import write_index, write_shards
+from chute.datasets.shard_format import write_index, write_shards
 from chute.loader import sample_seed
 from chute.transforms import create_transforms
 

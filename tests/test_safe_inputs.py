@@ -17,7 +17,7 @@ from chute import LoaderSettings
 from chute.app import run
 from chute.datamodules import StreamingDataModule, TabularDataModule
 from chute.datasets import CachedDataset, ShardedCopy, ShardIndex, SklearnTable, write_shards
-from chute.datasets.shards import write_index
+from chute.datasets.shard_format import write_index
 from chute.errors import DataError
 from chute.models import TabularModel
 from chute.paths import inside

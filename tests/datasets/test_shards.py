@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from chute.bad_samples import BadSamples
 from chute.collate import collate_nested
 from chute.datasets import ShardIndex, ShardStream, partition, write_shards
-from chute.datasets.shards import decode_sample, encode_sample, write_index
+from chute.datasets.shard_format import decode_sample, encode_sample, write_index
 from chute.errors import DataError
 
 layouts = st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=12)

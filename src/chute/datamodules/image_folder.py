@@ -21,7 +21,8 @@ from chute import fastpaths
 from chute.collate import collate_images
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.class_folders import ClassFolderDataModule
-from chute.datasets.cache import CachedDataset, fingerprint
+from chute.datasets.cache import CachedDataset
+from chute.datasets.cache_store import fingerprint
 from chute.datasets.folder import DropMissing, ImageFolderDataset
 from chute.datasets.folder_index import FolderIndex
 from chute.errors import ConfigError, DataError

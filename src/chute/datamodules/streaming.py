@@ -10,7 +10,8 @@ from typing_extensions import Unpack
 
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.described import DescribedDataModule
-from chute.datasets.shards import ShardIndex, ShardStream
+from chute.datasets.shard_format import ShardIndex
+from chute.datasets.shards import ShardStream
 from chute.errors import ConfigError, DataError
 from chute.loader import Loader, Stream, derive_seed, world_position
 

@@ -12,12 +12,14 @@ from chute.datasets.bundled import (
     sklearn_table,
     write_table,
 )
-from chute.datasets.cache import CachedDataset, fingerprint
+from chute.datasets.cache import CachedDataset
+from chute.datasets.cache_store import fingerprint
 from chute.datasets.folder import ImageFolderDataset
 from chute.datasets.folder_index import FolderIndex, discover_splits, scan_folder, stratified_split
 from chute.datasets.sequence import CharVocab, SequenceDataset, collate_sequences, padding_waste
+from chute.datasets.shard_format import ShardIndex, write_shards
 from chute.datasets.sharded_copy import ShardedCopy
-from chute.datasets.shards import ShardIndex, ShardStream, write_shards
+from chute.datasets.shards import ShardStream
 from chute.datasets.table_read import read_table
 from chute.datasets.tabular import MultiTaskDataset, TableEncoder, TabularDataset
 from chute.datasets.video import ClipSpec, ClipTransform, VideoClipDataset, VideoIndex, collate_clips, index_videos

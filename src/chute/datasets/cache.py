@@ -22,121 +22,33 @@ A source may return ``None`` for a sample it leaves out (an evaluation split's u
 under ``on_error="skip"``): the cache records it as missing (in the manifest too), ``__getitem__``
 returns ``None`` for it and ``__getitems__`` gathers batches without it.
 
-Over 300 lines because the memory and disk stores, the build (once per node, atomically) and the
-per-epoch random stage share one layout of the stored arrays.
+How the arrays are stored, built and published is :mod:`chute.datasets.cache_store`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
+from chute.datasets.cache_store import (
+    as_read,
+    build_disk,
+    build_memory,
+    gather,
+    is_shared,
+    load_disk,
+    rebuild,
+    scalar,
+)
 from chute.errors import ConfigError, DataError
 from chute.loader import SharedEpoch, sample_seed, seeded_call
-from chute.loader.buffers import batch_buffer
-from chute.paths import inside
 
 Store = Literal["memory", "disk"]
-MANIFEST = "cache.json"
-_VERSION = 4  # 2: the manifest lists missing samples; 3: images turned by their EXIF orientation; 4: channels-last
-
-
-def fingerprint(files: Iterable[str | bytes], config: Any) -> str:
-    """SHA-256 over each file's path, size and modification time, and ``repr(config)``.
-
-    Changing, adding or removing a source file, or changing the deterministic config, changes it.
-    """
-    digest = hashlib.sha256()
-    for file in files:
-        path = os.fsdecode(file)
-        try:
-            stat = os.stat(path)
-        except OSError as err:  # e.g. a dangling symlink: reading it later is a bad sample, named and counted
-            digest.update(os.fsencode(path) + f"\0unreadable {err.errno}\n".encode())
-            continue
-        digest.update(os.fsencode(path) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    digest.update(repr(config).encode())
-    return digest.hexdigest()
-
-
-def _leaves(sample: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``(name, value)`` per leaf of a (nested) tuple/list/dict sample, names like ``0`` or ``targets.a``."""
-    if isinstance(sample, dict):
-        return [leaf for k, v in sample.items() for leaf in _leaves(v, f"{prefix}{k}.")]
-    if isinstance(sample, tuple | list):
-        return [leaf for i, v in enumerate(sample) for leaf in _leaves(v, f"{prefix}{i}.")]
-    return [(prefix.rstrip("."), sample)]
-
-
-def _channels_last(array: np.ndarray) -> bool:
-    """Whether a field of this (first) sample is a colour image, stored ``(H, W, C)`` (see the module)."""
-    return array.ndim == 3 and array.dtype == np.uint8 and array.shape[0] in (3, 4)
-
-
-def _stored(array: np.ndarray, channels_last: bool) -> np.ndarray:
-    return array.transpose(1, 2, 0) if channels_last else array
-
-
-def _as_read(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """A stored sample ``(H, W, C)`` or batch ``(N, H, W, C)`` as ``(C, H, W)`` / ``(N, C, H, W)`` views."""
-    if not channels_last:
-        return tensor
-    return tensor.permute(2, 0, 1) if tensor.ndim == 3 else tensor.permute(0, 3, 1, 2)
-
-
-def _gather(array: np.ndarray, index: np.ndarray) -> torch.Tensor:
-    """``array[index]`` as a tensor: images into a reused batch buffer (in a worker, shared memory
-    the main process reads without a copy), small fields (labels) as NumPy gathers them.
-
-    NumPy's own gather allocates each batch afresh (tens of MB, which it asks the kernel to back
-    with huge pages): 11 ms a batch of 64 photos at 256 px on the 2-core machine, against ~1 ms
-    into a buffer already mapped."""
-    if array.ndim < 2 or array[0].nbytes < 4096:
-        return torch.from_numpy(np.asarray(array[index]))
-    if len(index) and (index.min() < 0 or index.max() >= len(array)):
-        raise IndexError(f"sample index out of range 0..{len(array) - 1}: {index.min()}..{index.max()}")
-    out = batch_buffer((len(index), *array.shape[1:]), torch.from_numpy(np.empty(0, array.dtype)).dtype)
-    # mode="clip" (the indices are checked above): with "raise", NumPy gathers through a temporary
-    # buffer when given ``out`` (2.9 ms a batch against 0.9 here).
-    np.take(array, index, axis=0, out=out.numpy(), mode="clip")
-    return out
-
-
-def _rebuild(template: Any, values: Iterable[Any]) -> Any:
-    """``template``'s nesting (dicts, tuples, lists) with its leaves, in order, taken from ``values``."""
-    return _fill_in(template, iter(values))
-
-
-def _fill_in(node: Any, leaves: Iterator[Any]) -> Any:
-    # A module-level function: a nested recursive one would be a reference cycle holding ``leaves``
-    # (the batch's tensors) until the garbage collector ran, keeping every gathered batch buffer busy.
-    if isinstance(node, dict):
-        return {k: _fill_in(v, leaves) for k, v in node.items()}
-    if isinstance(node, tuple | list):
-        return type(node)(_fill_in(v, leaves) for v in node)
-    return next(leaves)
-
-
-def _as_array(value: Any, where: str) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray | np.generic | int | float | bool):
-        return np.asarray(value)
-    raise DataError(
-        f"{where}: cannot cache a {type(value).__name__}; the deterministic stage must yield tensors/numbers."
-    )
 
 
 class CachedDataset(Dataset[Any]):
@@ -187,14 +99,14 @@ class CachedDataset(Dataset[Any]):
             raise DataError("Cannot cache an empty dataset.")
         if store == "disk":
             assert self.cache_dir is not None
-            arrays = _load_disk(self.cache_dir, key, n)
+            arrays = load_disk(self.cache_dir, key, n)
             if arrays is None:
-                _build_disk(source, n, self.cache_dir, key, progress)
-                arrays = _load_disk(self.cache_dir, key, n)
+                build_disk(source, n, self.cache_dir, key, progress)
+                arrays = load_disk(self.cache_dir, key, n)
                 assert arrays is not None
             self.names, self.arrays, self.template, missing, self.layouts = arrays
         else:
-            self.names, self.arrays, self.template, missing, self.layouts = _build_memory(source, n, progress)
+            self.names, self.arrays, self.template, missing, self.layouts = build_memory(source, n, progress)
         #: Indices the source left out (returned ``None`` for); never delivered.
         self.missing = np.asarray(sorted(missing), dtype=np.int64)
         self._present = None if not len(self.missing) else np.ones(n, dtype=bool)
@@ -209,10 +121,10 @@ class CachedDataset(Dataset[Any]):
             return None  # left out by the source
         # Copy out of the cache: transforms may write in place, and a memmap slice must not escape.
         values = [
-            _as_read(torch.from_numpy(np.array(a[index])), last) if a.ndim > 1 else _scalar(a[index])
+            as_read(torch.from_numpy(np.array(a[index])), last) if a.ndim > 1 else scalar(a[index])
             for a, last in zip(self.arrays, self.layouts, strict=True)
         ]
-        sample = _rebuild(self.template, values)
+        sample = rebuild(self.template, values)
         if self.transform is None:
             return sample
         if self.seed is None:
@@ -235,9 +147,9 @@ class CachedDataset(Dataset[Any]):
             index = index[self._present[index]]
         # NumPy's gather runs on one core and releases the GIL, so loader threads gather batches in
         # parallel; torch's index_select would start intra-op threads of its own in each of them.
-        return _rebuild(
+        return rebuild(
             self.template,
-            [_as_read(_gather(a, index), last) for a, last in zip(self.arrays, self.layouts, strict=True)],
+            [as_read(gather(a, index), last) for a, last in zip(self.arrays, self.layouts, strict=True)],
         )
 
     def reseed(self, seed: int) -> None:
@@ -249,189 +161,8 @@ class CachedDataset(Dataset[Any]):
     @property
     def shared(self) -> bool:
         """Whether workers read the same pages: shared-memory tensors or read-only memory maps."""
-        return all(isinstance(a, np.memmap) or _is_shared(a) for a in self.arrays)
+        return all(isinstance(a, np.memmap) or is_shared(a) for a in self.arrays)
 
     @property
     def nbytes(self) -> int:
         return int(sum(a.nbytes for a in self.arrays))
-
-
-def _scalar(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
-
-
-def _first(source: Any, n: int) -> tuple[list[str], list[np.ndarray], list[bool], Any, int]:
-    """Field names, arrays (as the source gives them), which of them are stored channels-last, and
-    template of the first sample the source does not leave out, and its index."""
-    for i in range(n):
-        sample = source[i]
-        if sample is not None:
-            break
-    else:
-        raise DataError(f"Cannot cache a dataset whose {n} samples were all left out (unreadable).")
-    leaves = _leaves(sample)
-    names = [name or "sample" for name, _ in leaves]
-    firsts = [_as_array(v, f"sample {i}, field {n!r}") for n, (_, v) in zip(names, leaves, strict=True)]
-    return names, firsts, [_channels_last(f) for f in firsts], sample, i
-
-
-def _fill(
-    source: Any,
-    first: Any,
-    start: int,
-    names: list[str],
-    outs: Sequence[np.ndarray],
-    progress: bool,
-    layouts: Sequence[bool],
-) -> list[int]:
-    """Write every sample into ``outs`` from ``start`` (whose sample is ``first``); the indices left out."""
-    n = len(outs[0])
-    missing = list(range(start))  # before the first sample: all left out
-    for i in tqdm(range(start, n), desc="Building cache", unit="sample", disable=not progress, leave=False):
-        sample = first if i == start else source[i]
-        if sample is None:
-            missing.append(i)
-            continue
-        leaves = _leaves(sample)
-        if len(leaves) != len(outs):
-            raise DataError(f"Sample {i} has {len(leaves)} fields, sample {start} has {len(outs)}: cannot cache it.")
-        for name, (_, value), out, last in zip(names, leaves, outs, layouts, strict=True):
-            array = _as_array(value, f"sample {i}, field {name!r}")
-            stored = _stored(array, last and array.ndim == 3)
-            if stored.shape != out.shape[1:]:
-                expected = (out.shape[3], *out.shape[1:3]) if last else out.shape[1:]
-                raise DataError(
-                    f"Sample {i}, field {name!r} has shape {array.shape}, sample {start} has {expected}: the "
-                    "cached (deterministic) stage must give fixed shapes, e.g. resize and crop to one size."
-                )
-            out[i] = stored
-    return missing
-
-
-def _build_memory(
-    source: Any, n: int, progress: bool
-) -> tuple[list[str], list[np.ndarray], Any, list[int], list[bool]]:
-    names, firsts, layouts, template, start = _first(source, n)
-    # torch shared memory: forked or spawned workers map the same pages instead of copying them.
-    tensors = [
-        torch.from_numpy(np.empty((n, *_stored(f, last).shape), dtype=f.dtype)).share_memory_()
-        for f, last in zip(firsts, layouts, strict=True)
-    ]
-    outs = [t.numpy() for t in tensors]
-    missing = _fill(source, template, start, names, outs, progress, layouts)
-    return names, outs, template, missing, layouts
-
-
-def _is_shared(array: np.ndarray) -> bool:
-    base = array.base
-    return isinstance(base, torch.Tensor) and base.is_shared()
-
-
-def _manifest_path(cache_dir: str) -> Path:
-    return Path(cache_dir) / MANIFEST
-
-
-def _load_disk(
-    cache_dir: str, key: str, n: int
-) -> tuple[list[str], list[np.ndarray], Any, list[int], list[bool]] | None:
-    """The cached arrays, or ``None`` (with the reason logged) when the cache is missing, stale or damaged.
-
-    Raises:
-        DataError: The manifest names a file outside ``cache_dir`` or a dtype holding Python objects
-            (never written by chute: the manifest was edited or forged); nothing is read then.
-    """
-    try:
-        manifest = json.loads(_manifest_path(cache_dir).read_text())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        rank_zero_info(f"Cache '{cache_dir}': unreadable manifest, rebuilding.")
-        return None
-    if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
-        rank_zero_info(f"Cache '{cache_dir}': built for other source files or settings, rebuilding.")
-        return None
-    where = f"Cache manifest '{_manifest_path(cache_dir)}'"
-    files: list[tuple[Path, np.dtype[Any], tuple[int, ...]]] = []
-    for field in manifest["fields"]:
-        # The manifest is data, not trusted: its file names stay inside the cache folder, and no dtype
-        # with Python objects, which a memory map would read as raw pointers (worse than unpickling).
-        path = Path(inside(cache_dir, field["file"], f"{where}, field {field.get('name')!r}"))
-        dtype, shape = np.dtype(field["dtype"]), (n, *field["shape"])
-        if dtype.hasobject:
-            raise DataError(
-                f"{where}, field {field.get('name')!r} has dtype {dtype} (Python objects): a cache holds plain "
-                "numeric arrays only and nothing in it is unpickled. Delete the folder; the source must yield "
-                "tensors or numbers."
-            )
-        expected = int(np.prod(shape)) * dtype.itemsize
-        if not path.is_file() or path.stat().st_size != expected:
-            rank_zero_info(f"Cache '{cache_dir}': '{field['file']}' is missing or truncated, rebuilding.")
-            return None
-        files.append((path, dtype, shape))
-    # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
-    # writes to it). Mapped only once every field has passed the checks above.
-    arrays: list[np.ndarray] = [np.memmap(path, dtype=dtype, mode="c", shape=shape) for path, dtype, shape in files]
-    template = _rebuild(_template_from(manifest["template"]), range(len(arrays)))
-    missing = [int(i) for i in manifest.get("missing", []) if 0 <= int(i) < n]
-    if missing:
-        rank_zero_info(f"Cache '{cache_dir}': {len(missing)} unreadable samples were left out when it was built.")
-    layouts = [f.get("layout") == "hwc" and len(f["shape"]) == 3 for f in manifest["fields"]]
-    return [f["name"] for f in manifest["fields"]], arrays, template, missing, layouts
-
-
-def _template_from(spec: Any) -> Any:
-    if isinstance(spec, dict) and "dict" in spec:
-        return {k: _template_from(v) for k, v in spec["dict"].items()}
-    if isinstance(spec, dict) and "tuple" in spec:
-        return tuple(_template_from(v) for v in spec["tuple"])
-    if isinstance(spec, dict) and "list" in spec:
-        return [_template_from(v) for v in spec["list"]]
-    return None
-
-
-def _template_spec(sample: Any) -> Any:
-    if isinstance(sample, dict):
-        return {"dict": {str(k): _template_spec(v) for k, v in sample.items()}}
-    if isinstance(sample, tuple):
-        return {"tuple": [_template_spec(v) for v in sample]}
-    if isinstance(sample, list):
-        return {"list": [_template_spec(v) for v in sample]}
-    return None
-
-
-def _build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) -> None:
-    """Write the arrays to a temporary sibling folder, manifest last, and swap it into place."""
-    target = Path(cache_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        names, firsts, layouts, template, start = _first(source, n)
-        outs = [
-            np.memmap(tmp / f"field{j}.bin", dtype=f.dtype, mode="w+", shape=(n, *_stored(f, last).shape))
-            for j, (f, last) in enumerate(zip(firsts, layouts, strict=True))
-        ]
-        missing = _fill(source, template, start, names, outs, progress, layouts)
-        fields = []
-        for j, (name, out, last) in enumerate(zip(names, outs, layouts, strict=True)):
-            out.flush()  # raw bytes, no header: the expected size is exactly n * item bytes
-            fields.append(
-                {
-                    "name": name, "file": f"field{j}.bin", "dtype": out.dtype.str, "shape": list(out.shape[1:]),
-                    "layout": "hwc" if last else "as-given",
-                }
-            )  # fmt: skip
-        del outs
-        manifest = {
-            "version": _VERSION,
-            "key": key,
-            "length": n,
-            "fields": fields,
-            "template": _template_spec(template),
-            "missing": missing,
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

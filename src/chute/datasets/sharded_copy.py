@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from chute.datasets.materialize import SourceCopy
-from chute.datasets.shards import write_index, write_shards
+from chute.datasets.shard_format import write_index, write_shards
 
 
 class ShardedCopy(SourceCopy):

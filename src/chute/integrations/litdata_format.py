@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chute.datasets.shards import _check_extra
+from chute.datasets.shard_format import check_extra
 from chute.errors import DataError
 
 META = "chute.json"
@@ -88,7 +88,7 @@ def read_chunks_meta(
         raise DataError(f"'{path}': 'splits' must map split names to sample counts.")
     for name in splits:
         _check_split(name, where=f"'{path}'")
-    _check_extra(path, meta)  # only chute's own collate functions, plain model_kwargs
+    check_extra(path, meta)  # only chute's own collate functions, plain model_kwargs
     return meta
 
 
