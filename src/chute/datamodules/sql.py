@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -13,14 +12,15 @@ from typing_extensions import Unpack
 from chute.bad_samples import BadSamples
 from chute.collate import passthrough
 from chute.datamodules.base import CommonArgs
-from chute.datamodules.table import FittedEncoding, Task, UnknownCategory, infer_numeric, is_number
+from chute.datamodules.table import FittedEncoding, Task, UnknownCategory, infer_numeric
 from chute.datasets.database import Database, batch_rows, redact
-from chute.datasets.sql import Encoding, SqlRows, binary_columns, blob_error
-from chute.datasets.sql_source import KeyedSplit, SqlSource, fetch_split, key_split
+from chute.datasets.sql import Encoding, SqlRows, readable_rows, without_blobs
+from chute.datasets.sql_source import SqlSource, check_names, fetch_split, key_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, label_classes
 from chute.errors import ConfigError, DataError
-from chute.loader import Batched, Loader, Stream, derive_seed
-from chute.loader.key_orders import KeyOrder, KeyRanges, KeyStream
+from chute.loader import Loader, Stream, derive_seed
+from chute.loader.distributed import from_rank_zero
+from chute.loader.key_orders import KeyBatches, KeyOrder, KeyRanges, KeyStream
 
 Snapshot = Literal["epoch", "once"]
 Index = Literal["memory", "stream"]
@@ -175,15 +175,15 @@ class SqlDataModule(FittedEncoding):
     def setup(self, stage: str | None = None) -> None:
         if self.encoding is not None:
             return
-        columns = _from_rank_zero(self._columns)
+        columns = from_rank_zero(self._columns)
         widest = max(len(names) for names in columns.values()) + 1  # and the key, read again as chute_key
         settings = self.loader_settings
         self.database.batch_rows = batch_rows(widest, max(settings.batch_size, settings.eval_batch_size or 0))
         # Fitted on rank 0 and shared: every rank encodes alike and builds the same model, even if
         # rows change while the ranks start.
-        numeric, state, classes, labels = _from_rank_zero(lambda: self._fit(columns["train"]))
+        numeric, state, classes, labels = from_rank_zero(lambda: self._fit(columns["train"]))
         for split in ("val", "test"):  # inferred from the training source: the others need them too
-            _check_names(self.sources[split], columns[split], {"numeric": numeric})
+            check_names(self.sources[split], columns[split], {"numeric": numeric})
         encoder = TableEncoder(numeric=numeric, **self._encoder_args)  # type: ignore[arg-type]
         encoder.load_state_dict(state)  # rank 0's fit
         self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
@@ -200,7 +200,7 @@ class SqlDataModule(FittedEncoding):
         for source in self.sources.values():
             if source.relation not in read:
                 read[source.relation] = source.columns().names
-                _check_names(source, read[source.relation], named)
+                check_names(source, read[source.relation], named)
         return {split: read[source.relation] for split, source in self.sources.items()}
 
     def _fit(self, names: list[str]) -> tuple[list[str], dict[str, Any], list[str], np.ndarray | None]:
@@ -220,12 +220,13 @@ class SqlDataModule(FittedEncoding):
         if columns is None:
             columns = [c for c in names if c not in (self.key, self.target, *self.categorical)]
         split = fetch_split(source, keys, [*columns, *self.categorical, self.target])
-        split = self._without_blobs(split)
+        named = (*(self._numeric or ()), *self.categorical, self.target)
+        split = without_blobs(split, named, source.describe(), type(self).__name__)
         numeric = self._numeric
         if numeric is None:
             numeric = infer_numeric(split, {self.target}, self.categorical, type(self).__name__)
         if self.on_error == "skip":  # the bad rows are left out of the fit (the epochs count them when they meet them)
-            split = self._readable(split, numeric)
+            split = readable_rows(split, numeric, self.target, allow_missing=self._encoder_args["missing"] != "raise")
         encoder, saved_classes = self._encoder(numeric)
         classes: list[str] = []
         if saved_classes is not None:
@@ -237,30 +238,6 @@ class SqlDataModule(FittedEncoding):
         encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         labels = encoding(split)[1] if self.task == "classification" else None
         return list(numeric), encoder.state_dict(), classes, labels
-
-    def _without_blobs(self, split: KeyedSplit) -> KeyedSplit:
-        """``split`` without its binary (BLOB) columns, which are not features: one named in the settings is
-        an error, the others (met while inferring the numeric columns) are left out and said so once."""
-        blobs = binary_columns(split.table, split.table.column_names)
-        named = [c for c in blobs if c in (*(self._numeric or ()), *self.categorical, self.target)]
-        if named:
-            raise blob_error(named, self.sources["train"].describe())
-        if not blobs:
-            return split
-        rank_zero_info(
-            f"{type(self).__name__}: leaving out binary (BLOB) columns {blobs} of {self.sources['train'].describe()}: "
-            'they are not features (cast one in a query, data.table="SELECT ..., CAST(col AS TEXT) AS col ...").'
-        )
-        return KeyedSplit(split.table.drop_columns(blobs), split.source, split.rows)
-
-    def _readable(self, split: KeyedSplit, numeric: list[str]) -> KeyedSplit:
-        """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``)."""
-        good = np.ones(split.table.num_rows, dtype=bool)
-        allow_missing = self._encoder_args["missing"] != "raise"
-        for name in numeric:  # a blank cell is missing, as Split.floats reads it
-            good &= [is_number(v) if v is not None and v.strip() else allow_missing for v in split.strings(name)]
-        good &= [v is not None for v in split.strings(self.target)]
-        return split.take(np.flatnonzero(good))
 
     # -- Public properties -----------------------------------------------------------------------
 
@@ -302,7 +279,7 @@ class SqlDataModule(FittedEncoding):
         """The keys of ``split`` committed now (``upto``/``since``: only keys up to / from it), the same on
         every rank (read on rank 0 and shared, unless ``shared`` is false: then this rank reads them itself)."""
         read = lambda: self.sources[split].keys(upto, since)  # noqa: E731
-        keys = _from_rank_zero(read) if shared else read()
+        keys = from_rank_zero(read) if shared else read()
         keep = self._keep(split)
         return keys if keep is None else keys[keep(keys)]
 
@@ -311,7 +288,7 @@ class SqlDataModule(FittedEncoding):
         per_range = max(self.shuffle_buffer // 16, self.loader_settings.batch_size)
         source, keep, seed = self.sources[split], self._keep(split), derive_seed(self.seed, Stream.SAMPLE)
         read = lambda: source.key_ranges(per_range, upto, keep, sample=sample, seed=seed)  # noqa: E731
-        ranges: KeyRanges = _from_rank_zero(read) if shared else read()
+        ranges: KeyRanges = from_rank_zero(read) if shared else read()
         return ranges
 
     def _keep(self, split: str) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -405,46 +382,3 @@ class SqlDataModule(FittedEncoding):
         if self.encoding is None:
             raise self.not_set_up_error()
         return self.encoding
-
-
-class KeyBatches(Batched):
-    """:class:`~chute.loader.Batched` over a :class:`KeyOrder`, whose snapshot a checkpoint keeps."""
-
-    def snapshot_state(self) -> dict[str, Any] | None:
-        return self.sampler.snapshot_state()
-
-    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
-        self.sampler.restore_snapshot(epoch, state)
-
-
-def _check_names(source: SqlSource, names: Sequence[str], named: Mapping[str, Sequence[str]]) -> None:
-    """Each column in ``named`` (setting -> columns) must be one of ``names`` exactly, case included (a
-    quoted name keeps its case on PostgreSQL, and rows are read back by name)."""
-    present = set(names)
-    for setting, columns in named.items():
-        for name in (n for n in columns if n not in present):
-            same = [n for n in names if n.lower() == name.lower()]
-            close = (same + [n for n in difflib.get_close_matches(name, names, n=3) if n not in same])[:3]
-            if close:
-                hint = f"the closest: {', '.join(map(repr, close))}"
-            else:
-                hint = f"its columns: {list(names[:20])}{' ...' if len(names) > 20 else ''}"
-            raise ConfigError(setting, name, f"is not a column of {source.describe()}; {hint}.")
-
-
-def _from_rank_zero(read: Callable[[], Any]) -> Any:
-    """``read()`` on rank 0, shared with every rank (an error there is raised on every rank)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return read()
-    box: list[Any] = [None]
-    if dist.get_rank() == 0:
-        try:
-            box[0] = read()
-        except Exception as err:  # the other ranks would wait for the broadcast forever
-            box[0] = err
-    dist.broadcast_object_list(box, src=0)
-    if isinstance(box[0], Exception):
-        raise box[0]
-    return box[0]

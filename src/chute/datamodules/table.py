@@ -15,7 +15,7 @@ from typing_extensions import Unpack
 from chute.collate import passthrough
 from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datasets.folder_index import stratified_split
-from chute.datasets.table_read import Split, check_encoding, read_split
+from chute.datasets.table_read import Split, check_encoding, is_number, read_split
 from chute.datasets.tabular import MissingStrategy, TableEncoder, check_labels_present, encode_split, label_classes
 from chute.errors import ConfigError, DataError
 from chute.loader import Loader, Stream, derive_seed
@@ -268,15 +268,6 @@ def infer_numeric(train: Split, taken: set[str | None], categorical: Sequence[st
     if not numeric and not categorical:
         raise DataError(f"'{train.source}' has no numeric feature columns besides the targets.")
     return numeric
-
-
-def is_number(text: str) -> bool:
-    """Whether ``text`` parses as a number (what :meth:`Split.floats` accepts in a text column)."""
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _mostly_numbers(values: list[str | None]) -> bool:

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 
 from chute.bad_samples import BadSamples
 from chute.datasets.sql_source import KeyedSplit, SqlSource
-from chute.datasets.table_read import Split
+from chute.datasets.table_read import Split, is_number
 from chute.datasets.tabular import TableEncoder, encode_split
 from chute.errors import DataError
 from chute.loader.key_orders import KeyOrder, KeyStream
@@ -145,3 +146,29 @@ class SqlRows(Dataset[tuple[torch.Tensor, ...]]):
 def _tensors(features: np.ndarray, targets: np.ndarray, weights: np.ndarray | None) -> tuple[torch.Tensor, ...]:
     out = (torch.from_numpy(features), torch.from_numpy(np.ascontiguousarray(targets)))
     return out if weights is None else (*out, torch.from_numpy(weights))
+
+
+def without_blobs(split: KeyedSplit, named: Sequence[str], where: str, owner: str) -> KeyedSplit:
+    """``split`` without its binary (BLOB) columns, which are not features: one of ``named`` (the columns
+    the settings name) is an error, the others (met while inferring the numeric columns) are left out
+    and said so once."""
+    blobs = binary_columns(split.table, split.table.column_names)
+    if wanted := [c for c in blobs if c in named]:
+        raise blob_error(wanted, where)
+    if not blobs:
+        return split
+    rank_zero_info(
+        f"{owner}: leaving out binary (BLOB) columns {blobs} of {where}: they are not features (cast one in "
+        'a query, data.table="SELECT ..., CAST(col AS TEXT) AS col ...").'
+    )
+    return KeyedSplit(split.table.drop_columns(blobs), split.source, split.rows)
+
+
+def readable_rows(split: KeyedSplit, numeric: Sequence[str], target: str, allow_missing: bool) -> KeyedSplit:
+    """The rows of ``split`` whose numeric features and target can be read (``on_error=skip``); a blank
+    numeric cell is missing (as ``Split.floats`` reads it), readable when ``allow_missing``."""
+    good = np.ones(split.table.num_rows, dtype=bool)
+    for name in numeric:
+        good &= [is_number(v) if v is not None and v.strip() else allow_missing for v in split.strings(name)]
+    good &= [v is not None for v in split.strings(target)]
+    return split.take(np.flatnonzero(good))

@@ -4,8 +4,9 @@ the seeded hold-out by key."""
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -289,3 +290,18 @@ def _concat(tables: list[pa.Table]) -> pa.Table:
             for t in tables
         ]
         return pa.concat_tables(cast, promote_options="permissive")
+
+
+def check_names(source: SqlSource, names: Sequence[str], named: Mapping[str, Sequence[str]]) -> None:
+    """Each column in ``named`` (setting -> columns) must be one of ``names`` exactly, case included (a
+    quoted name keeps its case on PostgreSQL, and rows are read back by name)."""
+    present = set(names)
+    for setting, columns in named.items():
+        for name in (n for n in columns if n not in present):
+            same = [n for n in names if n.lower() == name.lower()]
+            close = (same + [n for n in difflib.get_close_matches(name, names, n=3) if n not in same])[:3]
+            if close:
+                hint = f"the closest: {', '.join(map(repr, close))}"
+            else:
+                hint = f"its columns: {list(names[:20])}{' ...' if len(names) > 20 else ''}"
+            raise ConfigError(setting, name, f"is not a column of {source.describe()}; {hint}.")

@@ -272,3 +272,12 @@ def _format_number(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def is_number(text: str) -> bool:
+    """Whether ``text`` parses as a number (what :meth:`Split.floats` accepts in a text column)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -13,6 +13,8 @@ count twice (:func:`rank_share`); evaluation never pads. Contiguous shares are w
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -75,3 +77,20 @@ def rank_share(items: np.ndarray, rank: int, world: int, pad: bool) -> np.ndarra
         return mine
     source = mine if len(mine) else items
     return np.concatenate([mine, source[np.arange(missing) % len(source)]])
+
+
+def from_rank_zero(read: Callable[[], Any]) -> Any:
+    """``read()`` on rank 0, shared with every rank (an error there is raised on every rank)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return read()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = read()
+        except Exception as err:  # the other ranks would wait for the broadcast forever
+            box[0] = err
+    dist.broadcast_object_list(box, src=0)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]

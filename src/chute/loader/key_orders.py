@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from chute.errors import DataError
+from chute.loader.build import Batched
 from chute.loader.distributed import padded_share, rank_span
 from chute.loader.orders import DistributedDraw
 from chute.loader.seeding import derive_seed
@@ -351,3 +352,13 @@ class KeyStream(SnapshotDraw):
         if self.changed is None:
             raise error
         self.changed(error, abs(expected - found))
+
+
+class KeyBatches(Batched):
+    """:class:`~chute.loader.Batched` over a :class:`KeyOrder`, whose snapshot a checkpoint keeps."""
+
+    def snapshot_state(self) -> dict[str, Any] | None:
+        return self.sampler.snapshot_state()
+
+    def restore_snapshot(self, epoch: int, state: Mapping[str, Any]) -> None:
+        self.sampler.restore_snapshot(epoch, state)
