@@ -1,10 +1,11 @@
 """A real 2-process DDP fit on the CPU (gloo), run by tests/test_ddp.py as a script.
 
-    python tests/ddp_fit.py OUT_DIR STRATEGY
+    python tests/ddp_fit.py OUT_DIR STRATEGY [null]
 
 Trains one epoch on a small imbalanced table whose only feature is the row id (unstandardized),
 with chute's imbalance strategy STRATEGY; each rank writes the ids it received and its sampler's
-draw to OUT_DIR/rank<r>.json.
+draw to OUT_DIR/rank<r>.json. ``null``: the DataModule's seed is null (each rank must use the one
+rank 0 draws).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class RecordIds(L.LightningModule):
 
 def main() -> None:
     out, strategy = Path(sys.argv[1]), sys.argv[2]
+    seed = None if sys.argv[3:] == ["null"] else 3
     out.mkdir(parents=True, exist_ok=True)
     table = out / "table.csv"
     if not table.exists():  # rank 0 runs first (the launcher starts the others after it)
@@ -46,7 +48,7 @@ def main() -> None:
         table.write_text("id,label\n" + "".join(f"{i},{c}\n" for i, c in enumerate(labels)))
     dm = TabularDataModule(
         str(table), target="label", numeric=["id"], standardize=False, val_path=str(table),
-        loader={"batch_size": 12}, imbalance={"strategy": strategy}, seed=3,
+        loader={"batch_size": 12}, imbalance={"strategy": strategy}, seed=seed,
     )  # fmt: skip
     model = RecordIds()
     histogram = ClassHistogram(out_dir=str(out))
@@ -64,7 +66,7 @@ def main() -> None:
     record = {
         "rank": trainer.global_rank, "world": trainer.world_size, "ids": model.ids, "draw_rows": draw,
         "id_of_row": {str(v): k for k, v in ids_to_row.items()}, "row_labels": row_labels,
-        "sampler": type(sampler).__name__,
+        "sampler": type(sampler).__name__, "seed": dm.seed,
         "received": None if histogram.received is None else histogram.received.tolist(),
     }  # fmt: skip
     (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))

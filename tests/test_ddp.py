@@ -15,16 +15,27 @@ from tests.conftest import REPO
 
 
 @pytest.mark.ddp
-@pytest.mark.parametrize("strategy", [pytest.param("weighted_sampler", marks=pytest.mark.slow), "balanced_batches"])
-def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "seed"),
+    [
+        pytest.param("weighted_sampler", "3", marks=pytest.mark.slow),
+        ("balanced_batches", "3"),
+        ("balanced_batches", "null"),
+    ],
+)
+def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, seed: str, tmp_path: Path) -> None:
+    """With a null seed (lightning-hydra-template's default) rank 0 draws one and every rank uses it."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
+    args = [str(tmp_path), strategy, *([seed] if seed == "null" else [])]
     proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_fit.py"), str(tmp_path), strategy],
+        [sys.executable, str(REPO / "tests" / "ddp_fit.py"), *args],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0]["seed"] == ranks[1]["seed"]
+    assert seed == "null" or ranks[0]["seed"] == 3
     assert {r["sampler"] for r in ranks} == {"WeightedDraw" if strategy == "weighted_sampler" else "BalancedBatchDraw"}
     draw = ranks[0]["draw_rows"]
     assert ranks[1]["draw_rows"] == draw  # both ranks drew the same epoch

@@ -32,7 +32,9 @@ class ImageFolderDataModuleConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     decode: str = "auto"
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
@@ -57,7 +59,9 @@ class TabularDataModuleConfig:
     standardize: bool = True
     unknown_category: str = "raise"
     encoding: str = "utf-8"
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
@@ -81,7 +85,9 @@ class MultiTaskDataModuleConfig:
     standardize: bool = True
     unknown_category: str = "raise"
     encoding: str = "utf-8"
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     on_error: str = "raise"
@@ -103,7 +109,9 @@ class SequenceDataModuleConfig:
     bucket: bool = True
     pool_batches: int = 50
     min_char_count: int = 1
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
@@ -120,7 +128,9 @@ class StreamingDataModuleConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: Optional[str] = None
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     on_error: str = "raise"
@@ -146,7 +156,9 @@ class VideoDataModuleConfig:
     std: Optional[list[float]] = None
     decoder_threads: int = 1
     decoder: str = "pyav"
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
@@ -178,7 +190,9 @@ class SqlDataModuleConfig:
     fit_rows: int = 200000
     retries: int = 3
     retry_wait: float = 0.5
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
     imbalance: Any = None
@@ -196,7 +210,9 @@ class LitDataModuleConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: Optional[str] = None
-    seed: int = 0
+    batch_size: Optional[int] = None
+    num_workers: Optional[str] = None
+    seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
 

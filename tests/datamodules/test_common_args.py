@@ -126,3 +126,26 @@ def test_a_new_kind_from_the_recipe_trains_under_a_real_trainer(workers: int, tm
     assert dm.class_names == ("negative", "positive")
     with pytest.raises(ConfigError, match="size"):
         SquaresDataModule(0)
+
+
+def test_a_null_seed_is_drawn_at_setup_kept_in_the_state_and_left_out_of_the_hparams() -> None:
+    dm = SquaresDataModule(16, seed=None)
+    assert "seed" not in dm.hparams  # drawn later, on rank 0 (tests/test_ddp.py: every rank gets it)
+    dm.setup("fit")
+    drawn = dm.seed
+    assert isinstance(drawn, int)
+    assert dm.state_dict()["seed"] == drawn
+    again = SquaresDataModule(16, seed=None)
+    again.load_state_dict(dm.state_dict())  # a resumed run continues with the run's seed
+    again.setup("fit")
+    assert again.seed == drawn
+    with pytest.raises(ConfigError, match="seed"):
+        SquaresDataModule(16, seed="7")  # type: ignore[arg-type]
+
+
+def test_batch_size_and_num_workers_are_shortcuts_for_the_loader_settings() -> None:
+    dm = SquaresDataModule(16, loader={"batch_size": 64, "num_workers": 2}, batch_size=8, num_workers=0)
+    assert (dm.loader_settings.batch_size, dm.loader_settings.num_workers) == (8, 0)
+    assert dm.hparams["loader"]["batch_size"] == 8
+    with pytest.raises(ConfigError, match="batch_size"):
+        SquaresDataModule(16, batch_size=0)

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import inspect
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypedDict
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset, IterableDataset
 
 from chute.autotune import autotune
@@ -39,6 +42,7 @@ from chute.loader import (
     default_order,
     derive_seed,
 )
+from chute.loader.distributed import from_rank_zero
 from chute.loader.draws import build_sampler
 from chute.loader.orders import DistributedDraw
 
@@ -53,7 +57,9 @@ class CommonArgs(TypedDict, total=False):
     """
 
     loader: LoaderSettings | Mapping[str, Any] | None
-    seed: int
+    batch_size: int | None
+    num_workers: int | str | None
+    seed: int | None
     prepare: Callable[[str], Any] | None
     collate_fn: Collate | str | None
     imbalance: ImbalanceSettings | Mapping[str, Any] | None
@@ -89,7 +95,10 @@ class ChuteDataModule(L.LightningDataModule):
     Args:
         loader: DataLoader settings (a :class:`LoaderSettings`, a mapping of its fields, or ``None``
             for defaults).
-        seed: Seed for splits, shuffling and worker seeding.
+        batch_size, num_workers: Shortcuts for ``loader.batch_size`` and ``loader.num_workers`` (they
+            win when given), where other Hydra apps' searches set them (``data.batch_size``).
+        seed: Seed for splits, shuffling and worker seeding; ``None`` draws one at ``setup`` (see
+            :attr:`seed`).
         prepare: Optional callable ``prepare(root)`` that writes the data if missing, run by
             ``prepare_data`` (e.g. :class:`~chute.datasets.DigitsFolder`).
         collate_fn: Collate function, or the dotted path of one, replacing the DataModule's default.
@@ -116,7 +125,9 @@ class ChuteDataModule(L.LightningDataModule):
     def __init__(
         self,
         loader: LoaderSettings | Mapping[str, Any] | None = None,
-        seed: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | str | None = None,
+        seed: int | None = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Collate | str | None = None,
         imbalance: ImbalanceSettings | Mapping[str, Any] | None = None,
@@ -134,8 +145,11 @@ class ChuteDataModule(L.LightningDataModule):
         self.max_bad_fraction = float(max_bad_fraction)
         self._bad: dict[str, BadSamples] = {}  # one policy (and count) per split or file
         self.loader_settings = as_loader_settings(loader)
+        shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers}
+        if given := {key: value for key, value in shortcuts.items() if value is not None}:
+            self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
-        self.seed = int(seed)
+        self.seed = seed  # None: drawn at setup (see the seed property)
         self.prepare = prepare
         self.collate_fn = collate_fn
         resolve_collate(collate_fn, passthrough)  # fail on a bad path now, not in a worker
@@ -154,6 +168,48 @@ class ChuteDataModule(L.LightningDataModule):
         self._in_loader: dict[bool, InLoader] = {}  # per training/evaluation: hook stages the loader runs
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
+
+    @property
+    def seed(self) -> int:
+        """The run's seed: splits, orders, augmentations and worker seeds derive from it.
+
+        Given as ``None`` (a Hydra app whose ``seed`` is null, as lightning-hydra-template's is by
+        default: "do not seed"), a seed is drawn when ``setup`` first runs, on rank 0 and shared with
+        every rank (the ranks must draw the same orders), logged, and saved in checkpoints, so a
+        resumed run continues with it.
+        """
+        if self._seed is None:
+            self._draw_seed()
+        assert self._seed is not None
+        return self._seed
+
+    @seed.setter
+    def seed(self, value: int | None) -> None:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
+        self._seed = None if value is None else int(value)
+
+    def _draw_seed(self) -> None:
+        if self._seed is None:
+            self._seed = int(from_rank_zero(lambda: int.from_bytes(os.urandom(4), "little") % 2**31))
+            rank_zero_info(
+                f"{type(self).__name__}: seed is null, so this run drew seed={self._seed} (set it to repeat the run)."
+            )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every ``setup`` first settles a null seed: ``setup`` runs on every rank at the same point, so
+        the draw (a collective under DDP) is matched, before the DataModule's own code can ask for it."""
+        super().__init_subclass__(**kwargs)
+        setup = cls.__dict__.get("setup")
+        if setup is not None and not getattr(setup, "settles_seed", False):
+
+            @functools.wraps(setup)
+            def setup_after_seed(self: ChuteDataModule, stage: str | None = None) -> None:
+                self._draw_seed()
+                setup(self, stage)
+
+            setup_after_seed.settles_seed = True  # type: ignore[attr-defined]
+            cls.setup = setup_after_seed  # type: ignore[method-assign,assignment]
 
     def _refuse_unsupported(self, changed: Mapping[str, bool], values: Mapping[str, Any]) -> None:
         for key, why in self.unsupported.items():
@@ -269,7 +325,8 @@ class ChuteDataModule(L.LightningDataModule):
         """
         received = {**caller_arguments(), **values}
         collate = self.collate_fn if isinstance(self.collate_fn, str | None) else qualname(self.collate_fn)
-        received.update(seed=self.seed, loader=dataclasses.asdict(self.loader_settings), collate_fn=collate)
+        # the seed as given: a null seed is drawn at setup, on rank 0, and kept in the DataModule's state
+        received.update(seed=self._seed, loader=dataclasses.asdict(self.loader_settings), collate_fn=collate)
         received.update(on_error=self.on_error, max_bad_fraction=self.max_bad_fraction)
         received["imbalance"] = dataclasses.asdict(self.imbalance)
         self.save_hyperparameters(plain_values(received))
@@ -449,5 +506,5 @@ class ChuteDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seed = int(state_dict.get("seed", self.seed))
+        self.seed = state_dict.get("seed", self._seed)
         self._loader_state = state_dict.get("train_loader")

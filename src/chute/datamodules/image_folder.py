@@ -202,6 +202,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         self.val_transform = val_transform
         self.image_mode = image_mode
         self.channels_last = channels_last
+        self._image_size: tuple[int, int] | None = None  # of evaluation images, found when first asked
         self.cache = cache
         self.device_augment = device_augment
         self.mix_alphas = (float(mixup_alpha), float(cutmix_alpha))
@@ -280,7 +281,30 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        return {"num_classes": self.num_classes, "in_channels": self.num_channels}
+        """``num_classes`` and ``in_channels``; also ``image_size`` (the evaluation images' side, or
+        ``[height, width]``) and ``input_size`` (``channels * height * width``: what a model that
+        flattens its inputs takes, e.g. lightning-hydra-template's ``SimpleDenseNet``)."""
+        height, width = self._eval_image_size()
+        return {
+            "num_classes": self.num_classes, "in_channels": self.num_channels,
+            "image_size": height if height == width else [height, width],
+            "input_size": self.num_channels * height * width,
+        }  # fmt: skip
+
+    def _eval_image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of an evaluation image after its pipeline (one image read, then kept)."""
+        if self._image_size is None:
+            index = self._split("val")
+            plain = ImageFolderDataset(index, self.val_transform, self.image_mode, gather=False, on_error="skip")
+            for i in range(len(index)):
+                sample = plain[i]
+                if sample is not None:
+                    image = sample[0]
+                    self._image_size = (int(image.shape[-2]), int(image.shape[-1]))
+                    break
+            else:
+                raise DataError(f"{type(self).__name__}: no readable image in the val split to size a model by.")
+        return self._image_size
 
     @property
     def num_channels(self) -> int:

@@ -63,7 +63,11 @@ class Snapshots:
             ``<= upto`` when given): sorted keys (``np.ndarray``) or :class:`KeyRanges`.
         refresh: Read a new snapshot when another epoch begins (plain loops); otherwise the first
             stays (a loader made for one epoch, as under a Trainer).
-        epoch_of: The epoch a snapshot read now belongs to (the Trainer's), if not the order's own.
+        epoch_of: The epoch a snapshot read now belongs to (the Trainer's), if not the order's own: the
+            same callable the loader (:class:`~chute.loader.build.Passes`) takes the epoch from. A
+            snapshot can be read before the loader starts a pass (Lightning asks a new loader's
+            length first, and a checkpoint's snapshot is restored before the epoch begins), so it
+            asks the trainer directly rather than waiting for the loader's ``set_epoch``.
     """
 
     def __init__(
