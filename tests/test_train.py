@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,23 @@ def test_the_hydra_plugin_and_resolver_import_nothing_heavy() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_help_lists_every_option_and_no_schema_group(tmp_path: Path) -> None:
+    proc = train("--help", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    choose = proc.stdout.split("== Choose: group=option ==", 1)[1].split("== Config ==", 1)[0]
+    assert "schema" not in choose
+    plugin = REPO / "src" / "chute" / "hydra_conf"
+    for group in (p for p in (REPO / "conf").iterdir() if p.is_dir() and p.name not in ("hydra",)):
+        options = [f.stem for f in group.glob("*.yaml")] + [f.stem for f in (plugin / group.name).glob("*.yaml")]
+        assert re.search(rf"^{group.name}\s", choose, re.M), group.name
+        for option in options:
+            assert re.search(rf"\b{option}\b", choose), (group.name, option)
+
+
+def test_the_resolved_job_config_prints_before_any_run(tmp_path: Path) -> None:
+    proc = train("--cfg", "job", "--resolve", data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "output_dir: null" in proc.stdout  # Hydra sets it when a job runs
+    assert "batch_size: 64" in proc.stdout

@@ -69,7 +69,8 @@ class TrainerConfig:
 @dataclass
 class PathsConfig:
     data_dir: str = "${oc.env:CHUTE_DATA_DIR,${hydra:runtime.cwd}/data}"
-    output_dir: str = "${hydra:runtime.output_dir}"
+    # Optional: Hydra fills it when a job runs; `--cfg job --resolve` prints the config before that (null).
+    output_dir: Optional[str] = "${hydra:runtime.output_dir}"  # noqa: UP045
 
 
 @dataclass
