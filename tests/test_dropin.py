@@ -68,9 +68,10 @@ def test_plain_lightning_project(digits_root: Path, tmp_path: Path) -> None:
 
 
 def readme_snippet(name: str) -> str:
-    text = (REPO / "README.md").read_text()
+    """The example marked ``<!-- readme-test: name -->`` in the README or the DataModule reference."""
+    text = (REPO / "README.md").read_text() + (REPO / "docs" / "datamodules.md").read_text()
     match = re.search(rf"<!-- readme-test: {name} -->\s*```python\n(.*?)```", text, re.S)
-    assert match, f"README has no snippet marked '{name}'"
+    assert match, f"README.md and docs/datamodules.md have no snippet marked '{name}'"
     return match.group(1)
 
 
@@ -88,7 +89,7 @@ def test_readme_dropin_snippet_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 @pytest.mark.parametrize("name", ["tabular", "sequence", "multitask", "streaming", "video", "sql"])
 def test_readme_datamodule_snippets_run(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each DataModule's README example, executed as written (in an empty working directory)."""
+    """Each DataModule's example (docs/datamodules.md), executed as written (in an empty working directory)."""
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {"__name__": "readme"}
     exec(compile(readme_snippet(name), "README.md", "exec"), namespace)
