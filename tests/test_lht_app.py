@@ -85,3 +85,14 @@ def test_a_multirun_over_chute_settings(tmp_path: Path) -> None:
     runs = metrics(proc)
     assert len(runs) == 2
     assert all(float(run["val/acc"]) > 0.5 for run in runs)
+
+
+@pytest.mark.slow
+def test_an_image_folder_trains_the_image_model_chute_ships(digits_root: Path, tmp_path: Path) -> None:
+    proc = run_lht(
+        "data=chute_images", f"data.root={digits_root}", "data.transforms.image_size=16",
+        "model=chute_image_classifier", "trainer.max_epochs=2", root=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = metrics(proc)
+    assert float(run["val/acc"]) > 0.5

@@ -181,7 +181,9 @@ def test_script_converts_digits_and_app_trains_one_epoch(digits_root: Path, tmp_
     counts = _script().convert(["data=digits", f"paths.data_dir={digits_root.parent}"], out, chunk_size=256)
     assert counts == {"train": 1438, "val": 359}
     meta = json.loads((out / "chute.json").read_text())
-    assert meta["model_kwargs"] == {"num_classes": 10, "in_channels": 1}
+    assert meta["model_kwargs"] == {
+        "num_classes": 10, "in_channels": 1, "image_size": 12, "input_size": 144, "channels_last": True,
+    }  # fmt: skip
     assert "normalize" in meta
     overrides = [
         "data=litdata", f"data.input_dir={out}", "data.prepare=null", "model=small_cnn", "loader.num_workers=2",

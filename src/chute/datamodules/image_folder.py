@@ -281,14 +281,16 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     @property
     def model_kwargs(self) -> dict[str, Any]:
-        """``num_classes`` and ``in_channels``; also ``image_size`` (the evaluation images' side, or
+        """``num_classes`` and ``in_channels``; ``image_size`` (the evaluation images' side, or
         ``[height, width]``) and ``input_size`` (``channels * height * width``: what a model that
-        flattens its inputs takes, e.g. lightning-hydra-template's ``SimpleDenseNet``)."""
+        flattens its inputs takes, e.g. lightning-hydra-template's ``SimpleDenseNet``); and
+        ``channels_last``, the memory format of the batches, which a model keeps its weights in
+        (and which Lightning needs equal where both save it as a hyperparameter)."""
         height, width = self._eval_image_size()
         return {
             "num_classes": self.num_classes, "in_channels": self.num_channels,
             "image_size": height if height == width else [height, width],
-            "input_size": self.num_channels * height * width,
+            "input_size": self.num_channels * height * width, "channels_last": self.channels_last,
         }  # fmt: skip
 
     def _eval_image_size(self) -> tuple[int, int]:
