@@ -1,18 +1,17 @@
 """``ChuteDataModule``: what every chute DataModule gets by construction.
 
-The declared interface (what ``train.py``, callbacks and tests may rely on), the order of every
-loader (training draw, imbalance strategy, per-sample evaluation split) handed to
-:func:`chute.loader.build_loader`, the bad-sample policy, the resumable position, plain
-hyperparameters and the device-side batch hook. Over 400 lines because it is the one class every
-DataModule inherits, and its public hooks are documented where they are defined; its sections are
-marked. The loader machinery lives in :mod:`chute.loader`, where the batch hook runs in
-:mod:`chute.datamodules.hooks`, and the constructor arguments and plain hyperparameters in
-:mod:`chute.datamodules.hparams`.
+The declared interface (what ``train.py``, callbacks and tests may rely on), the common settings
+(:class:`CommonArgs`, a null seed drawn at setup), the public hooks a DataModule writes and calls,
+the bad-sample policy, the resumable position and the device-side batch hook. Over 400 lines
+because it is the one class every DataModule inherits and its public hooks are documented where
+they are defined (Lightning's hooks are too); its sections are marked. How a split's loader is
+assembled lives in :mod:`chute.datamodules.loading`, the loader machinery in :mod:`chute.loader`,
+where the batch hook runs in :mod:`chute.datamodules.hooks`, and the constructor arguments and
+plain hyperparameters in :mod:`chute.datamodules.hparams`.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import functools
 import inspect
@@ -25,26 +24,19 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset, IterableDataset
 
-from chute.autotune import autotune
 from chute.bad_samples import BadSamples, OnError
 from chute.collate import Collate, passthrough, resolve_collate
-from chute.datamodules.hooks import InLoader, hook_after_copy, hook_in_collate, run_hook
+from chute.datamodules.hooks import InLoader, run_hook
 from chute.datamodules.hparams import caller_arguments, init_parameters, plain_values, qualname
+from chute.datamodules.loading import imbalance_sampler, split_loader
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
-    Batched,
     Loader,
     LoaderSettings,
-    Stream,
     as_loader_settings,
-    build_loader,
-    default_order,
-    derive_seed,
 )
 from chute.loader.distributed import from_rank_zero
-from chute.loader.draws import build_sampler
-from chute.loader.orders import DistributedDraw
 
 
 class CommonArgs(TypedDict, total=False):
@@ -270,23 +262,11 @@ class ChuteDataModule(L.LightningDataModule):
         labels, num_classes, names = classes
         try:
             if self.imbalance.samples:
-                self._train_sampler()
+                imbalance_sampler(self)
             else:
                 class_weights(np.bincount(labels, minlength=num_classes), self.imbalance, names)
         except ConfigError as err:
             raise err.with_prefix("imbalance") from None
-
-    def _train_sampler(self) -> tuple[DistributedDraw | None, bool]:
-        """The imbalance strategy's training sampler (``None`` for none) and whether it yields batches."""
-        classes = self.class_labels() if self.imbalance.samples else None
-        if classes is None:
-            return None, False
-        labels, num_classes, names = classes
-        rank, world = self.rank_and_world()
-        return build_sampler(
-            self.imbalance, labels, num_classes, self.loader_settings.batch_size,
-            seed=derive_seed(self.seed, Stream.IMBALANCE), class_names=names, rank=rank, world_size=world,
-        )  # fmt: skip
 
     def rank_and_world(self) -> tuple[int | None, int | None]:
         """``(global rank, world size)`` from the attached trainer; ``None`` leaves it to torch.distributed."""
@@ -375,36 +355,9 @@ class ChuteDataModule(L.LightningDataModule):
 
         The training loader's position (its ``state_dict``) is what a checkpoint resumes from.
         """
-        settings = self.loader_settings
-        order: Any = None
-        if not stream:
-            order = self._order(len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
-        device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
-        trainer = self.trainer
-        collate_fn = hook_in_collate(self, collate_fn, train, device, stream)
-
-        def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
-            # Probes get copies of the order, so tuning leaves the real epoch and position alone.
-            to_device = device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None
-            return build_loader(
-                dataset, chosen, train=train, seed=self.seed, batches=copy.deepcopy(order) if probe else order,
-                collate_fn=collate_fn, rank=self.rank_and_world()[0], device=to_device,
-                epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
-                after_copy=hook_after_copy(self, train, chosen, to_device, stream, record=not probe),
-            )  # fmt: skip
-
-        if settings.auto:
-            if self.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
-                self.tuned_loader, self.autotune_report = autotune(
-                    lambda s: build(s, probe=True), settings, threads=not stream
-                )
-            settings = self.tuned_loader
-        if stream and settings.backend == "threads":
-            raise ConfigError("loader.backend", "threads", f"{type(self).__name__} streams batches itself; use torch")
-        if self.remakes_loaders and settings.persistent_workers is None:
-            settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
-        loader = build(settings)
-        return self._training_loader(loader) if train else loader
+        return split_loader(
+            self, dataset, train=train, collate_fn=collate_fn, batches=batches, eval_order=eval_order, stream=stream
+        )
 
     @property
     def remakes_loaders(self) -> bool:
@@ -422,20 +375,6 @@ class ChuteDataModule(L.LightningDataModule):
             self._loader_state = None
         self._train_loader = loader
         return loader
-
-    def _order(self, size: int, train: bool, batches: Any, eval_order: Any) -> Any:
-        """The sampler of index batches a map-style loader follows (see :meth:`build_dataloader`)."""
-        if batches is not None:
-            return batches
-        settings = self.loader_settings
-        if train:  # an imbalance strategy's draw, cut into batches unless it draws whole batches
-            sampler, batched = self._train_sampler()
-            if sampler is not None:
-                return sampler if batched else Batched(sampler, settings.batch_size, settings.drop_last)
-        rank, world = self.rank_and_world()
-        return default_order(
-            size, settings, train=train, seed=self.seed, eval_order=eval_order, rank=rank, world_size=world
-        )
 
     # -- Loaders: one per split, built by the subclass's ``split_dataloader`` -------------------------
 

@@ -1,0 +1,84 @@
+"""How a DataModule's loaders are assembled: the order of each split (a DataModule's own, the
+imbalance strategy's draw, or the default draw; evaluation in samples split across ranks), the
+batch hook's placement, ``num_workers=auto``, and the loader :func:`chute.loader.build_loader`
+makes. :meth:`~chute.datamodules.ChuteDataModule.build_dataloader` is its public face."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from torch.utils.data import Dataset
+
+from chute.autotune import autotune
+from chute.datamodules.hooks import hook_after_copy, hook_in_collate
+from chute.errors import ConfigError
+from chute.loader import Batched, Loader, LoaderSettings, Stream, build_loader, default_order, derive_seed
+from chute.loader.draws import build_sampler
+from chute.loader.orders import DistributedDraw
+
+if TYPE_CHECKING:
+    from chute.datamodules.base import ChuteDataModule
+
+
+def split_loader(
+    dm: ChuteDataModule, dataset: Dataset[Any], *, train: bool, collate_fn: Callable[[Any], Any] | None,
+    batches: Any, eval_order: Any, stream: bool,
+) -> Loader:  # fmt: skip
+    """The loader of one split (see :meth:`~chute.datamodules.ChuteDataModule.build_dataloader`)."""
+    settings = dm.loader_settings
+    order: Any = None
+    if not stream:
+        order = order_of(dm, len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
+    device = getattr(getattr(dm.trainer, "strategy", None), "root_device", None)
+    trainer = dm.trainer
+    collate_fn = hook_in_collate(dm, collate_fn, train, device, stream)
+
+    def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
+        # Probes get copies of the order, so tuning leaves the real epoch and position alone.
+        to_device = device if device is not None and device.type == "cuda" and chosen.resolved_pin_memory else None
+        return build_loader(
+            dataset, chosen, train=train, seed=dm.seed, batches=copy.deepcopy(order) if probe else order,
+            collate_fn=collate_fn, rank=dm.rank_and_world()[0], device=to_device,
+            epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
+            after_copy=hook_after_copy(dm, train, chosen, to_device, stream, record=not probe),
+        )  # fmt: skip
+
+    if settings.auto:
+        if dm.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
+            dm.tuned_loader, dm.autotune_report = autotune(lambda s: build(s, probe=True), settings, threads=not stream)
+        settings = dm.tuned_loader
+    if stream and settings.backend == "threads":
+        raise ConfigError("loader.backend", "threads", f"{type(dm).__name__} streams batches itself; use torch")
+    if dm.remakes_loaders and settings.persistent_workers is None:
+        settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
+    loader = build(settings)
+    return dm._training_loader(loader) if train else loader
+
+
+def order_of(dm: ChuteDataModule, size: int, train: bool, batches: Any, eval_order: Any) -> Any:
+    """The sampler of index batches a map-style loader follows (see ``build_dataloader``)."""
+    if batches is not None:
+        return batches
+    settings = dm.loader_settings
+    if train:  # an imbalance strategy's draw, cut into batches unless it draws whole batches
+        sampler, batched = imbalance_sampler(dm)
+        if sampler is not None:
+            return sampler if batched else Batched(sampler, settings.batch_size, settings.drop_last)
+    rank, world = dm.rank_and_world()
+    return default_order(size, settings, train=train, seed=dm.seed, eval_order=eval_order, rank=rank, world_size=world)
+
+
+def imbalance_sampler(dm: ChuteDataModule) -> tuple[DistributedDraw | None, bool]:
+    """The imbalance strategy's training sampler (``None`` for none) and whether it yields batches."""
+    classes = dm.class_labels() if dm.imbalance.samples else None
+    if classes is None:
+        return None, False
+    labels, num_classes, names = classes
+    rank, world = dm.rank_and_world()
+    return build_sampler(
+        dm.imbalance, labels, num_classes, dm.loader_settings.batch_size,
+        seed=derive_seed(dm.seed, Stream.IMBALANCE), class_names=names, rank=rank, world_size=world,
+    )  # fmt: skip
