@@ -96,3 +96,12 @@ def test_an_image_folder_trains_the_image_model_chute_ships(digits_root: Path, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = metrics(proc)
     assert float(run["val/acc"]) > 0.5
+
+
+def test_a_model_for_another_kind_of_data_is_named_with_the_fix(tmp_path: Path) -> None:
+    proc = run_lht("data=chute_digits", "model=chute_tabular", "trainer.max_epochs=1", root=tmp_path)
+    assert proc.returncode != 0
+    assert "${chute.data:num_features}: ImageFolderDataModule (the 'data' config) has no 'num_features'" in proc.stderr
+    assert "model=chute_image_classifier" in proc.stderr
+    seedless = run_lht("data=chute_digits", "data.seed=abc", "trainer.max_epochs=1", root=tmp_path)
+    assert "seed='abc': must be an integer, or null to draw one for this run" in seedless.stderr

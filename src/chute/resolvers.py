@@ -41,10 +41,15 @@ def data_fact(key: str, node: str = "data", *, _root_: DictConfig) -> Any:
             datamodule = instantiate(_root_[node])
             datamodule.prepare_data()
             datamodule.setup("fit")
-            _BUILT[text] = dict(datamodule.model_kwargs)
+            _BUILT[text] = {**datamodule.model_kwargs, "_owner": type(datamodule).__name__}
         facts = _BUILT[text]
-    if key not in facts:
-        raise KeyError(f"${{chute.data:{key}}}: the DataModule offers {sorted(facts)}")
+    if key not in facts or key == "_owner":
+        offered = sorted(k for k in facts if k != "_owner")
+        raise KeyError(
+            f"${{chute.data:{key}}}: {facts['_owner']} (the '{node}' config) has no '{key}'; it offers {offered}. "
+            "The model config asks for a fact of another kind of data: pick a model for this data "
+            "(chute ships model=chute_image_classifier for images and model=chute_tabular for tables)."
+        )
     return facts[key]
 
 
