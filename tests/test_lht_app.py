@@ -38,16 +38,24 @@ def test_the_app_imports_nothing_of_chute() -> None:
 
 
 def test_digits_train_the_templates_mnist_net_with_its_null_seed(tmp_path: Path) -> None:
+    """With the template's null seed the run is not repeatable by design (chute draws a seed, and the
+    template leaves torch unseeded), so this checks that it runs and says its seed; the accuracy is
+    checked on the seeded run, which is repeatable."""
     proc = run_lht("data=chute_digits", "trainer.max_epochs=2", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = metrics(proc)
     assert run["data"] == "ImageFolderDataModule"
+    drawn = re.search(r"seed is null, so this run drew seed=(\d+)", proc.stdout + proc.stderr)
+    assert drawn is not None
+    seeded = run_lht("data=chute_digits", "trainer.max_epochs=2", "seed=12345", root=tmp_path)
+    assert seeded.returncode == 0, seeded.stderr[-3000:]
+    (run,) = metrics(seeded)
     assert float(run["val/acc"]) > 0.8  # MNIST-shaped digits into the template's 784-input dense net
     assert float(run["test/acc"]) > 0.8  # trainer.test(ckpt_path="best") loads the checkpoint
 
 
 def test_tables_train_with_the_model_chute_ships_for_rows(tmp_path: Path) -> None:
-    proc = run_lht("data=chute_tabular", "model=chute_tabular", "trainer.max_epochs=3", root=tmp_path)
+    proc = run_lht("data=chute_tabular", "model=chute_tabular", "trainer.max_epochs=3", "seed=12345", root=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = metrics(proc)
     assert run["data"] == "TabularDataModule"
@@ -58,11 +66,11 @@ def test_an_image_folder_sizes_the_templates_net_through_the_resolver(digits_roo
     proc = run_lht(
         "data=chute_images", f"data.root={digits_root}", "data.transforms.image_size=16",
         "model.net.input_size=${chute.data:input_size}", "model.net.output_size=${chute.data:num_classes}",
-        "trainer.max_epochs=2", root=tmp_path,
+        "trainer.max_epochs=2", "seed=12345", root=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = metrics(proc)
-    assert float(run["val/acc"]) > 0.5
+    assert float(run["val/acc"]) > 0.3  # ten classes: chance is 0.1 (0.58 with this seed)
 
 
 @pytest.mark.slow
@@ -80,7 +88,9 @@ def test_the_templates_optuna_search_sweeps_data_batch_size(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_a_multirun_over_chute_settings(tmp_path: Path) -> None:
-    proc = run_lht("-m", "data=chute_digits", "data.batch_size=32,128", "trainer.max_epochs=1", root=tmp_path)
+    proc = run_lht(
+        "-m", "data=chute_digits", "data.batch_size=32,128", "trainer.max_epochs=1", "seed=12345", root=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = metrics(proc)
     assert len(runs) == 2
@@ -91,7 +101,7 @@ def test_a_multirun_over_chute_settings(tmp_path: Path) -> None:
 def test_an_image_folder_trains_the_image_model_chute_ships(digits_root: Path, tmp_path: Path) -> None:
     proc = run_lht(
         "data=chute_images", f"data.root={digits_root}", "data.transforms.image_size=16",
-        "model=chute_image_classifier", "trainer.max_epochs=2", root=tmp_path,
+        "model=chute_image_classifier", "trainer.max_epochs=2", "seed=12345", root=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (run,) = metrics(proc)

@@ -296,7 +296,8 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def _eval_image_size(self) -> tuple[int, int]:
         """``(height, width)`` of an evaluation image after its pipeline (one image read, then kept)."""
         if self._image_size is None:
-            index = self._split("val")
+            found = [name for name in ("val", "test", "train") if self._splits.get(name) is not None]
+            index = self._split(found[0] if found else "val")  # the eval pipeline on whatever split there is
             plain = ImageFolderDataset(index, self.val_transform, self.image_mode, gather=False, on_error="skip")
             for i in range(len(index)):
                 sample = plain[i]
