@@ -17,7 +17,7 @@ from omegaconf.errors import ValidationError
 from chute import ConfigError, LoaderSettings, fastpaths
 from chute.app import build_datamodule, build_model, resolve_precision
 from chute.config import compose_config, validate_config
-from chute.datamodules import ChuteDataModule
+from chute.datamodules import ChuteDataModule, TabularDataModule
 from chute.transforms import create_transforms
 from tests.conftest import REPO
 
@@ -254,3 +254,15 @@ def test_the_generated_schemas_match_the_classes() -> None:
 
     written = Path(chute._schemas.__file__).read_text()
     assert written == schema_source(), "a constructor changed: run `python -m chute.config` to write chute/_schemas.py"
+
+
+@pytest.mark.parametrize(("override", "value"), [("data.num_workers=2", 2), ("data.num_workers=auto", "auto")])
+def test_the_data_shortcuts_keep_their_types_on_the_command_line(override: str, value: object, tmp_path: Path) -> None:
+    """``data.num_workers=2`` reaches the DataModule as the integer 2 (a str-typed schema field made it '2')."""
+    cfg = compose_config("data=tabular", override, "data.batch_size=16")
+    assert cfg.data.num_workers == value
+    assert type(cfg.data.num_workers) is type(value)
+    dm = TabularDataModule(
+        tmp_path / "t.csv", target="y", num_workers=cfg.data.num_workers, batch_size=cfg.data.batch_size
+    )
+    assert (dm.loader_settings.num_workers, dm.loader_settings.batch_size) == (value, 16)

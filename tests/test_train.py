@@ -245,3 +245,15 @@ def test_the_resolved_job_config_prints_before_any_run(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "output_dir: null" in proc.stdout  # Hydra sets it when a job runs
     assert "batch_size: 64" in proc.stdout
+
+
+def test_the_data_shortcuts_reach_the_loader_and_the_report(tmp_path: Path, digits_root: Path) -> None:
+    """``data.num_workers`` / ``data.batch_size`` (the settings other apps' searches set) win over
+    ``loader.*`` and metrics.json reports what the loader used."""
+    run_dir = tmp_path / "run"
+    proc = train(
+        *FAST, "data.num_workers=0", "data.batch_size=32", f"hydra.run.dir={run_dir}", data_dir=digits_root.parent
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["num_workers"], metrics["batch_size"]) == (0, 32)

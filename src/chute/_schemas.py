@@ -33,7 +33,7 @@ class ImageFolderDataModuleConfig:
     cutmix_alpha: float = 0.0
     decode: str = "auto"
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -60,7 +60,7 @@ class TabularDataModuleConfig:
     unknown_category: str = "raise"
     encoding: str = "utf-8"
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -86,7 +86,7 @@ class MultiTaskDataModuleConfig:
     unknown_category: str = "raise"
     encoding: str = "utf-8"
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -110,7 +110,7 @@ class SequenceDataModuleConfig:
     pool_batches: int = 50
     min_char_count: int = 1
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -129,7 +129,7 @@ class StreamingDataModuleConfig:
     val_split: str = "val"
     test_split: Optional[str] = None
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -157,7 +157,7 @@ class VideoDataModuleConfig:
     decoder_threads: int = 1
     decoder: str = "pyav"
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -191,7 +191,7 @@ class SqlDataModuleConfig:
     retries: int = 3
     retry_wait: float = 0.5
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -211,7 +211,7 @@ class LitDataModuleConfig:
     val_split: str = "val"
     test_split: Optional[str] = None
     batch_size: Optional[int] = None
-    num_workers: Optional[str] = None
+    num_workers: Any = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None

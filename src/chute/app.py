@@ -117,10 +117,10 @@ def _run(cfg: DictConfig) -> float:
         "global_step": trainer.global_step,
         "precision": trainer_kwargs["precision"],
         "accelerator": type(trainer.accelerator).__name__,
-        "num_workers": (datamodule.tuned_loader or settings.loader).num_workers,
+        "num_workers": (datamodule.tuned_loader or datamodule.loader_settings).num_workers,
         "loader_autotune": datamodule.autotune_report,
         "imbalance": settings.imbalance.strategy,
-        "batch_size": settings.loader.batch_size,
+        "batch_size": datamodule.loader_settings.batch_size,  # the data.* shortcuts included
         "seed": int(cfg.seed),
         "run_dir": run_dir,
         "checkpoints": {

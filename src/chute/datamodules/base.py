@@ -17,7 +17,7 @@ import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, TypedDict
+from typing import Any, ClassVar, Literal, TypedDict
 
 import lightning as L
 import numpy as np
@@ -50,7 +50,7 @@ class CommonArgs(TypedDict, total=False):
 
     loader: LoaderSettings | Mapping[str, Any] | None
     batch_size: int | None
-    num_workers: int | str | None
+    num_workers: int | Literal["auto"] | None
     seed: int | None
     prepare: Callable[[str], Any] | None
     collate_fn: Collate | str | None
@@ -118,7 +118,7 @@ class ChuteDataModule(L.LightningDataModule):
         self,
         loader: LoaderSettings | Mapping[str, Any] | None = None,
         batch_size: int | None = None,
-        num_workers: int | str | None = None,
+        num_workers: int | Literal["auto"] | None = None,
         seed: int | None = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Collate | str | None = None,
