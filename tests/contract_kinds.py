@@ -58,7 +58,7 @@ def _stream(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     return StreamingDataModule(out / "shards", prepare=ShardedCopy(source, 5), loader=loader, shuffle_buffer=8)
 
 
-def _litdata(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+def import_litdata(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     from chute.integrations import LitDataCopy, LitDataModule
 
     return LitDataModule(out / "chunks", prepare=LitDataCopy(_table(out, {}), chunk_size=5), loader=loader)
@@ -234,7 +234,7 @@ KINDS: dict[str, Kind] = {
     "multitask": Kind(_multitask, _row_ids, write=write_table),
     "sequence": Kind(_sequence, _token_ids, write=write_sequences),
     "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
-    "litdata": Kind(_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
+    "litdata": Kind(import_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
     "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),
     "sql": Kind(_sql, _row_ids, write=write_sql),

@@ -33,10 +33,10 @@ from chute.datamodules.described import DescribedDataModule
 from chute.errors import ConfigError
 from chute.integrations.litdata_cover import covering_loader_class, resumable_loader_class
 from chute.integrations.litdata_format import (
-    _check_split,
-    _join,
-    _litdata,
+    check_split,
+    import_litdata,
     is_remote,
+    join_path,
     read_chunks_meta,
     refusing_serializers,
 )
@@ -132,7 +132,7 @@ class LitDataModule(DescribedDataModule):
         self.max_cache_size = max_cache_size
         self.storage_options = dict(storage_options or {})
         for name in set(self.split_names.values()):
-            _check_split(name)
+            check_split(name)
         self.save_plain_hyperparameters(storage_options=None)  # may hold credentials: never in a checkpoint
 
     def read_meta(self) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class LitDataModule(DescribedDataModule):
         sample is evaluated exactly once and every rank gets a near-equal share (LitData would deal out
         whole batches and leave small splits' ranks without one, which Lightning cannot sync).
         """
-        litdata = _litdata()
+        litdata = import_litdata()
         from litdata.utilities.env import _DistributedEnv
 
         settings, name = self.loader_settings, self.split_names[split]
@@ -163,8 +163,8 @@ class LitDataModule(DescribedDataModule):
         if train and (rank is None or world_size is None):
             rank, world_size, num_nodes = self._distributed(_DistributedEnv)
         dataset = litdata.StreamingDataset(
-            input_dir=_join(self.input_dir, name),
-            cache_dir=_join(self._cache_root(), name) if is_remote(self.input_dir) else None,
+            input_dir=join_path(self.input_dir, name),
+            cache_dir=join_path(self._cache_root(), name) if is_remote(self.input_dir) else None,
             shuffle=train and settings.shuffle,
             # Under DDP LitData deals whole batches (equal steps on every rank); the loader reads the rest.
             drop_last=train and (settings.drop_last or (world_size or 1) > 1),

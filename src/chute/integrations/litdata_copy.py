@@ -15,8 +15,8 @@ from chute.integrations.litdata_format import (
     FORMAT,
     META,
     SAFE_SERIALIZERS,
-    _check_split,
-    _litdata,
+    check_split,
+    import_litdata,
     is_remote,
 )
 
@@ -39,13 +39,13 @@ class LitDataCopy(SourceCopy):
 
     def __init__(self, source: Any, chunk_size: int = 1024, splits: Sequence[str] = ("train", "val")) -> None:
         for split in splits:
-            _check_split(split)
+            check_split(split)
         super().__init__(source, chunk_size, splits)
 
     def __call__(self, root: str | os.PathLike[str]) -> Path:
         if is_remote(os.fspath(root)):
             raise ValueError(f"LitDataCopy writes a local folder, not '{root}': write locally, then copy it up.")
-        _litdata()
+        import_litdata()
         return super().__call__(root)
 
     def _write_split(self, samples: Any, out: Path, split: str, total: int) -> Any:
@@ -62,7 +62,7 @@ def write_chunks(samples: Any, out: Path, chunk_size: int) -> int:
     Raises:
         TypeError: A sample leaf would need a pickling serializer (store tensors, arrays or numbers).
     """
-    _litdata()
+    import_litdata()
     from litdata.streaming.writer import BinaryWriter
     from litdata.utilities.env import _DistributedEnv
 

@@ -34,7 +34,7 @@ _SPLIT = re.compile(r"[A-Za-z0-9_-]+")
 _REMOTE = ("s3://", "gs://", "gcs://", "r2://", "azure://", "hf://")
 
 
-def _litdata() -> Any:
+def import_litdata() -> Any:
     try:
         import litdata
     except ImportError:
@@ -53,9 +53,9 @@ def read_chunks_meta(
     input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Read and check ``chute.json`` of ``input_dir`` (downloaded into ``cache_dir`` for a URL)."""
-    path = _join(input_dir, META)
+    path = join_path(input_dir, META)
     if is_remote(input_dir):
-        _litdata()
+        import_litdata()
         from litdata.streaming.fs_provider import _get_fs_provider
 
         local = os.path.join(cache_dir, f"{hashlib.sha256(input_dir.encode()).hexdigest()[:16]}-{META}")
@@ -87,7 +87,7 @@ def read_chunks_meta(
     if not isinstance(splits, dict) or not all(isinstance(n, int) and n >= 0 for n in splits.values()):
         raise DataError(f"'{path}': 'splits' must map split names to sample counts.")
     for name in splits:
-        _check_split(name, where=f"'{path}'")
+        check_split(name, where=f"'{path}'")
     check_extra(path, meta)  # only chute's own collate functions, plain model_kwargs
     return meta
 
@@ -156,10 +156,10 @@ def refusing_serializers() -> dict[str, Any]:
     return serializers
 
 
-def _check_split(name: str, where: str = "split") -> None:
+def check_split(name: str, where: str = "split") -> None:
     if not isinstance(name, str) or not _SPLIT.fullmatch(name):
         raise DataError(f"{where}: split name {name!r} must be letters, digits, '_' or '-' (it names a sub-folder).")
 
 
-def _join(root: str, name: str) -> str:
+def join_path(root: str, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if is_remote(root) else os.path.join(root, name)
