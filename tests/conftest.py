@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def _restore_rng() -> Iterator[None]:
     random.setstate(py)
     np.random.set_state(np_state)
     torch.set_rng_state(torch_state)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_left() -> Iterator[None]:
+    """A test that joined or started Ray leaves it: later tests fork DataLoader workers, and a fork
+    of a process with Ray's gRPC threads running may hang."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

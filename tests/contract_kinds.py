@@ -116,6 +116,18 @@ def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
     )  # fmt: skip
 
 
+def _ray_images(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+    """The image kind read by Ray Data tasks on a local Ray instance (under DDP: rank 0's, joined by all)."""
+    from chute.datamodules import RayImagesDataModule
+    from chute.transforms import create_transforms
+
+    t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
+    return RayImagesDataModule(
+        write_images(out), image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
+        channels_last=False, loader=loader, num_cpus=2,
+    )  # fmt: skip
+
+
 def write_jpegs(out: Path) -> Path:
     """16x16 RGB JPEGs of one grey level each, ``10 * id + 5``: the id survives JPEG coding."""
     from PIL import Image
@@ -239,6 +251,10 @@ KINDS: dict[str, Kind] = {
     "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),
     "sql": Kind(_sql, _row_ids, write=write_sql),
     "sql_stream": Kind(_sql_stream, _row_ids, write=write_sql),
+    # Ray tasks read at once: 2, or as many as the cluster allows (no threads backend: Ray reads)
+    "ray_images": Kind(
+        _ray_images, _image_ids, train_samples=TRAIN_IMAGES, settings=("w2", "auto"), write=write_images
+    ),
 }
 
 

@@ -209,6 +209,7 @@ def test_schemas_are_not_offered_as_options() -> None:
         "image_folder",
         "litdata",
         "multitask",
+        "ray_images",
         "sequence",
         "sql",
         "streaming",

@@ -43,6 +43,34 @@ class ImageFolderDataModuleConfig:
 
 
 @dataclass
+class RayImagesDataModuleConfig:
+    _target_: str = "chute.datamodules.ray_images.RayImagesDataModule"
+    root: str = MISSING
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    transforms: Any = None
+    image_mode: str = "RGB"
+    val_fraction: float = 0.0
+    train_dir: str = "train"
+    val_dir: str = "val"
+    test_dir: str = "test"
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    channels_last: bool = True
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    decode: str = "auto"
+    batch_size: Optional[int] = None
+    num_workers: Any = None
+    seed: Optional[int] = 0
+    prepare: Any = None
+    collate_fn: Any = None
+    imbalance: Any = None
+    on_error: str = "raise"
+    max_bad_fraction: float = 0.01
+
+
+@dataclass
 class TabularDataModuleConfig:
     _target_: str = "chute.datamodules.tabular.TabularDataModule"
     path: str = MISSING
@@ -288,6 +316,7 @@ class ClipClassifierConfig:
 
 DATA: dict[str, type] = {
     "image_folder": ImageFolderDataModuleConfig,
+    "ray_images": RayImagesDataModuleConfig,
     "tabular": TabularDataModuleConfig,
     "multitask": MultiTaskDataModuleConfig,
     "sequence": SequenceDataModuleConfig,

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
+import weakref
+from collections.abc import Callable
 from typing import Any, Literal, get_args
 
 import torch
@@ -87,6 +90,12 @@ class BadSamples:
             self._names.share_memory_()
         self._reported = 0
         self._lock = threading.Lock()  # the main process's loader threads share row 0
+        # Reading elsewhere (a Ray task: chute.integrations.ray_data) counts into ``journal``
+        # (``[seen, [(name, reason), ...]]``), which the loader brings back to the policy of this
+        # ``token`` in the training process (:meth:`absorb`).
+        self.token = uuid.uuid4().hex
+        self.journal: list[Any] | None = None
+        _LIVE[self.token] = self
 
     @property
     def skipping(self) -> bool:
@@ -96,6 +105,8 @@ class BadSamples:
         """Count ``n`` samples attempted (good or bad) in this process."""
         with self._lock:
             self._counts[self._slot(), 0] += n
+            if self.journal is not None:
+                self.journal[0] += n
 
     def skip(self, name: str, error: DataError) -> None:
         """Handle bad sample ``name`` (a path, or file and row) that failed with ``error``.
@@ -108,6 +119,8 @@ class BadSamples:
             raise error
         slot = self._slot()
         with self._lock:
+            if self.journal is not None:
+                self.journal[1].append((name, _reason(error)))
             self._counts[slot, 1] += 1
             local = int(self._counts[slot, 1])
             if local <= self.keep:
@@ -124,6 +137,21 @@ class BadSamples:
                 f"{_reason(error).rstrip('.')}. Fix or remove them, raise data.max_bad_fraction, or set "
                 "data.on_error=raise to stop at the first one."
             ) from error
+
+    def absorb(self, seen: int, skipped: list[tuple[str, str]]) -> None:
+        """Count ``seen`` samples and the ``(name, reason)`` skips read by a copy of this policy
+        elsewhere (its ``journal``), as if read here: logged, and the fraction checked."""
+        self.seen(seen)
+        for name, reason in skipped:
+            self.skip(name, DataError(reason))
+
+    @staticmethod
+    def by_token(token: str) -> BadSamples | None:
+        """The live policy of this process whose copy carries ``token``."""
+        return _LIVE.get(token)
+
+    #: Called with each policy unpickled (a reader collects the copies it received).
+    on_unpickle: Callable[[BadSamples], None] | None = None
 
     @property
     def counts(self) -> tuple[int, int]:
@@ -172,11 +200,16 @@ class BadSamples:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        if BadSamples.on_unpickle is not None:
+            BadSamples.on_unpickle(self)
 
     def __repr__(self) -> str:
         seen, skipped = self.counts
         settings = f"on_error={self.on_error!r}, max_fraction={self.max_fraction:g}"
         return f"BadSamples({settings}, seen={seen}, skipped={skipped})"
+
+
+_LIVE: weakref.WeakValueDictionary[str, BadSamples] = weakref.WeakValueDictionary()
 
 
 def _reason(error: BaseException) -> str:

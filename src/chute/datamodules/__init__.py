@@ -10,6 +10,7 @@ fails until it does).
 from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datamodules.image_folder import ImageFolderDataModule
 from chute.datamodules.multitask import MultiTaskDataModule
+from chute.datamodules.ray_images import RayImagesDataModule
 from chute.datamodules.sequence import SequenceDataModule
 from chute.datamodules.sql import SqlDataModule
 from chute.datamodules.streaming import StreamingDataModule
@@ -18,6 +19,7 @@ from chute.datamodules.video import VideoDataModule
 
 DATAMODULES: dict[str, type[ChuteDataModule]] = {
     "image_folder": ImageFolderDataModule,
+    "ray_images": RayImagesDataModule,
     "tabular": TabularDataModule,
     "multitask": MultiTaskDataModule,
     "sequence": SequenceDataModule,
@@ -43,6 +45,7 @@ __all__ = [
     "CommonArgs",
     "ImageFolderDataModule",
     "MultiTaskDataModule",
+    "RayImagesDataModule",
     "SequenceDataModule",
     "SqlDataModule",
     "StreamingDataModule",

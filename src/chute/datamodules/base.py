@@ -204,8 +204,10 @@ class ChuteDataModule(L.LightningDataModule):
             cls.setup = setup_after_seed  # type: ignore[method-assign,assignment]
 
     def _refuse_unsupported(self, changed: Mapping[str, bool], values: Mapping[str, Any]) -> None:
+        # The common settings are checked here; a parent's own argument named in ``unsupported`` is
+        # refused by the subclass that names it (it passes the rest on), and left out of the schema.
         for key, why in self.unsupported.items():
-            if changed.get(key, True):
+            if changed.get(key, False):
                 raise ConfigError(key, values.get(key), f"{type(self).__name__} {why}")
 
     @classmethod

@@ -119,7 +119,7 @@ def hook_after_copy(
     probe), whose choice the hook then follows.
     """
     augment = dm.train_batch_transform if train else None
-    moves = dm.hook_in_loader and device is not None and not stream and chosen.num_workers > 0 and _has_hook(dm, train)
+    moves = dm.hook_in_loader and device is not None and not stream and chosen.num_workers != 0 and _has_hook(dm, train)
     # The random batch transforms draw from the batch's generator, keyed where the batch was read
     # (chute.loader.batch_generator): in a loader thread, the thread that runs this hook; a worker
     # process's key does not reach the feeding thread, so with workers they stay in the trainer's hook.

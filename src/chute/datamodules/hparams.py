@@ -40,7 +40,9 @@ def qualname(fn: Any) -> str:
 
 def init_parameters(cls: type, base: type) -> dict[str, tuple[inspect.Parameter, Any]]:
     """Every argument ``cls``'s constructor takes by name, with its type: its own, then, when it takes
-    ``**common``, those of ``base``'s constructor; less the keys ``cls.unsupported`` names."""
+    ``**common: Unpack[CommonArgs]``, those of ``base``'s constructor, or when it takes other
+    ``**options``, those of its parent's (a subclass that adds a few arguments and passes the rest
+    on); less the keys ``cls.unsupported`` names."""
     own = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     hints = typing.get_type_hints(cls.__init__)  # type: ignore[misc]
     found = {
@@ -48,8 +50,11 @@ def init_parameters(cls: type, base: type) -> dict[str, tuple[inspect.Parameter,
         for p in list(own.values())[1:]
         if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
     }
-    if cls is not base and any(p.kind is p.VAR_KEYWORD for p in own.values()):
-        for name, entry in init_parameters(base, base).items():
+    rest = next((p for p in own.values() if p.kind is p.VAR_KEYWORD), None)
+    if cls is not base and rest is not None:
+        common = "CommonArgs" in str(hints.get(rest.name, ""))
+        parent = base if common else next(c for c in cls.__mro__[1:] if "__init__" in vars(c))
+        for name, entry in init_parameters(parent, base).items():
             found.setdefault(name, entry)
     unsupported = getattr(cls, "unsupported", {})
     return {name: entry for name, entry in found.items() if name not in unsupported}

@@ -46,12 +46,12 @@ def split_loader(
             after_copy=hook_after_copy(dm, train, chosen, to_device, stream, record=not probe),
         )  # fmt: skip
 
-    if settings.auto:
+    if settings.auto and settings.backend != "ray":  # Ray sizes its own pool to the cluster
         if dm.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
             dm.tuned_loader, dm.autotune_report = autotune(lambda s: build(s, probe=True), settings, threads=not stream)
         settings = dm.tuned_loader
-    if stream and settings.backend == "threads":
-        raise ConfigError("loader.backend", "threads", f"{type(dm).__name__} streams batches itself; use torch")
+    if stream and settings.backend != "torch":
+        raise ConfigError("loader.backend", settings.backend, f"{type(dm).__name__} streams batches itself; use torch")
     if dm.remakes_loaders and settings.persistent_workers is None:
         settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     loader = build(settings)

@@ -357,6 +357,18 @@ def build_loader(
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
             device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy,
         )  # fmt: skip
+    if settings.backend == "ray":
+        if stream:
+            raise ValueError("the ray backend reads map-style data; a stream needs backend=torch")
+        from chute.integrations.ray_data import RayLoader
+
+        to_gpu = device is not None and device.type == "cuda" and after_copy is not None
+        return RayLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader
+            dataset, batches, collate_fn, seed=batch_seed, tasks=None if settings.auto else settings.num_workers,
+            prefetch=settings.prefetch_factor or 2, pin_memory=settings.resolved_pin_memory,
+            feed=DeviceCopy(device, after=after_copy) if to_gpu else None,  # type: ignore[arg-type]
+            epoch_of=epoch_of, epoch_reader=dataset,
+        )  # fmt: skip
     workers = settings.num_workers
     kwargs: dict[str, Any] = {
         "batch_size": None,  # the order (or the stream) makes the batches

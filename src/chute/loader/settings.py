@@ -41,7 +41,10 @@ class LoaderSettings:
             that gathers whole batches in ``num_workers`` background threads of this process (0:
             in the calling thread), for work that releases the GIL (crop-decoding JPEGs, gathers
             from precomputed arrays, tables) where worker IPC costs more than it saves. With
-            ``num_workers=auto`` both backends are probed and the faster one is kept.
+            ``num_workers=auto`` both backends are probed and the faster one is kept. ``ray``: a Ray
+            Data pipeline on a Ray cluster reads the batches (:mod:`chute.integrations.ray_data`);
+            ``num_workers`` is how many Ray tasks read at once (``auto``: as many as the cluster's
+            CPUs allow).
 
     Example:
         >>> import torch
@@ -97,8 +100,10 @@ or leave prefetch_factor unset (null)
             raise ConfigError("timeout", self.timeout, "must be a number of seconds >= 0 (0 waits forever)")
         if self.timeout > 0 and self.num_workers == 0 and not self.auto:
             raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
-        if self.backend not in ("torch", "threads"):
-            raise ConfigError("backend", self.backend, "must be 'torch' or 'threads'")
+        if self.backend not in BACKENDS:
+            raise ConfigError("backend", self.backend, f"must be one of {list(BACKENDS)}")
+        if self.backend == "ray":
+            _check_ray(self)
         if self.backend == "threads" and self.multiprocessing_context is not None:
             raise ConfigError(
                 "multiprocessing_context", self.multiprocessing_context, "has no effect with backend=threads"
@@ -129,6 +134,22 @@ or leave prefetch_factor unset (null)
         if train or self.eval_batch_size is None:
             return self.batch_size
         return self.eval_batch_size
+
+
+BACKENDS = ("torch", "threads", "ray")
+
+
+def _check_ray(settings: LoaderSettings) -> None:
+    """What a Ray pipeline has no use for: worker processes' own knobs."""
+    if settings.num_workers == 0:
+        raise ConfigError(
+            "num_workers", 0, "is how many Ray tasks read at once with backend=ray: give a number >= 1, or 'auto'"
+        )
+    for key in ("persistent_workers", "multiprocessing_context"):
+        if value := getattr(settings, key):
+            raise ConfigError(key, value, "has no effect with backend=ray (Ray keeps its own workers); leave it null")
+    if settings.timeout:
+        raise ConfigError("timeout", settings.timeout, "has no effect with backend=ray; leave it 0")
 
 
 def _check_int(settings: LoaderSettings, key: str, minimum: int, hint: str = "") -> None:

@@ -1,0 +1,381 @@
+"""Reading on a Ray cluster: chute's loader with a Ray Data pipeline doing the reading (``loader.backend=ray``).
+
+The order, the split across ranks, the epoch and the position stay chute's (:class:`RayLoader` is a
+:class:`~chute.loader.Passes` over the same :class:`~chute.loader.orders.Order` every other backend
+follows). What moves to the cluster is the work between an index batch and a collated batch:
+each pass lists this rank's remaining index batches, and one Ray Data pipeline (one row per batch,
+``map_batches`` on the cluster's CPU workers, order preserved) reads, decodes, transforms and
+collates them with the same code a DataLoader worker runs (:class:`~chute.loader.BatchFetch` and the
+DataModule's collate function, batch hook included on a CPU trainer), then streams the batches back
+in order. So every guarantee of the core holds unchanged:
+
+- each sample once per epoch across ranks, equal steps: the order is chute's (each rank hands its own
+  share of the seeded draw to Ray), not Ray Data's ``streaming_split``, whose split of rows between
+  consumers depends on timing;
+- the same batches as worker processes or threads: per-sample and per-batch randomness is keyed by
+  ``(seed, epoch, index)`` and the batch's indices, not by the process that runs it;
+- mid-epoch resume is exact: the position is the loader's; a resumed pass hands Ray only the batches
+  left;
+- a bad file is named (the :class:`~chute.errors.DataError` raised on the cluster comes back as
+  that batch and is raised here, as it was), or with ``on_error=skip`` skipped and counted in this
+  process's counts (each batch brings back what its reading skipped).
+
+Where Ray runs: with ``RAY_ADDRESS`` set (``ray job submit`` sets it) or an ``address`` given, the
+cluster there (its workers must be able to import chute and the data's paths must be readable from
+every node); otherwise a local Ray instance this process starts, which under DDP rank 0 starts and
+every other rank joins (:func:`connect`). Ray Data is an optional dependency
+(``pip install 'chute[ray]'``), imported when first used.
+
+Measured against chute's own workers in ``scripts/bench_ray.py`` (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from chute.bad_samples import BadSamples
+from chute.errors import ConfigError, DataError
+from chute.loader.build import BatchFetch, Passes
+from chute.loader.distributed import from_rank_zero, world_position
+from chute.loader.orders import Order
+from chute.loader.threaded import DeviceCopy, DeviceFeed
+
+log = logging.getLogger(__name__)
+
+INSTALL = "pip install 'chute[ray]'"
+
+
+def import_ray() -> Any:
+    """``ray`` with Ray Data, or a :class:`~chute.errors.ConfigError` saying how to install it."""
+    try:
+        import ray
+        import ray.data
+    except ImportError as err:
+        raise ConfigError("loader.backend", "ray", f"needs Ray Data, which is not installed: {INSTALL}") from err
+    return ray
+
+
+_CONNECT = threading.Lock()
+_AUTH = "RAY_AUTH_MODE"
+
+
+def connect(address: str | None = None, num_cpus: int | None = None) -> str:
+    """Join a Ray cluster (once per process) and return its address.
+
+    ``address``: a running cluster (``"auto"``: the one ``ray start`` started on this machine, or
+    ``RAY_ADDRESS``; ``"ray://host:10001"``: a remote one through Ray Client). ``None``: the one in
+    ``RAY_ADDRESS`` if set, else a local instance started here with ``num_cpus`` CPUs (default: all);
+    under DDP rank 0 starts it and the other ranks join it, so the job shares one cluster.
+    """
+    ray = import_ray()
+    with _CONNECT:
+        if not ray.is_initialized():
+            if address is None:
+                address = os.environ.get("RAY_ADDRESS") or None
+            if address is None and world_position()[1] > 1:
+                address, auth = from_rank_zero(lambda: (_start_local(ray, num_cpus), os.environ.get(_AUTH)))
+                if auth is not None and not os.environ.get(_AUTH):
+                    _join_auth(ray, auth)
+            if address is None:
+                _start_local(ray, num_cpus)
+            elif not ray.is_initialized():  # rank 0 has just started it
+                _init(ray, address=address)
+            _quiet(ray)
+        return str(ray.get_runtime_context().gcs_address)
+
+
+def _join_auth(ray: Any, mode: str) -> None:
+    """Check tokens as the cluster rank 0 started does (a new local Ray checks one by default since
+    Ray 2.52; the token is the one in ``~/.ray``, which ranks on one machine share). Ray reads the
+    mode from the environment into a cached config, which is read again here."""
+    os.environ[_AUTH] = mode
+    with contextlib.suppress(AttributeError):  # a Ray without that cache
+        ray._raylet.Config.initialize("")
+
+
+def _start_local(ray: Any, num_cpus: int | None) -> str:
+    if not ray.is_initialized():
+        _init(ray, num_cpus=num_cpus)
+        log.info("Started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
+    return str(ray.get_runtime_context().gcs_address)
+
+
+def _init(ray: Any, **kwargs: Any) -> None:
+    try:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
+    except ConnectionError as err:
+        where = kwargs.get("address")
+        raise ConfigError(
+            "address", where, f"no Ray cluster answers there ({err}); start one (`ray start --head`) or leave it null"
+        ) from err
+
+
+def _quiet(ray: Any) -> None:
+    """No progress bars or per-pass INFO lines: a pipeline runs every epoch."""
+    with warnings.catch_warnings():  # Ray's own default context warns about its own deprecated field
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+class RayLoader(Passes):
+    """A chute loader whose batches are read by a Ray Data pipeline (see the module docstring).
+
+    Args:
+        dataset: A map-style dataset (what a DataLoader worker would read); sent to the cluster once
+            per pass, with the pass's epoch set.
+        sampler: The order (:class:`~chute.loader.orders.Order` of index batches).
+        collate_fn: Applied on the cluster to each batch's samples.
+        seed: Keys each batch's generator (:func:`chute.loader.batch_generator`), as in
+            :class:`~chute.loader.BatchFetch`.
+        tasks: Ray tasks reading at once (``None``: as many as the cluster's CPUs allow).
+        prefetch: Batches Ray Data readies ahead of the consumer.
+        pin_memory: Pin the batches here (only useful with CUDA).
+        feed: With a CUDA trainer: copy each batch to the device and run the batch hook there in a
+            feeding thread (:class:`~chute.loader.threaded.DeviceFeed`), as for worker processes.
+        address, num_cpus: Where Ray runs (:func:`connect`), if this process has not joined it yet.
+        epoch_of, epoch_reader: As for :class:`~chute.loader.Passes`.
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        sampler: Order,
+        collate_fn: Callable[[Any], Any] | None,
+        *,
+        seed: int,
+        tasks: int | None = None,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+        feed: DeviceCopy | None = None,
+        address: str | None = None,
+        num_cpus: int | None = None,
+        epoch_of: Callable[[], int] | None = None,
+        epoch_reader: Any = None,
+    ) -> None:
+        self.dataset = dataset
+        self.sampler = sampler
+        self.collate_fn = collate_fn
+        self.seed = seed
+        self.tasks = tasks
+        self.prefetch = prefetch
+        self.pin_memory = pin_memory
+        self.feed = feed
+        self.address, self.num_cpus = address, num_cpus
+        # What Lightning and torch tooling read off a loader, as ThreadedLoader has them.
+        self.num_workers = 0
+        self.batch_sampler = None
+        self.batch_size = getattr(sampler, "batch_size", None)
+        self.drop_last = bool(getattr(sampler, "drop_last", False))
+        self._init_passes(epoch_of, epoch_reader)
+
+    @property
+    def order(self) -> Order:
+        return self.sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _batches(self) -> Iterator[Any]:
+        batches = self._read()
+        return iter(DeviceFeed(batches, self.feed)) if self.feed is not None else batches
+
+    def _read(self) -> Iterator[Any]:
+        # Listed when the pass starts: Passes has told the order its epoch and resume offset.
+        specs = [np.asarray(batch, dtype=np.int64) for batch in self.sampler]
+        if not specs:
+            return
+        connect(self.address, self.num_cpus)
+        ray = import_ray()
+        reader = _Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs)
+        box = [ray.put(reader)]  # in a list: Ray Data hands a bare ObjectRef argument over unresolved
+        rows = ray.data.range(len(specs), override_num_blocks=len(specs))
+        rows.context.execution_options.preserve_order = True  # batches in the order's order
+        compute = ray.data.TaskPoolStrategy(size=min(self.tasks, len(specs))) if self.tasks else None
+        rows = rows.map_batches(_read_batch, batch_size=1, fn_args=(box,), compute=compute, num_cpus=1)
+        stream = iter(rows.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch))
+        try:
+            for row in stream:
+                batch, journals = _unpack(row)
+                _absorb(journals)
+                if isinstance(batch, _Raised):
+                    raise batch.error
+                yield _pin(batch) if self.pin_memory else batch
+        finally:  # a pass left early (resume tests, a stopped fit) ends Ray's pipeline now, not at exit
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+def _pin(batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.pin_memory()
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_pin(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _pin(v) for k, v in batch.items()}
+    return batch
+
+
+class _Raised:
+    """A batch whose reading raised a :class:`~chute.errors.DataError` (a file named), sent in its place."""
+
+    def __init__(self, error: DataError) -> None:
+        try:
+            pickle.loads(pickle.dumps(error))
+            self.error = error
+        except Exception:  # an error class that does not pickle: its text, as a DataError
+            self.error = DataError(str(error))
+
+
+# -- On the cluster -----------------------------------------------------------------------------
+
+
+class _Reader:
+    """What a Ray task runs for batch ``k`` of a pass: fetch, collate, pack for Ray Data."""
+
+    def __init__(self, fetch: BatchFetch, collate_fn: Callable[[Any], Any] | None, specs: list[np.ndarray]) -> None:
+        self.fetch, self.collate_fn, self.specs = fetch, collate_fn, specs
+
+    def __call__(self, k: int) -> Any:
+        data = self.fetch[self.specs[k].tolist()]
+        return self.collate_fn(data) if self.collate_fn is not None else data
+
+
+_PASS: dict[str, tuple[_Reader, list[BadSamples]]] = {}  # this worker process's reader of the current pass
+_LIMITED = False
+
+
+def _read_batch(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.ndarray]:
+    """Ray Data's function: one row (a batch number) in, one packed batch out."""
+    global _LIMITED
+    if not _LIMITED:  # one thread per library, as in a DataLoader worker (the task has one CPU)
+        from chute.loader.worker_init import library_threads, limit_library_threads
+
+        limit_library_threads(library_threads())
+        _LIMITED = True
+    ref = box[0]
+    key = ref.hex()
+    if key not in _PASS:
+        _PASS.clear()
+        with _collecting() as policies:
+            reader = import_ray().get(ref)
+        for policy in policies:
+            policy.journal = [0, []]
+        _PASS[key] = (reader, policies)
+    reader, policies = _PASS[key]
+    (k,) = rows["id"].tolist()
+    try:
+        batch: Any = reader(int(k))
+    except DataError as err:  # sent back as the batch, raised there as it is (Ray keeps only its text)
+        batch = _Raised(err)
+    journals = []
+    for policy in policies:
+        assert policy.journal is not None
+        if policy.journal[0] or policy.journal[1]:
+            journals.append((policy.token, policy.journal[0], policy.journal[1]))
+            policy.journal = [0, []]
+    return _pack(batch, journals)
+
+
+_UNPICKLED: list[list[BadSamples]] = []
+
+
+@contextlib.contextmanager
+def _collecting() -> Iterator[list[BadSamples]]:
+    """Collect the :class:`BadSamples` policies unpickled inside this block (the reader's copies)."""
+    found: list[BadSamples] = []
+    _UNPICKLED.append(found)
+    BadSamples.on_unpickle = found.append
+    try:
+        yield found
+    finally:
+        _UNPICKLED.pop()
+        BadSamples.on_unpickle = _UNPICKLED[-1].append if _UNPICKLED else None
+
+
+# -- Batches through Ray Data: tensors as array columns, the rest as one pickled structure ------
+
+
+def _pack(batch: Any, journals: list[Any]) -> dict[str, np.ndarray]:
+    arrays: list[np.ndarray] = []
+    structure = _flatten(batch, arrays)
+    packed = {f"t{i}": a[None] for i, a in enumerate(arrays)}
+    packed["structure"] = np.array([pickle.dumps((structure, journals))], dtype=object)
+    return packed
+
+
+def _unpack(row: dict[str, np.ndarray]) -> tuple[Any, list[Any]]:
+    # Our own pickle, made by the task this loader started on its own cluster: not untrusted input.
+    structure, journals = pickle.loads(row["structure"][0])
+    return _rebuild(structure, row), journals
+
+
+class _T:
+    """A tensor's place in the structure: its column, dtype and the permutation that made it dense."""
+
+    def __init__(self, column: int, dtype: torch.dtype, perm: tuple[int, ...], view: torch.dtype | None) -> None:
+        self.column, self.dtype, self.perm, self.view = column, dtype, perm, view
+
+
+_NO_NUMPY = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
+
+
+def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        # Keep the memory format (channels_last): store the dense permutation, undo it on arrival.
+        strides = t.stride()
+        perm = tuple(sorted(range(t.ndim), key=lambda d: (-strides[d], d)))
+        dense = t.permute(perm).contiguous()
+        view = _NO_NUMPY.get(t.dtype)
+        arrays.append((dense.view(view) if view is not None else dense).numpy())
+        return _T(len(arrays) - 1, t.dtype, perm, view)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_flatten(v, arrays) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_flatten(v, arrays) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _flatten(v, arrays) for k, v in obj.items()}
+    return obj
+
+
+def _rebuild(obj: Any, row: dict[str, np.ndarray]) -> Any:
+    if isinstance(obj, _T):
+        array = np.array(row[f"t{obj.column}"][0])  # a writable copy out of Ray's read-only memory
+        t = torch.from_numpy(array)
+        if obj.view is not None:
+            t = t.view(obj.dtype)
+        inverse = tuple(obj.perm.index(d) for d in range(len(obj.perm)))
+        return t.permute(inverse)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(_rebuild(v, row) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_rebuild(v, row) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _rebuild(v, row) for k, v in obj.items()}
+    return obj
+
+
+def _absorb(journals: list[tuple[str, int, list[tuple[str, str]]]]) -> None:
+    """Add what the cluster's reading counted and skipped to this process's policies."""
+    for token, seen, skipped in journals:
+        policy = BadSamples.by_token(token)
+        if policy is not None:
+            policy.absorb(seen, skipped)
+
+
+__all__ = ["RayLoader", "connect", "import_ray"]

@@ -1,0 +1,190 @@
+"""Reading on Ray (``loader.backend=ray``, ``RayImagesDataModule``) against a real local Ray instance.
+
+The contract suite runs the ``ray_images`` kind through real Trainers (one process and DDP); these
+check what is particular to Ray: the same batches as chute's worker processes, bad files named or
+counted across the cluster boundary, the settings Ray has no use for refused by name, and a cluster
+of two nodes reading for a Trainer.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from chute.datamodules import ImageFolderDataModule, RayImagesDataModule, StreamingDataModule, TabularDataModule
+from chute.errors import ConfigError, DataError
+from chute.loader import LoaderSettings
+from tests.contract_kinds import BATCH, _image_ids, _row_ids, write_images, write_table
+from tests.helpers import write_image
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_local() -> Iterator[None]:
+    """One local Ray instance (2 CPUs) for the module: its workers import torch once."""
+    from chute.integrations.ray_data import connect
+
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+def _passes(dm: Any, ids: Any, epochs: int = 2) -> dict[str, Any]:
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    seen: dict[str, Any] = {}
+    for epoch in range(epochs):
+        train.set_epoch(epoch)
+        seen[f"train{epoch}"] = [ids(b).tolist() for b in train]
+    seen["val"] = [ids(b).tolist() for b in dm.val_dataloader()]
+    seen["pixels"] = next(iter(dm.val_dataloader()))[0]
+    return seen
+
+
+def _images(cls: type, root: Path, **kwargs: Any) -> Any:
+    from chute.transforms import create_transforms
+
+    t = create_transforms(image_size=8, crop_pct=1.0, scale=[0.5, 1.0], hflip=0.5)  # random crops and flips
+    return cls(root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
+               channels_last=False, seed=7, **kwargs)  # fmt: skip
+
+
+def test_ray_reads_the_batches_worker_processes_read(tmp_path: Path, ray_local: None) -> None:
+    """Same files, seed and settings: Ray tasks and DataLoader workers give the same batches, pixel
+    for pixel (random crops and flips are keyed by (seed, epoch, index), not by who reads)."""
+    root = write_images(tmp_path)
+    loader = {"batch_size": BATCH, "num_workers": 2, "persistent_workers": False}
+    workers = _passes(_images(ImageFolderDataModule, root, loader=loader), _image_ids)
+    on_ray = _passes(_images(RayImagesDataModule, root, loader=loader), _image_ids)
+    assert torch.equal(workers.pop("pixels"), on_ray.pop("pixels"))
+    assert workers == on_ray
+    assert workers["train0"] != workers["train1"]
+
+
+def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path, ray_local: None) -> None:
+    table = str(write_table(tmp_path))
+
+    def make(**loader: Any) -> TabularDataModule:
+        settings = {"batch_size": BATCH, **loader}
+        return TabularDataModule(
+            table, target="label", numeric=["id"], standardize=False, val_path=table, loader=settings
+        )
+
+    plain = _passes(make(num_workers=0), _row_ids)
+    on_ray = _passes(make(backend="ray", num_workers="auto"), _row_ids)
+    assert torch.equal(plain.pop("pixels"), on_ray.pop("pixels"))
+    assert plain == on_ray
+
+
+def _with_a_bad_file(tmp_path: Path) -> Path:
+    root = write_images(tmp_path)
+    bad = root / "val" / "c0" / "999.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    write_image(root / "val" / "c1" / "998.png", size=(8, 8), mode="L")
+    return bad
+
+
+def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local: None) -> None:
+    bad = _with_a_bad_file(tmp_path)
+    dm = _images(RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2})
+    dm.setup("fit")
+    with pytest.raises(DataError, match=r"999\.png") as caught:
+        list(dm.val_dataloader())
+    assert type(caught.value) is DataError  # unwrapped from Ray's task error
+
+
+def test_bad_files_skipped_on_the_cluster_are_counted_here(tmp_path: Path, ray_local: None) -> None:
+    bad = _with_a_bad_file(tmp_path)
+    dm = _images(
+        RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2}, on_error="skip",
+        max_bad_fraction=0.5,
+    )  # fmt: skip
+    dm.setup("fit")
+    ids = sorted(i for batch in dm.val_dataloader() for i in batch[1].tolist())
+    assert len(ids) == 24  # 23 + the good extra file; the bad one left out of evaluation
+    counts = dm.bad_samples["val"]
+    assert (counts["seen"], counts["skipped"]) == (25, 1)
+    assert any("999.png" in name for name in counts["first"])
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"backend": "ray", "num_workers": 0}, "num_workers"),
+        ({"backend": "ray", "num_workers": 2, "persistent_workers": True}, "persistent_workers"),
+        ({"backend": "ray", "num_workers": 2, "timeout": 5}, "timeout"),
+        ({"backend": "ray", "num_workers": 2, "multiprocessing_context": "spawn"}, "multiprocessing_context"),
+        ({"backend": "rays", "num_workers": 2}, "backend"),
+    ],
+)
+def test_settings_ray_has_no_use_for_are_refused_by_name(settings: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        LoaderSettings(**settings)
+
+
+def test_the_ray_kind_refuses_a_cache_and_the_threads_backend(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cache"):
+        RayImagesDataModule(tmp_path, cache="memory", cache_size=8)
+    with pytest.raises(ConfigError, match=r"loader\.backend"):
+        RayImagesDataModule(tmp_path, loader={"backend": "threads", "num_workers": 1})
+    assert "cache" not in RayImagesDataModule.init_parameters()  # nor does the schema offer it
+    assert RayImagesDataModule(tmp_path).loader_settings.num_workers == "auto"  # Ray sizes the pool
+
+
+def test_a_stream_is_refused_with_the_ray_backend(tmp_path: Path) -> None:
+    dm = StreamingDataModule(tmp_path, loader={"backend": "ray", "num_workers": 2})
+    dm.index = object()  # type: ignore[assignment]  # what setup would read; the refusal comes first
+    from chute.datamodules.loading import split_loader
+
+    with pytest.raises(ConfigError, match=r"loader\.backend"):
+        split_loader(dm, object(), train=True, collate_fn=None, batches=None, eval_order=None, stream=True)  # type: ignore[arg-type]
+
+
+def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from chute.integrations import ray_data
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(ConfigError, match=r"chute\[ray\]"):
+        ray_data.import_ray()
+
+
+def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path) -> None:
+    """A cluster of a head with no CPUs and two worker nodes (``ray.cluster_utils.Cluster``): every
+    batch is read on the worker nodes, and a Trainer sees each sample once per epoch."""
+    import lightning as L
+    from ray.cluster_utils import Cluster
+
+    from chute.transforms import create_transforms
+    from tests.contract_kinds import SAMPLES, TRAIN_IMAGES, Recorder
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(2):
+            cluster.add_node(num_cpus=1)
+        root = write_images(tmp_path)
+        t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)  # ids intact
+        dm = RayImagesDataModule(
+            root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
+            channels_last=False, address=cluster.address, loader={"batch_size": BATCH, "num_workers": 2},
+        )  # fmt: skip
+        model = Recorder(_image_ids)
+        trainer = L.Trainer(
+            max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=dm)
+        for epoch in (0, 1):
+            trained = sorted(i for e, ids in model.seen["train"] if e == epoch for i in ids)
+            assert trained == list(range(TRAIN_IMAGES))
+            assert sorted(i for e, ids in model.seen["val"] if e == epoch for i in ids) == list(range(SAMPLES))
+        assert len(ray.nodes()) == 3
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
