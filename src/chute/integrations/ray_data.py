@@ -105,7 +105,12 @@ def _join_auth(ray: Any, mode: str) -> None:
 
 def _start_local(ray: Any, num_cpus: int | None) -> str:
     if not ray.is_initialized():
-        _init(ray, num_cpus=num_cpus)
+        # Each DDP rank is its own Ray job with its own worker processes; past the soft limit (one
+        # worker per CPU) Ray kills idle ones, and the next pass starts them again (each imports
+        # torch: 3 ranks on 2 CPUs took 62 s for what 28 s does with room for every rank's workers).
+        cpus = num_cpus or os.cpu_count() or 1
+        limit = {"num_workers_soft_limit": cpus * max(world_position()[1], 1)}
+        _init(ray, num_cpus=num_cpus, _system_config=limit)
         log.info("Started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
     return str(ray.get_runtime_context().gcs_address)
 
