@@ -90,7 +90,7 @@ class BadSamples:
             self._names.share_memory_()
         self._reported = 0
         self._lock = threading.Lock()  # the main process's loader threads share row 0
-        # Reading elsewhere (a Ray task: chute.integrations.ray_data) counts into ``journal``
+        # Reading elsewhere (a Ray task: chute.integrations.ray_tasks) counts into ``journal``
         # (``[seen, [(name, reason), ...]]``), which the loader brings back to the policy of this
         # ``token`` in the training process (:meth:`absorb`).
         self.token = uuid.uuid4().hex

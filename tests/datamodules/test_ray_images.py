@@ -28,7 +28,7 @@ ray = pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def ray_local() -> Iterator[None]:
     """One local Ray instance (2 CPUs) for the module: its workers import torch once."""
-    from chute.integrations.ray_data import connect
+    from chute.integrations.ray_tasks import connect
 
     connect(num_cpus=2)
     yield
@@ -148,11 +148,11 @@ def test_a_stream_is_refused_with_the_ray_backend(tmp_path: Path) -> None:
 
 
 def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    from chute.integrations import ray_data
+    from chute.integrations import ray_tasks
 
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"chute\[ray\]"):
-        ray_data.import_ray()
+        ray_tasks.import_ray()
 
 
 def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path) -> None:

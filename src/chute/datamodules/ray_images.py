@@ -15,7 +15,7 @@ class RayImagesDataModule(ImageFolderDataModule):
 
     The same folders, transforms, imbalance strategies, batch hook and bad-file policy; the JPEG
     reading, decoding, cropping and collating run as Ray tasks on the cluster's CPU workers (the
-    loader backend ``ray``, :mod:`chute.integrations.ray_data`), so more CPUs than this machine's
+    loader backend ``ray``, :mod:`chute.integrations.ray_tasks`), so more CPUs than this machine's
     can feed its GPUs. The order, the split across ranks and the position stay chute's: each
     sample once per epoch across ranks, the same batches as worker processes for a seed, exact
     mid-epoch resume.
@@ -71,7 +71,7 @@ class RayImagesDataModule(ImageFolderDataModule):
         self.save_plain_hyperparameters(**options)
 
     def setup(self, stage: str | None = None) -> None:
-        from chute.integrations.ray_data import connect
+        from chute.integrations.ray_tasks import connect
 
         connect(self.address, self.num_cpus)  # on every rank at once: under DDP rank 0 may start it
         super().setup(stage)

@@ -360,7 +360,7 @@ def build_loader(
     if settings.backend == "ray":
         if stream:
             raise ValueError("the ray backend reads map-style data; a stream needs backend=torch")
-        from chute.integrations.ray_data import RayLoader
+        from chute.integrations.ray_tasks import RayLoader
 
         to_gpu = device is not None and device.type == "cuda" and after_copy is not None
         return RayLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader

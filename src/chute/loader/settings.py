@@ -42,7 +42,7 @@ class LoaderSettings:
             in the calling thread), for work that releases the GIL (crop-decoding JPEGs, gathers
             from precomputed arrays, tables) where worker IPC costs more than it saves. With
             ``num_workers=auto`` both backends are probed and the faster one is kept. ``ray``: a Ray
-            Data pipeline on a Ray cluster reads the batches (:mod:`chute.integrations.ray_data`);
+            Data pipeline on a Ray cluster reads the batches (:mod:`chute.integrations.ray_tasks`);
             ``num_workers`` is how many Ray tasks read at once (``auto``: as many as the cluster's
             CPUs allow).
 

@@ -1,17 +1,17 @@
-"""Reading on a Ray cluster: chute's loader with a Ray Data pipeline doing the reading (``loader.backend=ray``).
+"""Reading on a Ray cluster: chute's loader with Ray tasks doing the reading (``loader.backend=ray``).
 
 The order, the split across ranks, the epoch and the position stay chute's (:class:`RayLoader` is a
 :class:`~chute.loader.Passes` over the same :class:`~chute.loader.orders.Order` every other backend
-follows). What moves to the cluster is the work between an index batch and a collated batch:
-each pass lists this rank's remaining index batches, and one Ray Data pipeline (one row per batch,
-``map_batches`` on the cluster's CPU workers, order preserved) reads, decodes, transforms and
-collates them with the same code a DataLoader worker runs (:class:`~chute.loader.BatchFetch` and the
-DataModule's collate function, batch hook included on a CPU trainer), then streams the batches back
-in order. So every guarantee of the core holds unchanged:
+follows). What moves to the cluster is the work between an index batch and a collated batch: each
+pass lists this rank's remaining index batches and runs one Ray task per batch on the cluster's CPU
+workers, which reads, decodes, transforms and collates it with the same code a DataLoader worker
+runs (:class:`~chute.loader.BatchFetch` and the DataModule's collate function, the batch hook
+included on a CPU trainer). At most ``tasks + prefetch`` batches are in flight or waiting, and they
+are handed out in the order's order. So every guarantee of the core holds unchanged:
 
 - each sample once per epoch across ranks, equal steps: the order is chute's (each rank hands its own
-  share of the seeded draw to Ray), not Ray Data's ``streaming_split``, whose split of rows between
-  consumers depends on timing;
+  share of the seeded draw to Ray), not a dynamic split such as Ray Data's ``streaming_split``, whose
+  division of rows between consumers depends on timing;
 - the same batches as worker processes or threads: per-sample and per-batch randomness is keyed by
   ``(seed, epoch, index)`` and the batch's indices, not by the process that runs it;
 - mid-epoch resume is exact: the position is the loader's; a resumed pass hands Ray only the batches
@@ -20,17 +20,25 @@ in order. So every guarantee of the core holds unchanged:
   that batch and is raised here, as it was), or with ``on_error=skip`` skipped and counted in this
   process's counts (each batch brings back what its reading skipped).
 
+Why Ray tasks and not a Ray Data pipeline (measured with Ray 2.60 on the 2-core machine, 2026-12-05):
+with one chute batch per row, ``map_batches`` under Ray Data's default backpressure ran one task
+at a time (40 tasks of 0.1 s took 4.4-4.7 s; its concurrency-cap and resource-budget policies each
+did it alone), and with those policies off it ran ahead of a slow consumer by 50 of 60 batches,
+i.e. buffered the epoch in the object store. The same 40 tasks as plain Ray tasks took 2.06 s, and
+a window chute keeps bounds what waits. Ray Data's own readers (``read_images``,
+``read_parquet``) would read in Ray's order, not chute's.
+
 Where Ray runs: with ``RAY_ADDRESS`` set (``ray job submit`` sets it) or an ``address`` given, the
 cluster there (its workers must be able to import chute and the data's paths must be readable from
 every node); otherwise a local Ray instance this process starts, which under DDP rank 0 starts and
-every other rank joins (:func:`connect`). Ray Data is an optional dependency
-(``pip install 'chute[ray]'``), imported when first used.
-
-Measured against chute's own workers in ``scripts/bench_ray.py`` (``docs/benchmarks.md``).
+every other rank joins (:func:`connect`). Ray is an optional dependency (``pip install 'chute[ray]'``),
+imported when first used. Measured against chute's own workers in ``scripts/bench_ray.py``
+(``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
@@ -56,12 +64,11 @@ INSTALL = "pip install 'chute[ray]'"
 
 
 def import_ray() -> Any:
-    """``ray`` with Ray Data, or a :class:`~chute.errors.ConfigError` saying how to install it."""
+    """``ray``, or a :class:`~chute.errors.ConfigError` saying how to install it."""
     try:
         import ray
-        import ray.data
     except ImportError as err:
-        raise ConfigError("loader.backend", "ray", f"needs Ray Data, which is not installed: {INSTALL}") from err
+        raise ConfigError("loader.backend", "ray", f"needs Ray, which is not installed: {INSTALL}") from err
     return ray
 
 
@@ -90,7 +97,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> str:
                 _start_local(ray, num_cpus)
             elif not ray.is_initialized():  # rank 0 has just started it
                 _init(ray, address=address)
-            _quiet(ray)
         return str(ray.get_runtime_context().gcs_address)
 
 
@@ -125,19 +131,8 @@ def _init(ray: Any, **kwargs: Any) -> None:
         ) from err
 
 
-def _quiet(ray: Any) -> None:
-    """No progress bars or per-pass INFO lines: a pipeline runs every epoch."""
-    with warnings.catch_warnings():  # Ray's own default context warns about its own deprecated field
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.enable_operator_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
 class RayLoader(Passes):
-    """A chute loader whose batches are read by a Ray Data pipeline (see the module docstring).
+    """A chute loader whose batches are read by Ray tasks on a cluster (see the module docstring).
 
     Args:
         dataset: A map-style dataset (what a DataLoader worker would read); sent to the cluster once
@@ -146,8 +141,8 @@ class RayLoader(Passes):
         collate_fn: Applied on the cluster to each batch's samples.
         seed: Keys each batch's generator (:func:`chute.loader.batch_generator`), as in
             :class:`~chute.loader.BatchFetch`.
-        tasks: Ray tasks reading at once (``None``: as many as the cluster's CPUs allow).
-        prefetch: Batches Ray Data readies ahead of the consumer.
+        tasks: Ray tasks reading at once (``None``: one per CPU of the cluster).
+        prefetch: Batches read ahead of the consumer, besides one per task.
         pin_memory: Pin the batches here (only useful with CUDA).
         feed: With a CUDA trainer: copy each batch to the device and run the batch hook there in a
             feeding thread (:class:`~chute.loader.threaded.DeviceFeed`), as for worker processes.
@@ -205,34 +200,36 @@ class RayLoader(Passes):
             return
         connect(self.address, self.num_cpus)
         ray = import_ray()
-        reader = _Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs)
-        box = [ray.put(reader)]  # in a list: Ray Data hands a bare ObjectRef argument over unresolved
-        rows = ray.data.range(len(specs), override_num_blocks=len(specs))
-        rows.context.execution_options.preserve_order = True  # batches in the order's order
-        compute = ray.data.TaskPoolStrategy(size=min(self.tasks, len(specs))) if self.tasks else None
-        rows = rows.map_batches(_read_batch, batch_size=1, fn_args=(box,), compute=compute, num_cpus=1)
-        stream = iter(rows.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch))
+        read = _remote(ray)
+        box = [ray.put(_Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs))]  # a list: not resolved
+        tasks = self.tasks or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        window: collections.deque[Any] = collections.deque()
+        submitted = 0
         try:
-            for row in stream:
-                batch, journals = _unpack(row)
+            while submitted < len(specs) or window:
+                while submitted < len(specs) and len(window) < tasks + self.prefetch:
+                    window.append(read.remote(box, submitted))
+                    submitted += 1
+                batch, journals = _unpack(ray.get(window.popleft()), self.pin_memory)  # in order; the rest run on
                 _absorb(journals)
                 if isinstance(batch, _Raised):
                     raise batch.error
-                yield _pin(batch) if self.pin_memory else batch
-        finally:  # a pass left early (resume tests, a stopped fit) ends Ray's pipeline now, not at exit
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+                yield batch
+        finally:  # a pass left early (an error, a stopped fit) cancels what it started, if Ray still runs
+            for ref in window if ray.is_initialized() else ():
+                with contextlib.suppress(Exception):  # best effort: a task may finish meanwhile
+                    ray.cancel(ref)
 
 
-def _pin(batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return batch.pin_memory()
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(_pin(b) for b in batch)
-    if isinstance(batch, dict):
-        return {k: _pin(v) for k, v in batch.items()}
-    return batch
+_REMOTE: Any = None
+
+
+def _remote(ray: Any) -> Any:
+    """:func:`_read_batch` as a Ray remote function of one CPU (made once per process)."""
+    global _REMOTE
+    if _REMOTE is None:
+        _REMOTE = ray.remote(num_cpus=1, max_retries=0)(_read_batch)
+    return _REMOTE
 
 
 class _Raised:
@@ -250,7 +247,7 @@ class _Raised:
 
 
 class _Reader:
-    """What a Ray task runs for batch ``k`` of a pass: fetch, collate, pack for Ray Data."""
+    """What a Ray task runs for batch ``k`` of a pass: fetch and collate."""
 
     def __init__(self, fetch: BatchFetch, collate_fn: Callable[[Any], Any] | None, specs: list[np.ndarray]) -> None:
         self.fetch, self.collate_fn, self.specs = fetch, collate_fn, specs
@@ -264,8 +261,8 @@ _PASS: dict[str, tuple[_Reader, list[BadSamples]]] = {}  # this worker process's
 _LIMITED = False
 
 
-def _read_batch(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.ndarray]:
-    """Ray Data's function: one row (a batch number) in, one packed batch out."""
+def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
+    """The Ray task: batch ``k`` of the pass whose reader ``box`` holds, packed."""
     global _LIMITED
     if not _LIMITED:  # one thread per library, as in a DataLoader worker (the task has one CPU)
         from chute.loader.worker_init import library_threads, limit_library_threads
@@ -274,7 +271,7 @@ def _read_batch(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.nda
         _LIMITED = True
     ref = box[0]
     key = ref.hex()
-    if key not in _PASS:
+    if key not in _PASS:  # a worker runs many batches of a pass: its reader is fetched once
         _PASS.clear()
         with _collecting() as policies:
             reader = import_ray().get(ref)
@@ -282,10 +279,9 @@ def _read_batch(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.nda
             policy.journal = [0, []]
         _PASS[key] = (reader, policies)
     reader, policies = _PASS[key]
-    (k,) = rows["id"].tolist()
     try:
-        batch: Any = reader(int(k))
-    except DataError as err:  # sent back as the batch, raised there as it is (Ray keeps only its text)
+        batch: Any = reader(k)
+    except DataError as err:  # sent back as the batch, raised there as it is (Ray would keep only its text)
         batch = _Raised(err)
     journals = []
     for policy in policies:
@@ -293,7 +289,7 @@ def _read_batch(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.nda
         if policy.journal[0] or policy.journal[1]:
             journals.append((policy.token, policy.journal[0], policy.journal[1]))
             policy.journal = [0, []]
-    return _pack(batch, journals)
+    return _pack(batch), journals
 
 
 _UNPICKLED: list[list[BadSamples]] = []
@@ -312,21 +308,17 @@ def _collecting() -> Iterator[list[BadSamples]]:
         BadSamples.on_unpickle = _UNPICKLED[-1].append if _UNPICKLED else None
 
 
-# -- Batches through Ray Data: tensors as array columns, the rest as one pickled structure ------
+# -- Batches through Ray's object store: tensors as NumPy arrays (stored once, out of band) --------
 
 
-def _pack(batch: Any, journals: list[Any]) -> dict[str, np.ndarray]:
+def _pack(batch: Any) -> tuple[Any, list[np.ndarray]]:
     arrays: list[np.ndarray] = []
-    structure = _flatten(batch, arrays)
-    packed = {f"t{i}": a[None] for i, a in enumerate(arrays)}
-    packed["structure"] = np.array([pickle.dumps((structure, journals))], dtype=object)
-    return packed
+    return _flatten(batch, arrays), arrays
 
 
-def _unpack(row: dict[str, np.ndarray]) -> tuple[Any, list[Any]]:
-    # Our own pickle, made by the task this loader started on its own cluster: not untrusted input.
-    structure, journals = pickle.loads(row["structure"][0])
-    return _rebuild(structure, row), journals
+def _unpack(packed: tuple[tuple[Any, list[np.ndarray]], list[Any]], pin: bool) -> tuple[Any, list[Any]]:
+    (structure, arrays), journals = packed
+    return _rebuild(structure, arrays, pin), journals
 
 
 class _T:
@@ -358,20 +350,26 @@ def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
     return obj
 
 
-def _rebuild(obj: Any, row: dict[str, np.ndarray]) -> Any:
+def _rebuild(obj: Any, arrays: list[np.ndarray], pin: bool) -> Any:
     if isinstance(obj, _T):
-        array = np.array(row[f"t{obj.column}"][0])  # a writable copy out of Ray's read-only memory
-        t = torch.from_numpy(array)
+        # Over Ray's shared memory, without a copy: NumPy marks it read-only because a Ray object is
+        # immutable, but this batch's object is referenced by nothing else and lives as long as the
+        # tensor; pinned (for a GPU) it is copied once, into page-locked memory.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+            t = torch.from_numpy(arrays[obj.column])
+        if pin:
+            t = torch.empty_like(t, pin_memory=True).copy_(t)
         if obj.view is not None:
             t = t.view(obj.dtype)
         inverse = tuple(obj.perm.index(d) for d in range(len(obj.perm)))
         return t.permute(inverse)
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_rebuild(v, row) for v in obj))
+        return type(obj)(*(_rebuild(v, arrays, pin) for v in obj))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_rebuild(v, row) for v in obj)
+        return type(obj)(_rebuild(v, arrays, pin) for v in obj)
     if isinstance(obj, dict):
-        return {k: _rebuild(v, row) for k, v in obj.items()}
+        return {k: _rebuild(v, arrays, pin) for k, v in obj.items()}
     return obj
 
 
