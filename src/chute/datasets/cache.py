@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from chute.datasets.cache_store import (
     as_read,
     build_disk,
+    build_lock,
     build_memory,
     gather,
     is_shared,
@@ -100,10 +101,22 @@ class CachedDataset(Dataset[Any]):
         if store == "disk":
             assert self.cache_dir is not None
             arrays = load_disk(self.cache_dir, key, n)
+            # Builders on nodes that share the folder but not a lock may swap in their (identical)
+            # copies while this one reads: read again what is published, build only if nothing is.
+            for _ in range(3):
+                if arrays is not None:
+                    break
+                with build_lock(self.cache_dir):  # one builder per lock; the others read what it built
+                    arrays = load_disk(self.cache_dir, key, n)
+                    if arrays is None:
+                        build_disk(source, n, self.cache_dir, key, progress)
+                        arrays = load_disk(self.cache_dir, key, n)
             if arrays is None:
-                build_disk(source, n, self.cache_dir, key, progress)
-                arrays = load_disk(self.cache_dir, key, n)
-                assert arrays is not None
+                raise DataError(
+                    f"Cache '{self.cache_dir}' was built but does not read back complete: another process "
+                    "is rewriting it (two runs with different settings sharing one cache_dir?). Give each "
+                    "its own data.cache_dir."
+                )
             self.names, self.arrays, self.template, missing, self.layouts = arrays
         else:
             self.names, self.arrays, self.template, missing, self.layouts = build_memory(source, n, progress)

@@ -4,11 +4,15 @@ dtypes, sizes), built once and published atomically; colour images channels-last
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -286,8 +290,70 @@ def build_disk(source: Any, n: int, cache_dir: str, key: str, progress: bool) ->
             "missing": missing,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        publish(tmp, target, key, n)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(built: Path, target: Path, key: str, n: int) -> None:
+    """Make the complete folder ``built`` the cache at ``target``, safe against other builders.
+
+    Nodes that share storage may build the same cache at once (Lightning runs ``prepare_data`` once
+    per node, and a lock may not hold across nodes). So a cache already published for this ``key``
+    is never replaced: the later builder drops its own copy and reads that one. A stale cache (other
+    files or settings) is renamed aside first, never deleted in place, so a process still reading
+    it keeps its mapped files; a builder that loses the race to rename into place drops its copy.
+    """
+    if _current(target, key, n):
+        return  # another builder published it while this one built
+    if target.exists() and not _current(target, key, n):  # asked again: another may have just published
+        aside = target.parent / f".{target.name}.stale-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            target.rename(aside)
+        except FileNotFoundError:  # another builder moved it first
+            pass
+        else:
+            shutil.rmtree(aside, ignore_errors=True)  # open memory maps of its files stay valid
+    try:
+        built.rename(target)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _current(target, key, n):
+            raise
+        # another builder renamed its complete cache into place first: keep that one
+
+
+def _current(target: Path, key: str, n: int) -> bool:
+    """Whether ``target`` holds a complete cache for ``key``: its manifest (written last) says so and
+    every field's file has its full size (a damaged cache is replaced, as :func:`load_disk` would)."""
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+        if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
+            return False
+        for field in manifest["fields"]:
+            path = Path(inside(str(target), field["file"], "cache manifest"))
+            dtype = np.dtype(field["dtype"])
+            if dtype.hasobject or path.stat().st_size != n * int(np.prod(field["shape"])) * dtype.itemsize:
+                return False
+    except (OSError, ValueError, KeyError, TypeError, DataError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def build_lock(cache_dir: str) -> Iterator[None]:
+    """Hold an exclusive lock beside ``cache_dir`` while checking and building it, so processes that
+    share a lock (one machine; NFS with locking) build it once and the others wait and read it.
+    Where locks do not work (``ENOLCK``, some shared filesystems) it goes on unlocked:
+    :func:`publish` keeps concurrent builders safe without it."""
+    target = Path(cache_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError:
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

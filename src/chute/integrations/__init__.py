@@ -28,6 +28,12 @@ resume mid-epoch                   exact with the same world size, workers and b
 =================================  =================================================================
 
 LitData is an optional dependency (``pip install 'chute[litdata]'``), imported when first used.
+
+:mod:`chute.integrations.ray_tasks` is the other kind of integration: an engine behind chute's own
+loader (``loader.backend=ray``), not another loader. The order, the position and the split stay
+chute's and only the reading runs as Ray tasks on a cluster, so it holds chute's whole contract
+(the ``ray_images`` line of the contract suite, :class:`~chute.datamodules.RayImagesDataModule`).
+Ray is optional too (``pip install 'chute[ray]'``).
 """
 
 from chute.datamodules.base import ChuteDataModule

@@ -42,7 +42,6 @@ import collections
 import contextlib
 import logging
 import os
-import pickle
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -233,14 +232,21 @@ def _remote(ray: Any) -> Any:
 
 
 class _Raised:
-    """A batch whose reading raised a :class:`~chute.errors.DataError` (a file named), sent in its place."""
+    """A batch whose reading raised a :class:`~chute.errors.DataError` (a file named), sent in its place
+    as its class name and text, and raised again in the trainer as that class."""
 
     def __init__(self, error: DataError) -> None:
-        try:
-            pickle.loads(pickle.dumps(error))
-            self.error = error
-        except Exception:  # an error class that does not pickle: its text, as a DataError
-            self.error = DataError(str(error))
+        self.kind, self.text = type(error).__name__, str(error)
+
+    @property
+    def error(self) -> DataError:
+        import chute.errors
+
+        kind = getattr(chute.errors, self.kind, None)
+        if isinstance(kind, type) and issubclass(kind, DataError):
+            with contextlib.suppress(Exception):  # a subclass whose constructor takes other arguments
+                return kind(self.text)
+        return DataError(self.text)
 
 
 # -- On the cluster -----------------------------------------------------------------------------
