@@ -34,8 +34,10 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def _trainer(world: int, out: Path, **kwargs: Any) -> L.Trainer:
+    nodes = int(os.environ.get("GROUP_WORLD_SIZE", 1))  # torchrun --nnodes: several (simulated) nodes
     return L.Trainer(
-        accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", logger=False,
+        accelerator="cpu", devices=world // nodes, num_nodes=nodes, strategy="ddp" if world > 1 else "auto",
+        logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(out),
         **kwargs,
     )  # fmt: skip

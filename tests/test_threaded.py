@@ -96,7 +96,7 @@ def test_backend_settings_are_checked() -> None:
             LoaderSettings(backend="threads", **{"num_workers": 2, **bad})
         assert info.value.key == key
     with pytest.raises(ConfigError) as info:
-        LoaderSettings(backend="ray")
+        LoaderSettings(backend="rays")
     assert info.value.key == "backend"
 
 
