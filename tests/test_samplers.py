@@ -114,3 +114,19 @@ def test_a_sampler_without_the_order_protocol_is_refused_naming_what_it_lacks() 
     assert not isinstance(plain, Order)
     with pytest.raises(TypeError, match=r"BatchSampler cannot drive a chute loader: it has no set_epoch, resume"):
         build_loader(data, LoaderSettings(batch_size=4), train=True, seed=0, batches=plain)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 5])
+def test_length_buckets_split_samples_not_batches_across_ranks(world: int) -> None:
+    """Whole batches split over 4 ranks padded a short rank with whole batches (8 repeats of 23);
+    split by samples, fewer than ``world`` repeat and every rank takes as many steps."""
+    from chute.loader.orders import BucketBatchSampler
+
+    lengths = np.arange(23) % 7 + 1
+    shares = [list(BucketBatchSampler(lengths, 4, seed=3, rank=r, world_size=world)) for r in range(world)]
+    seen = [i for share in shares for batch in share for i in batch]
+    assert set(seen) == set(range(23))
+    assert len(seen) - 23 <= world - 1
+    assert len({len(share) for share in shares}) == 1
+    alone = BucketBatchSampler(lengths, 4, seed=3, rank=0, world_size=1)
+    assert list(alone) == [b.tolist() for b in alone.batches()]  # one process: the drawn batches as they are
