@@ -90,13 +90,14 @@ def baseline_loader(root: Path, workers: int, batch_size: int, pin_memory: bool 
 
 
 def chute_module(
-    root: Path, workers: int, batch_size: int, cache_dir: str | None, backend: str = "torch", fast_decode: bool = True
-) -> ImageFolderDataModule:
+    root: Path, workers: int, batch_size: int, cache_dir: str | None, backend: str = "torch", fast_decode: bool = True,
+    cls: type[ImageFolderDataModule] = ImageFolderDataModule, **extra: Any,
+) -> ImageFolderDataModule:  # fmt: skip
+    """chute's DataModule for the photo workload (``cls``/``extra``: a subclass and its own arguments)."""
     t = create_transforms(image_size=224, crop_pct=0.875, fast_decode=fast_decode)
-    extra: dict[str, Any] = {}
     if cache_dir is not None:
-        extra = {"cache": "disk", "cache_size": 256, "cache_dir": cache_dir, "device_augment": True}
-    dm = ImageFolderDataModule(
+        extra = {**extra, "cache": "disk", "cache_size": 256, "cache_dir": cache_dir, "device_augment": True}
+    dm = cls(
         root, train_transform=t.train, val_transform=t.val, train_batch_transform=t.train_batch, mean=MEAN, std=STD,
         loader={"batch_size": batch_size, "num_workers": workers, "backend": backend}, **extra,
     )  # fmt: skip

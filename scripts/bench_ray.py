@@ -34,28 +34,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_images import MEAN, STD, measure, on_trainer
+from bench_images import chute_module, measure, on_trainer
 from benchlib import write_results
-from chute.datamodules import ImageFolderDataModule, RayImagesDataModule
+from chute.datamodules import RayImagesDataModule
 from chute.datasets import PhotoFolder
-from chute.transforms import create_transforms
-
-
-def module(kind: str, root: Path, cpus: int, batch_size: int, address: str | None) -> ImageFolderDataModule:
-    t = create_transforms(image_size=224, crop_pct=0.875)
-    common: dict[str, Any] = {
-        "train_transform": t.train, "val_transform": t.val, "train_batch_transform": t.train_batch,
-        "mean": MEAN, "std": STD,
-    }  # fmt: skip
-    if kind == "ray":
-        loader = {"batch_size": batch_size, "num_workers": cpus}
-        dm: ImageFolderDataModule = RayImagesDataModule(
-            root, address=address, num_cpus=None if address else cpus, loader=loader, **common
-        )
-    else:
-        dm = ImageFolderDataModule(root, loader={"batch_size": batch_size, "num_workers": cpus}, **common)
-    dm.setup("fit")
-    return dm
 
 
 def main() -> None:
@@ -78,7 +60,8 @@ def main() -> None:
     for cpus in args.cpus:
         for kind, label in (("workers", "chute workers"), ("ray", "chute on Ray")):
             torch.manual_seed(0)
-            dm = module(kind, root, cpus, args.batch_size, args.address)
+            ray_args = {"cls": RayImagesDataModule, "address": args.address, "num_cpus": None if args.address else cpus}
+            dm = chute_module(root, cpus, args.batch_size, None, **(ray_args if kind == "ray" else {}))
             row: dict[str, Any] = {"label": f"{label}\n{cpus} CPUs", "case": label, "cpus": cpus}
             loader = dm.train_dataloader()
             start = time.perf_counter()

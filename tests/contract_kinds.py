@@ -105,27 +105,23 @@ def write_images(out: Path) -> Path:
     return _each_sample(out / "images", "png", write)
 
 
-def _image(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
+def _image(out: Path, loader: Mapping[str, Any], cls: type | None = None, **extra: Any) -> L.LightningDataModule:
+    """The id-carrying PNGs with no random crop (``cls``: an ImageFolderDataModule subclass)."""
     from chute.datamodules import ImageFolderDataModule
     from chute.transforms import create_transforms
 
     t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
-    return ImageFolderDataModule(
+    return (cls or ImageFolderDataModule)(
         write_images(out), image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
-        channels_last=False, loader=loader,
+        channels_last=False, loader=loader, **extra,
     )  # fmt: skip
 
 
 def _ray_images(out: Path, loader: Mapping[str, Any]) -> L.LightningDataModule:
-    """The image kind read by Ray Data tasks on a local Ray instance (under DDP: rank 0's, joined by all)."""
+    """The image kind read by Ray tasks on a local Ray instance (under DDP: rank 0's, joined by all)."""
     from chute.datamodules import RayImagesDataModule
-    from chute.transforms import create_transforms
 
-    t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)
-    return RayImagesDataModule(
-        write_images(out), image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
-        channels_last=False, loader=loader, num_cpus=2,
-    )  # fmt: skip
+    return _image(out, loader, RayImagesDataModule, num_cpus=2)
 
 
 def write_jpegs(out: Path) -> Path:

@@ -161,19 +161,14 @@ def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path) -> None:
     import lightning as L
     from ray.cluster_utils import Cluster
 
-    from chute.transforms import create_transforms
-    from tests.contract_kinds import SAMPLES, TRAIN_IMAGES, Recorder
+    from tests.contract_kinds import SAMPLES, TRAIN_IMAGES, Recorder, _image
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
-        root = write_images(tmp_path)
-        t = create_transforms(image_size=8, crop_pct=1.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0)  # ids intact
-        dm = RayImagesDataModule(
-            root, image_mode="L", train_transform=t.train, val_transform=t.val, mean=[0.0], std=[1.0],
-            channels_last=False, address=cluster.address, loader={"batch_size": BATCH, "num_workers": 2},
-        )  # fmt: skip
+        loader = {"batch_size": BATCH, "num_workers": 2}
+        dm = _image(tmp_path, loader, RayImagesDataModule, address=cluster.address)  # no random crop: ids intact
         model = Recorder(_image_ids)
         trainer = L.Trainer(
             max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -54,9 +54,7 @@ class RayImagesDataModule(ImageFolderDataModule):
         num_cpus: int | None = None,
         **options: Any,
     ) -> None:
-        for key in self.unsupported:
-            if options.get(key) not in (None, False):
-                raise ConfigError(key, options[key], f"{type(self).__name__} {self.unsupported[key]}")
+        self._refuse_unsupported({key: options.get(key) not in (None, False) for key in self.unsupported}, options)
         if num_cpus is not None and (isinstance(num_cpus, bool) or not isinstance(num_cpus, int) or num_cpus < 1):
             raise ConfigError("num_cpus", num_cpus, "must be a number of CPUs >= 1, or null for all")
         super().__init__(root, **options)

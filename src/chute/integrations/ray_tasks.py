@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from chute.bad_samples import BadSamples
 from chute.errors import ConfigError, DataError
@@ -145,7 +146,6 @@ class RayLoader(Passes):
         pin_memory: Pin the batches here (only useful with CUDA).
         feed: With a CUDA trainer: copy each batch to the device and run the batch hook there in a
             feeding thread (:class:`~chute.loader.threaded.DeviceFeed`), as for worker processes.
-        address, num_cpus: Where Ray runs (:func:`connect`), if this process has not joined it yet.
         epoch_of, epoch_reader: As for :class:`~chute.loader.Passes`.
     """
 
@@ -160,8 +160,6 @@ class RayLoader(Passes):
         prefetch: int = 2,
         pin_memory: bool = False,
         feed: DeviceCopy | None = None,
-        address: str | None = None,
-        num_cpus: int | None = None,
         epoch_of: Callable[[], int] | None = None,
         epoch_reader: Any = None,
     ) -> None:
@@ -173,7 +171,6 @@ class RayLoader(Passes):
         self.prefetch = prefetch
         self.pin_memory = pin_memory
         self.feed = feed
-        self.address, self.num_cpus = address, num_cpus
         # What Lightning and torch tooling read off a loader, as ThreadedLoader has them.
         self.num_workers = 0
         self.batch_sampler = None
@@ -197,7 +194,7 @@ class RayLoader(Passes):
         specs = [np.asarray(batch, dtype=np.int64) for batch in self.sampler]
         if not specs:
             return
-        connect(self.address, self.num_cpus)
+        connect()  # joined already if the DataModule was given an address; else RAY_ADDRESS or a local one
         ray = import_ray()
         read = _remote(ray)
         box = [ray.put(_Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs))]  # a list: not resolved
@@ -298,20 +295,15 @@ def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
     return _pack(batch), journals
 
 
-_UNPICKLED: list[list[BadSamples]] = []
-
-
 @contextlib.contextmanager
 def _collecting() -> Iterator[list[BadSamples]]:
     """Collect the :class:`BadSamples` policies unpickled inside this block (the reader's copies)."""
     found: list[BadSamples] = []
-    _UNPICKLED.append(found)
-    BadSamples.on_unpickle = found.append
+    before, BadSamples.on_unpickle = BadSamples.on_unpickle, found.append
     try:
         yield found
     finally:
-        _UNPICKLED.pop()
-        BadSamples.on_unpickle = _UNPICKLED[-1].append if _UNPICKLED else None
+        BadSamples.on_unpickle = before
 
 
 # -- Batches through Ray's object store: tensors as NumPy arrays (stored once, out of band) --------
@@ -337,9 +329,11 @@ class _T:
 _NO_NUMPY = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.uint8, torch.float8_e5m2: torch.uint8}
 
 
-def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
+def _flatten(batch: Any, arrays: list[np.ndarray]) -> Any:
+    """``batch`` with each tensor moved into ``arrays`` and replaced by its :class:`_T`."""
+
+    def store(tensor: torch.Tensor) -> _T:
+        t = tensor.detach()
         # Keep the memory format (channels_last): store the dense permutation, undo it on arrival.
         strides = t.stride()
         perm = tuple(sorted(range(t.ndim), key=lambda d: (-strides[d], d)))
@@ -347,36 +341,27 @@ def _flatten(obj: Any, arrays: list[np.ndarray]) -> Any:
         view = _NO_NUMPY.get(t.dtype)
         arrays.append((dense.view(view) if view is not None else dense).numpy())
         return _T(len(arrays) - 1, t.dtype, perm, view)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_flatten(v, arrays) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_flatten(v, arrays) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _flatten(v, arrays) for k, v in obj.items()}
-    return obj
+
+    return apply_to_collection(batch, torch.Tensor, store)
 
 
-def _rebuild(obj: Any, arrays: list[np.ndarray], pin: bool) -> Any:
-    if isinstance(obj, _T):
+def _rebuild(structure: Any, arrays: list[np.ndarray], pin: bool) -> Any:
+    """The batch :func:`_flatten` took apart, its tensors over ``arrays``."""
+
+    def load(place: _T) -> torch.Tensor:
         # Over Ray's shared memory, without a copy: NumPy marks it read-only because a Ray object is
         # immutable, but this batch's object is referenced by nothing else and lives as long as the
         # tensor; pinned (for a GPU) it is copied once, into page-locked memory.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
-            t = torch.from_numpy(arrays[obj.column])
+            t = torch.from_numpy(arrays[place.column])
         if pin:
             t = torch.empty_like(t, pin_memory=True).copy_(t)
-        if obj.view is not None:
-            t = t.view(obj.dtype)
-        inverse = tuple(obj.perm.index(d) for d in range(len(obj.perm)))
-        return t.permute(inverse)
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(_rebuild(v, arrays, pin) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_rebuild(v, arrays, pin) for v in obj)
-    if isinstance(obj, dict):
-        return {k: _rebuild(v, arrays, pin) for k, v in obj.items()}
-    return obj
+        if place.view is not None:
+            t = t.view(place.dtype)
+        return t.permute(tuple(place.perm.index(d) for d in range(len(place.perm))))
+
+    return apply_to_collection(structure, _T, load)
 
 
 def _absorb(journals: list[tuple[str, int, list[tuple[str, str]]]]) -> None:

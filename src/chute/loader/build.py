@@ -285,6 +285,14 @@ def _tracked(dataset: Any) -> TrackedDataset | None:
 Loader = ChuteDataLoader | ChuteThreadedLoader
 
 
+def _device_feed(device: torch.device | None, after_copy: Callable[[Any], Any] | None) -> DeviceCopy | None:
+    """With a CUDA device and a batch hook: the copy (and hook) a feeding thread runs on batches that
+    other processes made (worker processes, Ray tasks), so the training thread gets finished ones."""
+    if device is None or device.type != "cuda" or after_copy is None:
+        return None
+    return DeviceCopy(device, after=after_copy)
+
+
 def default_order(
     size: int,
     settings: LoaderSettings,
@@ -362,11 +370,10 @@ def build_loader(
             raise ValueError("the ray backend reads map-style data; a stream needs backend=torch")
         from chute.integrations.ray_tasks import RayLoader
 
-        to_gpu = device is not None and device.type == "cuda" and after_copy is not None
         return RayLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader
             dataset, batches, collate_fn, seed=batch_seed, tasks=None if settings.auto else settings.num_workers,
             prefetch=settings.prefetch_factor or 2, pin_memory=settings.resolved_pin_memory,
-            feed=DeviceCopy(device, after=after_copy) if to_gpu else None,  # type: ignore[arg-type]
+            feed=_device_feed(device, after_copy),
             epoch_of=epoch_of, epoch_reader=dataset,
         )  # fmt: skip
     workers = settings.num_workers
@@ -389,8 +396,8 @@ def build_loader(
             kwargs["multiprocessing_context"] = settings.multiprocessing_context
         # one thread per library in each worker (chute.loader.worker_init), then the worker's seeds
         kwargs["worker_init_fn"] = WorkerInit(current_rank() if rank is None else rank, seed=settings.seed_workers)
-    if device is not None and device.type == "cuda" and after_copy is not None and workers > 0:
-        kwargs["feed"] = DeviceCopy(device, after=after_copy)
+    if workers > 0:
+        kwargs["feed"] = _device_feed(device, after_copy)
     if stream:
         return ChuteDataLoader(dataset, **kwargs)
     kwargs["epoch_reader"] = dataset
