@@ -23,9 +23,7 @@ from tests.conftest import REPO
 from tests.contract_kinds import KINDS
 from tests.test_contract import check, train_batches
 
-# LitData's own multi-node plan repeats and drops samples from the second epoch (issue 29, open).
-KNOWN_BROKEN = {"litdata"}
-MULTINODE_KINDS = [k for k in KINDS if k not in KNOWN_BROKEN]
+MULTINODE_KINDS = list(KINDS)
 
 
 def launch_nodes(out: Path, kinds: list[str], settings: list[str], nodes: int = 2, per_node: int = 2) -> list[Any]:

@@ -71,6 +71,29 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(table_chun
         assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_two_nodes_read_every_sample_each_epoch_in_equal_unchanging_steps(table_chunks: str, seed: int) -> None:
+    from types import SimpleNamespace
+
+    # A trainer of 2 nodes x 2 devices. LitData's own multi-node plan, from its second epoch, keeps
+    # each node on its first epoch's chunks: chunks split between nodes were read twice, others never,
+    # and the ranks' batch counts changed, so an epoch outgrew the length Lightning had read (issue 29).
+    dm = LitDataModule(table_chunks, loader={"batch_size": 8}, seed=seed)
+    dm.setup("fit")
+    loaders = []
+    for rank in range(4):
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=4, num_nodes=2, current_epoch=0)  # type: ignore[assignment]
+        loaders.append(dm.dataloader("train", train=True))
+    dm.trainer = None  # type: ignore[assignment]
+    n, steps = dm.num_samples("train"), len(loaders[0])
+    for epoch in range(3):
+        ranks = [[batch[0] for batch in loader] for loader in loaders]
+        assert [len(batches) for batches in ranks] == [steps] * 4, epoch  # as Lightning read it at the start
+        rows = torch.cat([torch.cat(batches) for batches in ranks])
+        assert len(torch.unique(rows, dim=0)) == n, epoch  # every sample
+        assert len(rows) - n <= 3, epoch  # repeats: fewer than the world size, as the padded samplers
+
+
 _CHUNKS = [[s, s, min(s + 5, 23), min(s + 5, 23)] for s in range(0, 23, 5)]  # 23 samples in chunks of 5
 
 

@@ -13,9 +13,9 @@ says which checks are relaxed), with its own resume tests beside it.
 =================================  =================================================================
 chute's contract                   LitData integration
 =================================  =================================================================
-every training sample each epoch   yes, on one node: what LitData leaves of an epoch (whole batches
-                                   per rank) is read as extra batches (:mod:`.litdata_cover`); across
-                                   nodes LitData's plan differs from the second epoch (not held)
+every training sample each epoch   yes: what LitData leaves of an epoch (whole batches per rank) is
+                                   read as extra batches (:mod:`.litdata_cover`); on several nodes
+                                   LitData plans as one node (its node-local plan drops samples)
 repeats < ``world_size``           < ``world_size * batch_size`` (the extra batches even out ranks)
 equal steps on every rank          yes
 each evaluation sample once        yes (chute's evaluation order over LitData's reader)

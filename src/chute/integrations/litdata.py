@@ -58,8 +58,11 @@ class LitDataModule(DescribedDataModule):
     at the end of the epoch, dealt so that every rank ends on the same step (one extra batch each in
     the first case). So every training sample is read each epoch, and a sample repeats only when the
     rest is smaller than the number of extra batches: at most ``world_size - 1`` repeats whenever
-    LitData gives every rank the same number of batches (always on one node with its chunk shuffle), as
-    with the map-style DataModules' padded sampler.
+    LitData gives every rank the same number of batches (always with its chunk shuffle), as with the
+    map-style DataModules' padded sampler. On several nodes LitData plans every epoch as one node of
+    ``world_size`` ranks would (its own multi-node plan keeps each node on its first epoch's chunks and
+    from the second epoch reads some samples twice and others never); the price is traffic, not
+    samples: from the second epoch a node may download chunks another node read before.
     ``loader.drop_last=True`` keeps LitData's whole batches only. Evaluation reads every sample once.
 
     The training loader is LitData's ``StreamingDataLoader``, which has ``state_dict`` /
@@ -144,7 +147,6 @@ class LitDataModule(DescribedDataModule):
         train: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
-        num_nodes: int = 1,
     ) -> Any:
         """The loader of ``split`` as ``rank`` of ``world_size`` sees it (default: the trainer's world,
         else torch.distributed's); passing ``rank`` and ``world_size`` simulates a distributed run.
@@ -161,7 +163,7 @@ class LitDataModule(DescribedDataModule):
         settings, name = self.loader_settings, self.split_names[split]
         collate = self._sample_collate()
         if train and (rank is None or world_size is None):
-            rank, world_size, num_nodes = self._distributed(_DistributedEnv)
+            rank, world_size = self._distributed(_DistributedEnv)
         dataset = litdata.StreamingDataset(
             input_dir=join_path(self.input_dir, name),
             cache_dir=join_path(self._cache_root(), name) if is_remote(self.input_dir) else None,
@@ -183,8 +185,11 @@ class LitDataModule(DescribedDataModule):
         assert rank is not None
         assert world_size is not None
         # The dataset reads the world from torch.distributed when built; the trainer knows it on any
-        # cluster (and LitData's guess of the node count is wrong on multi-node CPU runs).
-        dataset.distributed_env = _DistributedEnv(world_size, rank, num_nodes)
+        # cluster. LitData is told one node whatever the cluster: its multi-node plan keeps each node on
+        # the chunks it read in the first epoch, and from the second epoch reads a chunk split between
+        # two nodes on both and one that neither started on none (issue 29); one node of ``world_size``
+        # ranks is a new global permutation of the chunks every epoch, which the extra batches complete.
+        dataset.distributed_env = _DistributedEnv(world_size, rank, 1)
         workers = settings.num_workers
         loader_class = resumable_loader_class() if settings.drop_last else covering_loader_class()
         loader = loader_class(
@@ -206,11 +211,11 @@ class LitDataModule(DescribedDataModule):
     def split_dataloader(self, split: str, train: bool) -> Any:
         return self.dataloader(split, train=train)
 
-    def _distributed(self, env: Any) -> tuple[int, int, int]:
+    def _distributed(self, env: Any) -> tuple[int, int]:
         if self.trainer is not None:
-            return self.trainer.global_rank, self.trainer.world_size, self.trainer.num_nodes
+            return self.trainer.global_rank, self.trainer.world_size
         detected = env.detect()
-        return detected.global_rank, detected.world_size, 1
+        return detected.global_rank, detected.world_size
 
     def _cache_root(self) -> str:
         return self.cache_dir or os.path.join(tempfile.gettempdir(), "chute-litdata")
