@@ -46,13 +46,20 @@ class RecordRows(L.LightningModule):
 
 
 def fit_recording(
-    datamodule: L.LightningDataModule, root: Path, ckpt: str | None = None, every: int = 0, max_steps: int = -1
+    datamodule: L.LightningDataModule,
+    root: Path,
+    ckpt: str | None = None,
+    every: int = 0,
+    max_steps: int = -1,
+    callbacks: list[L.Callback] | None = None,
 ) -> list[list[float]]:
     """Fit :class:`RecordRows` for 2 epochs (no validation) and return the rows each step trained on;
     ``every``: also checkpoint every that many steps into ``root``; ``ckpt``: resume from it."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    callbacks = [ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1)] if every else []
+    callbacks = list(callbacks or [])
+    if every:
+        callbacks.append(ModelCheckpoint(dirpath=root, every_n_train_steps=every, save_top_k=-1))
     model = RecordRows()
     trainer = L.Trainer(
         max_epochs=2, max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,

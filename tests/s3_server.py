@@ -12,6 +12,7 @@ refused"); running it again with the printed port starts it with the same object
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +25,8 @@ from moto.server import ThreadedMotoServer
 def main() -> None:
     port, folder, bucket, prefix = int(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto logs every request otherwise
+    for key in [k for k in os.environ if k.startswith("AWS_ENDPOINT_URL")]:
+        del os.environ[key]  # the client below must stay in this process, where moto catches its calls
     mock_aws().start()  # this process's boto3 writes into moto's store, which the server then serves
     client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=bucket)

@@ -235,6 +235,7 @@ class LitDataModuleConfig:
     cache_dir: Optional[str] = None
     max_cache_size: Optional[str] = None
     storage_options: Any = None
+    retry_seconds: float = 60.0
     train_split: str = "train"
     val_split: str = "val"
     test_split: Optional[str] = None

@@ -15,17 +15,24 @@ import gc
 import importlib.util
 import json
 import logging
+import re
 import shutil
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
 from chute.app import run
-from chute.errors import DataError
-from chute.integrations import LitDataModule
+from chute.datamodules import TabularDataModule
+from chute.datasets import SklearnTable
+from chute.errors import ConfigError, DataError
+from chute.integrations import LitDataCopy, LitDataModule
 from tests.conftest import REPO
 from tests.helpers import assert_mentions, fit_recording
 from tests.test_config import make_config
@@ -40,13 +47,11 @@ _FAKE = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "re
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on a free port of 127.0.0.1, and an environment that can reach nothing else."""
+def offline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An environment whose S3 clients can reach nothing but the endpoints the tests name."""
     from litdata.streaming import downloader
 
     nowhere = tmp_path_factory.mktemp("no-aws-config") / "absent"
-    werkzeug = logging.getLogger("werkzeug")
-    level = werkzeug.level
     with pytest.MonkeyPatch.context() as mp:
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_ENDPOINT_URL_S3"):
             mp.delenv(key, raising=False)
@@ -61,15 +66,23 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # chunk GETs from any http:// endpoint fail with "BadScheme" (obstore ignores AWS_ALLOW_HTTP
         # once client options are given); see test_http_endpoint_needs_litdata_to_allow_http.
         mp.setitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http", True)
-        werkzeug.setLevel(logging.WARNING)  # moto's server logs every request otherwise
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        host, port = server.get_host_and_port()
-        try:
-            yield f"http://{host}:{port}"
-        finally:
-            server.stop()
-            werkzeug.setLevel(level)
+        yield
+
+
+@pytest.fixture(scope="module")
+def endpoint(offline: None) -> Iterator[str]:
+    """A moto S3 server on a free port of 127.0.0.1."""
+    werkzeug = logging.getLogger("werkzeug")
+    level = werkzeug.level
+    werkzeug.setLevel(logging.WARNING)  # moto's server logs every request otherwise
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        werkzeug.setLevel(level)
 
 
 def _convert(out: Path, data_dir: Path) -> dict[str, int]:
@@ -115,10 +128,12 @@ def _local_rows(local_chunks: Path, split: str) -> torch.Tensor:
     return _rows(dm.dataloader(split, train=False))
 
 
-def _remote(options: dict[str, str], cache: Path, workers: int = 0, batch_size: int = 32, seed: int = 3) -> Any:
+def _remote(
+    options: dict[str, str], cache: Path, workers: int = 0, batch_size: int = 32, seed: int = 3, **kwargs: Any
+) -> Any:
     return LitDataModule(
         URL, cache_dir=str(cache), storage_options=options, loader={"batch_size": batch_size, "num_workers": workers},
-        seed=seed,
+        seed=seed, **kwargs,
     )  # fmt: skip
 
 
@@ -237,7 +252,7 @@ def test_storage_options_override_composes() -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    raises=RuntimeError,
+    raises=DataError,
     reason="LitData 0.2.76 gives obstore's S3Store fixed client_options without allow_http "
     "(litdata/streaming/downloader.py, _build_obstore_s3_store), so chunks from an http:// endpoint fail; "
     "an XPASS means LitData fixed it and the endpoint fixture's patch can go",
@@ -248,7 +263,7 @@ def test_http_endpoint_needs_litdata_to_allow_http(
     from litdata.streaming import downloader
 
     monkeypatch.delitem(downloader._OBSTORE_CLIENT_OPTIONS, "allow_http")
-    dm = _remote(options, tmp_path / "cache")
+    dm = _remote(options, tmp_path / "cache", retry_seconds=0)  # the error at once, not after the retries
     dm.setup("fit")
     next(iter(dm.train_dataloader()))
 
@@ -259,3 +274,119 @@ def test_a_url_without_a_converted_dataset_is_named(options: dict[str, str], tmp
     with pytest.raises(DataError) as err:
         dm.setup("fit")
     assert_mentions(str(err.value), f"{missing}/chute.json", "scripts/to_litdata.py", "data.storage_options")
+
+
+class RestartingServer:
+    """tests/s3_server.py serving ``folder`` at ``URL``: a server process the test stops (SIGKILL: every
+    socket closes, clients are refused) and starts again on the same port with the same objects."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port, self.process = folder, 0, None
+        self.start()
+
+    def start(self) -> None:
+        args = [sys.executable, str(REPO / "tests" / "s3_server.py"), str(self.port), str(self.folder), BUCKET, PREFIX]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.port = int(self.process.stdout.readline())  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()  # type: ignore[union-attr]
+
+    def restart_in(self, seconds: float) -> threading.Thread:
+        thread = threading.Timer(seconds, self.start)
+        thread.start()
+        return thread
+
+    @property
+    def options(self) -> dict[str, str]:
+        return {"endpoint_url": f"http://127.0.0.1:{self.port}", **_FAKE}
+
+
+@pytest.fixture(scope="module")
+def many_chunks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The breast-cancer table in chunks of 4 rows (114 train chunks): most are still to download when
+    the server goes away after the first batches."""
+    tmp = tmp_path_factory.mktemp("litdata-many")
+    source = TabularDataModule(str(tmp / "cancer.csv"), target="diagnosis", prepare=SklearnTable("breast_cancer"))
+    return Path(LitDataCopy(source, chunk_size=4)(tmp / "chunks"))
+
+
+@pytest.fixture
+def server(offline: None, many_chunks: Path) -> Iterator[RestartingServer]:
+    running = RestartingServer(many_chunks)
+    yield running
+    running.stop()
+
+
+def _train_rows(loader: Any, server: RestartingServer | None = None, after: int = 2, down: float = 2.0) -> list[Any]:
+    """Every batch's first column; ``server`` stops after ``after`` batches and starts ``down`` s later."""
+    rows, restart = [], None
+    for i, batch in enumerate(loader):
+        rows.append(batch[0][:, 0].tolist())
+        if server is not None and i + 1 == after:
+            server.stop()
+            restart = server.restart_in(down)
+    if restart is not None:
+        restart.join()
+    return rows
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_server_restarting_mid_epoch_loses_and_repeats_nothing(
+    server: RestartingServer, tmp_path: Path, workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    def loader(name: str) -> Any:
+        dm = _remote(server.options, tmp_path / name, workers, batch_size=16, seed=5)
+        dm.setup("fit")
+        return dm.dataloader("train", train=True, rank=0, world_size=1)
+
+    uninterrupted = _train_rows(loader("reference"))
+    with caplog.at_level(logging.WARNING, logger="chute.integrations.litdata_retry"):
+        interrupted = _train_rows(loader("run"), server)
+    assert "trying again" in caplog.text  # the reads did fail while the server was down
+    assert interrupted == uninterrupted  # every batch, in order: nothing lost, nothing read twice
+    assert sum(map(len, interrupted)) == 456
+
+
+def test_a_server_that_stays_down_is_named_after_the_retries(server: RestartingServer, tmp_path: Path) -> None:
+    dm = _remote(server.options, tmp_path / "cache", batch_size=16, retry_seconds=2)
+    dm.setup("fit")
+    evaluation = _remote(server.options, tmp_path / "val-cache", retry_seconds=1)
+    evaluation.setup("validate")
+    endpoint = server.options["endpoint_url"]
+    batches = iter(dm.train_dataloader())
+    next(batches)
+    server.stop()
+    with pytest.raises(DataError) as err:
+        list(batches)
+    assert_mentions(str(err.value), f"{URL}/train", f"the endpoint {endpoint}", "data.retry_seconds (now 2)")
+    with pytest.raises(DataError, match=re.escape(f"{URL}/val from the endpoint {endpoint}")):  # evaluation too
+        list(evaluation.val_dataloader())
+
+
+def test_retry_seconds_must_be_seconds() -> None:
+    for bad in (-1, float("nan")):
+        with pytest.raises(ConfigError, match=r"data\.retry_seconds"):
+            LitDataModule(URL, retry_seconds=bad)
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+def test_fit_rides_out_a_server_restart_with_worker_processes(server: RestartingServer, tmp_path: Path) -> None:
+    class RestartAt(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == 3:  # 24 of the 114 chunks read: most still to download
+                server.stop()
+                self.restart = server.restart_in(2.0)
+
+    def fit(root: Path, callbacks: list[L.Callback]) -> Any:
+        dm = _remote(server.options, root / "cache", workers=2, seed=1)
+        return fit_recording(dm, root, callbacks=callbacks)
+
+    uninterrupted = fit(tmp_path / "full", [])
+    restart = RestartAt()
+    interrupted = fit(tmp_path / "cut", [restart])
+    restart.restart.join()
+    assert interrupted == uninterrupted

@@ -40,6 +40,7 @@ from chute.integrations.litdata_format import (
     read_chunks_meta,
     refusing_serializers,
 )
+from chute.integrations.litdata_retry import Outage
 from chute.loader import Stream, WorkerInit, derive_seed
 from chute.loader.orders import EvalBatches
 
@@ -80,6 +81,11 @@ class LitDataModule(DescribedDataModule):
             free disk).
         storage_options: Passed to LitData's object-store client (e.g. ``{"endpoint_url": ...}``);
             not saved in checkpoints.
+        retry_seconds: How long reads from an object store are tried again while they fail (a server
+            restarting, a network outage), counted from the last read that worked; training goes on
+            from the loader's own position, so no sample is lost or repeated. Past it, a
+            :class:`~chute.errors.DataError` names the URL and the endpoint. 0 fails at once, as LitData
+            does after its own few retries. Local folders are read once.
         train_split: Split to train on.
         val_split: Split for validation (and test/predict unless ``test_split`` is set).
         test_split: Split for test and predict.
@@ -117,6 +123,7 @@ class LitDataModule(DescribedDataModule):
         cache_dir: str | None = None,
         max_cache_size: str | None = None,
         storage_options: Mapping[str, Any] | None = None,
+        retry_seconds: float = 60.0,
         train_split: str = "train",
         val_split: str = "val",
         test_split: str | None = None,
@@ -134,12 +141,15 @@ class LitDataModule(DescribedDataModule):
         self.cache_dir = cache_dir
         self.max_cache_size = max_cache_size
         self.storage_options = dict(storage_options or {})
+        if not retry_seconds >= 0:  # NaN too
+            raise ConfigError("data.retry_seconds", retry_seconds, "must be a number of seconds >= 0")
+        self.retry_seconds = float(retry_seconds)
         for name in set(self.split_names.values()):
             check_split(name)
         self.save_plain_hyperparameters(storage_options=None)  # may hold credentials: never in a checkpoint
 
     def read_meta(self) -> dict[str, Any]:
-        return read_chunks_meta(self.input_dir, self._cache_root(), self.storage_options)
+        return read_chunks_meta(self.input_dir, self._cache_root(), self._client_options(), self._outage())
 
     def dataloader(
         self,
@@ -164,24 +174,30 @@ class LitDataModule(DescribedDataModule):
         collate = self._sample_collate()
         if train and (rank is None or world_size is None):
             rank, world_size = self._distributed(_DistributedEnv)
-        dataset = litdata.StreamingDataset(
-            input_dir=join_path(self.input_dir, name),
-            cache_dir=join_path(self._cache_root(), name) if is_remote(self.input_dir) else None,
-            shuffle=train and settings.shuffle,
-            # Under DDP LitData deals whole batches (equal steps on every rank); the loader reads the rest.
-            drop_last=train and (settings.drop_last or (world_size or 1) > 1),
-            seed=derive_seed(self.seed, Stream.LITDATA),
-            serializers=refusing_serializers(),
-            max_cache_size=self.max_cache_size,
-            storage_options=self.storage_options or None,
-        )
+        outage = self._outage(name)
+
+        def open_split() -> Any:  # reads the split's index.json (from the store, for a URL)
+            return litdata.StreamingDataset(
+                input_dir=join_path(self.input_dir, name),
+                cache_dir=join_path(self._cache_root(), name) if is_remote(self.input_dir) else None,
+                shuffle=train and settings.shuffle,
+                # Under DDP LitData deals whole batches (equal steps on every rank); the loader reads the rest.
+                drop_last=train and (settings.drop_last or (world_size or 1) > 1),
+                seed=derive_seed(self.seed, Stream.LITDATA),
+                serializers=refusing_serializers(),
+                max_cache_size=self.max_cache_size,
+                storage_options=self._client_options() or None,
+            )
+
+        dataset = outage.call(open_split) if outage is not None else open_split()
         if not train:
             n = self.num_samples(split)
             given = rank is not None and world_size is not None  # a simulated rank (else the trainer's)
             batches = (
                 EvalBatches(n, settings.batch_size_for(False), rank=rank, world_size=world_size) if given else None
             )
-            return self.build_dataloader(_Indexed(dataset, n), train=False, collate_fn=collate, batches=batches)
+            indexed = _Indexed(dataset, n, outage)
+            return self.build_dataloader(indexed, train=False, collate_fn=collate, batches=batches)
         assert rank is not None
         assert world_size is not None
         # The dataset reads the world from torch.distributed when built; the trainer knows it on any
@@ -204,6 +220,7 @@ class LitDataModule(DescribedDataModule):
             multiprocessing_context=settings.multiprocessing_context if workers else None,
             worker_init_fn=WorkerInit(rank, seed=settings.seed_workers, opencv=False) if workers else None,
         )
+        loader.outage = outage
         if self.trainer is not None:  # a rebuilt loader (reload_dataloaders_every_n_epochs) keeps the epoch
             loader.current_epoch = self.trainer.current_epoch
         return self._training_loader(loader)
@@ -217,18 +234,40 @@ class LitDataModule(DescribedDataModule):
         detected = env.detect()
         return detected.global_rank, detected.world_size
 
+    def _outage(self, split_name: str | None = None) -> Outage | None:
+        """The retry budget of a remote split, or of the folder (None for a local folder: read once)."""
+        if not is_remote(self.input_dir):
+            return None
+        url = join_path(self.input_dir, split_name) if split_name else self.input_dir
+        return Outage(url, self.storage_options.get("endpoint_url"), self.retry_seconds)
+
+    def _client_options(self) -> dict[str, Any]:
+        """``storage_options`` as LitData's clients get them. For S3, unless the options give a botocore
+        ``config``: 4 attempts a request. LitData asks boto3 for 1,000 (adaptive backoff up to 20 s
+        each), so a store that stays down held each request for hours; chute's own retries
+        (``retry_seconds``) bound the wait instead."""
+        options = dict(self.storage_options)
+        if str(self.input_dir).startswith("s3://") and "config" not in options:
+            from botocore.config import Config  # type: ignore[import-untyped]  # LitData reads S3 with boto3
+
+            options["config"] = Config(retries={"total_max_attempts": 4, "mode": "standard"})
+        return options
+
     def _cache_root(self) -> str:
         return self.cache_dir or os.path.join(tempfile.gettempdir(), "chute-litdata")
 
 
 class _Indexed(Dataset[Any]):
-    """A map-style view of a LitData split: item ``i`` is the split's global sample ``i``."""
+    """A map-style view of a LitData split: item ``i`` is the split's global sample ``i`` (read again
+    within ``outage``'s budget while a remote read fails)."""
 
-    def __init__(self, dataset: Any, num_samples: int) -> None:
-        self.dataset, self.num_samples = dataset, num_samples
+    def __init__(self, dataset: Any, num_samples: int, outage: Outage | None = None) -> None:
+        self.dataset, self.num_samples, self.outage = dataset, num_samples, outage
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, index: int) -> Any:
-        return self.dataset[int(index)]
+        if self.outage is None:
+            return self.dataset[int(index)]
+        return self.outage.call(lambda: self.dataset[int(index)], reset=self.dataset.reset)

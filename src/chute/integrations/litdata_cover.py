@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from chute.integrations.litdata_retry import Outage, retrying
+
 
 def relocated(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
     """LitData loader ``state`` with the local cache paths of ``dataset`` when both stream the same URL.
@@ -42,8 +44,23 @@ def resumable_loader_class() -> type:
     from litdata import StreamingDataLoader
 
     class ResumableStreamingDataLoader(StreamingDataLoader):
+        #: Retry budget of a remote input (:mod:`.litdata_retry`); None reads once, as LitData does.
+        outage: Outage | None = None
+
+        def __iter__(self) -> Any:
+            if self.outage is None:
+                yield from super().__iter__()
+            else:
+                yield from retrying(self, super().__iter__, self.outage)
+
         def load_state_dict(self, obj: dict[str, Any]) -> None:
             super().load_state_dict(relocated(obj, self.dataset))
+
+        def read_item(self, reader: Any, index: int) -> Any:
+            """Sample ``index`` read by ``reader`` (a LitData dataset), retried within the budget."""
+            if self.outage is None:
+                return reader[index]
+            return self.outage.call(lambda: reader[index], reset=reader.reset)
 
     return ResumableStreamingDataLoader
 
@@ -86,7 +103,7 @@ def covering_loader_class() -> type:
                 self._reader = copy.copy(self.dataset)
                 self._reader.reset()
             for indices in batches:
-                batch = self.collate_fn([self._reader[index] for index in indices])
+                batch = self.collate_fn([self.read_item(self._reader, index) for index in indices])
                 self._extra_done += 1
                 yield batch
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from chute.datasets.shard_format import check_extra
 from chute.errors import DataError
+from chute.integrations.litdata_retry import Outage
 
 META = "chute.json"
 
@@ -50,9 +51,10 @@ def is_remote(path: str) -> bool:
 
 
 def read_chunks_meta(
-    input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None
+    input_dir: str, cache_dir: str, storage_options: Mapping[str, Any] | None = None, outage: Outage | None = None
 ) -> dict[str, Any]:
-    """Read and check ``chute.json`` of ``input_dir`` (downloaded into ``cache_dir`` for a URL)."""
+    """Read and check ``chute.json`` of ``input_dir`` (downloaded into ``cache_dir`` for a URL, tried again
+    within ``outage``'s budget while the store does not answer)."""
     path = join_path(input_dir, META)
     if is_remote(input_dir):
         import_litdata()
@@ -60,8 +62,14 @@ def read_chunks_meta(
 
         local = os.path.join(cache_dir, f"{hashlib.sha256(input_dir.encode()).hexdigest()[:16]}-{META}")
         os.makedirs(cache_dir, exist_ok=True)
-        try:
+
+        def download() -> None:
             _get_fs_provider(path, dict(storage_options or {})).download_file(path, local)
+
+        try:
+            outage.call(download) if outage is not None else download()
+        except DataError:  # the store never answered: named by the outage
+            raise
         except Exception as err:  # botocore, obstore, gcsfs ... each raise their own "not found"
             raise DataError(
                 f"Cannot read '{path}' ({type(err).__name__}: {err}): convert a dataset with scripts/to_litdata.py "
