@@ -35,7 +35,8 @@ def start_nodes(
     out: Path, script: str, args: list[str], nodes: int = 2, per_node: int = 2, session: bool = False
 ) -> list[subprocess.Popen[str]]:
     """``nodes`` torchrun launches on localhost, as a multi-node job's nodes, each running ``script args``
-    (``session``: each launch in its own session, so that the test can kill it whole)."""
+    (``script``: a path in the repository; ``session``: each launch in its own session, so that the
+    test can kill it whole)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -45,7 +46,7 @@ def start_nodes(
         cmd = [
             sys.executable, "-m", "torch.distributed.run", f"--nnodes={nodes}", f"--nproc-per-node={per_node}",
             f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
-            str(REPO / "tests" / script), *args,
+            str(REPO / script), *args,
         ]  # fmt: skip
         procs.append(
             subprocess.Popen(cmd, cwd=out, env=env, stderr=subprocess.PIPE, text=True, start_new_session=session)
@@ -64,7 +65,7 @@ def launch_nodes(out: Path, kinds: list[str], settings: list[str], nodes: int = 
     for kind in kinds:
         if KINDS[kind].write is not None:
             KINDS[kind].write(out / kind)  # type: ignore[misc]
-    finish(start_nodes(out, "contract_run.py", [str(out), ",".join(kinds), ",".join(settings)], nodes, per_node))
+    finish(start_nodes(out, "tests/contract_run.py", [str(out), ",".join(kinds), ",".join(settings)], nodes, per_node))
     return [json.loads((out / f"contract-rank{r}.json").read_text()) for r in range(nodes * per_node)]
 
 
@@ -88,7 +89,7 @@ RESUME_BATCH = 2  # 10 images over 4 ranks: two batches a rank, so epoch 1 has a
 
 def _resume_fit(out: Path, kinds: list[str], mode: str, session: bool = False) -> list[subprocess.Popen[str]]:
     args = [str(out), ",".join(kinds), "w2", mode, str(RESUME_BATCH)]
-    return start_nodes(out, "resume_fit.py", args, session=session)
+    return start_nodes(out, "tests/resume_fit.py", args, session=session)
 
 
 def _kill_when_held(procs: list[subprocess.Popen[str]], out: Path, world: int = 4) -> None:
@@ -140,3 +141,23 @@ def test_killing_every_process_of_both_nodes_resumes_exactly(tmp_path: Path) -> 
         for ids in epochs:  # and each epoch is every training sample, repeats fewer than the ranks
             assert set(ids) == set(range(KINDS[kind].train_samples)), kind
             assert len(ids) - KINDS[kind].train_samples < 4, kind
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_the_documented_two_node_recipe_starts_and_restarts_a_job(tmp_path: Path) -> None:
+    # README "Beyond one machine": train.py on every node, one job folder, ckpt_path=last; the second
+    # run of the same command (a requeue, or a restart after both nodes died) resumes the first.
+    job = tmp_path / "job"
+    recipe = [
+        "data=tabular", "trainer.num_nodes=2", "trainer.devices=2", "trainer.strategy=ddp",
+        "trainer.accelerator=cpu", f"hydra.run.dir={job}", "ckpt_path=last", f"paths.data_dir={tmp_path / 'data'}",
+        "loader.num_workers=2", "callbacks.preview=null", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    for epochs in (1, 2):
+        procs = start_nodes(tmp_path, "train.py", [*recipe, f"trainer.max_epochs={epochs}"])
+        finish(procs)
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert (metrics["world_size"], metrics["num_nodes"], metrics["epochs"]) == (4, 2, epochs)
+        resumed = metrics["resumed_from"]
+        assert resumed is None if epochs == 1 else resumed == str(job / "checkpoints" / "last.ckpt")

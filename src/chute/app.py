@@ -97,7 +97,7 @@ def _run(cfg: DictConfig) -> float:
     )
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
     with contextlib.suppress(SIGTERMException):
-        trainer.fit(model, datamodule=datamodule)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
         # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
@@ -115,6 +115,9 @@ def _run(cfg: DictConfig) -> float:
         "wall_time_s": round(time.perf_counter() - started, 2),
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
+        "world_size": trainer.world_size,
+        "num_nodes": trainer.num_nodes,
+        "resumed_from": cfg.ckpt_path and trainer.ckpt_path,
         "precision": trainer_kwargs["precision"],
         "accelerator": type(trainer.accelerator).__name__,
         "num_workers": (datamodule.tuned_loader or datamodule.loader_settings).num_workers,

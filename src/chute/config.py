@@ -89,6 +89,7 @@ class TrainConfig:
     optimized_metric: str = "val/acc"
     optimized_mode: str = "max"
     test_after_fit: bool = False
+    ckpt_path: Optional[str] = None  # noqa: UP045  (resume from a checkpoint file, or "last")
 
 
 @dataclass(frozen=True)

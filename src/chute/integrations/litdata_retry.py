@@ -98,13 +98,13 @@ class Outage:
 
 def retrying(loader: Any, batches: Callable[[], Iterator[Any]], outage: Outage) -> Iterator[Any]:
     """``batches()`` (LitData's loader iterating), resumed from ``loader``'s own state after a transfer
-    error: the state saved after the last batch handed out is loaded again, so no batch is repeated
-    or skipped. Any batch handed out resets the budget."""
-    since, tries = 0.0, 0
+    error: the state after the last batch handed out is loaded again, so no batch is repeated or
+    skipped. Any batch handed out resets the budget."""
+    since, tries, state = 0.0, 0, None
     while True:
         try:
             for batch in batches():
-                since, tries = 0.0, 0
+                since, tries, state = 0.0, 0, None
                 yield batch
             return
         except Exception as err:
@@ -112,9 +112,10 @@ def retrying(loader: Any, batches: Callable[[], Iterator[Any]], outage: Outage) 
                 raise
             tries += 1
             since = since or time.monotonic()
-            state = loader.state_dict()
-            if not state["num_samples_yielded"]:  # the epoch's first batch never came: begin that epoch again
-                state = {**state, "current_epoch": state["current_epoch"] - 1}
+            if state is None:  # taken once per outage: loading a state moves LitData's worker cursor on
+                state = loader.state_dict()
+                if not state["num_samples_yielded"]:  # the epoch's first batch never came: begin it again
+                    state = {**state, "current_epoch": state["current_epoch"] - 1}
             _drop_workers(loader)
             outage.wait(err, since, tries)
             loader.load_state_dict(state)
