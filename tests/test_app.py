@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,3 +71,26 @@ def test_every_imbalance_option_trains_on_the_long_tailed_experiment(
     assert metrics["imbalance"] == strategy
     assert {"val/bal_acc", "val/macro_f1"} <= set(metrics["metrics"])
     assert (tmp_path / "class_histogram.png").is_file()
+
+
+def test_ckpt_path_last_is_the_newest_of_the_last_and_the_slurm_requeue_checkpoint(tmp_path: Path) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from chute.app import _resume_path
+
+    trainer: Any = SimpleNamespace(
+        default_root_dir=str(tmp_path), callbacks=[ModelCheckpoint(dirpath=str(tmp_path / "checkpoints"))]
+    )
+    assert _resume_path("last", trainer) is None  # nothing saved yet: a fresh start, not an error
+    assert _resume_path(None, trainer) is None
+    assert _resume_path("some.ckpt", trainer) == "some.ckpt"
+    (tmp_path / "checkpoints").mkdir()
+    last, requeue = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"")
+    assert _resume_path("last", trainer) == str(last)
+    requeue.write_bytes(b"")  # Lightning's SLURM plugin saved this one before the requeue, after last.ckpt
+    os.utime(requeue, (last.stat().st_mtime + 5,) * 2)
+    assert _resume_path("last", trainer) == str(requeue)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import inspect
 import json
 import logging
@@ -97,7 +98,7 @@ def _run(cfg: DictConfig) -> float:
     )
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
     with contextlib.suppress(SIGTERMException):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=(resumed := _resume_path(cfg.ckpt_path, trainer)))
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
         # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
@@ -117,7 +118,7 @@ def _run(cfg: DictConfig) -> float:
         "global_step": trainer.global_step,
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,
-        "resumed_from": cfg.ckpt_path and trainer.ckpt_path,
+        "resumed_from": resumed,
         "precision": trainer_kwargs["precision"],
         "accelerator": type(trainer.accelerator).__name__,
         "num_workers": (datamodule.tuned_loader or datamodule.loader_settings).num_workers,
@@ -255,6 +256,27 @@ def _accepts(node: DictConfig, argument: str) -> bool:
     except (ImportError, ValueError, TypeError):
         return False
     return argument in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _resume_path(requested: str | None, trainer: L.Trainer) -> str | None:
+    """The checkpoint ``ckpt_path`` names. ``last``: the newest of the run's last checkpoint and the one
+    Lightning's SLURM plugin saves before a requeue (``hpc_ckpt_N.ckpt`` in the run folder, which
+    Lightning's own ``last`` does not consider); none yet is a fresh start, so one command both starts
+    a job and restarts it."""
+    if requested != "last":
+        return requested
+    saved = _checkpoint(trainer)
+    folders = [str(trainer.default_root_dir)] + ([str(saved.dirpath)] if saved is not None and saved.dirpath else [])
+    found = [
+        path
+        for folder in folders
+        for pattern in ("last*.ckpt", "hpc_ckpt_*.ckpt")
+        for path in glob.glob(os.path.join(folder, pattern))
+    ]
+    if not found:
+        log.info("ckpt_path=last: no checkpoint in %s yet, starting fresh", " or ".join(folders))
+        return None
+    return max(found, key=os.path.getmtime)
 
 
 def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
