@@ -25,6 +25,9 @@ resume mid-epoch                   exact with the same world size, workers and b
                                    LitData's elastic resume, which may miss or repeat a few samples
                                    in that epoch
 ``on_error``, ``imbalance``        refused (``unsupported``): LitData reads and orders the chunks
+an object store going away         waited for (``retry_seconds``) and resumed from the loader's own
+                                   position (:mod:`.litdata_retry`); then a ``DataError`` naming
+                                   the endpoint
 =================================  =================================================================
 
 LitData is an optional dependency (``pip install 'chute[litdata]'``), imported when first used.
