@@ -1,7 +1,7 @@
-"""Images/s into a model with Ray Data doing the reading, against chute's own worker processes at the same CPU count.
+"""Images/s into a model with Ray doing the reading, against chute's own worker processes at the same CPU count.
 
     python scripts/bench_ray.py                         # 2 CPUs: 2 worker processes vs a 2-CPU Ray instance
-    python scripts/bench_ray.py --cpus 1 2 --epochs 3
+    python scripts/bench_ray.py --cpus 1 2 --epochs 3 --engine tasks data  # Ray tasks and Ray Data both
     python scripts/bench_ray.py --cpus 15 --device cuda # a 16-core GPU machine: 15 workers vs Ray with 15 CPUs
     python scripts/bench_ray.py --cpus 15 --address auto  # Ray on a cluster started with `ray start`
 
@@ -10,8 +10,11 @@ from scikit-image's sample photos), RandomResizedCrop(224) + flip decoded straig
 batch 64. The cases, each at ``N`` CPUs:
 
 - ``chute workers``: ``ImageFolderDataModule`` with ``N`` DataLoader worker processes;
-- ``chute on Ray``: ``RayImagesDataModule``, the same folder, transforms and order, read by ``N`` Ray
-  tasks at once on a local Ray instance of ``N`` CPUs (or the cluster at ``--address``).
+- ``chute on Ray`` (``--engine tasks``, the default): ``RayImagesDataModule``, the same folder,
+  transforms and order, read by ``N`` Ray tasks at once on a local Ray instance of ``N`` CPUs (or
+  the cluster at ``--address``);
+- ``chute on Ray Data`` (``--engine data``): the same, read by a Ray Data pipeline
+  (``map_batches`` with ``N`` tasks, order preserved).
 
 Both figures of ``bench_images.py`` per case: **model receives** (as under ``Trainer``: on a CPU
 trainer the batch hook runs where the batches are read, on a GPU after the copy) and **loader
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--span", type=float, default=3.0, help="seconds of whole passes per timed round")
     parser.add_argument("--address", default=None, help="a running Ray cluster (default: a local instance)")
     parser.add_argument("--device", default="cpu", help="where the model is: cpu, or cuda")
+    parser.add_argument("--engine", nargs="+", default=["tasks"], choices=["tasks", "data"], help="Ray engines")
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -58,10 +62,16 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     for cpus in args.cpus:
-        for kind, label in (("workers", "chute workers"), ("ray", "chute on Ray")):
+        cases = [("workers", "chute workers")] + [
+            (engine, {"tasks": "chute on Ray", "data": "chute on Ray Data"}[engine]) for engine in args.engine
+        ]
+        for kind, label in cases:
             torch.manual_seed(0)
-            ray_args = {"cls": RayImagesDataModule, "address": args.address, "num_cpus": None if args.address else cpus}
-            dm = chute_module(root, cpus, args.batch_size, None, **(ray_args if kind == "ray" else {}))
+            ray_args = {
+                "cls": RayImagesDataModule, "address": args.address, "num_cpus": None if args.address else cpus,
+                "engine": kind,
+            }  # fmt: skip
+            dm = chute_module(root, cpus, args.batch_size, None, **(ray_args if kind != "workers" else {}))
             row: dict[str, Any] = {"label": f"{label}\n{cpus} CPUs", "case": label, "cpus": cpus}
             loader = dm.train_dataloader()
             start = time.perf_counter()
@@ -73,7 +83,7 @@ def main() -> None:
             loader, hook = on_trainer(dm, device)
             row["model_img_per_s"] = round(measure(loader, args.epochs, hook, args.span))
             del loader, dm
-            if kind == "ray" and args.address is None:
+            if kind != "workers" and args.address is None:
                 ray.shutdown()  # the next CPU count gets an instance of its size
             rows.append(row)
             print(f"  measured: {label}, {cpus} CPUs: model receives {row['model_img_per_s']:,} img/s, loader only "
@@ -85,7 +95,7 @@ def main() -> None:
         print(f"{row['case']:>14} | {row['cpus']} CPUs | model receives {row['model_img_per_s']:>6,} img/s "
               f"({row['model_vs_workers']:.2f}x workers) | loader only {row['loader_img_per_s']:>6,} img/s "
               f"({row['loader_vs_workers']:.2f}x)")  # fmt: skip
-    write_results(args.out / "ray", vars(args), rows, "model_img_per_s", "Ray Data vs chute's workers")
+    write_results(args.out / "ray", vars(args), rows, "model_img_per_s", "Ray vs chute's workers")
 
 
 if __name__ == "__main__":

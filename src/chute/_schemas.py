@@ -48,6 +48,7 @@ class RayImagesDataModuleConfig:
     root: str = MISSING
     address: Optional[str] = None
     num_cpus: Optional[int] = None
+    engine: str = "tasks"
     transforms: Any = None
     image_mode: str = "RGB"
     val_fraction: float = 0.0

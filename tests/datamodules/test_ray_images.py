@@ -56,19 +56,21 @@ def _images(cls: type, root: Path, **kwargs: Any) -> Any:
                channels_last=False, seed=7, **kwargs)  # fmt: skip
 
 
-def test_ray_reads_the_batches_worker_processes_read(tmp_path: Path, ray_local: None) -> None:
+@pytest.mark.parametrize("engine", ["tasks", "data"])
+def test_ray_reads_the_batches_worker_processes_read(tmp_path: Path, ray_local: None, engine: str) -> None:
     """Same files, seed and settings: Ray tasks and DataLoader workers give the same batches, pixel
     for pixel (random crops and flips are keyed by (seed, epoch, index), not by who reads)."""
     root = write_images(tmp_path)
     loader = {"batch_size": BATCH, "num_workers": 2, "persistent_workers": False}
     workers = _passes(_images(ImageFolderDataModule, root, loader=loader), _image_ids)
-    on_ray = _passes(_images(RayImagesDataModule, root, loader=loader), _image_ids)
+    on_ray = _passes(_images(RayImagesDataModule, root, loader=loader, engine=engine), _image_ids)
     assert torch.equal(workers.pop("pixels"), on_ray.pop("pixels"))
     assert workers == on_ray
     assert workers["train0"] != workers["train1"]
 
 
-def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path, ray_local: None) -> None:
+@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path, ray_local: None, backend: str) -> None:
     table = str(write_table(tmp_path))
 
     def make(**loader: Any) -> TabularDataModule:
@@ -78,7 +80,7 @@ def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path,
         )
 
     plain = _passes(make(num_workers=0), _row_ids)
-    on_ray = _passes(make(backend="ray", num_workers="auto"), _row_ids)
+    on_ray = _passes(make(backend=backend, num_workers="auto"), _row_ids)
     assert torch.equal(plain.pop("pixels"), on_ray.pop("pixels"))
     assert plain == on_ray
 
@@ -91,9 +93,10 @@ def _with_a_bad_file(tmp_path: Path) -> Path:
     return bad
 
 
-def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local: None) -> None:
+@pytest.mark.parametrize("engine", ["tasks", "data"])
+def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local: None, engine: str) -> None:
     bad = _with_a_bad_file(tmp_path)
-    dm = _images(RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2})
+    dm = _images(RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2}, engine=engine)
     dm.setup("fit")
     with pytest.raises(DataError, match=r"999\.png") as caught:
         list(dm.val_dataloader())
@@ -121,6 +124,8 @@ def test_bad_files_skipped_on_the_cluster_are_counted_here(tmp_path: Path, ray_l
         ({"backend": "ray", "num_workers": 2, "persistent_workers": True}, "persistent_workers"),
         ({"backend": "ray", "num_workers": 2, "timeout": 5}, "timeout"),
         ({"backend": "ray", "num_workers": 2, "multiprocessing_context": "spawn"}, "multiprocessing_context"),
+        ({"backend": "ray_data", "num_workers": 0}, "num_workers"),
+        ({"backend": "ray_data", "num_workers": 2, "persistent_workers": True}, "persistent_workers"),
         ({"backend": "rays", "num_workers": 2}, "backend"),
     ],
 )
@@ -134,6 +139,9 @@ def test_the_ray_kind_refuses_a_cache_and_the_threads_backend(tmp_path: Path) ->
         RayImagesDataModule(tmp_path, cache="memory", cache_size=8)
     with pytest.raises(ConfigError, match=r"loader\.backend"):
         RayImagesDataModule(tmp_path, loader={"backend": "threads", "num_workers": 1})
+    with pytest.raises(ConfigError, match="engine"):
+        RayImagesDataModule(tmp_path, engine="spark")
+    assert RayImagesDataModule(tmp_path, engine="data").loader_settings.backend == "ray_data"
     assert "cache" not in RayImagesDataModule.init_parameters()  # nor does the schema offer it
     assert RayImagesDataModule(tmp_path).loader_settings.num_workers == "auto"  # Ray sizes the pool
 
@@ -155,9 +163,11 @@ def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest
         ray_tasks.import_ray()
 
 
-def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["tasks", "data"])
+def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path, engine: str) -> None:
     """A cluster of a head with no CPUs and two worker nodes (``ray.cluster_utils.Cluster``): every
-    batch is read on the worker nodes, and a Trainer sees each sample once per epoch."""
+    batch is read on the worker nodes, by Ray tasks or a Ray Data pipeline, and a Trainer sees each
+    sample once per epoch."""
     import lightning as L
     from ray.cluster_utils import Cluster
 
@@ -168,7 +178,8 @@ def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path) -> None:
         for _ in range(2):
             cluster.add_node(num_cpus=1)
         loader = {"batch_size": BATCH, "num_workers": 2}
-        dm = _image(tmp_path, loader, RayImagesDataModule, address=cluster.address)  # no random crop: ids intact
+        # no random crop: ids intact
+        dm = _image(tmp_path, loader, RayImagesDataModule, address=cluster.address, engine=engine)
         model = Recorder(_image_ids)
         trainer = L.Trainer(
             max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

@@ -46,7 +46,7 @@ def split_loader(
             after_copy=hook_after_copy(dm, train, chosen, to_device, stream, record=not probe),
         )  # fmt: skip
 
-    if settings.auto and settings.backend != "ray":  # Ray sizes its own pool to the cluster
+    if settings.auto and not settings.on_ray:  # Ray sizes its own pool to the cluster
         if dm.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
             dm.tuned_loader, dm.autotune_report = autotune(lambda s: build(s, probe=True), settings, threads=not stream)
         settings = dm.tuned_loader

@@ -20,13 +20,18 @@ are handed out in the order's order. So every guarantee of the core holds unchan
   that batch and is raised here, as it was), or with ``on_error=skip`` skipped and counted in this
   process's counts (each batch brings back what its reading skipped).
 
-Why Ray tasks and not a Ray Data pipeline (measured with Ray 2.60 on the 2-core machine, 2026-12-05):
-with one chute batch per row, ``map_batches`` under Ray Data's default backpressure ran one task
-at a time (40 tasks of 0.1 s took 4.4-4.7 s; its concurrency-cap and resource-budget policies each
-did it alone), and with those policies off it ran ahead of a slow consumer by 50 of 60 batches,
-i.e. buffered the epoch in the object store. The same 40 tasks as plain Ray tasks took 2.06 s, and
-a window chute keeps bounds what waits. Ray Data's own readers (``read_images``,
-``read_parquet``) would read in Ray's order, not chute's.
+Two engines run the same reading. ``tasks`` (``loader.backend=ray``, the default): one Ray task per
+batch in a window chute keeps. ``data`` (``loader.backend=ray_data``): a Ray Data pipeline, one row
+per batch of this rank's share (``ray.data.range``, ``map_batches`` on the cluster's CPU workers with
+the order preserved, streamed back by ``iter_batches``): each rank's own pipeline in the place of
+``streaming_split``, for clusters whose Ray Data settings (backpressure, resource budgets, autoscaling)
+users already tune. Tasks are the default because they measured faster here (Ray 2.60, the 2-core
+machine, 2026-12-05): with one chute batch per row, ``map_batches`` under Ray Data's default
+backpressure ran one task at a time (40 tasks of 0.1 s took 4.4-4.7 s; its concurrency-cap and
+resource-budget policies each did it alone), and with those policies off it ran ahead of a slow
+consumer by 50 of 60 batches, i.e. buffered the epoch in the object store. The same 40 tasks as
+plain Ray tasks took 2.06 s. ``scripts/bench_ray.py --engine tasks data`` measures both. Ray Data's
+own readers (``read_images``, ``read_parquet``) would read in Ray's order, not chute's.
 
 Where Ray runs: with ``RAY_ADDRESS`` set (``ray job submit`` sets it) or an ``address`` given, the
 cluster there (its workers must be able to import chute and the data's paths must be readable from
@@ -142,6 +147,8 @@ class RayLoader(Passes):
         seed: Keys each batch's generator (:func:`chute.loader.batch_generator`), as in
             :class:`~chute.loader.BatchFetch`.
         tasks: Ray tasks reading at once (``None``: one per CPU of the cluster).
+        engine: ``tasks`` (one Ray task per batch) or ``data`` (a Ray Data pipeline); see the module
+            docstring.
         prefetch: Batches read ahead of the consumer, besides one per task.
         pin_memory: Pin the batches here (only useful with CUDA).
         feed: With a CUDA trainer: copy each batch to the device and run the batch hook there in a
@@ -157,6 +164,7 @@ class RayLoader(Passes):
         *,
         seed: int,
         tasks: int | None = None,
+        engine: str = "tasks",
         prefetch: int = 2,
         pin_memory: bool = False,
         feed: DeviceCopy | None = None,
@@ -168,6 +176,9 @@ class RayLoader(Passes):
         self.collate_fn = collate_fn
         self.seed = seed
         self.tasks = tasks
+        if engine not in ("tasks", "data"):
+            raise ValueError(f"engine must be 'tasks' or 'data', not {engine!r}")
+        self.engine = engine
         self.prefetch = prefetch
         self.pin_memory = pin_memory
         self.feed = feed
@@ -199,6 +210,9 @@ class RayLoader(Passes):
         read = _remote(ray)
         box = [ray.put(_Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs))]  # a list: not resolved
         tasks = self.tasks or max(int(ray.cluster_resources().get("CPU", 1)), 1)
+        if self.engine == "data":
+            yield from self._through_ray_data(ray, box, len(specs), tasks)
+            return
         window: collections.deque[Any] = collections.deque()
         submitted = 0
         try:
@@ -215,6 +229,40 @@ class RayLoader(Passes):
             for ref in window if ray.is_initialized() else ():
                 with contextlib.suppress(Exception):  # best effort: a task may finish meanwhile
                     ray.cancel(ref)
+
+    def _through_ray_data(self, ray: Any, box: list[Any], n: int, tasks: int) -> Iterator[Any]:
+        """The pass's ``n`` batches read by a Ray Data pipeline, in order."""
+        import ray.data as ray_data
+
+        _quiet(ray_data)
+        rows = ray_data.range(n, override_num_blocks=n)
+        rows.context.execution_options.preserve_order = True  # batches in the order's order
+        compute = ray_data.TaskPoolStrategy(size=min(tasks, n))
+        read: Any = _read_rows  # Ray's stub knows functions of the batch alone, not of the batch and fn_args
+        rows = rows.map_batches(read, batch_size=1, fn_args=(box,), compute=compute, num_cpus=1)
+        stream = iter(rows.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch))
+        try:
+            for row in stream:
+                batch, journals = _unpack(row["batch"][0], self.pin_memory)
+                _absorb(journals)
+                if isinstance(batch, _Raised):
+                    raise batch.error
+                yield batch
+        finally:  # a pass left early ends the pipeline now, not at exit
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
+
+
+def _quiet(ray_data: Any) -> None:
+    """No progress bars or per-pass INFO lines from Ray Data: a pipeline runs every epoch."""
+    with warnings.catch_warnings():  # Ray's own default context warns about its own deprecated field
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = ray_data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.enable_operator_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 _REMOTE: Any = None
@@ -293,6 +341,13 @@ def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
             journals.append((policy.token, policy.journal[0], policy.journal[1]))
             policy.journal = [0, []]
     return _pack(batch), journals
+
+
+def _read_rows(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.ndarray]:
+    """Ray Data's ``map_batches`` function: the row's batch id in, that batch read and packed out."""
+    out = np.empty(1, dtype=object)
+    out[0] = _read_batch(box, int(rows["id"][0]))
+    return {"batch": out}
 
 
 @contextlib.contextmanager

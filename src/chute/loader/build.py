@@ -365,13 +365,14 @@ def build_loader(
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
             device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy,
         )  # fmt: skip
-    if settings.backend == "ray":
+    if settings.on_ray:
         if stream:
-            raise ValueError("the ray backend reads map-style data; a stream needs backend=torch")
+            raise ValueError(f"the {settings.backend} backend reads map-style data; a stream needs backend=torch")
         from chute.integrations.ray_tasks import RayLoader
 
         return RayLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader
             dataset, batches, collate_fn, seed=batch_seed, tasks=None if settings.auto else settings.num_workers,
+            engine="data" if settings.backend == "ray_data" else "tasks",
             prefetch=settings.prefetch_factor or 2, pin_memory=settings.resolved_pin_memory,
             feed=_device_feed(device, after_copy),
             epoch_of=epoch_of, epoch_reader=dataset,

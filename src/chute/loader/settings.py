@@ -41,8 +41,9 @@ class LoaderSettings:
             that gathers whole batches in ``num_workers`` background threads of this process (0:
             in the calling thread), for work that releases the GIL (crop-decoding JPEGs, gathers
             from precomputed arrays, tables) where worker IPC costs more than it saves. With
-            ``num_workers=auto`` both backends are probed and the faster one is kept. ``ray``: a Ray
-            Data pipeline on a Ray cluster reads the batches (:mod:`chute.integrations.ray_tasks`);
+            ``num_workers=auto`` both backends are probed and the faster one is kept. ``ray``: Ray
+            tasks on a Ray cluster read the batches (:mod:`chute.integrations.ray_tasks`);
+            ``ray_data``: a Ray Data pipeline does (``map_batches``, measured slower); for both,
             ``num_workers`` is how many Ray tasks read at once (``auto``: as many as the cluster's
             CPUs allow).
 
@@ -102,7 +103,7 @@ or leave prefetch_factor unset (null)
             raise ConfigError("timeout", self.timeout, "only applies with worker processes; set num_workers > 0")
         if self.backend not in BACKENDS:
             raise ConfigError("backend", self.backend, f"must be one of {list(BACKENDS)}")
-        if self.backend == "ray":
+        if self.on_ray:
             _check_ray(self)
         if self.backend == "threads" and self.multiprocessing_context is not None:
             raise ConfigError(
@@ -112,6 +113,11 @@ or leave prefetch_factor unset (null)
             raise ConfigError(
                 "multiprocessing_context", self.multiprocessing_context, f"must be one of {list(_MP_CONTEXTS)}"
             )
+
+    @property
+    def on_ray(self) -> bool:
+        """Whether a Ray cluster reads the batches (``backend`` ``ray`` or ``ray_data``)."""
+        return self.backend in RAY_BACKENDS
 
     @property
     def auto(self) -> bool:
@@ -136,20 +142,22 @@ or leave prefetch_factor unset (null)
         return self.eval_batch_size
 
 
-BACKENDS = ("torch", "threads", "ray")
+RAY_BACKENDS = ("ray", "ray_data")
+BACKENDS = ("torch", "threads", *RAY_BACKENDS)
 
 
 def _check_ray(settings: LoaderSettings) -> None:
     """What a Ray pipeline has no use for: worker processes' own knobs."""
+    backend = settings.backend
     if settings.num_workers == 0:
         raise ConfigError(
-            "num_workers", 0, "is how many Ray tasks read at once with backend=ray: give a number >= 1, or 'auto'"
+            "num_workers", 0, f"is how many Ray tasks read at once with backend={backend}: a number >= 1, or 'auto'"
         )
     for key in ("persistent_workers", "multiprocessing_context"):
         if value := getattr(settings, key):
-            raise ConfigError(key, value, "has no effect with backend=ray (Ray keeps its own workers); leave it null")
+            raise ConfigError(key, value, f"does nothing with backend={backend} (Ray has its workers); leave it null")
     if settings.timeout:
-        raise ConfigError("timeout", settings.timeout, "has no effect with backend=ray; leave it 0")
+        raise ConfigError("timeout", settings.timeout, f"has no effect with backend={backend}; leave it 0")
 
 
 def _check_int(settings: LoaderSettings, key: str, minimum: int, hint: str = "") -> None:
