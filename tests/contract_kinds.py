@@ -247,9 +247,10 @@ KINDS: dict[str, Kind] = {
     "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),
     "sql": Kind(_sql, _row_ids, write=write_sql),
     "sql_stream": Kind(_sql_stream, _row_ids, write=write_sql),
-    # Ray tasks read at once: 2, or as many as the cluster allows (no threads backend: Ray reads)
+    # Ray tasks read at once: 2, or as many as the cluster allows, or a Ray Data pipeline with 2
+    # (no threads backend: Ray reads)
     "ray_images": Kind(
-        _ray_images, _image_ids, train_samples=TRAIN_IMAGES, settings=("w2", "auto"), write=write_images
+        _ray_images, _image_ids, train_samples=TRAIN_IMAGES, settings=("w2", "auto", "rd2"), write=write_images
     ),
 }
 

@@ -69,6 +69,21 @@ def test_ray_reads_the_batches_worker_processes_read(tmp_path: Path, ray_local: 
     assert workers["train0"] != workers["train1"]
 
 
+@pytest.mark.parametrize("strategy", ["weighted_sampler", "balanced_batches"])
+def test_an_imbalance_strategy_draws_the_same_batches_on_ray(tmp_path: Path, ray_local: None, strategy: str) -> None:
+    """The imbalance strategies are chute's orders, so Ray reads the batches they draw: the same as
+    worker processes read, with the Ray Data engine too."""
+    root = write_images(tmp_path)
+    loader = {"batch_size": BATCH, "num_workers": 2, "persistent_workers": False}
+    imbalance = {"strategy": strategy, **({"classes_per_batch": 2} if strategy == "balanced_batches" else {})}
+    workers = _passes(_images(ImageFolderDataModule, root, loader=loader, imbalance=imbalance), _image_ids)
+    for engine in ("tasks", "data"):
+        dm = _images(RayImagesDataModule, root, loader=loader, imbalance=imbalance, engine=engine)
+        on_ray = _passes(dm, _image_ids)
+        assert torch.equal(workers["pixels"], on_ray.pop("pixels"))
+        assert {k: v for k, v in workers.items() if k != "pixels"} == on_ray
+
+
 @pytest.mark.parametrize("backend", ["ray", "ray_data"])
 def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path, ray_local: None, backend: str) -> None:
     table = str(write_table(tmp_path))
