@@ -173,6 +173,9 @@ def test_a_stream_is_refused_with_the_ray_backend(tmp_path: Path) -> None:
 def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from chute.integrations import ray_tasks
 
+    monkeypatch.setitem(sys.modules, "ray.data", None)  # Ray without its [data] extra
+    with pytest.raises(ConfigError, match=r"Ray Data.*chute\[ray\]"):
+        ray_tasks.import_ray_data()
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ConfigError, match=r"chute\[ray\]"):
         ray_tasks.import_ray()

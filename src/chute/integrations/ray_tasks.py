@@ -77,6 +77,19 @@ def import_ray() -> Any:
     return ray
 
 
+def import_ray_data() -> Any:
+    """``ray.data``, or a :class:`~chute.errors.ConfigError` naming what is missing (Ray Data needs
+    Ray's ``[data]`` extra: pandas, pyarrow)."""
+    import_ray()
+    try:
+        import ray.data as ray_data
+    except ImportError as err:
+        raise ConfigError(
+            "loader.backend", "ray_data", f"needs Ray Data, which cannot be imported ({err}): {INSTALL}"
+        ) from err
+    return ray_data
+
+
 _CONNECT = threading.Lock()
 _AUTH = "RAY_AUTH_MODE"
 
@@ -179,6 +192,8 @@ class RayLoader(Passes):
         if engine not in ("tasks", "data"):
             raise ValueError(f"engine must be 'tasks' or 'data', not {engine!r}")
         self.engine = engine
+        if engine == "data":
+            import_ray_data()  # missing pieces named now, not at the first batch
         self.prefetch = prefetch
         self.pin_memory = pin_memory
         self.feed = feed
@@ -232,8 +247,7 @@ class RayLoader(Passes):
 
     def _through_ray_data(self, ray: Any, box: list[Any], n: int, tasks: int) -> Iterator[Any]:
         """The pass's ``n`` batches read by a Ray Data pipeline, in order."""
-        import ray.data as ray_data
-
+        ray_data = import_ray_data()
         _quiet(ray_data)
         rows = ray_data.range(n, override_num_blocks=n)
         rows.context.execution_options.preserve_order = True  # batches in the order's order
