@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import os
 import random
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,6 +19,12 @@ from chute.datasets import DigitsFolder
 from tests.helpers import write_image
 
 REPO = Path(__file__).resolve().parents[1]
+
+# A Ray API called while Ray is down starts a local instance, from whatever thread calls it; Ray Data's
+# prefetching threads of a pass left early do so after a test has shut Ray down, and when such a
+# thread ends, the instance's processes are killed with it (PR_SET_PDEATHSIG) and the pytest process,
+# connected to it, exits. The suite always joins Ray explicitly (chute's connect), so: no auto-start.
+os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -43,6 +53,11 @@ def _no_ray_left() -> Iterator[None]:
     yield
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
+        gc.collect()  # close the passes a test left (their Ray Data iterators stop their threads)
+        deadline = time.monotonic() + 10
+        for thread in threading.enumerate():  # Ray Data's prefetching threads finish what they wait for
+            if thread.name == "iter_threaded":
+                thread.join(timeout=max(deadline - time.monotonic(), 0))
         ray.shutdown()
 
 

@@ -241,7 +241,8 @@ KINDS: dict[str, Kind] = {
     "table": Kind(_table, _row_ids, write=write_table),
     "multitask": Kind(_multitask, _row_ids, write=write_table),
     "sequence": Kind(_sequence, _token_ids, write=write_sequences),
-    "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto"), write=write_table),
+    # read by worker processes, or on Ray by two Ray tasks or a Ray Data pipeline of two
+    "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto", "ray2", "rd2"), write=write_table),
     "litdata": Kind(import_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
     "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),

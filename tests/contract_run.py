@@ -30,7 +30,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "w2": {"num_workers": 2},
     "t2": {"backend": "threads", "num_workers": 2},
     "auto": {"num_workers": "auto"},
-    "rd2": {"backend": "ray_data", "num_workers": 2},  # a Ray Data pipeline reading (the Ray kind)
+    "ray2": {"backend": "ray", "num_workers": 2},  # two Ray tasks reading (the Ray kind's w2; shard streams)
+    "rd2": {"backend": "ray_data", "num_workers": 2},  # a Ray Data pipeline reading (the Ray kind; streams)
 }
 
 

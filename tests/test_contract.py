@@ -70,7 +70,7 @@ def train_batches(results: list[dict[str, Any]]) -> list[Any]:
 
 @pytest.mark.parametrize("kind", ALL_KINDS)
 def test_contract_single_process(kind: str, tmp_path: Path) -> None:
-    settings = ["w0", "w2", "t2", "auto", "rd2"]
+    settings = ["w0", "w2", "t2", "auto", "ray2", "rd2"]
     results = run(tmp_path, [kind], settings)
     for key, result in results.items():
         check([result], kind)
@@ -112,7 +112,8 @@ DDP_CASES = [
     pytest.param(3, ["w2"], id="3ranks-w2"),
     pytest.param(2, ["w2"], id="2ranks-w2", marks=pytest.mark.slow),
     pytest.param(3, ["w0", "t2"], id="3ranks-w0-t2", marks=pytest.mark.slow),
-    pytest.param(2, ["rd2"], id="2ranks-ray-data", marks=pytest.mark.slow),  # only the Ray kind reads so
+    pytest.param(2, ["rd2"], id="2ranks-ray-data", marks=pytest.mark.slow),  # the Ray kind and streams read so
+    pytest.param(3, ["ray2"], id="3ranks-ray-tasks", marks=pytest.mark.slow),  # streams on Ray tasks
 ]
 
 

@@ -33,7 +33,8 @@ def batches(path: Path) -> list[tuple[int, list[int]]]:
 # One real kill by default (threads: the sequence kind); every other kind and setting with -m slow
 # (the contract suite resumes every kind from its loader state in-process by default).
 FAST = {("sequence", "t2")}
-CASES = [(kind, setting) for kind in KINDS for setting in ("w0", "w2", "t2", "rd2") if setting in KINDS[kind].settings]
+KILLED_SETTINGS = ("w0", "w2", "t2", "ray2", "rd2")
+CASES = [(kind, setting) for kind in KINDS for setting in KILLED_SETTINGS if setting in KINDS[kind].settings]
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from chute.datamodules import ImageFolderDataModule, RayImagesDataModule, StreamingDataModule, TabularDataModule
+from chute.datamodules import ImageFolderDataModule, RayImagesDataModule, TabularDataModule
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings
 from tests.contract_kinds import BATCH, _image_ids, _row_ids, write_images, write_table
@@ -159,15 +159,6 @@ def test_the_ray_kind_refuses_a_cache_and_the_threads_backend(tmp_path: Path) ->
     assert RayImagesDataModule(tmp_path, engine="data").loader_settings.backend == "ray_data"
     assert "cache" not in RayImagesDataModule.init_parameters()  # nor does the schema offer it
     assert RayImagesDataModule(tmp_path).loader_settings.num_workers == "auto"  # Ray sizes the pool
-
-
-def test_a_stream_is_refused_with_the_ray_backend(tmp_path: Path) -> None:
-    dm = StreamingDataModule(tmp_path, loader={"backend": "ray", "num_workers": 2})
-    dm.index = object()  # type: ignore[assignment]  # what setup would read; the refusal comes first
-    from chute.datamodules.loading import split_loader
-
-    with pytest.raises(ConfigError, match=r"loader\.backend"):
-        split_loader(dm, object(), train=True, collate_fn=None, batches=None, eval_order=None, stream=True)  # type: ignore[arg-type]
 
 
 def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,6 +20,7 @@ from chute.bad_samples import BadSamples
 from chute.collate import collate_nested
 from chute.datasets import ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.shard_format import decode_sample, encode_sample, write_index
+from chute.datasets.shards import ShardLines
 from chute.errors import DataError
 
 layouts = st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=12)
@@ -108,6 +109,64 @@ def test_workers_take_turns_at_the_batches_of_one_worker(
             assert ids(turns(stream, workers)) == alone  # the same batches, in the same order
             stream.resume(1, consumed)
             assert ids(turns(stream, workers)) == alone[consumed:]
+
+
+def by_position(stream: ShardStream, first: int = 0) -> list[Any]:
+    """The rank's batches ``first..`` read one at a time by line position, as Ray tasks read them
+    (``chute.integrations.ray_streams``), each from a fresh reader; left-out batches dropped."""
+    rank, world = stream.rank or 0, stream.world_size or 1
+    plan = stream.line_plan(rank, world)
+    batches = (stream.planned_batch(plan, g, ShardLines(stream.shards)) for g in range(first, len(stream)))
+    return [b for b in batches if b is not None]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=layouts,
+    world=st.integers(min_value=1, max_value=4),
+    consumed=st.integers(min_value=0, max_value=9),
+    buffer=st.sampled_from([0, 4, 50]),
+    drop_last=st.booleans(),
+    even_ranks=st.booleans(),
+)
+def test_reading_by_line_position_gives_the_streams_batches(
+    counts: list[int], world: int, consumed: int, buffer: int, drop_last: bool, even_ranks: bool
+) -> None:
+    """The line plan is made from the index alone (the buffer's draws do not depend on the lines), so
+    a batch read by position is the batch the stream makes: any layout, rank, epoch and resume point."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shards = make_shards(Path(tmp), counts)
+        for rank in range(world):
+            stream = ShardStream(shards, 3, collate_nested, buffer_size=buffer, seed=2, drop_last=drop_last,
+                                 rank=rank, world_size=world, even_ranks=even_ranks)  # fmt: skip
+            stream.set_epoch(1)
+            alone = ids(list(stream))
+            assert ids(by_position(stream)) == alone
+            assert ids(by_position(stream, consumed)) == alone[consumed:]
+
+
+@pytest.mark.parametrize("even_ranks", [False, True])
+def test_bad_and_missing_lines_read_by_position_are_named_counted_and_left_out_alike(
+    tmp_path: Path, even_ranks: bool
+) -> None:
+    shards = make_shards(tmp_path, [10, 10])
+    corrupt(shards[0][0], range(5, 9))  # samples 4-7: with no buffer, all of batch 1
+    corrupt(shards[1][0], range(2, 3))  # sample 11
+
+    def stream(on_error: str = "skip") -> ShardStream:
+        bad = BadSamples(on_error, max_fraction=0.5, what="line")  # type: ignore[arg-type]
+        return ShardStream(shards, 4, collate_nested, buffer_size=0, on_error=bad, rank=0, world_size=1,
+                           even_ranks=even_ranks)  # fmt: skip
+
+    streamed, positioned = stream(), stream()
+    assert ids(by_position(positioned)) == ids(list(streamed))
+    assert positioned.bad_samples.counts == streamed.bad_samples.counts == (20, 5)
+    with pytest.raises(DataError, match=r"s000.*line 5 is not JSON"):
+        by_position(stream("raise"))
+    whole = Path(shards[1][0]).read_text().splitlines(keepends=True)
+    Path(shards[1][0]).write_text("".join(whole[:7]))  # cut: its index says 10 lines
+    with pytest.raises(DataError, match=r"s001.*has 7 lines but its index says 10"):
+        by_position(stream())
 
 
 @pytest.mark.parametrize(("world", "workers"), [(1, 0), (2, 2), (3, 1)])

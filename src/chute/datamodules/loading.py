@@ -50,8 +50,9 @@ def split_loader(
         if dm.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
             dm.tuned_loader, dm.autotune_report = autotune(lambda s: build(s, probe=True), settings, threads=not stream)
         settings = dm.tuned_loader
-    if stream and settings.backend != "torch":
-        raise ConfigError("loader.backend", settings.backend, f"{type(dm).__name__} streams batches itself; use torch")
+    if stream and settings.backend == "threads":
+        refusal = f"{type(dm).__name__} streams batches itself; use torch, ray or ray_data"
+        raise ConfigError("loader.backend", settings.backend, refusal)
     if dm.remakes_loaders and settings.persistent_workers is None:
         settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     loader = build(settings)

@@ -6,11 +6,14 @@ contiguous range of that sequence (the one split rule, :func:`chute.loader.distr
 So each sample is read exactly once per epoch for any world size, even with fewer shards than ranks
 or shards of uneven size, and ranks differ by at most one sample. Within a rank, one shuffle buffer
 and fixed batch boundaries make the batches the same for any number of DataLoader workers, which
-take turns at them.
+take turns at them. Those batches can also be read one at a time by line position
+(:meth:`ShardStream.line_plan`, :class:`ShardLines`), as Ray tasks read them
+(:mod:`chute.integrations.ray_streams`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -132,9 +135,20 @@ class ShardStream(IterableDataset[Any]):
     def epoch(self) -> int:
         return self._epoch.get()
 
+    def resumed_batches(self) -> int:
+        """The batches this pass skips: those consumed before :meth:`resume`, if it is that epoch."""
+        return max(int(self._resume[1]), 0) if int(self._resume[0]) == self.epoch else 0
+
     @property
     def num_samples(self) -> int:
         return sum(n for _, n in self.shards)
+
+    def copy_at(self, rank: int, world_size: int) -> ShardStream:
+        """A copy to read in another process (a Ray task): this pass's rank and world size fixed, since
+        the launcher's environment there is not this rank's."""
+        other = copy.copy(self)
+        other.rank, other.world_size = rank, world_size
+        return other
 
     def _position(self) -> tuple[int, int]:
         return world_position(self.rank, self.world_size)
@@ -170,7 +184,7 @@ class ShardStream(IterableDataset[Any]):
         rank, world = self._position()
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        consumed = max(int(self._resume[1]), 0) if int(self._resume[0]) == self.epoch else 0
+        consumed = self.resumed_batches()
         # After a resume the new DataLoader asks worker 0 first, so worker 0 makes batch `consumed`.
         mine = range(consumed + worker, self.planned_batches(rank, world), workers)
         if not mine:
@@ -190,11 +204,41 @@ class ShardStream(IterableDataset[Any]):
             if repeat is not _BAD:
                 yield repeat
 
+    def _shuffled(self, items: Iterator[Any], rank: int) -> Iterator[Any]:
+        """``items`` (a rank's lines, or their positions) in the order its batches take them. The
+        buffer's draws depend on the number of items alone, so lines and positions come out alike."""
+        if self.buffer_size > 1:
+            return buffered(items, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
+        return items
+
+    def line_plan(self, rank: int, world: int) -> np.ndarray:
+        """``(shard, line)`` of each line ``rank`` reads this epoch, in the order its batches take them:
+        batch ``g`` is rows ``g * batch_size`` to ``(g + 1) * batch_size``. From the index alone (no
+        file is read), for readers that fetch lines by position (:class:`ShardLines`): Ray tasks,
+        one batch each (:mod:`chute.integrations.ray_streams`)."""
+        ranges = self.rank_ranges(rank, world)
+        positions = ((shard, line) for shard, start, stop in ranges for line in range(start, stop))
+        plan = np.array(list(self._shuffled(positions, rank)), dtype=np.int64).reshape(-1, 2)
+        return plan[: len(plan) // self.batch_size * self.batch_size] if self.drop_last else plan
+
+    def planned_batch(self, plan: np.ndarray, g: int, lines: ShardLines) -> Any:
+        """Batch ``g`` of this rank's pass read by position from its :meth:`line_plan`: the batch
+        iterating the stream makes for ``g`` (``None`` for one it leaves out: every line bad, without
+        ``even_ranks``). Bad lines are counted or raised for here, by the one reader of the batch."""
+        rank, world = self._position()
+        if g < self.rank_batches(rank, world):
+            rows = plan[g * self.batch_size : (g + 1) * self.batch_size]
+            batch = self._collate_run(lines.read(rows), count=True)
+            if batch is not _BAD:
+                return batch
+            if not self.even_ranks:
+                return None
+        batch = self._first_batch(rank, world)  # a short rank's repeat (even_ranks)
+        return None if batch is _BAD else batch
+
     def _runs(self, rank: int, world: int) -> Iterator[list[tuple[int, int, bytes]]]:
         """``rank``'s batches as runs of raw ``(shard, line, text)``, in order; the last may be short."""
-        lines = self._lines(self.rank_ranges(rank, world))
-        if self.buffer_size > 1:
-            lines = buffered(lines, self.buffer_size, derive_seed(self.seed, self.epoch, rank))
+        lines = self._shuffled(self._lines(self.rank_ranges(rank, world)), rank)
         run: list[tuple[int, int, bytes]] = []
         for line in lines:
             run.append(line)
@@ -218,10 +262,7 @@ class ShardStream(IterableDataset[Any]):
                     if line_no >= start:
                         yield shard, line_no, text
             if lines < stop:
-                raise DataError(
-                    f"Shard '{path}' has {lines} lines but its index says {self.shards[shard][1]}; it was "
-                    "truncated or rewritten: write the shards again."
-                )
+                raise _truncated(path, lines, self.shards[shard][1])
 
     def _collate_run(self, run: list[tuple[int, int, bytes]], count: bool) -> Any:
         """The batch of ``run``'s readable lines (``_BAD`` if none); ``count``: apply ``on_error`` and count."""
@@ -251,6 +292,56 @@ class ShardStream(IterableDataset[Any]):
 
 
 _BAD = object()  # stands for a run of lines none of which decoded
+
+
+def _truncated(path: str, lines: int, indexed: int) -> DataError:
+    return DataError(
+        f"Shard '{path}' has {lines} lines but its index says {indexed}; it was truncated or rewritten: "
+        "write the shards again."
+    )
+
+
+class ShardLines:
+    """Lines of a shard folder's files read by position: ``(shard, line)`` -> the line's bytes.
+
+    Each shard is scanned once for where its lines start (kept: 8 bytes a line), then read by seeking.
+    A shard with fewer lines than a position asks for is a :class:`~chute.errors.DataError` naming
+    the file, as when a stream reads it.
+
+    Args:
+        shards: ``(path, count)`` per shard, as :class:`ShardStream` takes them.
+    """
+
+    def __init__(self, shards: Sequence[tuple[str, int]]) -> None:
+        self.shards = [(str(p), int(n)) for p, n in shards]
+        self._starts: dict[int, np.ndarray] = {}
+
+    def read(self, rows: np.ndarray) -> list[tuple[int, int, bytes]]:
+        """``(shard, line, text)`` for each ``(shard, line)`` row of ``rows``, in their order."""
+        texts: dict[tuple[int, int], bytes] = {}
+        for shard in dict.fromkeys(rows[:, 0].tolist()):
+            lines = rows[rows[:, 0] == shard, 1]
+            starts = self._line_starts(shard, int(lines.max()) + 1)
+            with open(self.shards[shard][0], "rb") as f:
+                for line in sorted(lines.tolist()):
+                    f.seek(int(starts[line]))
+                    texts[shard, line] = f.read(int(starts[line + 1] - starts[line]))
+        return [(shard, line, texts[shard, line]) for shard, line in rows.tolist()]
+
+    def _line_starts(self, shard: int, needed: int) -> np.ndarray:
+        """Byte offsets where the shard's lines start, and its end (``len(lines) + 1`` values)."""
+        starts = self._starts.get(shard)
+        if starts is None:
+            path = self.shards[shard][0]
+            with open(path, "rb") as f:
+                data = np.frombuffer(f.read(), dtype=np.uint8)
+            ends = np.flatnonzero(data == ord("\n")) + 1  # a line's bytes end with its newline, as a file yields it
+            if len(data) and data[-1] != ord("\n"):
+                ends = np.append(ends, len(data))  # a last line without one
+            starts = self._starts[shard] = np.concatenate([[0], ends]).astype(np.int64)
+        if len(starts) - 1 < needed:
+            raise _truncated(self.shards[shard][0], len(starts) - 1, self.shards[shard][1])
+        return starts
 
 
 def _line_error(path: str, line: int, err: Exception, skipping: bool) -> DataError:

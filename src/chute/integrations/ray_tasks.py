@@ -212,27 +212,36 @@ class RayLoader(Passes):
         return len(self.sampler)
 
     def _batches(self) -> Iterator[Any]:
+        # Joined here, in the thread that iterates the loader, not in the feeding thread that runs
+        # _read: a local instance's processes are killed when the thread that started them ends
+        # (Ray starts them with PR_SET_PDEATHSIG), and a feeding thread ends with its pass.
+        connect()  # joined already if the DataModule was given an address; else RAY_ADDRESS or a local one
         batches = self._read()
         return iter(DeviceFeed(batches, self.feed)) if self.feed is not None else batches
 
-    def _read(self) -> Iterator[Any]:
-        # Listed when the pass starts: Passes has told the order its epoch and resume offset.
+    def _plan(self) -> tuple[Callable[[int], Any], int]:
+        """This pass's reader (run on the cluster: batch ``k`` of the pass from ``k``) and how many
+        batches the pass has. Called when the pass starts: :class:`Passes` has told the order its
+        epoch and resume offset."""
         specs = [np.asarray(batch, dtype=np.int64) for batch in self.sampler]
-        if not specs:
+        return _Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs), len(specs)
+
+    def _read(self) -> Iterator[Any]:
+        reader, n = self._plan()
+        if not n:
             return
-        connect()  # joined already if the DataModule was given an address; else RAY_ADDRESS or a local one
         ray = import_ray()
         read = _remote(ray)
-        box = [ray.put(_Reader(BatchFetch(self.dataset, self.seed), self.collate_fn, specs))]  # a list: not resolved
+        box = [ray.put(reader)]  # a list: not resolved
         tasks = self.tasks or max(int(ray.cluster_resources().get("CPU", 1)), 1)
         if self.engine == "data":
-            yield from self._through_ray_data(ray, box, len(specs), tasks)
+            yield from self._through_ray_data(ray, box, n, tasks)
             return
         window: collections.deque[Any] = collections.deque()
         submitted = 0
         try:
-            while submitted < len(specs) or window:
-                while submitted < len(specs) and len(window) < tasks + self.prefetch:
+            while submitted < n or window:
+                while submitted < n and len(window) < tasks + self.prefetch:
                     window.append(read.remote(box, submitted))
                     submitted += 1
                 batch, journals = _unpack(ray.get(window.popleft()), self.pin_memory)  # in order; the rest run on
@@ -322,12 +331,13 @@ class _Reader:
         return self.collate_fn(data) if self.collate_fn is not None else data
 
 
-_PASS: dict[str, tuple[_Reader, list[BadSamples]]] = {}  # this worker process's reader of the current pass
+_PASS: dict[str, tuple[Any, list[BadSamples]]] = {}  # this worker process's reader of the current pass
 _LIMITED = False
 
 
-def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
-    """The Ray task: batch ``k`` of the pass whose reader ``box`` holds, packed."""
+def _pass_reader(box: list[Any]) -> tuple[Any, list[BadSamples]]:
+    """On the cluster: the reader ``box`` holds (fetched once per worker process and pass) and the
+    :class:`BadSamples` policies inside it, counting into their journals."""
     global _LIMITED
     if not _LIMITED:  # one thread per library, as in a DataLoader worker (the task has one CPU)
         from chute.loader.worker_init import library_threads, limit_library_threads
@@ -343,18 +353,28 @@ def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
         for policy in policies:
             policy.journal = [0, []]
         _PASS[key] = (reader, policies)
-    reader, policies = _PASS[key]
-    try:
-        batch: Any = reader(k)
-    except DataError as err:  # sent back as the batch, raised there as it is (Ray would keep only its text)
-        batch = _Raised(err)
+    return _PASS[key]
+
+
+def _journals(policies: list[BadSamples]) -> list[tuple[str, int, list[tuple[str, str]]]]:
+    """What ``policies`` counted and skipped since the last call, for :func:`_absorb` in the trainer."""
     journals = []
     for policy in policies:
         assert policy.journal is not None
         if policy.journal[0] or policy.journal[1]:
             journals.append((policy.token, policy.journal[0], policy.journal[1]))
             policy.journal = [0, []]
-    return _pack(batch), journals
+    return journals
+
+
+def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
+    """The Ray task: batch ``k`` of the pass whose reader ``box`` holds, packed."""
+    reader, policies = _pass_reader(box)
+    try:
+        batch: Any = reader(k)
+    except DataError as err:  # sent back as the batch, raised there as it is (Ray would keep only its text)
+        batch = _Raised(err)
+    return _pack(batch), _journals(policies)
 
 
 def _read_rows(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.ndarray]:

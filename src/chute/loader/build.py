@@ -366,13 +366,20 @@ def build_loader(
             device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy,
         )  # fmt: skip
     if settings.on_ray:
+        engine = "data" if settings.backend == "ray_data" else "tasks"
         if stream:
-            raise ValueError(f"the {settings.backend} backend reads map-style data; a stream needs backend=torch")
+            from chute.integrations.ray_streams import RayStreamLoader
+
+            return RayStreamLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader
+                dataset, collate_fn, tasks=None if settings.auto else settings.num_workers, engine=engine,  # type: ignore[arg-type]
+                prefetch=settings.prefetch_factor or 2, pin_memory=settings.resolved_pin_memory,
+                feed=_device_feed(device, after_copy), epoch_of=epoch_of,
+            )  # fmt: skip
         from chute.integrations.ray_tasks import RayLoader
 
         return RayLoader(  # type: ignore[return-value]  # a Passes loader, as the two in Loader
             dataset, batches, collate_fn, seed=batch_seed, tasks=None if settings.auto else settings.num_workers,
-            engine="data" if settings.backend == "ray_data" else "tasks",
+            engine=engine,
             prefetch=settings.prefetch_factor or 2, pin_memory=settings.resolved_pin_memory,
             feed=_device_feed(device, after_copy),
             epoch_of=epoch_of, epoch_reader=dataset,
