@@ -241,13 +241,13 @@ KINDS: dict[str, Kind] = {
     "table": Kind(_table, _row_ids, write=write_table),
     "multitask": Kind(_multitask, _row_ids, write=write_table),
     "sequence": Kind(_sequence, _token_ids, write=write_sequences),
-    # read by worker processes, or on Ray by two Ray tasks or a Ray Data pipeline of two
+    # read by worker processes, or on Ray by two Ray tasks (ray2) or a Ray Data pipeline of two (rd2)
     "stream": Kind(_stream, _row_ids, settings=("w0", "w2", "auto", "ray2", "rd2"), write=write_table),
     "litdata": Kind(import_litdata, _row_ids, settings=("w0", "w2"), same_batches_any_workers=False, write=write_table),
     "video": Kind(_video, _clip_ids, train_samples=TRAIN_IMAGES, write=write_videos),
     "image_gpu_decode": Kind(_image_gpu_decode, _jpeg_ids, train_samples=TRAIN_IMAGES, write=write_jpegs),
     "sql": Kind(_sql, _row_ids, write=write_sql),
-    "sql_stream": Kind(_sql_stream, _row_ids, write=write_sql),
+    "sql_stream": Kind(_sql_stream, _row_ids, settings=("w0", "w2", "t2", "auto", "ray2"), write=write_sql),
     # Ray tasks read at once: 2, or as many as the cluster allows, or a Ray Data pipeline with 2
     # (no threads backend: Ray reads)
     "ray_images": Kind(

@@ -60,6 +60,21 @@ def test_every_data_option_passes_a_fast_dev_run(name: str, digits_root: Path, t
     assert metrics["train_samples"] > 0
 
 
+@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+def test_a_shard_stream_trains_with_the_ray_backends_from_the_command_line(
+    backend: str, digits_root: Path, tmp_path: Path
+) -> None:
+    """README's recipe (``data=streaming loader.backend=ray``), on a local Ray instance: every
+    training sample read on Ray in the epoch."""
+    pytest.importorskip("ray.data")
+    overrides = ["data=streaming", f"loader.backend={backend}", "loader.num_workers=2", *ONE_EPOCH]
+    cfg = make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+    run(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["epochs"] == 1
+    assert metrics["train_samples"] > 0
+
+
 @pytest.mark.parametrize("strategy", options("imbalance"))
 def test_every_imbalance_option_trains_on_the_long_tailed_experiment(
     strategy: str, digits_root: Path, tmp_path: Path
