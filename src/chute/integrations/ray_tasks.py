@@ -31,7 +31,9 @@ backpressure ran one task at a time (40 tasks of 0.1 s took 4.4-4.7 s; its concu
 resource-budget policies each did it alone), and with those policies off it ran ahead of a slow
 consumer by 50 of 60 batches, i.e. buffered the epoch in the object store. The same 40 tasks as
 plain Ray tasks took 2.06 s. ``scripts/bench_ray.py --engine tasks data`` measures both. Ray Data's
-own readers (``read_images``, ``read_parquet``) would read in Ray's order, not chute's.
+own readers (``read_images``, ``read_parquet``) would read in Ray's order, not chute's. Shard
+streams plan their batches as line positions and are read here too, one batch a task or row
+(:mod:`chute.integrations.ray_streams`).
 
 Where Ray runs: with ``RAY_ADDRESS`` set (``ray job submit`` sets it) or an ``address`` given, the
 cluster there (its workers must be able to import chute and the data's paths must be readable from
