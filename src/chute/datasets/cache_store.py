@@ -200,16 +200,42 @@ def load_disk(
         DataError: The manifest names a file outside ``cache_dir`` or a dtype holding Python objects
             (never written by chute: the manifest was edited or forged); nothing is read then.
     """
+    checked = _checked(cache_dir, key, n)
+    if isinstance(checked, str):
+        if checked:
+            rank_zero_info(f"Cache '{cache_dir}': {checked}, rebuilding.")
+        return None
+    manifest, files = checked
+    # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
+    # writes to it). Mapped only once every field has passed the checks above.
+    arrays: list[np.ndarray] = [np.memmap(path, dtype=dtype, mode="c", shape=shape) for path, dtype, shape in files]
+    template = rebuild(_template_from(manifest["template"]), range(len(arrays)))
+    missing = [int(i) for i in manifest.get("missing", []) if 0 <= int(i) < n]
+    if missing:
+        rank_zero_info(f"Cache '{cache_dir}': {len(missing)} unreadable samples were left out when it was built.")
+    layouts = [f.get("layout") == "hwc" and len(f["shape"]) == 3 for f in manifest["fields"]]
+    return [f["name"] for f in manifest["fields"]], arrays, template, missing, layouts
+
+
+def _checked(
+    cache_dir: str, key: str, n: int
+) -> tuple[dict[str, Any], list[tuple[Path, np.dtype[Any], tuple[int, ...]]]] | str:
+    """The manifest and ``(path, dtype, shape)`` of every field's file if the cache in ``cache_dir`` is
+    complete and built for ``key`` and ``n`` samples; else why not (``""``: there is none).
+
+    Raises:
+        DataError: The manifest names a file outside ``cache_dir`` or a dtype holding Python objects.
+    """
     try:
         manifest = json.loads(_manifest_path(cache_dir).read_text())
     except FileNotFoundError:
-        return None
+        return ""
     except ValueError:
-        rank_zero_info(f"Cache '{cache_dir}': unreadable manifest, rebuilding.")
-        return None
+        return "unreadable manifest"
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("fields"), list):
+        return "unreadable manifest"
     if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
-        rank_zero_info(f"Cache '{cache_dir}': built for other source files or settings, rebuilding.")
-        return None
+        return "built for other source files or settings"
     where = f"Cache manifest '{_manifest_path(cache_dir)}'"
     files: list[tuple[Path, np.dtype[Any], tuple[int, ...]]] = []
     for field in manifest["fields"]:
@@ -225,18 +251,9 @@ def load_disk(
             )
         expected = int(np.prod(shape)) * dtype.itemsize
         if not path.is_file() or path.stat().st_size != expected:
-            rank_zero_info(f"Cache '{cache_dir}': '{field['file']}' is missing or truncated, rebuilding.")
-            return None
+            return f"'{field['file']}' is missing or truncated"
         files.append((path, dtype, shape))
-    # Copy-on-write: read like "r", but torch can view it without a read-only warning (nothing
-    # writes to it). Mapped only once every field has passed the checks above.
-    arrays: list[np.ndarray] = [np.memmap(path, dtype=dtype, mode="c", shape=shape) for path, dtype, shape in files]
-    template = rebuild(_template_from(manifest["template"]), range(len(arrays)))
-    missing = [int(i) for i in manifest.get("missing", []) if 0 <= int(i) < n]
-    if missing:
-        rank_zero_info(f"Cache '{cache_dir}': {len(missing)} unreadable samples were left out when it was built.")
-    layouts = [f.get("layout") == "hwc" and len(f["shape"]) == 3 for f in manifest["fields"]]
-    return [f["name"] for f in manifest["fields"]], arrays, template, missing, layouts
+    return manifest, files
 
 
 def _template_from(spec: Any) -> Any:
@@ -324,19 +341,12 @@ def publish(built: Path, target: Path, key: str, n: int) -> None:
 
 def _current(target: Path, key: str, n: int) -> bool:
     """Whether ``target`` holds a complete cache for ``key``: its manifest (written last) says so and
-    every field's file has its full size (a damaged cache is replaced, as :func:`load_disk` would)."""
+    every field's file has its full size (a damaged or forged cache is replaced, as :func:`load_disk`
+    would)."""
     try:
-        manifest = json.loads((target / MANIFEST).read_text())
-        if manifest.get("version") != _VERSION or manifest.get("key") != key or manifest.get("length") != n:
-            return False
-        for field in manifest["fields"]:
-            path = Path(inside(str(target), field["file"], "cache manifest"))
-            dtype = np.dtype(field["dtype"])
-            if dtype.hasobject or path.stat().st_size != n * int(np.prod(field["shape"])) * dtype.itemsize:
-                return False
+        return not isinstance(_checked(str(target), key, n), str)
     except (OSError, ValueError, KeyError, TypeError, DataError):
         return False
-    return True
 
 
 @contextlib.contextmanager
