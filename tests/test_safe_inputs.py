@@ -113,6 +113,17 @@ def test_cache_manifest_files_cannot_leave_the_folder(tmp_path: Path, kind: str,
     assert source.reads == 0  # nothing rebuilt over it
 
 
+@pytest.mark.parametrize("text", ["[1, 2]", '{"version": 1}', "not json"])
+def test_a_manifest_that_is_not_one_is_rebuilt(tmp_path: Path, text: str) -> None:
+    cache_dir = tmp_path / "cache"
+    CachedDataset(Source(), store="disk", cache_dir=cache_dir, key="k")  # type: ignore[arg-type]
+    (cache_dir / "cache.json").write_text(text)
+    source = Source()
+    CachedDataset(source, store="disk", cache_dir=cache_dir, key="k")  # type: ignore[arg-type]
+    assert source.reads > 0  # rebuilt from the source, not an AttributeError or KeyError
+    assert json.loads((cache_dir / "cache.json").read_text())["key"] == "k"
+
+
 class _Tripwire:
     """Unpickling this makes a folder: proof that something was unpickled."""
 
