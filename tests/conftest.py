@@ -61,6 +61,15 @@ def _no_ray_left() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture
+def ray_local() -> None:
+    """A local Ray instance of 2 CPUs for the test (``_no_ray_left`` shuts it down after it)."""
+    pytest.importorskip("ray")
+    from chute.integrations.ray_tasks import connect
+
+    connect(num_cpus=2)
+
+
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default experiment's data: scikit-learn's digits as a PNG tree (written once per session)."""

@@ -9,7 +9,6 @@ of two nodes reading for a Trainer.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ from tests.contract_kinds import BATCH, _image_ids, _row_ids, write_images, writ
 from tests.helpers import write_image
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """One local Ray instance (2 CPUs) for the module: its workers import torch once."""
-    from chute.integrations.ray_tasks import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def _passes(dm: Any, ids: Any, epochs: int = 2) -> dict[str, Any]:

@@ -11,7 +11,6 @@ cluster boundary; a second loader reading while the first is left in mid-epoch.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +25,6 @@ from tests.contract_kinds import BATCH, _row_ids, _stream
 from tests.datasets.test_shards import corrupt, make_shards
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    """One local Ray instance (2 CPUs) for the module."""
-    from chute.integrations.ray_tasks import connect
-
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
 
 
 def _ids(loader: Any) -> list[list[int]]:
@@ -135,13 +124,12 @@ def test_the_threads_backend_is_still_refused_for_a_stream(tmp_path: Path) -> No
 def test_two_ray_nodes_read_a_stream_for_a_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster of a head with no CPUs and two worker nodes (``ray.cluster_utils.Cluster``), found
     through ``RAY_ADDRESS`` as ``ray job submit`` sets it: the shards are read on the worker nodes, and
-    a Trainer sees each sample once per epoch. (Last in the module: it leaves no Ray running.)"""
+    a Trainer sees each sample once per epoch."""
     import lightning as L
     from ray.cluster_utils import Cluster
 
     from tests.contract_kinds import SAMPLES, Recorder
 
-    ray.shutdown()  # the module's local instance: this test joins its own cluster
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     try:
         for _ in range(2):

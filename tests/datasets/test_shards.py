@@ -85,32 +85,6 @@ def test_stream_reads_each_sample_exactly_once_per_epoch(counts: list[int], worl
         assert sorted(seen) == list(range(sum(counts)))
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    counts=layouts,
-    world=st.integers(min_value=1, max_value=3),
-    workers=st.integers(min_value=2, max_value=5),
-    consumed=st.integers(min_value=0, max_value=9),
-    buffer=st.sampled_from([0, 4, 50]),
-    drop_last=st.booleans(),
-    even_ranks=st.booleans(),
-)
-def test_workers_take_turns_at_the_batches_of_one_worker(
-    counts: list[int], world: int, workers: int, consumed: int, buffer: int, drop_last: bool, even_ranks: bool
-) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = make_shards(Path(tmp), counts)
-        for rank in range(world):
-            stream = ShardStream(shards, 3, collate_nested, buffer_size=buffer, seed=2, drop_last=drop_last,
-                                 rank=rank, world_size=world, even_ranks=even_ranks)  # fmt: skip
-            stream.set_epoch(1)
-            alone = ids(list(stream))
-            assert len(alone) == len(stream)
-            assert ids(turns(stream, workers)) == alone  # the same batches, in the same order
-            stream.resume(1, consumed)
-            assert ids(turns(stream, workers)) == alone[consumed:]
-
-
 def by_position(stream: ShardStream, first: int = 0) -> list[Any]:
     """The rank's batches ``first..`` read one at a time by line position, as Ray tasks read them
     (``chute.integrations.ray_streams``), each from a fresh reader; left-out batches dropped."""
@@ -124,16 +98,18 @@ def by_position(stream: ShardStream, first: int = 0) -> list[Any]:
 @given(
     counts=layouts,
     world=st.integers(min_value=1, max_value=4),
+    workers=st.integers(min_value=2, max_value=5),
     consumed=st.integers(min_value=0, max_value=9),
     buffer=st.sampled_from([0, 4, 50]),
     drop_last=st.booleans(),
     even_ranks=st.booleans(),
 )
-def test_reading_by_line_position_gives_the_streams_batches(
-    counts: list[int], world: int, consumed: int, buffer: int, drop_last: bool, even_ranks: bool
+def test_workers_taking_turns_and_reads_by_position_give_the_batches_of_one_worker(
+    counts: list[int], world: int, workers: int, consumed: int, buffer: int, drop_last: bool, even_ranks: bool
 ) -> None:
-    """The line plan is made from the index alone (the buffer's draws do not depend on the lines), so
-    a batch read by position is the batch the stream makes: any layout, rank, epoch and resume point."""
+    """DataLoader workers taking turns, and batches read one at a time by line position (the line
+    plan comes from the index alone: the buffer's draws do not depend on the lines), both give the
+    batches one worker makes: any layout, rank, epoch and resume point."""
     with tempfile.TemporaryDirectory() as tmp:
         shards = make_shards(Path(tmp), counts)
         for rank in range(world):
@@ -141,8 +117,12 @@ def test_reading_by_line_position_gives_the_streams_batches(
                                  rank=rank, world_size=world, even_ranks=even_ranks)  # fmt: skip
             stream.set_epoch(1)
             alone = ids(list(stream))
+            assert len(alone) == len(stream)
+            assert ids(turns(stream, workers)) == alone  # the same batches, in the same order
             assert ids(by_position(stream)) == alone
             assert ids(by_position(stream, consumed)) == alone[consumed:]
+            stream.resume(1, consumed)
+            assert ids(turns(stream, workers)) == alone[consumed:]
 
 
 @pytest.mark.parametrize("even_ranks", [False, True])

@@ -38,7 +38,6 @@ import numpy as np
 from chute.datasets.shards import ShardLines, ShardStream
 from chute.integrations.ray_tasks import RayLoader
 from chute.loader.distributed import world_position
-from chute.loader.threaded import DeviceCopy
 
 
 class RayStreamLoader(RayLoader):
@@ -48,26 +47,12 @@ class RayStreamLoader(RayLoader):
         stream: The shard stream; its epoch and resume are this loader's (as with worker processes).
         collate_fn: Applied on the cluster to each batch the stream makes (the batch hook on a CPU
             trainer), as a DataLoader with ``batch_size=None`` applies its ``collate_fn``.
-        tasks, engine, prefetch, pin_memory, feed, epoch_of: As for
+        options: ``tasks``, ``engine``, ``prefetch``, ``pin_memory``, ``feed``, ``epoch_of``, as for
             :class:`~chute.integrations.ray_tasks.RayLoader`.
     """
 
-    def __init__(
-        self,
-        stream: ShardStream,
-        collate_fn: Callable[[Any], Any] | None = None,
-        *,
-        tasks: int | None = None,
-        engine: str = "tasks",
-        prefetch: int = 2,
-        pin_memory: bool = False,
-        feed: DeviceCopy | None = None,
-        epoch_of: Callable[[], int] | None = None,
-    ) -> None:
-        super().__init__(
-            stream, stream, collate_fn, seed=stream.seed, tasks=tasks, engine=engine, prefetch=prefetch,
-            pin_memory=pin_memory, feed=feed, epoch_of=epoch_of,
-        )  # fmt: skip
+    def __init__(self, stream: ShardStream, collate_fn: Callable[[Any], Any] | None = None, **options: Any) -> None:
+        super().__init__(stream, stream, collate_fn, seed=stream.seed, **options)
         self.sampler = None  # type: ignore[assignment]  # a stream orders itself, as under a DataLoader
 
     @property

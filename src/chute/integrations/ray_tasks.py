@@ -337,9 +337,8 @@ _PASS: dict[str, tuple[Any, list[BadSamples]]] = {}  # this worker process's rea
 _LIMITED = False
 
 
-def _pass_reader(box: list[Any]) -> tuple[Any, list[BadSamples]]:
-    """On the cluster: the reader ``box`` holds (fetched once per worker process and pass) and the
-    :class:`BadSamples` policies inside it, counting into their journals."""
+def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
+    """The Ray task: batch ``k`` of the pass whose reader ``box`` holds, packed."""
     global _LIMITED
     if not _LIMITED:  # one thread per library, as in a DataLoader worker (the task has one CPU)
         from chute.loader.worker_init import library_threads, limit_library_threads
@@ -355,28 +354,18 @@ def _pass_reader(box: list[Any]) -> tuple[Any, list[BadSamples]]:
         for policy in policies:
             policy.journal = [0, []]
         _PASS[key] = (reader, policies)
-    return _PASS[key]
-
-
-def _journals(policies: list[BadSamples]) -> list[tuple[str, int, list[tuple[str, str]]]]:
-    """What ``policies`` counted and skipped since the last call, for :func:`_absorb` in the trainer."""
+    reader, policies = _PASS[key]
+    try:
+        batch: Any = reader(k)
+    except DataError as err:  # sent back as the batch, raised there as it is (Ray would keep only its text)
+        batch = _Raised(err)
     journals = []
     for policy in policies:
         assert policy.journal is not None
         if policy.journal[0] or policy.journal[1]:
             journals.append((policy.token, policy.journal[0], policy.journal[1]))
             policy.journal = [0, []]
-    return journals
-
-
-def _read_batch(box: list[Any], k: int) -> tuple[Any, list[Any]]:
-    """The Ray task: batch ``k`` of the pass whose reader ``box`` holds, packed."""
-    reader, policies = _pass_reader(box)
-    try:
-        batch: Any = reader(k)
-    except DataError as err:  # sent back as the batch, raised there as it is (Ray would keep only its text)
-        batch = _Raised(err)
-    return _pack(batch), _journals(policies)
+    return _pack(batch), journals
 
 
 def _read_rows(rows: dict[str, np.ndarray], box: list[Any]) -> dict[str, np.ndarray]:
