@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("train_samples_per_s", "data_wait_fraction", "wall_time_s")
+COLUMNS = ("train_samples_per_s", "data_wait_fraction", "loader_wait_fraction", "wall_time_s")
 
 
 def collect(root: Path, metric: str = "val/acc") -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from typing import Any
 
 import lightning as L
 import pytest
@@ -105,3 +106,76 @@ def test_the_advice_names_the_route_that_helps_where_the_run_is(monkeypatch: pyt
     assert "data.decode" not in _advice(SimpleNamespace(datamodule=dm, **vars(gpu)))
     on_cpu = _advice(SimpleNamespace(datamodule=dm))  # no GPU: no word of GPU decoding
     assert "data.decode" not in on_cpu
+
+
+def _chute_loader(delay: float, backend: str, workers: int) -> Any:
+    from chute import LoaderSettings
+    from chute.loader import build_loader
+
+    settings = LoaderSettings(batch_size=2, num_workers=workers, backend=backend, persistent_workers=False)
+    return build_loader(SlowData(delay), settings, train=True, seed=0)
+
+
+@pytest.mark.parametrize(("backend", "workers"), [("torch", 0), ("threads", 1)])
+def test_a_chute_loader_keeps_the_time_its_consumer_waited_inside_it(backend: str, workers: int) -> None:
+    """``waited_s`` counts the time inside ``next()``: 32 batches of 2 samples at 10 ms each are at
+    least 0.64 s of waiting for a consumer that asks at once (the thread cannot read far ahead of
+    it); a loader thread reads ahead while a consumer takes 50 ms per batch, which then hardly waits."""
+    loader = _chute_loader(0.01, backend, workers)
+    assert loader.waited_s == 0.0
+    batches = sum(1 for _ in loader)
+    assert batches == 32
+    assert loader.waited_s >= 0.6
+    first = loader.waited_s
+    for _ in loader:  # a second pass adds to the same clock
+        pass
+    assert loader.waited_s >= first + 0.6
+    if backend == "threads":
+        before = loader.waited_s
+        for _ in loader:
+            time.sleep(0.05)
+        assert loader.waited_s - before < 0.3
+
+
+class SlowLoop(L.Callback):
+    """Lightning's own work between steps, made slow: a start-of-step hook that runs before the monitor's."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        time.sleep(0.02)
+
+
+def fit_chute(delay: float, monitor: StallMonitor, *callbacks: L.Callback) -> None:
+    trainer = L.Trainer(
+        max_epochs=1, callbacks=[*callbacks, monitor], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Tiny(), _chute_loader(delay, "torch", 0))
+
+
+def test_the_loaders_part_of_the_wait_is_measured_and_named_in_the_warning() -> None:
+    """Slow data: the wait is the loader's, and the advice is about the loader."""
+    monitor = StallMonitor(threshold=0.1, warmup_steps=2)
+    with pytest.warns(UserWarning, match="loader.num_workers"):
+        fit_chute(0.05, monitor)
+    summary = monitor.summary()
+    assert summary["loader_wait_fraction"] > 0.5
+    assert summary["loader_wait_fraction"] <= summary["data_wait_fraction"]
+
+
+def test_a_slow_loop_between_steps_is_not_blamed_on_the_loader() -> None:
+    """Fast data, slow work between steps (not the loader's): the whole gap is over the threshold, the
+    loader's part is not, and the warning says so instead of advising more workers."""
+    monitor = StallMonitor(threshold=0.1, warmup_steps=2)
+    with pytest.warns(UserWarning, match="training loop's own work") as record:
+        fit_chute(0.0, monitor, SlowLoop())
+    message = next(str(w.message) for w in record if "waits for data" in str(w.message))
+    assert "loader.num_workers" not in message
+    summary = monitor.summary()
+    assert summary["data_wait_fraction"] > 0.5
+    assert summary["loader_wait_fraction"] < 0.25
+
+
+def test_a_loader_without_a_clock_reports_the_whole_wait_only() -> None:
+    monitor = StallMonitor(threshold=0.99, warmup_steps=2)
+    fit(0.0, monitor)  # a plain torch DataLoader
+    assert "loader_wait_fraction" not in monitor.summary()

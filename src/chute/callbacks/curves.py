@@ -13,7 +13,7 @@ PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("Loss", "loss", ("train/loss", "val/loss")),
     ("Validation metrics", "value", ("val/acc", "val/bal_acc", "val/macro_f1", "val/rmse", "val/mae")),
     ("Training throughput", "samples/s", ("perf/step_samples_per_s", "perf/train_samples_per_s")),
-    ("Waiting for data", "share of step time", ("perf/data_wait_fraction",)),
+    ("Waiting for data", "share of step time", ("perf/data_wait_fraction", "perf/loader_wait_fraction")),
 )
 
 

@@ -15,13 +15,19 @@ class StallMonitor(L.Callback):
     """Per training step, time the wait for the next batch and the whole step.
 
     The wait runs from the end of one step to the start of the next: fetching from the DataLoader,
-    the copy to the device and the DataModule's batch hook (and Lightning's own bookkeeping between
-    steps, under a millisecond). The monitor moves itself to the end of the trainer's callbacks, so
-    other callbacks' end-of-step work (the progress bar, checkpoints) counts as step time, not as
-    waiting for data. Logs ``perf/data_wait_fraction``
-    (share of step time spent waiting) and ``perf/step_samples_per_s`` each epoch, keeps totals
-    for ``metrics.json`` (:meth:`summary`), and warns once when waiting exceeds ``threshold`` of the
-    step time, naming the settings that usually fix it.
+    the copy to the device and the DataModule's batch hook, and Lightning's own work between steps
+    (the loop's bookkeeping, logging every ``log_every_n_steps``, other callbacks' start-of-step
+    hooks). The monitor moves itself to the end of the trainer's callbacks, so other callbacks'
+    end-of-step work (the progress bar, checkpoints) counts as step time. Logs
+    ``perf/data_wait_fraction`` (share of step time spent waiting) and ``perf/step_samples_per_s``
+    each epoch, keeps totals for ``metrics.json`` (:meth:`summary`), and warns once when waiting
+    exceeds ``threshold`` of the step time, naming the settings that usually fix it.
+
+    The loader's own part of that wait is set apart where the training loader keeps a clock (every
+    chute loader does: ``waited_s``, the time its consumer spent inside ``next()``): logged as
+    ``perf/loader_wait_fraction``. On a small model's few-millisecond steps Lightning's own work
+    between steps is a few percent of the step by itself, so the two figures say whether a faster
+    loader would help (measured, docs/benchmarks.md); the warning says which it is.
 
     Args:
         threshold: Wait fraction above which to warn.
@@ -38,10 +44,14 @@ class StallMonitor(L.Callback):
         self.samples = 0
         self.steps = 0
         self.warned = False
+        self.loader_wait_s = 0.0  # the loader's own part of wait_s, over the steps it was measured
+        self.loader_step_s = 0.0  # step time of those steps
         self._epoch_wait = self._epoch_step = 0.0
+        self._epoch_loader_wait = self._epoch_loader_step = 0.0
         self._epoch_samples = 0
         self._last_end: float | None = None
         self._start: float | None = None
+        self._clock_at_end: float | None = None  # the loader's clock (see the class docstring) then
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
@@ -51,7 +61,9 @@ class StallMonitor(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch
+        self._clock_at_end = loader_clock(trainer)
         self._epoch_wait = self._epoch_step = 0.0
+        self._epoch_loader_wait = self._epoch_loader_step = 0.0
         self._epoch_samples = 0
 
     def on_train_batch_start(
@@ -63,6 +75,8 @@ class StallMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         end = time.perf_counter()
+        clock, before = loader_clock(trainer), self._clock_at_end
+        self._clock_at_end = clock
         if self._last_end is None or self._start is None:
             self._last_end = end
             return
@@ -78,11 +92,19 @@ class StallMonitor(L.Callback):
         self.step_s += step
         self.samples += size
         self.steps += 1
+        if clock is not None and before is not None:
+            # Inside the gap, except where a training_step pulls batches itself: then it is capped.
+            loader = min(max(clock - before, 0.0), wait)
+            self._epoch_loader_wait += loader
+            self._epoch_loader_step += step
+            self.loader_wait_s += loader
+            self.loader_step_s += step
         if not self.warned and self.steps >= 10 and self.wait_s > self.threshold * self.step_s:
             self.warned = True
+            share = self.loader_wait_s / self.loader_step_s if self.loader_step_s > 0 else None
             warnings.warn(
                 f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
-                + _advice(trainer),
+                + _advice(trainer, self.wait_s / self.step_s, share),
                 stacklevel=2,
             )
 
@@ -91,29 +113,59 @@ class StallMonitor(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()
+        self._clock_at_end = loader_clock(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._epoch_step > 0:
             pl_module.log("perf/data_wait_fraction", self._epoch_wait / self._epoch_step, on_epoch=True)
             pl_module.log("perf/step_samples_per_s", self._epoch_samples / self._epoch_step, on_epoch=True)
+        if self._epoch_loader_step > 0:
+            pl_module.log("perf/loader_wait_fraction", self._epoch_loader_wait / self._epoch_loader_step, on_epoch=True)
 
     def summary(self) -> dict[str, float]:
         """Totals over the run (after each epoch's warm-up steps) for ``metrics.json``."""
         if self.step_s <= 0:
             return {}
-        return {
+        out = {
             "data_wait_fraction": round(self.wait_s / self.step_s, 4),
             "data_wait_s": round(self.wait_s, 3),
             "step_samples_per_s": round(self.samples / self.step_s, 1),
             "measured_steps": float(self.steps),
         }
+        if self.loader_step_s > 0:
+            out["loader_wait_fraction"] = round(self.loader_wait_s / self.loader_step_s, 4)
+            out["loader_wait_s"] = round(self.loader_wait_s, 3)
+        return out
 
 
-def _advice(trainer: L.Trainer) -> str:
+def loader_clock(trainer: L.Trainer) -> float | None:
+    """Seconds the training loader(s) kept their consumer waiting so far (``waited_s``, which chute's
+    loaders keep), summed over a collection of loaders; ``None`` if no training loader keeps one."""
+    loaders = getattr(trainer, "train_dataloader", None)
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    elif not isinstance(loaders, (list, tuple)):
+        loaders = [loaders]
+    clocks = [float(w) for loader in loaders if isinstance(w := getattr(loader, "waited_s", None), (int, float))]
+    return sum(clocks) if clocks else None
+
+
+def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | None = None) -> str:
     """The settings that usually shorten the wait, naming the ones in force (chute's DataModules) and
-    the route that helps where this run is: on a GPU, decoding there; on many cores, processes."""
+    the route that helps where this run is: on a GPU, decoding there; on many cores, processes.
+
+    ``wait`` and ``loader_wait``: the shares of step time between steps and inside the loader. When
+    the loader's is under half of the wait, the loader is not what holds training up, and the
+    advice says what is."""
     import os
 
+    if wait is not None and loader_wait is not None and loader_wait < wait / 2:
+        return (
+            f"the loader itself kept training waiting {loader_wait:.1%} of the time; the rest is the copy to "
+            "the device, the batch hook and the training loop's own work between steps (logging, callbacks), "
+            "which costs about the same per step whatever the loader: fewer, larger steps "
+            "(a larger data.batch_size) or logging less often (trainer.log_every_n_steps) shorten it."
+        )
     datamodule = getattr(trainer, "datamodule", None)
     # what num_workers=auto chose, else the settings given
     settings = getattr(datamodule, "tuned_loader", None) or getattr(datamodule, "loader_settings", None)

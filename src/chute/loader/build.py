@@ -16,10 +16,13 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
   ``on_error="skip"``) is never handed to the model; it still counts towards the position.
 - An order over data that changes between epochs (:class:`~chute.loader.orders.SnapshotOrder`) also
   records which rows the epoch read in the position, and a resumed pass reads those rows again.
+- It keeps the time its consumer spent waiting inside it for batches (``waited_s``), which
+  :class:`~chute.callbacks.StallMonitor` sets apart from the rest of the time between steps.
 """
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
@@ -114,9 +117,14 @@ class Passes:
     iterator over one pass's batches; ``epoch_of`` (optional) returns the trainer's current epoch.
     The one place that says which epoch a pass is: it tells the order and ``epoch_reader`` (a
     map-style dataset with ``set_epoch``, whose per-sample randomness is keyed by the epoch).
+
+    ``waited_s``: seconds the consumer has spent inside ``next()`` on this loader's passes, all passes
+    together: reading the batch (no workers), or waiting for workers, threads or Ray to hand it over,
+    and the device copy a CUDA feed makes. A pass's start (workers forking) counts too.
     """
 
     epoch_of: Callable[[], int] | None
+    waited_s: float
 
     def _init_passes(self, epoch_of: Callable[[], int] | None, epoch_reader: Any = None) -> None:
         self.epoch_of = epoch_of
@@ -125,6 +133,7 @@ class Passes:
         self._handed = 0  # the order's batches this pass has handed out
         self._next_pass = 0  # the next pass's epoch when no trainer says
         self._pending: tuple[int, int] | None = None
+        self.waited_s = 0.0
 
     @property
     def order(self) -> Order:
@@ -173,10 +182,19 @@ class Passes:
             self.epoch_reader.set_epoch(epoch)
         self._epoch = epoch
         self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
-        for batch in self._batches():
+        batches, clock = self._batches(), time.perf_counter
+        while True:
+            asked = clock()
+            batch = next(batches, _END)
+            self.waited_s += clock() - asked
+            if batch is _END:
+                return
             self._handed += 1
             if not _empty(batch):
                 yield batch
+
+
+_END = object()  # past a pass's last batch
 
 
 def _empty(batch: Any) -> bool:
