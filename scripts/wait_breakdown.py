@@ -11,8 +11,15 @@ batch hook (``on_after_batch_transfer``) and the step itself (``run_training_bat
 
 Variants: ``default`` (conf/data/digits.yaml: one loader thread), ``threads2`` (two threads),
 ``inline`` (no thread: fetch, copy and hook in the training loop's thread), ``procs2`` (two worker
-processes), and ``switch05`` (the default with Python's GIL switch interval at 0.5 ms instead of
-5 ms: if the wait drops, the loader thread was waiting for the GIL).
+processes), ``switch05`` (the default with Python's GIL switch interval at 0.5 ms instead of
+5 ms: if the wait drops, the loader thread was waiting for the GIL), and ``floor`` (the default's
+loader threads read their first batch once and hand that same batch over at every step:
+a loader that costs nothing, with the same hand-off between threads, so its data wait is what the
+training loop and the hand-off take by themselves; its accuracy means nothing).
+
+The ``loader-wait`` column is StallMonitor's ``loader_wait_fraction``: the part of the data wait
+spent inside the loader's ``next()``; the rest of ``data-wait`` is the copy, the batch hook and
+Lightning's own work between steps.
 """
 
 from __future__ import annotations
@@ -32,6 +39,20 @@ VARIANTS: dict[str, list[str]] = {
     "inline": ["loader.num_workers=0"],
     "procs2": ["loader.backend=torch", "loader.num_workers=2"],
     "switch05": [],
+    "floor": [],
+}
+# Run before train.py in the variant's process (see the module docstring).
+PRELUDES: dict[str, str] = {
+    "switch05": "import sys; sys.setswitchinterval(0.0005)",
+    "floor": (
+        "from chute.loader import threaded\n"
+        "read, first = threaded.ThreadedLoader._fetch, {}\n"
+        "def once(self, batch):\n"
+        "    if id(self) not in first:\n"
+        "        first[id(self)] = read(self, batch)\n"
+        "    return first[id(self)]\n"
+        "threaded.ThreadedLoader._fetch = once"
+    ),
 }
 ACTIONS = {
     "fetch": "train_dataloader_next",
@@ -45,14 +66,9 @@ def run(name: str, seed: int, extra: list[str], report: bool = False) -> dict[st
     with tempfile.TemporaryDirectory() as run_dir:
         args = ["train.py", f"seed={seed}", "trainer.profiler=simple", f"hydra.run.dir={run_dir}"]
         args += [*VARIANTS[name], *extra]
-        interval = 0.0005 if name == "switch05" else None
-        code = (
-            f"import runpy, sys; sys.setswitchinterval({interval}); sys.argv = {args!r}; "
-            "runpy.run_path('train.py', run_name='__main__')"
-            if interval
-            else None
-        )
-        command = [sys.executable, "-c", code] if code else [sys.executable, *args]
+        prelude = PRELUDES.get(name)
+        code = f"{prelude}\nimport runpy, sys\nsys.argv = {args!r}\nrunpy.run_path('train.py', run_name='__main__')"
+        command = [sys.executable, "-c", code] if prelude else [sys.executable, *args]
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"variant": name, "error": proc.stderr[-2000:]}
@@ -64,6 +80,7 @@ def run(name: str, seed: int, extra: list[str], report: bool = False) -> dict[st
         "val_acc": round(metrics["metrics"].get("val/acc", float("nan")), 4),
         "samples_per_s": metrics["train_samples_per_s"],
         "data_wait": metrics.get("data_wait_fraction", float("nan")),
+        "loader_wait": metrics.get("loader_wait_fraction", float("nan")),
         "precision": metrics["precision"],
     }
     for key, action in ACTIONS.items():  # the profiler's table: | action | mean (s) | calls | total (s) | % |
@@ -79,16 +96,18 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="print the first variant's whole profiler table")
     parser.add_argument("overrides", nargs="*", help="more train.py overrides for every variant")
     args = parser.parse_args()
-    print("| variant | data-wait | samples/s | fetch ms | copy ms | hook ms | step ms | val/acc | precision |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    columns = ["variant", "data-wait", "loader-wait", "samples/s", "fetch ms", "copy ms", "hook ms", "step ms"]
+    columns += ["val/acc", "precision"]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     for name in args.variants:
         r = run(name, args.seed, args.overrides, report=args.report and name == args.variants[0])
         if "error" in r:
             print(f"| {name} | failed: {str(r['error'])[-300:]!r} |", flush=True)
             continue
         print(
-            f"| {name} | {r['data_wait']} | {r['samples_per_s']} | {r['fetch_ms']} | {r['copy_ms']} | "
-            f"{r['hook_ms']} | {r['step_ms']} | {r['val_acc']} | {r['precision']} |",
+            f"| {name} | {r['data_wait']} | {r['loader_wait']} | {r['samples_per_s']} | {r['fetch_ms']} | "
+            f"{r['copy_ms']} | {r['hook_ms']} | {r['step_ms']} | {r['val_acc']} | {r['precision']} |",
             flush=True,
         )
 
