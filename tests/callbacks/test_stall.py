@@ -141,7 +141,7 @@ class SlowLoop(L.Callback):
     """Lightning's own work between steps, made slow: a start-of-step hook that runs before the monitor's."""
 
     def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        time.sleep(0.02)
+        time.sleep(0.05)
 
 
 def fit_chute(delay: float, monitor: StallMonitor, *callbacks: L.Callback) -> None:
@@ -157,9 +157,8 @@ def test_the_loaders_part_of_the_wait_is_measured_and_named_in_the_warning() -> 
     monitor = StallMonitor(threshold=0.1, warmup_steps=2)
     with pytest.warns(UserWarning, match="loader.num_workers"):
         fit_chute(0.05, monitor)
-    summary = monitor.summary()
-    assert summary["loader_wait_fraction"] > 0.5
-    assert summary["loader_wait_fraction"] <= summary["data_wait_fraction"]
+    summary = monitor.summary()  # relative to the wait: a busy machine lengthens the steps, not the split
+    assert 0.8 * summary["data_wait_fraction"] <= summary["loader_wait_fraction"] <= summary["data_wait_fraction"]
 
 
 def test_a_slow_loop_between_steps_is_not_blamed_on_the_loader() -> None:
@@ -171,8 +170,7 @@ def test_a_slow_loop_between_steps_is_not_blamed_on_the_loader() -> None:
     message = next(str(w.message) for w in record if "waits for data" in str(w.message))
     assert "loader.num_workers" not in message
     summary = monitor.summary()
-    assert summary["data_wait_fraction"] > 0.5
-    assert summary["loader_wait_fraction"] < 0.25
+    assert summary["loader_wait_fraction"] < summary["data_wait_fraction"] / 4
 
 
 def test_a_loader_without_a_clock_reports_the_whole_wait_only() -> None:

@@ -163,8 +163,8 @@ def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | 
         return (
             f"the loader itself kept training waiting {loader_wait:.1%} of the time; the rest is the copy to "
             "the device, the batch hook and the training loop's own work between steps (logging, callbacks), "
-            "which costs about the same per step whatever the loader: fewer, larger steps "
-            "(a larger data.batch_size) or logging less often (trainer.log_every_n_steps) shorten it."
+            "which a faster loader does not shorten: fewer, larger steps (a larger loader.batch_size) or "
+            "logging less often (trainer.log_every_n_steps) do."
         )
     datamodule = getattr(trainer, "datamodule", None)
     # what num_workers=auto chose, else the settings given
