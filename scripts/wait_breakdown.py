@@ -66,9 +66,10 @@ def run(name: str, seed: int, extra: list[str], report: bool = False) -> dict[st
     with tempfile.TemporaryDirectory() as run_dir:
         args = ["train.py", f"seed={seed}", "trainer.profiler=simple", f"hydra.run.dir={run_dir}"]
         args += [*VARIANTS[name], *extra]
-        prelude = PRELUDES.get(name)
-        code = f"{prelude}\nimport runpy, sys\nsys.argv = {args!r}\nrunpy.run_path('train.py', run_name='__main__')"
-        command = [sys.executable, "-c", code] if prelude else [sys.executable, *args]
+        command = [sys.executable, *args]
+        if (prelude := PRELUDES.get(name)) is not None:
+            run_train = f"import runpy, sys\nsys.argv = {args!r}\nrunpy.run_path('train.py', run_name='__main__')"
+            command = [sys.executable, "-c", f"{prelude}\n{run_train}"]
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         if proc.returncode != 0:
             return {"variant": name, "error": proc.stderr[-2000:]}

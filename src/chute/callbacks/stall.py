@@ -44,10 +44,11 @@ class StallMonitor(L.Callback):
         self.samples = 0
         self.steps = 0
         self.warned = False
-        self.loader_wait_s = 0.0  # the loader's own part of wait_s, over the steps it was measured
-        self.loader_step_s = 0.0  # step time of those steps
+        # The loader's own part of wait_s; None while no training loader keeps a clock (the class
+        # docstring). A fit's loaders either all keep one or none do, so its denominator is step_s.
+        self.loader_wait_s: float | None = None
         self._epoch_wait = self._epoch_step = 0.0
-        self._epoch_loader_wait = self._epoch_loader_step = 0.0
+        self._epoch_loader_wait: float | None = None
         self._epoch_samples = 0
         self._last_end: float | None = None
         self._start: float | None = None
@@ -63,7 +64,7 @@ class StallMonitor(L.Callback):
         self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch
         self._clock_at_end = loader_clock(trainer)
         self._epoch_wait = self._epoch_step = 0.0
-        self._epoch_loader_wait = self._epoch_loader_step = 0.0
+        self._epoch_loader_wait = None
         self._epoch_samples = 0
 
     def on_train_batch_start(
@@ -95,13 +96,11 @@ class StallMonitor(L.Callback):
         if clock is not None and before is not None:
             # Inside the gap, except where a training_step pulls batches itself: then it is capped.
             loader = min(max(clock - before, 0.0), wait)
-            self._epoch_loader_wait += loader
-            self._epoch_loader_step += step
-            self.loader_wait_s += loader
-            self.loader_step_s += step
+            self._epoch_loader_wait = (self._epoch_loader_wait or 0.0) + loader
+            self.loader_wait_s = (self.loader_wait_s or 0.0) + loader
         if not self.warned and self.steps >= 10 and self.wait_s > self.threshold * self.step_s:
             self.warned = True
-            share = self.loader_wait_s / self.loader_step_s if self.loader_step_s > 0 else None
+            share = None if self.loader_wait_s is None else self.loader_wait_s / self.step_s
             warnings.warn(
                 f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
                 + _advice(trainer, self.wait_s / self.step_s, share),
@@ -119,8 +118,8 @@ class StallMonitor(L.Callback):
         if self._epoch_step > 0:
             pl_module.log("perf/data_wait_fraction", self._epoch_wait / self._epoch_step, on_epoch=True)
             pl_module.log("perf/step_samples_per_s", self._epoch_samples / self._epoch_step, on_epoch=True)
-        if self._epoch_loader_step > 0:
-            pl_module.log("perf/loader_wait_fraction", self._epoch_loader_wait / self._epoch_loader_step, on_epoch=True)
+        if self._epoch_step > 0 and self._epoch_loader_wait is not None:
+            pl_module.log("perf/loader_wait_fraction", self._epoch_loader_wait / self._epoch_step, on_epoch=True)
 
     def summary(self) -> dict[str, float]:
         """Totals over the run (after each epoch's warm-up steps) for ``metrics.json``."""
@@ -132,8 +131,8 @@ class StallMonitor(L.Callback):
             "step_samples_per_s": round(self.samples / self.step_s, 1),
             "measured_steps": float(self.steps),
         }
-        if self.loader_step_s > 0:
-            out["loader_wait_fraction"] = round(self.loader_wait_s / self.loader_step_s, 4)
+        if self.loader_wait_s is not None:
+            out["loader_wait_fraction"] = round(self.loader_wait_s / self.step_s, 4)
             out["loader_wait_s"] = round(self.loader_wait_s, 3)
         return out
 
