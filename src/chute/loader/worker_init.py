@@ -81,12 +81,15 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
 def forking_workers() -> Iterator[None]:
     """Around the fork of worker processes, in the parent.
 
-    - The parent's garbage is collected first, so a child never collects it: a cycle holding a
-      CUDA tensor (a batch the device feed had in flight) freed in a forked worker aborts it
-      ("CUDA error: initialization error", seen on the H200 when validation workers forked
-      mid-fit). ``gc.freeze()`` instead, as Python's documentation suggests before ``fork``, made
-      DDP ranks' workers hang inside ``fork`` here (the 3-rank contract test under pytest hung in 3
-      runs of 3 with it, passed 2 of 2 without; launched directly it passed 5 of 5: a race).
+    - Where this process has started CUDA, its garbage is collected first, so a child never
+      collects it: a cycle holding a CUDA tensor (a batch the device feed had in flight) freed in a
+      forked worker aborts it ("CUDA error: initialization error", seen on the H200 when validation
+      workers forked mid-fit). ``gc.freeze()`` instead, as Python's documentation suggests before
+      ``fork``, made DDP ranks' workers hang inside ``fork`` here (the 3-rank contract test under
+      pytest hung in 3 runs of 3 with it, passed 2 of 2 without; launched directly it passed 5 of 5:
+      a race). Without CUDA there is nothing such a cycle could abort, and a full collection costs
+      0.2-0.3 s of every loader start in a small training process (70% of a 2-worker loader's time
+      to its first batch here), more in a larger one: it is skipped.
     - OpenCV at one thread (its pool's threads joined), so the children inherit a single-threaded
       OpenCV; only where OpenCV is loaded already (otherwise the children import it afresh) and the
       limits are on (:func:`library_threads`).
@@ -99,7 +102,8 @@ def forking_workers() -> Iterator[None]:
     before = cv2.getNumThreads() if hold else 0
     if hold:
         cv2.setNumThreads(threads)
-    gc.collect()  # the parent's garbage goes here, not in a forked child (see above)
+    if torch.cuda.is_initialized():
+        gc.collect()  # the parent's garbage goes here, not in a forked child (see above)
     try:
         yield
     finally:
