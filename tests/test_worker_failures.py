@@ -72,9 +72,10 @@ def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bo
     not raise torch's raw error there, from its signal handler; the next batch names it."""
     settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=persistent)
     batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
+    earlier = {p.pid for p in multiprocessing.active_children()}  # an earlier test's workers may linger
     iterator = iter(batches)
     next(iterator)
-    worker = multiprocessing.active_children()[0]  # one of this loader's two workers
+    worker = next(p for p in multiprocessing.active_children() if p.pid not in earlier)  # one of this loader's
     os.kill(worker.pid, signal.SIGKILL)
     time.sleep(1.0)  # the signal arrives here; nothing may be raised in this "step"
     with pytest.raises(WorkerDiedError, match=rf"\(pid {worker.pid}\) was killed by SIGKILL"):

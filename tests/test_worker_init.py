@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -79,16 +80,85 @@ def test_the_limits_can_be_left_to_the_libraries(monkeypatch: pytest.MonkeyPatch
         library_threads()
 
 
-@pytest.mark.parametrize("cuda", [False, True])
-def test_the_parents_garbage_is_collected_before_forking_only_where_cuda_started(
-    cuda: bool, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("others", [False, True])
+def test_the_parents_garbage_is_collected_before_forking_only_where_other_threads_call_python(
+    others: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A full collection before every fork protects a CUDA process's workers (a freed CUDA tensor
-    aborts a forked child) and costs 0.2-0.3 s of every loader start: only where CUDA is started."""
+    """A full collection before every fork costs 0.2-0.3 s of every loader start. It is made where
+    native threads call into Python (a CUDA process, a DDP rank, a Ray client): a freed CUDA tensor
+    aborts a forked child, and its time keeps the fork from CPython 3.11's thread-state deadlock."""
     from chute.loader import worker_init
 
     calls: list[int] = []
-    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: cuda)
+    monkeypatch.setattr(worker_init, "_threads_call_into_python", lambda: others)
     monkeypatch.setattr(worker_init.gc, "collect", lambda *a: calls.append(1) or 0)
     assert _counts(2)[0]["torch"] == 1  # the workers started and read
-    assert calls == ([1] if cuda else [])
+    assert calls == ([1] if others else [])
+
+
+def test_a_ddp_rank_and_a_cuda_process_are_ones_whose_threads_call_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import torch.distributed as dist
+
+    from chute.loader.worker_init import _threads_call_into_python
+
+    assert not _threads_call_into_python()  # this test process: one CPU process
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        assert _threads_call_into_python()
+    finally:
+        dist.destroy_process_group()
+    assert not _threads_call_into_python()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert _threads_call_into_python()
+
+
+class Finalized:
+    """In a reference cycle (garbage only a collection frees); says in a file which process freed it."""
+
+    def __init__(self, record: Path) -> None:
+        self.record, self.me = record, self
+
+    def __del__(self) -> None:
+        with self.record.open("a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+class Collects(Dataset[Any]):
+    """Each sample: a full collection in whatever process reads it, then that process's pid."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> int:
+        import gc
+
+        gc.collect()
+        return os.getpid()
+
+
+def test_a_worker_never_frees_the_parents_garbage(tmp_path: Path) -> None:
+    """A cycle the parent has not collected yet is inherited by every forked worker; freed there, its
+    finalizer runs against the parent's resources (an earlier loader's iterator retired its
+    shared memory and killed the new worker with SIGSEGV). Workers freeze what they inherit."""
+    import gc
+
+    record = tmp_path / "freed-by"
+    gc.disable()  # the cycle stays uncollected in the parent until the workers have started
+    try:
+        Finalized(record)
+        loader = build_loader(
+            Collects(), LoaderSettings(batch_size=2, num_workers=2), train=False, seed=0, collate_fn=_as_list
+        )
+        workers = {pid for batch in loader for pid in batch}
+    finally:
+        gc.enable()
+    gc.collect()
+    assert len(workers) == 2  # read in two workers
+    assert os.getpid() not in workers
+    freed_by = {int(line) for line in record.read_text().split()}
+    assert freed_by == {os.getpid()}, f"freed in a worker: {freed_by & workers}"

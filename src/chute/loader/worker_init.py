@@ -77,36 +77,72 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
     return counts
 
 
+_forking = 0  # > 0 while forking_workers() is open in this process: its forks are loader workers
+
+
+def _after_fork_in_child() -> None:
+    """First thing in a forked child (before any of its Python code): a loader worker freezes what
+    it inherited, so its collector never frees, and never finalizes, the parent's objects."""
+    if _forking:
+        gc.freeze()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _threads_call_into_python() -> bool:
+    """Whether native threads of another library may take Python thread states in this process:
+    torch.distributed's (gloo's ``pt_gloo_runloop`` after each collective), CUDA's, Ray's."""
+    ray: Any = sys.modules.get("ray")
+    return (
+        (torch.distributed.is_available() and torch.distributed.is_initialized())
+        or torch.cuda.is_initialized()
+        or (ray is not None and ray.is_initialized())
+    )
+
+
 @contextlib.contextmanager
 def forking_workers() -> Iterator[None]:
     """Around the fork of worker processes, in the parent.
 
-    - Where this process has started CUDA, its garbage is collected first, so a child never
-      collects it: a cycle holding a CUDA tensor (a batch the device feed had in flight) freed in a
-      forked worker aborts it ("CUDA error: initialization error", seen on the H200 when validation
-      workers forked mid-fit). ``gc.freeze()`` instead, as Python's documentation suggests before
-      ``fork``, made DDP ranks' workers hang inside ``fork`` here (the 3-rank contract test under
-      pytest hung in 3 runs of 3 with it, passed 2 of 2 without; launched directly it passed 5 of 5:
-      a race). Without CUDA there is nothing such a cycle could abort, and a full collection costs
-      0.2-0.3 s of every loader start in a small training process (70% of a 2-worker loader's time
-      to its first batch here), more in a larger one: it is skipped.
+    - The parent's garbage stays the parent's: each worker freezes what it inherits as it is forked
+      (:func:`_after_fork_in_child`), so a cycle the parent had not yet collected is never freed in a
+      worker. Freed there, its finalizers ran against the parent's resources: an earlier loader's
+      iterator finalized in a new loader's worker (its workers "shut down", its shared-memory arena
+      retired) killed that worker with SIGSEGV in 2 of 9 tests of tests/test_worker_failures.py.
+    - Where native threads of another library call into Python (:func:`_threads_call_into_python`:
+      a DDP rank, a CUDA process, a Ray client), the parent collects its garbage first, as every
+      fork did before. It is the H200-tested cure for a cycle holding a CUDA tensor freed in a
+      worker ("CUDA error: initialization error" when validation workers forked mid-fit), and its
+      0.2-0.3 s keeps the fork away from CPython 3.11's fork bug (python/cpython#112275, fixed in
+      3.12): a native thread creating its Python thread state holds the interpreter's list lock
+      without the GIL, and a child forked then deadlocks inside ``os.fork`` before running any
+      Python. Seen here without the collection: a 3-rank DDP contract run hung with a worker stuck
+      in ``_PyThreadState_DeleteExcept`` while the rank's ``pt_gloo_runloop`` thread held a thread
+      state (gdb), 1 run of 4; ``gc.freeze()`` in the parent had hung 3 of 3 the same way. Elsewhere
+      (a single CPU process, the common case) the collection is skipped: it cost 0.2-0.3 s of every
+      loader start in a small training process (70% of a 2-worker loader's time to its first
+      batch here), more in a larger one.
     - OpenCV at one thread (its pool's threads joined), so the children inherit a single-threaded
       OpenCV; only where OpenCV is loaded already (otherwise the children import it afresh) and the
       limits are on (:func:`library_threads`).
 
     The parent's own settings are restored after.
     """
+    global _forking
     cv2: Any = sys.modules.get("cv2")
     threads = library_threads()
     hold = cv2 is not None and threads is not None
     before = cv2.getNumThreads() if hold else 0
     if hold:
         cv2.setNumThreads(threads)
-    if torch.cuda.is_initialized():
-        gc.collect()  # the parent's garbage goes here, not in a forked child (see above)
+    if _threads_call_into_python():
+        gc.collect()  # the parent's garbage goes here, and other threads settle (see above)
+    _forking += 1
     try:
         yield
     finally:
+        _forking -= 1
         if hold:
             cv2.setNumThreads(before)
 
