@@ -60,7 +60,7 @@ def test_every_data_option_passes_a_fast_dev_run(name: str, digits_root: Path, t
     assert metrics["train_samples"] > 0
 
 
-@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+@pytest.mark.parametrize("backend", ["ray", pytest.param("ray_data", marks=pytest.mark.slow)])
 def test_a_shard_stream_trains_with_the_ray_backends_from_the_command_line(
     backend: str, digits_root: Path, tmp_path: Path
 ) -> None:

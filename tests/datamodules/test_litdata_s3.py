@@ -334,7 +334,7 @@ def _train_rows(loader: Any, server: RestartingServer | None = None, after: int 
     return rows
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_a_server_restarting_mid_epoch_loses_and_repeats_nothing(
     server: RestartingServer, tmp_path: Path, workers: int, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -351,6 +351,7 @@ def test_a_server_restarting_mid_epoch_loses_and_repeats_nothing(
     assert sum(map(len, interrupted)) == 456
 
 
+@pytest.mark.slow  # ~18 s of retries; the retry rule itself: tests/test_litdata_retry.py
 def test_a_server_that_stays_down_is_named_after_the_retries(server: RestartingServer, tmp_path: Path) -> None:
     dm = _remote(server.options, tmp_path / "cache", batch_size=16, retry_seconds=2)
     dm.setup("fit")

@@ -58,6 +58,7 @@ def test_ray_reads_the_batches_worker_processes_read(tmp_path: Path, ray_local: 
     assert workers["train0"] != workers["train1"]
 
 
+@pytest.mark.slow  # the orders are the core's (tests/test_imbalance.py); here: Ray reads what they draw
 @pytest.mark.parametrize("strategy", ["weighted_sampler", "balanced_batches"])
 def test_an_imbalance_strategy_draws_the_same_batches_on_ray(tmp_path: Path, ray_local: None, strategy: str) -> None:
     """The imbalance strategies are chute's orders, so Ray reads the batches they draw: the same as
@@ -73,7 +74,7 @@ def test_an_imbalance_strategy_draws_the_same_batches_on_ray(tmp_path: Path, ray
         assert {k: v for k, v in workers.items() if k != "pixels"} == on_ray
 
 
-@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+@pytest.mark.parametrize("backend", ["ray", pytest.param("ray_data", marks=pytest.mark.slow)])
 def test_any_map_style_kind_reads_on_ray_with_the_loader_backend(tmp_path: Path, ray_local: None, backend: str) -> None:
     table = str(write_table(tmp_path))
 
@@ -97,7 +98,7 @@ def _with_a_bad_file(tmp_path: Path) -> Path:
     return bad
 
 
-@pytest.mark.parametrize("engine", ["tasks", "data"])
+@pytest.mark.parametrize("engine", ["tasks", pytest.param("data", marks=pytest.mark.slow)])
 def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local: None, engine: str) -> None:
     bad = _with_a_bad_file(tmp_path)
     dm = _images(RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2}, engine=engine)
@@ -107,6 +108,7 @@ def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local:
     assert type(caught.value) is DataError  # unwrapped from Ray's task error
 
 
+@pytest.mark.slow
 def test_bad_files_skipped_on_the_cluster_are_counted_here(tmp_path: Path, ray_local: None) -> None:
     bad = _with_a_bad_file(tmp_path)
     dm = _images(
@@ -161,6 +163,7 @@ def test_without_ray_installed_the_error_says_how_to_install(monkeypatch: pytest
         ray_tasks.import_ray()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["tasks", "data"])
 def test_two_ray_nodes_read_for_a_trainer(tmp_path: Path, engine: str) -> None:
     """A cluster of a head with no CPUs and two worker nodes (``ray.cluster_utils.Cluster``): every

@@ -35,7 +35,7 @@ def _loader(stream: ShardStream, **settings: Any) -> Any:
     return build_loader(stream, LoaderSettings(**settings), train=True, seed=0)
 
 
-@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+@pytest.mark.parametrize("backend", ["ray", pytest.param("ray_data", marks=pytest.mark.slow)])
 def test_every_rank_reads_on_ray_the_batches_the_stream_makes(tmp_path: Path, ray_local: None, backend: str) -> None:
     """5 ranks over 23 lines in uneven shards (4, 5, 4, 5, 5 lines, batches of 2): the short ranks
     repeat a batch (even_ranks); Ray's batches are the stream's own (and so worker processes', which
@@ -56,6 +56,7 @@ def test_every_rank_reads_on_ray_the_batches_the_stream_makes(tmp_path: Path, ra
                 assert len(expected) == (3 if even else [2, 3, 2, 3, 3][rank])
 
 
+@pytest.mark.slow  # the same deadlock through a Trainer: test_a_streaming_datamodule_trains_on_ray_with_...
 def test_a_resumed_loader_reads_while_the_first_is_left_mid_epoch(tmp_path: Path, ray_local: None) -> None:
     """A pass left after two batches (an interrupted fit, validation in mid-epoch) holds no CPU of the
     cluster: a second loader on the same 2 CPUs reads the rest of the epoch."""
@@ -70,7 +71,7 @@ def test_a_resumed_loader_reads_while_the_first_is_left_mid_epoch(tmp_path: Path
     del left
 
 
-@pytest.mark.parametrize("backend", ["ray", "ray_data"])
+@pytest.mark.parametrize("backend", ["ray", pytest.param("ray_data", marks=pytest.mark.slow)])
 def test_a_bad_line_read_on_the_cluster_is_named_or_counted_here(tmp_path: Path, ray_local: None, backend: str) -> None:
     shards = make_shards(tmp_path, [10, 10])
     corrupt(shards[1][0], range(3, 4))  # sample 12
@@ -86,6 +87,7 @@ def test_a_bad_line_read_on_the_cluster_is_named_or_counted_here(tmp_path: Path,
     assert on_ray.bad_samples.counts == workers.bad_samples.counts == (20, 1)  # counted on the cluster, added here
 
 
+@pytest.mark.slow
 def test_a_truncated_shard_is_named_from_the_cluster(tmp_path: Path, ray_local: None) -> None:
     shards = make_shards(tmp_path, [10, 10])
     Path(shards[0][0]).write_text("".join(Path(shards[0][0]).read_text().splitlines(keepends=True)[:6]))
@@ -121,6 +123,7 @@ def test_the_threads_backend_is_still_refused_for_a_stream(tmp_path: Path) -> No
         split_loader(dm, object(), train=True, collate_fn=None, batches=None, eval_order=None, stream=True)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_two_ray_nodes_read_a_stream_for_a_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cluster of a head with no CPUs and two worker nodes (``ray.cluster_utils.Cluster``), found
     through ``RAY_ADDRESS`` as ``ray job submit`` sets it: the shards are read on the worker nodes, and
