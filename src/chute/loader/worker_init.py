@@ -21,7 +21,9 @@ leaves the pools as the libraries size them, to measure the difference, and
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import gc
 import os
 import sys
@@ -101,6 +103,16 @@ def _threads_call_into_python() -> bool:
     )
 
 
+@functools.cache
+def _collect_at_exit() -> None:
+    """Once a fork has left the parent's garbage uncollected: collect it as the process exits,
+    while the libraries its finalizers call are still running (left to the interpreter's own
+    teardown, an uncollected cycle of a test process that had read LitData over S3 after Ray
+    aborted it: "PyGILState_Release: thread state ... must be current", after "Event loop is
+    closed")."""
+    atexit.register(gc.collect)
+
+
 @contextlib.contextmanager
 def forking_workers() -> Iterator[None]:
     """Around the fork of worker processes, in the parent.
@@ -138,6 +150,8 @@ def forking_workers() -> Iterator[None]:
         cv2.setNumThreads(threads)
     if _threads_call_into_python():
         gc.collect()  # the parent's garbage goes here, and other threads settle (see above)
+    else:
+        _collect_at_exit()
     _forking += 1
     try:
         yield
