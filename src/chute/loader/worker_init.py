@@ -134,7 +134,8 @@ def forking_workers() -> Iterator[None]:
       state (gdb), 1 run of 4; ``gc.freeze()`` in the parent had hung 3 of 3 the same way. Elsewhere
       (a single CPU process, the common case) the collection is skipped: it cost 0.2-0.3 s of every
       loader start in a small training process (70% of a 2-worker loader's time to its first
-      batch here), more in a larger one.
+      batch here), more in a larger one; such a process collects once at exit instead
+      (:func:`_collect_at_exit`).
     - OpenCV at one thread (its pool's threads joined), so the children inherit a single-threaded
       OpenCV; only where OpenCV is loaded already (otherwise the children import it afresh) and the
       limits are on (:func:`library_threads`).
