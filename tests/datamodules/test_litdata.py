@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
+import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,32 @@ def test_every_sample_once_per_epoch_across_two_ranks_and_two_workers(table_chun
             assert [len(batches) for batches in ranks] == [len(loader) for loader in loaders] == [15, 15]
     if train:  # a new order every epoch
         assert not torch.equal(epochs[0][0][0], epochs[1][0][0])
+
+
+def test_workers_left_in_a_reference_cycle_end_cleanly_when_collected(
+    table_chunks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LitData's loader too: a loader with persistent workers finalized by the garbage collector (its
+    DataModule and Trainer hold each other) ends its workers, rather than terminating them after 5 s
+    each (tests/test_worker_failures.py has the mechanism)."""
+    terminated: list[int | None] = []
+    terminate = multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "terminate", lambda p: (terminated.append(p.pid), terminate(p))[1]
+    )
+    dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": 2, "persistent_workers": True})
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    earlier = {p.pid for p in multiprocessing.active_children()}
+    next(iter(loader))
+    workers = [p for p in multiprocessing.active_children() if p.pid not in earlier]
+    assert len(workers) == 2
+    cycle: dict[str, object] = {"datamodule": dm, "loader": loader}
+    cycle["itself"] = cycle
+    del dm, loader, cycle
+    gc.collect()
+    assert terminated == []
+    assert [w.exitcode for w in workers] == [0, 0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from chute.integrations.litdata_retry import Outage, retrying
+from chute.loader.workers import stops_workers_when_collected
 
 
 def relocated(state: dict[str, Any], dataset: Any) -> dict[str, Any]:
@@ -55,6 +56,9 @@ def resumable_loader_class() -> type:
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:
             super().load_state_dict(relocated(obj, self.dataset))
+
+        def _get_iterator(self) -> Any:
+            return stops_workers_when_collected(super()._get_iterator())
 
         def read_item(self, reader: Any, index: int) -> Any:
             """Sample ``index`` read by ``reader`` (a LitData dataset), retried within the budget."""

@@ -37,7 +37,14 @@ from chute.loader.seeding import Stream, derive_seed, enter_batch
 from chute.loader.settings import LoaderSettings
 from chute.loader.threaded import DeviceCopy, DeviceFeed, ThreadedLoader
 from chute.loader.worker_init import WorkerInit, forking_workers
-from chute.loader.workers import GuardedIterator, InFlight, TrackedDataset, hold_worker_deaths, name_samples
+from chute.loader.workers import (
+    GuardedIterator,
+    InFlight,
+    TrackedDataset,
+    hold_worker_deaths,
+    name_samples,
+    stops_workers_when_collected,
+)
 
 
 class BatchFetch(Dataset[Any]):
@@ -253,7 +260,7 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         arena = BatchArena.for_workers(self.num_workers, self.multiprocessing_context) if init is not None else None
         if init is None or arena is None:
             with forking_workers():
-                return DataLoader.__iter__(self)
+                return stops_workers_when_collected(DataLoader.__iter__(self))
         init.arena = arena
         try:
             with forking_workers(), arena.forking():
@@ -261,7 +268,7 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         finally:
             init.arena = None  # the children have it; the next fork makes its own
         weakref.finalize(iterator, arena.retire)
-        return iterator
+        return stops_workers_when_collected(iterator)
 
 
 class ChuteThreadedLoader(Passes, ThreadedLoader):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -250,3 +251,21 @@ def hold_worker_deaths() -> None:
 
     held._chute_holds = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGCHLD, held)
+
+
+def stops_workers_when_collected(iterator: Any) -> Any:
+    """Let the garbage collector stop ``iterator``'s workers as promptly as dropping it does; returns it.
+
+    An iterator with workers in a reference cycle (persistent workers of a loader that a DataModule
+    and a Trainer hold, a pass kept by a traceback) is finalized by the collector, which first runs
+    the weak-reference finalizers of everything in the cycle: each of its index queues is told to
+    stop its feeding thread. Its own ``__del__`` runs after that and sends each worker the ``None``
+    that ends it through those stopped queues: it never arrives, and each worker is waited for
+    5 s and then killed (``torch.utils.data`` ``_shutdown_workers``). Keeping the queues reachable
+    from here until the iterator is gone keeps them out of the cycle's garbage, so the workers get
+    their ``None`` and exit at once.
+    """
+    queues = list(getattr(iterator, "_index_queues", ()))
+    if queues:
+        weakref.finalize(iterator, queues.clear)
+    return iterator
