@@ -68,8 +68,11 @@ def test_wide_images_reach_the_model_scaled_on_every_path(tmp_path: Path, cache:
 
 
 @pytest.mark.parametrize("cache", [None, "disk"])
-def test_file_names_that_are_not_utf8_are_read(tmp_path: Path, cache: str | None) -> None:
-    """Names from another system's encoding (latin-1 bytes): read, cached and reported by their bytes."""
+def test_file_names_that_are_not_utf8_are_read(
+    tmp_path: Path, cache: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Names from another system's encoding (latin-1 bytes): read, cached and reported by their bytes,
+    in text any UTF-8 log file or report can write (``\\xef``, not Python's lone surrogate)."""
     import os
 
     root = os.fsencode(tmp_path / "tree")
@@ -94,3 +97,6 @@ def test_file_names_that_are_not_utf8_are_read(tmp_path: Path, cache: str | None
     assert len(images) == 7
     assert dm.bad_samples["train"]["skipped"] == 1
     assert "bro" in dm.bad_samples["train"]["first"][0]
+    warnings = [r.getMessage() for r in caplog.records if "Skipping a bad image" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "bro\\xefken.png" in warnings[0].encode("utf-8").decode("utf-8")

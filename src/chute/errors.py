@@ -4,7 +4,36 @@ from __future__ import annotations
 
 
 class ChuteError(Exception):
-    """Base class for errors chute raises about user input."""
+    """Base class for errors chute raises about user input.
+
+    A message is made printable first (:func:`printable`): a file name that is not UTF-8 reaches
+    Python as lone surrogates, which a UTF-8 log file, terminal or report cannot write.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(printable(a) if isinstance(a, str) else a for a in args))
+
+
+def printable(text: str) -> str:
+    r"""``text`` with the bytes of a file name that is not UTF-8 written as ``\xNN`` escapes.
+
+    Python keeps such bytes as lone surrogates (PEP 383: ``os.fsdecode(b"caf\xe9")`` is
+    ``"caf\udce9"``), which no UTF-8 stream can encode: a log file's handler fails with "Logging
+    error" and the warning is lost. Here they become ``caf\xe9``, the name's own bytes.
+
+    Example:
+        >>> printable("caf\udce9.png")
+        'caf\\xe9.png'
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that is not an escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ConfigError(ChuteError, ValueError):
