@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.chute-installed
 ARGS   ?=
 PYTEST_ARGS ?=
+# The default suite runs in this many processes (pytest-xdist, one test file per process at a time:
+# module fixtures are built once); 0 runs it in this process, in file order.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install train test test-all lint format clean
 
@@ -23,8 +26,8 @@ install: $(STAMP)
 train: install  ## run the default experiment (extra Hydra overrides: make train ARGS="loader.num_workers=2")
 	$(BIN)/python train.py $(ARGS)
 
-test: install  ## the default (fast) suite
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+test: install  ## the default (fast) suite, in $(PYTEST_WORKERS) processes
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-all: install  ## everything, slow tests included
 	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
