@@ -454,9 +454,14 @@ def test_where_clauses_cover_far_apart_keys_without_overflow() -> None:
 
 
 class Recorder(L.LightningModule):
-    def __init__(self) -> None:
+    """Records the keys each epoch trains on and when it starts and ends; an epoch ends only once the
+    writer (``committed``: its log of ``time key`` lines) has committed rows while it ran, however
+    the machine schedules the writer's process (a busy one may starve it for an epoch's ~0.3 s)."""
+
+    def __init__(self, committed: Path) -> None:
         super().__init__()
         self.layer = nn.Linear(1, 3)
+        self.committed = committed
         self.seen: dict[int, list[int]] = {}
         self.started: dict[int, float] = {}
         self.ended: dict[int, float] = {}
@@ -465,6 +470,11 @@ class Recorder(L.LightningModule):
         self.started[self.current_epoch] = time.time()
 
     def on_train_epoch_end(self) -> None:
+        after, deadline = self.started[self.current_epoch] + 0.2, time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            float(line.split()[0]) > after for line in self.committed.read_text().splitlines()
+        ):
+            time.sleep(0.02)
         self.ended[self.current_epoch] = time.time()
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -508,7 +518,7 @@ def test_rows_inserted_during_an_epoch_join_the_next_one(db: Db, workers: int, i
     log = tmp_path / "committed.txt"
     writer = context.Process(target=write_rows, args=(db.url, name, str(log), stop), daemon=True)
     dm = make(db, name, val_table=name, loader={"batch_size": 16, "num_workers": workers}, index=index)
-    model = Recorder()
+    model = Recorder(log)
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
     writer.start()
