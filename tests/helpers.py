@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -82,3 +87,24 @@ class SigtermAt(L.Callback):
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def collect_in_a_cycle(
+    start: Callable[[], tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[Any], list[int | None]]:
+    """Run ``start()`` (it starts a loader's workers and returns the objects that own them), leave
+    those objects in a reference cycle, drop them and collect: the worker processes ``start`` began,
+    and the pids that ``terminate`` was called for meanwhile (torch's last resort for a worker that
+    did not end when told to)."""
+    terminated: list[int | None] = []
+    terminate = multiprocessing.process.BaseProcess.terminate
+    monkeypatch.setattr(
+        multiprocessing.process.BaseProcess, "terminate", lambda p: (terminated.append(p.pid), terminate(p))[1]
+    )
+    earlier = {p.pid for p in multiprocessing.active_children()}
+    cycle: list[object] = [*start()]
+    workers = [p for p in multiprocessing.active_children() if p.pid not in earlier]
+    cycle.append(cycle)
+    del cycle
+    gc.collect()
+    return workers, terminated

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gc
 import multiprocessing
 import os
 import signal
@@ -14,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute.loader import LoaderSettings, WorkerDiedError, build_loader
+from tests.helpers import collect_in_a_cycle
 
 
 class Dies(Dataset[torch.Tensor]):
@@ -91,22 +91,16 @@ def test_workers_of_a_loader_left_in_a_reference_cycle_end_cleanly_when_collecte
     """A loader or a pass left in a reference cycle (a DataModule and a Trainer holding each other, a
     traceback) is finalized by the garbage collector: its workers get the message that ends them and
     exit, rather than being waited for (5 s each) and then terminated."""
-    terminated: list[int | None] = []
-    terminate = multiprocessing.process.BaseProcess.terminate
-    monkeypatch.setattr(
-        multiprocessing.process.BaseProcess, "terminate", lambda p: (terminated.append(p.pid), terminate(p))[1]
-    )
-    settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=persistent)
-    batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
-    earlier = {p.pid for p in multiprocessing.active_children()}
-    iterator = iter(batches)
-    next(iterator)
-    workers = [p for p in multiprocessing.active_children() if p.pid not in earlier]
+
+    def start() -> tuple[object, ...]:
+        settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=persistent)
+        batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
+        iterator = iter(batches)
+        next(iterator)
+        return batches, iterator
+
+    workers, terminated = collect_in_a_cycle(start, monkeypatch)
     assert len(workers) == 2
-    cycle: dict[str, object] = {"loader": batches, "pass": iterator}
-    cycle["itself"] = cycle
-    del batches, iterator, cycle
-    gc.collect()
     assert terminated == []
     assert [w.exitcode for w in workers] == [0, 0]
 

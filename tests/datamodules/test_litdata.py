@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import json
-import multiprocessing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,7 @@ from chute.integrations import LitDataCopy, LitDataModule
 from chute.integrations.litdata_cover import _cover_rest
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
-from tests.helpers import fit_recording
+from tests.helpers import collect_in_a_cycle, fit_recording
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -79,22 +77,16 @@ def test_workers_left_in_a_reference_cycle_end_cleanly_when_collected(
     """LitData's loader too: a loader with persistent workers finalized by the garbage collector (its
     DataModule and Trainer hold each other) ends its workers, rather than terminating them after 5 s
     each (tests/test_worker_failures.py has the mechanism)."""
-    terminated: list[int | None] = []
-    terminate = multiprocessing.process.BaseProcess.terminate
-    monkeypatch.setattr(
-        multiprocessing.process.BaseProcess, "terminate", lambda p: (terminated.append(p.pid), terminate(p))[1]
-    )
-    dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": 2, "persistent_workers": True})
-    dm.setup("fit")
-    loader = dm.train_dataloader()
-    earlier = {p.pid for p in multiprocessing.active_children()}
-    next(iter(loader))
-    workers = [p for p in multiprocessing.active_children() if p.pid not in earlier]
+
+    def start() -> tuple[object, ...]:
+        dm = LitDataModule(table_chunks, loader={"batch_size": 16, "num_workers": 2, "persistent_workers": True})
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        next(iter(loader))
+        return dm, loader
+
+    workers, terminated = collect_in_a_cycle(start, monkeypatch)
     assert len(workers) == 2
-    cycle: dict[str, object] = {"datamodule": dm, "loader": loader}
-    cycle["itself"] = cycle
-    del dm, loader, cycle
-    gc.collect()
     assert terminated == []
     assert [w.exitcode for w in workers] == [0, 0]
 

@@ -240,7 +240,7 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
     def _batches(self) -> Iterator[Any]:
         forks = self.num_workers > 0 and (self._iterator is None or not self.persistent_workers)
         if forks:
-            iterator: Any = self._fork_workers()
+            iterator: Any = stops_workers_when_collected(self._fork_workers())
         else:
             iterator = DataLoader.__iter__(self)  # the persistent workers' next pass
         tracked = _tracked(self.dataset)
@@ -260,7 +260,7 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         arena = BatchArena.for_workers(self.num_workers, self.multiprocessing_context) if init is not None else None
         if init is None or arena is None:
             with forking_workers():
-                return stops_workers_when_collected(DataLoader.__iter__(self))
+                return DataLoader.__iter__(self)
         init.arena = arena
         try:
             with forking_workers(), arena.forking():
@@ -268,7 +268,7 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         finally:
             init.arena = None  # the children have it; the next fork makes its own
         weakref.finalize(iterator, arena.retire)
-        return stops_workers_when_collected(iterator)
+        return iterator
 
 
 class ChuteThreadedLoader(Passes, ThreadedLoader):
