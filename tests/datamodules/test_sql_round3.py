@@ -102,6 +102,23 @@ def test_an_untyped_sqlite_column_with_a_text_cell_arrives_with_every_digit(
     assert torch.cat(model.val_features)[:, 0].numpy().tolist() == expected.tolist()  # key order
 
 
+@pytest.mark.parametrize("loader", LOADERS, ids=LOADER_IDS)
+def test_an_untyped_category_column_mixing_reals_and_text_reads_one_way(tmp_path: Path, loader: dict[str, Any]) -> None:
+    """The categories fitted from the whole column (text: it holds 'n/a') are the texts the batches
+    read, where the driver gives a batch without the text cell as numbers: 1.0 is '1' in both."""
+    n = 40
+    url = sqlite_file(tmp_path, "CREATE TABLE m (id INTEGER PRIMARY KEY, x REAL, code, label TEXT)",
+                      [(k, float(k), "n/a" if k == 1 else float(1 + k % 2), "ab"[k % 2]) for k in range(n)])  # fmt: skip
+    dm = SqlDataModule(url, table="m", target="label", numeric=["x"], categorical=["code"],
+                       loader={"batch_size": 8, **loader})  # fmt: skip
+    model = fit(dm)
+    assert dm.feature_names == ["x", "code=1", "code=2", "code=n/a"]
+    codes = torch.cat(model.train_features + model.val_features)[:, 1:]
+    assert len(codes) == n
+    assert codes.sum(1).tolist() == [1.0] * n  # every row one known category (none all zeros)
+    assert codes.sum(0).tolist() == [20.0, 19.0, 1.0]
+
+
 # -- 2. Column names: checked against the source before any read -------------------------------------
 
 

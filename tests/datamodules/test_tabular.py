@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from torch import nn
 
 from chute.datamodules import TabularDataModule
 from chute.datasets import SklearnTable, TabularDataset, write_table
@@ -352,3 +355,175 @@ def test_a_table_with_a_conventional_target_column_needs_only_its_path(tmp_path)
     other.write_text("a,b,outcome\n1,2,0\n3,4,1\n")
     with pytest.raises(ConfigError, match=r"target.*no column named target / label / class / y.*a, b, outcome"):
         TabularDataModule(other).setup("fit")
+
+
+# -- Read the same way in every file (codes, headers, folders, Arrow's newer types) ------------------
+
+
+class Recorder(L.LightningModule):
+    """Keeps the features and targets of every training and validation batch it is given."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.layer = nn.Linear(num_features, 1)
+        self.seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"train": [], "val": []}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen["train"].append((batch[0].clone(), batch[1].clone()))
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.seen["val"].append((batch[0].clone(), batch[1].clone()))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def rows(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        features, targets = zip(*self.seen[split], strict=True)
+        return torch.cat(features), torch.cat(targets)
+
+
+def fit(dm: TabularDataModule) -> Recorder:
+    """One epoch of a real CPU Trainer with its validation pass; what the model was given."""
+    dm.setup("fit")
+    model = Recorder(dm.num_features)
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    return model
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_codes_that_look_like_numbers_are_the_same_text_in_every_file(tmp_path: Path, num_workers: int) -> None:
+    """A validation file whose codes are all digits keeps them as written ('007' is not 7), as the
+    training file where a text code made the column text; and the other way round."""
+    train = write_csv(tmp_path / "t.csv", "x,code,label\n" + "\n".join(
+        f"{i},{['02134', '10001', 'UNK'][i % 3]},{['007', 'A12', '010'][i % 3]}" for i in range(30)))  # fmt: skip
+    val = write_csv(tmp_path / "v.csv", "x,code,label\n" + "\n".join(
+        f"{i},{['02134', '10001'][i % 2]},{['007', '010'][i % 2]}" for i in range(10)))  # fmt: skip
+    dm = TabularDataModule(train, val_path=val, target="label", numeric=["x"], categorical=["code"],
+                           loader={"batch_size": 4, "num_workers": num_workers})  # fmt: skip
+    model = fit(dm)
+    assert dm.class_names == ("007", "010", "A12")  # numbers first, by value; then text
+    assert dm.feature_names == ["x", "code=02134", "code=10001", "code=UNK"]
+    features, targets = model.rows("val")
+    assert targets.tolist() == [[0, 1][i % 2] for i in range(10)]
+    assert features[:, 1:].tolist() == [[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]][i % 2] for i in range(10)]
+
+    # The training file all digits, the validation file's codes not: still the same texts.
+    digits = write_csv(tmp_path / "d.csv", "x,code,label\n" + "\n".join(
+        f"{i},{['02134', '10001'][i % 2]},{['007', '010'][i % 2]}" for i in range(30)))  # fmt: skip
+    mixed = write_csv(tmp_path / "m.csv", "x,code,label\n" + "\n".join(
+        f"{i},{['02134', 'UNK'][i % 2]},007" for i in range(10)))  # fmt: skip
+    dm = TabularDataModule(digits, val_path=mixed, target="label", numeric=["x"], categorical=["code"],
+                           unknown_category="ignore", loader={"batch_size": 4})  # fmt: skip
+    features, targets = fit(dm).rows("val")
+    assert targets.tolist() == [0] * 10
+    assert features[:, 1:].tolist() == [[[1.0, 0.0], [0.0, 0.0]][i % 2] for i in range(10)]  # UNK: unseen
+
+
+def test_class_labels_that_are_numbers_written_as_text_sort_by_value(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,label\n" + "\n".join(f"{i},{[2, 10, 1, 7][i % 4]}" for i in range(40)))
+    dm = TabularDataModule(path, target="label")
+    dm.setup("fit")
+    assert dm.class_names == ("1", "2", "7", "10")
+
+
+def test_a_bad_row_is_handled_by_on_error_when_the_target_is_found_by_name(tmp_path: Path) -> None:
+    """``TabularDataModule(path)`` reads the header to find the target; a bad row there is the rows'
+    business: skipped with on_error=skip, named by its line otherwise (not "cannot read the header")."""
+    lines = [f"{i},{i * 0.5},{'ab'[i % 2]}" for i in range(40)]
+    lines[5] = "5,2.5,a,oops"
+    path = write_csv(tmp_path / "t.csv", "x,z,label\n" + "\n".join(lines))
+    dm = TabularDataModule(path, on_error="skip", max_bad_fraction=0.05, loader={"batch_size": 4})
+    model = fit(dm)
+    assert dm.target == "label"
+    assert len(model.rows("train")[1]) + len(model.rows("val")[1]) == 39
+    with pytest.raises(DataError, match=r"t\.csv', line 7: expected 3 fields .* found 4: '5,2.5,a,oops'"):
+        TabularDataModule(path).setup("fit")
+
+
+def test_a_header_that_is_not_utf8_is_named_with_the_encoding_setting(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_bytes(
+        ("caf\xe9,x,label\n" + "\n".join(f"{i},{i},{'ab'[i % 2]}" for i in range(20)) + "\n").encode("latin-1")
+    )
+    for target in (None, "label"):
+        with pytest.raises(DataError, match=r"header of '.*t\.csv' is not utf-8 text .*data\.encoding=latin-1"):
+            TabularDataModule(path, target=target).setup("fit")
+    dm = TabularDataModule(path, encoding="latin-1")
+    dm.setup("fit")
+    assert dm.feature_names == ["café", "x"]
+
+
+def test_a_folder_of_parquet_files_reads_as_one_table(tmp_path: Path) -> None:
+    """A partitioned dataset (Spark, Dask, ``write_to_dataset``) is one table, its partition column a column."""
+    table = small_table(60).select(["x", "count", "color", "label"])
+    folder = tmp_path / "table.parquet"
+    pq.write_to_dataset(table, folder, partition_cols=["color"])
+    dm = TabularDataModule(folder, numeric=["x", "count"], categorical=["color"], loader={"batch_size": 8})
+    model = fit(dm)
+    assert dm.target == "label"
+    assert dm.feature_names == ["x", "count", "color=blue", "color=green", "color=red"]
+    features = torch.cat([model.rows("train")[0], model.rows("val")[0]])
+    assert len(features) == 60
+    counts = dict(
+        zip(*np.unique(table.column("color").to_numpy(zero_copy_only=False), return_counts=True), strict=True)
+    )
+    assert features[:, 2:].sum(0).tolist() == [counts["blue"], counts["green"], counts["red"]]
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"'.*empty' is a folder without \.parquet files"):
+        TabularDataModule(tmp_path / "empty", target="label").setup("fit")
+
+
+def test_a_parquet_text_column_of_arrow_view_type_reads_as_text(tmp_path: Path) -> None:
+    table = small_table(40).select(["x", "color", "label"])
+    plain, view = tmp_path / "plain.parquet", tmp_path / "view.parquet"
+    pq.write_table(table, plain)
+    pq.write_table(
+        table.cast(pa.schema([("x", pa.float64()), ("color", pa.string_view()), ("label", pa.string_view())])), view
+    )
+    assert pq.read_schema(view).field("label").type == pa.string_view()
+    batches = []
+    for path in (plain, view):
+        dm = TabularDataModule(path, categorical=["color"], loader={"batch_size": 8})
+        dm.setup("fit")
+        batches.append([b for batch in dm.val_dataloader() for b in batch])
+    assert all(torch.equal(a, b) for a, b in zip(*batches, strict=True))
+
+
+def test_a_semicolon_separated_csv_is_named_when_the_target_is_found_by_name(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x;z;label\n" + "\n".join(f"{i};{i};{'ab'[i % 2]}" for i in range(10)))
+    with pytest.raises(DataError, match=r"t\.csv' has one column, 'x;z;label'.*separated by ';'"):
+        TabularDataModule(path).setup("fit")
+
+
+def test_a_number_to_predict_read_as_classes_is_named_with_the_task_setting(tmp_path: Path) -> None:
+    """The default task is classification: a price column gives one class per row, and the error of
+    the empty validation split (and a warning before it) says to set task=regression."""
+    path = write_csv(tmp_path / "t.csv", "x,target\n" + "\n".join(f"{i},{100 + i * 1.37:.2f}" for i in range(200)))
+    dm = TabularDataModule(path)
+    with pytest.warns(
+        UserWarning, match=r"Target column 'target' has 200 classes in 200 training rows.*task=regression"
+    ):
+        dm.setup("fit")
+    with pytest.raises(
+        DataError, match=r"val split has no samples.*if it is a quantity to predict, set task=regression"
+    ):
+        dm.val_dataloader()
+    regression = TabularDataModule(path, task="regression")
+    regression.setup("fit")
+    assert len(regression.dataset("val")) == 40
+    integers = write_csv(tmp_path / "i.csv", "x,label\n" + "\n".join(f"{i},{i % 30}" for i in range(300)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 30 integer classes of 10 rows each: classes
+        TabularDataModule(integers).setup("fit")
+
+
+def test_the_target_column_named_exactly_wins_over_another_case(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "t.csv", "x,Label,label\n" + "\n".join(f"{i},{i % 5},{'ab'[i % 2]}" for i in range(20)))
+    dm = TabularDataModule(path, numeric=["x"])
+    dm.setup("fit")
+    assert dm.target == "label"
+    assert dm.class_names == ("a", "b")

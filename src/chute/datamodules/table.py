@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import Dataset
 from typing_extensions import Unpack
 
@@ -145,6 +145,7 @@ class TableDataModuleBase(FittedEncoding):
         self.val_fraction = val_fraction
         self.encoder: TableEncoder | None = None
         self.task_classes: dict[str, tuple[str, ...]] = {}
+        self._quantity_hint = ""  # a classification target that looks like a quantity (set at setup)
         self._datasets: dict[str, Dataset[Any]] = {}
 
     def task_keys(self, tasks: Mapping[str, tuple[str, Task]]) -> dict[tuple[str, str], tuple[str, Task]]:
@@ -177,9 +178,35 @@ class TableDataModuleBase(FittedEncoding):
                 for name, (column, kind) in self.tasks.items()
                 if kind == "classification"
             }
+            self._quantity_hint = self._quantities_as_classes(train)
+            if self._quantity_hint:
+                rank_zero_warn(self._quantity_hint)
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
         self.check_imbalance()
+
+    def _quantities_as_classes(self, train: Split) -> str:
+        """A warning for each classification target that looks like a quantity to predict: every label
+        a number, and fractions among them or about one row per class (a price, a length read with
+        the default ``task``); empty when none does."""
+        keys = {spec: key for key, spec in self.task_keys(self.tasks).items()}
+        rows = train.table.num_rows
+        found = []
+        for name, classes in self.task_classes.items():
+            column, kind = self.tasks[name]
+            if len(classes) < 20 or not all(is_number(c) for c in classes):
+                continue
+            fractions = [c for c in classes if not float(c).is_integer()]
+            if fractions or len(classes) > rows / 4:
+                example = (fractions or list(classes))[len(fractions or classes) // 2]
+                found.append(
+                    f"Target column {column!r} has {len(classes)} classes in {rows} training rows, all numbers "
+                    f"({example!r} among them): if it is a quantity to predict, set {keys[column, kind][1]}=regression."
+                )
+        return " ".join(found)
+
+    def empty_split_hint(self, split: str) -> str:
+        return " ".join(filter(None, [super().empty_split_hint(split), self._quantity_hint]))
 
     def _fitted(self) -> tuple[TableEncoder, Any] | None:
         if self.encoder is None:
@@ -220,7 +247,9 @@ class TableDataModuleBase(FittedEncoding):
         """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
         path = self.paths[split]
         assert path is not None
-        return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding)
+        # Categories and class labels as written, so that '007' in one file is '007' in every file.
+        text = [*self.categorical, *(column for column, kind in self.tasks.values() if kind == "classification")]
+        return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding, text)
 
     def _read_splits(self) -> dict[str, Split]:
         train = self._read("train")

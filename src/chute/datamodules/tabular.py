@@ -11,9 +11,9 @@ from typing_extensions import Unpack
 
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.table import TableDataModuleBase, Task, UnknownCategory
-from chute.datasets.table_read import table_columns
+from chute.datasets.table_read import separator_hint, table_columns
 from chute.datasets.tabular import MissingStrategy, TabularDataset
-from chute.errors import ConfigError
+from chute.errors import ConfigError, DataError
 
 
 class TabularDataModule(TableDataModuleBase):
@@ -114,14 +114,21 @@ class TabularDataModule(TableDataModuleBase):
     def _conventional_target(self) -> str:
         """The first of :data:`TARGET_NAMES` among the training table's columns (read from its header)."""
         columns = table_columns(self.paths["train"], self.encoding)  # type: ignore[arg-type]
-        by_name = {c.lower(): c for c in reversed(columns)}
+        by_name = {c.lower(): c for c in reversed(columns)}  # any case; the first such column
         for name in self.TARGET_NAMES:
+            if name in columns:  # written exactly so: preferred over another case of the same name
+                return name
             if name in by_name:
                 return by_name[name]
+        source = self.paths["train"]
+        assert source is not None
+        separator = separator_hint(columns, source)
+        if separator is not None:
+            raise DataError(f"'{source}' has one column, {columns[0]!r}. {separator}")
         raise ConfigError(
             "target",
             None,
-            f"'{self.paths['train']}' has no column named {' / '.join(self.TARGET_NAMES)}; "
+            f"'{source}' has no column named {' / '.join(self.TARGET_NAMES)}; "
             f"name the target column (its columns: {', '.join(columns)})",
         )
 

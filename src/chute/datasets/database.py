@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from chute.datasets.table_read import format_number
 from chute.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -276,8 +277,9 @@ class Database:
 
     def exact(self, sql: str, what: str) -> pa.Table:
         """:meth:`arrow`, but for SQLite through Python's ``sqlite3``: every value as stored. A column
-        mixing numbers and text becomes text with each number written exactly (``repr``); :meth:`arrow`
-        reads this way where the driver would round or refuse a value."""
+        mixing numbers and text becomes text with each number written exactly, as a numeric column's
+        values are (``1.0`` is ``'1'``); :meth:`arrow` reads this way where the driver would round or
+        refuse a value."""
         if self.kind != "sqlite":
             return self.arrow(sql, what)
         import sqlite3
@@ -332,7 +334,8 @@ def _exact_column(values: Sequence[Any]) -> pa.Array:
     kinds = {type(v) for v in values if v is not None}
     if kinds <= {int, float} or kinds <= {str} or kinds <= {bytes}:
         return pa.array(values)
-    return pa.array([None if v is None else repr(v) if isinstance(v, float) else str(v) for v in values])
+    # Numbers written as the driver's batches of a numeric column are (Split.strings): 1.0 is '1' in both.
+    return pa.array([None if v is None else format_number(v) for v in values])
 
 
 # What libpq and SQLite say when the connection, not the query, failed: worth a retry.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,10 @@ _BLOCK = 1 << 20  # pyarrow's default CSV read block; grown for files with longe
 
 
 def read_table(
-    path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8"
+    path: str | os.PathLike[str],
+    bad_samples: BadSamples | None = None,
+    encoding: str = "utf-8",
+    text_columns: Sequence[str] = (),
 ) -> pa.Table:
     """Read a ``.csv``/``.tsv`` (optionally ``.gz``) or ``.parquet`` file; errors name the file.
 
@@ -30,37 +34,45 @@ def read_table(
     or with ``bad_samples`` skipping (``on_error="skip"``) is dropped, counted and logged;
     :func:`read_split` also keeps the surviving rows' numbers for later messages.
     """
-    return read_split(path, bad_samples, encoding).table
+    return read_split(path, bad_samples, encoding, text_columns).table
 
 
-def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = None, encoding: str = "utf-8") -> Split:
+def read_split(
+    path: str | os.PathLike[str],
+    bad_samples: BadSamples | None = None,
+    encoding: str = "utf-8",
+    text_columns: Sequence[str] = (),
+) -> Split:
     """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out.
 
     ``encoding`` is the CSV file's text encoding (e.g. ``latin-1``); text that does not decode is an
-    error naming the row and column when the column is read.
-    """
-    import pyarrow.parquet as pq
+    error naming the row and column when the column is read. ``text_columns`` (categories, class
+    labels) are read from a CSV file as the text written there, whatever its cells look like: a
+    column of codes such as ``007`` is then the same in every file, where type inference would make
+    it the number 7 in a file whose codes are all digits and keep it text in another.
 
+    ``path`` may also be a folder of Parquet files (a partitioned dataset, as Spark, Dask or
+    ``pyarrow.parquet.write_to_dataset`` write it), read as one table.
+    """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"Table file '{path}' does not exist.")
-    if os.path.getsize(path) == 0:
+    name = _check_exists(path)
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
         raise DataError(f"Table file '{path}' is empty (0 bytes): expected a header row and data rows.")
-    name = path.lower().removesuffix(".gz")
     bad = bad_samples or BadSamples("raise", what="row")
     skipped: list[int] = []
     try:
-        if name.endswith((".parquet", ".pq")):
-            table = pq.read_table(path)
+        if os.path.isdir(path) or name.endswith((".parquet", ".pq")):
+            table = _plain_strings(_read_parquet(path))
         elif name.endswith((".csv", ".tsv", ".txt")):
-            table, skipped = _read_csv(path, "\t" if name.endswith(".tsv") else ",", bad, encoding)
+            delimiter = "\t" if name.endswith(".tsv") else ","
+            table, skipped = _read_csv(path, delimiter, bad, encoding, text_columns)
         else:
             raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"Cannot read table '{path}': {err}") from None
     if table.num_rows == 0:
         raise DataError(f"Table file '{path}' has a header but no data rows.")
-    names = table.column_names
+    names = _column_names(table.schema, path, encoding)
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise DataError(f"Table file '{path}' has duplicate column names {repeated}: give every column its own name.")
@@ -72,26 +84,97 @@ def read_split(path: str | os.PathLike[str], bad_samples: BadSamples | None = No
 
 
 def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list[str]:
-    """A table file's column names, from its header (CSV/TSV, gzipped or not) or schema (Parquet),
-    without reading its rows; errors name the file."""
+    """A table file's column names, from its header (CSV/TSV, gzipped or not) or schema (Parquet, or
+    a folder of Parquet files), without reading its rows; errors name the file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"Table file '{path}' does not exist.")
-    name = path.lower().removesuffix(".gz")
+    name = _check_exists(path)
     try:
-        if name.endswith((".parquet", ".pq")):
-            import pyarrow.parquet as pq
-
-            return list(pq.read_schema(path).names)
+        if os.path.isdir(path) or name.endswith((".parquet", ".pq")):
+            return _column_names(_parquet_schema(path), path, encoding)
         import pyarrow.csv as pacsv
 
         check_encoding(encoding, path)
         delimiter = "\t" if name.endswith(".tsv") else ","
         options = pacsv.ReadOptions(encoding=encoding)
-        reader = pacsv.open_csv(path, read_options=options, parse_options=pacsv.ParseOptions(delimiter=delimiter))
-        return list(reader.schema.names)
+        # Only the header is wanted: a bad row in the first block is reported when the rows are read
+        # (where on_error applies), not here.
+        parse = pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=lambda row: "skip")
+        reader = pacsv.open_csv(path, read_options=options, parse_options=parse)
+        return _column_names(reader.schema, path, encoding)
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"Cannot read the header of table '{path}': {err}") from None
+
+
+def _check_exists(path: str) -> str:
+    """``path``'s lower-case name without ``.gz``; a missing file (or a folder that holds no Parquet
+    files) is an error naming it."""
+    if os.path.isdir(path):
+        if not _parquet_parts(path):
+            raise DataError(
+                f"Table path '{path}' is a folder without .parquet files: give a .csv, .tsv or .parquet file, "
+                "or a folder of Parquet files (a partitioned dataset)."
+            )
+    elif not os.path.isfile(path):
+        raise DataError(f"Table file '{path}' does not exist.")
+    return path.lower().removesuffix(".gz")
+
+
+def _parquet_parts(folder: str) -> list[str]:
+    """The Parquet files under ``folder`` (any depth: ``key=value`` partition folders), sorted."""
+    return sorted(
+        os.path.join(here, f)
+        for here, dirs, files in os.walk(folder)
+        for f in files
+        if f.lower().endswith((".parquet", ".pq")) and not f.startswith((".", "_"))
+    )
+
+
+def _read_parquet(path: str) -> pa.Table:
+    """A Parquet file, or a folder of them read as one dataset (with its ``key=value`` partition columns)."""
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        return pq.ParquetDataset(path).read()
+    return pq.read_table(path)
+
+
+def _parquet_schema(path: str) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    if os.path.isdir(path):
+        return pq.ParquetDataset(path).schema
+    return pq.read_schema(path)
+
+
+def _plain_strings(table: pa.Table) -> pa.Table:
+    """``table`` with Arrow's view types (``string_view``, ``binary_view``: Polars writes them) and
+    dictionary-encoded text (partition columns) as plain ``string``/``binary`` columns, which every
+    compute function the table DataModules use takes."""
+    fields = []
+    for field in table.schema:
+        kind = field.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if pa.types.is_string_view(kind):
+            kind = pa.string()
+        elif pa.types.is_binary_view(kind):
+            kind = pa.binary()
+        fields.append(field.with_type(kind))
+    schema = pa.schema(fields)
+    return table if schema.equals(table.schema) else table.cast(schema)
+
+
+def _column_names(schema: pa.Schema, path: str, encoding: str) -> list[str]:
+    """``schema``'s column names; a header that is not text in ``encoding`` is an error naming the file
+    and the setting (pyarrow keeps an undecodable UTF-8 header as bytes, which Python cannot name)."""
+    try:
+        return list(schema.names)
+    except UnicodeDecodeError as err:
+        raw = err.object[max(0, err.start - 20) : err.end + 20] if isinstance(err.object, bytes) else b""
+        raise DataError(
+            f"The header of '{path}' is not {encoding} text (bytes {raw!r}). Set the file's encoding, e.g. "
+            "data.encoding=latin-1 (or cp1252), or save the file as UTF-8."
+        ) from None
 
 
 def check_encoding(encoding: str, path: str | None = None) -> None:
@@ -114,7 +197,9 @@ def check_encoding(encoding: str, path: str | None = None) -> None:
         )
 
 
-def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8") -> tuple[pa.Table, list[int]]:
+def _read_csv(
+    path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8", text_columns: Sequence[str] = ()
+) -> tuple[pa.Table, list[int]]:
     """The table, and the data-row numbers (1-based, header excluded) of rows skipped for a wrong field count.
 
     The first read uses pyarrow's threads, which cannot say where a bad row is; only a file that has
@@ -139,7 +224,11 @@ def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8
                     path,
                     read_options=pacsv.ReadOptions(use_threads=threads, block_size=block, encoding=encoding),
                     parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
-                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True),  # "" is missing, not a category
+                    convert_options=pacsv.ConvertOptions(
+                        strings_can_be_null=True,  # "" is missing, not a category
+                        # as bytes: text that is not UTF-8 is named by its row when the column is read
+                        column_types=dict.fromkeys(text_columns, pa.binary()),  # absent names are ignored
+                    ),
                 )
             except pa.ArrowInvalid as err:
                 # A row longer than a read block (a field of megabytes): read again in larger blocks.
@@ -153,7 +242,7 @@ def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8
         if not invalid:
             raise
     if not invalid:
-        return table, []
+        return _as_text(table, text_columns), []
     invalid.clear()
     try:
         table = read(threads=False)
@@ -164,7 +253,21 @@ def _read_csv(path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8
     bad.seen(table.num_rows + len(invalid))
     for row in invalid:
         bad.skip(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False))
-    return table, [row.number - 1 for row in invalid if row.number is not None]
+    return _as_text(table, text_columns), [row.number - 1 for row in invalid if row.number is not None]
+
+
+def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """``table`` with the columns ``names`` (read as bytes) as ``string`` where they are valid UTF-8;
+    a column that is not stays bytes, and :meth:`Split.strings` names its first bad row."""
+    for name in names:
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        try:
+            table = table.set_column(index, name, table.column(index).cast(pa.string()))
+        except pa.ArrowInvalid:
+            pass
+    return table
 
 
 def _row_error(path: str, row: Any, hint: bool) -> DataError:
@@ -199,14 +302,9 @@ class Split:
     def column(self, name: str) -> pa.ChunkedArray:
         if self.table.schema.get_field_index(name) < 0:  # absent (repeated names are refused when read)
             names = self.table.column_names
-            hint = "Fix the column names in the data config (numeric, categorical, target, weight)."
-            other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
-            if other and not self.source.lower().removesuffix(".gz").endswith(".parquet"):
-                hint = (
-                    f"The header is one column holding {other[0]!r}: the file seems to be separated by "
-                    f"{other[0]!r}, and a .csv file is read as comma-separated (.tsv as tab-separated). "
-                    "Save it comma-separated, or as .tsv if it uses tabs."
-                )
+            hint = separator_hint(names, self.source) or (
+                "Fix the column names in the data config (numeric, categorical, target, weight)."
+            )
             raise DataError(f"Column {name!r} is not in '{self.source}'. Columns there: {names}. {hint}")
         return self.table.column(name)
 
@@ -264,11 +362,26 @@ class Split:
         if pa.types.is_floating(column.type):
             column = pc.if_else(pc.is_nan(column), pa.scalar(None, column.type), column)
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
-            return [None if v is None else _format_number(v) for v in column.to_pylist()]
+            return [None if v is None else format_number(v) for v in column.to_pylist()]
         return [None if v is None else str(v) for v in self._texts(name, column)]
 
 
-def _format_number(value: Any) -> str:
+def separator_hint(names: Sequence[str], source: str) -> str | None:
+    """What to do when a CSV file's header read as one column holding another separator (``;``, tab,
+    ``|``), or ``None``."""
+    other = [d for d in (";", "\t", "|") if len(names) == 1 and d in names[0]]
+    if not other or source.lower().removesuffix(".gz").endswith((".parquet", ".pq")):
+        return None
+    return (
+        f"The header is one column holding {other[0]!r}: the file seems to be separated by {other[0]!r}, and a "
+        ".csv file is read as comma-separated (.tsv as tab-separated). Save it comma-separated, or as .tsv if "
+        "it uses tabs."
+    )
+
+
+def format_number(value: Any) -> str:
+    """A number as category or class text: an integral float without its ``.0`` (``1.0`` is ``'1'``),
+    anything else as Python writes it (exact: ``repr`` of a float round-trips)."""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -12,6 +12,7 @@ encodes splits (statistics fitted on the training split only) and serves them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,7 +23,7 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
-from chute.datasets.table_read import Split
+from chute.datasets.table_read import Split, is_number
 from chute.errors import ConfigError, DataError
 
 MissingStrategy = Literal["raise", "mean", "median", "constant"]
@@ -194,12 +195,14 @@ def encode_labels(split: Split, column: str, classes: Sequence[str]) -> np.ndarr
 
 
 def label_classes(split: Split, column: str) -> list[str]:
-    """Sorted class names of ``column`` in ``split`` (numbers sort numerically)."""
+    """Sorted class names of ``column`` in ``split``: numbers (a numeric column, or text whose every
+    label is a number, such as ``2``, ``10``, ``007``) sort numerically, equal numbers by their text."""
     raw = split.column(column)
-    values = [v for v in split.strings(column) if v is not None]
-    if pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type):
-        return sorted(set(values), key=float)
-    return sorted(set(values))
+    values = set(v for v in split.strings(column) if v is not None)
+    numeric = pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type)
+    if numeric or all(is_number(v) and math.isfinite(float(v)) for v in values):
+        return sorted(values, key=lambda v: (float(v), v))
+    return sorted(values)
 
 
 def encode_numbers(split: Split, column: str, what: str = "Target") -> np.ndarray:
