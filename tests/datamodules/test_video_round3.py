@@ -3,6 +3,7 @@ streams, clip settings out of range and variable frame rate, each through the Da
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -111,6 +112,22 @@ def test_flipped_bytes_in_h264_are_an_error_naming_the_file_or_skipped_and_count
     assert sum(len(c) for c in _clips(dm)) == 4
     assert dm.bad_samples["train"]["skipped"] == 1
     assert dm.bad_samples["train"]["first"][0].endswith("flipped.mp4")
+
+
+@pytest.mark.parametrize("loader", WORKERS)
+def test_a_damaged_video_with_several_clips_each_is_named_by_the_error_note(
+    good: Path, tmp_path: Path, loader: dict
+) -> None:
+    """With ``clips_per_video`` > 1 an evaluation sample is a clip: its note names its video and clip
+    (it took the clip's number for a video's and named another video, or raised an IndexError)."""
+    root = _tree(good, tmp_path)
+    _flip_bytes(good / "val" / "b" / "b0.mp4", root / "val" / "b" / "flipped.mp4")
+    dm = _dm(root, loader, clips_per_video=3, sampling="uniform")
+    dm.setup("fit")
+    with pytest.raises(DataError, match=r"flipped\.mp4") as info:
+        _clips(dm, "val")
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert re.search(r"flipped\.mp4, clip [123] of 3", str(info.value) + notes), (str(info.value), notes)
 
 
 # -- 2. Frame-size bombs ----------------------------------------------------------------------------

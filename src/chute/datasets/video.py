@@ -352,6 +352,12 @@ class VideoClipDataset(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.index) * self.clips
 
+    def describe(self, i: int) -> str:
+        """Sample ``i``'s video (and clip, where a video gives several), for error notes."""
+        video, clip = divmod(int(i), self.clips)
+        path = self.index.path(video)
+        return f"{path}, clip {clip + 1} of {self.clips}" if self.clips > 1 else str(path)
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int] | None:
         video, clip = divmod(int(i), self.clips)
         epoch = self.epoch.get() if self.train else 0

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 
 class InFlight:
@@ -97,18 +97,27 @@ class TrackedDataset(Dataset[Any]):
 
 def describe_sample(dataset: Any, index: int) -> str:
     """Sample ``index``'s file or row where the dataset can say (``describe(i)`` or an ``index.path(i)``),
-    looking through views (``.dataset``); else ``"sample <index>"``."""
+    looking through views (``.dataset``; a ``Subset``'s indices mapped); else ``"sample <index>"``.
+
+    Never raises: it names the sample of an error being raised, which it must not replace.
+    """
     inner: Any = dataset
-    for _ in range(4):
-        describe = getattr(inner, "describe", None)
-        if callable(describe):
-            return str(describe(index))
-        path = getattr(getattr(inner, "index", None), "path", None)
-        if callable(path):
-            return str(path(index))
-        inner = getattr(inner, "dataset", None)
-        if inner is None:
-            break
+    i = index
+    try:
+        for _ in range(4):
+            describe = getattr(inner, "describe", None)
+            if callable(describe):
+                return str(describe(i))
+            path = getattr(getattr(inner, "index", None), "path", None)
+            if callable(path):
+                return str(path(i))
+            if isinstance(inner, Subset):
+                i = int(inner.indices[i])
+            inner = getattr(inner, "dataset", None)
+            if inner is None:
+                break
+    except Exception:  # a view this function does not know: say less rather than mask the error
+        pass
     return f"sample {index}"
 
 
