@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 # Light imports only up to the config check: composing and checking a config needs neither torch
 # nor Lightning, so a mistyped setting is reported in about a second instead of after the imports.
 from chute.config import register_configs, validate_config
-from chute.errors import ConfigError, DataError
+from chute.errors import ConfigError, DataError, original_message
 
 register_configs()
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:
         sys.exit(f"chute: invalid config: {err}")
     except DataError as err:  # one line naming the file, row or column, as config errors do
-        sys.exit(f"chute: bad data: {err}")
+        sys.exit(f"chute: bad data: {original_message(err)}")  # a worker's, without torch's wrapping
 
 
 if __name__ == "__main__":

@@ -257,3 +257,28 @@ def test_the_data_shortcuts_reach_the_loader_and_the_report(tmp_path: Path, digi
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["num_workers"], metrics["batch_size"]) == (0, 32)
+
+
+def test_bad_data_read_in_a_worker_process_fails_with_the_same_one_line(tmp_path: Path) -> None:
+    """torch re-raises a worker's DataError as a copy holding the worker's whole traceback; train.py
+    prints the worker's own message, as with no workers."""
+    from PIL import Image
+
+    root = tmp_path / "photos"
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            (root / split / label).mkdir(parents=True)
+            for k in range(6):
+                Image.new("RGB", (20, 16), (40 * k, 90, 30)).save(root / split / label / f"{k}.png")
+    (root / "train" / "b" / "notes.jpg").write_bytes(b"hello, not an image")
+    lines = {}
+    for workers in (0, 2):
+        proc = train("data=image_folder", f"data.root={root}", "model=small_cnn", "transforms.image_size=16",
+                     "trainer.max_epochs=1", "loader.batch_size=4", f"loader.num_workers={workers}",
+                     "loader.backend=torch", f"hydra.run.dir={tmp_path / f'run{workers}'}", data_dir=tmp_path)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr[-3000:]
+        lines[workers] = [line for line in proc.stderr.splitlines() if line.startswith("chute: bad data: ")]
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert len(lines[0]) == len(lines[2]) == 1
+    assert "notes.jpg" in lines[2][0]
+    assert lines[2] == lines[0]

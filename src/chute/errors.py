@@ -36,6 +36,28 @@ def printable(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+# torch's copy of an exception a DataLoader worker raised (torch.utils.data._utils.ExceptionWrapper):
+# "Caught <Type> in DataLoader worker process <n>." then the worker's whole formatted traceback.
+_WORKER_COPY = "Original Traceback (most recent call last):"
+
+
+def original_message(error: BaseException) -> str:
+    """``error``'s message; for torch's copy of an error a DataLoader worker raised, the worker's own
+    message (torch's copy holds the worker's whole traceback, ending with that message and its notes),
+    without chute's note of which samples were loading (the message names them)."""
+    text = str(error)
+    if not text.startswith("Caught ") or _WORKER_COPY not in text.split("\n", 2)[1]:
+        return text
+    kind = type(error)
+    start = text.rfind(f"\n{kind.__module__}.{kind.__qualname__}: ")
+    if start < 0:
+        return text
+    lines = text[start:].split(": ", 1)[1].rstrip("\n").split("\n")
+    while len(lines) > 1 and lines[-1].startswith("chute: raised while loading"):
+        lines.pop()
+    return "\n".join(lines)
+
+
 class ConfigError(ChuteError, ValueError):
     """A setting has a bad value.
 
