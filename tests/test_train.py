@@ -84,6 +84,14 @@ def test_bad_value_fails_before_training_naming_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
 
 
+def test_an_augmentation_the_batch_crop_leaves_out_fails_naming_both_keys(tmp_path: Path, digits_root: Path) -> None:
+    """The default experiment augments cached batches (data.device_augment): a rotation asked for is refused."""
+    proc = train("transforms.rotation=15", f"hydra.run.dir={tmp_path}", data_dir=digits_root.parent)
+    assert proc.returncode == 1
+    assert "chute: invalid config: data.device_augment=True: " in proc.stderr
+    assert "transforms.rotation=15.0 would not be applied: set data.device_augment=false" in proc.stderr
+
+
 def test_misspelled_key_fails_at_compose(tmp_path: Path) -> None:
     proc = train("loader.num_worker=2", f"hydra.run.dir={tmp_path}", data_dir=tmp_path)
     assert proc.returncode == 1
@@ -273,9 +281,10 @@ def test_bad_data_read_in_a_worker_process_fails_with_the_same_one_line(tmp_path
     (root / "train" / "b" / "notes.jpg").write_bytes(b"hello, not an image")
     lines = {}
     for workers in (0, 2):
+        run = f"hydra.run.dir={tmp_path / f'run{workers}'}"
         proc = train("data=image_folder", f"data.root={root}", "model=small_cnn", "transforms.image_size=16",
                      "trainer.max_epochs=1", "loader.batch_size=4", f"loader.num_workers={workers}",
-                     "loader.backend=torch", f"hydra.run.dir={tmp_path / f'run{workers}'}", data_dir=tmp_path)  # fmt: skip
+                     "loader.backend=torch", run, data_dir=tmp_path)  # fmt: skip
         assert proc.returncode == 1, proc.stderr[-3000:]
         lines[workers] = [line for line in proc.stderr.splitlines() if line.startswith("chute: bad data: ")]
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

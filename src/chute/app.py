@@ -32,6 +32,7 @@ from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
 from chute.errors import ConfigError, DataError
 from chute.transforms import create_transforms
+from chute.transforms.factory import check_batch_augment
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
         data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
         if _accepts(cfg.data, "train_batch_transform"):
             data_kwargs["train_batch_transform"] = transforms.train_batch
+            if cfg.data.get("device_augment") and cfg.data.get("train_batch_transform") is None:
+                check_batch_augment(transforms, "data.device_augment")
         if _accepts(cfg.data, "mixup_alpha"):
             data_kwargs.update(
                 mixup_alpha=settings.transforms.mixup_alpha, cutmix_alpha=settings.transforms.cutmix_alpha

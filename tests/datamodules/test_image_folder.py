@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,60 @@ def test_normalization_stats_are_measured_on_train_and_restored(make_tree) -> No
     fresh.load_state_dict(dm.state_dict())
     assert fresh.mean == dm.mean
     assert fresh.std == dm.std
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_pipelines_ending_in_floats_are_measured_and_normalized_once(make_tree, num_workers: int) -> None:
+    """torchvision's recipe ends in ``ToDtype(float32, scale=True)``: images in [0, 1]. The measured
+    mean and std, and the model's batches, equal those of the same pipeline giving uint8 (mean and
+    std were divided by 255 once more, and the batches came out ~1,000 times too large)."""
+    root = make_tree()
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    batches, stats = [], []
+    for extra in ([], tail):
+        dm = ImageFolderDataModule(
+            root, train_transform=Pipeline([v2.RandomResizedCrop(16, antialias=True), *extra]),
+            val_transform=Pipeline([v2.Resize(16, antialias=True), v2.CenterCrop(16), *extra]),
+            loader=LoaderSettings(batch_size=4, num_workers=num_workers),
+        )  # fmt: skip
+        dm.setup("fit")
+        stats.append((dm.mean, dm.std))
+        batches.append(torch.cat([dm.on_after_batch_transfer(b, 0)[0] for b in dm.val_dataloader()]))
+    assert stats[0][0] == pytest.approx(stats[1][0], abs=1e-5)
+    assert stats[0][1] == pytest.approx(stats[1][1], abs=1e-5)
+    assert torch.allclose(batches[0], batches[1], atol=1e-4)
+    assert abs(float(batches[1].mean())) < 0.5
+    assert 0.5 < float(batches[1].std()) < 2.0
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_transform_failing_on_one_image_names_that_image(make_tree, num_workers: int) -> None:
+    """A user's crop larger than one image: the error says which file (it said "a batch of 4 samples")."""
+    root = make_tree(counts={"cat": 3, "dog": 3})
+    write_image(root / "train" / "dog" / "tiny.png", size=(8, 8), seed=99)
+    dm = ImageFolderDataModule(root, train_transform=Pipeline([v2.RandomCrop(20)]),
+                               val_transform=Pipeline([v2.CenterCrop(20)]),
+                               loader=LoaderSettings(batch_size=7, num_workers=num_workers))  # fmt: skip
+    dm.setup("fit")
+    with pytest.raises(ValueError, match="larger than input image size") as info:
+        list(dm.train_dataloader())
+    said = str(info.value) + "\n".join(getattr(info.value, "__notes__", []))
+    assert re.search(r"raised while loading sample \d+ \(.*tiny\.png\)", said), said
+
+
+def test_device_augment_refuses_what_its_batch_crop_leaves_out(make_tree) -> None:
+    """device_augment crops and flips whole batches; asked also for a rotation, a vertical flip, colour
+    jitter or another interpolation, it says so rather than train without them."""
+    root = make_tree()
+    for setting in ({"rotation": 15}, {"vflip": 0.5}, {"color_jitter": 0.2}, {"interpolation": "bicubic"}):
+        with pytest.raises(ConfigError, match=rf"device_augment=True: .*transforms\.{next(iter(setting))}="):
+            ImageFolderDataModule(root, transforms=create_transforms(image_size=16, **setting), cache="memory",
+                                  cache_size=20, device_augment=True)  # fmt: skip
+        ImageFolderDataModule(
+            root, transforms=create_transforms(image_size=16, **setting), cache="memory", cache_size=20
+        )
+    ImageFolderDataModule(root, transforms=create_transforms(image_size=16, hflip=0.2), cache="memory",
+                          cache_size=20, device_augment=True)  # fmt: skip
 
 
 def test_checkpoint_classes_must_match(make_tree) -> None:

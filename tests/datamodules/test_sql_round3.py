@@ -107,8 +107,8 @@ def test_an_untyped_category_column_mixing_reals_and_text_reads_one_way(tmp_path
     """The categories fitted from the whole column (text: it holds 'n/a') are the texts the batches
     read, where the driver gives a batch without the text cell as numbers: 1.0 is '1' in both."""
     n = 40
-    url = sqlite_file(tmp_path, "CREATE TABLE m (id INTEGER PRIMARY KEY, x REAL, code, label TEXT)",
-                      [(k, float(k), "n/a" if k == 1 else float(1 + k % 2), "ab"[k % 2]) for k in range(n)])  # fmt: skip
+    values = [(k, float(k), "n/a" if k == 1 else float(1 + k % 2), "ab"[k % 2]) for k in range(n)]
+    url = sqlite_file(tmp_path, "CREATE TABLE m (id INTEGER PRIMARY KEY, x REAL, code, label TEXT)", values)
     dm = SqlDataModule(url, table="m", target="label", numeric=["x"], categorical=["code"],
                        loader={"batch_size": 8, **loader})  # fmt: skip
     model = fit(dm)

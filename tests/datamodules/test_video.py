@@ -92,6 +92,14 @@ def test_videos_shorter_than_a_clip_loop_or_pad() -> None:
     assert not ClipSpec(frames_per_clip=4, stride=2, short="skip").fits(5, 25.0)
 
 
+def test_a_loop_at_a_target_fps_restarts_at_the_first_frame() -> None:
+    """3 frames at 30 fps loop every 0.1 s: at fps=10 every target is a loop's start (0.3 s, a rounding
+    error short of 3 loops, gave the last frame)."""
+    assert ClipSpec(frames_per_clip=4, fps=10.0).frames(3, 30.0, None).tolist() == [0, 0, 0, 0]
+    assert ClipSpec(frames_per_clip=6, fps=15.0).frames(5, 30.0, None).tolist() == [0, 2, 4, 1, 3, 0]
+    assert ClipSpec(frames_per_clip=5, fps=20.0).frames(3, 30.0, None).tolist() == [0, 1, 0, 1, 0]
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

@@ -25,6 +25,26 @@ def test_pipelines_keep_uint8_and_size(backend: str, channels: int) -> None:
         assert tuple(out.shape) == (channels, 32, 32)
 
 
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear", "bicubic"])
+def test_a_rotation_works_with_every_interpolation(interpolation: str) -> None:
+    """torchvision rotates tensors with nearest or bilinear sampling only: bicubic raised at the first image."""
+    t = create_transforms(image_size=32, rotation=15, interpolation=interpolation)
+    assert tuple(t.train(_image()).shape) == (3, 32, 32)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_an_albumentations_pipeline_ending_in_to_tensor_keeps_its_layout(channels: int) -> None:
+    """``ToTensorV2`` returns a ``(C, H, W)`` tensor: taken as it is (it was permuted again, to ``(H, C, W)``)."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    pipeline = Pipeline([A.Resize(16, 24), ToTensorV2()], backend="albumentations")
+    plain = Pipeline([A.Resize(16, 24)], backend="albumentations")
+    image = _image(channels)
+    assert tuple(pipeline(image).shape) == (channels, 16, 24)
+    assert torch.equal(pipeline(image), plain(image))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_is_random_and_val_deterministic(backend: str) -> None:
     t = create_transforms(backend=backend, image_size=32)

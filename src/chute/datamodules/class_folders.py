@@ -146,13 +146,16 @@ class ClassFolderDataModule(ChuteDataModule):
         return rng.choice(size, size=min(most, size), replace=False)
 
     def _mean_std(self, samples: Iterable[torch.Tensor], channels: int, tried: int) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std, in ``[0, 1]`` units, of ``uint8`` samples whose first axis is the
-        channel (``(C, ...)``); ``tried`` is how many were asked for, for the error when none read."""
+        """Per-channel mean and std, in ``[0, 1]`` units, of samples whose first axis is the channel
+        (``(C, ...)``): ``uint8`` ones scaled by 1/255, floating-point ones taken as ``[0, 1]`` already
+        (a pipeline ending in ``ToDtype(float32, scale=True)``), as the batch hook takes them;
+        ``tried`` is how many were asked for, for the error when none read."""
         total = torch.zeros(channels, dtype=torch.float64)
         total_sq = torch.zeros_like(total)
         count = 0
         for sample in samples:
-            pixels = sample.reshape(channels, -1).to(torch.float64) / 255.0
+            scale = 1.0 if sample.is_floating_point() else 255.0
+            pixels = sample.reshape(channels, -1).to(torch.float64) / scale
             total += pixels.sum(dim=1)
             total_sq += (pixels * pixels).sum(dim=1)
             count += pixels.shape[1]

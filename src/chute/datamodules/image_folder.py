@@ -32,7 +32,7 @@ from chute.transforms.checks import check_deterministic
 from chute.transforms.decode_choice import choose_decode
 from chute.transforms.device import MixBatch
 from chute.transforms.device_decode import DecodeImages
-from chute.transforms.factory import Transforms, create_transforms
+from chute.transforms.factory import Transforms, check_batch_augment, create_transforms
 from chute.transforms.fused import CropDecode
 from chute.transforms.resize import OnFirst, SquareResize
 
@@ -184,6 +184,8 @@ class ImageFolderDataModule(ClassFolderDataModule):
             raise ConfigError(
                 "device_augment", device_augment, "needs cache (memory or disk), cache_size and a train_batch_transform"
             )
+        if device_augment and transforms is not None and train_batch_transform is transforms.train_batch:
+            check_batch_augment(transforms)
         if decode not in ("cpu", "gpu", "auto"):
             raise ConfigError("decode", decode, "must be 'cpu', 'gpu' or 'auto'")
         if decode == "gpu" and (cache is not None or not isinstance(train_transform, CropDecode)):

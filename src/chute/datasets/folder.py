@@ -17,6 +17,7 @@ from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
 from chute.loader import SharedEpoch, sample_seed, seeded_call
 from chute.loader.buffers import batch_buffer
+from chute.loader.workers import name_samples
 from chute.transforms.device_decode import EncodedBatchWriter, EncodedImages
 from chute.transforms.fused import CropDecode
 
@@ -116,7 +117,14 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
     def __getitems__(self, indices: Sequence[int]) -> Any:
         """A batch: collated ``(images, labels)`` on the crop-decode path, else a list of samples."""
         if not (self.gather and isinstance(self.transform, CropDecode)):
-            return [self[int(i)] for i in indices]
+            samples = []
+            for i in indices:
+                try:
+                    samples.append(self[int(i)])
+                except Exception as err:  # a user's transform failing on one image: name that image
+                    name_samples(err, self, [int(i)])
+                    raise
+            return samples
         if self.encoded:
             return self._encoded_batch(indices)
         rows = np.array(indices, dtype=np.int64)  # a copy: skipped rows are replaced in it

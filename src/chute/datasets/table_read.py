@@ -6,6 +6,7 @@ line, the column and the setting (``data.encoding``, the separator) that would f
 from __future__ import annotations
 
 import codecs
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -263,10 +264,8 @@ def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
         index = table.schema.get_field_index(name)
         if index < 0:
             continue
-        try:
+        with contextlib.suppress(pa.ArrowInvalid):  # not UTF-8: stays bytes
             table = table.set_column(index, name, table.column(index).cast(pa.string()))
-        except pa.ArrowInvalid:
-            pass
     return table
 
 

@@ -155,7 +155,9 @@ class ClipSpec:
         targets = times[start] + offsets
         if self.short == "loop":  # past the end: from the first frame again, the last one shown 1/fps long
             length = times[-1] - times[0] + 1.0 / video_fps
-            targets = times[0] + np.fmod(targets - times[0], length)
+            # A target a rounding error short of a whole number of loops is the loop's start: fmod
+            # would put it at the loop's very end (0.3 s in loops of 0.1 s: the last frame, not the first).
+            targets = times[0] + np.fmod(targets - times[0] + _SAME_TIME, length) - _SAME_TIME
         # A target a rounding error before a frame's timestamp means that frame (a 30 fps video at
         # fps=10 must give every third frame): hence the tolerance, far below any frame's duration.
         picks = np.searchsorted(times, targets + _SAME_TIME, side="right") - 1

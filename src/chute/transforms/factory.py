@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from chute.errors import ConfigError
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import BACKENDS, TransformSettings
 
@@ -81,7 +82,11 @@ def _to_numpy(image: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(image.permute(1, 2, 0).numpy())
 
 
-def _from_numpy(array: np.ndarray) -> torch.Tensor:
+def _from_numpy(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """An albumentations result (``(H, W[, C])`` array) as a ``(C, H, W)`` tensor; a tensor is one
+    already (a pipeline ending in ``ToTensorV2``, which returns ``(C, H, W)``)."""
+    if isinstance(array, torch.Tensor):
+        return array if array.ndim == 3 else array[None]
     if array.ndim == 2:
         array = array[:, :, None]
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
@@ -102,6 +107,24 @@ class Transforms:
     train_batch: Any = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    #: The settings (``"rotation=15.0"``) that ``train` applies and ``train_batch`` does not: it
+    #: crops, resizes (bilinear) and flips horizontally only. A DataModule asked to augment training
+    #: batches with ``train_batch`` (``device_augment``) refuses them rather than drop them.
+    batch_omits: tuple[str, ...] = ()
+
+
+def check_batch_augment(transforms: Transforms, key: str = "device_augment") -> None:
+    """Refuse to augment training batches with ``transforms.train_batch`` (the setting ``key``) when
+    the settings asked for augmentations it does not do (:attr:`Transforms.batch_omits`), rather
+    than leave them out without a word."""
+    if transforms.batch_omits:
+        omitted = ", ".join(f"transforms.{setting}" for setting in transforms.batch_omits)
+        raise ConfigError(
+            key, True,
+            f"augments training batches on the device with a random resized crop (bilinear) and a horizontal "
+            f"flip only, so {omitted} would not be applied: set {key}=false to apply them to each image as it "
+            "is read, or leave them at their defaults",
+        )  # fmt: skip
 
 
 def create_transforms(settings: TransformSettings | None = None, **overrides: Any) -> Transforms:
@@ -122,7 +145,15 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
     from chute.transforms.device import RandomResizedCropBatch
 
     train_batch = RandomResizedCropBatch(settings.image_size, settings.scale, settings.ratio, settings.hflip)
-    mixing = {"mixup_alpha": float(settings.mixup_alpha), "cutmix_alpha": float(settings.cutmix_alpha)}
+    plain = TransformSettings()
+    omits = tuple(
+        f"{key}={getattr(settings, key)!r}"
+        for key in ("vflip", "rotation", "color_jitter", "interpolation")
+        if getattr(settings, key) != getattr(plain, key)
+    )
+    mixing: dict[str, Any] = {
+        "mixup_alpha": float(settings.mixup_alpha), "cutmix_alpha": float(settings.cutmix_alpha), "batch_omits": omits,
+    }  # fmt: skip
     if settings.fusable:
         return Transforms(
             train=RandomResizedCropDecode(settings.image_size, settings.scale, settings.ratio, settings.hflip),
@@ -157,7 +188,9 @@ def _torchvision_steps(s: TransformSettings, train: bool) -> list[Any]:
     if s.vflip > 0:
         steps.append(v2.RandomVerticalFlip(s.vflip))
     if s.rotation > 0:
-        steps.append(v2.RandomRotation(s.rotation, interpolation=mode))
+        # torchvision rotates a tensor with nearest or bilinear sampling only (bicubic raises at the first image)
+        rotate = v2.InterpolationMode.NEAREST if s.interpolation == "nearest" else v2.InterpolationMode.BILINEAR
+        steps.append(v2.RandomRotation(s.rotation, interpolation=rotate))
     if s.color_jitter > 0:
         steps.append(v2.ColorJitter(brightness=s.color_jitter, contrast=s.color_jitter, saturation=s.color_jitter))
     return steps

@@ -32,7 +32,8 @@ class TransformSettings:
         vflip: Probability of a vertical flip.
         rotation: Maximum rotation in degrees (0 disables it).
         color_jitter: Brightness, contrast and saturation jitter strength (0 disables it).
-        interpolation: ``nearest``, ``bilinear`` or ``bicubic``.
+        interpolation: ``nearest``, ``bilinear`` or ``bicubic`` (the torchvision backend rotates with
+            bilinear sampling for ``bicubic``: it rotates tensors with nearest or bilinear only).
         mixup_alpha: MixUp's Beta(alpha, alpha) for training batches, on the device (0 disables it).
         cutmix_alpha: CutMix's alpha likewise; with both set, each batch gets one of the two.
         fast_decode: With the torchvision backend and a crop + horizontal-flip pipeline (no
