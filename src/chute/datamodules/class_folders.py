@@ -88,12 +88,27 @@ class ClassFolderDataModule(ChuteDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        drawn = self._seed
         super().load_state_dict(state_dict)
+        if self._splits and self._seed != drawn:
+            # Lightning sets up before it restores: the splits were cut with this run's seed (a null
+            # seed drawn anew, or another one given), and a held-out share would differ from the
+            # checkpoint's run. Cut them again with the checkpoint's seed.
+            self._forget_splits()
+            self.index_splits()
         if state_dict.get("mean") is not None:
             self.mean, self.std = list(state_dict["mean"]), list(state_dict["std"])
             self.batch_transform = NormalizeBatch(self.mean, self.std, channels_last=self.channels_last)
 
     # -- For subclasses --------------------------------------------------------------------------
+
+    def index_splits(self) -> None:
+        """Fill ``self._splits`` (from :meth:`_find_splits`) unless it is filled."""
+        raise NotImplementedError
+
+    def _forget_splits(self) -> None:
+        """Drop the splits and what was made from them, so that ``index_splits`` finds them again."""
+        self._splits = {}
 
     def _normalize(self) -> None:
         """Measure ``mean``/``std`` on training samples unless given (or restored), and make the batch

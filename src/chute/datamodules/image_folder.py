@@ -379,6 +379,10 @@ class ImageFolderDataModule(ClassFolderDataModule):
         cached.seed = derive_seed(self.seed, Stream.AUGMENT) if random_stage else None  # keyed by (seed, epoch, index)
         return cached
 
+    def _forget_splits(self) -> None:
+        super()._forget_splits()
+        self._cached, self._image_size, self._checked = {}, None, False
+
     def _eval_index(self) -> FolderIndex:
         return self._splits.get("val") or self._split("train")
 

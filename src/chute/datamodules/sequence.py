@@ -168,10 +168,20 @@ class SequenceDataModule(ChuteDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Reuse a checkpoint's vocabulary and class count (call before ``setup``)."""
+        """Reuse a checkpoint's vocabulary, class count and seed. Lightning calls this after ``setup``
+        when it resumes: what setup made (the held-out split, cut with this run's seed; a vocabulary
+        built from the files as they are now) is made again from the checkpoint's."""
+        drawn = self._seed
+        made = None
+        if self._datasets:
+            made = {"vocab_size": self._vocab_size, "num_classes": self._num_classes,
+                    "chars": list(self.vocab.chars) if self.vocab is not None else None}  # fmt: skip
         super().load_state_dict(state_dict)
         if "num_classes" in state_dict:
             self._saved = {k: state_dict[k] for k in ("vocab_size", "num_classes", "chars")}
+        if made is not None and (self._seed != drawn or (self._saved is not None and self._saved != made)):
+            self._datasets = {}
+            self.setup("fit")
 
     # -- Public properties -----------------------------------------------------------------------
 

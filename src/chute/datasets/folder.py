@@ -167,18 +167,23 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
 
     def _readable(self, i: int, load: Callable[[int], _T]) -> tuple[_T, int]:
         """``(load(i), i)``; with ``on_error="skip"``, the first index from ``i`` on (wrapping) that loads,
-        or with ``drop_bad`` ``(None, -1)`` when ``i`` does not load."""
+        or with ``drop_bad`` ``(None, -1)`` when ``i`` does not load.
+
+        Only sample ``i`` is counted (seen, and skipped when bad): a replacement that fails too is
+        counted on its own turn, so a run of bad files next to each other counts each file once
+        (it counted the k-th of a run k times, and max_bad_fraction stopped runs far under it)."""
         bad = self.bad_samples
         if not bad.skipping:
             return load(i), i
         n = len(self.index)
+        bad.seen()
         for step in range(1 if self.drop_bad else n):  # drop_bad: no replacement is tried
             j = (i + step) % n
-            bad.seen()
             try:
                 return load(j), j
             except DataError as err:
-                bad.skip(self.index.path(j), err)  # raises past max_bad_fraction
+                if step == 0:
+                    bad.skip(self.index.path(j), err)  # raises past max_bad_fraction
         if self.drop_bad:
             return None, -1  # type: ignore[return-value]
         raise DataError(
