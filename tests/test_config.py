@@ -238,6 +238,29 @@ def test_seed_null_draws_one_and_every_reference_gets_it(digits_root: Path, tmp_
     assert cfg.data.seed == metrics["seed"]
 
 
+def test_seed_null_is_random_per_run_and_shared_by_the_processes_of_one_job(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning's ``seed_everything(None)`` gives 0 on every run; chute draws one, the same in every
+    process of one job."""
+    from chute.app import run_seed
+
+    for name in ("PL_GLOBAL_SEED", "LOCAL_RANK", "RANK", "SLURM_NTASKS", "TORCHELASTIC_RUN_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    draws = {run_seed() for _ in range(4)}
+    assert len(draws) > 1  # four draws of 2**31 values
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1234")
+    assert run_seed() != 1234  # a multirun's earlier job in this process: not reused
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert run_seed() == 1234  # a rank Lightning launched
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-42")
+    shared = run_seed()
+    monkeypatch.setenv("RANK", "0")
+    assert run_seed() == shared  # torchrun's processes agree
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-43")
+    assert run_seed() != shared
+
+
 def test_fp16_on_the_cpu_is_said(caplog: pytest.LogCaptureFixture) -> None:
     from chute.app import _warn_slow_precision
 

@@ -34,6 +34,7 @@ class ImageFolderDataModuleConfig:
     decode: str = "auto"
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -63,6 +64,7 @@ class RayImagesDataModuleConfig:
     decode: str = "auto"
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -90,6 +92,7 @@ class TabularDataModuleConfig:
     encoding: str = "utf-8"
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -116,6 +119,7 @@ class MultiTaskDataModuleConfig:
     encoding: str = "utf-8"
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -140,6 +144,7 @@ class SequenceDataModuleConfig:
     min_char_count: int = 1
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -159,6 +164,7 @@ class StreamingDataModuleConfig:
     test_split: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -187,6 +193,7 @@ class VideoDataModuleConfig:
     decoder: str = "pyav"
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -221,6 +228,7 @@ class SqlDataModuleConfig:
     retry_wait: float = 0.5
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None
@@ -242,6 +250,7 @@ class LitDataModuleConfig:
     test_split: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
+    pin_memory: Optional[bool] = None
     seed: Optional[int] = 0
     prepare: Any = None
     collate_fn: Any = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import hashlib
 import inspect
 import json
 import logging
@@ -64,6 +65,23 @@ def run(cfg: DictConfig) -> float:
         return _run(cfg)
 
 
+def run_seed() -> int:
+    """The seed of a run whose config says ``seed: null``: drawn at random, but the same in every
+    process of one job. A DDP rank Lightning launches inherits ``PL_GLOBAL_SEED`` from the first; the
+    processes of an outside launcher (torchrun, srun) each start here, and share their job's id
+    (``TORCHELASTIC_RUN_ID``, ``SLURM_JOB_ID``), from which the seed is derived. (Lightning itself
+    answers ``seed_everything(None)`` with 0 on every run.)"""
+    if os.environ.get("PL_GLOBAL_SEED") and "LOCAL_RANK" in os.environ:  # a rank Lightning launched
+        return int(os.environ["PL_GLOBAL_SEED"])  # (not a later job of a multirun in this process)
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("SLURM_JOB_ID") or ""
+        if job and job != "none":
+            return int.from_bytes(hashlib.sha256(job.encode()).digest()[:4], "little") % 2**31
+        log.warning("seed=null under a launcher with no job id to share: using seed 0 in every process")
+        return 0
+    return int.from_bytes(os.urandom(4), "little") % 2**31
+
+
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     _log_to_run_file()
@@ -71,7 +89,7 @@ def _run(cfg: DictConfig) -> float:
     fastpaths.say_if_missing()
     # seed: null (lightning-hydra-template's default) draws one; Lightning keeps it in PL_GLOBAL_SEED,
     # which the DDP ranks it launches later inherit, so every rank uses the same one.
-    seed = L.seed_everything(cfg.seed, workers=False, verbose=False)
+    seed = L.seed_everything(cfg.seed if cfg.seed is not None else run_seed(), workers=False, verbose=False)
     if cfg.seed is None:
         cfg.seed = seed  # every ${seed} in the config resolves to it from here on
         log.info("seed=null: using seed %d (set seed=%d to repeat this run)", seed, seed)

@@ -151,3 +151,10 @@ def test_batch_size_and_num_workers_are_shortcuts_for_the_loader_settings() -> N
     assert dm.hparams["loader"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="batch_size"):
         SquaresDataModule(16, batch_size=0)
+
+
+def test_pin_memory_is_a_shortcut_too_as_lightning_hydra_templates_debug_configs_set_it() -> None:
+    """The template's ``debug=*`` configs set ``data.pin_memory: False``: every chute_* option refused it."""
+    dm = SquaresDataModule(16, loader={"pin_memory": True}, pin_memory=False)
+    assert dm.loader_settings.pin_memory is False
+    assert SquaresDataModule(16, loader={"pin_memory": True}).loader_settings.pin_memory is True

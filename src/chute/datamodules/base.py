@@ -51,6 +51,7 @@ class CommonArgs(TypedDict, total=False):
     loader: LoaderSettings | Mapping[str, Any] | None
     batch_size: int | None
     num_workers: int | Literal["auto"] | None
+    pin_memory: bool | None
     seed: int | None
     prepare: Callable[[str], Any] | None
     collate_fn: Collate | str | None
@@ -87,8 +88,10 @@ class ChuteDataModule(L.LightningDataModule):
     Args:
         loader: DataLoader settings (a :class:`LoaderSettings`, a mapping of its fields, or ``None``
             for defaults).
-        batch_size, num_workers: Shortcuts for ``loader.batch_size`` and ``loader.num_workers`` (they
-            win when given), where other Hydra apps' searches set them (``data.batch_size``).
+        batch_size, num_workers, pin_memory: Shortcuts for ``loader.batch_size``, ``loader.num_workers``
+            and ``loader.pin_memory`` (they win when given), where other Hydra apps set them
+            (``data.batch_size`` in a search; lightning-hydra-template's debug configs set
+            ``data.pin_memory``).
         seed: Seed for splits, shuffling and worker seeding; ``None`` draws one at ``setup`` (see
             :attr:`seed`).
         prepare: Optional callable ``prepare(root)`` that writes the data if missing, run by
@@ -119,6 +122,7 @@ class ChuteDataModule(L.LightningDataModule):
         loader: LoaderSettings | Mapping[str, Any] | None = None,
         batch_size: int | None = None,
         num_workers: int | Literal["auto"] | None = None,
+        pin_memory: bool | None = None,
         seed: int | None = 0,
         prepare: Callable[[str], Any] | None = None,
         collate_fn: Collate | str | None = None,
@@ -137,7 +141,7 @@ class ChuteDataModule(L.LightningDataModule):
         self.max_bad_fraction = float(max_bad_fraction)
         self._bad: dict[str, BadSamples] = {}  # one policy (and count) per split or file
         self.loader_settings = as_loader_settings(loader)
-        shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers}
+        shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory}
         if given := {key: value for key, value in shortcuts.items() if value is not None}:
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
