@@ -41,9 +41,26 @@ def flat(items: np.ndarray) -> list[int]:
     ],
 )
 def test_class_weights_follow_the_weighting_and_keep_the_loss_scale(weighting: str, expected: np.ndarray) -> None:
-    weights = class_weights(COUNTS, ImbalanceSettings(weighting=weighting, beta=0.99))
+    weights = class_weights(COUNTS, ImbalanceSettings(strategy="loss_weights", weighting=weighting, beta=0.99))
     np.testing.assert_allclose(weights / weights[0], expected / expected[0])
     assert (weights * COUNTS).sum() == pytest.approx(COUNTS.sum())
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"strategy": "loss_weights", "epoch_length": 640}, "epoch_length"),
+        ({"classes_per_batch": 4}, "classes_per_batch"),
+        ({"strategy": "weighted_sampler", "target_ratio": 2.0}, "target_ratio"),
+        ({"strategy": "balanced_batches", "replacement": False}, "replacement"),
+        ({"strategy": "oversample", "weighting": "inverse_sqrt"}, "weighting"),
+    ],
+)
+def test_a_setting_the_strategy_does_not_use_is_refused_naming_both(settings: dict, key: str) -> None:
+    """It would be ignored: imbalance=loss_weights imbalance.epoch_length=640 ran epochs of the whole set."""
+    strategy = settings.get("strategy", "none")
+    with pytest.raises(ConfigError, match=rf"^{key}=.*: is not used by strategy='{strategy}'"):
+        ImbalanceSettings(**settings)
 
 
 @pytest.mark.parametrize(

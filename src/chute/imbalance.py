@@ -35,6 +35,18 @@ WEIGHTINGS = ("inverse", "inverse_sqrt", "effective_number")
 SAMPLING = ("weighted_sampler", "balanced_batches", "oversample", "undersample")
 
 
+# The strategies each setting applies to: one set for another strategy would be ignored, so it is refused.
+_USED_BY: dict[str, tuple[str, ...]] = {
+    "weighting": ("weighted_sampler", "loss_weights"),
+    "beta": ("weighted_sampler", "loss_weights"),
+    "class_weights": ("weighted_sampler", "loss_weights"),
+    "classes_per_batch": ("balanced_batches",),
+    "target_ratio": ("oversample", "undersample"),
+    "epoch_length": SAMPLING,
+    "replacement": ("weighted_sampler",),
+}
+
+
 @dataclass
 class ImbalanceSettings:
     """How to counter class imbalance; checked on construction (see the module docstring).
@@ -77,6 +89,15 @@ class ImbalanceSettings:
             raise ConfigError("target_ratio", self.target_ratio, "must be >= 1 (largest / smallest class count)")
         if self.epoch_length is not None and self.epoch_length < 1:
             raise ConfigError("epoch_length", self.epoch_length, "must be >= 1 or null (the training set's size)")
+        defaults = ImbalanceSettings.__dataclass_fields__
+        for key, users in _USED_BY.items():
+            value = getattr(self, key)
+            if self.strategy not in users and value != defaults[key].default:
+                raise ConfigError(
+                    key, value,
+                    f"is not used by strategy={self.strategy!r} (only by {', '.join(users)}): set one of those, "
+                    "or leave it unset",
+                )  # fmt: skip
 
     @property
     def samples(self) -> bool:
