@@ -172,13 +172,11 @@ class SequenceDataModule(ChuteDataModule):
         when it resumes: what setup made (the held-out split, cut with this run's seed; a vocabulary
         built from the files as they are now) is made again from the checkpoint's."""
         drawn = self._seed
-        made = None
-        if self._datasets:
-            made = {"vocab_size": self._vocab_size, "num_classes": self._num_classes,
-                    "chars": list(self.vocab.chars) if self.vocab is not None else None}  # fmt: skip
+        saved = ("vocab_size", "num_classes", "chars")
+        made = {k: v for k, v in self.state_dict().items() if k in saved} if self._datasets else None
         super().load_state_dict(state_dict)
         if "num_classes" in state_dict:
-            self._saved = {k: state_dict[k] for k in ("vocab_size", "num_classes", "chars")}
+            self._saved = {k: state_dict[k] for k in saved}
         if made is not None and (self._seed != drawn or (self._saved is not None and self._saved != made)):
             self._datasets = {}
             self.setup("fit")

@@ -198,7 +198,8 @@ class TableDataModuleBase(FittedEncoding):
                 continue
             fractions = [c for c in classes if not float(c).is_integer()]
             if fractions or len(classes) > rows / 4:
-                example = (fractions or list(classes))[len(fractions or classes) // 2]
+                pool = fractions or list(classes)
+                example = pool[len(pool) // 2]
                 found.append(
                     f"Target column {column!r} has {len(classes)} classes in {rows} training rows, all numbers "
                     f"({example!r} among them): if it is a quantity to predict, set {keys[column, kind][1]}=regression."

@@ -107,7 +107,7 @@ class Transforms:
     train_batch: Any = None
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
-    #: The settings (``"rotation=15.0"``) that ``train` applies and ``train_batch`` does not: it
+    #: The settings (``"rotation=15.0"``) that ``train`` applies and ``train_batch`` does not: it
     #: crops, resizes (bilinear) and flips horizontally only. A DataModule asked to augment training
     #: batches with ``train_batch`` (``device_augment``) refuses them rather than drop them.
     batch_omits: tuple[str, ...] = ()
