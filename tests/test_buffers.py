@@ -160,3 +160,51 @@ def test_under_an_address_space_limit_workers_use_torchs_shared_memory(monkeypat
     assert buffers.BatchArena.for_workers(2, None) is None
     monkeypatch.undo()
     assert buffers.BatchArena.for_workers(2, None) is not None
+
+
+class _Collects(torch.utils.data.Dataset):
+    """Runs the garbage collector in the worker before each sample."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        gc.collect()
+        return index
+
+
+def _slot_state(arena: buffers.BatchArena, address: int) -> int:
+    """The state of the arena slot that holds ``address``."""
+    at = address - np.frombuffer(arena.map, dtype=np.uint8, count=1).ctypes.data - arena.base
+    worker, at = divmod(at, arena.per_worker)
+    row = arena.table[worker]
+    (slot,) = [k for k in range(arena.slots) if row[k, 0] <= at < row[k, 0] + row[k, _CAPACITY]]
+    return int(row[slot, 2])
+
+
+def test_a_later_loaders_workers_may_collect_a_batch_of_an_earlier_one() -> None:
+    """A batch from an arena, left in a reference cycle, is garbage that the next loader's workers
+    inherit when they are forked, without the arena's memory (``MADV_DONTFORK``). Their garbage
+    collector freeing it must not touch the arena: it read the slot table there and the workers died
+    of a segmentation fault (seen in the suite as LitData's workers dying after a chute loader ran
+    in the same process)."""
+    before = set(buffers._ARENAS)
+    loader = _loader()
+    batch = next(iter(loader))
+    (token,) = set(buffers._ARENAS) - before
+    arena = buffers._ARENAS[token]
+    address = batch[0].data_ptr()
+    assert _slot_state(arena, address) == _SENT
+    cycle: list[object] = [batch]
+    cycle.append(cycle)
+    gc.disable()  # the cycle stays garbage until a worker of the next loader collects it
+    try:
+        del batch, cycle
+        later = torch.utils.data.DataLoader(_Collects(), batch_size=None, num_workers=2)
+        assert sorted(int(index) for index in later) == [0, 1, 2, 3]
+        assert _slot_state(arena, address) == _SENT  # their collection left the main process's slot alone
+    finally:
+        gc.enable()
+    gc.collect()  # here, in the main process, the batch is freed and its slot with it
+    assert _slot_state(arena, address) == 0
+    del loader

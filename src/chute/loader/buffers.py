@@ -164,7 +164,7 @@ class BatchArena:
                 start = self.base + worker * self.per_worker + int(row[_OFFSET])
                 holder = np.frombuffer(self.map, dtype=np.uint8, count=int(row[_CAPACITY]), offset=start)
                 self._received[key] = holder
-                weakref.finalize(holder, _free, self.table, worker, slot, sends)
+                weakref.finalize(holder, _free, self.table, worker, slot, sends, os.getpid())
         return torch.from_numpy(holder).view(dtype).as_strided(size, stride, offset)
 
 
@@ -177,14 +177,24 @@ def _address_space_limited() -> bool:
     return soft != resource.RLIM_INFINITY
 
 
-def _free(table: np.ndarray, worker: int, slot: int, sends: int) -> None:
-    """In the main process: the last tensor made from a sent slot is gone."""
+def _free(table: np.ndarray, worker: int, slot: int, sends: int, owner: int) -> None:
+    """In the main process (``owner``): the last tensor made from a sent slot is gone.
+
+    Only there: a process forked later (another loader's workers) inherits the batch, and with it
+    this call when its garbage collector frees it, but not the arena's memory (``MADV_DONTFORK``,
+    :meth:`BatchArena.forking`): reading the table there is a segmentation fault.
+    """
+    if os.getpid() != owner:
+        return
     if table[worker, slot, _SENDS] == sends:  # not taken again since (it cannot be while held)
         table[worker, slot, _STATE] = _FREE
 
 
-def _unsent(table: np.ndarray, worker: int, slot: int, sends: int) -> None:
-    """In the worker: the last tensor made from a slot is gone; free it unless it was sent."""
+def _unsent(table: np.ndarray, worker: int, slot: int, sends: int, owner: int) -> None:
+    """In the worker (``owner``): the last tensor made from a slot is gone; free it unless it was
+    sent. Not in a process the worker forked: its copy of the batch is not the worker's (see :func:`_free`)."""
+    if os.getpid() != owner:
+        return
     if table[worker, slot, _SENDS] == sends and table[worker, slot, _STATE] == _BUSY:
         table[worker, slot, _STATE] = _FREE
 
@@ -223,7 +233,7 @@ class _WorkerSlots:
         # The worker's own hold on the slot: a batch made in it but not sent (an intermediate stage,
         # e.g. the uint8 crops a CPU trainer's batch is normalized from) frees it when dropped here.
         holder = np.frombuffer(self.arena.map, dtype=np.uint8, count=nbytes, offset=self.start + offset)
-        weakref.finalize(holder, _unsent, self.arena.table, self.worker, best, int(row[best, _SENDS]))
+        weakref.finalize(holder, _unsent, self.arena.table, self.worker, best, int(row[best, _SENDS]), os.getpid())
         return torch.from_numpy(holder)
 
     def slot_of(self, tensor: torch.Tensor) -> tuple[int, int] | None:
