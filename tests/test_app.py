@@ -88,6 +88,32 @@ def test_every_imbalance_option_trains_on_the_long_tailed_experiment(
     assert (tmp_path / "class_histogram.png").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumed in place
+@pytest.mark.parametrize("data", ["tabular", "digits"])  # a cosine schedule; a one-cycle one
+def test_resuming_with_more_epochs_is_refused_naming_both_step_counts(
+    data: str, digits_root: Path, tmp_path: Path
+) -> None:
+    """``ckpt_path=last trainer.max_epochs=2`` after a run of 1: the checkpoint's schedule replaced the
+    run's, so one-cycle stopped at its end with PyTorch's "Tried to step 4 times" and cosine's learning
+    rate climbed back up, silently. Now refused before a step is taken; the same settings resume."""
+
+    def config(epochs: int) -> Any:
+        overrides = [
+            f"data={data}",
+            f"trainer.max_epochs={epochs}",
+            *FAST[1:],
+            "callbacks.preview=null",
+            "ckpt_path=last",
+        ]
+        return make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+
+    run(config(1))
+    with pytest.raises(ConfigError, match=r"^ckpt_path='a checkpoint of a run of 3 steps': this run takes 6 steps"):
+        run(config(2))
+    run(config(1))  # resumed where it ended: nothing left to train
+    assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 3
+
+
 def test_ckpt_path_last_is_the_newest_of_the_last_and_the_slurm_requeue_checkpoint(tmp_path: Path) -> None:
     import os
     from types import SimpleNamespace

@@ -7,6 +7,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from chute.errors import ConfigError
+
 
 def adamw_per_step(
     module: L.LightningModule, schedule: Literal["cosine", "one_cycle"] = "cosine", pct_start: float = 0.25
@@ -21,11 +23,38 @@ def adamw_per_step(
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     scheduler: torch.optim.lr_scheduler.LRScheduler
     if schedule == "cosine" or total < 3:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+        scheduler = _Cosine(optimizer, T_max=total)
     else:
         # OneCycleLR divides by the warm-up's length in steps, pct_start * total - 1: keep it >= 0.5
         # step, so short runs (limit_train_batches, fast_dev_run) do not divide by zero.
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp["lr"], total_steps=total, pct_start=max(pct_start, 1.5 / total)
-        )
+        scheduler = _OneCycle(optimizer, max_lr=hp["lr"], total_steps=total, pct_start=max(pct_start, 1.5 / total))
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _same_length(saved: int, planned: int) -> None:
+    """A resumed run goes on with the schedule its checkpoint planned: refuse one of another length.
+
+    The checkpoint's schedule replaces the one planned for this run. Over fewer steps than this run
+    takes, one-cycle stops with PyTorch's "Tried to step N times" at its end and cosine's learning
+    rate climbs back up (it is periodic); over more, neither reaches its end.
+    """
+    if saved != planned:
+        raise ConfigError(
+            "ckpt_path",
+            f"a checkpoint of a run of {saved} steps",
+            f"this run takes {planned} steps (trainer.max_epochs, trainer.limit_train_batches, the batch "
+            "size, the number of devices or the data differ from the run that saved it), and the "
+            "learning-rate schedule is planned over the whole run: resume with the settings it started with",
+        )
+
+
+class _OneCycle(torch.optim.lr_scheduler.OneCycleLR):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _same_length(int(state_dict["total_steps"]), self.total_steps)
+        super().load_state_dict(state_dict)
+
+
+class _Cosine(torch.optim.lr_scheduler.CosineAnnealingLR):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        _same_length(int(state_dict["T_max"]), self.T_max)
+        super().load_state_dict(state_dict)
