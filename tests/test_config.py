@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
-from chute import ConfigError, LoaderSettings, fastpaths
+from chute import ConfigError, DataError, LoaderSettings, fastpaths
 from chute.app import build_datamodule, build_model, resolve_precision
 from chute.config import compose_config, validate_config
 from chute.datamodules import ChuteDataModule, TabularDataModule
@@ -58,6 +58,7 @@ def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
             "data.prepare.num_videos=24",
             "+data.prepare.seconds=[1,2]",
             "data.root=${paths.data_dir}/motion24",
+            "data.prepare.only_at=null",  # written at this other path too
         ]
     return [f"data={name}"]
 
@@ -81,6 +82,49 @@ def test_every_data_option_instantiates_with_its_model(name: str, digits_root: P
 
 def _inputs(batch: Any) -> Any:
     return batch["inputs"] if isinstance(batch, dict) else batch[0]
+
+
+_LOCATIONS = ("root", "path", "url", "input_dir")  # what the data options call where their data is
+
+
+def _location(data: DictConfig) -> str:
+    (key,) = [k for k in _LOCATIONS if k in data]
+    return key
+
+
+@pytest.mark.parametrize("name", [n for n in options("data") if make_config(f"data={n}").data.get("prepare")])
+def test_an_option_writes_its_example_data_only_at_its_own_path(name: str, tmp_path: Path) -> None:
+    """``data=tabular data.path=/my/table.csv`` with a typo (or a file not there yet) wrote the
+    bundled example at that path and trained on it, silently; now it is an error naming the path,
+    and nothing is written. The example is written at the option's default path only."""
+    cfg = make_config(f"data={name}", data_dir=tmp_path / "data")
+    key = _location(cfg.data)
+    assert cfg.data.prepare.only_at == cfg.data[key]  # the example's own path is the option's default
+    missing = tmp_path / "mine" / "table.csv"
+    cfg.data[key] = f"sqlite:///{missing}" if key == "url" else str(missing)
+    dm = build_datamodule(cfg, validate_config(cfg))
+    with pytest.raises(DataError, match=rf"'{missing}' does not exist .*: point data\.{key} at your data"):
+        dm.prepare_data()
+    assert not (tmp_path / "mine").exists()
+    assert not (tmp_path / "data").exists()
+
+
+def test_an_example_option_pointed_at_your_own_folder_reads_it(make_tree: Callable[..., Path]) -> None:
+    """``data=digits data.root=/my/photos``: the digits writer refused a folder it did not write
+    ("exists and was not written by chute"); the folder is now read as it is."""
+    root = make_tree(counts={"cat": 3, "dog": 2})
+    cfg = make_config("data=digits", f"data.root={root}", "data.image_mode=RGB")
+    dm = build_datamodule(cfg, validate_config(cfg))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.class_names == ("cat", "dog")
+    assert not (root / ".chute-dataset.json").exists()
+
+
+@pytest.mark.parametrize("name", ["chute_digits", "chute_tabular"])
+def test_the_foreign_options_write_their_example_only_at_their_own_path(name: str) -> None:
+    data = OmegaConf.load(REPO / "src" / "chute" / "hydra_conf" / "data" / f"{name}.yaml")
+    assert data.prepare.only_at == data[_location(data)]
 
 
 @pytest.mark.parametrize(

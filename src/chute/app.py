@@ -217,7 +217,14 @@ def _one_job_per_ddp_launch() -> Iterator[None]:
 
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image and video data)."""
-    data_kwargs: dict[str, Any] = {"loader": settings.loader}
+    # The shortcuts (data.batch_size, as searches set it) win over the `loader` group: applied here,
+    # since the DataModule refuses a loader mapping that disagrees with them (a user's own data.loader).
+    shortcuts = {k: cfg.data.get(k) for k in ("batch_size", "num_workers", "pin_memory") if cfg.data.get(k) is not None}
+    try:
+        loader = dataclasses.replace(settings.loader, **shortcuts)
+    except ConfigError as err:
+        raise err.with_prefix("data") from None
+    data_kwargs: dict[str, Any] = {"loader": loader, **dict.fromkeys(shortcuts)}
     if _accepts(cfg.data, "imbalance"):
         data_kwargs["imbalance"] = settings.imbalance
     elif settings.imbalance.strategy != "none":

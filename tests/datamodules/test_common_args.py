@@ -146,15 +146,26 @@ def test_a_null_seed_is_drawn_at_setup_kept_in_the_state_and_left_out_of_the_hpa
 
 
 def test_batch_size_and_num_workers_are_shortcuts_for_the_loader_settings() -> None:
-    dm = SquaresDataModule(16, loader={"batch_size": 64, "num_workers": 2}, batch_size=8, num_workers=0)
+    dm = SquaresDataModule(16, loader={"batch_size": 8, "drop_last": True}, batch_size=8, num_workers=0)
     assert (dm.loader_settings.batch_size, dm.loader_settings.num_workers) == (8, 0)
+    assert dm.loader_settings.drop_last is True
     assert dm.hparams["loader"]["batch_size"] == 8
     with pytest.raises(ConfigError, match="batch_size"):
         SquaresDataModule(16, batch_size=0)
 
 
+@pytest.mark.parametrize(("key", "shortcut", "in_loader"), [("batch_size", 64, 16), ("num_workers", 0, 2)])
+def test_a_shortcut_and_the_loader_key_that_disagree_are_refused(key: str, shortcut: int, in_loader: int) -> None:
+    """The chute_* options set ``batch_size: 64`` and ``num_workers``: a user's
+    ``+data.loader.batch_size=16`` was overruled by the shortcut, silently."""
+    with pytest.raises(
+        ConfigError, match=rf"loader\.{key}={in_loader}: disagrees with {key}={shortcut} .*set {key} alone"
+    ):
+        SquaresDataModule(16, loader={key: in_loader}, **{key: shortcut})  # type: ignore[arg-type]
+
+
 def test_pin_memory_is_a_shortcut_too_as_lightning_hydra_templates_debug_configs_set_it() -> None:
     """The template's ``debug=*`` configs set ``data.pin_memory: False``: every chute_* option refused it."""
-    dm = SquaresDataModule(16, loader={"pin_memory": True}, pin_memory=False)
-    assert dm.loader_settings.pin_memory is False
+    assert SquaresDataModule(16, pin_memory=False).loader_settings.pin_memory is False
+    assert SquaresDataModule(16, pin_memory=True).loader_settings.pin_memory is True
     assert SquaresDataModule(16, loader={"pin_memory": True}).loader_settings.pin_memory is True

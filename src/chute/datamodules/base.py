@@ -89,9 +89,9 @@ class ChuteDataModule(L.LightningDataModule):
         loader: DataLoader settings (a :class:`LoaderSettings`, a mapping of its fields, or ``None``
             for defaults).
         batch_size, num_workers, pin_memory: Shortcuts for ``loader.batch_size``, ``loader.num_workers``
-            and ``loader.pin_memory`` (they win when given), where other Hydra apps set them
+            and ``loader.pin_memory``, where other Hydra apps set them
             (``data.batch_size`` in a search; lightning-hydra-template's debug configs set
-            ``data.pin_memory``).
+            ``data.pin_memory``). A shortcut and the same key in a ``loader`` mapping must agree.
         seed: Seed for splits, shuffling and worker seeding; ``None`` draws one at ``setup`` (see
             :attr:`seed`).
         prepare: Optional callable ``prepare(root)`` that writes the data if missing, run by
@@ -143,6 +143,7 @@ class ChuteDataModule(L.LightningDataModule):
         self.loader_settings = as_loader_settings(loader)
         shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory}
         if given := {key: value for key, value in shortcuts.items() if value is not None}:
+            _agree(given, loader)
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
         self.seed = seed  # None: drawn at setup (see the seed property)
@@ -424,10 +425,27 @@ class ChuteDataModule(L.LightningDataModule):
             "(Lightning's Trainer does both)."
         )
 
-    def run_prepare(self, root: str) -> None:
-        """``prepare(root)`` if the user gave a ``prepare`` writer (for ``prepare_data``)."""
-        if self.prepare is not None:
-            self.prepare(root)
+    def run_prepare(self, location: str, key: str = "root", *, on_disk: str | None = None) -> None:
+        """``prepare(location)`` if the user gave a ``prepare`` writer (for ``prepare_data``).
+
+        A writer with ``only_at`` (the shipped configs' example data) writes only there: a config
+        pointed at other data (``data=tabular data.path=/my/table.csv``) reads what is there, and a
+        path that does not exist is an error naming it, not the example data written in its place and
+        trained on. ``key`` names ``location`` in messages; ``on_disk``: the file a URL stands for.
+        """
+        if self.prepare is None:
+            return
+        only_at = getattr(self.prepare, "only_at", None)
+        if only_at is None or _place(location) == _place(str(only_at)):
+            self.prepare(location)
+            return
+        path = on_disk if on_disk is not None else location
+        if path and "://" not in path and not os.path.exists(path):
+            raise DataError(
+                f"'{path}' does not exist ({key}={location!r}). The config's example data "
+                f"({type(self.prepare).__name__}) is written only at its own path, '{only_at}': point "
+                f"data.{key} at your data, or set data.prepare.only_at=null to write the example there too."
+            )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """The batch hook's stages the loader did not run (:func:`~chute.datamodules.hooks.run_hook`)."""
@@ -453,3 +471,25 @@ class ChuteDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.seed = state_dict.get("seed", self._seed)
         self._loader_state = state_dict.get("train_loader")
+
+
+def _place(location: str) -> str:
+    """``location`` compared as a place: a path resolved, a URL as written."""
+    return location if "://" in location else os.path.realpath(os.path.expanduser(location))
+
+
+def _agree(shortcuts: Mapping[str, Any], loader: LoaderSettings | Mapping[str, Any] | None) -> None:
+    """Refuse a shortcut (``batch_size=64``) and a ``loader`` mapping that set one key two ways.
+
+    The data options for other Hydra apps set the shortcuts (``batch_size: 64``), so a user's
+    ``+data.loader.batch_size=16`` was overruled by them, silently.
+    """
+    if not isinstance(loader, Mapping):
+        return
+    for key, value in shortcuts.items():
+        if key in loader and loader[key] is not None and loader[key] != value:
+            raise ConfigError(
+                f"loader.{key}",
+                loader[key],
+                f"disagrees with {key}={value!r} (its shortcut, which the chute_* data options set): set {key} alone",
+            )

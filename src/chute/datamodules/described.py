@@ -34,6 +34,9 @@ class DescribedDataModule(ChuteDataModule):
         common: The :class:`ChuteDataModule` arguments (:class:`~chute.datamodules.base.CommonArgs`).
     """
 
+    #: The subclass's name for ``root`` in its signature and config (for messages).
+    root_argument = "root"
+
     def __init__(
         self,
         root: str | os.PathLike[str],
@@ -52,7 +55,7 @@ class DescribedDataModule(ChuteDataModule):
         raise NotImplementedError
 
     def prepare_data(self) -> None:
-        self.run_prepare(self.root)
+        self.run_prepare(self.root, self.root_argument)
 
     def setup(self, stage: str | None = None) -> None:
         if self.meta is not None:

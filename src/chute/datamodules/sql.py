@@ -170,7 +170,7 @@ class SqlDataModule(FittedEncoding):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self.run_prepare(self.database.url)
+        self.run_prepare(self.database.url, "url", on_disk=self.database.path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.encoding is not None:

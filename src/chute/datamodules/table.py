@@ -160,7 +160,7 @@ class TableDataModuleBase(FittedEncoding):
     # -- Lightning hooks -------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        self.run_prepare(self.path)
+        self.run_prepare(self.path, "path")
 
     def setup(self, stage: str | None = None) -> None:
         if self._datasets:

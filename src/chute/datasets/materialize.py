@@ -74,14 +74,20 @@ class SourceCopy:
         source: A DataModule with ``dataset(split)`` (image folder, tabular, sequence, multi-task).
         per_file: Samples per shard or chunk file.
         splits: Splits to write.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
     """
 
     per_file_key = "per_file"  # the manifest's name for ``per_file`` (kept stable for existing copies)
 
-    def __init__(self, source: Any, per_file: int, splits: Sequence[str] = ("train", "val")) -> None:
+    def __init__(
+        self, source: Any, per_file: int, splits: Sequence[str] = ("train", "val"), *, only_at: str | None = None
+    ) -> None:
         if per_file < 1:
             raise ValueError(f"{self.per_file_key}={per_file}: must be >= 1")
         self.source, self.per_file, self.splits = source, per_file, tuple(splits)
+        self.only_at = only_at
 
     def manifest(self) -> dict[str, Any]:
         """What the copy is of: a changed source, setting or split list makes a new copy."""

@@ -22,12 +22,22 @@ class ShardedCopy(SourceCopy):
         source: A DataModule with ``dataset(split)`` (image folder, tabular, sequence, multi-task).
         samples_per_shard: Samples per shard file.
         splits: Splits to write.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
     """
 
     per_file_key = "samples_per_shard"
 
-    def __init__(self, source: Any, samples_per_shard: int = 256, splits: Sequence[str] = ("train", "val")) -> None:
-        super().__init__(source, samples_per_shard, splits)
+    def __init__(
+        self,
+        source: Any,
+        samples_per_shard: int = 256,
+        splits: Sequence[str] = ("train", "val"),
+        *,
+        only_at: str | None = None,
+    ) -> None:
+        super().__init__(source, samples_per_shard, splits, only_at=only_at)
 
     def _write_split(self, samples: Any, out: Path, split: str, total: int) -> Any:
         return write_shards(samples, out, split, self.per_file, total=total)

@@ -116,6 +116,8 @@ class LitDataModule(DescribedDataModule):
         "max_bad_fraction": "has no bad-sample policy (LitData reads the chunks itself)",
     }
 
+    root_argument = "input_dir"
+
     def __init__(
         self,
         input_dir: str | os.PathLike[str],

@@ -33,14 +33,24 @@ class LitDataCopy(SourceCopy):
         chunk_size: Samples per chunk file. Chunks are LitData's unit of download and of sharding
             across ranks and workers: aim for tens of MB each on an object store.
         splits: Splits to write.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
     """
 
     per_file_key = "chunk_size"
 
-    def __init__(self, source: Any, chunk_size: int = 1024, splits: Sequence[str] = ("train", "val")) -> None:
+    def __init__(
+        self,
+        source: Any,
+        chunk_size: int = 1024,
+        splits: Sequence[str] = ("train", "val"),
+        *,
+        only_at: str | None = None,
+    ) -> None:
         for split in splits:
             check_split(split)
-        super().__init__(source, chunk_size, splits)
+        super().__init__(source, chunk_size, splits, only_at=only_at)
 
     def __call__(self, root: str | os.PathLike[str]) -> Path:
         if is_remote(os.fspath(root)):

@@ -30,6 +30,9 @@ class DigitsFolder:
             benchmarks are built (Cui et al., CVPR 2019): class ``c`` keeps
             ``n_max * ratio ** (-c / (C - 1))`` of its training images, so digit 0 keeps all and
             digit 9 a ``1 / ratio`` share. The validation split stays balanced. 1 keeps every image.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
 
     Example:
         >>> import tempfile
@@ -39,7 +42,13 @@ class DigitsFolder:
     """
 
     def __init__(
-        self, val_fraction: float = 0.2, seed: int = 0, progress: bool = True, imbalance_ratio: float = 1.0
+        self,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        progress: bool = True,
+        imbalance_ratio: float = 1.0,
+        *,
+        only_at: str | None = None,
     ) -> None:
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction={val_fraction}: must be between 0 and 1 (exclusive)")
@@ -49,6 +58,7 @@ class DigitsFolder:
         self.seed = seed
         self.progress = progress
         self.imbalance_ratio = float(imbalance_ratio)
+        self.only_at = only_at
 
     def __repr__(self) -> str:
         extra = f", imbalance_ratio={self.imbalance_ratio}" if self.imbalance_ratio != 1 else ""

@@ -44,6 +44,9 @@ class MotionClips:
         seconds: Range of video lengths in seconds.
         keyframe_seconds: Seconds between keyframes (2 s, as streaming encoders commonly use).
         seed: Seed of every random choice.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
 
     Example:
         >>> import tempfile
@@ -59,6 +62,8 @@ class MotionClips:
         seconds: tuple[float, float] | list[float] = (2.0, 6.0),
         keyframe_seconds: float = 2.0,
         seed: int = 0,
+        *,
+        only_at: str | None = None,
     ) -> None:
         if num_videos < 1:
             raise ValueError(f"num_videos={num_videos}: need at least 1")
@@ -67,6 +72,7 @@ class MotionClips:
         self.num_videos, self.val_fraction, self.seed = int(num_videos), float(val_fraction), int(seed)
         self.seconds = (float(seconds[0]), float(seconds[1]))
         self.keyframe_seconds = float(keyframe_seconds)
+        self.only_at = only_at
 
     @property
     def manifest(self) -> dict[str, object]:

@@ -55,6 +55,9 @@ class SklearnTable:
 
     Args:
         name: One of ``breast_cancer``, ``wine``, ``iris``, ``diabetes``.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
 
     Example:
         >>> import tempfile
@@ -63,10 +66,10 @@ class SklearnTable:
         ['alcohol', 'malic_acid']
     """
 
-    def __init__(self, name: str = "breast_cancer") -> None:
+    def __init__(self, name: str = "breast_cancer", *, only_at: str | None = None) -> None:
         if name not in SKLEARN_TABLES:
             raise ConfigError("name", name, f"must be one of {list(SKLEARN_TABLES)}")
-        self.name = name
+        self.name, self.only_at = name, only_at
 
     def __repr__(self) -> str:
         return f"SklearnTable({self.name!r})"
@@ -109,13 +112,17 @@ class SklearnSqlite:
     Args:
         name: One of ``breast_cancer``, ``wine``, ``iris``, ``diabetes``.
         table: The table's name in the file.
+        only_at: Write only when called with this database URL (the config's own default); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
     """
 
-    def __init__(self, name: str, table: str | None = None) -> None:
+    def __init__(self, name: str, table: str | None = None, *, only_at: str | None = None) -> None:
         if name not in SKLEARN_TABLES:
             raise ConfigError("name", name, f"must be one of {list(SKLEARN_TABLES)}")
         self.name = name
         self.table = table or name
+        self.only_at = only_at
 
     def __call__(self, url: str) -> None:
         from chute.datasets.database import Database

@@ -29,6 +29,9 @@ class LengthMajoritySequences:
         min_length: Shortest sequence.
         max_length: Longest sequence (lengths are uniform in between).
         seed: Seed of the generator.
+        only_at: Write only when called with this location (the config's own default path); a
+            DataModule pointed elsewhere reads the data found there and writes nothing
+            (:meth:`~chute.datamodules.base.ChuteDataModule.run_prepare`). ``None``: write anywhere.
 
     Example:
         >>> import tempfile
@@ -45,6 +48,8 @@ class LengthMajoritySequences:
         min_length: int = 8,
         max_length: int = 96,
         seed: int = 0,
+        *,
+        only_at: str | None = None,
     ) -> None:
         if vocab_size < 4:
             raise ValueError(f"vocab_size={vocab_size}: needs at least 4 ids")
@@ -52,6 +57,7 @@ class LengthMajoritySequences:
             raise ValueError(f"min_length={min_length}, max_length={max_length}: need 2 <= min and max >= min + 10")
         self.num_train, self.num_val, self.vocab_size = num_train, num_val, vocab_size
         self.min_length, self.max_length, self.seed = min_length, max_length, seed
+        self.only_at = only_at
 
     @property
     def manifest(self) -> dict[str, object]:
