@@ -32,6 +32,15 @@ def test_bad_data_value_names_the_key(digits_root: Path, tmp_path: Path) -> None
         run(cfg)
 
 
+def test_a_trainer_setting_lightning_refuses_here_names_the_key(digits_root: Path, tmp_path: Path) -> None:
+    """``trainer.devices=[0,1]`` on a CPU: Lightning's TypeError with its traceback; now a config error."""
+    cfg = make_config(
+        "trainer.accelerator=cpu", "trainer.devices=[0,1]", *FAST, data_dir=digits_root.parent, output_dir=tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"^trainer\.devices=\[0, 1\]: Lightning refuses it: `devices` selected"):
+        run(cfg)
+
+
 ONE_EPOCH = ["trainer.max_epochs=1", *FAST[1:]]
 
 

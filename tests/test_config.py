@@ -334,3 +334,50 @@ def test_the_data_shortcuts_keep_their_types_on_the_command_line(override: str, 
         tmp_path / "t.csv", target="y", num_workers=cfg.data.num_workers, batch_size=cfg.data.batch_size
     )
     assert (dm.loader_settings.num_workers, dm.loader_settings.batch_size) == (value, 16)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.devices=0", r"^trainer\.devices=0: must be 'auto', a count of devices"),
+        ("trainer.devices=[]", r"^trainer\.devices=\[\]: must be"),
+        ("trainer.limit_train_batches=abc", r"^trainer\.limit_train_batches='abc': must be a share of the batches"),
+        ("trainer.limit_val_batches=1.5", r"^trainer\.limit_val_batches=1\.5: must be"),
+        ("trainer.val_check_interval=-1", r"^trainer\.val_check_interval=-1: must be a share of an epoch"),
+        ("trainer.fast_dev_run=-1", r"^trainer\.fast_dev_run=-1: must be true, false or a number"),
+        ("trainer.deterministic=yes", r"^trainer\.deterministic='yes': must be true, false, 'warn'"),
+        ("trainer.max_epochs=-2", r"^trainer\.max_epochs=-2: must be >= -1 or null"),
+        ("trainer.num_nodes=0", r"^trainer\.num_nodes=0: must be >= 1"),
+        ("trainer.accumulate_grad_batches=0", r"^trainer\.accumulate_grad_batches=0: must be >= 1"),
+    ],
+)
+def test_trainer_values_are_checked_when_the_config_is(override: str, message: str) -> None:
+    """Named at once, not by a TypeError deep in Lightning after the data was prepared."""
+    with pytest.raises(ConfigError, match=message):
+        validate_config(make_config(override))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["trainer.devices=2", "trainer.devices=-1", "trainer.devices='0,1'", "trainer.devices=[0,1]",
+     "trainer.limit_train_batches=0.25", "trainer.limit_val_batches=3", "trainer.fast_dev_run=5",
+     "trainer.val_check_interval=0.5", "trainer.deterministic=warn", "trainer.max_epochs=-1"],
+)  # fmt: skip
+def test_trainer_values_lightning_takes_pass(override: str) -> None:
+    validate_config(make_config(override))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.image_mode=X", r"^data\.image_mode='X': must be 'RGB'"),  # the DataModule's own check
+        ("data.prepare.val_fraction=abc", r"^data\.prepare\.val_fraction='abc': must be between 0 and 1"),
+        ("+data.prepare.imbalance_ratio=0.5", r"^data\.prepare\.imbalance_ratio=0\.5: must be >= 1"),
+    ],
+)
+def test_a_constructors_check_names_the_whole_key(override: str, message: str) -> None:
+    """A check in a DataModule or a nested writer (``data.prepare``) printed Hydra's 'Error in call to
+    target' with the ValueError (or a TypeError), naming ``data`` at most."""
+    cfg = make_config(override)
+    with pytest.raises(ConfigError, match=message):
+        build_datamodule(cfg, validate_config(cfg))

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig
 
 import chute
@@ -108,13 +109,16 @@ def _run(cfg: DictConfig) -> float:
     trainer_kwargs = {k: v for k, v in dataclasses.asdict(settings.trainer).items() if v is not None}
     trainer_kwargs["precision"] = resolve_precision(str(settings.trainer.precision), settings.trainer.accelerator)
     _warn_slow_precision(trainer_kwargs["precision"], settings.trainer.accelerator)
-    trainer = L.Trainer(
-        **trainer_kwargs,
-        callbacks=callbacks,
-        # No hp_metric placeholder (-1): the hyperparameters are logged with the run's real metrics.
-        logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
-        default_root_dir=run_dir,
-    )
+    try:
+        trainer = L.Trainer(
+            **trainer_kwargs,
+            callbacks=callbacks,
+            # No hp_metric placeholder (-1): the hyperparameters are logged with the run's real metrics.
+            logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version="", default_hp_metric=False),
+            default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, TypeError, ValueError) as err:  # a setting this machine cannot take
+        raise _trainer_error(err, trainer_kwargs) from None
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
     with contextlib.suppress(SIGTERMException):
         trainer.fit(model, datamodule=datamodule, ckpt_path=(resumed := _resume_path(cfg.ckpt_path, trainer)))
@@ -215,6 +219,16 @@ def _one_job_per_ddp_launch() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _trainer_error(err: Exception, settings: dict[str, Any]) -> ConfigError:
+    """Lightning refusing a ``trainer`` setting (``trainer.devices=[0,1]`` on a CPU) as a config error
+    naming the setting its message names (else ``trainer``), instead of a traceback."""
+    message = str(err)
+    named = [key for key in settings if re.search(rf"\b{key}\b", message)]
+    key = min(named, key=message.index) if named else ""
+    value = settings[key] if key else {k: v for k, v in settings.items() if k in ("accelerator", "devices", "strategy")}
+    return ConfigError(f"trainer.{key}" if key else "trainer", value, f"Lightning refuses it: {message}")
+
+
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image and video data)."""
     # The shortcuts (data.batch_size, as searches set it) win over the `loader` group: applied here,
@@ -266,11 +280,24 @@ def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     try:
         return instantiate(cfg[group], _convert_="all", **kwargs)
     except InstantiationException as err:
-        if isinstance(err.__cause__, ConfigError):
-            raise err.__cause__.with_prefix(group) from None
-        if isinstance(err.__cause__, DataError):  # e.g. a file the constructor checks: its own message
-            raise err.__cause__ from None
+        cause = err.__cause__
+        # Hydra names the node whose call failed: `data`, or a nested one such as `data.prepare`.
+        where = found[1] if (found := re.search(r"full_key: (\S+)", str(err))) else group
+        if isinstance(cause, ConfigError):
+            raise cause.with_prefix(where) from None
+        if isinstance(cause, DataError):  # e.g. a file the constructor checks: its own message
+            raise cause from None
+        # The constructors' own checks say `key=value: reason` (ValueError): the same, with the key's path.
+        if isinstance(cause, ValueError) and (said := re.fullmatch(r"(\w+)=(.+?): (.+)", str(cause), re.DOTALL)):
+            raise ConfigError(f"{where}.{said[1]}", _AsWritten(said[2]), said[3]) from None
         raise
+
+
+class _AsWritten(str):
+    """A value a message already shows as written (its ``repr`` adds no quotes)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def _accepts(node: DictConfig, argument: str) -> bool:

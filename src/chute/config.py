@@ -65,6 +65,61 @@ class TrainerConfig:
     reload_dataloaders_every_n_epochs: int = 0
     profiler: str | None = None  # "simple", "advanced" or "pytorch": where each step's time goes
 
+    def __post_init__(self) -> None:
+        """The value rules of the fields Hydra cannot type (``Any``) and the counts' ranges, checked
+        here so that a bad value is named now, not by a ``TypeError`` deep in Lightning after the
+        data was prepared (``trainer.limit_train_batches=abc``, ``trainer.devices=0``)."""
+        _check_devices(self.devices)
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+            _check_share_or_count(key, getattr(self, key), "a share of the batches (0.0-1.0) or a count (>= 0)")
+        if self.val_check_interval is not None:
+            _check_share_or_count(
+                "val_check_interval", self.val_check_interval, "a share of an epoch (0.0-1.0) or a count of batches"
+            )
+        fast = self.fast_dev_run
+        if not (isinstance(fast, bool) or (isinstance(fast, int) and fast >= 0)):
+            raise ConfigError("fast_dev_run", fast, "must be true, false or a number of batches (>= 0)")
+        if self.deterministic not in (None, True, False, "warn"):
+            raise ConfigError("deterministic", self.deterministic, "must be true, false, 'warn' or null")
+        minimum = {
+            "num_nodes": 1,
+            "max_steps": -1,
+            "accumulate_grad_batches": 1,
+            "reload_dataloaders_every_n_epochs": 0,
+        }
+        optional = {"max_epochs": -1, "min_epochs": 0, "check_val_every_n_epoch": 1, "num_sanity_val_steps": -1,
+                    "log_every_n_steps": 1}  # fmt: skip
+        for key, low in [*minimum.items(), *optional.items()]:
+            value = getattr(self, key)
+            if (value is not None or key in minimum) and not value >= low:
+                raise ConfigError(key, value, f"must be >= {low}" + (" or null" if key in optional else ""))
+
+
+def _check_devices(devices: Any) -> None:
+    """Lightning's ``devices``: ``auto``, a count (``-1``: all), a list of indices or a string of them."""
+    if devices == "auto":
+        return
+    if isinstance(devices, str):
+        parts = [p.strip() for p in devices.strip().strip("[]").split(",") if p.strip()]
+        if parts and all(p.lstrip("-").isdigit() for p in parts):
+            devices = int(parts[0]) if len(parts) == 1 and "," not in devices else [int(p) for p in parts]
+    count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)
+    indices = isinstance(devices, list) and bool(devices) and all(type(d) is int and d >= 0 for d in devices)
+    if count or indices:
+        return
+    raise ConfigError(
+        "devices", devices, "must be 'auto', a count of devices (>= 1; -1: all) or a list of device indices"
+    )
+
+
+def _check_share_or_count(key: str, value: Any, what: str) -> None:
+    """A Lightning ``limit_*``-style value: ``None``, a float share in [0, 1] or an int count >= 0."""
+    if value is None or (isinstance(value, float) and 0.0 <= value <= 1.0):
+        return
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return
+    raise ConfigError(key, value, f"must be {what}")
+
 
 @dataclass
 class PathsConfig:

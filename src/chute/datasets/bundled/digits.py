@@ -50,10 +50,10 @@ class DigitsFolder:
         *,
         only_at: str | None = None,
     ) -> None:
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction={val_fraction}: must be between 0 and 1 (exclusive)")
-        if not imbalance_ratio >= 1.0:
-            raise ValueError(f"imbalance_ratio={imbalance_ratio}: must be >= 1 (largest / smallest class)")
+        if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
+            raise ValueError(f"val_fraction={val_fraction!r}: must be between 0 and 1 (exclusive)")
+        if not (isinstance(imbalance_ratio, (int, float)) and imbalance_ratio >= 1.0):
+            raise ValueError(f"imbalance_ratio={imbalance_ratio!r}: must be >= 1 (largest / smallest class)")
         self.val_fraction = val_fraction
         self.seed = seed
         self.progress = progress
