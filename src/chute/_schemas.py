@@ -32,6 +32,7 @@ class ImageFolderDataModuleConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     decode: str = "auto"
+    predict_root: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -62,6 +63,7 @@ class RayImagesDataModuleConfig:
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
     decode: str = "auto"
+    predict_root: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None

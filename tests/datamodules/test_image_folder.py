@@ -386,3 +386,47 @@ def test_transforms_come_whole_from_a_config_node_or_a_mapping(make_tree) -> Non
     assert tuple(next(iter(from_mapping.val_dataloader()))[0].shape[1:]) == (3, 40, 40)
     with pytest.raises(ConfigError, match="transforms"):
         ImageFolderDataModule(root, transforms=[1, 2])  # type: ignore[arg-type]
+
+
+# -- Predicting on images without labels ------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_reads_a_folder_of_images_without_labels(make_tree, tmp_path: Path, workers: int) -> None:
+    """``predict_root``: any layout, searched recursively, each image predicted once, in the order
+    ``predict_files`` lists (predict used the labelled test split only)."""
+    import lightning as L
+
+    from chute.models import ImageClassifier
+
+    root = make_tree(counts={"cat": 4, "dog": 4})
+    unlabeled = tmp_path / "new"
+    for name in ("b.png", "a.png", "deep/er/c.png", "deep/d.png", "e.png"):
+        write_image(unlabeled / name, (40, 30))
+    (unlabeled / "notes.txt").write_text("not an image")
+    dm = ImageFolderDataModule(
+        root, predict_root=unlabeled, transforms={"image_size": 16}, loader={"batch_size": 2, "num_workers": workers}
+    )
+    model = ImageClassifier(num_classes=2, backbone="small_cnn", in_channels=3)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    predictions = trainer.predict(model, datamodule=dm)
+    assert predictions is not None
+    probs = torch.cat([batch["probs"] for batch in predictions])  # type: ignore[call-overload,index]
+    assert probs.shape == (5, 2)
+    expected = ["a.png", "b.png", "deep/d.png", "deep/er/c.png", "e.png"]
+    assert dm.predict_files == [str(unlabeled / name) for name in expected]
+    batch = next(iter(dm.predict_dataloader()))
+    assert batch[1].tolist() == [-1, -1]
+    assert dm.class_names == ("cat", "dog")  # the model's classes, from the training split
+
+
+def test_a_missing_or_empty_predict_folder_is_named(make_tree, tmp_path: Path) -> None:
+    root = make_tree(counts={"cat": 2, "dog": 2})
+    with pytest.raises(DataError, match=r"Folder to predict on '.*nowhere' does not exist"):
+        ImageFolderDataModule(root, predict_root=tmp_path / "nowhere").setup("predict")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"Folder to predict on '.*empty' holds no images"):
+        ImageFolderDataModule(root, predict_root=tmp_path / "empty").setup("predict")

@@ -24,7 +24,7 @@ from chute.datamodules.class_folders import ClassFolderDataModule
 from chute.datasets.cache import CachedDataset
 from chute.datasets.cache_store import fingerprint
 from chute.datasets.folder import DropMissing, ImageFolderDataset
-from chute.datasets.folder_index import FolderIndex
+from chute.datasets.folder_index import FolderIndex, scan_unlabeled
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.loader import Loader, Stream, derive_seed
@@ -76,6 +76,10 @@ class ImageFolderDataModule(ClassFolderDataModule):
         train_dir: Name of the training split folder.
         val_dir: Name of the validation split folder.
         test_dir: Name of the test split folder.
+        predict_root: A folder of images without labels (any layout, searched recursively, the
+            same extensions) that ``predict`` reads, through the evaluation pipeline, instead of the
+            test split; :attr:`predict_files` lists them in the order of the predictions. Their
+            label in the batch is ``-1``.
         mean: Per-channel mean in ``[0, 1]`` units (``None``: measured on the training split).
         std: Per-channel standard deviation in ``[0, 1]`` units (``None``: measured).
         channels_last: Hand batches to the model in channels-last memory format.
@@ -158,6 +162,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         decode: Literal["cpu", "gpu", "auto"] = "auto",
+        predict_root: str | os.PathLike[str] | None = None,
         **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
@@ -195,6 +200,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
                 "fast_decode) and no cache (a cache holds decoded images already)",
             )  # fmt: skip
         self.decode = decode
+        self.predict_root = os.fspath(predict_root) if predict_root is not None else None
         self.decode_route: Literal["cpu", "gpu"] = "cpu" if decode == "auto" else decode
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
@@ -259,7 +265,8 @@ class ImageFolderDataModule(ClassFolderDataModule):
         if self.decode == "auto":
             self.decode_route = choose_decode(self)
         if self.decode_route == "gpu":
-            self.batch_decode = DecodeImages({s: self._bad_samples(s) for s in ("train", "val", "test")})
+            splits = ("train", "val", "test", *(("predict",) if self.predict_root is not None else ()))
+            self.batch_decode = DecodeImages({s: self._bad_samples(s) for s in splits})
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
@@ -320,8 +327,20 @@ class ImageFolderDataModule(ClassFolderDataModule):
         """Training samples per class (index = label)."""
         return self._split("train").class_counts()
 
+    @property
+    def predict_files(self) -> list[str]:
+        """The images ``predict`` reads, in the order of its predictions (``predict_root``'s, else the
+        test split's); after ``setup``."""
+        index = self._split("predict" if self.predict_root is not None else "test")
+        return [index.path(i) for i in range(len(index))]
+
+    def predict_dataloader(self) -> Loader:
+        if self.predict_root is None:
+            return super().predict_dataloader()
+        return self._not_empty(self.split_dataloader("predict", train=False), "predict")
+
     def dataset(self, split: str) -> ImageFolderDataset:
-        """The ``train``, ``val`` or ``test`` split as a dataset with its pipeline."""
+        """The ``train``, ``val``, ``test`` or ``predict`` split as a dataset with its pipeline."""
         transform = self.train_transform if split == "train" else self.val_transform
         # Whole-batch gathering bypasses collate_fn, so a custom one gets the samples one by one.
         # Training augmentations are keyed by (seed, epoch, index): the same whatever loads them.
@@ -350,7 +369,9 @@ class ImageFolderDataModule(ClassFolderDataModule):
     def split_dataloader(self, split: str, train: bool) -> Loader:
         transform = self.train_transform if train else self.val_transform
         dataset: Dataset[Any] = (
-            self._cached_dataset(split, transform, train) if self.cache is not None else self.dataset(split)
+            self._cached_dataset(split, transform, train)
+            if self.cache is not None and split != "predict"  # images seen once: nothing to reuse
+            else self.dataset(split)
         )
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, Stream.AUGMENT))  # main-process loading (num_workers=0)
@@ -388,7 +409,11 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     def index_splits(self) -> None:
         if not self._splits:
-            self._splits = self._find_splits()
+            splits = self._find_splits()
+            if self.predict_root is not None:
+                class_names = next(index.class_names for index in splits.values() if index is not None)
+                splits["predict"] = scan_unlabeled(self.predict_root, class_names, self.extensions)
+            self._splits = splits
             self._check_expected_classes()
 
     def _check_expected_classes(self) -> None:

@@ -171,6 +171,30 @@ class _Walk:
                     )
 
 
+def scan_unlabeled(
+    root: str | os.PathLike[str],
+    class_names: Sequence[str],
+    extensions: tuple[str, ...] = IMG_EXTENSIONS,
+    what: str = "images",
+) -> FolderIndex:
+    """Index every file below ``root`` (any layout, sorted by path) with label ``-1``: data to
+    predict on. ``class_names`` are the trained model's, kept for reference.
+
+    Raises:
+        DataError: ``root`` is missing or holds none of the files.
+    """
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"Folder to predict on '{root}' does not exist or is not a directory.")
+    walk = _Walk(root, extensions)
+    files = walk.files(root)
+    walk.check()
+    if not files:
+        raise DataError(f"Folder to predict on '{root}' holds no {what} (looked for {', '.join(extensions)}).")
+    encoded = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)
+    return FolderIndex(root, encoded, np.full(len(files), -1, dtype=np.int64), tuple(class_names))
+
+
 def discover_splits(
     root: str,
     split_dirs: dict[str, str],
