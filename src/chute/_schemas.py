@@ -92,6 +92,7 @@ class TabularDataModuleConfig:
     standardize: bool = True
     unknown_category: str = "raise"
     encoding: str = "utf-8"
+    predict_path: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -119,6 +120,7 @@ class MultiTaskDataModuleConfig:
     standardize: bool = True
     unknown_category: str = "raise"
     encoding: str = "utf-8"
+    predict_path: Optional[str] = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None

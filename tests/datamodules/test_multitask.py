@@ -83,3 +83,23 @@ def test_bad_task_specs_name_the_key(tasks: dict[str, Any], key: str) -> None:
 def test_task_weights_must_name_known_tasks() -> None:
     with pytest.raises(ValueError, match="does not have"):
         MultiTaskModel(3, {"a": {"type": "classification", "num_classes": 2}}, task_weights={"b": 1.0})
+
+
+def test_predict_reads_rows_without_any_target(tmp_path: Path) -> None:
+    """``predict_path`` here too: no task column in the file; each task's target is -1 or NaN."""
+    from chute.datasets import sklearn_table, write_table
+
+    table = sklearn_table("wine")
+    write_table(table, tmp_path / "wine.csv")
+    write_table(table.slice(0, 6).drop_columns(["cultivar", "alcohol"]), tmp_path / "new.csv")
+    dm = MultiTaskDataModule(
+        tmp_path / "wine.csv", predict_path=str(tmp_path / "new.csv"), loader={"batch_size": 8},
+        tasks={"cultivar": {"type": "classification"}, "alcohol": {"type": "regression"}},
+    )  # fmt: skip
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    assert tuple(batch["inputs"].shape) == (6, 12)
+    assert batch["targets"]["cultivar"].tolist() == [-1] * 6
+    assert torch.isnan(batch["targets"]["alcohol"]).all()
+    assert dm.predict_rows is not None
+    assert dm.predict_rows.tolist() == [1, 2, 3, 4, 5, 6]

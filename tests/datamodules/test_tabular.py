@@ -527,3 +527,49 @@ def test_the_target_column_named_exactly_wins_over_another_case(tmp_path: Path) 
     dm.setup("fit")
     assert dm.target == "label"
     assert dm.class_names == ("a", "b")
+
+
+# -- Predicting on rows without labels ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_predict_reads_rows_without_the_target_encoded_as_training(tmp_path: Path, workers: int) -> None:
+    """``predict_path``: a table without the target (columns in another order) is encoded with the
+    training split's statistics and predicted row by row, in the file's order (predict read the
+    labelled test split only)."""
+    from chute.datasets import sklearn_table
+    from chute.models import TabularModel
+
+    table = sklearn_table("breast_cancer")
+    write_table(table, tmp_path / "train.csv")
+    rows = table.slice(0, 10).drop_columns(["diagnosis"])
+    write_table(rows.select(list(reversed(rows.column_names))), tmp_path / "new.csv")
+    dm = TabularDataModule(
+        tmp_path / "train.csv", target="diagnosis", val_path=str(tmp_path / "train.csv"),
+        predict_path=str(tmp_path / "new.csv"), loader={"batch_size": 4, "num_workers": workers},
+    )  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    model = TabularModel(num_features=30, num_classes=2)
+    predictions = trainer.predict(model, datamodule=dm)
+    assert predictions is not None
+    assert torch.cat(predictions).shape == (10, 2)  # type: ignore[arg-type]
+    assert dm.predict_rows is not None
+    assert dm.predict_rows.tolist() == list(range(1, 11))
+    features, targets = dm.dataset("predict").__getitems__(list(range(10)))
+    trained, _ = dm.dataset("train").__getitems__(list(range(10)))  # the same rows, as training encodes them
+    torch.testing.assert_close(features, trained)
+    assert targets.tolist() == [-1] * 10
+
+
+def test_predict_rows_missing_a_feature_column_are_named(tmp_path: Path) -> None:
+    from chute.datasets import sklearn_table
+
+    table = sklearn_table("breast_cancer")
+    write_table(table, tmp_path / "train.csv")
+    write_table(table.slice(0, 5).drop_columns(["mean_radius", "diagnosis"]), tmp_path / "new.csv")
+    dm = TabularDataModule(tmp_path / "train.csv", target="diagnosis", predict_path=str(tmp_path / "new.csv"))
+    with pytest.raises(DataError, match=r"Column 'mean_radius' is not in '.*new\.csv'"):
+        dm.setup("predict")

@@ -28,7 +28,7 @@ class MultiTaskDataModule(TableDataModuleBase):
         path: Training table (``.csv``, ``.tsv``, optionally ``.gz``, or ``.parquet``).
         tasks: ``{name: {"column": ..., "type": "classification" | "regression"}}``; ``column``
             defaults to the task's name.
-        numeric, categorical, weight, val_path, test_path, val_fraction, missing, fill_value,
+        numeric, categorical, weight, val_path, test_path, predict_path, val_fraction, missing, fill_value,
         standardize, unknown_category, loader, seed, prepare, collate_fn, on_error, max_bad_fraction: As for
             :class:`~chute.datamodules.TabularDataModule`; the validation split is stratified by the
             first classification task.
@@ -63,13 +63,14 @@ class MultiTaskDataModule(TableDataModuleBase):
         standardize: bool = True,
         unknown_category: UnknownCategory = "raise",
         encoding: str = "utf-8",
+        predict_path: str | None = None,
         **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
             path, tasks=_parse_tasks(tasks), numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, encoding=encoding,
-            **common,
+            predict_path=predict_path, **common,
         )  # fmt: skip
         self.save_plain_hyperparameters(tasks={n: {"column": c, "type": k} for n, (c, k) in self.tasks.items()})
 

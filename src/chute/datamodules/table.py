@@ -118,6 +118,7 @@ class TableDataModuleBase(FittedEncoding):
         standardize: bool,
         unknown_category: UnknownCategory,
         encoding: str = "utf-8",
+        predict_path: str | None = None,
         **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
@@ -139,7 +140,8 @@ class TableDataModuleBase(FittedEncoding):
         check_encoding(encoding)
         self.encoding = encoding
         self.path = os.fspath(path)
-        self.paths = {"train": self.path, "val": val_path, "test": test_path}
+        self.paths = {"train": self.path, "val": val_path, "test": test_path, "predict": predict_path}
+        self.predict_rows: np.ndarray | None = None  # the predict file's row numbers, in prediction order
         self.tasks: dict[str, tuple[str, Task]] = {name: (column, kind) for name, (column, kind) in tasks.items()}
         self.weight = weight
         self.val_fraction = val_fraction
@@ -183,6 +185,8 @@ class TableDataModuleBase(FittedEncoding):
                 rank_zero_warn(self._quantity_hint)
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
+        if self.paths["predict"] is not None:
+            self._datasets["predict"] = self._encode_unlabeled(self._read("predict"))
         self.check_imbalance()
 
     def _quantities_as_classes(self, train: Split) -> str:
@@ -229,8 +233,13 @@ class TableDataModuleBase(FittedEncoding):
     def feature_names(self) -> list[str]:
         return self._fitted_encoder().feature_names
 
+    def predict_dataloader(self) -> Loader:
+        if self.paths["predict"] is None:
+            return super().predict_dataloader()
+        return self._not_empty(self.split_dataloader("predict", train=False), "predict")
+
     def dataset(self, split: str) -> Any:
-        """The ``train``, ``val`` or ``test`` split (encoded)."""
+        """The ``train``, ``val``, ``test`` or ``predict`` split (encoded)."""
         self._fitted_encoder()
         return self._datasets[split]
 
@@ -249,7 +258,8 @@ class TableDataModuleBase(FittedEncoding):
         path = self.paths[split]
         assert path is not None
         # Categories and class labels as written, so that '007' in one file is '007' in every file.
-        text = [*self.categorical, *(column for column, kind in self.tasks.values() if kind == "classification")]
+        labels = [column for column, kind in self.tasks.values() if kind == "classification"]
+        text = [*self.categorical, *(labels if split != "predict" else ())]  # rows to predict: no labels
         return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding, text)
 
     def _read_splits(self) -> dict[str, Split]:
@@ -275,6 +285,18 @@ class TableDataModuleBase(FittedEncoding):
     def _infer_numeric(self, train: Split) -> list[str]:
         taken = {column for column, _ in self.tasks.values()} | {self.weight}
         return infer_numeric(train, taken, self.categorical, type(self).__name__)
+
+    def _encode_unlabeled(self, split: Split) -> Dataset[Any]:
+        """Rows to predict on: features encoded as the training split's, targets ``-1`` (class) or NaN
+        (regression) whatever the file holds, no weights."""
+        features = self._fitted_encoder().encode(split)
+        rows = len(features)
+        targets = {
+            name: np.full(rows, -1, dtype=np.int64) if kind == "classification" else np.full(rows, np.nan, np.float32)
+            for name, (_, kind) in self.tasks.items()
+        }
+        self.predict_rows = split.rows
+        return self.make_dataset(features, targets, None)
 
     def _encode(self, split: Split) -> Dataset[Any]:
         encoded = encode_split(split, self._fitted_encoder(), self.tasks, self.task_classes, self.weight)

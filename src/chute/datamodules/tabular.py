@@ -37,6 +37,10 @@ class TabularDataModule(TableDataModuleBase):
         val_path: Validation table; without it ``val_fraction`` of ``path`` is held out (stratified
             by class for classification, seeded).
         test_path: Test table (default: test and predict use the validation split).
+        predict_path: Table of rows without labels (the same feature columns; target and weight
+            columns, if any, are ignored) that ``predict`` reads instead of the test split, encoded
+            as the training split; :attr:`predict_rows` holds their row numbers in the file, in the
+            order of the predictions. Their target in the batch is ``-1`` (classification) or NaN.
         val_fraction: Share of ``path`` held out for validation when there is no ``val_path``.
         missing: ``raise`` on missing feature values, or impute with the training ``mean``,
             ``median`` or ``constant`` (``fill_value``); missing categories become ``<missing>``.
@@ -84,6 +88,7 @@ class TabularDataModule(TableDataModuleBase):
         standardize: bool = True,
         unknown_category: UnknownCategory = "raise",
         encoding: str = "utf-8",
+        predict_path: str | None = None,
         **common: Unpack[CommonArgs],
     ) -> None:
         super().__init__(
@@ -91,7 +96,7 @@ class TabularDataModule(TableDataModuleBase):
             numeric=numeric, categorical=categorical, weight=weight,
             val_path=val_path, test_path=test_path, val_fraction=val_fraction, missing=missing,
             fill_value=fill_value, standardize=standardize, unknown_category=unknown_category, encoding=encoding,
-            **common,
+            predict_path=predict_path, **common,
         )  # fmt: skip
         self.target = target
         self.task: Task = task
