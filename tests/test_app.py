@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,23 @@ def test_every_data_option_trains_one_epoch(name: str, digits_root: Path, tmp_pa
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["epochs"] == 1
     assert metrics["train_samples"] > 0
-    assert best == pytest.approx(metrics[f"best_{cfg.optimized_metric}"], nan_ok=True)
+    reported = metrics[f"best_{cfg.optimized_metric}"]  # null where the metric was never measured
+    assert (reported is None and math.isnan(best)) or best == pytest.approx(reported)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.filterwarnings("ignore:.*could not find the monitored key")  # no validation: by design
+def test_metrics_json_is_strict_json_when_no_metric_was_measured(digits_root: Path, tmp_path: Path) -> None:
+    """``trainer.limit_val_batches=0``: the best val/acc is unknown; it was written as a bare ``NaN``,
+    which strict JSON parsers (jq, JavaScript, ``json.loads(parse_constant=...)``) refuse."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    cfg = make_config(*ONE_EPOCH, "trainer.limit_val_batches=0", data_dir=digits_root.parent, output_dir=tmp_path)
+    assert math.isnan(run(cfg))
+    metrics = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert metrics["best_val/acc"] is None
 
 
 @pytest.mark.parametrize("name", options("data"))

@@ -585,3 +585,53 @@ def test_a_dangling_symlink_is_a_bad_sample_in_the_disk_cache_build(tmp_path: Pa
     assert len(labels) == 9  # every image of the split; the bad one replaced by a readable one
     assert dm.bad_samples["train"]["skipped"] == 1
     assert any("gone.jpg" in name for name in dm.bad_samples["train"]["first"])
+
+
+def test_a_bad_sample_early_in_a_later_pass_is_judged_over_the_whole_pass() -> None:
+    """1 bad line in 113, read pass after pass (each validation run): the second pass's bad line came
+    at its start and was judged as 2 of 114 (over 1%), which stopped runs at epoch 0's validation
+    (the sanity check is the first pass). Each pass is judged as a whole now; a share over the limit
+    still stops."""
+    from chute.bad_samples import BadSamples
+    from chute.errors import DataError
+
+    def read(policy: BadSamples, bad_at: set[int], passes: int = 4, size: int = 113) -> None:
+        for _ in range(passes):
+            for i in range(size):
+                policy.seen()
+                if i in bad_at:
+                    policy.skip(f"line {i}", DataError(f"line {i} is bad"))
+
+    policy = BadSamples("skip", 0.01, what="line")
+    policy.per_pass = 113
+    read(policy, {10})
+    assert policy.counts == (452, 4)
+    small = BadSamples("skip", 0.01, what="row")  # a split under min_seen: 1 bad per pass, as the first
+    small.per_pass = 39
+    read(small, {8}, size=39)
+    assert small.counts == (156, 4)
+    worse = BadSamples("skip", 0.01, what="line")
+    worse.per_pass = 113
+    with pytest.raises(DataError, match=r"more than data\.max_bad_fraction=0\.01 allows"):
+        read(worse, {10, 50})  # 2 in 113: over 1% in every pass
+
+
+def test_sql_validation_with_a_bad_row_passes_every_epoch(tmp_path: Path) -> None:
+    """The same through SqlDataModule's loaders: three validation passes over 39 rows, one NULL label."""
+    import sqlite3
+
+    from chute.datamodules import SqlDataModule
+
+    with sqlite3.connect(tmp_path / "t.db") as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x REAL, label TEXT)")
+        db.executemany(
+            "INSERT INTO t VALUES (?, ?, ?)",
+            [(i, float(i), None if i == 9 else ("a" if i % 2 else "b")) for i in range(1, 196)],
+        )
+    dm = SqlDataModule(
+        f"sqlite:///{tmp_path / 't.db'}", table="t", target="label", on_error="skip", loader={"batch_size": 64}
+    )
+    dm.setup("fit")
+    counts = [sum(len(batch[1]) for batch in dm.val_dataloader()) for _ in range(3)]
+    assert counts[1:] == counts[:-1]
+    assert dm.bad_samples["val"]["skipped"] == 3  # key 9 falls in the validation split, counted each pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -344,6 +345,8 @@ def test_the_data_shortcuts_keep_their_types_on_the_command_line(override: str, 
         ("trainer.limit_train_batches=abc", r"^trainer\.limit_train_batches='abc': must be a share of the batches"),
         ("trainer.limit_val_batches=1.5", r"^trainer\.limit_val_batches=1\.5: must be"),
         ("trainer.val_check_interval=-1", r"^trainer\.val_check_interval=-1: must be a share of an epoch"),
+        ("trainer.val_check_interval=0", r"^trainer\.val_check_interval=0: must be > 0"),
+        ("trainer.devices='[0,1]'", r"^trainer\.devices='\[0,1\]': must be"),  # Lightning refuses the string
         ("trainer.fast_dev_run=-1", r"^trainer\.fast_dev_run=-1: must be true, false or a number"),
         ("trainer.deterministic=yes", r"^trainer\.deterministic='yes': must be true, false, 'warn'"),
         ("trainer.max_epochs=-2", r"^trainer\.max_epochs=-2: must be >= -1 or null"),
@@ -361,10 +364,21 @@ def test_trainer_values_are_checked_when_the_config_is(override: str, message: s
     "override",
     ["trainer.devices=2", "trainer.devices=-1", "trainer.devices='0,1'", "trainer.devices=[0,1]",
      "trainer.limit_train_batches=0.25", "trainer.limit_val_batches=3", "trainer.fast_dev_run=5",
-     "trainer.val_check_interval=0.5", "trainer.deterministic=warn", "trainer.max_epochs=-1"],
+     "trainer.val_check_interval=0.5", "trainer.deterministic=warn", "trainer.max_epochs=-1",
+     "trainer.val_check_interval='00:00:10:00'", "trainer.log_every_n_steps=0", "trainer.devices='0,'"],
 )  # fmt: skip
 def test_trainer_values_lightning_takes_pass(override: str) -> None:
-    validate_config(make_config(override))
+    """And Lightning takes them (``devices`` on the CPU: counts only)."""
+    import warnings
+
+    settings = validate_config(make_config(override, "trainer.accelerator=cpu")).trainer
+    kwargs = {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}
+    kwargs["precision"] = resolve_precision(str(settings.precision), "cpu")  # chute resolves `auto`
+    if not isinstance(kwargs["devices"], int) or kwargs["devices"] < 0:
+        kwargs["devices"] = 1  # lists and strings of indices name devices a CPU trainer does not take
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's advice about this machine is not under test
+        L.Trainer(**kwargs, logger=False, enable_checkpointing=False)
 
 
 @pytest.mark.parametrize(
@@ -381,3 +395,20 @@ def test_a_constructors_check_names_the_whole_key(override: str, message: str) -
     cfg = make_config(override)
     with pytest.raises(ConfigError, match=message):
         build_datamodule(cfg, validate_config(cfg))
+
+
+def test_the_data_options_own_loader_settings_reach_the_loader_in_chutes_app() -> None:
+    """``data.loader`` (as other Hydra apps set it) was dropped for the ``loader`` group; the shortcuts
+    win too, and a shortcut and ``data.loader`` that disagree are refused naming both."""
+
+    def loader(*overrides: str) -> LoaderSettings:
+        cfg = make_config(*overrides)
+        return build_datamodule(cfg, validate_config(cfg)).loader_settings
+
+    assert loader("data=tabular", "+data.loader.batch_size=16").batch_size == 16
+    assert loader("data=tabular", "+data.batch_size=8").batch_size == 8
+    assert loader("data=chute_digits").backend == "threads"  # the option's own `loader: {backend: threads}`
+    with pytest.raises(ConfigError, match=r"^data\.loader\.batch_size=16: disagrees with batch_size=64"):
+        loader("data=chute_tabular", "+data.loader.batch_size=16")
+    with pytest.raises(ConfigError, match=r"^data\.loader\.nope=1: is not a loader setting"):
+        loader("data=tabular", "+data.loader.nope=1")

@@ -9,6 +9,7 @@ import hashlib
 import inspect
 import json
 import logging
+import math
 import os
 import platform
 import re
@@ -25,14 +26,16 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import chute
 from chute import fastpaths
 from chute.callbacks import StallMonitor, Throughput
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
+from chute.datamodules.base import agree_with_shortcuts
 from chute.errors import ConfigError, DataError
+from chute.loader import LoaderSettings
 from chute.transforms import create_transforms
 from chute.transforms.factory import check_batch_augment
 
@@ -223,21 +226,30 @@ def _trainer_error(err: Exception, settings: dict[str, Any]) -> ConfigError:
     """Lightning refusing a ``trainer`` setting (``trainer.devices=[0,1]`` on a CPU) as a config error
     naming the setting its message names (else ``trainer``), instead of a traceback."""
     message = str(err)
-    named = [key for key in settings if re.search(rf"\b{key}\b", message)]
-    key = min(named, key=message.index) if named else ""
+    named = {key: found.start() for key in settings if (found := re.search(rf"\b{key}\b", message))}
+    key = min(named, key=named.__getitem__) if named else ""
     value = settings[key] if key else {k: v for k, v in settings.items() if k in ("accelerator", "devices", "strategy")}
     return ConfigError(f"trainer.{key}" if key else "trainer", value, f"Lightning refuses it: {message}")
 
 
 def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image and video data)."""
-    # The shortcuts (data.batch_size, as searches set it) win over the `loader` group: applied here,
-    # since the DataModule refuses a loader mapping that disagrees with them (a user's own data.loader).
+    # The DataModule's own settings win over the `loader` group: `data.loader` (as other Hydra apps
+    # set it) and the shortcuts (`data.batch_size`, as searches set it), which must agree.
     shortcuts = {k: cfg.data.get(k) for k in ("batch_size", "num_workers", "pin_memory") if cfg.data.get(k) is not None}
+    given = OmegaConf.to_container(cfg.data.loader, resolve=True) if cfg.data.get("loader") is not None else {}
+    assert isinstance(given, dict)
+    own = {str(key): value for key, value in given.items()}
     try:
-        loader = dataclasses.replace(settings.loader, **shortcuts)
+        agree_with_shortcuts(shortcuts, own)
+        loader = dataclasses.replace(settings.loader, **{**own, **shortcuts})
     except ConfigError as err:
         raise err.with_prefix("data") from None
+    except TypeError:
+        unknown = sorted(set(own) - {f.name for f in dataclasses.fields(LoaderSettings)})
+        if not unknown:
+            raise
+        raise ConfigError(f"data.loader.{unknown[0]}", own[unknown[0]], "is not a loader setting") from None
     data_kwargs: dict[str, Any] = {"loader": loader, **dict.fromkeys(shortcuts)}
     if _accepts(cfg.data, "imbalance"):
         data_kwargs["imbalance"] = settings.imbalance
@@ -282,7 +294,7 @@ def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         cause = err.__cause__
         # Hydra names the node whose call failed: `data`, or a nested one such as `data.prepare`.
-        where = found[1] if (found := re.search(r"full_key: (\S+)", str(err))) else group
+        where = found[1] if (found := re.search(r"\nfull_key: (\S+)\s*$", str(err))) else group
         if isinstance(cause, ConfigError):
             raise cause.with_prefix(where) from None
         if isinstance(cause, DataError):  # e.g. a file the constructor checks: its own message
@@ -361,7 +373,7 @@ def _versions() -> dict[str, str]:
 def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+        json.dump(_json_safe(summary), f, indent=2)  # strict JSON: a metric never measured is null, not NaN
     last = summary["metrics"].get(metric, float("nan"))
     rate = summary.get("train_samples_per_s", float("nan"))
     line = (
@@ -402,3 +414,15 @@ def _log_to_run_file() -> None:
             if handler not in logger.handlers:
                 logger.addHandler(handler)
     logging.captureWarnings(True)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float made ``None`` (JSON has no NaN; strict parsers and
+    jq refuse Python's bare ``NaN``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value

@@ -89,6 +89,9 @@ class BadSamples:
             self._counts.share_memory_()
             self._names.share_memory_()
         self._reported = 0
+        #: Samples this process reads in one pass over the split (set by the DataModule; 0: unknown).
+        #: From the second pass on the share is judged over whole passes (see :meth:`skip`).
+        self.per_pass = 0
         self._lock = threading.Lock()  # the main process's loader threads share row 0
         # Reading elsewhere (a Ray task: chute.integrations.ray_tasks) counts into ``journal``
         # (``[seen, [(name, reason), ...]]``), which the loader brings back to the policy of this
@@ -130,7 +133,14 @@ class BadSamples:
         if local <= self.keep:
             log.warning("Skipping a bad %s (on_error=skip): %s", self.what, _reason(error))
         seen, skipped = self.counts
-        if skipped > self.max_fraction * max(seen, self.min_seen):
+        # Counts add up over the passes (epochs, validation runs). A bad sample early in a later pass
+        # would be judged against only the part of that pass read so far (1 bad in 113 lines: 2 of 114
+        # at the next pass's start, over 1%); from the second pass on, count that pass as whole (and
+        # each pass as at least ``min_seen``, the first pass's rule).
+        floor = self.min_seen
+        if self.per_pass > 0 and seen >= self.per_pass:
+            floor = (seen // self.per_pass + 1) * max(self.per_pass, self.min_seen)
+        if skipped > self.max_fraction * max(seen, floor):
             raise DataError(
                 f"{skipped} of {seen} {self.what}s read so far were bad ({skipped / max(seen, 1):.1%}), more than "
                 f"data.max_bad_fraction={self.max_fraction:g} allows. First: {'; '.join(self.first)}. Last: "

@@ -72,9 +72,12 @@ class TrainerConfig:
         _check_devices(self.devices)
         for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
             _check_share_or_count(key, getattr(self, key), "a share of the batches (0.0-1.0) or a count (>= 0)")
-        if self.val_check_interval is not None:
+        interval = self.val_check_interval
+        if not (interval is None or isinstance(interval, (str, dict)) or interval != 0):  # str, dict: a time
+            raise ConfigError("val_check_interval", interval, "must be > 0 (a share of an epoch, batches or a time)")
+        if not isinstance(interval, (str, dict)):
             _check_share_or_count(
-                "val_check_interval", self.val_check_interval, "a share of an epoch (0.0-1.0) or a count of batches"
+                "val_check_interval", interval, "a share of an epoch (0.0-1.0), a count of batches or a time"
             )
         fast = self.fast_dev_run
         if not (isinstance(fast, bool) or (isinstance(fast, int) and fast >= 0)):
@@ -88,7 +91,7 @@ class TrainerConfig:
             "reload_dataloaders_every_n_epochs": 0,
         }
         optional = {"max_epochs": -1, "min_epochs": 0, "check_val_every_n_epoch": 1, "num_sanity_val_steps": -1,
-                    "log_every_n_steps": 1}  # fmt: skip
+                    "log_every_n_steps": 0}  # fmt: skip
         for key, low in [*minimum.items(), *optional.items()]:
             value = getattr(self, key)
             if (value is not None or key in minimum) and not value >= low:
@@ -100,7 +103,7 @@ def _check_devices(devices: Any) -> None:
     if devices == "auto":
         return
     if isinstance(devices, str):
-        parts = [p.strip() for p in devices.strip().strip("[]").split(",") if p.strip()]
+        parts = [p.strip() for p in devices.split(",") if p.strip()]
         if parts and all(p.lstrip("-").isdigit() for p in parts):
             devices = int(parts[0]) if len(parts) == 1 and "," not in devices else [int(p) for p in parts]
     count = isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1)

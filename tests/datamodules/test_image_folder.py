@@ -3,6 +3,7 @@ from __future__ import annotations
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -391,42 +392,78 @@ def test_transforms_come_whole_from_a_config_node_or_a_mapping(make_tree) -> Non
 # -- Predicting on images without labels ------------------------------------------------------
 
 
+def _shade(path: Path, value: int) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (value, value, value)).save(path)
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_predict_reads_a_folder_of_images_without_labels(make_tree, tmp_path: Path, workers: int) -> None:
-    """``predict_root``: any layout, searched recursively, each image predicted once, in the order
-    ``predict_files`` lists (predict used the labelled test split only)."""
+    """``predict_root``: any layout, searched recursively, each image predicted once, prediction ``i``
+    of the file ``predict_files[i]`` (predict read the labelled test split only)."""
     import lightning as L
-
-    from chute.models import ImageClassifier
 
     root = make_tree(counts={"cat": 4, "dog": 4})
     unlabeled = tmp_path / "new"
-    for name in ("b.png", "a.png", "deep/er/c.png", "deep/d.png", "e.png"):
-        write_image(unlabeled / name, (40, 30))
+    names = ["a.png", "b.png", "deep/d.png", "deep/er/c.png", "e.png"]  # predict_files' order
+    for k, name in enumerate(names):
+        _shade(unlabeled / name, 40 * (k + 1))  # brighter along the listing
     (unlabeled / "notes.txt").write_text("not an image")
+
+    class MeanPixel(L.LightningModule):
+        def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            return batch[0].float().mean(dim=(1, 2, 3))
+
     dm = ImageFolderDataModule(
         root, predict_root=unlabeled, transforms={"image_size": 16}, loader={"batch_size": 2, "num_workers": workers}
     )
-    model = ImageClassifier(num_classes=2, backbone="small_cnn", in_channels=3)
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path,
     )  # fmt: skip
-    predictions = trainer.predict(model, datamodule=dm)
+    predictions = trainer.predict(MeanPixel(), datamodule=dm)
     assert predictions is not None
-    probs = torch.cat([batch["probs"] for batch in predictions])  # type: ignore[call-overload,index]
-    assert probs.shape == (5, 2)
-    expected = ["a.png", "b.png", "deep/d.png", "deep/er/c.png", "e.png"]
-    assert dm.predict_files == [str(unlabeled / name) for name in expected]
+    means = torch.cat(predictions).tolist()  # type: ignore[arg-type]
+    assert dm.predict_files == [str(unlabeled / name) for name in names]
+    assert len(means) == 5
+    assert means == sorted(means)  # prediction i is of predict_files[i]
+    assert len(set(means)) == 5
     batch = next(iter(dm.predict_dataloader()))
     assert batch[1].tolist() == [-1, -1]
     assert dm.class_names == ("cat", "dog")  # the model's classes, from the training split
 
 
-def test_a_missing_or_empty_predict_folder_is_named(make_tree, tmp_path: Path) -> None:
+def test_the_predict_folder_is_needed_only_to_predict(make_tree, tmp_path: Path) -> None:
+    """Training does not look at it (it may not exist yet); a missing or empty one is named when
+    predicting; a link to a folder is followed."""
     root = make_tree(counts={"cat": 2, "dog": 2})
+    dm = ImageFolderDataModule(root, predict_root=tmp_path / "nowhere")
+    dm.setup("fit")
     with pytest.raises(DataError, match=r"Folder to predict on '.*nowhere' does not exist"):
-        ImageFolderDataModule(root, predict_root=tmp_path / "nowhere").setup("predict")
+        dm.predict_dataloader()
     (tmp_path / "empty" / "sub").mkdir(parents=True)
+    dm = ImageFolderDataModule(root, predict_root=tmp_path / "empty")
+    dm.setup("predict")
     with pytest.raises(DataError, match=r"Folder to predict on '.*empty' holds no images"):
-        ImageFolderDataModule(root, predict_root=tmp_path / "empty").setup("predict")
+        dm.predict_dataloader()
+    write_image(tmp_path / "real" / "x.png")
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    dm = ImageFolderDataModule(root, predict_root=tmp_path / "link")
+    dm.setup("predict")
+    assert dm.predict_files == [str(tmp_path / "link" / "x.png")]
+
+
+def test_predicting_with_skip_is_refused(make_tree, tmp_path: Path) -> None:
+    """A bad image left out of its batch would shift every later prediction against predict_files."""
+    root = make_tree(counts={"cat": 2, "dog": 2})
+    write_image(tmp_path / "new" / "x.png")
+    dm = ImageFolderDataModule(root, predict_root=tmp_path / "new", on_error="skip")
+    dm.setup("predict")
+    with pytest.raises(ConfigError, match=r"on_error='skip': a bad image would be left out of its batch"):
+        dm.predict_dataloader()
+    dm = ImageFolderDataModule(root, on_error="skip")  # the test split's images too
+    dm.setup("predict")
+    with pytest.raises(ConfigError, match=r"on_error='skip': a bad image would be left out of its batch"):
+        dm.predict_dataloader()

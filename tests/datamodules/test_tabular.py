@@ -570,6 +570,8 @@ def test_predict_rows_missing_a_feature_column_are_named(tmp_path: Path) -> None
     table = sklearn_table("breast_cancer")
     write_table(table, tmp_path / "train.csv")
     write_table(table.slice(0, 5).drop_columns(["mean_radius", "diagnosis"]), tmp_path / "new.csv")
-    dm = TabularDataModule(tmp_path / "train.csv", target="diagnosis", predict_path=str(tmp_path / "new.csv"))
+    dm = TabularDataModule(tmp_path / "train.csv", target="diagnosis", predict_path=str(tmp_path / "later.csv"))
+    dm.setup("fit")  # training does not need the rows to predict on yet
+    dm.paths["predict"] = str(tmp_path / "new.csv")
     with pytest.raises(DataError, match=r"Column 'mean_radius' is not in '.*new\.csv'"):
-        dm.setup("predict")
+        dm.predict_dataloader()

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypedDict
 
@@ -143,7 +144,7 @@ class ChuteDataModule(L.LightningDataModule):
         self.loader_settings = as_loader_settings(loader)
         shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory}
         if given := {key: value for key, value in shortcuts.items() if value is not None}:
-            _agree(given, loader)
+            agree_with_shortcuts(given, loader)
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
         self.seed = seed  # None: drawn at setup (see the seed property)
@@ -320,11 +321,15 @@ class ChuteDataModule(L.LightningDataModule):
 
     # -- Bad samples: one policy for every DataModule --------------------------------------------
 
-    def bad_policy(self, key: str, what: str, fresh: bool = False) -> BadSamples:
+    def bad_policy(self, key: str, what: str, fresh: bool = False, per_pass: int = 0) -> BadSamples:
         """The policy (and shared count) of split or file ``key``; ``fresh`` starts its count anew
-        (a file read again at a second ``setup``)."""
+        (a file read again at a second ``setup``). ``per_pass``: the split's samples, read again each
+        epoch (this rank reads its share), so that later passes are judged as whole passes."""
         if fresh or key not in self._bad:
             self._bad[key] = BadSamples(self.on_error, self.max_bad_fraction, what=what)
+        if per_pass > 0:
+            _, world = self.rank_and_world()
+            self._bad[key].per_pass = max(1, per_pass // (world or 1))
         return self._bad[key]
 
     @property
@@ -474,11 +479,15 @@ class ChuteDataModule(L.LightningDataModule):
 
 
 def _place(location: str) -> str:
-    """``location`` compared as a place: a path resolved, a URL as written."""
-    return location if "://" in location else os.path.realpath(os.path.expanduser(location))
+    """``location`` compared as a place: a path (or a SQLite URL's file) resolved, another URL as written."""
+    if location.lower().startswith("sqlite:///"):
+        location = urllib.parse.unquote(location[len("sqlite:///") :])
+    elif "://" in location:
+        return location
+    return os.path.realpath(os.path.expanduser(location))
 
 
-def _agree(shortcuts: Mapping[str, Any], loader: LoaderSettings | Mapping[str, Any] | None) -> None:
+def agree_with_shortcuts(shortcuts: Mapping[str, Any], loader: LoaderSettings | Mapping[str, Any] | None) -> None:
     """Refuse a shortcut (``batch_size=64``) and a ``loader`` mapping that set one key two ways.
 
     The data options for other Hydra apps set the shortcuts (``batch_size: 64``), so a user's

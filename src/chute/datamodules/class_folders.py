@@ -36,6 +36,7 @@ class ClassFolderDataModule(ChuteDataModule):
 
     sample_what = "sample"
     extensions: tuple[str, ...] = ()
+    predict_root: str | None = None  # a folder of unlabeled files that predict reads instead (a subclass's)
     #: The layout the batch hook hands the model (``ImageFolderDataModule`` makes it an argument).
     channels_last = True
 
@@ -130,7 +131,8 @@ class ClassFolderDataModule(ChuteDataModule):
         splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, self.extensions, what, hint)
         if splits["test"] is splits["val"] is not None:
             test = self.split_dirs["test"]
-            rank_zero_info(f"No '{test}' split under '{self.root}': test and predict use the val split.")
+            uses = "test uses" if self.predict_root is not None else "test and predict use"
+            rank_zero_info(f"No '{test}' split under '{self.root}': {uses} the val split.")
         return splits
 
     def _split(self, name: str) -> Any:
@@ -149,7 +151,7 @@ class ClassFolderDataModule(ChuteDataModule):
         """The split's policy, shared by every dataset built for it so its counts add up."""
         index = self._split(split)
         key = next((name for name, other in self._splits.items() if other is index), split)  # test may be val
-        return self.bad_policy(key, self.sample_what)
+        return self.bad_policy(key, self.sample_what, per_pass=len(index))
 
     def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]]:
         train = self._split("train")

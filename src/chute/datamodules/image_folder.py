@@ -265,8 +265,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         if self.decode == "auto":
             self.decode_route = choose_decode(self)
         if self.decode_route == "gpu":
-            splits = ("train", "val", "test", *(("predict",) if self.predict_root is not None else ()))
-            self.batch_decode = DecodeImages({s: self._bad_samples(s) for s in splits})
+            self.batch_decode = DecodeImages({s: self._bad_samples(s) for s in ("train", "val", "test")})
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
@@ -335,6 +334,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
         return [index.path(i) for i in range(len(index))]
 
     def predict_dataloader(self) -> Loader:
+        if self.on_error == "skip":
+            raise ConfigError(
+                "on_error", self.on_error,
+                "a bad image would be left out of its batch while predicting, and every later prediction would "
+                "no longer line up with predict_files: predict with on_error='raise' (a bad file is named)",
+            )  # fmt: skip
         if self.predict_root is None:
             return super().predict_dataloader()
         return self._not_empty(self.split_dataloader("predict", train=False), "predict")
@@ -409,12 +414,14 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     def index_splits(self) -> None:
         if not self._splits:
-            splits = self._find_splits()
-            if self.predict_root is not None:
-                class_names = next(index.class_names for index in splits.values() if index is not None)
-                splits["predict"] = scan_unlabeled(self.predict_root, class_names, self.extensions)
-            self._splits = splits
+            self._splits = self._find_splits()
             self._check_expected_classes()
+
+    def _split(self, name: str) -> Any:
+        if name == "predict" and self.predict_root is not None and self._splits and "predict" not in self._splits:
+            # indexed when first asked for: training does not need the folder to exist yet
+            self._splits["predict"] = scan_unlabeled(self.predict_root, self.class_names, self.extensions)
+        return super()._split(name)
 
     def _check_expected_classes(self) -> None:
         if self._expected_classes is not None and self._expected_classes != self.class_names:

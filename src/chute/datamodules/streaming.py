@@ -115,7 +115,8 @@ class StreamingDataModule(DescribedDataModule):
             drop_last=train and settings.drop_last,
             rank=rank,
             world_size=world,
-            on_error=self.bad_policy(name, "line"),  # one per shard split: its streams' counts add up
+            # one per shard split: its streams' counts add up
+            on_error=self.bad_policy(name, "line", per_pass=sum(count for _, count in index.shards(name))),
             even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )
 

@@ -185,8 +185,6 @@ class TableDataModuleBase(FittedEncoding):
                 rank_zero_warn(self._quantity_hint)
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
-        if self.paths["predict"] is not None:
-            self._datasets["predict"] = self._encode_unlabeled(self._read("predict"))
         self.check_imbalance()
 
     def _quantities_as_classes(self, train: Split) -> str:
@@ -241,6 +239,9 @@ class TableDataModuleBase(FittedEncoding):
     def dataset(self, split: str) -> Any:
         """The ``train``, ``val``, ``test`` or ``predict`` split (encoded)."""
         self._fitted_encoder()
+        if split == "predict" and self.paths["predict"] is not None and split not in self._datasets:
+            # read when first asked for: training does not need the file to exist yet
+            self._datasets[split] = self._encode_unlabeled(self._read(split))
         return self._datasets[split]
 
     # -- Internals -------------------------------------------------------------------------------

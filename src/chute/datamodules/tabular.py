@@ -39,8 +39,9 @@ class TabularDataModule(TableDataModuleBase):
         test_path: Test table (default: test and predict use the validation split).
         predict_path: Table of rows without labels (the same feature columns; target and weight
             columns, if any, are ignored) that ``predict`` reads instead of the test split, encoded
-            as the training split; :attr:`predict_rows` holds their row numbers in the file, in the
-            order of the predictions. Their target in the batch is ``-1`` (classification) or NaN.
+            as the training split, when first asked for; :attr:`predict_rows` holds their row
+            numbers in the file (1-based, the header not counted), in the order of the predictions.
+            Their target in the batch is ``-1`` (classification) or NaN.
         val_fraction: Share of ``path`` held out for validation when there is no ``val_path``.
         missing: ``raise`` on missing feature values, or impute with the training ``mean``,
             ``median`` or ``constant`` (``fill_value``); missing categories become ``<missing>``.

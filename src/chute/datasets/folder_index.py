@@ -186,8 +186,9 @@ def scan_unlabeled(
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"Folder to predict on '{root}' does not exist or is not a directory.")
-    walk = _Walk(root, extensions)
-    files = walk.files(root)
+    real = os.path.realpath(root)  # a root that is itself a link is walked where it leads
+    walk = _Walk(real, extensions)
+    files = walk.files(real)
     walk.check()
     if not files:
         raise DataError(f"Folder to predict on '{root}' holds no {what} (looked for {', '.join(extensions)}).")

@@ -31,7 +31,7 @@ def adamw_per_step(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def _same_length(saved: int, planned: int) -> None:
+def _same_length(saved: int | None, planned: int) -> None:
     """A resumed run goes on with the schedule its checkpoint planned: refuse one of another length.
 
     The checkpoint's schedule replaces the one planned for this run. Over fewer steps than this run
@@ -41,20 +41,26 @@ def _same_length(saved: int, planned: int) -> None:
     if saved != planned:
         raise ConfigError(
             "ckpt_path",
-            f"a checkpoint of a run of {saved} steps",
+            f"a checkpoint of a run of {saved if saved is not None else 'an unknown number of'} steps",
             f"this run takes {planned} steps (trainer.max_epochs, trainer.limit_train_batches, the batch "
             "size, the number of devices or the data differ from the run that saved it), and the "
             "learning-rate schedule is planned over the whole run: resume with the settings it started with",
         )
 
 
+def _planned_steps(state_dict: dict[str, Any]) -> int | None:
+    """The length a saved schedule of either kind was planned over (runs of < 3 steps save a cosine)."""
+    saved = state_dict.get("total_steps", state_dict.get("T_max"))
+    return int(saved) if saved is not None else None
+
+
 class _OneCycle(torch.optim.lr_scheduler.OneCycleLR):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        _same_length(int(state_dict["total_steps"]), self.total_steps)
+        _same_length(_planned_steps(state_dict), self.total_steps)
         super().load_state_dict(state_dict)
 
 
 class _Cosine(torch.optim.lr_scheduler.CosineAnnealingLR):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        _same_length(int(state_dict["T_max"]), self.T_max)
+        _same_length(_planned_steps(state_dict), self.T_max)
         super().load_state_dict(state_dict)
