@@ -195,6 +195,23 @@ def test_truncated_shard_is_detected_not_silently_read(tmp_path: Path) -> None:
         list(stream)
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_lines_added_after_the_index_are_an_error_not_left_unread(tmp_path: Path, workers: int) -> None:
+    """20 lines appended to a shard of 6: they were never read, and nothing said so. Blank lines at
+    the end (an editor's) are not lines."""
+    shards = make_shards(tmp_path, [6, 4])
+    path = Path(shards[0][0])
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines) + "\n\n")
+    assert len(list(DataLoader(ShardStream(shards, 2, collate_nested), batch_size=None, num_workers=workers))) == 5
+    assert sum(ids(by_position(ShardStream(shards, 2, collate_nested, buffer_size=0))), []) == list(range(10))
+    path.write_text("".join(lines + lines[:3]))
+    with pytest.raises(DataError, match=r"s000.*has more lines than the 6 its index says"):
+        list(ShardStream(shards, 2, collate_nested))
+    with pytest.raises(DataError, match=r"s000.*has more lines than the 6 its index says"):
+        by_position(ShardStream(shards, 2, collate_nested, buffer_size=0))
+
+
 def test_index_cannot_point_outside_its_folder(tmp_path: Path) -> None:
     (tmp_path / "outside.jsonl").write_text("1\n")
     root = tmp_path / "shards"

@@ -254,15 +254,18 @@ class ShardStream(IterableDataset[Any]):
             lines = 0
             # Bytes: json.loads reads UTF-8 from them, and a line that is not UTF-8 is one bad line
             # (named, or skipped under on_error=skip), not a UnicodeDecodeError ending the epoch.
+            indexed = self.shards[shard][1]
             with open(path, "rb") as f:
                 for line_no, text in enumerate(f):
                     if line_no >= stop:
+                        if stop == indexed and text.strip():  # the shard's end: lines its index does not count
+                            raise _longer(path, indexed)
                         break
                     lines = line_no + 1
                     if line_no >= start:
                         yield shard, line_no, text
             if lines < stop:
-                raise _truncated(path, lines, self.shards[shard][1])
+                raise _truncated(path, lines, indexed)
 
     def _collate_run(self, run: list[tuple[int, int, bytes]], count: bool) -> Any:
         """The batch of ``run``'s readable lines (``_BAD`` if none); ``count``: apply ``on_error`` and count."""
@@ -298,6 +301,13 @@ def _truncated(path: str, lines: int, indexed: int) -> DataError:
     return DataError(
         f"Shard '{path}' has {lines} lines but its index says {indexed}; it was truncated or rewritten: "
         "write the shards again."
+    )
+
+
+def _longer(path: str, indexed: int) -> DataError:
+    return DataError(
+        f"Shard '{path}' has more lines than the {indexed} its index says; lines were added after the "
+        "shards were written, and would not be read: write the shards again."
     )
 
 
@@ -339,6 +349,9 @@ class ShardLines:
             if len(data) and data[-1] != ord("\n"):
                 ends = np.append(ends, len(data))  # a last line without one
             starts = self._starts[shard] = np.concatenate([[0], ends]).astype(np.int64)
+            indexed = self.shards[shard][1]
+            if len(starts) - 1 > indexed and data[starts[indexed] :].tobytes().strip():
+                raise _longer(path, indexed)  # lines past the index's count, not blank ones
         if len(starts) - 1 < needed:
             raise _truncated(self.shards[shard][0], len(starts) - 1, self.shards[shard][1])
         return starts
