@@ -89,7 +89,7 @@ def test_an_augmentation_the_batch_crop_leaves_out_fails_naming_both_keys(tmp_pa
     proc = train("transforms.rotation=15", f"hydra.run.dir={tmp_path}", data_dir=digits_root.parent)
     assert proc.returncode == 1
     assert "chute: invalid config: data.device_augment=True: " in proc.stderr
-    assert "transforms.rotation=15.0 would not be applied: set data.device_augment=false" in proc.stderr
+    assert "transforms.rotation=15.0 would not be applied: set it to false" in proc.stderr
 
 
 def test_misspelled_key_fails_at_compose(tmp_path: Path) -> None:

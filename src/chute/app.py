@@ -36,8 +36,6 @@ from chute.datamodules import ChuteDataModule
 from chute.datamodules.base import agree_with_shortcuts
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings
-from chute.transforms import create_transforms
-from chute.transforms.factory import check_batch_augment
 
 log = logging.getLogger(__name__)
 
@@ -258,17 +256,10 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
             "imbalance.strategy", settings.imbalance.strategy, f"{cfg.data._target_} has no class targets"
         )
     if _accepts(cfg.data, "train_transform") and cfg.data.get("transforms") is None:
-        # image data: per-sample pipelines from the `transforms` group, unless `data.transforms` sets them
-        transforms = create_transforms(settings.transforms)
-        data_kwargs.update(train_transform=transforms.train, val_transform=transforms.val)
-        if _accepts(cfg.data, "train_batch_transform"):
-            data_kwargs["train_batch_transform"] = transforms.train_batch
-            if cfg.data.get("device_augment") and cfg.data.get("train_batch_transform") is None:
-                check_batch_augment(transforms, "data.device_augment")
-        if _accepts(cfg.data, "mixup_alpha"):
-            data_kwargs.update(
-                mixup_alpha=settings.transforms.mixup_alpha, cutmix_alpha=settings.transforms.cutmix_alpha
-            )
+        # image folders: the `transforms` group's settings (unless `data.transforms` sets them), which
+        # the DataModule builds its pipelines from and keeps in its hyperparameters, so that one
+        # restored from a checkpoint (to predict) has the run's pipelines, not the defaults
+        data_kwargs["transforms"] = dataclasses.asdict(settings.transforms)
     elif _accepts(cfg.data, "transforms") and cfg.data.get("transforms") is None:
         data_kwargs["transforms"] = settings.transforms  # e.g. video: the settings, applied per clip
     datamodule = _instantiate(cfg, "data", **data_kwargs)

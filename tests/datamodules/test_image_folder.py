@@ -467,3 +467,17 @@ def test_predicting_with_skip_is_refused(make_tree, tmp_path: Path) -> None:
     dm.setup("predict")
     with pytest.raises(ConfigError, match=r"on_error='skip': a bad image would be left out of its batch"):
         dm.predict_dataloader()
+
+
+def test_a_datamodule_restored_from_its_hyperparameters_builds_the_same_pipelines(make_tree) -> None:
+    """A checkpoint's DataModule (``load_from_checkpoint``, to predict) built the default 224 px
+    pipelines whatever the run used: the transform settings were not among its hyperparameters (and
+    train.py passed the pipelines themselves)."""
+    root = make_tree(counts={"cat": 2, "dog": 2})
+    dm = ImageFolderDataModule(root, transforms={"image_size": 16, "hflip": 0.0})
+    assert dm.hparams["transforms"]["image_size"] == 16
+    again = ImageFolderDataModule(**dict(dm.hparams))
+    assert repr(again.val_transform) == repr(dm.val_transform)
+    assert repr(again.train_transform) == repr(dm.train_transform)
+    own = ImageFolderDataModule(root, train_transform=dm.train_transform, val_transform=v2.Identity())
+    assert "transforms" not in own.hparams  # pipelines given by hand: no settings describe them

@@ -8,6 +8,7 @@ class targets and measured statistics come from :class:`~chute.datamodules.class
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -223,7 +224,11 @@ class ImageFolderDataModule(ClassFolderDataModule):
         self._cached: dict[str, CachedDataset] = {}
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
-        self.save_plain_hyperparameters()
+        # The transform settings, when they made both pipelines: a DataModule restored from a checkpoint
+        # (to predict) then builds the run's pipelines again, not the defaults.
+        made = transforms is not None and train_transform is transforms.train and val_transform is transforms.val
+        settings = transforms.settings if made and transforms is not None else None
+        self.save_plain_hyperparameters(transforms=dataclasses.asdict(settings) if settings is not None else None)
 
     # -- Lightning hooks -------------------------------------------------------------------------
 

@@ -111,18 +111,21 @@ class Transforms:
     #: crops, resizes (bilinear) and flips horizontally only. A DataModule asked to augment training
     #: batches with ``train_batch`` (``device_augment``) refuses them rather than drop them.
     batch_omits: tuple[str, ...] = ()
+    #: The :class:`~chute.transforms.settings.TransformSettings` these were built from (kept in an
+    #: image DataModule's hyperparameters, so that one restored from a checkpoint builds them again).
+    settings: TransformSettings | None = None
 
 
-def check_batch_augment(transforms: Transforms, key: str = "device_augment") -> None:
-    """Refuse to augment training batches with ``transforms.train_batch`` (the setting ``key``) when
+def check_batch_augment(transforms: Transforms) -> None:
+    """Refuse to augment training batches with ``transforms.train_batch`` (``device_augment``) when
     the settings asked for augmentations it does not do (:attr:`Transforms.batch_omits`), rather
     than leave them out without a word."""
     if transforms.batch_omits:
         omitted = ", ".join(f"transforms.{setting}" for setting in transforms.batch_omits)
         raise ConfigError(
-            key, True,
+            "device_augment", True,
             f"augments training batches on the device with a random resized crop (bilinear) and a horizontal "
-            f"flip only, so {omitted} would not be applied: set {key}=false to apply them to each image as it "
+            f"flip only, so {omitted} would not be applied: set it to false to apply them to each image as it "
             "is read, or leave them at their defaults",
         )  # fmt: skip
 
@@ -153,6 +156,7 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
     )
     mixing: dict[str, Any] = {
         "mixup_alpha": float(settings.mixup_alpha), "cutmix_alpha": float(settings.cutmix_alpha), "batch_omits": omits,
+        "settings": settings,
     }  # fmt: skip
     if settings.fusable:
         return Transforms(
