@@ -138,3 +138,20 @@ def test_bad_settings_name_the_key(tmp_path: Path, kwargs: dict[str, Any], key: 
     with pytest.raises(ConfigError) as info:
         SequenceDataModule(tmp_path, **kwargs)
     assert info.value.key == key
+
+
+def test_one_huge_token_id_is_named_not_made_a_vocabulary(tmp_path: Path) -> None:
+    """One id of 10**12 made the inferred vocabulary 10**12 + 1 ids: the model then asked for 128 TB
+    (a raw allocator error under Hydra's 'Error in call to target'). Named by line; a large
+    vocabulary given as ``vocab_size`` is the user's to have."""
+    records = [{"tokens": [1, 2, 3], "label": i % 2} for i in range(20)]
+    records[2] = {"tokens": [4, 10**12], "label": 0}
+    write_jsonl(tmp_path / "train.jsonl", records)
+    write_jsonl(tmp_path / "val.jsonl", [{"tokens": [1, 2], "label": 0}, {"tokens": [3], "label": 1}])
+    with pytest.raises(DataError, match=r"Token id 1000000000000 at '.*train\.jsonl', line 3 would make the inferred"):
+        SequenceDataModule(tmp_path).setup("fit")
+    records[2] = {"tokens": [4, 40_000], "label": 0}  # a vocabulary of tens of thousands: fine
+    write_jsonl(tmp_path / "train.jsonl", records)
+    dm = SequenceDataModule(tmp_path)
+    dm.setup("fit")
+    assert dm.vocab_size == 40_001

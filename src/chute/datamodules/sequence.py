@@ -139,7 +139,7 @@ class SequenceDataModule(ChuteDataModule):
             if train.texts is not None:
                 self.vocab = CharVocab.build(train.texts, self.min_char_count)
             elif self._vocab_size is None:
-                self._vocab_size = int(max(max(t) for t in train.tokens or [[0]])) + 1
+                self._vocab_size = _inferred_vocab_size(train)
             self._num_classes = int(train.labels.max()) + 1
         if self.vocab is not None:
             self._vocab_size = len(self.vocab)
@@ -291,3 +291,22 @@ class SequenceDataModule(ChuteDataModule):
             return PackedSequences.pack([self.vocab.encode(t) for t in records.texts], records.labels)
         assert records.tokens is not None
         return PackedSequences.pack(records.tokens, records.labels)
+
+
+# An inferred vocabulary this large is an embedding table of gigabytes (16.8 M ids x 64 floats: 4 GB):
+# a stray id (hashed, or a typo) rather than a vocabulary, said rather than allocated.
+_MOST_INFERRED_IDS = 1 << 24
+
+
+def _inferred_vocab_size(train: RawRecords) -> int:
+    """The largest training token id + 1, unless that id is implausibly large for an inferred
+    vocabulary: then an error naming its line (``vocab_size`` given says how large it really is)."""
+    highest = [max(tokens) for tokens in train.tokens or [[0]]]
+    at = int(np.argmax(highest))
+    if highest[at] >= _MOST_INFERRED_IDS:
+        raise DataError(
+            f"Token id {highest[at]} at {train.where(at)} would make the inferred vocabulary {highest[at] + 1:,} "
+            "ids (the largest training id + 1), an embedding table of gigabytes. Map hashed or sparse ids to "
+            "0..N-1 first; if the vocabulary really is this large, set data.vocab_size."
+        )
+    return int(highest[at]) + 1
