@@ -166,6 +166,24 @@ def test_missing_values_are_imputed_with_training_statistics(tmp_path: Path, str
     assert "c=<missing>" in dm.feature_names
 
 
+def test_a_missing_category_only_in_a_later_split_is_imputed_not_unknown(tmp_path: Path) -> None:
+    """With imputation on, a category missing in the validation rows but never in training was
+    "category None ... that the training split does not have", the advice to impute (followed)
+    leading to that error. It is all zeros there, as the training split had no ``<missing>``."""
+    train = write_csv(tmp_path / "t.csv", "x,c,label\n1,red,a\n2,red,b\n3,blue,a\n8,blue,b")
+    val = write_csv(tmp_path / "v.csv", "x,c,label\n1,,a\n2,blue,b")
+    with pytest.raises(DataError, match=r"Column 'c' has 1 missing values .*Set missing to"):
+        TabularDataModule(train, val_path=str(val), target="label", categorical=["c"]).setup("fit")
+    dm = TabularDataModule(train, val_path=str(val), target="label", categorical=["c"], missing="mean")
+    dm.setup("fit")
+    assert dm.feature_names == ["x", "c=blue", "c=red"]
+    features, _ = dm.dataset("val").__getitems__([0, 1])
+    assert features[:, 1:].tolist() == [[0.0, 0.0], [1.0, 0.0]]
+    unseen = write_csv(tmp_path / "u.csv", "x,c,label\n1,green,a")  # an unknown category is still one
+    with pytest.raises(DataError, match=r"Column 'c' has category 'green' .* the training split does not have"):
+        TabularDataModule(train, val_path=str(unseen), target="label", categorical=["c"], missing="mean").setup("fit")
+
+
 # -- Bad input: each error names what and where ----------------------------------------------------
 
 

@@ -44,7 +44,8 @@ class TableEncoder:
         categorical: Categorical feature columns.
         missing: ``raise`` on a missing feature value, or impute numeric columns with the training
             ``mean``, ``median`` or ``constant`` (``fill_value``); with imputation a missing category
-            becomes its own category ``<missing>``.
+            becomes its own category ``<missing>`` (all zeros in a split read later where training had
+            none: missing is allowed, not an unknown category).
         fill_value: Value for ``missing="constant"``.
         standardize: Scale numeric columns to zero mean and unit variance.
         unknown_category: ``raise`` on a category not seen in training, or ``ignore`` it (all-zero one-hot).
@@ -127,7 +128,9 @@ class TableEncoder:
         values = split.strings(name)
         self._check_missing(split, name, np.array([v is None for v in values]))
         codes = np.array([lookup.get(MISSING_CATEGORY if v is None else v, -1) for v in values], dtype=np.int64)
-        unknown = np.flatnonzero(codes < 0)
+        # A missing value is allowed here (imputation is on): without a `<missing>` in training it is
+        # all zeros, as an ignored category is, not "category None that the training split does not have".
+        unknown = np.flatnonzero((codes < 0) & np.array([v is not None for v in values], dtype=bool))
         if unknown.size and self.unknown_category == "raise":
             first = int(unknown[0])
             raise DataError(
