@@ -8,11 +8,13 @@ from pathlib import Path
 from chute.sweep import collect, varying, write_summary
 
 
-def _job(root: Path, name: str, overrides: list[str], acc: float, rate: float) -> None:
+def _job(root: Path, name: str, overrides: list[str], acc: float, rate: float, seed: int | None = None) -> None:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     metrics = {"metrics": {"val/acc": acc}, "best_val/acc": acc, "train_samples_per_s": rate, "wall_time_s": 3.0}
+    if seed is not None:
+        metrics["seed"] = seed
     (run / "metrics.json").write_text(json.dumps(metrics))
 
 
@@ -31,3 +33,18 @@ def test_the_summary_ranks_jobs_and_shows_only_the_overrides_that_vary(tmp_path:
     assert (tmp_path / "summary.csv").read_text().splitlines()[1].startswith("1,2,0.95")
     assert (tmp_path / "summary.png").is_file()
     assert write_summary(tmp_path / "empty") == []
+
+
+def test_the_seeds_drawn_under_seed_null_are_in_the_summary(tmp_path: Path) -> None:
+    """``-m seed=null trainer.limit_train_batches=2,3``: each job drew its own seed, which was only in
+    its metrics.json; the summary shows it (not when a seed override already varies, or all agree)."""
+    _job(tmp_path, "0", ["seed=null", "trainer.limit_train_batches=2"], 0.9, 1000.0, seed=1412408922)
+    _job(tmp_path, "1", ["seed=null", "trainer.limit_train_batches=3"], 0.8, 1000.0, seed=1131930184)
+    write_summary(tmp_path)
+    lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert lines[0].startswith("job,trainer.limit_train_batches,seed,val/acc")
+    assert lines[1].startswith("0,2,1412408922,0.9")
+    for job in ("2", "3"):
+        _job(tmp_path / "same", job, ["seed=7", f"loader.num_workers={job}"], 0.5, 1.0, seed=7)
+    write_summary(tmp_path / "same")
+    assert ",seed," not in (tmp_path / "same" / "summary.csv").read_text().splitlines()[0]

@@ -45,6 +45,7 @@ def collect(root: Path, metric: str = "val/acc") -> list[dict[str, Any]]:
         overrides = dict(p.split("=", 1) for p in pairs if "=" in p)
         value = metrics.get(f"best_{metric}", metrics.get("metrics", {}).get(metric))
         row: dict[str, Any] = {"job": str(run.relative_to(root)) or ".", "overrides": overrides, metric: value}
+        row["seed"] = metrics.get("seed")  # the seed the job used (drawn, under seed=null)
         row.update({key: metrics.get(key) for key in COLUMNS})
         rows.append(row)
     return rows
@@ -77,11 +78,15 @@ def write_summary(root: Path, metric: str = "val/acc", mode: str = "max") -> lis
         return -value if mode == "max" else value
 
     rows.sort(key=score)
-    header = ["job", *keys, metric, *COLUMNS]
+    # The seeds the jobs used, where they differ without a seed override saying so (seed=null draws one
+    # per job: the value to repeat a job with).
+    seeds = ["seed"] if "seed" not in keys and len({row.get("seed") for row in rows}) > 1 else []
+    header = ["job", *keys, *seeds, metric, *COLUMNS]
     table = [
-        [row["job"], *(row["overrides"].get(k, "") for k in keys), row.get(metric), *(row[c] for c in COLUMNS)]
+        [row["job"], *(row["overrides"].get(k, "") for k in keys), *(row.get(s) for s in seeds), row.get(metric),
+         *(row[c] for c in COLUMNS)]
         for row in rows
-    ]
+    ]  # fmt: skip
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
