@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import inspect
 import os
-import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypedDict
 
@@ -30,6 +29,7 @@ from chute.collate import Collate, passthrough, resolve_collate
 from chute.datamodules.hooks import InLoader, run_hook
 from chute.datamodules.hparams import caller_arguments, init_parameters, plain_values, qualname
 from chute.datamodules.loading import imbalance_sampler, split_loader
+from chute.datasets.database import sqlite_file
 from chute.errors import ConfigError, DataError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
@@ -480,8 +480,8 @@ class ChuteDataModule(L.LightningDataModule):
 
 def _place(location: str) -> str:
     """``location`` compared as a place: a path (or a SQLite URL's file) resolved, another URL as written."""
-    if location.lower().startswith("sqlite:///"):
-        location = urllib.parse.unquote(location[len("sqlite:///") :])
+    if sqlite_file(location):
+        location = sqlite_file(location)
     elif "://" in location:
         return location
     return os.path.realpath(os.path.expanduser(location))

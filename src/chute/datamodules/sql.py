@@ -342,7 +342,7 @@ class SqlDataModule(FittedEncoding):
         else:
             dataset.order = key_order = KeyOrder(self._snapshot(split), **common)
             batches = KeyBatches(key_order, batch_size, drop_last)
-        dataset.bad.per_pass = max(1, len(dataset) // (world or 1))  # later passes judged whole (BadSamples)
+        self.bad_policy(split, "row", per_pass=len(dataset))  # the dataset's policy: later passes judged whole
         return self.build_dataloader(dataset, train=train, collate_fn=self.collate_or(passthrough), batches=batches)
 
     def _range_reader(self, split: str) -> Callable[[int, int], np.ndarray]:

@@ -109,6 +109,11 @@ def redact(url: str) -> str:
 _SECRET = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 
 
+def sqlite_file(url: str) -> str:
+    """The file a ``sqlite:///`` URL names (``""`` for any other URL)."""
+    return unquote(url.split("://", 1)[1][1:]) if url.lower().startswith("sqlite:///") else ""
+
+
 @dataclass
 class Database:
     """A database named by URL: ``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, or
@@ -157,7 +162,7 @@ class Database:
     @property
     def path(self) -> str:
         """The SQLite file (``sqlite:///`` URLs)."""
-        return unquote(self.url.split("://", 1)[1][1:]) if self.url.lower().startswith("sqlite:///") else ""
+        return sqlite_file(self.url)
 
     @property
     def safe_url(self) -> str:
