@@ -33,7 +33,7 @@ from chute import fastpaths
 from chute.callbacks import StallMonitor, Throughput
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
-from chute.datamodules.base import agree_with_shortcuts
+from chute.datamodules.base import LOADER_SHORTCUTS, agree_with_shortcuts
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings
 
@@ -234,7 +234,7 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
     """Instantiate ``cfg.data`` with the validated loader settings (and transforms, for image and video data)."""
     # The DataModule's own settings win over the `loader` group: `data.loader` (as other Hydra apps
     # set it) and the shortcuts (`data.batch_size`, as searches set it), which must agree.
-    shortcuts = {k: cfg.data.get(k) for k in ("batch_size", "num_workers", "pin_memory") if cfg.data.get(k) is not None}
+    shortcuts = {k: cfg.data.get(k) for k in LOADER_SHORTCUTS if cfg.data.get(k) is not None}
     given = OmegaConf.to_container(cfg.data.loader, resolve=True) if cfg.data.get("loader") is not None else {}
     assert isinstance(given, dict)
     own = {str(key): value for key, value in given.items()}

@@ -39,6 +39,9 @@ from chute.loader import (
 )
 from chute.loader.distributed import from_rank_zero
 
+#: The loader settings a DataModule also takes as arguments of its own (``data.batch_size``).
+LOADER_SHORTCUTS = ("batch_size", "num_workers", "pin_memory")
+
 
 class CommonArgs(TypedDict, total=False):
     """The settings every DataModule takes, documented on :class:`ChuteDataModule`.
@@ -142,7 +145,7 @@ class ChuteDataModule(L.LightningDataModule):
         self.max_bad_fraction = float(max_bad_fraction)
         self._bad: dict[str, BadSamples] = {}  # one policy (and count) per split or file
         self.loader_settings = as_loader_settings(loader)
-        shortcuts: dict[str, Any] = {"batch_size": batch_size, "num_workers": num_workers, "pin_memory": pin_memory}
+        shortcuts: dict[str, Any] = dict(zip(LOADER_SHORTCUTS, (batch_size, num_workers, pin_memory), strict=True))
         if given := {key: value for key, value in shortcuts.items() if value is not None}:
             agree_with_shortcuts(given, loader)
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
