@@ -558,6 +558,67 @@ def test_jsonl_skip_drops_the_line_counts_it_and_raises_past_the_fraction(tmp_pa
         list(strict.train_dataloader())
 
 
+def _table_shards(root: Path) -> Path:
+    """A tabular copy's shards: 30 features and a label per line, 150 lines of train in 3 shards."""
+    samples = [(torch.full((30,), float(i)), i % 2) for i in range(150)]
+    splits = {name: write_shards(samples, root, name, 50) for name in ("train", "val")}
+    write_index(root, splits)
+    return root
+
+
+_THREE_FEATURES = '{"tuple":[{"tensor":[1.0,2.0,3.0],"dtype":"float32"},1]}'
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+def test_a_shard_row_with_fewer_features_stops_training_naming_it(tmp_path: Path) -> None:
+    """A row of 3 features among rows of 30 was zero-padded to 30 by the collate function (which pads
+    variable-length fields) and trained on, silently; now it is named like a line that is not JSON."""
+    from tests.helpers import fit_recording
+
+    root = _table_shards(tmp_path / "shards")
+    _corrupt(root / "train-00001.jsonl", 7, _THREE_FEATURES)
+    with pytest.raises(DataError) as err:
+        fit_recording(StreamingDataModule(root, loader={"batch_size": 16}), tmp_path)
+    assert_mentions(
+        str(err.value), "train-00001.jsonl", "line 7", "sample[0] has shape (3,) where the split's samples have (30,)"
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_shard_row_unlike_the_others_is_skipped_and_counted(tmp_path: Path, workers: int) -> None:
+    root = _table_shards(tmp_path / "shards")
+    _corrupt(root / "train-00000.jsonl", 4, _THREE_FEATURES)
+    _corrupt(root / "train-00002.jsonl", 9, '{"tuple":[{"tensor":' + str([0] * 30) + ',"dtype":"int64"},1]}')
+    loader = {"batch_size": 16, "num_workers": workers}
+    dm = StreamingDataModule(root, on_error="skip", max_bad_fraction=0.05, loader=loader)
+    dm.setup("fit")
+    features = torch.cat([batch[0] for batch in dm.train_dataloader()])
+    assert features.shape == (148, 30)
+    assert 3.0 not in features[:, 0]  # the two lines replaced
+    assert 108.0 not in features[:, 0]
+    report = dm.bad_samples["train"]
+    assert (report["seen"], report["skipped"]) == (150, 2)
+    assert sorted(report["first"]) == sorted(
+        [f"'{root / 'train-00000.jsonl'}', line 4", f"'{root / 'train-00002.jsonl'}', line 9"]
+    )
+
+
+@pytest.mark.parametrize("compress", ["gzip", "bz2"])
+def test_a_compressed_shard_is_named_as_compressed(tmp_path: Path, compress: str) -> None:
+    """A gzipped shard under the index's name was "line 1 is not UTF-8 text (byte 0x8b ...)"."""
+    import importlib
+
+    root = _table_shards(tmp_path / "shards")
+    shard = root / "train-00001.jsonl"
+    shard.write_bytes(importlib.import_module(compress).compress(shard.read_bytes()))
+    dm = StreamingDataModule(root, on_error="skip", loader={"batch_size": 16})
+    dm.setup("fit")
+    with pytest.raises(DataError) as err:
+        list(dm.train_dataloader())
+    name = {"gzip": "gzip", "bz2": "bzip2"}[compress]
+    assert_mentions(str(err.value), "train-00001.jsonl", f"is {name}-compressed", "plain JSONL", "decompress")
+
+
 @pytest.mark.parametrize("on_error", ["raise", "skip"])
 def test_a_dangling_symlink_is_a_bad_sample_in_the_disk_cache_build(tmp_path: Path, on_error: str) -> None:
     """A file that cannot even be stat'ed (a link to nothing) is named and, with skip, counted."""

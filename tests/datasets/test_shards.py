@@ -22,6 +22,7 @@ from chute.datasets import ShardIndex, ShardStream, partition, write_shards
 from chute.datasets.shard_format import decode_sample, encode_sample, write_index
 from chute.datasets.shards import ShardLines
 from chute.errors import DataError
+from tests.helpers import assert_mentions
 
 layouts = st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=12)
 
@@ -329,3 +330,74 @@ def test_rank_comes_from_the_launcher_when_no_process_group_exists(
     monkeypatch.setenv("SLURM_NTASKS", "2")
     stream = ShardStream(shards, 5, collate_nested, shuffle_shards=False, buffer_size=0)
     assert ids(list(stream)) == [[5, 6, 7, 8, 9]]
+
+
+# -- The layout the writer records, and the reader checks --------------------------------------
+
+
+def _layout_of(root: Path, samples: list[Any], per_shard: int = 2) -> Any:
+    write_index(root, {"train": write_shards(samples, root, "train", per_shard)})
+    return ShardIndex.read(root).layout("train")
+
+
+def test_the_index_records_which_dimensions_vary_and_which_are_fixed(tmp_path: Path) -> None:
+    samples = [{"tokens": torch.arange(n), "image": torch.zeros(3, 4, 4), "label": n % 2} for n in (2, 5, 5, 7)]
+    samples[3]["label"] = 1.5  # a float among ints: either is fine
+    assert _layout_of(tmp_path, samples) == {
+        "dict": {
+            "tokens": {"tensor": [None], "dtype": "int64"},  # differs between the two shards
+            "image": {"tensor": [3, 4, 4], "dtype": "float32"},
+            "label": {"scalar": ["float", "int"]},
+        }
+    }
+
+
+_X = '"x":{"tensor":[1,2,3],"dtype":"float32"}'  # the split's field x: 3 float32 values
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"dict":{"x":{"tensor":[1,2],"dtype":"float32"},"y":1}}', "(2,) where the split's samples have (3,)"),
+        ('{"dict":{"x":{"tensor":[[1,2,3]],"dtype":"float32"},"y":1}}', "sample['x'] has shape (1, 3) where"),
+        ('{"dict":{"x":{"tensor":[1,2,3],"dtype":"int64"},"y":1}}', "is int64 where the split's samples are float32"),
+        ('{"dict":{' + _X + "}}", "sample has keys ['x'] where the split's samples have ['x', 'y']"),
+        ('{"dict":{' + _X + ',"y":"cat"}}', "sample['y'] is str 'cat' where the split's samples have int"),
+        ('{"dict":{"x":7,"y":1}}', "sample['x'] is int 7 where the split's samples have a tensor"),
+        ('{"tuple":[1,2]}', "sample is a tuple where the split's samples have a dict"),
+    ],
+)
+def test_a_line_unlike_its_splits_samples_is_named(tmp_path: Path, line: str, message: str) -> None:
+    root = tmp_path / "shards"
+    samples = [{"x": torch.full((3,), float(i)), "y": i} for i in range(6)]
+    layout = _layout_of(root, samples)
+    path = root / "train-00001.jsonl"
+    path.write_text(path.read_text().splitlines()[0] + "\n" + line + "\n")
+    shards = ShardIndex.read(root).shards("train")
+    with pytest.raises(DataError) as err:
+        list(ShardStream(shards, 2, collate_nested, layout=layout))
+    assert_mentions(str(err.value), "train-00001.jsonl', line 2 is not a valid sample", message)
+    with pytest.raises(DataError, match=r"train-00001.jsonl', line 2 is not a valid sample"):  # read by position
+        by_position(ShardStream(shards, 2, collate_nested, buffer_size=0, layout=layout))
+
+
+def test_variable_length_fields_stay_variable(tmp_path: Path) -> None:
+    """A field whose length varies in the copy may take any length when read (the sequence copies)."""
+    root = tmp_path / "shards"
+    layout = _layout_of(root, [(torch.arange(n), n) for n in (1, 2, 3, 4)])
+    path = root / "train-00000.jsonl"
+    nine = '{"tuple":[{"tensor":[1,2,3,4,5,6,7,8,9],"dtype":"int64"},9]}'
+    path.write_text(nine + "\n" + path.read_text().splitlines()[1] + "\n")
+    batches = list(ShardStream(ShardIndex.read(root).shards("train"), 4, collate_nested, layout=layout, buffer_size=0))
+    assert batches[0][0].shape == (4, 9)
+
+
+def test_an_index_without_layouts_reads_unchecked_and_a_malformed_one_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "shards"
+    entries = write_shards([(torch.zeros(2), 0)] * 3, root, "train", 2)
+    write_index(root, {"train": [entries[0], {"file": entries[1]["file"], "count": 1}]})  # one entry without
+    assert ShardIndex.read(root).layout("train") is None
+    for bad in ({"tensor": "2"}, {"tensor": [2], "dtype": 3}, {"dict": {"x": {"pickle": 1}}}, {"scalar": "int"}, []):
+        write_index(root, {"train": [{**entries[0], "sample": bad}]})
+        with pytest.raises(DataError, match=r"sample layout of 'train-00000.jsonl' is not one chute writes"):
+            ShardIndex.read(root)

@@ -117,6 +117,7 @@ class StreamingDataModule(DescribedDataModule):
             world_size=world,
             # one per shard split: its streams' counts add up
             on_error=self.bad_policy(name, "line", per_pass=sum(count for _, count in index.shards(name))),
+            layout=index.layout(name),
             even_ranks=train,  # equal step counts under DDP; evaluation sees each sample once
         )
 

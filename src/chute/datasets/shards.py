@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from chute.bad_samples import BadSamples, OnError
-from chute.datasets.shard_format import decode_sample
+from chute.datasets.shard_format import Layout, check_layout, decode_sample
 from chute.errors import DataError
 from chute.loader import SharedEpoch, derive_seed, world_position
 from chute.loader.distributed import rank_span
@@ -71,6 +71,10 @@ class ShardStream(IterableDataset[Any]):
             batch boundaries stay). A batch whose lines are all bad is replaced, with ``even_ranks``,
             by the batch a short rank repeats; without, it is left out: the rank then yields one batch
             fewer than ``len``, and with workers the later batches may arrive in another order.
+        layout: The layout the split's samples share (``ShardIndex.read(root).layout("train")``): a
+            line whose sample differs from it (a field's shape, dtype, type or keys) is a bad line,
+            named or skipped like one that is not JSON, instead of a row padded or cut by the
+            collate function. ``None``: not checked.
         even_ranks: Every rank yields the same number of batches (training under DDP: a rank with
             fewer would leave the others waiting in the gradient all-reduce): a rank short of the
             longest repeats its first batch (its first with a readable line; a rank with none repeats
@@ -96,6 +100,7 @@ class ShardStream(IterableDataset[Any]):
         world_size: int | None = None,
         transform: Callable[[Any], Any] | None = None,
         on_error: OnError | BadSamples = "raise",
+        layout: Layout | None = None,
         even_ranks: bool = False,
     ) -> None:
         super().__init__()
@@ -112,6 +117,7 @@ class ShardStream(IterableDataset[Any]):
         self.world_size = world_size
         self.transform = transform
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="line")
+        self.layout = layout
         self.even_ranks = even_ranks
         # Shared memory, so persistent workers see what the main process sets: the epoch, and the
         # (epoch, batches consumed) to resume from (-1: none).
@@ -256,6 +262,7 @@ class ShardStream(IterableDataset[Any]):
             # (named, or skipped under on_error=skip), not a UnicodeDecodeError ending the epoch.
             indexed = self.shards[shard][1]
             with open(path, "rb") as f:
+                _not_compressed(path, f.peek(6))
                 for line_no, text in enumerate(f):
                     if line_no >= stop:
                         if stop == indexed and text.strip():  # the shard's end: lines its index does not count
@@ -276,7 +283,9 @@ class ShardStream(IterableDataset[Any]):
         for shard, line_no, text in run:
             try:
                 sample = decode_sample(json.loads(text))
-            except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, or not a sample
+                if self.layout is not None:
+                    check_layout(sample, self.layout)
+            except (ValueError, TypeError, KeyError, AttributeError) as err:  # not JSON, not a sample, unlike the rest
                 if count:  # only the worker that owns the batch, so each bad line counts once
                     path = self.shards[shard][0]
                     bad.skip(f"'{path}', line {line_no + 1}", _line_error(path, line_no + 1, err, bad.skipping))
@@ -302,6 +311,21 @@ def _truncated(path: str, lines: int, indexed: int) -> DataError:
         f"Shard '{path}' has {lines} lines but its index says {indexed}; it was truncated or rewritten: "
         "write the shards again."
     )
+
+
+# What a compressed file starts with: such a shard is named as one, not as a first line that is not UTF-8.
+_COMPRESSED = {
+    b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"
+}  # fmt: skip
+
+
+def _not_compressed(path: str, head: bytes) -> None:
+    for magic, name in _COMPRESSED.items():
+        if head.startswith(magic):
+            raise DataError(
+                f"Shard '{path}' is {name}-compressed; shards are plain JSONL text: decompress it under the "
+                "same name, or write the shards again."
+            )
 
 
 def _longer(path: str, indexed: int) -> DataError:
@@ -345,6 +369,7 @@ class ShardLines:
             path = self.shards[shard][0]
             with open(path, "rb") as f:
                 data = np.frombuffer(f.read(), dtype=np.uint8)
+            _not_compressed(path, data[:6].tobytes())
             ends = np.flatnonzero(data == ord("\n")) + 1  # a line's bytes end with its newline, as a file yields it
             if len(data) and data[-1] != ord("\n"):
                 ends = np.append(ends, len(data))  # a last line without one
