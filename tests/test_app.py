@@ -139,6 +139,25 @@ def test_resuming_with_more_epochs_is_refused_naming_both_step_counts(
     assert json.loads((tmp_path / "metrics.json").read_text())["global_step"] == 3
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumed in place
+def test_resuming_a_model_the_data_shaped_otherwise_is_refused_naming_what_differs(
+    digits_root: Path, tmp_path: Path
+) -> None:
+    """``ckpt_path=last`` after a run on grayscale images, now RGB: PyTorch's "size mismatch for
+    net.0.weight" after the data was read. Now the weights' shapes and the hyperparameter behind them."""
+
+    def config(mode: str) -> Any:
+        overrides = ["data=digits", f"data.image_mode={mode}", *ONE_EPOCH, "callbacks.preview=null", "ckpt_path=last"]
+        return make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+
+    run(config("L"))
+    with pytest.raises(ConfigError) as err:
+        run(config("RGB"))
+    assert str(err.value).startswith(f"ckpt_path='{tmp_path / 'checkpoints' / 'last.ckpt'}': the checkpoint's model")
+    assert "net.0.weight is (16, 1, 3, 3) there and (16, 3, 3, 3) here" in str(err.value)
+    assert "hyperparameters differ in in_channels (1 there, 3 here)" in str(err.value)
+
+
 def test_ckpt_path_last_is_the_newest_of_the_last_and_the_slurm_requeue_checkpoint(tmp_path: Path) -> None:
     import os
     from types import SimpleNamespace

@@ -43,10 +43,16 @@ def test_default_config_composes() -> None:
     assert cfg.trainer.precision == "auto"
 
 
+# What each kind of DataModule tells its model (model_kwargs), by the kind of model option.
 DATA_HINTS = {
-    "num_classes": 4, "in_channels": 1, "num_features": 5, "vocab_size": 10, "pad_id": 0,
-    "heads": {"y": {"type": "classification", "num_classes": 4}},
-}  # fmt: skip
+    "image": {"num_classes": 4, "in_channels": 1},
+    "video": {"num_classes": 4, "in_channels": 3, "frames_per_clip": 8},
+    "table": {"num_features": 5, "num_classes": 4, "task": "classification"},
+    "multitask": {"num_features": 5, "heads": {"y": {"type": "classification", "num_classes": 4}}},
+    "sequence": {"vocab_size": 10, "num_classes": 4, "pad_id": 0},
+}
+MODEL_KINDS = {"clip_r2plus1d": "video", "mlp": "table", "multitask_mlp": "multitask", "sequence_conv": "sequence",
+               "sequence_gru": "sequence"}  # fmt: skip
 
 
 def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
@@ -62,6 +68,34 @@ def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
             "data.prepare.only_at=null",  # written at this other path too
         ]
     return [f"data={name}"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data=chute_tabular"], "ImageClassifier: takes images (in_channels), but data._target_=chute.datamodules."
+         "TabularDataModule gives table rows (num_features=30): pick a model for table rows, chute's model=mlp"),
+        (["data=tabular", "model=multitask_mlp"], "MultiTaskModel: takes rows with several targets (heads), but"),
+        (["data=multitask", "model=mlp"], "gives rows with several targets (num_features=12): pick a model for rows "
+         "with several targets, chute's model=multitask_mlp"),
+        (["data=digits", "model=clip_r2plus1d"], "ClipClassifier: takes video clips (frames_per_clip), but data."
+         "_target_=chute.datamodules.ImageFolderDataModule gives images (in_channels=1)"),
+        (["data=sequence", "model=mlp"], "gives token sequences (vocab_size=16): pick a model for token sequences"),
+    ],
+)  # fmt: skip
+def test_a_model_for_another_kind_of_data_is_refused_naming_both(
+    overrides: list[str], message: str, digits_root: Path
+) -> None:
+    """A table given to chute's image model failed inside conv2d at the first batch ("Expected 3D
+    (unbatched) or 4D (batched) input"), video clips in an image model with "too many values to
+    unpack"; the model's and the data's kinds of input are compared before the model is built."""
+    cfg = make_config(*overrides, data_dir=digits_root.parent)
+    dm = build_datamodule(cfg, validate_config(cfg))
+    dm.prepare_data()
+    dm.setup("fit")
+    with pytest.raises(ConfigError, match=r"^model\._target_=chute\.models\.") as err:
+        build_model(cfg, dm.model_kwargs)
+    assert message in str(err.value)
 
 
 @pytest.mark.parametrize("name", options("data"))
@@ -153,7 +187,7 @@ def test_data_composes_with_every_loader_and_transforms_option(
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_option_instantiates(name: str) -> None:
     cfg = make_config(f"model={name}")
-    model = build_model(cfg, DATA_HINTS)
+    model = build_model(cfg, DATA_HINTS[MODEL_KINDS.get(name, "image")])
     assert isinstance(model, L.LightningModule)
 
 

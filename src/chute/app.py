@@ -121,8 +121,11 @@ def _run(cfg: DictConfig) -> float:
     except (MisconfigurationException, TypeError, ValueError) as err:  # a setting this machine cannot take
         raise _trainer_error(err, trainer_kwargs) from None
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
+    resumed = _resume_path(cfg.ckpt_path, trainer)
+    if resumed is not None:
+        _check_checkpoint_fits(resumed, model)
     with contextlib.suppress(SIGTERMException):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=(resumed := _resume_path(cfg.ckpt_path, trainer)))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
         # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
@@ -270,8 +273,45 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
 
 def build_model(cfg: DictConfig, data_hints: dict[str, Any]) -> L.LightningModule:
     """Instantiate ``cfg.model``, passing the data facts (``num_classes``, ...) its constructor accepts."""
+    _check_model_takes_data(cfg, data_hints)
     hints = {k: v for k, v in data_hints.items() if _accepts(cfg.model, k)}  # the data decides shapes
     return _instantiate(cfg, "model", **hints)
+
+
+# The facts that say what kind of input a DataModule gives, most specific first (a multi-task table
+# gives num_features and heads, a video in_channels and frames_per_clip), with chute's models for it.
+_INPUT_KINDS = {
+    "heads": ("rows with several targets", "model=multitask_mlp"),
+    "frames_per_clip": ("video clips", "model=clip_r2plus1d"),
+    "in_channels": ("images", "model=small_cnn or model=resnet18 (model=chute_image_classifier in your own app)"),
+    "num_features": ("table rows", "model=mlp (model=chute_tabular in your own app)"),
+    "vocab_size": ("token sequences", "model=sequence_conv or model=sequence_gru"),
+}
+
+
+def _check_model_takes_data(cfg: DictConfig, data_hints: dict[str, Any]) -> None:
+    """Refuse a model built for another kind of input than the data's: a table's rows given to an
+    image model failed at the first batch inside conv2d, video clips in an image model with "too many
+    values to unpack". The kind of each is its most specific fact in ``_INPUT_KINDS`` (for the model:
+    among its constructor's arguments); a model taking ``**kwargs`` or none of them is not judged."""
+    try:
+        params = inspect.signature(get_object(str(cfg.model._target_))).parameters
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    data_kind = next((fact for fact in _INPUT_KINDS if fact in data_hints), None)
+    model_kind = next((fact for fact in _INPUT_KINDS if fact in params), None)
+    if data_kind is None or model_kind is None or data_kind == model_kind:
+        return
+    kind, models = _INPUT_KINDS[data_kind]
+    facts = ", ".join(f"{k}={data_hints[k]!r}" for k in _INPUT_KINDS if k in data_hints and k != "heads")
+    raise ConfigError(
+        "model._target_",
+        _AsWritten(str(cfg.model._target_)),
+        f"takes {_INPUT_KINDS[model_kind][0]} ({model_kind}), but data._target_={cfg.data._target_} gives {kind} "
+        f"({facts or data_kind}): pick a model for {kind}, chute's {models}.",
+    )
 
 
 def _instantiate(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
@@ -335,6 +375,45 @@ def _resume_path(requested: str | None, trainer: L.Trainer) -> str | None:
         log.info("ckpt_path=last: no checkpoint in %s yet, starting fresh", " or ".join(folders))
         return None
     return max(found, key=os.path.getmtime)
+
+
+def _check_checkpoint_fits(path: str, model: L.LightningModule) -> None:
+    """Refuse to resume from a checkpoint whose weights have other shapes than this run's model
+    (PyTorch's "size mismatch for net.0.weight" after the data was read), naming the hyperparameters
+    that differ: mostly facts the data decided (``in_channels`` from ``data.image_mode``,
+    ``num_classes``, ``num_features``). Read memory-mapped: shapes only. A file that does not load
+    here is left to Lightning, which names its own problem."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        weights, hparams = saved["state_dict"], dict(saved.get("hyper_parameters") or {})
+    except Exception:  # not a checkpoint this check can read: Lightning reports it
+        return
+    ours = model.state_dict()
+    differ = [k for k in ours if k in weights and tuple(weights[k].shape) != tuple(ours[k].shape)]
+    others = sorted(set(weights) ^ set(ours))
+    if not differ and not others:
+        return
+    if differ:
+        key = differ[0]
+        what = f"{key} is {tuple(weights[key].shape)} there and {tuple(ours[key].shape)} here"
+        what += f" ({len(differ)} weights differ in shape)" if len(differ) > 1 else ""
+    else:
+        what = f"the layers differ ({len(others)} weights in one of them only, first {others[0]})"
+    current = dict(model.hparams)
+    changed = [k for k in sorted(set(hparams) | set(current)) if hparams.get(k) != current.get(k)]
+    why = (
+        "; its hyperparameters differ in "
+        + ", ".join(f"{k} ({hparams.get(k)!r} there, {current.get(k)!r} here)" for k in changed[:4])
+        if changed
+        else ""
+    )
+    raise ConfigError(
+        "ckpt_path",
+        path,
+        f"the checkpoint's model does not fit this run's: {what}{why}. Resume with the data and model settings "
+        "of the run that saved it (the data decides in_channels, num_classes, num_features, vocab_size), or "
+        "start a new run without ckpt_path.",
+    )
 
 
 def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:

@@ -440,6 +440,31 @@ def test_codes_that_look_like_numbers_are_the_same_text_in_every_file(tmp_path: 
     assert features[:, 1:].tolist() == [[[1.0, 0.0], [0.0, 0.0]][i % 2] for i in range(10)]  # UNK: unseen
 
 
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_words_a_csv_reader_takes_for_missing_are_text_in_categories_and_labels(
+    tmp_path: Path, num_workers: int
+) -> None:
+    """``NA`` (Namibia), ``null``, ``N/A``, ``nan`` in a category or label column are what is written
+    (pyarrow's CSV reader made them missing: merged with the empty cells into ``<missing>``, a label
+    "missing at row 3", or all zeros against a Parquet training file that kept them). Only an empty
+    cell is missing there; in a numeric column those words are still missing values."""
+    codes = ["US", "NA", "DE", "", "null", "N/A", "nan"]
+    text = "x,country,label\n" + "\n".join(
+        f"{'NA' if i == 5 else i},{codes[i % 7]},{['NA', 'null'][i % 2]}" for i in range(28)
+    )
+    path = write_csv(tmp_path / "t.csv", text)
+    dm = TabularDataModule(path, val_path=path, target="label", numeric=["x"], categorical=["country"],
+                           missing="mean", loader={"batch_size": 7, "num_workers": num_workers})  # fmt: skip
+    model = fit(dm)
+    assert dm.class_names == ("NA", "null")
+    assert dm.feature_names == ["x", "country=<missing>", *(f"country={c}" for c in sorted(set(codes) - {""}))]
+    features, targets = model.rows("val")
+    assert targets.tolist() == [i % 2 for i in range(28)]
+    hot = [dm.feature_names[1:][row.argmax()].removeprefix("country=") for row in features[:, 1:]]
+    assert hot == [codes[i % 7] or "<missing>" for i in range(28)]
+    assert features[5, 0].item() == pytest.approx(0.0, abs=1e-6)  # numeric "NA": the mean (standardized: 0)
+
+
 def test_class_labels_that_are_numbers_written_as_text_sort_by_value(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "t.csv", "x,label\n" + "\n".join(f"{i},{[2, 10, 1, 7][i % 4]}" for i in range(40)))
     dm = TabularDataModule(path, target="label")

@@ -226,7 +226,10 @@ def _read_csv(
                     read_options=pacsv.ReadOptions(use_threads=threads, block_size=block, encoding=encoding),
                     parse_options=pacsv.ParseOptions(delimiter=delimiter, invalid_row_handler=on_invalid),
                     convert_options=pacsv.ConvertOptions(
-                        strings_can_be_null=True,  # "" is missing, not a category
+                        # Text stays as written: pyarrow's null words (NA, N/A, NULL, nan, ...) would make
+                        # the category NA (Namibia) or the label "null" missing; only "" is (_as_text).
+                        # In numeric columns those words are still missing values.
+                        strings_can_be_null=False,
                         # as bytes: text that is not UTF-8 is named by its row when the column is read
                         column_types=dict.fromkeys(text_columns, pa.binary()),  # absent names are ignored
                     ),
@@ -259,7 +262,12 @@ def _read_csv(
 
 def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
     """``table`` with the columns ``names`` (read as bytes) as ``string`` where they are valid UTF-8;
-    a column that is not stays bytes, and :meth:`Split.strings` names its first bad row."""
+    a column that is not stays bytes, and :meth:`Split.strings` names its first bad row. In every
+    text column an empty cell is missing (null); any other text is a value."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
+            empty = pc.equal(pc.binary_length(column), 0)
+            table = table.set_column(index, table.field(index), pc.if_else(empty, pa.scalar(None, column.type), column))
     for name in names:
         index = table.schema.get_field_index(name)
         if index < 0:
