@@ -332,7 +332,7 @@ def test_duplicate_column_names_are_refused_naming_the_file(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("separate_val", [False, True])
-@pytest.mark.parametrize("cell", ["", "nan"])
+@pytest.mark.parametrize("cell", ["", "nan", "NA", "null"])  # in a column of class ids: missing
 def test_a_missing_label_gives_the_same_error_with_or_without_a_val_file(
     tmp_path: Path, separate_val: bool, cell: str
 ) -> None:
@@ -442,7 +442,7 @@ def test_codes_that_look_like_numbers_are_the_same_text_in_every_file(tmp_path: 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_words_a_csv_reader_takes_for_missing_are_text_in_categories_and_labels(
-    tmp_path: Path, num_workers: int
+    tmp_path: Path, num_workers: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """``NA`` (Namibia), ``null``, ``N/A``, ``nan`` in a category or label column are what is written
     (pyarrow's CSV reader made them missing: merged with the empty cells into ``<missing>``, a label
@@ -463,6 +463,9 @@ def test_words_a_csv_reader_takes_for_missing_are_text_in_categories_and_labels(
     hot = [dm.feature_names[1:][row.argmax()].removeprefix("country=") for row in features[:, 1:]]
     assert hot == [codes[i % 7] or "<missing>" for i in range(28)]
     assert features[5, 0].item() == pytest.approx(0.0, abs=1e-6)  # numeric "NA": the mean (standardized: 0)
+    said = [r.getMessage() for r in caplog.records if r.name == "chute.datasets.table_read"]
+    assert "Column 'country' holds 'N/A', 'NA', 'nan', 'null', read as categories (text, as written)" in said[0]
+    assert "Column 'label' holds 'NA', 'null', read as categories" in said[1]
 
 
 def test_class_labels_that_are_numbers_written_as_text_sort_by_value(tmp_path: Path) -> None:

@@ -325,3 +325,20 @@ def test_a_model_trained_through_lightning_gets_the_frames_shown_at_each_time(tm
     for clip in model.clips["train"] + model.clips["val"]:  # normalized with mean 0 and std 1: pixels / 255
         numbers = [_frame_number(frame.permute(1, 2, 0).numpy() * 255) for frame in clip]
         assert numbers == EXPECTED
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_a_clip_cut_from_a_longer_recording_is_read_not_called_cut_short(tmp_path: Path, ext: str) -> None:
+    """Its first frame at 2.5 s (``ffmpeg -ss ... -c copy``, a recorded stream): Matroska's DURATION
+    tag states where the stream ends (3.3 s), which chute compared with the 0.8 s it holds and
+    refused the file as "cut short"."""
+    video = _write(tmp_path / f"late.{ext}", _frames(20), times_ms=[2500 + 40 * i for i in range(20)])
+    root = tmp_path / "tree"
+    for split in ("train", "val"):
+        (root / split / "a").mkdir(parents=True)
+        (root / split / "a" / video.name).symlink_to(video)
+    dm = _dm(root, frames_per_clip=4, stride=1)
+    dm.setup("fit")
+    (clip,) = (c for batch in _clips(dm, "val") for c in batch)
+    numbers = [_frame_number(frame.permute(1, 2, 0).numpy()) for frame in clip]
+    assert numbers == [numbers[0] + k for k in range(4)]  # consecutive frames of the video

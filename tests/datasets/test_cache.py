@@ -163,6 +163,29 @@ def test_image_folder_disk_cache_rebuilds_when_a_source_image_or_setting_changes
     assert first_train_image(cache_size=10).shape[-1] == 10  # a new cache_size is a new cache
 
 
+@pytest.mark.parametrize("backend", ["torchvision", "albumentations"])
+def test_the_evaluation_cache_is_rebuilt_when_its_pipeline_changes(backend: str, make_tree, tmp_path: Path) -> None:
+    """The evaluation split caches its whole pipeline, keyed by the pipeline's description; chute
+    described an albumentations step by its class alone (``CenterCrop(p=1.0)``), so a new
+    ``image_size`` or ``crop_pct`` read the old cache: 32 px images where 48 were asked for."""
+    root = make_tree(counts={"cat": 3, "dog": 3}, size=(40, 60))
+
+    def first_val_batch(image_size: int, crop_pct: float) -> torch.Tensor:
+        t = create_transforms(image_size=image_size, crop_pct=crop_pct, backend=backend)
+        dm = ImageFolderDataModule(
+            root, transforms=t, mean=[0.5] * 3, std=[0.2] * 3, cache="disk", cache_size=40,
+            cache_dir=str(tmp_path / backend), loader={"batch_size": 4},
+        )  # fmt: skip
+        dm.setup("fit")
+        return next(iter(dm.val_dataloader()))[0]
+
+    assert first_val_batch(32, 0.875).shape[-2:] == (32, 32)
+    assert first_val_batch(48, 0.875).shape[-2:] == (48, 48)
+    tight = first_val_batch(32, 0.5)
+    assert tight.shape[-2:] == (32, 32)
+    assert not torch.equal(tight, first_val_batch(32, 0.875))  # another crop of the same images
+
+
 @pytest.mark.parametrize("store", ["memory", "disk"])
 def test_batches_without_a_random_stage_are_gathered_whole(store: str, tmp_path: Path) -> None:
     cached = CachedDataset(Source(10), store=store, cache_dir=tmp_path)  # type: ignore[arg-type]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import pyarrow.compute as pc
 from chute.bad_samples import BadSamples
 from chute.datasets.text_files import wide_encoding
 from chute.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 _BLOCK = 1 << 20  # pyarrow's default CSV read block; grown for files with longer rows
 
@@ -262,12 +265,32 @@ def _read_csv(
 
 def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
     """``table`` with the columns ``names`` (read as bytes) as ``string`` where they are valid UTF-8;
-    a column that is not stays bytes, and :meth:`Split.strings` names its first bad row. In every
-    text column an empty cell is missing (null); any other text is a value."""
-    for index, column in enumerate(table.columns):
-        if pa.types.is_string(column.type) or pa.types.is_binary(column.type):
-            empty = pc.equal(pc.binary_length(column), 0)
-            table = table.set_column(index, table.field(index), pc.if_else(empty, pa.scalar(None, column.type), column))
+    a column that is not stays bytes, and :meth:`Split.strings` names its first bad row.
+
+    Missing cells of text (the CSV reader is told none, to decide here): an empty cell is missing in
+    every column. The words for a missing value (``NA``, ``null``, ``nan``, ...) are missing too,
+    except in the columns ``names`` (categories, labels) where the other cells are not all numbers:
+    there ``NA`` is a category like ``US`` (Namibia), as written, and is logged once."""
+    for index, type_ in enumerate(table.schema.types):
+        if not (pa.types.is_string(type_) or pa.types.is_binary(type_)):
+            continue
+        field = table.schema.field(index)
+        try:
+            column, name = table.column(index), field.name
+        except UnicodeDecodeError:  # a header that is not UTF-8: named by the header check
+            continue
+        missing = pc.equal(pc.binary_length(column), 0)
+        words = pc.is_in(column, value_set=pa.array(_MISSING_WORDS, type=type_))
+        if name not in names or _numbers(pc.filter(column, pc.invert(pc.or_(missing, words)))):
+            missing = pc.or_(missing, words)
+        elif pc.any(words).as_py():
+            found = sorted(set(pc.filter(column, words).to_pylist()))
+            log.warning(
+                "Column %r holds %s, read as %s (text, as written); leave such cells empty where they mean a "
+                "missing value.", name, ", ".join(repr(_text(w)) for w in found[:4]),
+                "categories" if len(found) > 1 else "a category",
+            )  # fmt: skip
+        table = table.set_column(index, field, pc.if_else(missing, pa.scalar(None, type_), column))
     for name in names:
         index = table.schema.get_field_index(name)
         if index < 0:
@@ -275,6 +298,29 @@ def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
         with contextlib.suppress(pa.ArrowInvalid):  # not UTF-8: stays bytes
             table = table.set_column(index, name, table.column(index).cast(pa.string()))
     return table
+
+
+# pyarrow's CSV words for a missing value, without "" (handled on its own).
+_MISSING_WORDS = [
+    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA", "NULL",
+    "NaN", "n/a", "nan", "null",
+]  # fmt: skip
+
+
+def _numbers(values: pa.ChunkedArray) -> bool:
+    """Whether the values of a text column (bytes or string) are all numbers, and there are some: a
+    column of class ids or numeric codes, where a word for a missing value means one."""
+    if len(values) == 0:
+        return False  # only such words: text
+    try:
+        pc.cast(pc.cast(values, pa.string()), pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _row_error(path: str, row: Any, hint: bool) -> DataError:

@@ -52,7 +52,7 @@ def probe_with_time_base(path: str) -> tuple[np.ndarray, float, int, int, float]
             stamps = [p.pts if p.pts is not None else p.dts for p in container.demux(stream) if p.size > 0]
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             time_base = float(stream.time_base) if stream.time_base else 0.0
-            stated_frames, stated = stream.frames, _stated_seconds(container, stream)
+            stated_frames, (stated, stated_end) = stream.frames, _stated_seconds(container, stream)
     except DataError:
         raise
     except av.error.EOFError:
@@ -74,29 +74,33 @@ def probe_with_time_base(path: str) -> tuple[np.ndarray, float, int, int, float]
         raise DataError(f"Video '{path}' has no frame rate in its stream header.")
     pts = np.sort(np.asarray(stamps, dtype=np.int64))
     # By time, not frames times the average rate: a variable-rate video's rate says little of its count.
-    held = float(pts[-1] - pts[0]) * time_base + 1.0 / fps
+    held = float(pts[-1] - (0 if stated_end else pts[0])) * time_base + 1.0 / fps
     if not stated_frames and stated and held < 0.9 * stated - 1.0 / fps:
         raise DataError(f"Video '{path}' is cut short: its header states {stated:.2f} s, its data holds {held:.2f} s.")
     return pts, fps, int(width), int(height), time_base
 
 
-def _stated_seconds(container: Any, stream: Any) -> float:
-    """The video stream's own stated duration in seconds (0: none stated).
+def _stated_seconds(container: Any, stream: Any) -> tuple[float, bool]:
+    """The video stream's own stated duration in seconds (0: none stated), and whether it is where
+    the stream ends rather than how long it lasts.
 
     Never the container's: that covers its longest stream, so a shorter second video stream (or
     one shorter than the audio) would look cut short. Matroska states no duration per stream, but
-    FFmpeg's and mkvmerge's muxers write a ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``) for each.
+    FFmpeg's and mkvmerge's muxers write a ``DURATION`` tag (``HH:MM:SS.nnnnnnnnn``) for each: the
+    time of the stream's end, so a clip cut from a longer recording (``ffmpeg -ss ... -c copy``,
+    its first frame at 2.5 s) states 2.5 s more than it holds. The container's duration is taken
+    as an end time too (the lenient reading).
     """
     if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base), False
     tag = str(stream.metadata.get("DURATION", ""))
     if tag.count(":") == 2:
         hours, minutes, seconds = tag.split(":")
         try:
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            return int(hours) * 3600 + int(minutes) * 60 + float(seconds), True
         except ValueError:
-            return 0.0
-    return (container.duration or 0) / 1e6 if len(container.streams) == 1 else 0.0  # microseconds
+            return 0.0, False
+    return ((container.duration or 0) / 1e6 if len(container.streams) == 1 else 0.0), True  # microseconds
 
 
 def _check_frame_size(path: str, width: int, height: int) -> None:

@@ -54,7 +54,8 @@ class Pipeline:
         """``(repr, tensor -> tensor)`` for each step, in order."""
         if self.backend == "torchvision":
             return [(repr(s), s) for s in self._steps]
-        return [(_album_repr(s), _AlbumentationsStep(s)) for s in self._compose.transforms]
+        # albumentations' repr names every argument: the evaluation cache is keyed by it
+        return [(repr(s), _AlbumentationsStep(s)) for s in self._compose.transforms]
 
     def reseed(self, seed: int) -> None:
         """Reseed the pipeline's own generators (torchvision uses torch's global generator)."""
@@ -72,10 +73,6 @@ class _AlbumentationsStep:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         return _from_numpy(self.transform(image=_to_numpy(image))["image"])
-
-
-def _album_repr(transform: Any) -> str:
-    return type(transform).__name__ + f"(p={getattr(transform, 'p', '?')})"
 
 
 def _to_numpy(image: torch.Tensor) -> np.ndarray:
