@@ -158,6 +158,29 @@ def test_resuming_a_model_the_data_shaped_otherwise_is_refused_naming_what_diffe
     assert "hyperparameters differ in in_channels (1 there, 3 here)" in str(err.value)
 
 
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumed in place
+def test_last_ckpt_is_the_last_epoch_and_a_finished_run_restarted_keeps_its_report(
+    digits_root: Path, tmp_path: Path
+) -> None:
+    """Lightning 2.6 writes ``save_last``'s copy only when the monitored metric improved, so
+    ``last.ckpt`` was the best epoch's state and ``ckpt_path=last`` trained the later epochs again.
+    Here the "best" is the highest validation loss (epoch 0): the last checkpoint must still be epoch
+    2's. Restarting the finished run then trains nothing, and used to overwrite metrics.json with
+    empty metrics."""
+    import torch
+
+    overrides = ["data=tabular", *FAST[1:], "trainer.max_epochs=3", "callbacks.preview=null", "ckpt_path=last",
+                 "optimized_metric=val/loss", "optimized_mode=max"]  # fmt: skip
+    cfg = make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)
+    best = run(cfg)
+    report = (tmp_path / "metrics.json").read_text()
+    assert json.loads(report)["checkpoints"]["best"].endswith("best-epoch00.ckpt")
+    last = torch.load(json.loads(report)["checkpoints"]["last"], map_location="cpu", weights_only=True)
+    assert (last["epoch"], last["global_step"]) == (2, 9)
+    assert run(make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path)) == best
+    assert (tmp_path / "metrics.json").read_text() == report
+
+
 def test_ckpt_path_last_is_the_newest_of_the_last_and_the_slurm_requeue_checkpoint(tmp_path: Path) -> None:
     import os
     from types import SimpleNamespace

@@ -70,6 +70,13 @@ def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
     return [f"data={name}"]
 
 
+def test_a_value_an_option_needs_is_named_by_the_check() -> None:
+    """``data=image_folder`` without ``data.root``: omegaconf's MissingMandatoryValue traceback from
+    inside the DataModule's instantiation, after the imports (~6 s)."""
+    with pytest.raises(ConfigError, match=r"^data\.root=\?\?\?: has no value .* add data\.root=<value>"):
+        validate_config(make_config("data=image_folder"))
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

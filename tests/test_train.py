@@ -279,7 +279,7 @@ def test_bad_data_read_in_a_worker_process_fails_with_the_same_one_line(tmp_path
             for k in range(6):
                 Image.new("RGB", (20, 16), (40 * k, 90, 30)).save(root / split / label / f"{k}.png")
     (root / "train" / "b" / "notes.jpg").write_bytes(b"hello, not an image")
-    lines = {}
+    lines, stderr = {}, {}
     for workers in (0, 2):
         run = f"hydra.run.dir={tmp_path / f'run{workers}'}"
         proc = train("data=image_folder", f"data.root={root}", "model=small_cnn", "transforms.image_size=16",
@@ -287,7 +287,8 @@ def test_bad_data_read_in_a_worker_process_fails_with_the_same_one_line(tmp_path
                      "loader.backend=torch", run, data_dir=tmp_path)  # fmt: skip
         assert proc.returncode == 1, proc.stderr[-3000:]
         lines[workers] = [line for line in proc.stderr.splitlines() if line.startswith("chute: bad data: ")]
+        stderr[workers] = proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    assert len(lines[0]) == len(lines[2]) == 1
+        assert len(lines[workers]) == 1, stderr[workers]  # seen once in a loaded CI run: kept to tell why
     assert "notes.jpg" in lines[2][0]
     assert lines[2] == lines[0]

@@ -126,6 +126,8 @@ def _run(cfg: DictConfig) -> float:
         _check_checkpoint_fits(resumed, model)
     with contextlib.suppress(SIGTERMException):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
+    if resumed is not None and not throughput.summary() and (kept := _finished_run(run_dir, cfg.optimized_metric)):
+        return kept  # restarted after it had finished: nothing trained, its report stands
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
         # The best checkpoint when one was saved (fast_dev_run saves none): else the weights as they are.
@@ -154,10 +156,7 @@ def _run(cfg: DictConfig) -> float:
         "batch_size": datamodule.loader_settings.batch_size,  # the data.* shortcuts included
         "seed": int(cfg.seed),
         "run_dir": run_dir,
-        "checkpoints": {
-            "best": checkpoint.best_model_path if checkpoint else None,
-            "last": checkpoint.last_model_path if checkpoint else None,
-        },
+        "checkpoints": {"best": checkpoint.best_model_path if checkpoint else None, "last": _last_path(trainer)},
         "versions": _versions(),
     }
     _report(summary, run_dir, cfg.optimized_metric)
@@ -416,8 +415,24 @@ def _check_checkpoint_fits(path: str, model: L.LightningModule) -> None:
     )
 
 
+def _checkpoints(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    return [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]  # type: ignore[attr-defined]
+
+
 def _checkpoint(trainer: L.Trainer) -> ModelCheckpoint | None:
-    return next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)  # type: ignore[attr-defined]
+    """The checkpoint callback that keeps the best by a metric (else the first)."""
+    saving = _checkpoints(trainer)
+    return next((c for c in saving if c.monitor is not None), saving[0] if saving else None)
+
+
+def _last_path(trainer: L.Trainer) -> str | None:
+    """The latest checkpoint file: the one a callback without a metric keeps (chute's ``last_checkpoint``),
+    else a ``save_last`` copy."""
+    for callback in _checkpoints(trainer):
+        path = callback.best_model_path if callback.monitor is None else callback.last_model_path
+        if path:
+            return path
+    return None
 
 
 def _floats(metrics: dict[str, Any]) -> dict[str, float]:
@@ -440,6 +455,28 @@ def _versions() -> dict[str, str]:
 
 
 @rank_zero_only
+def _finished_run(run_dir: str, metric: str) -> float | None:
+    """The best ``metric`` of the report a finished run left in ``run_dir`` (``None``: no report).
+
+    ``ckpt_path=last`` restarts a job wherever it stopped; one that had finished trains nothing
+    more, and writing its report again would replace the run's metrics, throughput and data wait
+    with empty ones. So the report stays, and the run says so."""
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            report = json.load(f)
+        best = report[f"best_{metric}"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    line = (
+        f"chute | {os.path.relpath(run_dir)} had finished (epoch {report.get('epochs')}, step "
+        f"{report.get('global_step')}): nothing left to train, its metrics.json stands (best {metric} {best})"
+    )
+    print(line, flush=True)
+    for handler in _log_files():
+        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+    return float("nan") if best is None else float(best)
+
+
 def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:

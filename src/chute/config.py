@@ -162,6 +162,16 @@ class Validated:
 
 def validate_config(cfg: DictConfig) -> Validated:
     """Build the settings objects of ``cfg``, raising :class:`ConfigError` naming ``group.key``."""
+    # `???`: a value the option needs from the user. Not the model's (the data fills num_classes and
+    # the like when the model is built), nor Hydra's own node.
+    missing = sorted(
+        key for group in cfg if group not in ("hydra", "model")
+        and isinstance(node := cfg._get_node(str(group)), DictConfig) for key in OmegaConf.missing_keys(node)
+    )  # fmt: skip
+    if missing:
+        raise ConfigError(
+            missing[0], _Unset(), f"has no value and this option needs one: add {missing[0]}=<value> to the command"
+        )
     built: dict[str, Any] = {}
     groups = (
         ("loader", LoaderSettings), ("transforms", TransformSettings), ("imbalance", ImbalanceSettings),
@@ -187,6 +197,13 @@ def validate_config(cfg: DictConfig) -> Validated:
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", precision, f"must be one of {list(PRECISIONS)}")
     return Validated(**built)
+
+
+class _Unset:
+    """A mandatory value not given (``???`` in the config), as a message shows it."""
+
+    def __repr__(self) -> str:
+        return "???"
 
 
 def builds(target: type, name: str, exclude: tuple[str, ...] = ()) -> type:

@@ -18,11 +18,13 @@ from chute.errors import DataError
 ImageMode = Literal["RGB", "L"]
 
 #: Extensions treated as images when scanning folders (compared lower-case).
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+IMG_EXTENSIONS = (
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"
+)  # fmt: skip
 
 # libjpeg-turbo / libpng / libwebp / giflib through TorchCodec (torchvision.io's image decoders,
 # deprecated since torchvision 0.29, point there); everything else goes through PIL.
-_FAST_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
+_FAST_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif")
 _READ_MODES: dict[str, Literal["RGB", "GRAY"]] = {"RGB": "RGB", "L": "GRAY"}
 _CHANNELS = {"RGB": 3, "L": 1}
 _JPEG_MAGIC = b"\xff\xd8\xff"

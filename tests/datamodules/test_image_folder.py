@@ -481,3 +481,55 @@ def test_a_datamodule_restored_from_its_hyperparameters_builds_the_same_pipeline
     assert repr(again.train_transform) == repr(dm.train_transform)
     own = ImageFolderDataModule(root, train_transform=dm.train_transform, val_transform=v2.Identity())
     assert "transforms" not in own.hparams  # pipelines given by hand: no settings describe them
+
+
+def test_a_tree_of_one_class_is_named_before_a_model_is_built(make_tree) -> None:
+    """One class folder: the model's metrics refused ``num_classes=1`` (a torchmetrics ValueError
+    inside Hydra's "Error in call to target")."""
+    root = make_tree(counts={"cat": 4})
+    with pytest.raises(DataError, match=r"at '.*tree': the training split has one class \('cat', 4 samples\)"):
+        _dm(root).setup("fit")
+
+
+def test_jfif_photos_are_read_and_other_files_left_out_are_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``.jfif`` (JPEGs as browsers on Windows save them) were left out without a word; a class of
+    them alone was "contains no images", a mixed one lost them silently."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label, ext in (("cat", "jpg"), ("dog", "jfif")):
+            for i in range(3):
+                write_image(tmp_path / "tree" / split / label / f"{i}.png", seed=i)
+                Image.open(tmp_path / "tree" / split / label / f"{i}.png").save(
+                    tmp_path / "tree" / split / label / f"{i}.{ext}", format="JPEG"
+                )
+                (tmp_path / "tree" / split / label / f"{i}.png").unlink()
+        (tmp_path / "tree" / split / "cat" / "notes.txt").write_text("taken in May")
+        (tmp_path / "tree" / split / "cat" / "IMG_1.HEIC").write_bytes(b"\0" * 16)
+    dm = _dm(tmp_path / "tree")
+    dm.setup("fit")
+    assert dm.class_counts.tolist() == [3, 3]
+    assert next(iter(dm.val_dataloader()))[0].shape[0] == 6
+    said = [r.getMessage() for r in caplog.records if r.name == "chute.datasets.folder_index"]
+    assert any("'" + str(tmp_path / "tree" / "train") + "': 2 file(s) are not images chute reads" in m for m in said)
+    assert any(".heic x1, .txt x1" in m for m in said)
+
+
+def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path: Path) -> None:
+    """``café`` composed in train, decomposed in val (a copy through macOS): "missing ['café'],
+    unexpected ['café']", two names that print alike."""
+    import unicodedata
+
+    composed, decomposed = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    for split, name in (("train", composed), ("val", decomposed)):
+        for label in (name, "tea"):
+            for i in range(3):
+                write_image(tmp_path / "tree" / split / label / f"{i}.png", seed=i + (10 if label == "tea" else 0))
+    dm = _dm(tmp_path / "tree", loader={"batch_size": 6, "shuffle": False})
+    dm.setup("fit")
+    assert dm.class_names == (composed, "tea")
+    labels = next(iter(dm.val_dataloader()))[1]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 1]

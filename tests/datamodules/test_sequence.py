@@ -155,3 +155,24 @@ def test_one_huge_token_id_is_named_not_made_a_vocabulary(tmp_path: Path) -> Non
     dm = SequenceDataModule(tmp_path)
     dm.setup("fit")
     assert dm.vocab_size == 40_001
+
+
+def test_a_token_id_equal_to_the_padding_id_is_named(tmp_path: Path) -> None:
+    """Token 0 in the data with the default ``pad_id=0``: the batches were right, but the model's
+    embedding of the padding id is fixed at zero, so that token was never learned, silently."""
+    from chute.models import SequenceClassifier
+
+    records = [{"tokens": [1, 2, 3], "label": i % 2} for i in range(20)]
+    records[4] = {"tokens": [5, 0, 3], "label": 0}
+    write_jsonl(tmp_path / "train.jsonl", records)
+    write_jsonl(tmp_path / "val.jsonl", [{"tokens": [1, 2], "label": 0}, {"tokens": [0, 3], "label": 1}])
+    with pytest.raises(DataError, match=r"Token id 0 at '.*train\.jsonl', line 5 is the padding id \(pad_id=0\)"):
+        SequenceDataModule(tmp_path).setup("fit")
+    dm = SequenceDataModule(tmp_path, pad_id=6, loader={"batch_size": 4})  # an unused id: the vocabulary holds it
+    dm.setup("fit")
+    assert dm.model_kwargs == {"vocab_size": 7, "num_classes": 2, "pad_id": 6}
+    model = SequenceClassifier(**dm.model_kwargs)
+    batch = next(iter(dm.train_dataloader()))
+    assert model(batch).shape == (4, 2)
+    with pytest.raises(ConfigError, match=r"^pad_id=9: must be a token id of the vocabulary \(0\.\.7\)"):
+        SequenceDataModule(tmp_path, pad_id=9, vocab_size=8)

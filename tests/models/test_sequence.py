@@ -25,3 +25,23 @@ def test_masked_sequence_model_ignores_extra_padding_and_unmasked_does_not() -> 
         unmasked = SequenceClassifier(vocab_size=10, num_classes=3, encoder=encoder, use_mask=False).eval()
         unmasked.load_state_dict(masked.state_dict())
         assert not torch.allclose(unmasked(batch), unmasked(padded))
+
+
+def _padded_to(inputs: list[list[int]], width: int) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([len(x) for x in inputs])
+    return {
+        "inputs": torch.tensor([x + [0] * (width - len(x)) for x in inputs]),
+        "lengths": lengths,
+        "mask": torch.arange(width)[None, :] < lengths[:, None],
+    }
+
+
+def test_a_batch_shorter_than_the_conv_layers_reads_as_it_would_inside_a_longer_batch() -> None:
+    """Bucketing puts the shortest sequences together: a batch of at most 3 tokens failed inside
+    conv1d ("Kernel size can't be greater than actual input size": two layers of kernel 3 need 5)."""
+    torch.manual_seed(0)
+    model = SequenceClassifier(vocab_size=10, num_classes=3, kernel_size=3).eval()
+    short = [[3, 4, 5], [6], [7, 8]]
+    alone = model(_padded_to(short, 3))
+    among_longer = model(_padded_to([*short, [1, 2, 3, 4, 5, 6, 7, 8, 9]], 9))[:3]
+    torch.testing.assert_close(alone, among_longer)

@@ -260,6 +260,21 @@ class ChuteDataModule(L.LightningDataModule):
         """Training labels, number of classes and class names; ``None`` without class targets."""
         return None
 
+    def check_classes(self) -> None:
+        """Fail at setup, before any model is built, if the training classes cannot train a
+        classifier (a single class: the models' metrics refused ``num_classes=1`` with a torchmetrics
+        error) or the imbalance strategy cannot work on them (:meth:`check_imbalance`)."""
+        classes = self.class_labels()
+        if classes is not None and classes[1] < 2:
+            labels, _, names = classes
+            where = getattr(self, "root", None) or getattr(self, "path", None)
+            raise DataError(
+                f"{type(self).__name__}{f' at {str(where)!r}' if where else ''}: the training split has one class "
+                f"({names[0] if names else '?'!r}, {len(labels)} samples); a classifier needs at least two. Add "
+                "the other classes' data (for a regression target, set task=regression where the DataModule has it)."
+            )
+        self.check_imbalance()
+
     def check_imbalance(self) -> None:
         """Fail at setup, before any training step, if the strategy cannot work on this data."""
         if self.imbalance.strategy == "none":

@@ -45,7 +45,8 @@ class SequenceDataModule(ChuteDataModule):
         val_fraction: Share held out when there is no validation file.
         label_key: Name of the label field.
         vocab_size: Token-id vocabulary size (``None``: largest training id + 1); ignored for text.
-        pad_id: Id used for padding (text: always 0).
+        pad_id: Id used for padding (text: always 0); token ids must not use it (an error names the
+            line that does). An inferred vocabulary holds it.
         max_length: Cut longer sequences to this length (``None``: keep whole).
         bucket: Batch sequences of similar length (training shuffles the buckets; evaluation sorts).
         pool_batches: Batches per bucketing pool (larger: less padding, less randomness).
@@ -96,6 +97,11 @@ class SequenceDataModule(ChuteDataModule):
             raise ConfigError("max_length", max_length, "must be >= 1 or null (no limit)")
         if vocab_size is not None and vocab_size < 2:
             raise ConfigError("vocab_size", vocab_size, "must be >= 2 or null (inferred from the training data)")
+        if pad_id < 0 or (vocab_size is not None and pad_id >= vocab_size):
+            raise ConfigError(
+                "pad_id", pad_id, f"must be a token id of the vocabulary (0..{(vocab_size or 2**63) - 1}); an unused "
+                "one, as the model fixes its embedding at zero",
+            )  # fmt: skip
         if pool_batches < 1:
             raise ConfigError("pool_batches", pool_batches, "must be >= 1")
         if not 0.0 < val_fraction < 1.0:
@@ -138,8 +144,10 @@ class SequenceDataModule(ChuteDataModule):
         if self._saved is None:
             if train.texts is not None:
                 self.vocab = CharVocab.build(train.texts, self.min_char_count)
-            elif self._vocab_size is None:
-                self._vocab_size = _inferred_vocab_size(train)
+            else:
+                if self._vocab_size is None:  # one that holds the padding id too
+                    self._vocab_size = max(_inferred_vocab_size(train), self.pad_id + 1)
+                _check_padding_unused(train, self.pad_id)
             self._num_classes = int(train.labels.max()) + 1
         if self.vocab is not None:
             self._vocab_size = len(self.vocab)
@@ -151,7 +159,7 @@ class SequenceDataModule(ChuteDataModule):
         for split, bad in self._bad.items():
             bad.report(f"'{os.path.join(self.root, self.files[split])}'")
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
-        self.check_imbalance()
+        self.check_classes()
 
     def predict_dataloader(self) -> Loader:
         return self.split_dataloader("test", train=False, keep_order=True)
@@ -296,6 +304,19 @@ class SequenceDataModule(ChuteDataModule):
 # An inferred vocabulary this large is an embedding table of gigabytes (16.8 M ids x 64 floats: 4 GB):
 # a stray id (hashed, or a typo) rather than a vocabulary, said rather than allocated.
 _MOST_INFERRED_IDS = 1 << 24
+
+
+def _check_padding_unused(train: RawRecords, pad_id: int) -> None:
+    """A token id equal to ``pad_id`` is an error naming its line: batches would hold it right (the
+    mask follows lengths), but the model's embedding of the padding id stays zero (``padding_idx``),
+    so the token would never be learned."""
+    for at, tokens in enumerate(train.tokens or []):
+        if pad_id in tokens:
+            raise DataError(
+                f"Token id {pad_id} at {train.where(at)} is the padding id (pad_id={pad_id}): the model keeps the "
+                "padding's embedding at zero and would never learn the token. Set data.pad_id to an id no token "
+                "uses (the vocabulary grows to hold it), or shift the ids so that 0 is free."
+            )
 
 
 def _inferred_vocab_size(train: RawRecords) -> int:

@@ -4,7 +4,10 @@ train/val/test folders, and the seeded stratified hold-out."""
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,6 +15,8 @@ import numpy as np
 
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,30 +73,42 @@ def scan_folder(
         loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)]
         hint = f" It holds {len(loose)} loose {what}; move them into one folder per class." if loose else ""
         raise DataError(f"{kind} folder '{root}' has no class folders: expected '{root}/<class>/<{what[:-1]}>'.{hint}")
+    folders = dict(zip(found, found, strict=True))  # class name -> its folder's name on disk
     if class_names is not None and list(class_names) != found:
-        missing = sorted(set(class_names) - set(found))
-        extra = sorted(set(found) - set(class_names))
-        raise DataError(
-            f"Classes in '{root}' differ from the training split's: missing {missing}, unexpected {extra}. "
-            "Every split needs the same class folders."
-        )
+        folders = _same_classes(root, list(class_names), found)
     paths: list[str] = []
     targets: list[int] = []
     walk = _Walk(root, extensions)
-    for label, name in enumerate(found):
-        files = walk.files(os.path.join(root, name))
+    for label, folder in enumerate(folders.values()):
+        files = walk.files(os.path.join(root, folder))
         if not files:
             raise DataError(
-                f"Class folder '{os.path.join(root, name)}' contains no {what} "
+                f"Class folder '{os.path.join(root, folder)}' contains no {what} "
                 f"(looked for {', '.join(extensions)}). Add some or remove the folder."
             )
-        paths.extend(os.path.join(name, f) for f in files)
+        paths.extend(os.path.join(folder, f) for f in files)
         targets.extend([label] * len(files))
     walk.check()
+    walk.report(root, what)
     # os.fsencode: the file system's own bytes, also for a name that is not valid UTF-8 (Python keeps
     # such bytes as surrogates; os.fsdecode in ``path`` turns them back, so the file still opens).
     encoded = np.array([os.fsencode(p) for p in paths], dtype=np.bytes_)
-    return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(found))
+    return FolderIndex(root, encoded, np.asarray(targets, dtype=np.int64), tuple(folders))
+
+
+def _same_classes(root: str, expected: list[str], found: list[str]) -> dict[str, str]:
+    """The training split's class names mapped to this split's folders of the same names, where the
+    names differ only in their Unicode form (``café`` composed on one disk, decomposed by a copy from
+    macOS); any other difference is an error listing the classes missing and unexpected."""
+    by_form = {unicodedata.normalize("NFC", name): name for name in found}
+    if len(by_form) == len(found) and {unicodedata.normalize("NFC", name) for name in expected} == set(by_form):
+        return {name: by_form[unicodedata.normalize("NFC", name)] for name in expected}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    raise DataError(
+        f"Classes in '{root}' differ from the training split's: missing {missing}, unexpected {extra}. "
+        "Every split needs the same class folders."
+    )
 
 
 class _Walk:
@@ -107,6 +124,7 @@ class _Walk:
 
     def __init__(self, root: str, extensions: tuple[str, ...]) -> None:
         self.extensions = extensions
+        self.passed: collections.Counter[str] = collections.Counter()  # files of other kinds, by extension
         self.walked: list[tuple[str, str]] = [(os.path.realpath(root), root)]  # (real folder, path to it)
         self.linked: dict[str, str] = {}  # real file -> the link that reached it
 
@@ -132,7 +150,18 @@ class _Walk:
                     if os.path.islink(path):
                         self._link(path)
                     out.append(name if rel == "." else os.path.join(rel, name))
+                elif not name.startswith("."):
+                    self.passed[os.path.splitext(name)[1].lower() or "(no extension)"] += 1
         return sorted(out)
+
+    def report(self, root: str, what: str) -> None:
+        """Log the files left out as not of the kind read (``.heic`` photos, ``.txt`` notes), once."""
+        if self.passed:
+            kinds = ", ".join(f"{ext} x{n}" for ext, n in self.passed.most_common(6))
+            log.warning(
+                "'%s': %d file(s) are not %s chute reads and were left out (%s); it reads %s.",
+                root, sum(self.passed.values()), what, kinds, " ".join(self.extensions),
+            )  # fmt: skip
 
     def _counts(self, name: str) -> bool:
         return name.lower().endswith(self.extensions) and not name.startswith(".")
@@ -190,6 +219,7 @@ def scan_unlabeled(
     walk = _Walk(real, extensions)
     files = walk.files(real)
     walk.check()
+    walk.report(root, what)
     if not files:
         raise DataError(f"Folder to predict on '{root}' holds no {what} (looked for {', '.join(extensions)}).")
     encoded = np.array([os.fsencode(f) for f in files], dtype=np.bytes_)

@@ -361,8 +361,9 @@ class Split:
             raise DataError(f"Column {name!r} is not in '{self.source}'. Columns there: {names}. {hint}")
         return self.table.column(name)
 
-    def floats(self, name: str) -> np.ndarray:
-        """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the row."""
+    def floats(self, name: str, advice: str | None = None) -> np.ndarray:
+        """Column ``name`` as float64 with NaN for missing values; non-numbers are an error naming the
+        row and ending with ``advice`` (default: for a feature column, fix it or list it as categorical)."""
         column = self.column(name)
         if pa.types.is_boolean(column.type) or pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             # safe=False: an integer past 2**53 (a byte count, a big id) becomes the nearest float64, as
@@ -377,10 +378,9 @@ class Split:
             try:
                 out[i] = float(value)
             except (TypeError, ValueError):
-                raise DataError(
-                    f"Column {name!r} is numeric but holds {value!r} at {self.where(i)}. Fix the value, or list "
-                    f"{name!r} under categorical if it is a category."
-                ) from None
+                advice = advice or f"Fix the value, or list {name!r} under categorical if it is a category."
+                where = self.where(i)
+                raise DataError(f"Column {name!r} is numeric but holds {value!r} at {where}. {advice}") from None
         return self._finite(name, out)
 
     def _finite(self, name: str, values: np.ndarray) -> np.ndarray:

@@ -208,8 +208,11 @@ def label_classes(split: Split, column: str) -> list[str]:
     return sorted(values)
 
 
-def encode_numbers(split: Split, column: str, what: str = "Target") -> np.ndarray:
-    values = split.floats(column)
+def encode_numbers(split: Split, column: str, what: str = "Target", setting: str | None = None) -> np.ndarray:
+    """A number per row of ``column`` (a regression target, a weight); one that is not a number names
+    its row, and ``setting``, the one that would read the column as classes instead."""
+    advice = f"or set {setting}=classification if {column!r} holds classes" if setting else "as every row needs one"
+    values = split.floats(column, f"{what} column {column!r} needs numbers: fix the value, {advice}.")
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         raise DataError(
@@ -237,7 +240,7 @@ def encode_split(
         if kind == "classification":
             targets[name] = encode_labels(split, column, classes[name])
         else:
-            targets[name] = encode_numbers(split, column)
+            targets[name] = encode_numbers(split, column, setting="task" if name == "target" else f"tasks.{name}.type")
     weights = encode_numbers(split, weight, "Weight") if weight is not None else None
     if weights is not None and (weights < 0).any():
         row = int(np.flatnonzero(weights < 0)[0])

@@ -31,7 +31,8 @@ class SequenceClassifier(L.LightningModule):
         encoder: ``conv`` (two 1-D conv layers, fast on a CPU) or ``gru``.
         embed_dim: Embedding width.
         hidden: Conv channels or GRU hidden size.
-        kernel_size: Conv kernel size (valid convolutions: sequences need 2 * (kernel_size - 1) + 1 tokens).
+        kernel_size: Conv kernel size. Valid convolutions: a sequence shorter than 2 * (kernel_size - 1) + 1
+            tokens has no window, and is read by its mean embedding and length alone.
         use_mask: Use ``mask``/``lengths`` (see above).
         lr: AdamW learning rate (one-cycle schedule).
         weight_decay: AdamW weight decay.
@@ -97,6 +98,9 @@ class SequenceClassifier(L.LightningModule):
         real = mask.unsqueeze(1).to(h.dtype)
         bag = (h * real).sum(dim=2) / real.sum(dim=2).clamp_min(1)  # mean embedding: what the tokens are
         width = int(self.hparams["kernel_size"])
+        short = 2 * (width - 1) + 1 - h.shape[2]  # a batch of short sequences (bucketing groups them)
+        if short > 0:  # padded to the two layers' width: no window of it is real, as in a longer batch
+            h, mask = F.pad(h, (0, short)), F.pad(mask, (0, short), value=False)
         for conv in self.convs:
             h = F.gelu(conv(h))
             mask = mask[:, width - 1 :]

@@ -1,0 +1,49 @@
+"""LatestCheckpoint: last.ckpt is the state the run stopped in, whatever the monitored metric did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from chute.callbacks import LatestCheckpoint
+
+
+def _fit(tmp_path: Path, model: L.LightningModule, *callbacks: L.Callback, validate: bool = True) -> None:
+    L.Trainer(
+        default_root_dir=tmp_path, max_epochs=3, limit_train_batches=8, limit_val_batches=2 if validate else 0,
+        logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks),
+    ).fit(model)  # fmt: skip
+
+
+def _saved(path: Path) -> tuple[int, int]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["epoch"], state["global_step"]
+
+
+class _Worse(BoringModel):
+    """Logs a metric that is best at the first epoch and worse every epoch after."""
+
+    def validation_step(self, batch: object, batch_idx: int) -> None:
+        self.log("score", float(-self.current_epoch))
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_last_is_the_final_epoch_beside_a_best_checkpoint_that_stopped_improving(tmp_path: Path) -> None:
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="score", mode="max")
+    _fit(tmp_path, _Worse(), best, LatestCheckpoint(tmp_path))
+    assert _saved(tmp_path / "best.ckpt") == (0, 8)
+    assert _saved(tmp_path / "last.ckpt") == (2, 24)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.parametrize("validate", [True, False])
+def test_saving_every_n_steps_still_saves_the_last_steps(tmp_path: Path, validate: bool) -> None:
+    """Every 5 steps of 8 per epoch: the periodic saves end at step 20, the run at 24."""
+    _fit(tmp_path, BoringModel(), LatestCheckpoint(tmp_path, every_n_train_steps=5), validate=validate)
+    assert _saved(tmp_path / "last.ckpt")[1] == 24
