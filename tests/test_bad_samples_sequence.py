@@ -230,3 +230,13 @@ def test_hydra_config_keys(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         build_datamodule(cfg, validate_config(cfg))
     assert err.value.key == "data.on_error"
+
+
+def test_a_file_whose_every_line_is_bad_says_so(tmp_path: Path) -> None:
+    """It said "4 of 300 lines read so far were bad (1.3%)": the whole file had been read, and the
+    count stopped at the first bad lines past the limit."""
+    line = json.dumps({"tokens": [1, 2], "label": "x"}) + "\n"
+    (tmp_path / "train.jsonl").write_text(line * 300)
+    (tmp_path / "val.jsonl").write_text(json.dumps({"tokens": [1, 2], "label": 0}) + "\n")
+    with pytest.raises(DataError, match=r"^300 of 300 lines read so far were bad \(100\.0%\)"):
+        SequenceDataModule(tmp_path, on_error="skip").setup("fit")

@@ -70,6 +70,18 @@ def data_overrides(name: str, make_tree: Callable[..., Path]) -> list[str]:
     return [f"data={name}"]
 
 
+def test_data_of_one_class_is_named_before_a_classifier_is_built(make_tree, digits_root: Path) -> None:
+    """A tree of one class folder: torchmetrics' "Expected argument `num_classes` to be an integer
+    larger than 1" inside Hydra's "Error in call to target". (The DataModule itself takes one class:
+    in a user's own model it may be what they want.)"""
+    cfg = make_config("data=image_folder", f"data.root={make_tree(counts={'cat': 4})}", data_dir=digits_root.parent)
+    dm = build_datamodule(cfg, validate_config(cfg))
+    dm.setup("fit")
+    assert dm.class_names == ("cat",)
+    with pytest.raises(DataError, match=r"has 1 class in its training split, and model\._target_=.* needs at least"):
+        build_model(cfg, dm.model_kwargs)
+
+
 def test_a_value_an_option_needs_is_named_by_the_check() -> None:
     """``data=image_folder`` without ``data.root``: omegaconf's MissingMandatoryValue traceback from
     inside the DataModule's instantiation, after the imports (~6 s)."""

@@ -273,6 +273,12 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
 def build_model(cfg: DictConfig, data_hints: dict[str, Any]) -> L.LightningModule:
     """Instantiate ``cfg.model``, passing the data facts (``num_classes``, ...) its constructor accepts."""
     _check_model_takes_data(cfg, data_hints)
+    if data_hints.get("num_classes", 2) < 2 and _accepts(cfg.model, "num_classes"):  # torchmetrics' error, else
+        raise DataError(
+            f"The data ({cfg.data._target_}) has {data_hints['num_classes']} class in its training split, and "
+            f"model._target_={cfg.model._target_} classifies: it needs at least two. Add the other classes' data "
+            "(a table's numeric target: data.task=regression)."
+        )
     hints = {k: v for k, v in data_hints.items() if _accepts(cfg.model, k)}  # the data decides shapes
     return _instantiate(cfg, "model", **hints)
 

@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 import torch
@@ -120,6 +120,21 @@ class BadSamples:
         """
         if not self.skipping:
             raise error
+        self._record(name, error)
+        self._judge(error)
+
+    def skip_all(self, bad: Sequence[tuple[str, DataError]]) -> None:
+        """:meth:`skip` for the bad samples of a whole file read at once, judged together: the share
+        reported is of the file, not of the first few past the limit ("4 of 300 read so far" where
+        all 300 were bad)."""
+        if bad and not self.skipping:
+            raise bad[0][1]
+        for name, error in bad:
+            self._record(name, error)
+        if bad:
+            self._judge(bad[-1][1])
+
+    def _record(self, name: str, error: DataError) -> None:
         slot = self._slot()
         with self._lock:
             if self.journal is not None:
@@ -132,6 +147,9 @@ class BadSamples:
                 self._names[slot, local - 1, : len(encoded)] = torch.frombuffer(bytearray(encoded), dtype=torch.uint8)
         if local <= self.keep:
             log.warning("Skipping a bad %s (on_error=skip): %s", self.what, _reason(error))
+
+    def _judge(self, error: DataError) -> None:
+        """Raise once the bad share of what was read exceeds ``max_fraction``; ``error``: the last bad one."""
         seen, skipped = self.counts
         # Counts add up over the passes (epochs, validation runs). A bad sample early in a later pass
         # would be judged against only the part of that pass read so far (1 bad in 113 lines: 2 of 114

@@ -85,3 +85,8 @@ class ConfigError(ChuteError, ValueError):
 
 class DataError(ChuteError, ValueError):
     """The data on disk is missing, malformed or inconsistent (the message names the path)."""
+
+
+class UnknownArgumentError(ConfigError, TypeError):
+    """An argument a constructor does not take (a misspelt ``categoricl=``): a :class:`ConfigError`
+    naming it and the closest argument there is, and a ``TypeError`` as Python's own would be."""

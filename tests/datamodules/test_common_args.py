@@ -169,3 +169,16 @@ def test_pin_memory_is_a_shortcut_too_as_lightning_hydra_templates_debug_configs
     assert SquaresDataModule(16, pin_memory=False).loader_settings.pin_memory is False
     assert SquaresDataModule(16, pin_memory=True).loader_settings.pin_memory is True
     assert SquaresDataModule(16, loader={"pin_memory": True}).loader_settings.pin_memory is True
+
+
+@pytest.mark.parametrize("cls", [*DATAMODULES.values(), *INTEGRATIONS.values()], ids=lambda c: c.__name__)
+def test_a_misspelt_argument_names_the_datamodule_and_the_closest_argument(cls: type) -> None:
+    """``TabularDataModule('t.csv', categoricl=[...])`` was "ChuteDataModule.__init__() got an
+    unexpected keyword argument", naming neither the class nor what was meant."""
+    from chute.errors import UnknownArgumentError
+
+    with pytest.raises(UnknownArgumentError, match=rf"^num_worker=2: is not an argument of {cls.__name__}: did you "
+                                                   "mean num_workers\\?") as err:  # fmt: skip
+        cls("somewhere", num_worker=2)
+    assert isinstance(err.value, TypeError)
+    assert isinstance(err.value, ConfigError)

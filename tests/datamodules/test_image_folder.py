@@ -223,6 +223,23 @@ def test_device_augment_refuses_what_its_batch_crop_leaves_out(make_tree) -> Non
                           cache_size=20, device_augment=True)  # fmt: skip
 
 
+def test_device_augment_says_the_albumentations_backend_builds_evaluation_only(
+    make_tree, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``transforms=albumentations`` in the default experiment (device_augment on) cropped training
+    batches with chute's torch batch transform, without a word; a backend comparison measured torch twice."""
+    root = make_tree()
+    warned = {}
+    for backend in ("albumentations", "torchvision"):
+        caplog.clear()
+        ImageFolderDataModule(root, transforms=create_transforms(image_size=16, backend=backend), cache="memory",
+                              cache_size=20, device_augment=True)  # fmt: skip
+        warned[backend] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warned["torchvision"] == []
+    assert len(warned["albumentations"]) == 1
+    assert "transforms.backend=albumentations builds the evaluation pipeline only" in warned["albumentations"][0]
+
+
 def test_checkpoint_classes_must_match(make_tree) -> None:
     dm = _dm(make_tree())
     dm.load_state_dict({"class_names": ["x", "y", "z"], "mean": None})
@@ -483,14 +500,6 @@ def test_a_datamodule_restored_from_its_hyperparameters_builds_the_same_pipeline
     assert "transforms" not in own.hparams  # pipelines given by hand: no settings describe them
 
 
-def test_a_tree_of_one_class_is_named_before_a_model_is_built(make_tree) -> None:
-    """One class folder: the model's metrics refused ``num_classes=1`` (a torchmetrics ValueError
-    inside Hydra's "Error in call to target")."""
-    root = make_tree(counts={"cat": 4})
-    with pytest.raises(DataError, match=r"at '.*tree': the training split has one class \('cat', 4 samples\)"):
-        _dm(root).setup("fit")
-
-
 def test_jfif_photos_are_read_and_other_files_left_out_are_logged(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -533,3 +542,13 @@ def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path
     assert dm.class_names == (composed, "tea")
     labels = next(iter(dm.val_dataloader()))[1]
     assert labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_statistics_on_the_0_to_255_scale_are_refused(make_tree) -> None:
+    """mmcv's ``mean=[123.675, ...]`` were taken as they were: every batch's values around -2."""
+    root = make_tree()
+    with pytest.raises(ConfigError, match=r"^mean=\[123\.7, 116\.3, 103\.5\]: .*look like 0\.\.255 ones: divide both"):
+        ImageFolderDataModule(root, mean=[123.7, 116.3, 103.5], std=[58.4, 57.1, 57.4])
+    with pytest.raises(ConfigError, match=r"^std=\[0\.2, 0\.0, 0\.2\]: every channel's std must be > 0"):
+        ImageFolderDataModule(root, mean=[0.5] * 3, std=[0.2, 0.0, 0.2])
+    ImageFolderDataModule(root, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])

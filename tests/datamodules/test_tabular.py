@@ -623,13 +623,6 @@ def test_predict_rows_missing_a_feature_column_are_named(tmp_path: Path) -> None
         dm.predict_dataloader()
 
 
-def test_a_target_of_one_class_is_named(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "t.csv", "x,label\n" + "\n".join(f"{i},yes" for i in range(30)))
-    with pytest.raises(DataError, match=r"the training split has one class \('yes', 24 samples\)"):
-        TabularDataModule(path, target="label").setup("fit")
-    TabularDataModule(path, target="x", numeric=[], categorical=["label"], task="regression").setup("fit")
-
-
 def test_a_text_regression_target_points_at_the_task_setting(tmp_path: Path) -> None:
     """The advice was "list 'label' under categorical", which then failed: a target cannot be a feature."""
     path = write_csv(tmp_path / "t.csv", "x,label\n" + "\n".join(f"{i},{'ab'[i % 2]}" for i in range(30)))

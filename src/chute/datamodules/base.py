@@ -13,6 +13,7 @@ plain hyperparameters in :mod:`chute.datamodules.hparams`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import inspect
 import os
@@ -30,7 +31,7 @@ from chute.datamodules.hooks import InLoader, run_hook
 from chute.datamodules.hparams import caller_arguments, init_parameters, plain_values, qualname
 from chute.datamodules.loading import imbalance_sampler, split_loader
 from chute.datasets.database import sqlite_file
-from chute.errors import ConfigError, DataError
+from chute.errors import ConfigError, DataError, UnknownArgumentError
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
     Loader,
@@ -120,6 +121,20 @@ class ChuteDataModule(L.LightningDataModule):
     # The dotted path of the function that collates this DataModule's samples one by one, recorded
     # in copies of its data (shards, LitData chunks); ``None``: nested stacking and padding.
     sample_collate: str | None = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        """Refuse a keyword argument the DataModule does not take, naming it, the class and the closest
+        argument (Python's own error named ``ChuteDataModule.__init__``, where the common ones end up)."""
+        try:
+            known = set(cls.init_parameters()) | set(getattr(cls, "unsupported", {}))
+        except Exception:  # a signature this cannot read (a subclass of a user's): Python's check stands
+            known = set(kwargs)
+        for key, value in kwargs.items():
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(sorted(known))}"
+                raise UnknownArgumentError(key, value, f"is not an argument of {cls.__name__}: {hint}")
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -259,21 +274,6 @@ class ChuteDataModule(L.LightningDataModule):
     def class_labels(self) -> tuple[np.ndarray, int, tuple[str, ...]] | None:
         """Training labels, number of classes and class names; ``None`` without class targets."""
         return None
-
-    def check_classes(self) -> None:
-        """Fail at setup, before any model is built, if the training classes cannot train a
-        classifier (a single class: the models' metrics refused ``num_classes=1`` with a torchmetrics
-        error) or the imbalance strategy cannot work on them (:meth:`check_imbalance`)."""
-        classes = self.class_labels()
-        if classes is not None and classes[1] < 2:
-            labels, _, names = classes
-            where = getattr(self, "root", None) or getattr(self, "path", None)
-            raise DataError(
-                f"{type(self).__name__}{f' at {str(where)!r}' if where else ''}: the training split has one class "
-                f"({names[0] if names else '?'!r}, {len(labels)} samples); a classifier needs at least two. Add "
-                "the other classes' data (for a regression target, set task=regression where the DataModule has it)."
-            )
-        self.check_imbalance()
 
     def check_imbalance(self) -> None:
         """Fail at setup, before any training step, if the strategy cannot work on this data."""

@@ -22,7 +22,7 @@ from chute.datamodules.base import ChuteDataModule, CommonArgs
 from chute.datasets.folder_index import FolderIndex, discover_splits
 from chute.errors import ConfigError, DataError
 from chute.loader import Stream, derive_seed
-from chute.transforms.batch import NormalizeBatch
+from chute.transforms.batch import NormalizeBatch, check_normalization
 
 
 class ClassFolderDataModule(ChuteDataModule):
@@ -62,6 +62,8 @@ class ClassFolderDataModule(ChuteDataModule):
                 raise ConfigError(key, list(stat), f"needs {channels} values{channels_hint}, one per channel")
         if (mean is None) != (std is None):
             raise ConfigError("mean" if mean is None else "std", None, "set both mean and std, or neither")
+        if mean is not None and std is not None:
+            check_normalization(mean, std)
         self.root = os.fspath(root)
         self.val_fraction = val_fraction
         self.split_dirs = {"train": train_dir, "val": val_dir, "test": test_dir}

@@ -274,7 +274,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         if not self._checked and self.val_transform is not None:
             check_deterministic(self.val_transform, self._raw_sample(self._eval_index()))
             self._checked = True
-        self.check_classes()
+        self.check_imbalance()
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

@@ -159,7 +159,7 @@ class SequenceDataModule(ChuteDataModule):
         for split, bad in self._bad.items():
             bad.report(f"'{os.path.join(self.root, self.files[split])}'")
         self._datasets = {name: SequenceDataset(self._pack(records), self.max_length) for name, records in raw.items()}
-        self.check_classes()
+        self.check_imbalance()
 
     def predict_dataloader(self) -> Loader:
         return self.split_dataloader("test", train=False, keep_order=True)

@@ -188,7 +188,7 @@ class SqlDataModule(FittedEncoding):
         encoder.load_state_dict(state)  # rank 0's fit
         self.encoding = Encoding(encoder, self.target, self.task, tuple(classes))
         self._fit_labels = labels
-        self.check_classes()
+        self.check_imbalance()
 
     def _columns(self) -> dict[str, list[str]]:
         """Each split's source columns, every column a setting names checked against them before any row

@@ -185,7 +185,7 @@ class TableDataModuleBase(FittedEncoding):
                 rank_zero_warn(self._quantity_hint)
         self.encoder = encoder
         self._datasets = {name: self._encode(split) for name, split in splits.items()}
-        self.check_classes()
+        self.check_imbalance()
 
     def _quantities_as_classes(self, train: Split) -> str:
         """A warning for each classification target that looks like a quantity to predict: every label

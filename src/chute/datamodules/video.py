@@ -160,7 +160,7 @@ class VideoDataModule(ClassFolderDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.index_splits()
         self._normalize()
-        self.check_classes()
+        self.check_imbalance()
 
     # -- Public properties -----------------------------------------------------------------------
 

@@ -96,8 +96,8 @@ def read_jsonl(
             labels.append(label)
             lines.append(line_no)
     bad.seen(len(labels) + len(rejected))
-    for where, reason in rejected:
-        bad.skip(where, _line_error(where, reason, skipping=True))  # raises past max_bad_fraction
+    # judged together, past max_bad_fraction: raises
+    bad.skip_all([(where, _line_error(where, reason, skipping=True)) for where, reason in rejected])
     if not labels:
         dropped = f" (on_error=skip dropped all {len(rejected)} lines)" if rejected else ""
         raise DataError(f"Sequence file '{path}' has no records{dropped}.")
@@ -127,6 +127,7 @@ def keep_in_range(
         ok &= top < vocab_size
     if ok.all():
         return records
+    found = []
     for i in np.flatnonzero(~ok).tolist():
         label = int(records.labels[i])
         if num_classes is not None and label >= num_classes:
@@ -137,7 +138,8 @@ def keep_in_range(
                 f"token id {max(records.tokens[i])} is outside the vocabulary (vocab_size={vocab_size}); "
                 "set vocab_size to cover every id"
             )
-        bad_samples.skip(records.where(i), _line_error(records.where(i), reason, skipping=bad_samples.skipping))
+        found.append((records.where(i), _line_error(records.where(i), reason, skipping=bad_samples.skipping)))
+    bad_samples.skip_all(found)
     return records.take(np.flatnonzero(ok))
 
 

@@ -258,8 +258,7 @@ def _read_csv(
             raise
         raise _row_error(path, invalid[0], hint=True) from None
     bad.seen(table.num_rows + len(invalid))
-    for row in invalid:
-        bad.skip(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False))
+    bad.skip_all([(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False)) for row in invalid])
     return _as_text(table, text_columns), [row.number - 1 for row in invalid if row.number is not None]
 
 

@@ -7,7 +7,22 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from chute.errors import ConfigError
 from chute.loader.buffers import batch_buffer
+
+
+def check_normalization(mean: Sequence[float], std: Sequence[float]) -> None:
+    """Refuse statistics that are not in units of the image scaled to ``0..1``: a std of zero or
+    less, or the ``0..255`` ones some libraries take (``mean=[123.7, 116.3, 103.5]`` made every
+    batch's values about -2, without a word)."""
+    if any(s <= 0 for s in std):
+        raise ConfigError("std", list(std), "every channel's std must be > 0")
+    if any(not 0.0 <= m <= 1.0 for m in mean) or any(s > 1.0 for s in std):
+        raise ConfigError(
+            "mean", list(mean),
+            f"mean and std are in units of the image scaled to 0..1 (std={list(std)} given); these look like "
+            "0..255 ones: divide both by 255 (ImageNet's: mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])",
+        )  # fmt: skip
 
 
 class NormalizeBatch:
@@ -39,8 +54,7 @@ class NormalizeBatch:
     ) -> None:
         if len(mean) != len(std):
             raise ValueError(f"mean has {len(mean)} channels but std has {len(std)}")
-        if any(s <= 0 for s in std):
-            raise ValueError(f"std={list(std)}: every channel's std must be > 0")
+        check_normalization(mean, std)
         self.mean = torch.tensor(list(mean), dtype=torch.float64)
         self.std = torch.tensor(list(std), dtype=torch.float64)
         self.channels_last = channels_last

@@ -6,6 +6,7 @@ Normalization and dtype conversion happen once per batch on the device (see ``ch
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from torchvision.transforms import v2
 from chute.errors import ConfigError
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import BACKENDS, TransformSettings
+
+log = logging.getLogger(__name__)
 
 
 class Pipeline:
@@ -117,6 +120,13 @@ def check_batch_augment(transforms: Transforms) -> None:
     """Refuse to augment training batches with ``transforms.train_batch`` (``device_augment``) when
     the settings asked for augmentations it does not do (:attr:`Transforms.batch_omits`), rather
     than leave them out without a word."""
+    settings = transforms.settings
+    if settings is not None and settings.backend != "torchvision":
+        log.warning(
+            "device_augment: training batches are cropped and flipped on the device by chute's batch transform, "
+            "so transforms.backend=%s builds the evaluation pipeline only; set device_augment=false (data."
+            "device_augment) to crop each training image with it.", settings.backend,
+        )  # fmt: skip
     if transforms.batch_omits:
         omitted = ", ".join(f"transforms.{setting}" for setting in transforms.batch_omits)
         raise ConfigError(
