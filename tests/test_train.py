@@ -121,6 +121,38 @@ def test_sigterm_stops_the_run_with_a_message_and_a_failing_status(tmp_path: Pat
     assert (run_dir / "metrics.json").is_file()
 
 
+def test_a_run_stopped_by_sigterm_mid_epoch_and_resumed_ends_as_one_that_was_not(
+    tmp_path: Path, digits_root: Path
+) -> None:
+    """Three faults met here: the stopped run's last.ckpt was the previous save, not the step it
+    stopped at; the resumed run's dropout drew from ``seed_everything`` again (other weights); and the
+    resumed run, its epoch's throughput uncounted, took itself for finished and kept the stopped
+    run's metrics.json."""
+    import torch
+
+    common = ["data=tabular", "trainer.max_epochs=2", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2",
+              "callbacks.preview=null", "trainer.enable_progress_bar=false", "ckpt_path=last"]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert train(*common, f"hydra.run.dir={whole}", data_dir=digits_root.parent).returncode == 0
+    stop = ["+callbacks.sigterm._target_=tests.helpers.SigtermAt", "+callbacks.sigterm.step=5"]
+    proc = train(*common, *stop, f"hydra.run.dir={cut}", data_dir=digits_root.parent)
+    assert proc.returncode == 143, proc.stderr[-3000:]
+
+    def saved(run: Path) -> dict:
+        return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+    assert saved(cut)["global_step"] == 5  # the step it stopped at (epoch 1 of 2, one step in)
+    proc = train(*common, f"hydra.run.dir={cut}", data_dir=digits_root.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "had finished" not in proc.stdout
+    a, b = saved(whole), saved(cut)
+    assert a["global_step"] == b["global_step"] == 8
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    reports = [json.loads((run / "metrics.json").read_text()) for run in (whole, cut)]
+    assert reports[0]["metrics"]["val/acc"] == reports[1]["metrics"]["val/acc"]
+    assert reports[0]["metrics"]["val/loss"] == reports[1]["metrics"]["val/loss"]
+
+
 def test_multirun_sweep(tmp_path: Path, digits_root: Path) -> None:
     """`-m loader.num_workers=0,1,2 seed=1,2`: six runs, each with its own config, logs and metrics."""
     sweep = tmp_path / "sweep"

@@ -122,11 +122,10 @@ def _run(cfg: DictConfig) -> float:
         raise _trainer_error(err, trainer_kwargs) from None
     # Lightning stops cleanly on SIGTERM by raising a SystemExit with status 0; the run reports it below.
     resumed = _resume_path(cfg.ckpt_path, trainer)
-    if resumed is not None:
-        _check_checkpoint_fits(resumed, model)
+    saved_step = _check_checkpoint_fits(resumed, model) if resumed is not None else None
     with contextlib.suppress(SIGTERMException):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
-    if resumed is not None and not throughput.summary() and (kept := _finished_run(run_dir, cfg.optimized_metric)):
+    if trainer.global_step == saved_step and (kept := _finished_run(run_dir, cfg.optimized_metric)):
         return kept  # restarted after it had finished: nothing trained, its report stands
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
@@ -148,6 +147,7 @@ def _run(cfg: DictConfig) -> float:
         "world_size": trainer.world_size,
         "num_nodes": trainer.num_nodes,
         "resumed_from": resumed,
+        "stopped_by_sigterm": bool(trainer.received_sigterm),
         "precision": trainer_kwargs["precision"],
         "accelerator": type(trainer.accelerator).__name__,
         "num_workers": (datamodule.tuned_loader or datamodule.loader_settings).num_workers,
@@ -382,22 +382,23 @@ def _resume_path(requested: str | None, trainer: L.Trainer) -> str | None:
     return max(found, key=os.path.getmtime)
 
 
-def _check_checkpoint_fits(path: str, model: L.LightningModule) -> None:
+def _check_checkpoint_fits(path: str, model: L.LightningModule) -> int | None:
     """Refuse to resume from a checkpoint whose weights have other shapes than this run's model
     (PyTorch's "size mismatch for net.0.weight" after the data was read), naming the hyperparameters
     that differ: mostly facts the data decided (``in_channels`` from ``data.image_mode``,
-    ``num_classes``, ``num_features``). Read memory-mapped: shapes only. A file that does not load
-    here is left to Lightning, which names its own problem."""
+    ``num_classes``, ``num_features``). Read memory-mapped: shapes only. Returns the checkpoint's
+    global step; a file that does not load here is left to Lightning, which names its own problem."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         weights, hparams = saved["state_dict"], dict(saved.get("hyper_parameters") or {})
+        step = int(saved["global_step"])
     except Exception:  # not a checkpoint this check can read: Lightning reports it
-        return
+        return None
     ours = model.state_dict()
     differ = [k for k in ours if k in weights and tuple(weights[k].shape) != tuple(ours[k].shape)]
     others = sorted(set(weights) ^ set(ours))
     if not differ and not others:
-        return
+        return step
     if differ:
         key = differ[0]
         what = f"{key} is {tuple(weights[key].shape)} there and {tuple(ours[key].shape)} here"
@@ -473,6 +474,8 @@ def _finished_run(run_dir: str, metric: str) -> float | None:
         best = report[f"best_{metric}"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if report.get("stopped_by_sigterm"):
+        return None  # the report of a run stopped part-way: this one (stopped again at once) replaces it
     line = (
         f"chute | {os.path.relpath(run_dir)} had finished (epoch {report.get('epochs')}, step "
         f"{report.get('global_step')}): nothing left to train, its metrics.json stands (best {metric} {best})"

@@ -47,3 +47,24 @@ def test_saving_every_n_steps_still_saves_the_last_steps(tmp_path: Path, validat
     """Every 5 steps of 8 per epoch: the periodic saves end at step 20, the run at 24."""
     _fit(tmp_path, BoringModel(), LatestCheckpoint(tmp_path, every_n_train_steps=5), validate=validate)
     assert _saved(tmp_path / "last.ckpt")[1] == 24
+
+
+def test_random_state_restores_every_global_generator_and_loads_weights_only(tmp_path: Path) -> None:
+    import random
+
+    import numpy as np
+
+    from chute.callbacks import RandomState
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    torch.save(RandomState().state_dict(), tmp_path / "state.pt")
+
+    def draws() -> tuple[list[float], list[float], list[float]]:
+        return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+    expected = draws()
+    draws()
+    RandomState().load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert draws() == expected

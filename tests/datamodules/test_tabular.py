@@ -630,3 +630,17 @@ def test_a_text_regression_target_points_at_the_task_setting(tmp_path: Path) -> 
         TabularDataModule(path, target="label", task="regression").setup("fit")
     assert_mentions(str(err.value), "'label'", "row 1", "set task=classification", "holds classes")
     assert "categorical" not in str(err.value)
+
+
+def test_a_class_written_another_way_in_another_file_is_named_as_such(tmp_path: Path) -> None:
+    """A Parquet training file's float labels are the classes '0' and '1'; a CSV validation file
+    written by another program says 0.0: "a class the training split lacks", and nothing more."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    train = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"x": [float(i) for i in range(30)], "label": [float(i % 2) for i in range(30)]}), train)
+    val = write_csv(tmp_path / "v.csv", "x,label\n" + "\n".join(f"{i},{i % 2}.0" for i in range(10)))
+    with pytest.raises(DataError) as err:
+        TabularDataModule(train, val_path=val, target="label").setup("fit")
+    assert_mentions(str(err.value), "'0.0', a class the training split lacks", "The training split has '0', the same")

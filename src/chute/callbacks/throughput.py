@@ -35,6 +35,12 @@ class Throughput(L.Callback):
         self._samples, self._seconds = 0, 0.0
         self._resume()
 
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._t0 is None:  # an epoch resumed mid-way: Lightning does not call on_train_epoch_start
+            self._resume()
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

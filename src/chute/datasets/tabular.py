@@ -133,10 +133,11 @@ class TableEncoder:
         unknown = np.flatnonzero((codes < 0) & np.array([v is not None for v in values], dtype=bool))
         if unknown.size and self.unknown_category == "raise":
             first = int(unknown[0])
+            hint = _written_otherwise(values[first], vocab)
             raise DataError(
                 f"Column {name!r} has category {values[first]!r} at {split.where(first)} that the training split "
-                f"does not have ({unknown.size} such rows; known: {vocab[:10]}). Set unknown_category='ignore' to "
-                "encode unseen categories as all zeros."
+                f"does not have ({unknown.size} such rows; known: {vocab[:10]}).{hint} Set "
+                "unknown_category='ignore' to encode unseen categories as all zeros."
             )
         out = np.zeros((len(values), len(vocab)), dtype=np.float32)
         known = codes >= 0
@@ -192,9 +193,27 @@ def encode_labels(split: Split, column: str, classes: Sequence[str]) -> np.ndarr
         what = f"is {values[first]!r}, a class the training split lacks"
         raise DataError(
             f"Target column {column!r} {what} at {split.where(first)} ({bad.size} such rows; classes: "
-            f"{list(classes)[:10]})."
+            f"{list(classes)[:10]}).{_written_otherwise(values[first], classes)}"
         )
     return codes
+
+
+def _written_otherwise(value: str | None, known: Sequence[str]) -> str:
+    """A hint when ``value`` is a known class or category written another way: a number (``0.0`` in a
+    CSV file, ``0`` from a Parquet float column) or a truth value (``false`` against ``False``)."""
+    if value is None:
+        return ""
+    same = None
+    if is_number(value) and math.isfinite(float(value)):
+        same = next((k for k in known if is_number(k) and float(k) == float(value)), None)
+    elif value.lower() in ("true", "false"):
+        same = next((k for k in known if k.lower() == value.lower()), None)
+    if same is None or same == value:
+        return ""
+    return (
+        f" The training split has {same!r}, the same value written another way (a file of another format, or "
+        "another program, wrote it): write it the same way in every file."
+    )
 
 
 def label_classes(split: Split, column: str) -> list[str]:
