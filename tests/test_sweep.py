@@ -48,3 +48,24 @@ def test_the_seeds_drawn_under_seed_null_are_in_the_summary(tmp_path: Path) -> N
         _job(tmp_path / "same", job, ["seed=7", f"loader.num_workers={job}"], 0.5, 1.0, seed=7)
     write_summary(tmp_path / "same")
     assert ",seed," not in (tmp_path / "same" / "summary.csv").read_text().splitlines()[0]
+
+
+def test_jobs_of_data_options_with_different_metrics_are_ranked_each_by_its_own(tmp_path: Path) -> None:
+    """``-m data=tabular,multitask``: the multitask job optimizes val/loss (min), and the summary
+    showed it with a blank val/acc, ranked by val/acc."""
+    for name, metric, mode, value in (("0", "val/acc", "max", 0.9), ("1", "val/loss", "min", 0.4),
+                                      ("2", "val/loss", "min", 0.3), ("3", "val/acc", "max", 0.95)):  # fmt: skip
+        run = tmp_path / name
+        (run / ".hydra").mkdir(parents=True)
+        data = "multitask" if metric == "val/loss" else "tabular"
+        (run / ".hydra" / "overrides.yaml").write_text(f"- data={data}\n- seed={name}\n")
+        (run / ".hydra" / "config.yaml").write_text(f"optimized_metric: {metric}\noptimized_mode: {mode}\n")
+        (run / "metrics.json").write_text(json.dumps({f"best_{metric}": value, "train_samples_per_s": 1.0}))
+    ranked = write_summary(tmp_path)
+    assert [(r["job"], r["metric"], r["value"]) for r in ranked] == [
+        ("3", "val/acc", 0.95), ("0", "val/acc", 0.9), ("2", "val/loss", 0.3), ("1", "val/loss", 0.4),
+    ]  # fmt: skip
+    table = (tmp_path / "summary.md").read_text().splitlines()
+    assert "different metrics (val/acc max, val/loss min)" in table[0]
+    assert table[2].startswith("| job | data | seed | metric | best |")
+    assert table[6].startswith("| 2 | multitask | 2 | val/loss | 0.3 |")

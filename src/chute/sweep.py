@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,27 @@ def collect(root: Path, metric: str = "val/acc") -> list[dict[str, Any]]:
             else []
         )
         overrides = dict(p.split("=", 1) for p in pairs if "=" in p)
+        # The job's own optimized metric (a data option may set another: multitask's val/loss, min).
+        own = [key.removeprefix("best_") for key in metrics if key.startswith("best_")]
+        job_metric = own[0] if len(own) == 1 else metric
         value = metrics.get(f"best_{metric}", metrics.get("metrics", {}).get(metric))
         row: dict[str, Any] = {"job": str(run.relative_to(root)) or ".", "overrides": overrides, metric: value}
+        row["metric"], row["mode"] = job_metric, _job_mode(run)
+        row["value"] = metrics.get(f"best_{job_metric}", metrics.get("metrics", {}).get(job_metric))
         row["seed"] = metrics.get("seed")  # the seed the job used (drawn, under seed=null)
         row.update({key: metrics.get(key) for key in COLUMNS})
         rows.append(row)
     return rows
+
+
+def _job_mode(run: Path) -> str | None:
+    """The job's ``optimized_mode`` (``min`` or ``max``) from its saved config, if it has one."""
+    try:
+        saved = OmegaConf.load(run / ".hydra" / "config.yaml")
+        mode = saved.get("optimized_mode") if isinstance(saved, DictConfig) else None
+    except Exception:  # no saved config (or not one of chute's): the sweep's mode stands
+        return None
+    return str(mode) if mode in ("min", "max") else None
 
 
 def _job_order(run: Path, root: Path) -> tuple[Any, ...]:
@@ -70,36 +85,52 @@ def write_summary(root: Path, metric: str = "val/acc", mode: str = "max") -> lis
     if not rows:
         return rows
     keys = varying(rows)
+    metrics = sorted({row["metric"] for row in rows})
+    if len(metrics) == 1 and metrics[0] != metric:  # every job optimized another metric than the sweep's
+        metric, mode = metrics[0], next((row["mode"] for row in rows if row["mode"]), mode)
+        for row in rows:
+            row[metric] = row["value"]
+    several = len(metrics) > 1  # jobs of different data options: each ranked by its own metric
 
-    def score(row: dict[str, Any]) -> float:
-        value = row.get(metric)
+    def score(row: dict[str, Any]) -> tuple[str, float]:
+        value = row["value"] if several else row.get(metric)
         if not isinstance(value, (int, float)) or math.isnan(value):
-            return math.inf
-        return -value if mode == "max" else value
+            return (row["metric"] if several else "", math.inf)
+        job_mode = (row["mode"] or mode) if several else mode
+        return (row["metric"] if several else "", -value if job_mode == "max" else value)
 
     rows.sort(key=score)
     # The seeds the jobs used, where they differ without a seed override saying so (seed=null draws one
     # per job: the value to repeat a job with).
     seeds = ["seed"] if "seed" not in keys and len({row.get("seed") for row in rows}) > 1 else []
-    header = ["job", *keys, *seeds, metric, *COLUMNS]
+    judged = ["metric", "best"] if several else [metric]
+    header = ["job", *keys, *seeds, *judged, *COLUMNS]
     table = [
-        [row["job"], *(row["overrides"].get(k, "") for k in keys), *(row.get(s) for s in seeds), row.get(metric),
-         *(row[c] for c in COLUMNS)]
+        [row["job"], *(row["overrides"].get(k, "") for k in keys), *(row.get(s) for s in seeds),
+         *([row["metric"], row["value"]] if several else [row.get(metric)]), *(row[c] for c in COLUMNS)]
         for row in rows
     ]  # fmt: skip
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)
+    modes = {m: next((row["mode"] or mode for row in rows if row["metric"] == m), mode) for m in metrics}
+    ranking = (
+        "the jobs optimize different metrics (" + ", ".join(f"{m} {modes[m]}" for m in metrics) + "): each "
+        "ranked among the jobs of its metric, best first"
+        if several
+        else f"best {metric} ({mode}) first"
+    )
     lines = [
-        f"Sweep of {len(rows)} jobs in {root}; best {metric} ({mode}) first.",
+        f"Sweep of {len(rows)} jobs in {root}; {ranking}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
         *("| " + " | ".join(_cell(v) for v in line) + " |" for line in table),
     ]
     (root / "summary.md").write_text("\n".join(lines) + "\n")
-    _plot(root / "summary.png", rows, keys, metric)
+    shown = ("value", "best of each job's metric") if several else (metric, metric)
+    _plot(root / "summary.png", rows, keys, *shown)
     return rows
 
 
@@ -118,14 +149,14 @@ def _short(value: str) -> str:
     return value if number.is_integer() and "." not in value else f"{number:.4g}"
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metric: str) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metric: str, name: str) -> None:
     from matplotlib.figure import Figure
 
     labels = [", ".join(f"{k}={_short(str(row['overrides'].get(k, '')))}" for k in keys) or row["job"] for row in rows]
     figure = Figure(figsize=(11, max(3.0, 0.45 * len(rows) + 1.6)))
     left, right = figure.subplots(1, 2, sharey=True)
     for ax, key, title, color in (
-        (left, metric, f"{metric} (best first)", "tab:blue"),
+        (left, metric, f"{name} (best first)", "tab:blue"),
         (right, "train_samples_per_s", "train samples/s", "tab:orange"),
     ):
         values = [float(row[key]) if isinstance(row.get(key), (int, float)) else math.nan for row in rows]
@@ -163,4 +194,6 @@ class SweepSummary(Callback):
         if rows:
             best = rows[0]
             shown = " ".join(f"{k}={best['overrides'][k]}" for k in varying(rows)) or best["job"]
-            log.info("Sweep summary: %s (best %s %s: %s)", root / "summary.md", metric, _cell(best.get(metric)), shown)
+            log.info(
+                "Sweep summary: %s (first: %s %s: %s)", root / "summary.md", best["metric"], _cell(best["value"]), shown
+            )
