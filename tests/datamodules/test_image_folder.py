@@ -517,6 +517,7 @@ def test_jfif_photos_are_read_and_other_files_left_out_are_logged(
                 (tmp_path / "tree" / split / label / f"{i}.png").unlink()
         (tmp_path / "tree" / split / "cat" / "notes.txt").write_text("taken in May")
         (tmp_path / "tree" / split / "cat" / "IMG_1.HEIC").write_bytes(b"\0" * 16)
+    write_image(tmp_path / "tree" / "train" / "stray.png")  # beside the class folders: in no class
     dm = _dm(tmp_path / "tree")
     dm.setup("fit")
     assert dm.class_counts.tolist() == [3, 3]
@@ -524,6 +525,8 @@ def test_jfif_photos_are_read_and_other_files_left_out_are_logged(
     said = [r.getMessage() for r in caplog.records if r.name == "chute.datasets.folder_index"]
     assert any("'" + str(tmp_path / "tree" / "train") + "': 2 file(s) are not images chute reads" in m for m in said)
     assert any(".heic x1, .txt x1" in m for m in said)
+    assert any("1 file(s) lie beside the class folders, in none of them, and were left out (first: stray.png)" in m
+               for m in said)  # fmt: skip
 
 
 def test_a_class_folder_named_in_another_unicode_form_is_the_same_class(tmp_path: Path) -> None:

@@ -73,6 +73,12 @@ def scan_folder(
         loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)]
         hint = f" It holds {len(loose)} loose {what}; move them into one folder per class." if loose else ""
         raise DataError(f"{kind} folder '{root}' has no class folders: expected '{root}/<class>/<{what[:-1]}>'.{hint}")
+    loose = [e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
+    if loose:  # files beside the class folders belong to none: said, not read
+        log.warning(
+            "'%s': %d file(s) lie beside the class folders, in none of them, and were left out (first: %s); "
+            "move each into its class's folder.", root, len(loose), sorted(loose)[0],
+        )  # fmt: skip
     folders = dict(zip(found, found, strict=True))  # class name -> its folder's name on disk
     if class_names is not None and list(class_names) != found:
         folders = _same_classes(root, list(class_names), found)
