@@ -17,6 +17,7 @@ from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, Streamin
 from chute.datamodules.base import ChuteDataModule as Base
 from chute.errors import ConfigError
 from chute.integrations import INTEGRATIONS, LitDataModule
+from chute.loader import LoaderSettings
 
 COMMON = set(CommonArgs.__annotations__)
 
@@ -162,6 +163,8 @@ def test_a_shortcut_and_the_loader_key_that_disagree_are_refused(key: str, short
         ConfigError, match=rf"loader\.{key}={in_loader}: disagrees with {key}={shortcut} .*set {key} alone"
     ):
         SquaresDataModule(16, loader={key: in_loader}, **{key: shortcut})  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=rf"loader\.{key}={in_loader}: disagrees with {key}={shortcut}"):
+        SquaresDataModule(16, loader=LoaderSettings(**{key: in_loader}), **{key: shortcut})  # type: ignore[arg-type]
 
 
 def test_pin_memory_is_a_shortcut_too_as_lightning_hydra_templates_debug_configs_set_it() -> None:

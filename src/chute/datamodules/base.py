@@ -509,8 +509,12 @@ def agree_with_shortcuts(shortcuts: Mapping[str, Any], loader: LoaderSettings | 
     """Refuse a shortcut (``batch_size=64``) and a ``loader`` mapping that set one key two ways.
 
     The data options for other Hydra apps set the shortcuts (``batch_size: 64``), so a user's
-    ``+data.loader.batch_size=16`` was overruled by them, silently.
+    ``+data.loader.batch_size=16`` was overruled by them, silently. A :class:`LoaderSettings` object
+    sets the keys where it differs from the defaults.
     """
+    if isinstance(loader, LoaderSettings):
+        defaults = LoaderSettings()
+        loader = {key: getattr(loader, key) for key in shortcuts if getattr(loader, key) != getattr(defaults, key)}
     if not isinstance(loader, Mapping):
         return
     for key, value in shortcuts.items():
