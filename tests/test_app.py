@@ -158,6 +158,15 @@ def test_resuming_a_model_the_data_shaped_otherwise_is_refused_naming_what_diffe
     assert "hyperparameters differ in in_channels (1 there, 3 here)" in str(err.value)
 
 
+def test_a_regression_table_trains_through_the_app(digits_root: Path, tmp_path: Path) -> None:
+    """A regression target gives ``num_classes=0``: the one-class check must not take it for a class count."""
+    overrides = ["data=tabular", "data.task=regression", "data.target=mean_radius", *ONE_EPOCH,
+                 "callbacks.preview=null", "callbacks.class_histogram=null", "optimized_metric=val/loss",
+                 "optimized_mode=min"]  # fmt: skip
+    best = run(make_config(*overrides, data_dir=digits_root.parent, output_dir=tmp_path))
+    assert math.isfinite(best)
+
+
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resumed in place
 def test_last_ckpt_is_the_last_epoch_and_a_finished_run_restarted_keeps_its_report(
     digits_root: Path, tmp_path: Path

@@ -125,7 +125,7 @@ def _run(cfg: DictConfig) -> float:
     saved_step = _check_checkpoint_fits(resumed, model) if resumed is not None else None
     with contextlib.suppress(SIGTERMException):
         trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
-    if trainer.global_step == saved_step and (kept := _finished_run(run_dir, cfg.optimized_metric)):
+    if trainer.global_step == saved_step and (kept := _finished_run(run_dir, cfg.optimized_metric)) is not None:
         return kept  # restarted after it had finished: nothing trained, its report stands
     fit_metrics = _floats(trainer.callback_metrics)
     if cfg.test_after_fit and not trainer.received_sigterm:
@@ -273,11 +273,12 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
 def build_model(cfg: DictConfig, data_hints: dict[str, Any]) -> L.LightningModule:
     """Instantiate ``cfg.model``, passing the data facts (``num_classes``, ...) its constructor accepts."""
     _check_model_takes_data(cfg, data_hints)
-    if data_hints.get("num_classes", 2) < 2 and _accepts(cfg.model, "num_classes"):  # torchmetrics' error, else
-        raise DataError(
-            f"The data ({cfg.data._target_}) has {data_hints['num_classes']} class in its training split, and "
-            f"model._target_={cfg.model._target_} classifies: it needs at least two. Add the other classes' data "
-            "(a table's numeric target: data.task=regression)."
+    classifying = data_hints.get("task", "classification") == "classification"  # regression tables: num_classes 0
+    if classifying and data_hints.get("num_classes") == 1 and _accepts(cfg.model, "num_classes"):
+        raise DataError(  # (torchmetrics' error inside Hydra's "Error in call to target", else)
+            f"The data ({cfg.data._target_}) has 1 class in its training split, and model._target_="
+            f"{cfg.model._target_} classifies: it needs at least two. Add the other classes' data (a table's "
+            "numeric target: data.task=regression)."
         )
     hints = {k: v for k, v in data_hints.items() if _accepts(cfg.model, k)}  # the data decides shapes
     return _instantiate(cfg, "model", **hints)
@@ -298,7 +299,10 @@ def _check_model_takes_data(cfg: DictConfig, data_hints: dict[str, Any]) -> None
     """Refuse a model built for another kind of input than the data's: a table's rows given to an
     image model failed at the first batch inside conv2d, video clips in an image model with "too many
     values to unpack". The kind of each is its most specific fact in ``_INPUT_KINDS`` (for the model:
-    among its constructor's arguments); a model taking ``**kwargs`` or none of them is not judged."""
+    among its constructor's arguments). Only chute's own models are judged: a user's may take
+    ``in_channels`` for video clips, or ``**kwargs``."""
+    if not str(cfg.model._target_).startswith("chute."):  # a user's model: its signature may mean otherwise
+        return
     try:
         params = inspect.signature(get_object(str(cfg.model._target_))).parameters
     except (ImportError, ValueError, TypeError, AttributeError):
@@ -368,8 +372,8 @@ def _resume_path(requested: str | None, trainer: L.Trainer) -> str | None:
     a job and restarts it."""
     if requested != "last":
         return requested
-    saved = _checkpoint(trainer)
-    folders = [str(trainer.default_root_dir)] + ([str(saved.dirpath)] if saved is not None and saved.dirpath else [])
+    saving = dict.fromkeys(str(c.dirpath) for c in _checkpoints(trainer) if c.dirpath)  # every callback's folder
+    folders = [str(trainer.default_root_dir), *saving]
     found = [
         path
         for folder in folders
@@ -461,7 +465,6 @@ def _versions() -> dict[str, str]:
     }
 
 
-@rank_zero_only
 def _finished_run(run_dir: str, metric: str) -> float | None:
     """The best ``metric`` of the report a finished run left in ``run_dir`` (``None``: no report).
 
@@ -480,12 +483,19 @@ def _finished_run(run_dir: str, metric: str) -> float | None:
         f"chute | {os.path.relpath(run_dir)} had finished (epoch {report.get('epochs')}, step "
         f"{report.get('global_step')}): nothing left to train, its metrics.json stands (best {metric} {best})"
     )
-    print(line, flush=True)
-    for handler in _log_files():
-        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+    _say(line)  # every rank decides alike (the same file); rank 0 says so
     return float("nan") if best is None else float(best)
 
 
+@rank_zero_only
+def _say(line: str) -> None:
+    """Print ``line`` and end the run's log with it."""
+    print(line, flush=True)
+    for handler in _log_files():
+        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+
+
+@rank_zero_only
 def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
@@ -496,9 +506,7 @@ def _report(summary: dict[str, Any], run_dir: str, metric: str) -> None:
         f"chute | {metric} {last:.4f} (best {summary[f'best_{metric}']:.4f}) | "
         f"train {rate:,.0f} samples/s | {summary['wall_time_s']:.1f} s | {os.path.relpath(run_dir)}"
     )
-    print(line, flush=True)
-    for handler in _log_files():  # the run's log ends with the same line
-        handler.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
+    _say(line)
 
 
 def _log_files() -> list[logging.FileHandler]:

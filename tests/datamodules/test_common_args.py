@@ -185,3 +185,17 @@ def test_a_misspelt_argument_names_the_datamodule_and_the_closest_argument(cls: 
         cls("somewhere", num_worker=2)
     assert isinstance(err.value, TypeError)
     assert isinstance(err.value, ConfigError)
+
+
+def test_a_subclass_that_takes_keywords_of_its_own_through_kwargs_still_works() -> None:
+    """The misspelt-argument check lists a DataModule's arguments; a user's subclass that pops its
+    own from ``**kwargs`` has arguments no signature shows, and is left to Python's own check."""
+
+    class Mine(SquaresDataModule):
+        def __init__(self, n: int, **kwargs: Any) -> None:
+            self.scale = kwargs.pop("scale", 1)
+            super().__init__(n, **kwargs)
+
+    assert Mine(16, scale=3, batch_size=4).scale == 3
+    with pytest.raises(TypeError):
+        Mine(16, batch_sise=4)

@@ -401,3 +401,22 @@ def test_an_index_without_layouts_reads_unchecked_and_a_malformed_one_is_refused
         write_index(root, {"train": [{**entries[0], "sample": bad}]})
         with pytest.raises(DataError, match=r"sample layout of 'train-00000.jsonl' is not one chute writes"):
             ShardIndex.read(root)
+
+
+def test_empty_tensors_and_int_labels_of_other_types_come_back_as_written(tmp_path: Path) -> None:
+    """An image without boxes, ``(0, 4)``, was stored as ``[]`` and read back as ``(0,)``, which the
+    layout check then refused beside the ``(N, 4)`` of the others; an IntEnum label was recorded by
+    its class name, so every line was refused."""
+    import enum
+
+    class Kind(enum.IntEnum):
+        CAT = 0
+        DOG = 1
+
+    samples = [{"boxes": torch.zeros(n, 4), "label": Kind(n % 2)} for n in (2, 0, 3, 0)]
+    layout = _layout_of(tmp_path, samples)
+    assert layout == {"dict": {"boxes": {"tensor": [None, 4], "dtype": "float32"}, "label": {"scalar": ["int"]}}}
+    shards = ShardIndex.read(tmp_path).shards("train")
+    batches = list(ShardStream(shards, 4, collate_nested, layout=layout, buffer_size=0, shuffle_shards=False))
+    assert batches[0]["boxes"].shape == (4, 3, 4)
+    assert batches[0]["boxes_lengths"].tolist() == [2, 0, 3, 0]

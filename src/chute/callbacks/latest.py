@@ -13,9 +13,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 class LatestCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint file, ``<dirpath>/last.ckpt``, of the latest training state.
 
-    Written after every validation (or every training epoch, without validation), every
-    ``every_n_train_steps`` steps or ``train_time_interval`` when one is set, when training ends and
-    when a SIGTERM stops it, so a restart resumes where the run stopped, not from an earlier save. It stands beside the
+    Written after every validation (or every training epoch, without validation) or, when one is
+    set, every ``every_n_train_steps`` steps or ``train_time_interval`` instead (Lightning's rule);
+    and always when training ends and when a SIGTERM stops it between training steps, so a restart
+    resumes where the run stopped, not from an earlier save. It stands beside the
     checkpoint that keeps the best by a metric: ``ModelCheckpoint(monitor=..., save_last=True)``
     writes its ``last`` copy, since Lightning 2.6, only when the metric improved (the best epoch's
     state, under the name ``last``), and Lightning refuses ``every_n_train_steps`` together with
@@ -51,8 +52,10 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
-        # SIGTERM (a scheduler's notice): Lightning stops between steps, so the state is whole
-        if isinstance(exception, SIGTERMException) and not self._should_skip_saving_checkpoint(trainer):
+        # SIGTERM (a scheduler's notice) in training: Lightning stops between steps, every rank told
+        # (rank 0's flag is broadcast), so the state is whole. Not in a validation pass: stopped part-way.
+        training = not (trainer.validating or trainer.sanity_checking)
+        if isinstance(exception, SIGTERMException) and training and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

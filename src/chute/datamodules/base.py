@@ -127,6 +127,8 @@ class ChuteDataModule(L.LightningDataModule):
         argument (Python's own error named ``ChuteDataModule.__init__``, where the common ones end up)."""
         try:
             known = set(cls.init_parameters()) | set(getattr(cls, "unsupported", {}))
+            if _takes_any_keyword(cls):
+                known |= set(kwargs)
         except Exception:  # a signature this cannot read (a subclass of a user's): Python's check stands
             known = set(kwargs)
         for key, value in kwargs.items():
@@ -503,6 +505,20 @@ def _place(location: str) -> str:
     elif "://" in location:
         return location
     return os.path.realpath(os.path.expanduser(location))
+
+
+def _takes_any_keyword(cls: type) -> bool:
+    """Whether a class of the user's between ``cls`` and :class:`ChuteDataModule` takes ``**kwargs``
+    and may use keys of its own from them (``kwargs.pop("foo")``): its arguments cannot be listed."""
+    for klass in cls.__mro__:
+        if klass is ChuteDataModule:
+            return False
+        init = klass.__dict__.get("__init__")
+        if init is None or klass.__module__.startswith("chute."):
+            continue
+        if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(init).parameters.values()):
+            return True
+    return False
 
 
 def agree_with_shortcuts(shortcuts: Mapping[str, Any], loader: LoaderSettings | Mapping[str, Any] | None) -> None:

@@ -98,9 +98,10 @@ class SequenceDataModule(ChuteDataModule):
         if vocab_size is not None and vocab_size < 2:
             raise ConfigError("vocab_size", vocab_size, "must be >= 2 or null (inferred from the training data)")
         if pad_id < 0 or (vocab_size is not None and pad_id >= vocab_size):
+            ids = f"0..{vocab_size - 1}" if vocab_size is not None else "an id >= 0"
             raise ConfigError(
-                "pad_id", pad_id, f"must be a token id of the vocabulary (0..{(vocab_size or 2**63) - 1}); an unused "
-                "one, as the model fixes its embedding at zero",
+                "pad_id", pad_id, f"must be a token id of the vocabulary ({ids}); an unused one, as the model "
+                "fixes its embedding at zero",
             )  # fmt: skip
         if pool_batches < 1:
             raise ConfigError("pool_batches", pool_batches, "must be >= 1")

@@ -29,7 +29,10 @@ FORMAT = "chute-jsonl-shards/1"
 def encode_sample(sample: Any) -> Any:
     """A JSON-ready copy of ``sample`` (nested dicts, tuples, lists, tensors, arrays, numbers, strings)."""
     if isinstance(sample, torch.Tensor):
-        return {"tensor": sample.tolist(), "dtype": str(sample.dtype).removeprefix("torch.")}
+        encoded = {"tensor": sample.tolist(), "dtype": str(sample.dtype).removeprefix("torch.")}
+        if sample.numel() == 0:  # nested lists cannot say (0, 4): an image without boxes
+            encoded["shape"] = list(sample.shape)
+        return encoded
     if isinstance(sample, np.ndarray):
         return encode_sample(torch.from_numpy(sample))
     if isinstance(sample, np.generic):
@@ -47,7 +50,8 @@ def decode_sample(value: Any) -> Any:
     """The inverse of :func:`encode_sample`."""
     if isinstance(value, dict):
         if "tensor" in value:
-            return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+            tensor = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+            return tensor.reshape(value["shape"]) if "shape" in value else tensor
         if "dict" in value:
             return {k: decode_sample(v) for k, v in value["dict"].items()}
         if "tuple" in value:
@@ -206,9 +210,12 @@ def write_shards(
                 entries.append({"file": name, "count": 0})
                 layout: Layout | None = None
             assert handle is not None
-            handle.write(json.dumps(encode_sample(sample), separators=(",", ":")) + "\n")
+            text = json.dumps(encode_sample(sample), separators=(",", ":"))
+            handle.write(text + "\n")
             entries[-1]["count"] += 1
-            this = sample_layout(sample)
+            # of the sample as a reader gets it back: an empty (0, 4) tensor is stored as [] and read
+            # as (0,), an IntEnum label as an int
+            this = sample_layout(decode_sample(json.loads(text)))
             layout = this if layout is None else merge_layouts(layout, this)
             entries[-1]["sample"] = layout
     finally:
