@@ -148,17 +148,23 @@ def test_killing_every_process_of_both_nodes_resumes_exactly(tmp_path: Path) -> 
 @pytest.mark.ddp
 def test_the_documented_two_node_recipe_starts_and_restarts_a_job(tmp_path: Path) -> None:
     # README "Beyond one machine": train.py on every node, one job folder, ckpt_path=last; the second
-    # run of the same command (a requeue, or a restart after both nodes died) resumes the first.
+    # run of the same command (a requeue after a scheduler's SIGTERM) resumes the first where it stopped.
     job = tmp_path / "job"
     recipe = [
         "data=tabular", "trainer.num_nodes=2", "trainer.devices=2", "trainer.strategy=ddp",
         "trainer.accelerator=cpu", f"hydra.run.dir={job}", "ckpt_path=last", f"paths.data_dir={tmp_path / 'data'}",
-        "loader.num_workers=2", "callbacks.preview=null", "trainer.enable_progress_bar=false",
+        "loader.num_workers=2", "callbacks.preview=null", "trainer.enable_progress_bar=false", "trainer.max_epochs=2",
     ]  # fmt: skip
-    for epochs in (1, 2):
-        procs = start_nodes(tmp_path, "train.py", [*recipe, f"trainer.max_epochs={epochs}"])
-        finish(procs)
-        metrics = json.loads((job / "metrics.json").read_text())
-        assert (metrics["world_size"], metrics["num_nodes"], metrics["epochs"]) == (4, 2, epochs)
-        resumed = metrics["resumed_from"]
-        assert resumed is None if epochs == 1 else resumed == str(job / "checkpoints" / "last.ckpt")
+    stop = ["+callbacks.sigterm._target_=tests.helpers.SigtermAt", "+callbacks.sigterm.step=1"]
+    stopped = start_nodes(tmp_path, "train.py", [*recipe, *stop])
+    for proc in stopped:
+        err = proc.communicate(timeout=1800)[1]
+        assert proc.returncode != 0, err[-4000:]
+        assert "chute: stopped by SIGTERM" in err, err[-4000:]
+    first = json.loads((job / "metrics.json").read_text())
+    assert (first["resumed_from"], first["global_step"], first["stopped_by_sigterm"]) == (None, 1, True)
+    finish(start_nodes(tmp_path, "train.py", recipe))
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert (metrics["world_size"], metrics["num_nodes"], metrics["epochs"]) == (4, 2, 2)
+    assert metrics["resumed_from"] == str(job / "checkpoints" / "last.ckpt")
+    assert metrics["global_step"] > 1
