@@ -644,3 +644,19 @@ def test_a_class_written_another_way_in_another_file_is_named_as_such(tmp_path: 
     with pytest.raises(DataError) as err:
         TabularDataModule(train, val_path=val, target="label").setup("fit")
     assert_mentions(str(err.value), "'0.0', a class the training split lacks", "The training split has '0', the same")
+
+
+def test_na_is_read_the_same_way_in_every_file_as_the_training_file_decided(tmp_path: Path) -> None:
+    """Whether ``NA`` is missing or a category was decided per file: a training file of zip codes
+    made it missing, a validation file where one code is text (``UNK``) made it the category ``NA``,
+    which training never had (all zeros under unknown_category=ignore, silently)."""
+    train = write_csv(tmp_path / "t.csv", "x,zip,label\n" + "\n".join(
+        f"{i},{['02134', '10001', 'NA'][i % 3]},{i % 2}" for i in range(30)))  # fmt: skip
+    val = write_csv(tmp_path / "v.csv", "x,zip,label\n" + "\n".join(
+        f"{i},{['02134', 'NA', 'UNK'][i % 3]},{i % 2}" for i in range(9)))  # fmt: skip
+    dm = TabularDataModule(train, val_path=val, target="label", numeric=["x"], categorical=["zip"], missing="mean",
+                           unknown_category="ignore", loader={"batch_size": 9, "shuffle": False})  # fmt: skip
+    dm.setup("fit")
+    assert dm.feature_names == ["x", "zip=02134", "zip=10001", "zip=<missing>"]
+    features = next(iter(dm.val_dataloader()))[0]
+    assert features[:3, 1:].tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]  # 02134, NA, UNK

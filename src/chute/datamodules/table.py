@@ -254,19 +254,20 @@ class TableDataModuleBase(FittedEncoding):
     def split_dataloader(self, split: str, train: bool) -> Loader:
         return self.build_dataloader(self.dataset(split), train=train, collate_fn=self.collate_or(passthrough))
 
-    def _read(self, split: str) -> Split:
-        """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped."""
+    def _read(self, split: str, words_missing: frozenset[str] | None = None) -> Split:
+        """The table file of ``split``; rows with a wrong field count raise or, with ``skip``, are dropped.
+        ``words_missing``: the training file's reading of ``NA`` in its text columns (:class:`Split`)."""
         path = self.paths[split]
         assert path is not None
         # Categories and class labels as written, so that '007' in one file is '007' in every file.
         labels = [column for column, kind in self.tasks.values() if kind == "classification"]
         text = [*self.categorical, *(labels if split != "predict" else ())]  # rows to predict: no labels
-        return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding, text)
+        return read_split(path, self.bad_policy(split, "row", fresh=True), self.encoding, text, words_missing)
 
     def _read_splits(self) -> dict[str, Split]:
         train = self._read("train")
         if self.paths["val"] is not None:
-            val = self._read("val")
+            val = self._read("val", train.words_missing)
         else:
             seed = derive_seed(self.seed, Stream.SPLIT)
             stratify = next((column for column, kind in self.tasks.values() if kind == "classification"), None)
@@ -280,7 +281,7 @@ class TableDataModuleBase(FittedEncoding):
             train, val = train.take(keep), train.take(held)
         test = val
         if self.paths["test"] is not None:
-            test = self._read("test")
+            test = self._read("test", train.words_missing)
         return {"train": train, "val": val, "test": test}
 
     def _infer_numeric(self, train: Split) -> list[str]:

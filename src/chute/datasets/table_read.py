@@ -9,7 +9,7 @@ import codecs
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ def read_split(
     bad_samples: BadSamples | None = None,
     encoding: str = "utf-8",
     text_columns: Sequence[str] = (),
+    words_missing: Collection[str] | None = None,
 ) -> Split:
     """:func:`read_table` as a :class:`Split` whose row numbers are those of the file, skipped rows left out.
 
@@ -54,6 +55,10 @@ def read_split(
     labels) are read from a CSV file as the text written there, whatever its cells look like: a
     column of codes such as ``007`` is then the same in every file, where type inference would make
     it the number 7 in a file whose codes are all digits and keep it text in another.
+
+    ``words_missing``: the ``text_columns`` of a CSV file where the words for a missing value (``NA``,
+    ``nan``, ...) are missing values, as the training file decided them (:attr:`Split.words_missing`);
+    ``None`` decides from this file (see ``_as_text``).
 
     ``path`` may also be a folder of Parquet files (a partitioned dataset, as Spark, Dask or
     ``pyarrow.parquet.write_to_dataset`` write it), read as one table.
@@ -64,12 +69,13 @@ def read_split(
         raise DataError(f"Table file '{path}' is empty (0 bytes): expected a header row and data rows.")
     bad = bad_samples or BadSamples("raise", what="row")
     skipped: list[int] = []
+    missing_here: frozenset[str] = frozenset(words_missing or ())
     try:
         if os.path.isdir(path) or name.endswith((".parquet", ".pq")):
             table = _plain_strings(_read_parquet(path))
         elif name.endswith((".csv", ".tsv", ".txt")):
             delimiter = "\t" if name.endswith(".tsv") else ","
-            table, skipped = _read_csv(path, delimiter, bad, encoding, text_columns)
+            table, skipped, missing_here = _read_csv(path, delimiter, bad, encoding, text_columns, words_missing)
         else:
             raise DataError(f"Table file '{path}': unknown format; use .csv, .tsv (optionally .gz) or .parquet.")
     except (pa.ArrowInvalid, OSError) as err:
@@ -84,7 +90,7 @@ def read_split(
     if skipped:
         rows = np.setdiff1d(rows, np.asarray(skipped, dtype=np.int64))[: table.num_rows]
         bad.report(f"'{path}'")
-    return Split(table, path, rows)
+    return Split(table, path, rows, missing_here)
 
 
 def table_columns(path: str | os.PathLike[str], encoding: str = "utf-8") -> list[str]:
@@ -202,9 +208,15 @@ def check_encoding(encoding: str, path: str | None = None) -> None:
 
 
 def _read_csv(
-    path: str, delimiter: str, bad: BadSamples, encoding: str = "utf-8", text_columns: Sequence[str] = ()
-) -> tuple[pa.Table, list[int]]:
-    """The table, and the data-row numbers (1-based, header excluded) of rows skipped for a wrong field count.
+    path: str,
+    delimiter: str,
+    bad: BadSamples,
+    encoding: str = "utf-8",
+    text_columns: Sequence[str] = (),
+    words_missing: Collection[str] | None = None,
+) -> tuple[pa.Table, list[int], frozenset[str]]:
+    """The table, the data-row numbers (1-based, header excluded) of rows skipped for a wrong field
+    count, and the text columns where the words for a missing value were read as missing.
 
     The first read uses pyarrow's threads, which cannot say where a bad row is; only a file that has
     one is read again on one thread to find its line numbers.
@@ -249,7 +261,8 @@ def _read_csv(
         if not invalid:
             raise
     if not invalid:
-        return _as_text(table, text_columns), []
+        table, missing = _as_text(table, text_columns, words_missing)
+        return table, [], missing
     invalid.clear()
     try:
         table = read(threads=False)
@@ -259,17 +272,23 @@ def _read_csv(
         raise _row_error(path, invalid[0], hint=True) from None
     bad.seen(table.num_rows + len(invalid))
     bad.skip_all([(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False)) for row in invalid])
-    return _as_text(table, text_columns), [row.number - 1 for row in invalid if row.number is not None]
+    table, missing = _as_text(table, text_columns, words_missing)
+    return table, [row.number - 1 for row in invalid if row.number is not None], missing
 
 
-def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
+def _as_text(
+    table: pa.Table, names: Sequence[str], decided: Collection[str] | None = None
+) -> tuple[pa.Table, frozenset[str]]:
     """``table`` with the columns ``names`` (read as bytes) as ``string`` where they are valid UTF-8;
     a column that is not stays bytes, and :meth:`Split.strings` names its first bad row.
 
     Missing cells of text (the CSV reader is told none, to decide here): an empty cell is missing in
     every column. The words for a missing value (``NA``, ``null``, ``nan``, ...) are missing too,
     except in the columns ``names`` (categories, labels) where the other cells are not all numbers:
-    there ``NA`` is a category like ``US`` (Namibia), as written, and is logged once."""
+    there ``NA`` is a category like ``US`` (Namibia), as written, and is logged. ``decided``: the
+    ``names`` where they are missing, as the training file decided (the same in every file); also
+    returned, for this file."""
+    missing_in: set[str] = set()
     for index, type_ in enumerate(table.schema.types):
         if not (pa.types.is_string(type_) or pa.types.is_binary(type_)):
             continue
@@ -280,8 +299,11 @@ def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
             continue
         missing = pc.equal(pc.binary_length(column), 0)
         words = pc.is_in(column, value_set=pa.array(_MISSING_WORDS, type=type_))
-        if name not in names or _numbers(pc.filter(column, pc.invert(pc.or_(missing, words)))):
+        if name not in names:
             missing = pc.or_(missing, words)
+        elif name in decided if decided is not None else _numbers(pc.filter(column, pc.invert(pc.or_(missing, words)))):
+            missing = pc.or_(missing, words)
+            missing_in.add(name)
         elif pc.any(words).as_py():
             found = sorted(set(pc.filter(column, words).to_pylist()))
             log.warning(
@@ -296,7 +318,7 @@ def _as_text(table: pa.Table, names: Sequence[str]) -> pa.Table:
             continue
         with contextlib.suppress(pa.ArrowInvalid):  # not UTF-8: stays bytes
             table = table.set_column(index, name, table.column(index).cast(pa.string()))
-    return table
+    return table, frozenset(missing_in)
 
 
 # pyarrow's CSV words for a missing value, without "" (handled on its own).
@@ -339,13 +361,16 @@ class Split:
     table: pa.Table
     source: str
     rows: np.ndarray
+    #: Text columns (categories, labels) of a CSV file where ``NA``, ``nan``, ... were read as missing
+    #: values (:func:`read_split`); the other files of a table are read with the training file's.
+    words_missing: frozenset[str] = frozenset()
 
     @classmethod
     def whole(cls, table: pa.Table, source: str) -> Split:
         return cls(table, source, np.arange(1, table.num_rows + 1, dtype=np.int64))
 
     def take(self, indices: np.ndarray) -> Split:
-        return Split(self.table.take(pa.array(indices)), self.source, self.rows[indices])
+        return Split(self.table.take(pa.array(indices)), self.source, self.rows[indices], self.words_missing)
 
     def where(self, position: int) -> str:
         """``'file', row R`` for error messages (CSV: line R + 1, after the header)."""
