@@ -164,10 +164,7 @@ def validate_config(cfg: DictConfig) -> Validated:
     """Build the settings objects of ``cfg``, raising :class:`ConfigError` naming ``group.key``."""
     # `???`: a value the option needs from the user. Not the model's (the data fills num_classes and
     # the like when the model is built), nor Hydra's own node.
-    missing = sorted(
-        key for group in cfg if group not in ("hydra", "model")
-        and isinstance(node := cfg._get_node(str(group)), DictConfig) for key in OmegaConf.missing_keys(node)
-    )  # fmt: skip
+    missing = sorted(key for group in cfg if group not in ("hydra", "model") for key in _missing_keys(cfg, str(group)))
     if missing:
         raise ConfigError(
             missing[0], _Unset(), f"has no value and this option needs one: add {missing[0]}=<value> to the command"
@@ -197,6 +194,16 @@ def validate_config(cfg: DictConfig) -> Validated:
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", precision, f"must be one of {list(PRECISIONS)}")
     return Validated(**built)
+
+
+def _missing_keys(cfg: DictConfig, group: str) -> set[str]:
+    """The ``???`` keys under ``cfg[group]`` (full keys); none where it cannot tell (an interpolation to
+    a missing value, which omegaconf reports itself when the value is used)."""
+    try:
+        node = cfg.get(group)
+        return set(OmegaConf.missing_keys(node)) if isinstance(node, DictConfig) else set()
+    except Exception:  # omegaconf's resolution errors
+        return set()
 
 
 class _Unset:
