@@ -86,18 +86,18 @@ def write_summary(root: Path, metric: str = "val/acc", mode: str = "max") -> lis
         return rows
     keys = varying(rows)
     metrics = sorted({row["metric"] for row in rows})
-    if len(metrics) == 1 and metrics[0] != metric:  # every job optimized another metric than the sweep's
-        metric, mode = metrics[0], next((row["mode"] for row in rows if row["mode"]), mode)
-        for row in rows:
-            row[metric] = row["value"]
     several = len(metrics) > 1  # jobs of different data options: each ranked by its own metric
+    if not several and metrics[0] != metric:  # every job optimized another metric than the sweep's
+        metric, mode = metrics[0], next((row["mode"] for row in rows if row["mode"]), mode)
+
+    def job_mode(row: dict[str, Any]) -> str:
+        return (row["mode"] or mode) if several else mode
 
     def score(row: dict[str, Any]) -> tuple[str, float]:
-        value = row["value"] if several else row.get(metric)
+        value = row["value"]
         if not isinstance(value, (int, float)) or math.isnan(value):
-            return (row["metric"] if several else "", math.inf)
-        job_mode = (row["mode"] or mode) if several else mode
-        return (row["metric"] if several else "", -value if job_mode == "max" else value)
+            return (row["metric"], math.inf)
+        return (row["metric"], -value if job_mode(row) == "max" else value)
 
     rows.sort(key=score)
     # The seeds the jobs used, where they differ without a seed override saying so (seed=null draws one
@@ -107,14 +107,14 @@ def write_summary(root: Path, metric: str = "val/acc", mode: str = "max") -> lis
     header = ["job", *keys, *seeds, *judged, *COLUMNS]
     table = [
         [row["job"], *(row["overrides"].get(k, "") for k in keys), *(row.get(s) for s in seeds),
-         *([row["metric"], row["value"]] if several else [row.get(metric)]), *(row[c] for c in COLUMNS)]
+         *([row["metric"]] if several else []), row["value"], *(row[c] for c in COLUMNS)]
         for row in rows
     ]  # fmt: skip
     with open(root / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(table)
-    modes = {m: next((row["mode"] or mode for row in rows if row["metric"] == m), mode) for m in metrics}
+    modes = {m: next((job_mode(row) for row in rows if row["metric"] == m), mode) for m in metrics}
     ranking = (
         "the jobs optimize different metrics (" + ", ".join(f"{m} {modes[m]}" for m in metrics) + "): each "
         "ranked among the jobs of its metric, best first"
@@ -129,8 +129,7 @@ def write_summary(root: Path, metric: str = "val/acc", mode: str = "max") -> lis
         *("| " + " | ".join(_cell(v) for v in line) + " |" for line in table),
     ]
     (root / "summary.md").write_text("\n".join(lines) + "\n")
-    shown = ("value", "best of each job's metric") if several else (metric, metric)
-    _plot(root / "summary.png", rows, keys, *shown)
+    _plot(root / "summary.png", rows, keys, "best of each job's metric" if several else metric)
     return rows
 
 
@@ -149,14 +148,15 @@ def _short(value: str) -> str:
     return value if number.is_integer() and "." not in value else f"{number:.4g}"
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metric: str, name: str) -> None:
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], name: str) -> None:
+    """The jobs' values (``row["value"]``, named ``name``) and their throughput, best first."""
     from matplotlib.figure import Figure
 
     labels = [", ".join(f"{k}={_short(str(row['overrides'].get(k, '')))}" for k in keys) or row["job"] for row in rows]
     figure = Figure(figsize=(11, max(3.0, 0.45 * len(rows) + 1.6)))
     left, right = figure.subplots(1, 2, sharey=True)
     for ax, key, title, color in (
-        (left, metric, f"{name} (best first)", "tab:blue"),
+        (left, "value", f"{name} (best first)", "tab:blue"),
         (right, "train_samples_per_s", "train samples/s", "tab:orange"),
     ):
         values = [float(row[key]) if isinstance(row.get(key), (int, float)) else math.nan for row in rows]
@@ -165,7 +165,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], metric: str, 
             if not math.isnan(v):
                 ax.annotate(_cell(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
         finite = [v for v in values if not math.isnan(v)]
-        if key == metric and finite:  # zoom on the spread of the metric, with room for the labels
+        if key == "value" and finite:  # zoom on the spread of the metric, with room for the labels
             low, high = min(finite), max(finite)
             pad = max((high - low) * 0.5, abs(high) * 0.01, 1e-6)
             ax.set_xlim(low - pad, high + pad * 1.5)

@@ -68,13 +68,16 @@ def scan_folder(
     kind = what.capitalize()[:-1] if what.endswith("s") else what.capitalize()  # "Image", "Video"
     if not os.path.isdir(root):
         raise DataError(f"{kind} folder '{root}' does not exist or is not a directory.")
-    found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    with os.scandir(root) as listing:
+        entries = list(listing)
+    found = sorted(e.name for e in entries if e.is_dir() and not e.name.startswith("."))
+    files = [e.name for e in entries if e.is_file()]
+    loose = [name for name in files if not name.startswith(".")]  # files beside the class folders: in none
     if not found:
-        loose = [e.name for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(extensions)]
-        hint = f" It holds {len(loose)} loose {what}; move them into one folder per class." if loose else ""
+        matching = [name for name in files if name.lower().endswith(extensions)]
+        hint = f" It holds {len(matching)} loose {what}; move them into one folder per class." if matching else ""
         raise DataError(f"{kind} folder '{root}' has no class folders: expected '{root}/<class>/<{what[:-1]}>'.{hint}")
-    loose = [e.name for e in os.scandir(root) if e.is_file() and not e.name.startswith(".")]
-    if loose:  # files beside the class folders belong to none: said, not read
+    if loose:  # said, not read
         log.warning(
             "'%s': %d file(s) lie beside the class folders, in none of them, and were left out (first: %s); "
             "move each into its class's folder.", root, len(loose), sorted(loose)[0],

@@ -76,11 +76,8 @@ _ANY: Layout = {"any": True}  # samples differ in structure here: not checked be
 
 
 def sample_layout(sample: Any) -> Layout:
-    """The layout of one sample, as :func:`decode_sample` will give it back."""
-    if isinstance(sample, np.ndarray):
-        sample = torch.from_numpy(sample)
-    if isinstance(sample, np.generic):
-        sample = sample.item()
+    """The layout of one sample as :func:`decode_sample` gives it back (tensors, containers and
+    JSON's scalars; the writer takes it of each sample read back from the text it wrote)."""
     if isinstance(sample, torch.Tensor):
         return {"tensor": list(sample.shape), "dtype": str(sample.dtype).removeprefix("torch.")}
     if isinstance(sample, dict):

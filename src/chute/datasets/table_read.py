@@ -297,14 +297,18 @@ def _as_text(
             column, name = table.column(index), field.name
         except UnicodeDecodeError:  # a header that is not UTF-8: named by the header check
             continue
-        missing = pc.equal(pc.binary_length(column), 0)
-        words = pc.is_in(column, value_set=pa.array(_MISSING_WORDS, type=type_))
+        empty = pc.equal(pc.binary_length(column), 0)
+        words = pc.is_in(column, value_set=pa.array(_missing_words(), type=type_))
         if name not in names:
-            missing = pc.or_(missing, words)
-        elif name in decided if decided is not None else _numbers(pc.filter(column, pc.invert(pc.or_(missing, words)))):
-            missing = pc.or_(missing, words)
+            words_missing = True  # not a category or label: as pyarrow reads it
+        elif decided is not None:
+            words_missing = name in decided
+        else:
+            words_missing = _numbers(pc.filter(column, pc.invert(pc.or_(empty, words))))
+        missing = pc.or_(empty, words) if words_missing else empty
+        if words_missing and name in names:
             missing_in.add(name)
-        elif pc.any(words).as_py():
+        elif not words_missing and pc.any(words).as_py():
             found = sorted(set(pc.filter(column, words).to_pylist()))
             log.warning(
                 "Column %r holds %s, read as %s (text, as written); leave such cells empty where they mean a "
@@ -321,11 +325,11 @@ def _as_text(
     return table, frozenset(missing_in)
 
 
-# pyarrow's CSV words for a missing value, without "" (handled on its own).
-_MISSING_WORDS = [
-    "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "N/A", "NA", "NULL",
-    "NaN", "n/a", "nan", "null",
-]  # fmt: skip
+def _missing_words() -> list[str]:
+    """pyarrow's CSV words for a missing value (``NA``, ``nan``, ...), without ``""`` (taken on its own)."""
+    import pyarrow.csv as pacsv
+
+    return [word for word in pacsv.ConvertOptions().null_values if word]
 
 
 def _numbers(values: pa.ChunkedArray) -> bool:
