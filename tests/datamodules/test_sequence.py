@@ -176,3 +176,15 @@ def test_a_token_id_equal_to_the_padding_id_is_named(tmp_path: Path) -> None:
     assert model(batch).shape == (4, 2)
     with pytest.raises(ConfigError, match=r"^pad_id=9: must be a token id of the vocabulary \(0\.\.7\)"):
         SequenceDataModule(tmp_path, pad_id=9, vocab_size=8)
+
+
+def test_a_held_out_token_equal_to_the_padding_id_is_a_bad_line(tmp_path: Path) -> None:
+    """The model never learns the padding id as a token, so a validation line holding it is judged
+    as one beyond the vocabulary: named, or skipped and counted (it was evaluated as padding)."""
+    write_jsonl(tmp_path / "train.jsonl", [{"tokens": [1, 2, 3], "label": i % 2} for i in range(20)])
+    write_jsonl(tmp_path / "val.jsonl", [{"tokens": [1, 2], "label": 0}, {"tokens": [3, 0], "label": 1}])
+    with pytest.raises(DataError, match=r"val\.jsonl', line 2: token id 0 is the padding id \(pad_id=0\)"):
+        SequenceDataModule(tmp_path).setup("fit")
+    dm = SequenceDataModule(tmp_path, on_error="skip")
+    dm.setup("fit")
+    assert len(dm.val_dataloader().dataset) == 1

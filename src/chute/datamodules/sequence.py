@@ -290,9 +290,12 @@ class SequenceDataModule(ChuteDataModule):
         return read_jsonl(path, self.label_key, self.bad_policy(split, "line", fresh=True))
 
     def _in_range(self, records: RawRecords, split: str) -> RawRecords:
-        """``records`` without token ids or labels beyond what is known so far, counted against their file."""
+        """``records`` without token ids or labels beyond what is known so far, counted against their file.
+        A held-out line holding the padding id is one of them; in the training file that id is an
+        error of the configuration (:func:`_check_padding_unused`), not of a line."""
         owner = split if split in self._bad else "train"  # a held-out val split (test without a file is val)
-        return keep_in_range(records, self._vocab_size, self._num_classes, self._bad[owner])
+        pad_id = None if split == "train" else self.pad_id
+        return keep_in_range(records, self._vocab_size, self._num_classes, self._bad[owner], pad_id)
 
     def _pack(self, records: RawRecords) -> PackedSequences:
         if records.texts is not None:

@@ -111,9 +111,15 @@ def read_jsonl(
 
 
 def keep_in_range(
-    records: RawRecords, vocab_size: int | None, num_classes: int | None, bad_samples: BadSamples
+    records: RawRecords,
+    vocab_size: int | None,
+    num_classes: int | None,
+    bad_samples: BadSamples,
+    pad_id: int | None = None,
 ) -> RawRecords:
-    """``records`` whose token ids are below ``vocab_size`` and labels below ``num_classes`` (``None``: unchecked).
+    """``records`` whose token ids are below ``vocab_size`` and other than ``pad_id``, and labels below
+    ``num_classes`` (``None``: unchecked). The padding id is no token the model learned (its
+    embedding stays zero), so a held-out line holding it is judged as one beyond the vocabulary.
 
     Any other record raises naming its file and line, or with ``bad_samples`` skipping is left out,
     counted (its line was already counted as seen by :func:`read_jsonl`) and logged. Text records
@@ -125,19 +131,23 @@ def keep_in_range(
     if vocab_size is not None and records.tokens is not None:
         top = np.fromiter((max(t) for t in records.tokens), dtype=np.int64, count=len(records))
         ok &= top < vocab_size
+    if pad_id is not None and records.tokens is not None:
+        ok &= np.fromiter((pad_id not in t for t in records.tokens), dtype=bool, count=len(records))
     if ok.all():
         return records
     found = []
     for i in np.flatnonzero(~ok).tolist():
         label = int(records.labels[i])
+        tokens = records.tokens[i] if records.tokens is not None else []
         if num_classes is not None and label >= num_classes:
             reason = f"label {label} is outside the training classes 0..{num_classes - 1}"
-        else:
-            assert records.tokens is not None
+        elif vocab_size is not None and max(tokens) >= vocab_size:
             reason = (
-                f"token id {max(records.tokens[i])} is outside the vocabulary (vocab_size={vocab_size}); "
+                f"token id {max(tokens)} is outside the vocabulary (vocab_size={vocab_size}); "
                 "set vocab_size to cover every id"
             )
+        else:
+            reason = f"token id {pad_id} is the padding id (pad_id={pad_id}), which the model never learns as a token"
         found.append((records.where(i), _line_error(records.where(i), reason, skipping=bad_samples.skipping)))
     bad_samples.skip_all(found)
     return records.take(np.flatnonzero(ok))
