@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import csv
 import logging
 import os
 from collections.abc import Collection, Sequence
@@ -269,9 +270,11 @@ def _read_csv(
     except pa.ArrowInvalid:
         if not invalid:
             raise
-        raise _row_error(path, invalid[0], hint=True) from None
+        lines = _starting_lines(path, delimiter, encoding, invalid[:1])
+        raise _row_error(path, invalid[0], lines, hint=True) from None
     bad.seen(table.num_rows + len(invalid))
-    bad.skip_all([(f"'{path}', line {row.number or '?'}", _row_error(path, row, hint=False)) for row in invalid])
+    lines = _starting_lines(path, delimiter, encoding, invalid)
+    bad.skip_all([(f"'{path}', {_line(row, lines)}", _row_error(path, row, lines, hint=False)) for row in invalid])
     table, missing = _as_text(table, text_columns, words_missing)
     return table, [row.number - 1 for row in invalid if row.number is not None], missing
 
@@ -348,11 +351,46 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
-def _row_error(path: str, row: Any, hint: bool) -> DataError:
-    line = f"line {row.number}" if row.number is not None else "a line"
+def _starting_lines(path: str, delimiter: str, encoding: str, rows: Sequence[Any]) -> dict[int, int]:
+    """The line of the file where each of ``rows`` (pyarrow's invalid rows) starts, by their number.
+
+    pyarrow numbers rows, not lines: a quoted value holding line breaks (a review, an address) is
+    one row over several lines, and every later row's number is then short of its line in an editor.
+    Read again with Python's csv module, which counts lines, on this path only (rows to report).
+    """
+    wanted = {row.number for row in rows if row.number is not None}
+    found: dict[int, int] = {}
+    if not wanted:
+        return found
+    with (
+        contextlib.suppress(csv.Error, UnicodeError, LookupError),
+        open(path, encoding=encoding, errors="replace", newline="") as f,
+    ):
+        reader = csv.reader(f, delimiter=delimiter)
+        ended, number = 0, 0  # the line the previous row ended on; rows so far, as pyarrow counts them
+        for record in reader:
+            if not record:  # an empty line: pyarrow skips it uncounted
+                ended = reader.line_num
+                continue
+            number += 1
+            if number in wanted:
+                found[number] = ended + 1
+                if len(found) == len(wanted):
+                    break
+            ended = reader.line_num
+    return found
+
+
+def _line(row: Any, lines: dict[int, int]) -> str:
+    if row.number is None:
+        return "a line"
+    return f"line {lines.get(row.number, row.number)}"
+
+
+def _row_error(path: str, row: Any, lines: dict[int, int], hint: bool) -> DataError:
     text = row.text if len(row.text) <= 80 else row.text[:77] + "..."
     counts = f"expected {row.expected_columns} fields (the header's), found {row.actual_columns}"
-    message = f"'{path}', {line}: {counts}: {text!r}."
+    message = f"'{path}', {_line(row, lines)}: {counts}: {text!r}."
     if hint:
         message += " Fix the row (a stray delimiter or unquoted value?) or set data.on_error=skip to drop such rows."
     return DataError(message)
