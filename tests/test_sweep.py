@@ -69,3 +69,20 @@ def test_jobs_of_data_options_with_different_metrics_are_ranked_each_by_its_own(
     assert "different metrics (val/acc max, val/loss min)" in table[0]
     assert table[2].startswith("| job | data | seed | metric | best |")
     assert table[6].startswith("| 2 | multitask | 2 | val/loss | 0.3 |")
+
+
+def test_the_picture_of_jobs_with_different_metrics_says_each_bars_metric(tmp_path: Path) -> None:
+    """One value axis held accuracies and losses, zoomed on their spread, with bare numbers: 0.3
+    (a loss, lower is better) read as a worse accuracy than 0.9."""
+    from chute.sweep import _plot
+
+    rows = [
+        {"job": job, "overrides": {"data": data}, "metric": metric, "value": value, "train_samples_per_s": 5.0}
+        for job, data, metric, value in (("0", "tabular", "val/acc", 0.9), ("1", "multitask", "val/loss", 0.3))
+    ]
+    figure = _plot(tmp_path / "p.png", rows, ["data"], "best of each job's metric")
+    values = figure.axes[0]
+    assert [t.get_text() for t in values.texts] == ["0.9 val/acc", "0.3 val/loss"]
+    assert values.get_xlim()[0] == 0.0
+    same = _plot(tmp_path / "q.png", rows[:1] * 2, ["data"], "val/acc")
+    assert [t.get_text() for t in same.axes[0].texts] == ["0.9", "0.9"]

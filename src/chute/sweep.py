@@ -148,9 +148,15 @@ def _short(value: str) -> str:
     return value if number.is_integer() and "." not in value else f"{number:.4g}"
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], name: str) -> None:
-    """The jobs' values (``row["value"]``, named ``name``) and their throughput, best first."""
+def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], name: str) -> Any:
+    """The jobs' values (``row["value"]``, named ``name``) and their throughput, best first; the figure.
+
+    Jobs of several metrics (``-m data=tabular,multitask``) share the value axis: each bar then
+    says its metric, and the axis starts at zero, since no one scale zooms on losses and accuracies.
+    """
     from matplotlib.figure import Figure
+
+    one_metric = len({row.get("metric") for row in rows}) == 1
 
     labels = [", ".join(f"{k}={_short(str(row['overrides'].get(k, '')))}" for k in keys) or row["job"] for row in rows]
     figure = Figure(figsize=(11, max(3.0, 0.45 * len(rows) + 1.6)))
@@ -163,20 +169,22 @@ def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], name: str) ->
         ax.barh(range(len(rows)), [0.0 if math.isnan(v) else v for v in values], color=color)
         for y, v in enumerate(values):
             if not math.isnan(v):
-                ax.annotate(_cell(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+                text = _cell(v) if key != "value" or one_metric else f"{_cell(v)} {rows[y].get('metric')}"
+                ax.annotate(text, (v, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
         finite = [v for v in values if not math.isnan(v)]
-        if key == "value" and finite:  # zoom on the spread of the metric, with room for the labels
+        if key == "value" and finite and one_metric:  # zoom on the spread of the metric, with room for the labels
             low, high = min(finite), max(finite)
             pad = max((high - low) * 0.5, abs(high) * 0.01, 1e-6)
             ax.set_xlim(low - pad, high + pad * 1.5)
         elif finite:
-            ax.set_xlim(0, max(finite) * 1.2)
+            ax.set_xlim(min(0.0, *finite) * 1.2, max(0.0, *finite) * 1.3 or 1.0)
         ax.set_title(title)
         ax.grid(axis="x", alpha=0.3)
     left.set_yticks(range(len(rows)), labels, fontsize=8)
     left.invert_yaxis()  # best on top
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    return figure
 
 
 class SweepSummary(Callback):
