@@ -311,16 +311,19 @@ def test_bad_data_read_in_a_worker_process_fails_with_the_same_one_line(tmp_path
             for k in range(6):
                 Image.new("RGB", (20, 16), (40 * k, 90, 30)).save(root / split / label / f"{k}.png")
     (root / "train" / "b" / "notes.jpg").write_bytes(b"hello, not an image")
-    lines, stderr = {}, {}
+    lines = {}
     for workers in (0, 2):
         run = f"hydra.run.dir={tmp_path / f'run{workers}'}"
         proc = train("data=image_folder", f"data.root={root}", "model=small_cnn", "transforms.image_size=16",
                      "trainer.max_epochs=1", "loader.batch_size=4", f"loader.num_workers={workers}",
                      "loader.backend=torch", run, data_dir=tmp_path)  # fmt: skip
-        assert proc.returncode == 1, proc.stderr[-3000:]
+        # Both streams in every message: a run once ended with status 1 and an empty stderr under load,
+        # not reproduced since; a SIGINT does exactly that (Lightning's "Detected KeyboardInterrupt"
+        # on stdout, then sys.exit(1)), so the next occurrence must say which it was.
+        told = f"stderr: {proc.stderr[-3000:]}\nstdout: {proc.stdout[-1500:]}"
+        assert proc.returncode == 1, told
         lines[workers] = [line for line in proc.stderr.splitlines() if line.startswith("chute: bad data: ")]
-        stderr[workers] = proc.stderr[-3000:]
-        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-        assert len(lines[workers]) == 1, stderr[workers]  # seen once in a loaded CI run: kept to tell why
+        assert "Traceback" not in proc.stderr, told
+        assert len(lines[workers]) == 1, told
     assert "notes.jpg" in lines[2][0]
     assert lines[2] == lines[0]
