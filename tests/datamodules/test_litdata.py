@@ -16,6 +16,7 @@ from chute.datasets import SklearnTable
 from chute.errors import DataError
 from chute.integrations import LitDataCopy, LitDataModule
 from chute.integrations.litdata_cover import _cover_rest
+from chute.integrations.litdata_retry import Outage
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
 from tests.helpers import collect_in_a_cycle, fit_recording
@@ -165,6 +166,41 @@ def test_mid_epoch_state_resumes_the_uninterrupted_epoch(table_chunks: str, work
     rest = [b[0] for b in resumed]
     assert len(consumed) + len(rest) == len(uninterrupted)
     assert all(torch.equal(a, b) for a, b in zip(consumed + rest, uninterrupted, strict=True))
+
+
+def test_a_second_outage_after_a_retry_resumes_at_the_right_worker(
+    table_chunks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transfer error after 5 batches (an odd count: the next batch is worker 1's), one resume, one
+    batch, and another error: the retry loads the loader's state in the same process each time, and
+    LitData's load_state_dict advanced its worker cycle from where the failed pass had left it, so the
+    second state named worker 0 as the last and the resume began with worker 1: every later pair of
+    batches swapped. A server restart can do this once its resumed pass yields a batch before a read
+    of the next still fails (the one-off failure of test_fit_rides_out_a_server_restart_with_worker_processes)."""
+    from litdata import StreamingDataLoader
+
+    def loader() -> Any:
+        dm = LitDataModule(table_chunks, loader={"batch_size": 32, "num_workers": 2}, seed=1)
+        dm.setup("fit")
+        return dm.dataloader("train", train=True, rank=0, world_size=1)
+
+    uninterrupted = [b[0] for b in loader()]
+    iterate, failures = StreamingDataLoader.__iter__, [5, 1]  # batches handed out before each error
+
+    def flaky(self: Any) -> Any:
+        stop = failures.pop(0) if failures else -1
+        for i, batch in enumerate(iterate(self)):
+            yield batch
+            if i + 1 == stop:
+                raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr(StreamingDataLoader, "__iter__", flaky)
+    retried = loader()
+    retried.outage = Outage(table_chunks, None, seconds=60)  # as for a URL: retried from the loader's state
+    rows = [b[0] for b in retried]
+    assert not failures  # both errors were raised and ridden out
+    assert len(rows) == len(uninterrupted) == 15
+    assert [i for i, (a, b) in enumerate(zip(rows, uninterrupted, strict=True)) if not torch.equal(a, b)] == []
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])

@@ -55,6 +55,12 @@ def resumable_loader_class() -> type:
                 yield from retrying(self, super().__iter__, self.outage)
 
         def load_state_dict(self, obj: dict[str, Any]) -> None:
+            # LitData counts the worker of each batch on a cycle that load_state_dict advances to the
+            # saved worker but does not restart: on a loader that already iterated (a retry, which
+            # loads a state in the same process) it advances from where the failed pass left it, so
+            # the worker it records for every later batch is off by one, and the next state saved in
+            # that epoch (a second outage, a checkpoint) resumes at the wrong worker: batches swapped.
+            self._worker_idx = None
             super().load_state_dict(relocated(obj, self.dataset))
 
         def _get_iterator(self) -> Any:
