@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, TypedDict
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset, IterableDataset
 
@@ -186,6 +187,7 @@ class ChuteDataModule(L.LightningDataModule):
         self._in_loader: dict[bool, InLoader] = {}  # per training/evaluation: hook stages the loader runs
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
+        self._resuming_from: str | None = None  # the checkpoint of the fit that loaded it (_fit_checkpoint)
 
     @property
     def seed(self) -> int:
@@ -401,12 +403,22 @@ class ChuteDataModule(L.LightningDataModule):
     hook_in_loader: bool = True
 
     def _training_loader(self, loader: Any) -> Any:
-        """Make ``loader`` the training loader whose position checkpoints save; give it the saved one."""
-        if self._loader_state is not None:  # from a checkpoint (see state_dict)
+        """Make ``loader`` the training loader whose position checkpoints save; give it the saved one
+        if this is the fit that resumes from it (:meth:`load_state_dict`)."""
+        if self._loader_state is not None and self._resuming_from == self._fit_checkpoint():
             loader.load_state_dict(self._loader_state)
-            self._loader_state = None
+        self._loader_state = self._resuming_from = None
         self._train_loader = loader
         return loader
+
+    def _fit_checkpoint(self) -> str | None:
+        """The checkpoint the attached trainer's fit resumes from; ``None`` without a trainer (a loader
+        the user builds), ``""`` for a trainer doing anything else (evaluating, a fit from scratch)."""
+        trainer = self.trainer
+        if trainer is None:
+            return None
+        fitting = trainer.state.fn == TrainerFn.FITTING and trainer.ckpt_path is not None
+        return str(trainer.ckpt_path) if fitting else ""
 
     # -- Loaders: one per split, built by the subclass's ``split_dataloader`` -------------------------
 
@@ -494,8 +506,15 @@ class ChuteDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The checkpoint's seed, and its training position for the next training loader, if that loader
+        is the one of the fit resuming from this checkpoint (``fit(ckpt_path=...)``), or of a DataModule
+        whose state the user loaded without a trainer. Lightning loads the state for ``validate``,
+        ``test`` and ``predict`` from a checkpoint too, and ``load_from_checkpoint`` does: a fresh
+        ``fit`` afterwards starts at its first batch (it started where the checkpoint stopped)."""
         self.seed = state_dict.get("seed", self._seed)
-        self._loader_state = state_dict.get("train_loader")
+        self._resuming_from = self._fit_checkpoint()
+        # Loaded by a trainer doing anything but resuming a fit: no training loader of its takes it.
+        self._loader_state = None if self._resuming_from == "" else state_dict.get("train_loader")
 
 
 def _place(location: str) -> str:

@@ -1,0 +1,104 @@
+"""Lightning features that reach a DataModule's loaders, through a real Trainer: evaluating or
+restoring a checkpoint, ``overfit_batches``, the batch-size finder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+
+from chute.datamodules import TabularDataModule
+
+ROWS = 40
+# A checkpoint evaluated or resumed by a Trainer without the callback that saved it: Lightning's reminder.
+pytestmark = pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`:UserWarning")
+
+
+@pytest.fixture
+def table(tmp_path: Path) -> Path:
+    """40 training rows whose column ``row`` is the row's number (the model's input: one identity per row)."""
+    path = tmp_path / "t.csv"
+    path.write_text("row,label\n" + "".join(f"{i},{'ab'[i % 2]}\n" for i in range(ROWS)))
+    return path
+
+
+class Rows(L.LightningModule):
+    """Records the rows of every training batch, per epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(1, 2)
+        self.seen: dict[int, list[int]] = {}
+        self.sizes: list[int] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        inputs, labels = batch[0], batch[1]
+        self.seen.setdefault(self.current_epoch, []).extend(_rows(inputs))
+        self.sizes.append(len(labels))
+        return nn.functional.cross_entropy(self.layer(inputs), labels)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val_loss", nn.functional.cross_entropy(self.layer(batch[0]), batch[1]))
+
+    test_step = validation_step
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _rows(inputs: torch.Tensor) -> list[int]:
+    """The row numbers of a batch of the table (the one feature, standardized over 0..39)."""
+    values = torch.arange(ROWS, dtype=torch.float64)
+    standard = (values - values.mean()) / values.std(correction=0)
+    return [int(torch.argmin((standard - float(x)).abs())) for x in inputs[:, 0]]
+
+
+def trainer(**kwargs: Any) -> L.Trainer:
+    return L.Trainer(
+        **{"max_epochs": 2, "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
+           "enable_model_summary": False, "enable_checkpointing": False, **kwargs}
+    )  # fmt: skip
+
+
+def tabular(path: Path, **kwargs: Any) -> TabularDataModule:
+    return TabularDataModule(path, target="label", numeric=["row"], val_path=path, seed=3, batch_size=8, **kwargs)
+
+
+@pytest.mark.parametrize("evaluate", ["validate", "test", "load_from_checkpoint"])
+def test_evaluating_a_checkpoint_leaves_a_later_fresh_fit_its_whole_epochs(
+    table: Path, tmp_path: Path, evaluate: str
+) -> None:
+    """Lightning loads a DataModule's state when it evaluates a checkpoint, and so does
+    ``load_from_checkpoint``; the checkpoint's training position (here epoch 0 after 3 of its 5
+    steps) then made the next training loader of that epoch start there: a fresh fit skipped them."""
+    dm = tabular(table)
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_top_k=1)
+    trainer(callbacks=[saving], enable_checkpointing=True, limit_val_batches=0, max_steps=3).fit(Rows(), datamodule=dm)
+    ckpt = str(tmp_path / "ckpt" / "epoch=0-step=3.ckpt")
+    if evaluate == "load_from_checkpoint":
+        dm = TabularDataModule.load_from_checkpoint(ckpt)
+    else:
+        getattr(trainer(), evaluate)(Rows(), datamodule=dm, ckpt_path=ckpt)
+    model, fresh = Rows(), trainer(limit_val_batches=0)
+    fresh.fit(model, datamodule=dm)
+    assert fresh.global_step == 10
+    assert {epoch: sorted(rows) for epoch, rows in model.seen.items()} == {0: list(range(ROWS)), 1: list(range(ROWS))}
+
+
+def test_a_fit_from_the_checkpoint_still_resumes_after_its_position(table: Path, tmp_path: Path) -> None:
+    whole = Rows()
+    trainer(limit_val_batches=0).fit(whole, datamodule=tabular(table))
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=7, save_top_k=-1)
+    trainer(callbacks=[saving], enable_checkpointing=True, limit_val_batches=0, max_steps=7).fit(
+        Rows(), datamodule=tabular(table)
+    )
+    dm = tabular(table)
+    trainer().validate(Rows(), datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "epoch=1-step=7.ckpt"))
+    resumed = Rows()
+    trainer(limit_val_batches=0).fit(resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "epoch=1-step=7.ckpt"))
+    assert resumed.seen == {1: whole.seen[1][2 * 8 :]}  # the last 3 batches of epoch 1, as the whole run had them
