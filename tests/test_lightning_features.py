@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.tuner import Tuner
 from torch import nn
 
 from chute.datamodules import TabularDataModule
@@ -102,3 +103,60 @@ def test_a_fit_from_the_checkpoint_still_resumes_after_its_position(table: Path,
     resumed = Rows()
     trainer(limit_val_batches=0).fit(resumed, datamodule=dm, ckpt_path=str(tmp_path / "ckpt" / "epoch=1-step=7.ckpt"))
     assert resumed.seen == {1: whole.seen[1][2 * 8 :]}  # the last 3 batches of epoch 1, as the whole run had them
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_overfit_batches_trains_on_the_same_first_batches_every_epoch(table: Path, workers: int, backend: str) -> None:
+    """``Trainer(overfit_batches=2)`` re-made the loaders around a SequentialSampler of single
+    indices: AttributeError 'SequentialSampler' object has no attribute 'set_epoch' (worker
+    processes, no workers), "needs to subclass torch.utils.data.DataLoader" (threads)."""
+    dm = tabular(table, num_workers=workers, loader={"backend": backend})
+    model = Rows()
+    trainer(max_epochs=3, overfit_batches=2).fit(model, datamodule=dm)
+    assert model.sizes == [8] * 6
+    assert model.seen[0] == model.seen[1] == model.seen[2]
+    assert len(set(model.seen[0])) == 16
+    assert set(model.seen[0]) != set(range(16))  # epoch 0's shuffled draw, not the first rows in file order
+
+
+@pytest.mark.filterwarnings("ignore:You requested to overfit but enabled")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_overfit_batches_replays_a_streams_first_batches(tmp_path: Path, workers: int) -> None:
+    """A stream has no sampler to swap: it replays its epoch 0 (Lightning re-makes the loader from the
+    same arguments, after saying it turns shuffling off). It trained on new batches every epoch."""
+    from chute.datamodules import StreamingDataModule
+    from chute.datasets.shard_format import write_index, write_shards
+
+    samples = [(torch.tensor([float(i)]), i % 2) for i in range(ROWS)]
+    write_index(tmp_path, {name: write_shards(samples, tmp_path, name, 10) for name in ("train", "val")})
+    dm = StreamingDataModule(tmp_path, loader={"batch_size": 8, "num_workers": workers}, seed=3)
+    model = Streamed()
+    trainer(max_epochs=3, overfit_batches=2).fit(model, datamodule=dm)
+    assert model.seen[0] == model.seen[1] == model.seen[2]
+    assert len(model.seen[0]) == 16
+
+
+class Streamed(Rows):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.seen.setdefault(self.current_epoch, []).extend(int(x) for x in batch[0][:, 0])
+        return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+
+@pytest.mark.parametrize("workers", [0, "auto"])
+def test_the_batch_size_finder_tries_each_size_and_the_datamodule_keeps_the_one_found(
+    table: Path, tmp_path: Path, workers: int | str
+) -> None:
+    """``Tuner.scale_batch_size`` looks for a ``batch_size`` attribute: there was none ("Field
+    batch_size not found"), and one set by hand was never read, so every trial ran at the original
+    size and the "found" size was never tried."""
+    dm = tabular(table, num_workers=workers)
+    model = Rows()
+    tuner = Tuner(trainer(max_epochs=1, default_root_dir=tmp_path))
+    # init_val is the DataModule's own size: Lightning builds the first trial's loader before it sets
+    # init_val (the same with a plain DataLoader), so another init_val is not what the first trial runs.
+    found = tuner.scale_batch_size(model, datamodule=dm, init_val=8, max_trials=3, steps_per_trial=1)
+    assert model.sizes == [8, 16, 32]
+    assert found == dm.batch_size == 32
+    assert dm.hparams["loader"]["batch_size"] == 32  # what a checkpoint saves
+    loader = dm.train_dataloader()
+    assert next(iter(loader))[0].shape[0] == 32

@@ -209,6 +209,25 @@ class ChuteDataModule(L.LightningDataModule):
             raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
         self._seed = None if value is None else int(value)
 
+    @property
+    def batch_size(self) -> int:
+        """The training batch size (``loader_settings.batch_size``).
+
+        Settable, for Lightning's batch-size finder (``Tuner(trainer).scale_batch_size(model,
+        datamodule=dm)``), which sets it between trials and asks for new loaders: they, what
+        ``num_workers=auto`` chose, and the hyperparameters a checkpoint saves all take the new size.
+        """
+        return self.loader_settings.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.loader_settings = dataclasses.replace(self.loader_settings, batch_size=value)  # checked there
+        if self.tuned_loader is not None:
+            self.tuned_loader = dataclasses.replace(self.tuned_loader, batch_size=value)
+        saved = self.hparams.get("loader")
+        if isinstance(saved, dict):
+            saved["batch_size"] = self.loader_settings.batch_size
+
     def _draw_seed(self) -> None:
         if self._seed is None:
             self._seed = int(from_rank_zero(lambda: int.from_bytes(os.urandom(4), "little") % 2**31))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import Dataset
+import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import Dataset, DistributedSampler, SequentialSampler
 
 from chute.autotune import autotune
 from chute.datamodules.hooks import hook_after_copy, hook_in_collate
@@ -34,6 +36,11 @@ def split_loader(
         order = order_of(dm, len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
     device = getattr(getattr(dm.trainer, "strategy", None), "root_device", None)
     trainer = dm.trainer
+    overfit = (
+        trainer is not None and getattr(trainer, "overfit_batches", 0) > 0 and trainer.state.fn == TrainerFn.FITTING
+    )
+    if overfit and order is not None:
+        order = Replayed(order)
     collate_fn = hook_in_collate(dm, collate_fn, train, device, stream)
 
     def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
@@ -42,7 +49,7 @@ def split_loader(
         return build_loader(
             dataset, chosen, train=train, seed=dm.seed, batches=copy.deepcopy(order) if probe else order,
             collate_fn=collate_fn, rank=dm.rank_and_world()[0], device=to_device,
-            epoch_of=(lambda: trainer.current_epoch) if trainer is not None and not probe else None,
+            epoch_of=_epoch_of(trainer, overfit) if not probe else None,
             after_copy=hook_after_copy(dm, train, chosen, to_device, stream, record=not probe),
         )  # fmt: skip
 
@@ -57,6 +64,45 @@ def split_loader(
         settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     loader = build(settings)
     return dm._training_loader(loader) if train else loader
+
+
+def _epoch_of(trainer: L.Trainer | None, overfit: bool) -> Callable[[], int] | None:
+    """The trainer's epoch for each pass; under ``overfit_batches`` always epoch 0, whose first batches
+    every epoch then trains on again (what overfitting a few batches means), shuffled or streamed."""
+    if trainer is None:
+        return None
+    return (lambda: 0) if overfit else (lambda: trainer.current_epoch)
+
+
+class Replayed(SequentialSampler, DistributedSampler):
+    """A loader's order under ``Trainer(overfit_batches=N)``, unchanged (its loader replays epoch 0,
+    see :func:`_epoch_of`).
+
+    A :class:`~torch.utils.data.SequentialSampler` by type only: Lightning then leaves the loader
+    as it is instead of re-making it around a ``SequentialSampler`` of single indices, which a chute
+    loader (an order of whole batches; or no DataLoader at all, with threads) cannot follow. And a
+    ``DistributedSampler`` by type, as :class:`~chute.loader.Batched` is, so that DDP leaves it too.
+    """
+
+    def __init__(self, order: Any) -> None:  # neither base's __init__: only the types are wanted
+        self.order = order
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.set_epoch(epoch)
+
+    def resume(self, epoch: int, batches: int) -> None:
+        self.order.resume(epoch, batches)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.order)
+
+    def __getattr__(self, name: str) -> Any:  # batch_size, snapshot_state, ... of the order
+        if name == "order" or name.startswith("__"):  # not set yet (a copy being made); copy protocol
+            raise AttributeError(name)
+        return getattr(self.order, name)
 
 
 def order_of(dm: ChuteDataModule, size: int, train: bool, batches: Any, eval_order: Any) -> Any:
