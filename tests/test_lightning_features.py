@@ -158,5 +158,6 @@ def test_the_batch_size_finder_tries_each_size_and_the_datamodule_keeps_the_one_
     assert model.sizes == [8, 16, 32]
     assert found == dm.batch_size == 32
     assert dm.hparams["loader"]["batch_size"] == 32  # what a checkpoint saves
+    assert dm.hparams_initial["loader"]["batch_size"] == 32  # what the loggers record
     loader = dm.train_dataloader()
     assert next(iter(loader))[0].shape[0] == 32

@@ -86,3 +86,5 @@ def test_the_picture_of_jobs_with_different_metrics_says_each_bars_metric(tmp_pa
     assert values.get_xlim()[0] == 0.0
     same = _plot(tmp_path / "q.png", rows[:1] * 2, ["data"], "val/acc")
     assert [t.get_text() for t in same.axes[0].texts] == ["0.9", "0.9"]
+    diverged = [{**rows[1], "value": float("inf")}, {**rows[1], "value": 0.3}]  # set_xlim refused inf
+    assert [t.get_text() for t in _plot(tmp_path / "r.png", diverged, ["data"], "val/loss").axes[0].texts] == ["0.3"]

@@ -166,6 +166,7 @@ def _plot(path: Path, rows: list[dict[str, Any]], keys: list[str], name: str) ->
         (right, "train_samples_per_s", "train samples/s", "tab:orange"),
     ):
         values = [float(row[key]) if isinstance(row.get(key), (int, float)) else math.nan for row in rows]
+        values = [v if math.isfinite(v) else math.nan for v in values]  # a diverged loss (inf) has no bar
         ax.barh(range(len(rows)), [0.0 if math.isnan(v) else v for v in values], color=color)
         for y, v in enumerate(values):
             if not math.isnan(v):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
 
@@ -19,7 +20,7 @@ from chute.integrations.litdata_cover import _cover_rest
 from chute.integrations.litdata_retry import Outage
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
-from tests.helpers import collect_in_a_cycle, fit_recording
+from tests.helpers import RecordRows, collect_in_a_cycle, fit_recording
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -253,6 +254,32 @@ def test_lightning_checkpoint_resumes_mid_epoch(table_chunks: str, tmp_path: Pat
     assert "combined_loader" in torch.load(ckpt, weights_only=True)["loops"]["fit_loop"]["state_dict"]
     resumed = _fit(table_chunks, tmp_path / "cut", ckpt=str(ckpt), every=stop)
     assert interrupted + resumed == uninterrupted
+
+
+@pytest.mark.filterwarnings("ignore:You requested to overfit but enabled")
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_overfit_batches_replays_litdatas_first_batches_every_epoch(table_chunks: str, drop_last: bool) -> None:
+    """LitData's loader is re-made by Lightning for ``overfit_batches`` (it turns shuffling off), and
+    LitData went on to a new epoch's order on every pass: each epoch trained on other batches."""
+    seen: dict[int, list[float]] = {}
+
+    class Record(RecordRows):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            seen.setdefault(self.current_epoch, []).extend(batch[0][:, 0].tolist())
+            return super().training_step(batch, batch_idx)
+
+    dm = LitDataModule(table_chunks, loader={"batch_size": 32, "drop_last": drop_last}, seed=1)
+    trainer = L.Trainer(
+        max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(Record(), datamodule=dm)
+    assert seen[0] == seen[1] == seen[2]
+    assert len(seen[0]) == 64
+    remade = trainer.train_dataloader
+    assert remade is not dm._train_loader  # Lightning's own, from the constructor's arguments
+    assert remade.replay
 
 
 def test_script_converts_digits_and_app_trains_one_epoch(digits_root: Path, tmp_path: Path) -> None:

@@ -745,3 +745,36 @@ def test_a_csv_or_parquet_file_loads_into_a_table_and_appends_continue_its_keys(
     qualified = f"{schema}.{name}_q"
     assert load_table(str(tmp_path / "rows.parquet"), db.url, qualified) == 25
     assert SqlSource(Database(db.url), qualified).keys().tolist() == list(range(1, 26))
+
+
+@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no `validation_step`")
+def test_overfit_batches_replays_the_first_batches_and_keeps_the_snapshot_in_the_position(tmp_path: Path) -> None:
+    """Under ``overfit_batches`` the order is wrapped (Lightning must not re-make the loader); the
+    wrapper is still an order of changing data, so the position records which rows the epoch read
+    (a protocol check does not see methods forwarded by ``__getattr__`` from Python 3.12 on)."""
+    import lightning as L
+
+    from tests.helpers import RecordRows
+
+    db = Db(f"sqlite:///{tmp_path}/test.db")
+    dm = make(db, db.table(rows(64)), val_table=None, seed=2)
+    seen: dict[int, list[int]] = {}
+
+    class Record(RecordRows):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(dm.model_kwargs["num_features"], 3)
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            seen.setdefault(self.current_epoch, []).extend(ids_of([batch]))
+            return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    dm.setup("fit")
+    trainer = L.Trainer(
+        max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(Record(), datamodule=dm)
+    assert seen[0] == seen[1] == seen[2]
+    assert len(seen[0]) == 16
+    assert "snapshot" in dm.state_dict()["train_loader"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -489,16 +491,29 @@ def test_a_bad_row_is_handled_by_on_error_when_the_target_is_found_by_name(tmp_p
         TabularDataModule(path).setup("fit")
 
 
-def test_a_bad_row_after_quoted_line_breaks_and_blank_lines_is_named_by_its_line_in_the_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["plain", "gzip", "long field"])
+def test_a_bad_row_after_quoted_line_breaks_and_blank_lines_is_named_by_its_line_in_the_file(
+    tmp_path: Path, kind: str
+) -> None:
     """pyarrow numbers rows: a quoted value over three lines and a blank line put every later row's
-    number short of the line an editor shows; the error and the skip report name the line."""
+    number short of the line an editor shows; the error and the skip report name the line (in a
+    gzipped file too, and past a field longer than Python's csv module reads by default)."""
     lines = [f'{i},"note {i}",{"ab"[i % 2]}' for i in range(40)]
     lines[2] = '2,"first line\nsecond line\nthird",a'  # lines 4-6 of the file
     lines[4] = ""  # blank: not a row
     lines[20] = "20,x,a,oops"
-    path = write_csv(tmp_path / "t.csv", "x,note,label\n" + "\n".join(lines) + "\n")
-    assert Path(path).read_text().splitlines()[23] == "20,x,a,oops"  # line 24
-    with pytest.raises(DataError, match=r"t\.csv', line 24: expected 3 fields .* found 4: '20,x,a,oops'"):
+    if kind == "long field":
+        lines[10] = f'10,"{"y" * 200_000}",a'
+    text = "x,note,label\n" + "\n".join(lines) + "\n"
+    assert text.splitlines()[23] == "20,x,a,oops"  # line 24
+    path = tmp_path / "t.csv"
+    if kind == "gzip":
+        path = tmp_path / "t.csv.gz"
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    name = re.escape(path.name)
+    with pytest.raises(DataError, match=rf"{name}', line 24: expected 3 fields .* found 4: '20,x,a,oops'"):
         TabularDataModule(path, target="label", numeric=["x"]).setup("fit")
     dm = TabularDataModule(path, target="label", numeric=["x"], on_error="skip", max_bad_fraction=0.05)
     dm.setup("fit")

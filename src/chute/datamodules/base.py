@@ -224,9 +224,10 @@ class ChuteDataModule(L.LightningDataModule):
         self.loader_settings = dataclasses.replace(self.loader_settings, batch_size=value)  # checked there
         if self.tuned_loader is not None:
             self.tuned_loader = dataclasses.replace(self.tuned_loader, batch_size=value)
-        saved = self.hparams.get("loader")
-        if isinstance(saved, dict):
-            saved["batch_size"] = self.loader_settings.batch_size
+        for hparams in (self.hparams, getattr(self, "_hparams_initial", None) or {}):  # checkpoints; loggers
+            saved = hparams.get("loader")
+            if isinstance(saved, dict):
+                saved["batch_size"] = self.loader_settings.batch_size
 
     def _draw_seed(self) -> None:
         if self._seed is None:
@@ -426,6 +427,11 @@ class ChuteDataModule(L.LightningDataModule):
         if this is the fit that resumes from it (:meth:`load_state_dict`)."""
         if self._loader_state is not None and self._resuming_from == self._fit_checkpoint():
             loader.load_state_dict(self._loader_state)
+        elif self._loader_state is not None and self._loader_state.get("batches"):
+            rank_zero_info(
+                f"{type(self).__name__}: this fit starts at epoch {self._loader_state.get('epoch')}'s first batch, "
+                "not where the loaded state stopped: a position is resumed by fit(ckpt_path=...)."
+            )
         self._loader_state = self._resuming_from = None
         self._train_loader = loader
         return loader

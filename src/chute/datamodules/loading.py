@@ -19,7 +19,7 @@ from chute.datamodules.hooks import hook_after_copy, hook_in_collate
 from chute.errors import ConfigError
 from chute.loader import Batched, Loader, LoaderSettings, Stream, build_loader, default_order, derive_seed
 from chute.loader.draws import build_sampler
-from chute.loader.orders import DistributedDraw
+from chute.loader.orders import DistributedDraw, SnapshotOrder
 
 if TYPE_CHECKING:
     from chute.datamodules.base import ChuteDataModule
@@ -36,11 +36,9 @@ def split_loader(
         order = order_of(dm, len(dataset), train, batches, eval_order)  # type: ignore[arg-type]
     device = getattr(getattr(dm.trainer, "strategy", None), "root_device", None)
     trainer = dm.trainer
-    overfit = (
-        trainer is not None and getattr(trainer, "overfit_batches", 0) > 0 and trainer.state.fn == TrainerFn.FITTING
-    )
+    overfit = overfitting(trainer)
     if overfit and order is not None:
-        order = Replayed(order)
+        order = ReplayedSnapshot(order) if isinstance(order, SnapshotOrder) else Replayed(order)
     collate_fn = hook_in_collate(dm, collate_fn, train, device, stream)
 
     def build(chosen: LoaderSettings, probe: bool = False) -> Loader:
@@ -64,6 +62,14 @@ def split_loader(
         settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     loader = build(settings)
     return dm._training_loader(loader) if train else loader
+
+
+def overfitting(trainer: L.Trainer | None) -> bool:
+    """Whether ``trainer`` is fitting with ``overfit_batches``: the loaders it asks for replay their
+    first epoch's first batches every epoch (:class:`Replayed`)."""
+    if trainer is None or getattr(trainer, "overfit_batches", 0) <= 0:
+        return False
+    return bool(trainer.state.fn == TrainerFn.FITTING)
 
 
 def _epoch_of(trainer: L.Trainer | None, overfit: bool) -> Callable[[], int] | None:
@@ -103,6 +109,18 @@ class Replayed(SequentialSampler, DistributedSampler):
         if name == "order" or name.startswith("__"):  # not set yet (a copy being made); copy protocol
             raise AttributeError(name)
         return getattr(self.order, name)
+
+
+class ReplayedSnapshot(Replayed):
+    """:class:`Replayed` over an order of changing data (SQL), whose positions record its snapshot:
+    the methods are its own, since a protocol check does not see what ``__getattr__`` forwards
+    (Python 3.12 on)."""
+
+    def snapshot_state(self) -> Any:
+        return self.order.snapshot_state()
+
+    def restore_snapshot(self, epoch: int, state: Any) -> None:
+        self.order.restore_snapshot(epoch, state)
 
 
 def order_of(dm: ChuteDataModule, size: int, train: bool, batches: Any, eval_order: Any) -> Any:

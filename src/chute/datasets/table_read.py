@@ -8,8 +8,10 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import io
 import logging
 import os
+import sys
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -362,29 +364,37 @@ def _starting_lines(path: str, delimiter: str, encoding: str, rows: Sequence[Any
     found: dict[int, int] = {}
     if not wanted:
         return found
-    with (
-        contextlib.suppress(csv.Error, UnicodeError, LookupError),
-        open(path, encoding=encoding, errors="replace", newline="") as f,
-    ):
-        reader = csv.reader(f, delimiter=delimiter)
-        ended, number = 0, 0  # the line the previous row ended on; rows so far, as pyarrow counts them
-        for record in reader:
-            if not record:  # an empty line: pyarrow skips it uncounted
+    limit = csv.field_size_limit(sys.maxsize)  # pyarrow read the file's fields, however long
+    try:
+        with (
+            contextlib.suppress(csv.Error, UnicodeError, LookupError, OSError, pa.ArrowException),
+            pa.input_stream(path, compression="detect") as raw,  # a .csv.gz as pyarrow read it
+            io.TextIOWrapper(raw, encoding=encoding, errors="replace", newline="") as f,
+        ):
+            reader = csv.reader(f, delimiter=delimiter)
+            ended, number = 0, 0  # the line the previous row ended on; rows so far, as pyarrow counts them
+            for record in reader:
+                if not record:  # an empty line: pyarrow skips it uncounted
+                    ended = reader.line_num
+                    continue
+                number += 1
+                if number in wanted:
+                    found[number] = ended + 1
+                    if len(found) == len(wanted):
+                        break
                 ended = reader.line_num
-                continue
-            number += 1
-            if number in wanted:
-                found[number] = ended + 1
-                if len(found) == len(wanted):
-                    break
-            ended = reader.line_num
+    finally:
+        csv.field_size_limit(limit)
     return found
 
 
 def _line(row: Any, lines: dict[int, int]) -> str:
+    """``line L`` where the row starts in the file; else ``row R`` (data rows, the header not counted)."""
     if row.number is None:
         return "a line"
-    return f"line {lines.get(row.number, row.number)}"
+    if row.number in lines:
+        return f"line {lines[row.number]}"
+    return f"row {row.number - 1}"
 
 
 def _row_error(path: str, row: Any, lines: dict[int, int], hint: bool) -> DataError:

@@ -30,6 +30,7 @@ from typing_extensions import Unpack
 
 from chute.datamodules.base import CommonArgs
 from chute.datamodules.described import DescribedDataModule
+from chute.datamodules.loading import overfitting
 from chute.errors import ConfigError
 from chute.integrations.litdata_cover import covering_loader_class, resumable_loader_class
 from chute.integrations.litdata_format import (
@@ -221,8 +222,9 @@ class LitDataModule(DescribedDataModule):
             timeout=settings.timeout,
             multiprocessing_context=settings.multiprocessing_context if workers else None,
             worker_init_fn=WorkerInit(rank, seed=settings.seed_workers, opencv=False) if workers else None,
+            outage=outage,
+            replay=overfitting(self.trainer),
         )
-        loader.outage = outage
         if self.trainer is not None:  # a rebuilt loader (reload_dataloaders_every_n_epochs) keeps the epoch
             loader.current_epoch = self.trainer.current_epoch
         return self._training_loader(loader)

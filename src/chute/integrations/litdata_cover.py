@@ -45,10 +45,19 @@ def resumable_loader_class() -> type:
     from litdata import StreamingDataLoader
 
     class ResumableStreamingDataLoader(StreamingDataLoader):
-        #: Retry budget of a remote input (:mod:`.litdata_retry`); None reads once, as LitData does.
-        outage: Outage | None = None
+        """Also: ``outage``, the retry budget of a remote input (:mod:`.litdata_retry`; None reads once,
+        as LitData does); ``replay``, every pass is LitData's first epoch again (under
+        ``Trainer(overfit_batches=N)``). Both are constructor arguments because Lightning re-makes a
+        loader from them when it turns shuffling off for ``overfit_batches``."""
+
+        def __init__(self, *args: Any, outage: Outage | None = None, replay: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.outage = outage
+            self.replay = replay
 
         def __iter__(self) -> Any:
+            if self.replay and not self.restore:
+                self.current_epoch = 0  # LitData counts it to 1 as the pass starts: its first epoch's order
             if self.outage is None:
                 yield from super().__iter__()
             else:
@@ -84,8 +93,8 @@ def covering_loader_class() -> type:
         """After LitData's batches, the extra batches :func:`_cover_rest` deals this rank, read by global
         index in this process; their count is saved in ``state_dict`` beside LitData's state."""
 
-        def __init__(self, dataset: Any, **kwargs: Any) -> None:
-            super().__init__(dataset, **kwargs)
+        def __init__(self, dataset: Any, *, outage: Outage | None = None, replay: bool = False, **kwargs: Any) -> None:
+            super().__init__(dataset, outage=outage, replay=replay, **kwargs)
             self._extra_done = 0  # extra batches yielded this epoch
             self._resume_extra = False
             self._reader: Any = None
