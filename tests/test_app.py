@@ -42,6 +42,21 @@ def test_a_trainer_setting_lightning_refuses_here_names_the_key(digits_root: Pat
         run(cfg)
 
 
+def test_validation_by_steps_alone_and_overfit_batches_reach_the_trainer(digits_root: Path, tmp_path: Path) -> None:
+    """``trainer.check_val_every_n_epoch=null`` (validation every ``val_check_interval`` steps across
+    epochs, as Lightning's own message advises) was dropped as "unset", and Lightning then refused
+    an interval longer than an epoch; ``trainer.overfit_batches`` was not a setting."""
+    quiet = ["trainer.max_epochs=2", "trainer.log_every_n_steps=1", "trainer.enable_model_summary=false",
+             "trainer.enable_progress_bar=false", "callbacks.preview=null"]  # fmt: skip
+    steps = ["trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "trainer.val_check_interval=4",
+             "trainer.check_val_every_n_epoch=null"]  # fmt: skip
+    cfg = make_config(*quiet, *steps, data_dir=digits_root.parent, output_dir=tmp_path / "steps")
+    assert run(cfg) == pytest.approx(json.loads((tmp_path / "steps" / "metrics.json").read_text())["best_val/acc"])
+    cfg = make_config(*quiet, "trainer.overfit_batches=2", data_dir=digits_root.parent, output_dir=tmp_path / "fit")
+    run(cfg)
+    assert json.loads((tmp_path / "fit" / "metrics.json").read_text())["train_samples"] == 2 * 2 * 64
+
+
 ONE_EPOCH = ["trainer.max_epochs=1", *FAST[1:]]
 
 

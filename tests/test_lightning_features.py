@@ -3,6 +3,8 @@ restoring a checkpoint, ``overfit_batches``, the batch-size finder."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -161,3 +163,47 @@ def test_the_batch_size_finder_tries_each_size_and_the_datamodule_keeps_the_one_
     assert dm.hparams_initial["loader"]["batch_size"] == 32  # what the loggers record
     loader = dm.train_dataloader()
     assert next(iter(loader))[0].shape[0] == 32
+
+
+class SigtermAtBatch(L.Callback):
+    """Sends this process SIGTERM after training batch ``batch`` of epoch ``epoch`` (a scheduler's notice)."""
+
+    def __init__(self, epoch: int, batch: int) -> None:
+        self.at = (epoch, batch)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if (trainer.current_epoch, args[-1]) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+@pytest.mark.parametrize("batch", [1, 2])  # the end of an accumulation window of 2; inside one
+def test_a_sigterm_with_gradient_accumulation_resumes_with_every_batch_in_the_weights(
+    table: Path, tmp_path: Path, batch: int
+) -> None:
+    """5 batches an epoch, accumulated in twos: last.ckpt saved after batch 2 of epoch 1 (its gradient
+    held, not yet applied) resumed at batch 3, and batch 2 never reached the weights. The stop now
+    waits for the window's end; every batch is trained on once, and the weights are the
+    uninterrupted run's."""
+    from chute.callbacks import LatestCheckpoint
+
+    def run(*callbacks: L.Callback, ckpt: str | None = None) -> Rows:
+        torch.manual_seed(0)
+        model = Rows()
+        fit = trainer(
+            accumulate_grad_batches=2, limit_val_batches=0, callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks), default_root_dir=tmp_path / "root",
+        )  # fmt: skip
+        fit.fit(model, datamodule=tabular(table), ckpt_path=ckpt)
+        return model
+
+    whole = run()
+    with pytest.raises(SystemExit):
+        run(SigtermAtBatch(1, batch), LatestCheckpoint(tmp_path))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    # 3 steps in epoch 0; epoch 1's windows [0, 1] and [2, 3] then batch 4: stopped at a window's end
+    assert saved["global_step"] == (4 if batch == 1 else 5)
+    resumed = run(LatestCheckpoint(tmp_path), ckpt=str(tmp_path / "last.ckpt"))
+    left = 2 if batch == 1 else 4
+    assert resumed.seen == {1: whole.seen[1][left * 8 :]}
+    assert torch.equal(resumed.layer.weight, whole.layer.weight)

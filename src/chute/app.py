@@ -107,7 +107,10 @@ def _run(cfg: DictConfig) -> float:
     throughput = next((c for c in callbacks if isinstance(c, Throughput)), None) or Throughput()
     if throughput not in callbacks:
         callbacks.append(throughput)
-    trainer_kwargs = {k: v for k, v in dataclasses.asdict(settings.trainer).items() if v is not None}
+    # None is "Lightning's default", except where it is a setting of its own (validation by steps only)
+    trainer_kwargs = {
+        k: v for k, v in dataclasses.asdict(settings.trainer).items() if v is not None or k in _NONE_IS_A_SETTING
+    }
     trainer_kwargs["precision"] = resolve_precision(str(settings.trainer.precision), settings.trainer.accelerator)
     _warn_slow_precision(trainer_kwargs["precision"], settings.trainer.accelerator)
     try:
@@ -220,6 +223,9 @@ def _one_job_per_ddp_launch() -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+_NONE_IS_A_SETTING = ("check_val_every_n_epoch",)
 
 
 def _trainer_error(err: Exception, settings: dict[str, Any]) -> ConfigError:

@@ -63,6 +63,7 @@ class TrainerConfig:
     use_distributed_sampler: bool = True
     sync_batchnorm: bool = False
     reload_dataloaders_every_n_epochs: int = 0
+    overfit_batches: Any = 0.0  # a share or a count of batches trained on again every epoch (debugging)
     profiler: str | None = None  # "simple", "advanced" or "pytorch": where each step's time goes
 
     def __post_init__(self) -> None:
@@ -70,7 +71,8 @@ class TrainerConfig:
         here so that a bad value is named now, not by a ``TypeError`` deep in Lightning after the
         data was prepared (``trainer.limit_train_batches=abc``, ``trainer.devices=0``)."""
         _check_devices(self.devices)
-        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+                    "overfit_batches"):  # fmt: skip
             _check_share_or_count(key, getattr(self, key), "a share of the batches (0.0-1.0) or a count (>= 0)")
         interval = self.val_check_interval
         if not (interval is None or isinstance(interval, (str, dict)) or interval != 0):  # str, dict: a time

@@ -68,3 +68,26 @@ def test_random_state_restores_every_global_generator_and_loads_weights_only(tmp
     draws()
     RandomState().load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     assert draws() == expected
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.parametrize(("interval", "saved_at"), [(3, [5]), (2, [2, 4, 5])])
+def test_nothing_is_saved_inside_a_gradient_accumulation_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: int, saved_at: list[int]
+) -> None:
+    """Accumulating in twos, a validation after batch 3 came inside a window: last.ckpt then counted
+    batch 3 as trained on while its gradient was only held, and the resumed run skipped it."""
+    ready: list[int] = []
+    save = LatestCheckpoint._save_topk_checkpoint
+
+    def recorded(self: LatestCheckpoint, trainer: L.Trainer, *args: object) -> None:
+        ready.append(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
+        save(self, trainer, *args)
+
+    monkeypatch.setattr(LatestCheckpoint, "_save_topk_checkpoint", recorded)
+    L.Trainer(
+        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=5, limit_val_batches=1,
+        val_check_interval=interval, accumulate_grad_batches=2, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[LatestCheckpoint(tmp_path)],
+    ).fit(BoringModel())  # fmt: skip
+    assert sorted(set(ready)) == saved_at

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
@@ -49,13 +50,36 @@ class LatestCheckpoint(ModelCheckpoint):
             train_time_interval=train_time_interval,
             **kwargs,
         )
+        self._sigterm_deferred = False
+
+    # With gradient accumulation a batch inside a window has gone through the model but not into the
+    # weights: a checkpoint then counts it as trained on, and the resumed run skips it while its
+    # gradient is lost (every later window shifted by one). So nothing is saved inside a window
+    # (a mid-epoch validation there, a time interval), and a SIGTERM inside one stops training at
+    # the window's end instead.
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        connector = getattr(trainer, "_signal_connector", None)  # Lightning's SIGTERM flag
+        if trainer.received_sigterm and mid_accumulation(trainer) and connector is not None:
+            connector.received_sigterm, self._sigterm_deferred = False, True
+        elif self._sigterm_deferred and not mid_accumulation(trainer) and connector is not None:
+            connector.received_sigterm, self._sigterm_deferred = True, False
+        if not mid_accumulation(trainer):
+            super().on_train_batch_end(trainer, *args, **kwargs)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not mid_accumulation(trainer):
+            super().on_validation_end(trainer, pl_module)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         # SIGTERM (a scheduler's notice) in training: Lightning stops between steps, every rank told
-        # (rank 0's flag is broadcast), so the state is whole. Not in a validation pass: stopped part-way.
+        # (rank 0's flag is broadcast), so the state is whole, unless it came inside an accumulation
+        # window after the last check (the signal is asynchronous): then the last save stands.
+        # Not in a validation pass either: stopped part-way.
         training = not (trainer.validating or trainer.sanity_checking)
-        if isinstance(exception, SIGTERMException) and training and not self._should_skip_saving_checkpoint(trainer):
+        whole = training and not mid_accumulation(trainer)
+        if isinstance(exception, SIGTERMException) and whole and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -63,3 +87,15 @@ class LatestCheckpoint(ModelCheckpoint):
         # the steps after the last periodic save (skipped when that save was of this very step)
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def mid_accumulation(trainer: L.Trainer) -> bool:
+    """Whether the last training batch only accumulated its gradient: the optimizer steps at the end
+    of each ``accumulate_grad_batches`` window and at the epoch's last batch (Lightning's rule)."""
+    window = trainer.accumulate_grad_batches
+    if window <= 1 or trainer.state.fn != TrainerFn.FITTING:
+        return False
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    ready = progress.current.ready
+    last = progress.is_last_batch or ready == trainer.num_training_batches
+    return ready > 0 and ready % window != 0 and not last

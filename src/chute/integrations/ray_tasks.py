@@ -49,6 +49,7 @@ import collections
 import contextlib
 import logging
 import os
+import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -142,6 +143,7 @@ def _start_local(ray: Any, num_cpus: int | None) -> str:
 
 
 def _init(ray: Any, **kwargs: Any) -> None:
+    own = signal.getsignal(signal.SIGTERM)
     try:
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs)
     except ConnectionError as err:
@@ -149,6 +151,19 @@ def _init(ray: Any, **kwargs: Any) -> None:
         raise ConfigError(
             "address", where, f"no Ray cluster answers there ({err}); start one (`ray start --head`) or leave it null"
         ) from err
+    finally:
+        _give_back_sigterm(own)
+
+
+def _give_back_sigterm(own: Any) -> None:
+    """Put this process's SIGTERM handler back after ``ray.init`` took the signal: a Python handler
+    that exits at once (``sys.exit(15)``) and, at the C level, its core worker's crash handler (a
+    stack dump, then the process killed). A Lightning fit's handler (stop between steps, save
+    ``last.ckpt``, exit 143) never ran: no checkpoint of the last steps, no metrics. A handler is
+    set from the main thread only (Python's rule); ``own`` is ``None`` where Python did not set it.
+    """
+    if own is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, own)
 
 
 class RayLoader(Passes):

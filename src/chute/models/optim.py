@@ -42,8 +42,9 @@ def _same_length(saved: int | None, planned: int) -> None:
         raise ConfigError(
             "ckpt_path",
             f"a checkpoint of a run of {saved if saved is not None else 'an unknown number of'} steps",
-            f"this run takes {planned} steps (trainer.max_epochs, trainer.limit_train_batches, the batch "
-            "size, the number of devices or the data differ from the run that saved it), and the "
+            f"this run takes {planned} steps (trainer.max_epochs, trainer.max_steps, trainer.limit_train_batches, "
+            "trainer.accumulate_grad_batches, the batch size, the number of devices or the data differ from the "
+            "run that saved it), and the "
             "learning-rate schedule is planned over the whole run: resume with the settings it started with",
         )
 
