@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from chute import ConfigError
 from chute.app import run
@@ -226,3 +227,7 @@ def test_ckpt_path_last_is_the_newest_of_the_last_and_the_slurm_requeue_checkpoi
     requeue.write_bytes(b"")  # Lightning's SLURM plugin saved this one before the requeue, after last.ckpt
     os.utime(requeue, (last.stat().st_mtime + 5,) * 2)
     assert _resume_path("last", trainer) == str(requeue)
+    # saved inside a gradient-accumulation window (SIGUSR1 comes at any batch): passed over
+    torch.save({"global_step": 4, "chute_inside_accumulation_window": True}, requeue)
+    os.utime(requeue, (last.stat().st_mtime + 5,) * 2)
+    assert _resume_path("last", trainer) == str(last)

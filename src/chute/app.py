@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 import chute
 from chute import fastpaths
 from chute.callbacks import StallMonitor, Throughput
+from chute.callbacks.latest import INSIDE_A_WINDOW
 from chute.config import Validated, validate_config
 from chute.datamodules import ChuteDataModule
 from chute.datamodules.base import LOADER_SHORTCUTS, agree_with_shortcuts
@@ -386,10 +387,24 @@ def _resume_path(requested: str | None, trainer: L.Trainer) -> str | None:
         for pattern in ("last*.ckpt", "hpc_ckpt_*.ckpt")
         for path in glob.glob(os.path.join(folder, pattern))
     ]
+    inside = [p for p in found if os.path.basename(p).startswith("hpc_ckpt_") and _inside_a_window(p)]
+    for path in inside:
+        log.info("ckpt_path=last: %s was saved inside a gradient-accumulation window: not resumed from", path)
+    found = [p for p in found if p not in inside]
     if not found:
         log.info("ckpt_path=last: no checkpoint in %s yet, starting fresh", " or ".join(folders))
         return None
     return max(found, key=os.path.getmtime)
+
+
+def _inside_a_window(path: str) -> bool:
+    """Whether a checkpoint was saved inside a gradient-accumulation window (marked by
+    :class:`~chute.callbacks.LatestCheckpoint`): Lightning's SLURM plugin saves one whenever SIGUSR1
+    comes, and a resume from it would skip the batches whose gradients were only held."""
+    try:
+        return bool(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get(INSIDE_A_WINDOW))
+    except Exception:  # not readable here: Lightning names its problem if it is resumed from
+        return False
 
 
 def _check_checkpoint_fits(path: str, model: L.LightningModule) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -11,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from chute.callbacks import LatestCheckpoint
+from chute.callbacks.latest import INSIDE_A_WINDOW
 
 
 def _fit(tmp_path: Path, model: L.LightningModule, *callbacks: L.Callback, validate: bool = True) -> None:
@@ -91,3 +94,62 @@ def test_nothing_is_saved_inside_a_gradient_accumulation_window(
         enable_model_summary=False, callbacks=[LatestCheckpoint(tmp_path)],
     ).fit(BoringModel())  # fmt: skip
     assert sorted(set(ready)) == saved_at
+
+
+class _Term(L.Callback):
+    """SIGTERM to this process after training batch ``batch`` of epoch 1; ``stop``: also end the fit there."""
+
+    def __init__(self, batch: int, stop: bool = False) -> None:
+        self.batch, self.stop = batch, stop
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: object) -> None:
+        if trainer.current_epoch == 1 and args[-1] == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+            trainer.should_stop = self.stop
+
+
+def _accumulating(tmp_path: Path, *callbacks: L.Callback, val: int = 2) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path, max_epochs=3, limit_train_batches=6, limit_val_batches=val,
+        accumulate_grad_batches=2, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_sigterm_held_to_the_windows_end_saves_there_though_validation_follows(tmp_path: Path) -> None:
+    """SIGTERM inside the epoch's last window: the stop waits for the window's end, where validation
+    follows; the flag set back there cut that validation short and nothing was saved (last.ckpt
+    stayed at the previous epoch's end, step 3)."""
+    with pytest.raises(SystemExit):
+        _accumulating(tmp_path, _Term(4), LatestCheckpoint(tmp_path)).fit(BoringModel())
+    assert _saved(tmp_path / "last.ckpt") == (1, 6)
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_sigterm_held_when_the_fit_ends_inside_the_window_still_stops_it_and_no_later_fit(tmp_path: Path) -> None:
+    """A fit ending inside the window (``should_stop``, as EarlyStopping sets it) returned as if no
+    SIGTERM had come, and the held one then stopped the next fit of the same callback."""
+    latest = LatestCheckpoint(tmp_path / "ckpt")
+    trainer = _accumulating(tmp_path, _Term(2, stop=True), latest, val=0)
+    trainer.fit(BoringModel())
+    assert trainer.received_sigterm
+    latest.dirpath = str(tmp_path / "again")
+    again = _accumulating(tmp_path / "again", latest, val=0)
+    again.fit(BoringModel())
+    assert again.global_step == 9
+    assert not again.received_sigterm
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_checkpoint_taken_inside_a_window_says_so(tmp_path: Path) -> None:
+    """Lightning's SLURM plugin saves whenever SIGUSR1 comes; ``ckpt_path=last`` passes over a
+    checkpoint marked as taken inside a window (chute.app._resume_path)."""
+
+    class Save(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            trainer.save_checkpoint(tmp_path / f"at{args[-1]}.ckpt")
+
+    _accumulating(tmp_path, Save(), LatestCheckpoint(tmp_path / "last"), val=0).fit(BoringModel())
+    marked = [torch.load(tmp_path / f"at{i}.ckpt", weights_only=True).get(INSIDE_A_WINDOW) for i in range(6)]
+    assert marked == [True, None, True, None, True, None]

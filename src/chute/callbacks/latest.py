@@ -10,6 +10,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+#: Key of a checkpoint taken inside a gradient-accumulation window (:meth:`LatestCheckpoint.on_save_checkpoint`).
+INSIDE_A_WINDOW = "chute_inside_accumulation_window"
+
 
 class LatestCheckpoint(ModelCheckpoint):
     """Keeps one checkpoint file, ``<dirpath>/last.ckpt``, of the latest training state.
@@ -58,14 +61,34 @@ class LatestCheckpoint(ModelCheckpoint):
     # (a mid-epoch validation there, a time interval), and a SIGTERM inside one stops training at
     # the window's end instead.
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._sigterm_deferred = False
+
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
         connector = getattr(trainer, "_signal_connector", None)  # Lightning's SIGTERM flag
-        if trainer.received_sigterm and mid_accumulation(trainer) and connector is not None:
-            connector.received_sigterm, self._sigterm_deferred = False, True
-        elif self._sigterm_deferred and not mid_accumulation(trainer) and connector is not None:
-            connector.received_sigterm, self._sigterm_deferred = True, False
-        if not mid_accumulation(trainer):
-            super().on_train_batch_end(trainer, *args, **kwargs)
+        if mid_accumulation(trainer):
+            if trainer.received_sigterm and connector is not None:
+                connector.received_sigterm, self._sigterm_deferred = False, True
+            return
+        super().on_train_batch_end(trainer, *args, **kwargs)
+        if self._sigterm_deferred:
+            # save now: a validation at this batch would be cut short by the flag, and nothing saved
+            if not self._should_skip_saving_checkpoint(trainer):
+                self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+            self._give_back_sigterm(trainer)
+
+    def _give_back_sigterm(self, trainer: L.Trainer) -> None:
+        if self._sigterm_deferred and (connector := getattr(trainer, "_signal_connector", None)) is not None:
+            connector.received_sigterm = True
+        self._sigterm_deferred = False
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # Any checkpoint of the fit (Lightning's SLURM plugin saves one whenever SIGUSR1 comes) says
+        # whether it was taken inside a window: ckpt_path=last passes over such a one (chute.app).
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if mid_accumulation(trainer):
+            checkpoint[INSIDE_A_WINDOW] = True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not mid_accumulation(trainer):
@@ -73,6 +96,7 @@ class LatestCheckpoint(ModelCheckpoint):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
+        self._give_back_sigterm(trainer)
         # SIGTERM (a scheduler's notice) in training: Lightning stops between steps, every rank told
         # (rank 0's flag is broadcast), so the state is whole, unless it came inside an accumulation
         # window after the last check (the signal is asynchronous): then the last save stands.
@@ -83,6 +107,7 @@ class LatestCheckpoint(ModelCheckpoint):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._give_back_sigterm(trainer)  # the fit ended inside a window (should_stop): still a SIGTERM
         super().on_train_end(trainer, pl_module)
         # the steps after the last periodic save (skipped when that save was of this very step)
         if not self._should_skip_saving_checkpoint(trainer):
