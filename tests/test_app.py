@@ -53,6 +53,10 @@ def test_validation_by_steps_alone_and_overfit_batches_reach_the_trainer(digits_
              "trainer.check_val_every_n_epoch=null"]  # fmt: skip
     cfg = make_config(*quiet, *steps, data_dir=digits_root.parent, output_dir=tmp_path / "steps")
     assert run(cfg) == pytest.approx(json.loads((tmp_path / "steps" / "metrics.json").read_text())["best_val/acc"])
+    steps[-1] = "trainer.check_val_every_n_epoch=1"  # an interval longer than the epoch: named, no traceback
+    cfg = make_config(*quiet, *steps, data_dir=digits_root.parent, output_dir=tmp_path / "epoch")
+    with pytest.raises(ConfigError, match=r"^trainer\.val_check_interval=4: Lightning refuses it: `val_check_inter"):
+        run(cfg)
     cfg = make_config(*quiet, "trainer.overfit_batches=2", data_dir=digits_root.parent, output_dir=tmp_path / "fit")
     run(cfg)
     assert json.loads((tmp_path / "fit" / "metrics.json").read_text())["train_samples"] == 2 * 2 * 64

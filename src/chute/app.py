@@ -128,7 +128,15 @@ def _run(cfg: DictConfig) -> float:
     resumed = _resume_path(cfg.ckpt_path, trainer)
     saved_step = _check_checkpoint_fits(resumed, model) if resumed is not None else None
     with contextlib.suppress(SIGTERMException):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=resumed)
+        except ValueError as err:  # the one setting Lightning checks only once the epoch's length is known
+            if "`val_check_interval`" not in str(err):
+                raise
+            raise ConfigError(
+                "trainer.val_check_interval", settings.trainer.val_check_interval,
+                f"Lightning refuses it: {str(err).strip()} (here: trainer.check_val_every_n_epoch=null)",
+            ) from None  # fmt: skip
     if trainer.global_step == saved_step and (kept := _finished_run(run_dir, cfg.optimized_metric)) is not None:
         return kept  # restarted after it had finished: nothing trained, its report stands
     fit_metrics = _floats(trainer.callback_metrics)
