@@ -126,7 +126,7 @@ def test_every_data_option_instantiates_with_its_model(name: str, digits_root: P
     dm.setup("fit")
     model = build_model(cfg, dm.model_kwargs)
     assert isinstance(model, L.LightningModule)
-    batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+    batch = dm.batch_hook(next(iter(dm.train_dataloader())), train=True)
     with torch.no_grad():
         inputs = batch if isinstance(batch, dict) and "mask" in batch else _inputs(batch)
         out = model(inputs)

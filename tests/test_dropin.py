@@ -97,3 +97,27 @@ def test_readme_datamodule_snippets_run(name: str, tmp_path: Path, monkeypatch: 
     assert isinstance(trainer, L.Trainer)
     assert trainer.state.finished
     assert trainer.global_step > 0
+
+
+def test_outside_lightning_training_batches_get_their_augmentation_from_batch_hook(
+    digits_root: Path, tmp_path: Path
+) -> None:
+    """Without a trainer, ``on_after_batch_transfer`` (the README's advice outside Lightning) cannot
+    tell a training batch: cached 8 px images went to the model uncropped, silently. It now says so
+    once, and ``batch_hook(batch, train=True)`` runs the random crops on the device."""
+    transforms = create_transforms(image_size=6, crop_pct=1.0, scale=[0.5, 1.0], hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", transforms=transforms, mean=[0.0], std=[1.0], cache="memory", cache_size=8,
+        cache_dir=tmp_path / "cache", device_augment=True, loader={"batch_size": 4},
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (4, 1, 8, 8)
+    with pytest.warns(UserWarning, match=r"call dm\.batch_hook\(batch, train=True\)"):
+        assert dm.on_after_batch_transfer((images, labels), 0)[0].shape == (4, 1, 8, 8)
+    trained, _ = dm.batch_hook((images, labels), train=True)
+    assert trained.shape == (4, 1, 6, 6)
+    assert trained.dtype == torch.float32
+    evaluated, _ = dm.batch_hook(next(iter(dm.val_dataloader())), train=False)
+    assert evaluated.shape == (4, 1, 6, 6)

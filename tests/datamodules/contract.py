@@ -41,7 +41,7 @@ def check_datamodule(
         inputs = _inputs(batch)
         assert len(inputs) <= batch_size, name
         assert inputs.dtype == cpu_dtype, f"{name}: CPU batches should be {cpu_dtype}, got {inputs.dtype}"
-        ready = dm.on_after_batch_transfer(batch, 0)
+        ready = dm.batch_hook(batch, train=False)  # the normalization; training-only stages change shapes
         x = _inputs(ready)
         if cpu_dtype.is_floating_point or cpu_dtype == torch.uint8:
             assert x.is_floating_point(), f"{name}: the device hook must hand the model floats"

@@ -17,6 +17,7 @@ import difflib
 import functools
 import inspect
 import os
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypedDict
 
@@ -188,6 +189,7 @@ class ChuteDataModule(L.LightningDataModule):
         self._train_loader: Any = None  # the last training loader built (its position is saved)
         self._loader_state: dict[str, Any] | None = None  # from a checkpoint, for the next training loader
         self._resuming_from: str | None = None  # the checkpoint of the fit that loaded it (_fit_checkpoint)
+        self._said = False  # on_after_batch_transfer's warning without a trainer, given once
 
     @property
     def seed(self) -> int:
@@ -510,8 +512,26 @@ class ChuteDataModule(L.LightningDataModule):
             )
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """The batch hook's stages the loader did not run (:func:`~chute.datamodules.hooks.run_hook`)."""
+        """The batch hook's stages the loader did not run (:func:`~chute.datamodules.hooks.run_hook`),
+        for a training batch when the attached trainer is training. Without a trainer (the DataModule
+        used outside Lightning, or its loaders returned by a LightningModule) it cannot tell: it
+        treats the batch as an evaluation one, and says so once if that leaves out training-only
+        stages (augmentation on the device, MixUp/CutMix); :meth:`batch_hook` takes ``train``."""
+        if self.trainer is None and (self.train_batch_transform or self.train_pair_transform) and not self._said:
+            self._said = True
+            warnings.warn(
+                f"{type(self).__name__}.on_after_batch_transfer without a trainer attached treats every batch as an "
+                "evaluation batch, so training batches miss their augmentation on the device: call "
+                "dm.batch_hook(batch, train=True) on them (and train=False on the others).",
+                stacklevel=2,
+            )
         return run_hook(self, batch, self.trainer is not None and self.trainer.training)
+
+    def batch_hook(self, batch: Any, train: bool) -> Any:
+        """The batch hook on a batch already on its device, as :meth:`on_after_batch_transfer` runs it
+        under Lightning, with the split said: ``train=True`` adds the training-only stages (random
+        crops and flips on the device, MixUp/CutMix). For loaders used without a trainer attached."""
+        return run_hook(self, batch, train)
 
     # -- Mid-epoch resume ------------------------------------------------------------------------
     # The training loader's own state_dict (epoch, batches handed out) is the position. Lightning
