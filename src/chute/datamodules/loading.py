@@ -105,7 +105,7 @@ class Replayed(SequentialSampler, DistributedSampler):
     def __iter__(self) -> Iterator[Any]:
         return iter(self.order)
 
-    def __getattr__(self, name: str) -> Any:  # batch_size, snapshot_state, ... of the order
+    def __getattr__(self, name: str) -> Any:  # the order's other attributes (batch_size, ...)
         if name == "order" or name.startswith("__"):  # not set yet (a copy being made); copy protocol
             raise AttributeError(name)
         return getattr(self.order, name)
