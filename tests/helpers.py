@@ -34,17 +34,27 @@ def assert_mentions(message: str, *parts: str) -> None:
 
 
 class RecordRows(L.LightningModule):
-    """A linear model on the 30-feature breast-cancer table that records the first feature of every
-    training row (unique per row), to compare the rows two runs trained on."""
+    """A linear model on a table (default: the 30-feature breast-cancer one) that records the first
+    feature of every training row (unique per row), to compare the rows two runs trained on; and the
+    epoch of each step."""
 
-    def __init__(self) -> None:
+    def __init__(self, num_features: int = 30, num_classes: int = 2) -> None:
         super().__init__()
-        self.layer = nn.Linear(30, 2)
+        self.layer = nn.Linear(num_features, num_classes)
         self.seen: list[list[float]] = []
+        self.epochs: list[int] = []
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         self.seen.append(batch[0][:, 0].tolist())
+        self.epochs.append(self.current_epoch)
         return nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
+
+    def per_epoch(self) -> dict[int, list[float]]:
+        """The rows trained on, epoch by epoch."""
+        rows: dict[int, list[float]] = {}
+        for epoch, batch in zip(self.epochs, self.seen, strict=True):
+            rows.setdefault(epoch, []).extend(batch)
+        return rows
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.01)
@@ -73,6 +83,17 @@ def fit_recording(
     )  # fmt: skip
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
     return model.seen
+
+
+def overfit_rows(datamodule: L.LightningDataModule, model: RecordRows | None = None) -> dict[int, list[float]]:
+    """Fit ``model`` (default :class:`RecordRows`) for 3 epochs with ``Trainer(overfit_batches=2)``
+    (no validation) and return the rows each epoch trained on."""
+    model = model or RecordRows()
+    L.Trainer(
+        max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    ).fit(model, datamodule=datamodule)  # fmt: skip
+    return model.per_epoch()
 
 
 class SigtermAt(L.Callback):

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ from chute.integrations.litdata_cover import _cover_rest
 from chute.integrations.litdata_retry import Outage
 from tests.conftest import REPO
 from tests.datamodules.contract import check_datamodule
-from tests.helpers import RecordRows, collect_in_a_cycle, fit_recording
+from tests.helpers import RecordRows, collect_in_a_cycle, fit_recording, overfit_rows
 from tests.test_config import make_config
 from tests.test_train import FAST
 
@@ -262,22 +261,12 @@ def test_lightning_checkpoint_resumes_mid_epoch(table_chunks: str, tmp_path: Pat
 def test_overfit_batches_replays_litdatas_first_batches_every_epoch(table_chunks: str, drop_last: bool) -> None:
     """LitData's loader is re-made by Lightning for ``overfit_batches`` (it turns shuffling off), and
     LitData went on to a new epoch's order on every pass: each epoch trained on other batches."""
-    seen: dict[int, list[float]] = {}
-
-    class Record(RecordRows):
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            seen.setdefault(self.current_epoch, []).extend(batch[0][:, 0].tolist())
-            return super().training_step(batch, batch_idx)
-
     dm = LitDataModule(table_chunks, loader={"batch_size": 32, "drop_last": drop_last}, seed=1)
-    trainer = L.Trainer(
-        max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(Record(), datamodule=dm)
+    model = RecordRows()
+    seen = overfit_rows(dm, model)
     assert seen[0] == seen[1] == seen[2]
     assert len(seen[0]) == 64
-    remade = trainer.train_dataloader
+    remade = model.trainer.train_dataloader
     assert remade is not dm._train_loader  # Lightning's own, from the constructor's arguments
     assert remade.replay
 

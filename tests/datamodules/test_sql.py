@@ -752,29 +752,12 @@ def test_overfit_batches_replays_the_first_batches_and_keeps_the_snapshot_in_the
     """Under ``overfit_batches`` the order is wrapped (Lightning must not re-make the loader); the
     wrapper is still an order of changing data, so the position records which rows the epoch read
     (a protocol check does not see methods forwarded by ``__getattr__`` from Python 3.12 on)."""
-    import lightning as L
-
-    from tests.helpers import RecordRows
+    from tests.helpers import RecordRows, overfit_rows
 
     db = Db(f"sqlite:///{tmp_path}/test.db")
     dm = make(db, db.table(rows(64)), val_table=None, seed=2)
-    seen: dict[int, list[int]] = {}
-
-    class Record(RecordRows):
-        def __init__(self) -> None:
-            super().__init__()
-            self.layer = torch.nn.Linear(dm.model_kwargs["num_features"], 3)
-
-        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-            seen.setdefault(self.current_epoch, []).extend(ids_of([batch]))
-            return torch.nn.functional.cross_entropy(self.layer(batch[0]), batch[1])
-
     dm.setup("fit")
-    trainer = L.Trainer(
-        max_epochs=3, overfit_batches=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(Record(), datamodule=dm)
+    seen = overfit_rows(dm, RecordRows(dm.model_kwargs["num_features"], 3))
     assert seen[0] == seen[1] == seen[2]
     assert len(seen[0]) == 16
     assert "snapshot" in dm.state_dict()["train_loader"]
