@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -53,3 +54,109 @@ def test_checkpoint_reloads_with_weights_only(digits_root: Path, tmp_path: Path)
     fresh = ImageFolderDataModule(digits_root, image_mode="L")
     fresh.load_state_dict(ckpt["ImageFolderDataModule"])
     assert fresh.mean == dm.mean
+
+
+class OnDevice(torch.Tensor):
+    """A CPU tensor that stands for one on a GPU: every operation that copies its values to the host
+    (which on a GPU waits for the device to finish its queue) is counted in ``HOST_READS``, under
+    the training batch then current. Results of operations on it are ``OnDevice`` too (PyTorch's
+    ``__torch_function__``), so the batch's labels, the logits and the loss all are."""
+
+    READS = frozenset(
+        [getattr(torch.Tensor, n) for n in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy", "cpu")]
+        + [torch.bincount, torch.unique, torch.nonzero, torch.Tensor.nonzero, torch.Tensor.unique]
+    )  # fmt: skip
+    batch: tuple[int, int] | None = None
+    HOST_READS: dict[tuple[int, int], int] = {}
+
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        is_read = func in cls.READS  # (moves with .to(device) are to the trainer's device: the CPU in this test)
+        if is_read and cls.batch is not None:
+            cls.HOST_READS[cls.batch] = cls.HOST_READS.get(cls.batch, 0) + 1
+        result = super().__torch_function__(func, types, args, kwargs)
+        if is_read and isinstance(result, torch.Tensor):
+            return result.as_subclass(torch.Tensor)  # a host copy: reading it costs nothing
+        return result
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> OnDevice:  # ModelCheckpoint copies the metrics
+        return self.as_subclass(torch.Tensor).clone().as_subclass(OnDevice)
+
+
+class OnDeviceBatches(ImageFolderDataModule):
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, targets = super().on_after_batch_transfer(batch, dataloader_idx)
+        return images.as_subclass(OnDevice), targets.as_subclass(OnDevice)
+
+
+class AtBatch(L.Callback):
+    """Tells ``OnDevice`` which training batch is running (from its start to the next's, or to the
+    validation or the epoch's end)."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        OnDevice.batch = (trainer.current_epoch, batch_idx)
+        OnDevice.HOST_READS[OnDevice.batch] = 0
+
+    def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        OnDevice.batch = None
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        OnDevice.batch = None
+
+
+def test_training_reads_nothing_back_to_the_host_between_logging_steps(digits_root: Path, tmp_path: Path) -> None:
+    """No wait for the device at every step: the classifier, chute's per-batch callbacks and the
+    progress bar read the batch's tensors (and the logits and loss made from them) back to the host
+    only on Lightning's logging steps and at each epoch's end.
+
+    The old code read the loss back after every batch (``train/loss`` logged with ``prog_bar``,
+    which Lightning turns into a number after every batch) and copied every first-epoch batch's
+    labels to the host (``ClassHistogram``)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger
+
+    from chute.callbacks import ClassHistogram, LatestCheckpoint, RandomState, StallMonitor, Throughput
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = OnDeviceBatches(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val,
+        loader=LoaderSettings(batch_size=16, num_workers=1, backend="threads"),
+    )  # fmt: skip
+    histogram = ClassHistogram(str(tmp_path))
+    callbacks = [AtBatch(), histogram, StallMonitor(), Throughput(), RandomState(), RichProgressBar()]
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=12, limit_val_batches=2, log_every_n_steps=5, default_root_dir=tmp_path,
+        logger=CSVLogger(tmp_path), callbacks=[*callbacks, LatestCheckpoint(dirpath=tmp_path / "checkpoints")],
+        enable_model_summary=False, num_sanity_val_steps=0,
+    )  # fmt: skip
+    OnDevice.HOST_READS.clear()
+    try:
+        trainer.fit(ImageClassifier(num_classes=10, in_channels=1), datamodule=dm)
+    finally:
+        OnDevice.batch = None
+
+    logged = {(e, i) for e in range(2) for i in range(12) if (12 * e + i + 1) % 5 == 0}  # Lightning's logging steps
+    assert len(OnDevice.HOST_READS) == 24
+    # The bar's loss is read with the logger's, and at each epoch's last batch.
+    assert {b for b, n in OnDevice.HOST_READS.items() if n} == logged | {(0, 11), (1, 11)}, OnDevice.HOST_READS
+    assert trainer.progress_bar_metrics["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]), abs=1)
+    assert histogram.received is not None and histogram.received.sum() == 12 * 16
+
+
+def test_the_evaluation_loss_reads_nothing_back_per_batch_and_a_non_finite_batch_shows() -> None:
+    """``val/loss`` accumulates on the device (the default ``MeanMetric`` asked the device whether
+    a batch held NaN at every step, and then dropped that batch from the mean with a warning)."""
+    from chute.models.eval_loss import EvalLoss
+
+    mean = EvalLoss().means["val"]
+    OnDevice.batch, OnDevice.HOST_READS = (0, 0), {}
+    try:
+        for loss, size in ((1.0, 4), (3.0, 12)):
+            mean.update(torch.tensor(loss).as_subclass(OnDevice), weight=size)
+        assert OnDevice.HOST_READS.get((0, 0), 0) == 0
+        assert mean.compute().item() == 2.5  # weighted by batch size
+        mean.update(torch.tensor(float("nan")).as_subclass(OnDevice), weight=4)
+        assert OnDevice.HOST_READS.get((0, 0), 0) == 1  # (the .item() above)
+    finally:
+        OnDevice.batch = None
+    assert torch.isnan(mean.compute())

@@ -40,7 +40,9 @@ class ClassHistogram(L.Callback):
             self.dataset = np.asarray(dm.class_counts)
         except (AttributeError, RuntimeError):  # no class targets (regression, streams)
             return
-        self._counts = torch.zeros(len(self.dataset), dtype=torch.int64)
+        # One bucket per class and one for labels outside them (-1 "ignore" labels, say), on the
+        # batches' device (see on_train_batch_end).
+        self._counts = torch.zeros(len(self.dataset) + 1, dtype=torch.int64, device=pl_module.device)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -51,16 +53,22 @@ class ClassHistogram(L.Callback):
         if not isinstance(targets, torch.Tensor):
             return
         labels = targets.argmax(dim=1) if targets.is_floating_point() and targets.ndim == 2 else targets.long()
-        self._counts += torch.bincount(labels.flatten().cpu(), minlength=len(self._counts))[: len(self._counts)]
+        labels = labels.flatten().to(self._counts.device)
+        # Counted where the batch is, without reading anything back: on a GPU, copying the labels to
+        # the host (or torch.bincount, which sizes its output from the data) waits for the device at
+        # every step. The counts come to the host once, at the epoch's end.
+        outside = len(self._counts) - 1
+        labels = torch.where((labels >= 0) & (labels < outside), labels, outside)
+        self._counts.index_add_(0, labels, torch.ones_like(labels))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._counts is None or self.dataset is None:
             return
-        counts = self._counts
+        counts = self._counts[:-1]
         self._counts = None
         if trainer.world_size > 1:
-            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum").cpu()
-        self.received = counts.numpy()
+            counts = trainer.strategy.reduce(counts.to(pl_module.device), reduce_op="sum")
+        self.received = counts.cpu().numpy()
         if trainer.is_global_zero:
             self._plot(trainer)
 

@@ -90,10 +90,27 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = self._loss(logits, targets)
         labels = targets.argmax(dim=1) if targets.is_floating_point() else targets
-        self.train_acc(logits, labels)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(images))
+        self.train_acc.update(logits, labels)  # logged per epoch: no per-batch value to compute
+        self.log("train/loss", loss, batch_size=len(images))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """The progress bar's ``loss``: the training loss read back to the host on Lightning's
+        logging steps (every ``log_every_n_steps`` optimizer steps) and at each epoch's end.
+
+        Lightning turns every ``prog_bar`` metric into a Python number after every batch, whether a
+        bar shows it or not (Lightning issue #21232): on a GPU, a wait for the device at the end of
+        every step, so the host cannot queue the next step while the device works. So
+        ``train/loss`` (loggers, callbacks, checkpoints' monitors) stays a device tensor, which
+        Lightning reads back only when it logs, and the bar gets a host copy made right then.
+        """
+        trainer = self._trainer
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if trainer is None or trainer.progress_bar_callback is None or not isinstance(loss, torch.Tensor):
+            return
+        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or trainer.is_last_batch:
+            self.log("loss", loss.detach().float().cpu(), prog_bar=True, logger=False, batch_size=len(batch[1]))
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy
@@ -104,12 +121,12 @@ class ImageClassifier(L.LightningModule):
             return None
         logits = self(images)
         self.eval_loss.log(self, stage, self._loss(logits, targets), len(images), prog_bar=True)
-        metric(logits, targets)
+        metric.update(logits, targets)  # these are logged per epoch: no per-batch values to compute
         self.log(f"{stage}/acc", metric, prog_bar=True, batch_size=len(images))
         for name in ("bal_acc", "macro_f1"):
             balanced = self.eval_balanced[f"{stage}_{name}"]
             assert isinstance(balanced, Metric)
-            balanced(logits, targets)
+            balanced.update(logits, targets)
             self.log(f"{stage}/{name}", balanced, batch_size=len(images))
         return logits
 

@@ -5,11 +5,38 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
+
+
+class WeightedMean(Metric):
+    """``sum(value * weight) / sum(weight)``, summed over ranks at the end: accumulated where the
+    values are, without reading anything back per update.
+
+    torchmetrics' ``MeanMetric`` asks the device after every update whether the value is NaN (a
+    host read: on a GPU, a wait for the device at every evaluation step) and then drops such
+    batches; with that check off (``nan_strategy="disable"``) it ignores the weights. Here a
+    non-finite batch makes the mean non-finite, as it would any mean.
+    """
+
+    full_state_update = False
+    total: torch.Tensor
+    weight: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: float) -> None:
+        self.total += value.detach().float() * weight
+        self.weight += weight
+
+    def compute(self) -> torch.Tensor:
+        return self.total / self.weight
 
 
 class EvalLoss(nn.Module):
-    """Validation and test loss as :class:`~torchmetrics.MeanMetric` s weighted by batch size.
+    """Validation and test loss as :class:`WeightedMean` s weighted by batch size.
 
     ``self.log("val/loss", loss)`` averages per rank, and Lightning then reports rank 0's figure
     (or, with ``sync_dist``, a mean of rank means, which uneven per-rank counts skew). A metric
@@ -20,7 +47,7 @@ class EvalLoss(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.means = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        self.means = nn.ModuleDict({stage: WeightedMean() for stage in ("val", "test")})
 
     def log(self, module: L.LightningModule, stage: str, loss: torch.Tensor, size: int, prog_bar: bool) -> None:
         """Log ``loss`` (a batch mean over ``size`` samples) as ``<stage>/loss``."""
@@ -28,6 +55,6 @@ class EvalLoss(nn.Module):
             module.log(f"{stage}/loss", loss, prog_bar=prog_bar, batch_size=size)
             return
         mean = self.means[stage]
-        assert isinstance(mean, MeanMetric)
-        mean.update(loss.detach().float(), weight=size)
+        assert isinstance(mean, WeightedMean)
+        mean.update(loss, weight=size)
         module.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=size)
