@@ -121,3 +121,79 @@ def test_outside_lightning_training_batches_get_their_augmentation_from_batch_ho
     assert trained.dtype == torch.float32
     evaluated, _ = dm.batch_hook(next(iter(dm.val_dataloader())), train=False)
     assert evaluated.shape == (4, 1, 6, 6)
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_a_datamodule_pickles_after_fit_and_the_copy_trains(
+    digits_root: Path, tmp_path: Path, workers: int, backend: str
+) -> None:
+    """As a plain LightningDataModule does, though its trainer keeps chute's loaders (which asked
+    the trainer's epoch through a closure: ``Can't pickle local object '_epoch_of.<locals>.<lambda>'``)."""
+    import pickle
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val,
+        loader=LoaderSettings(batch_size=32, num_workers=workers, backend=backend),
+    )  # fmt: skip
+
+    def fit(datamodule: ImageFolderDataModule) -> UserModel:
+        model = UserModel()
+        trainer = L.Trainer(
+            max_epochs=1, limit_train_batches=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+            enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        )  # fmt: skip
+        trainer.fit(model, datamodule=datamodule)
+        return model
+
+    fit(dm)
+    copy = pickle.loads(pickle.dumps(dm))
+    assert copy.seed == dm.seed
+    assert copy.class_names == dm.class_names
+    assert len(fit(copy).seen) == 3
+
+
+def test_the_seed_is_refused_after_setup_because_the_splits_were_cut_with_the_old_one(digits_root: Path) -> None:
+    """It was taken: the splits stayed seed 0's while checkpoints saved the new seed, so a resumed or
+    evaluated run cut other splits than the ones trained on."""
+    from chute.errors import ConfigError
+
+    dm = ImageFolderDataModule(digits_root, image_mode="L", seed=0)
+    dm.seed = 3  # before setup: taken
+    dm.setup("fit")
+    dm.seed = 3  # the same seed: nothing changes
+    with pytest.raises(ConfigError, match=r"seed=5: ImageFolderDataModule was already set up with seed=3"):
+        dm.seed = 5
+    assert dm.seed == 3
+    restored = ImageFolderDataModule(digits_root, image_mode="L", seed=0)
+    restored.setup("fit")
+    restored.load_state_dict(dm.state_dict())  # a checkpoint's seed still replaces it (and re-cuts)
+    assert restored.seed == 3
+    assert restored.state_dict()["seed"] == 3
+
+
+def test_the_resolvers_datamodule_does_not_say_a_seed_that_is_not_the_runs(
+    digits_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``${chute.data:num_classes}`` with a null seed: the DataModule built to size the model draws a
+    seed of its own, which the old code logged as the one to repeat the run with, before the run's."""
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from chute.resolvers import register_resolvers
+
+    register_resolvers()
+    cfg = OmegaConf.create(
+        {
+            "data": {"_target_": "chute.datamodules.ImageFolderDataModule", "root": str(digits_root), "seed": None,
+                     "image_mode": "L"},
+            "classes": "${chute.data:num_classes}",
+        }
+    )  # fmt: skip
+    with caplog.at_level(logging.INFO):
+        assert cfg.classes == 10
+        dm = ImageFolderDataModule(digits_root, image_mode="L", seed=None)
+        dm.setup("fit")
+    said = [r.getMessage() for r in caplog.records if "drew seed" in r.getMessage()]
+    assert said == [f"ImageFolderDataModule: seed is null, so this run drew seed={dm.seed} (set it to repeat the run)."]

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 APP = Path(__file__).resolve().parent / "foreign_app"
 
 
@@ -50,3 +52,28 @@ def test_the_readme_recipe_is_the_foreign_apps_config() -> None:
     readme = (APP.parents[1] / "README.md").read_text()
     block = readme.split("<!-- readme-test: foreign-app -->\n```yaml\n", 1)[1].split("```", 1)[0]
     assert block == (APP / "configs" / "train.yaml").read_text()
+
+
+def test_chutes_schemas_check_chutes_own_data_options_in_a_foreign_app(tmp_path: Path) -> None:
+    """A foreign app that puts chute's schema under its ``data`` node (``register_configs``, then
+    ``/schema/data/image_folder@data`` in its defaults list) composes chute's shipped options and
+    catches a misspelt key there. ``chute_digits`` failed: its ``loader:`` node was not in the schema."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import ConfigKeyError
+
+    from chute.config import register_configs
+
+    register_configs()
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "app.yaml").write_text(
+        "defaults:\n  - /schema/data/image_folder@data\n  - data: chute_digits\n  - _self_\n"
+    )
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("app", overrides=["data.loader.backend=torch", "+data.loader.prefetch_factor=4"])
+        assert cfg.data.loader == {"backend": "torch", "prefetch_factor": 4}
+        assert cfg.data.image_mode == "L"
+        with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+            compose("app", overrides=["data.batch_sze=8"])
+    assert "batch_sze" in str(err.value) + str(err.value.__cause__)

@@ -33,6 +33,7 @@ class ImageFolderDataModuleConfig:
     cutmix_alpha: float = 0.0
     decode: str = "auto"
     predict_root: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -64,6 +65,7 @@ class RayImagesDataModuleConfig:
     cutmix_alpha: float = 0.0
     decode: str = "auto"
     predict_root: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -93,6 +95,7 @@ class TabularDataModuleConfig:
     unknown_category: str = "raise"
     encoding: str = "utf-8"
     predict_path: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -121,6 +124,7 @@ class MultiTaskDataModuleConfig:
     unknown_category: str = "raise"
     encoding: str = "utf-8"
     predict_path: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -146,6 +150,7 @@ class SequenceDataModuleConfig:
     bucket: bool = True
     pool_batches: int = 50
     min_char_count: int = 1
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -166,6 +171,7 @@ class StreamingDataModuleConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -195,6 +201,7 @@ class VideoDataModuleConfig:
     std: Optional[list[float]] = None
     decoder_threads: int = 1
     decoder: str = "pyav"
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -230,6 +237,7 @@ class SqlDataModuleConfig:
     fit_rows: int = 200000
     retries: int = 3
     retry_wait: float = 0.5
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None
@@ -252,6 +260,7 @@ class LitDataModuleConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: Optional[str] = None
+    loader: Any = None
     batch_size: Optional[int] = None
     num_workers: Any = None
     pin_memory: Optional[bool] = None

@@ -333,8 +333,8 @@ def schema_source() -> str:
     """The source of :mod:`chute._schemas`: one schema per registered DataModule and model.
 
     Made from :data:`chute.datamodules.DATAMODULES`, :data:`chute.integrations.INTEGRATIONS` and
-    :data:`chute.models.MODELS` with :func:`builds` (a DataModule's ``loader`` and ``schema_exclude``
-    arguments are left out).
+    :data:`chute.models.MODELS` with :func:`builds` (a DataModule's ``schema_exclude`` arguments are
+    left out; its ``loader``, a mapping, is kept untyped: ``LoaderSettings`` checks it when built).
     """
     from chute.datamodules import DATAMODULES
     from chute.integrations import INTEGRATIONS
@@ -342,7 +342,7 @@ def schema_source() -> str:
 
     groups = {
         "DATA": {
-            name: builds(dm, f"{dm.__name__}Config", exclude=("loader", *dm.schema_exclude))
+            name: builds(dm, f"{dm.__name__}Config", exclude=dm.schema_exclude)
             for name, dm in {**DATAMODULES, **INTEGRATIONS}.items()
         },
         "MODELS": {name: builds(model, f"{model.__name__}Config") for name, model in MODELS.items()},

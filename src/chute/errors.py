@@ -83,6 +83,21 @@ class ConfigError(ChuteError, ValueError):
         return ConfigError(f"{prefix}.{self.key}", self.value, self.reason)
 
 
+def check_bool(key: str, value: object, optional: bool = False) -> None:
+    """Refuse a switch that is not ``True``/``False`` (or ``None`` where ``optional``), naming ``key``.
+
+    A string is truthy whatever it says: ``drop_last: no`` in YAML that no schema converts, or an
+    ``${oc.env:...}`` value, would turn the setting on."""
+    import numpy as np
+
+    if isinstance(value, (bool, np.bool_)) or (optional and value is None):
+        return
+    hint = " (or null)" if optional else ""
+    if isinstance(value, str):
+        hint += "; a string is not read as one (in a config, write true or false unquoted, or ${oc.decode:...})"
+    raise ConfigError(key, value, f"must be true or false{hint}")
+
+
 class DataError(ChuteError, ValueError):
     """The data on disk is missing, malformed or inconsistent (the message names the path)."""
 

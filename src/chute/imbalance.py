@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from chute.errors import ConfigError, DataError
+from chute.errors import ConfigError, DataError, check_bool
 
 STRATEGIES = ("none", "weighted_sampler", "balanced_batches", "loss_weights", "oversample", "undersample")
 WEIGHTINGS = ("inverse", "inverse_sqrt", "effective_number")
@@ -75,6 +75,7 @@ class ImbalanceSettings:
     replacement: bool = True
 
     def __post_init__(self) -> None:
+        check_bool("replacement", self.replacement)
         if self.strategy not in STRATEGIES:
             raise ConfigError("strategy", self.strategy, f"must be one of {list(STRATEGIES)}")
         if self.weighting not in WEIGHTINGS:

@@ -38,9 +38,15 @@ def data_fact(key: str, node: str = "data", *, _root_: DictConfig) -> Any:
         if text not in _BUILT:
             from hydra.utils import instantiate
 
+            from chute.datamodules.base import SIZING_ONLY
+
             datamodule = instantiate(_root_[node])
             datamodule.prepare_data()
-            datamodule.setup("fit")
+            sizing = SIZING_ONLY.set(True)  # a null seed drawn here is not the run's: not logged as it
+            try:
+                datamodule.setup("fit")
+            finally:
+                SIZING_ONLY.reset(sizing)
             _BUILT[text] = {**datamodule.model_kwargs, "_owner": type(datamodule).__name__}
         facts = _BUILT[text]
     if key not in facts or key == "_owner":

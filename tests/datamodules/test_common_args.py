@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset, default_collate
 from typing_extensions import Unpack
 
-from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, StreamingDataModule
+from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, ImageFolderDataModule, StreamingDataModule
 from chute.datamodules.base import ChuteDataModule as Base
 from chute.errors import ConfigError
 from chute.integrations import INTEGRATIONS, LitDataModule
@@ -155,6 +155,21 @@ def test_batch_size_and_num_workers_are_shortcuts_for_the_loader_settings() -> N
         SquaresDataModule(16, batch_size=0)
 
 
+def test_the_shortcuts_set_after_construction_reach_the_next_loaders_and_the_hyperparameters() -> None:
+    """``dm.num_workers = 2`` was an attribute of its own that nothing read: the loaders kept 0 workers."""
+    dm = SquaresDataModule(16, batch_size=4)
+    dm.setup("fit")
+    dm.num_workers, dm.pin_memory = 2, False
+    loader = dm.train_dataloader()
+    assert (loader.num_workers, loader.pin_memory) == (2, False)
+    assert dm.hparams["loader"]["num_workers"] == 2
+    assert dm.hparams["loader"]["pin_memory"] is False
+    assert sorted(float(x) for batch in loader for x in batch[0]) == sorted(float(x) for x in dm._datasets["train"].x)
+    with pytest.raises(ConfigError, match=r"^num_workers=-1"):
+        dm.num_workers = -1
+    assert dm.num_workers == 2
+
+
 @pytest.mark.parametrize(("key", "shortcut", "in_loader"), [("batch_size", 64, 16), ("num_workers", 0, 2)])
 def test_a_shortcut_and_the_loader_key_that_disagree_are_refused(key: str, shortcut: int, in_loader: int) -> None:
     """The chute_* options set ``batch_size: 64`` and ``num_workers``: a user's
@@ -199,3 +214,37 @@ def test_a_subclass_that_takes_keywords_of_its_own_through_kwargs_still_works() 
     assert Mine(16, scale=3, batch_size=4).scale == 3
     with pytest.raises(TypeError):
         Mine(16, batch_sise=4)
+
+
+def _switches(cls: type) -> dict[str, bool]:
+    """The arguments of ``cls`` typed ``bool`` or ``bool | None``, and whether ``None`` is allowed."""
+    import types
+    import typing
+
+    found = {}
+    for name, (_, hint) in cls.init_parameters().items():  # type: ignore[attr-defined]
+        options = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+        if bool in options and options <= {bool, type(None)}:
+            found[name] = type(None) in options
+    return found
+
+
+@pytest.mark.parametrize("cls", [*DATAMODULES.values(), *INTEGRATIONS.values()], ids=lambda c: c.__name__)
+def test_a_switch_given_as_a_string_is_refused_naming_it(cls: type) -> None:
+    """``channels_last="false"`` (or ``drop_last: no`` in a YAML file no schema converts) was taken as
+    true: a non-empty string is truthy. Every argument typed ``bool`` refuses it before anything is read."""
+    switches = _switches(cls)
+    assert "pin_memory" in switches  # (a common one: every kind has one)
+    for key in switches:
+        with pytest.raises(ConfigError, match=rf"^{key}='false': must be true or false"):
+            cls("somewhere", **{key: "false"})
+
+
+@pytest.mark.parametrize("key", ["drop_last", "shuffle", "seed_workers", "pin_memory", "persistent_workers"])
+@pytest.mark.parametrize("value", ["no", "false", 1])
+def test_the_loader_settings_refuse_a_switch_that_is_not_a_boolean(key: str, value: object) -> None:
+    with pytest.raises(ConfigError, match=rf"^{key}={value!r}: must be true or false"):
+        LoaderSettings(**{key: value})
+    with pytest.raises(ConfigError, match=rf"^{key}={value!r}: must be true or false"):
+        ImageFolderDataModule("somewhere", loader={key: value})
+    assert getattr(LoaderSettings(**{key: False}), key) is False

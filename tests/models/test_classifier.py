@@ -140,7 +140,8 @@ def test_training_reads_nothing_back_to_the_host_between_logging_steps(digits_ro
     # The bar's loss is read with the logger's, and at each epoch's last batch.
     assert {b for b, n in OnDevice.HOST_READS.items() if n} == logged | {(0, 11), (1, 11)}, OnDevice.HOST_READS
     assert trainer.progress_bar_metrics["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]), abs=1)
-    assert histogram.received is not None and histogram.received.sum() == 12 * 16
+    assert histogram.received is not None
+    assert histogram.received.sum() == 12 * 16
 
 
 def test_the_evaluation_loss_reads_nothing_back_per_batch_and_a_non_finite_batch_shows() -> None:

@@ -124,3 +124,14 @@ def test_workers_draw_different_augmentations(backend: str) -> None:
     outs = [b[0] for b in build_loader(_Same(pipeline), settings, train=True, seed=0, rank=0)]
     worker0, worker1 = outs[0::2], outs[1::2]  # batches alternate between the two workers
     assert not any(torch.equal(a, b) for a, b in zip(worker0, worker1, strict=True))
+
+
+def test_a_misspelt_transforms_setting_names_the_closest_one() -> None:
+    """``data.transforms.imag_size=4`` was Python's "TransformSettings.__init__() got an unexpected
+    keyword argument", with no hint; a switch given as a string is refused too (it is truthy)."""
+    from chute.errors import UnknownArgumentError
+
+    with pytest.raises(UnknownArgumentError, match=r"^imag_size=4: is not a transforms setting: did you mean image_"):
+        create_transforms(imag_size=4)
+    with pytest.raises(ConfigError, match=r"^fast_decode='no': must be true or false"):
+        create_transforms(fast_decode="no")

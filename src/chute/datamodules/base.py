@@ -12,11 +12,14 @@ plain hyperparameters in :mod:`chute.datamodules.hparams`.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import difflib
 import functools
 import inspect
 import os
+import types
+import typing
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Literal, TypedDict
@@ -33,7 +36,7 @@ from chute.datamodules.hooks import InLoader, run_hook
 from chute.datamodules.hparams import caller_arguments, init_parameters, plain_values, qualname
 from chute.datamodules.loading import imbalance_sampler, split_loader
 from chute.datasets.database import sqlite_file
-from chute.errors import ConfigError, DataError, UnknownArgumentError
+from chute.errors import ConfigError, DataError, UnknownArgumentError, check_bool
 from chute.imbalance import ImbalanceSettings, as_imbalance_settings, class_weights
 from chute.loader import (
     Loader,
@@ -44,6 +47,9 @@ from chute.loader.distributed import from_rank_zero
 
 #: The loader settings a DataModule also takes as arguments of its own (``data.batch_size``).
 LOADER_SHORTCUTS = ("batch_size", "num_workers", "pin_memory")
+# True while a DataModule is built only to read facts off it (chute.resolvers: the class count a model
+# config asks for): a seed drawn then is not the run's, so it is not logged as the one to repeat it with.
+SIZING_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("chute_sizing_only", default=False)
 
 
 class CommonArgs(TypedDict, total=False):
@@ -138,6 +144,7 @@ class ChuteDataModule(L.LightningDataModule):
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(sorted(known))}"
                 raise UnknownArgumentError(key, value, f"is not an argument of {cls.__name__}: {hint}")
+        _check_switches(cls, kwargs)
         return super().__new__(cls)
 
     def __init__(
@@ -169,6 +176,7 @@ class ChuteDataModule(L.LightningDataModule):
             agree_with_shortcuts(given, loader)
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
+        self._set_up = False  # setup ran: the seed is fixed from here on (see the seed setter)
         self.seed = seed  # None: drawn at setup (see the seed property)
         self.prepare = prepare
         self.collate_fn = collate_fn
@@ -209,6 +217,20 @@ class ChuteDataModule(L.LightningDataModule):
     def seed(self, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
             raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
+        if getattr(self, "_set_up", False) and (value is None or int(value) != self._seed):
+            # What setup made from the seed (held-out splits, encodings fitted on the training split)
+            # would stay, while checkpoints saved the new seed: a resumed or evaluated run would cut
+            # other splits than the ones trained on.
+            raise ConfigError(
+                "seed", value,
+                f"{type(self).__name__} was already set up with seed={self._seed} (its splits were cut with it); "
+                "set the seed before setup, or make a new DataModule",
+            )  # fmt: skip
+        self._set_seed(value)
+
+    def _set_seed(self, value: int | None) -> None:
+        """The seed, set as a checkpoint gives it (:meth:`load_state_dict`: subclasses whose setup
+        made something from the seed make it again)."""
         self._seed = None if value is None else int(value)
 
     @property
@@ -223,20 +245,49 @@ class ChuteDataModule(L.LightningDataModule):
 
     @batch_size.setter
     def batch_size(self, value: int) -> None:
-        self.loader_settings = dataclasses.replace(self.loader_settings, batch_size=value)  # checked there
+        self._set_loader_setting("batch_size", value)
+
+    @property
+    def num_workers(self) -> int | Literal["auto"]:
+        """``loader_settings.num_workers``; settable like :attr:`batch_size` (the next loaders built
+        take it; ``"auto"`` tunes again)."""
+        return self.loader_settings.num_workers
+
+    @num_workers.setter
+    def num_workers(self, value: int | Literal["auto"]) -> None:
+        self._set_loader_setting("num_workers", value)
+
+    @property
+    def pin_memory(self) -> bool | None:
+        """``loader_settings.pin_memory``; settable like :attr:`batch_size`."""
+        return self.loader_settings.pin_memory
+
+    @pin_memory.setter
+    def pin_memory(self, value: bool | None) -> None:
+        self._set_loader_setting("pin_memory", value)
+
+    def _set_loader_setting(self, key: str, value: Any) -> None:
+        """A loader setting changed after construction: the loaders built from now on, what
+        ``num_workers=auto`` chose (tuned again when the worker count itself changes) and the
+        hyperparameters (checkpoints; loggers) take it. An attribute of its own, as it was before,
+        was never read."""
+        self.loader_settings = dataclasses.replace(self.loader_settings, **{key: value})  # checked there
         if self.tuned_loader is not None:
-            self.tuned_loader = dataclasses.replace(self.tuned_loader, batch_size=value)
-        for hparams in (self.hparams, getattr(self, "_hparams_initial", None) or {}):  # checkpoints; loggers
+            keep = key != "num_workers" and self.loader_settings.auto
+            self.tuned_loader = dataclasses.replace(self.tuned_loader, **{key: value}) if keep else None
+        for hparams in (self.hparams, getattr(self, "_hparams_initial", None) or {}):
             saved = hparams.get("loader")
             if isinstance(saved, dict):
-                saved["batch_size"] = self.loader_settings.batch_size
+                saved[key] = getattr(self.loader_settings, key)
 
     def _draw_seed(self) -> None:
         if self._seed is None:
             self._seed = int(from_rank_zero(lambda: int.from_bytes(os.urandom(4), "little") % 2**31))
-            rank_zero_info(
-                f"{type(self).__name__}: seed is null, so this run drew seed={self._seed} (set it to repeat the run)."
-            )
+            if not SIZING_ONLY.get():
+                rank_zero_info(
+                    f"{type(self).__name__}: seed is null, so this run drew seed={self._seed} "
+                    "(set it to repeat the run)."
+                )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Every ``setup`` first settles a null seed: ``setup`` runs on every rank at the same point, so
@@ -249,6 +300,7 @@ class ChuteDataModule(L.LightningDataModule):
             def setup_after_seed(self: ChuteDataModule, stage: str | None = None) -> None:
                 self._draw_seed()
                 setup(self, stage)
+                self._set_up = True
 
             setup_after_seed.settles_seed = True  # type: ignore[attr-defined]
             cls.setup = setup_after_seed  # type: ignore[method-assign,assignment]
@@ -556,7 +608,10 @@ class ChuteDataModule(L.LightningDataModule):
         whose state the user loaded without a trainer. Lightning loads the state for ``validate``,
         ``test`` and ``predict`` from a checkpoint too, and ``load_from_checkpoint`` does: a fresh
         ``fit`` afterwards starts at its first batch (it started where the checkpoint stopped)."""
-        self.seed = state_dict.get("seed", self._seed)
+        seed = state_dict.get("seed", self._seed)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+            raise ConfigError("seed", seed, "the checkpoint's DataModule seed must be an integer")
+        self._set_seed(None if seed is None else int(seed))
         self._resuming_from = self._fit_checkpoint()
         # Loaded by a trainer doing anything but resuming a fit: no training loader of its takes it.
         self._loader_state = None if self._resuming_from == "" else state_dict.get("train_loader")
@@ -604,3 +659,17 @@ def agree_with_shortcuts(shortcuts: Mapping[str, Any], loader: LoaderSettings | 
                 loader[key],
                 f"disagrees with {key}={value!r} (its shortcut, which the chute_* data options set): set {key} alone",
             )
+
+
+def _check_switches(cls: type[ChuteDataModule], kwargs: Mapping[str, Any]) -> None:
+    """Refuse a non-boolean value for an argument typed ``bool`` (or ``bool | None``), naming it: a
+    string such as ``"false"`` is truthy, so ``channels_last="false"`` turned channels-last on."""
+    try:
+        params = cls.init_parameters()
+    except Exception:  # a signature this cannot read (a subclass of a user's): nothing to check
+        return
+    for key, value in kwargs.items():
+        hint = params.get(key, (None, None))[1]
+        options = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
+        if bool in options and options <= {bool, type(None)}:
+            check_bool(key, value, optional=type(None) in options)

@@ -77,7 +77,22 @@ def _epoch_of(trainer: L.Trainer | None, overfit: bool) -> Callable[[], int] | N
     every epoch then trains on again (what overfitting a few batches means), shuffled or streamed."""
     if trainer is None:
         return None
-    return (lambda: 0) if overfit else (lambda: trainer.current_epoch)
+    return _first_epoch if overfit else _TrainerEpoch(trainer)
+
+
+def _first_epoch() -> int:
+    return 0
+
+
+class _TrainerEpoch:
+    """``trainer.current_epoch``, asked at each pass; a class, not a closure, so that a DataModule
+    whose trainer holds its loaders still pickles."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self) -> int:
+        return self.trainer.current_epoch
 
 
 class Replayed(SequentialSampler, DistributedSampler):

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from chute.errors import ConfigError
+from chute.errors import ConfigError, check_bool
 
 _MP_CONTEXTS = (None, "fork", "spawn", "forkserver")
 
@@ -72,6 +72,8 @@ or leave prefetch_factor unset (null)
     backend: str = "torch"
 
     def __post_init__(self) -> None:
+        for key in ("drop_last", "shuffle", "seed_workers", "pin_memory", "persistent_workers"):
+            check_bool(key, getattr(self, key), optional=key in ("pin_memory", "persistent_workers"))
         _check_int(self, "batch_size", minimum=1)
         if self.eval_batch_size is not None:
             _check_int(self, "eval_batch_size", minimum=1)

@@ -109,7 +109,8 @@ class ImageClassifier(L.LightningModule):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if trainer is None or trainer.progress_bar_callback is None or not isinstance(loss, torch.Tensor):
             return
-        if trainer.global_step % max(trainer.log_every_n_steps, 1) == 0 or trainer.is_last_batch:
+        every = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)  # set by Lightning's logger connector
+        if trainer.global_step % every == 0 or trainer.is_last_batch:
             self.log("loss", loss.detach().float().cpu(), prog_bar=True, logger=False, batch_size=len(batch[1]))
 
     def _eval_step(

@@ -6,6 +6,8 @@ Normalization and dtype conversion happen once per batch on the device (see ``ch
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from chute.errors import ConfigError
+from chute.errors import ConfigError, UnknownArgumentError
 from chute.transforms.fused import CenterCropDecode, RandomResizedCropDecode
 from chute.transforms.settings import BACKENDS, TransformSettings
 
@@ -149,6 +151,12 @@ def create_transforms(settings: TransformSettings | None = None, **overrides: An
         torch.Size([3, 32, 32])
     """
     if settings is None:
+        known = [f.name for f in dataclasses.fields(TransformSettings)]
+        for key, value in overrides.items():
+            if key not in known:  # Python's own error named TransformSettings.__init__ and no alternative
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(known)}"
+                raise UnknownArgumentError(key, value, f"is not a transforms setting: {hint}")
         settings = TransformSettings(**overrides)
     elif overrides:
         raise TypeError("pass either a TransformSettings or keyword arguments, not both")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from chute.errors import ConfigError
+from chute.errors import ConfigError, check_bool
 
 BACKENDS = ("torchvision", "albumentations")
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -59,6 +59,7 @@ class TransformSettings:
         self.scale, self.ratio = [float(v) for v in self.scale], [float(v) for v in self.ratio]  # YAML lists too
         if self.backend not in BACKENDS:
             raise ConfigError("backend", self.backend, f"must be one of {list(BACKENDS)}")
+        check_bool("fast_decode", self.fast_decode)
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 1:
             raise ConfigError("image_size", self.image_size, "must be a positive integer (pixels)")
         if not 0.0 < self.crop_pct <= 1.0:
