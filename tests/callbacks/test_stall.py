@@ -177,3 +177,62 @@ def test_a_loader_without_a_clock_reports_the_whole_wait_only() -> None:
     monitor = StallMonitor(threshold=0.99, warmup_steps=2)
     fit(0.0, monitor)  # a plain torch DataLoader
     assert "loader_wait_fraction" not in monitor.summary()
+
+
+class HostOnlyDelay(Tiny):
+    """After every other step the host waits 60 ms in the gap between steps, as it does for the
+    device when Lightning logs (an ``.item()``), while the device runs nothing new: ``DEVICE_IDLE``
+    counts only what the device would see of it (nothing)."""
+
+    slept = 0.0
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        time.sleep(0.01)  # the step's own work: 10 ms (the loop's work between steps is a fraction of it)
+        return super().training_step(batch, batch_idx)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if batch_idx % 2:
+            begun = time.perf_counter()
+            time.sleep(0.06)
+            HostOnlyDelay.slept += time.perf_counter() - begun
+
+
+class ScriptedTimeline:
+    """A device timeline for the CPU: the host's clock less the host-only delays, so a mark made
+    after one is as far from the last as the device's events would be."""
+
+    def __init__(self) -> None:
+        self.settled = 0
+
+    def mark(self) -> float:
+        return time.perf_counter() - HostOnlyDelay.slept
+
+    def settle(self, mark: float) -> None:
+        self.settled += 1
+
+    def seconds(self, first: float, second: float) -> float:
+        return second - first
+
+
+def test_on_a_device_the_wait_is_read_off_the_devices_timeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The host waiting for the device inside the gap (Lightning's logging drains the queue) was
+    counted as waiting for data: a warning advising more workers, for a device that never idled."""
+    from chute.callbacks import stall
+
+    timeline = ScriptedTimeline()
+    monkeypatch.setattr(stall, "timeline_for", lambda device: timeline)
+    HostOnlyDelay.slept = 0.0
+    monitor = StallMonitor(threshold=0.2, warmup_steps=2)
+    trainer = L.Trainer(
+        max_epochs=2, callbacks=[monitor], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "waits for data" warning
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        trainer.fit(HostOnlyDelay(), DataLoader(SlowData(0.0), batch_size=4))
+    summary = monitor.summary()
+    assert summary["host_wait_fraction"] > 0.5  # the host's clock: 60 ms of every other gap
+    assert summary["data_wait_fraction"] < 0.2  # the device's: it ran all the while it had work
+    assert summary["measured_steps"] == 2 * (16 - 2)
+    assert timeline.settled == 2  # one wait for the device per epoch, not per step

@@ -29,6 +29,13 @@ class StallMonitor(L.Callback):
     between steps is a few percent of the step by itself, so the two figures say whether a faster
     loader would help (measured, docs/benchmarks.md); the warning says which it is.
 
+    On a CUDA device the wait is timed on the device's own timeline (:class:`DeviceTimeline`: an
+    event at the end of each step and one at the start of the next, read once per epoch): the time
+    the device had nothing of training's to run. The host's clock would count there the host
+    waiting for the device (an ``.item()`` when Lightning logs, every ``log_every_n_steps``, drains
+    the queue inside the gap) as waiting for data, and miss a device that idles while the host is
+    busy elsewhere. The host's figure is kept as ``perf/host_wait_fraction``.
+
     Args:
         threshold: Wait fraction above which to warn.
         warmup_steps: Steps skipped at the start of each epoch (worker start-up, first batches).
@@ -53,6 +60,14 @@ class StallMonitor(L.Callback):
         self._last_end: float | None = None
         self._start: float | None = None
         self._clock_at_end: float | None = None  # the loader's clock (see the class docstring) then
+        # On a CUDA device: the device's timeline (wait and step time measured there, see the class
+        # docstring), this epoch's counted steps as (previous end, start, end) marks, and totals.
+        self._timeline: DeviceTimeline | None = None
+        self._marked_end: Any = None
+        self._marked_start: Any = None
+        self._marks: list[tuple[Any, Any, Any]] = []
+        self.device_wait_s: float | None = None
+        self.device_step_s: float | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]
@@ -60,8 +75,16 @@ class StallMonitor(L.Callback):
             # A new list: Lightning is iterating the old one to call this very hook.
             trainer.callbacks = [c for c in callbacks if c is not self] + [self]  # type: ignore[attr-defined]
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._timeline = timeline_for(pl_module.device)
+
+    def _mark(self) -> Any:
+        return self._timeline.mark() if self._timeline is not None else None
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()  # the first wait includes the epoch's first fetch
+        self._marked_end = self._mark()
+        self._marks = []
         self._clock_at_end = loader_clock(trainer)
         self._epoch_wait = self._epoch_step = 0.0
         self._epoch_loader_wait = None
@@ -71,11 +94,14 @@ class StallMonitor(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         self._start = time.perf_counter()
+        self._marked_start = self._mark()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         end = time.perf_counter()
+        marked_end, marked_before, marked_start = self._mark(), self._marked_end, self._marked_start
+        self._marked_end = marked_end
         clock, before = loader_clock(trainer), self._clock_at_end
         self._clock_at_end = clock
         if self._last_end is None or self._start is None:
@@ -93,48 +119,103 @@ class StallMonitor(L.Callback):
         self.step_s += step
         self.samples += size
         self.steps += 1
+        if self._timeline is not None and marked_before is not None and marked_start is not None:
+            self._marks.append((marked_before, marked_start, marked_end))
         if clock is not None and before is not None:
             # Inside the gap, except where a training_step pulls batches itself: then it is capped.
             loader = min(max(clock - before, 0.0), wait)
             self._epoch_loader_wait = (self._epoch_loader_wait or 0.0) + loader
             self.loader_wait_s = (self.loader_wait_s or 0.0) + loader
-        if not self.warned and self.steps >= 10 and self.wait_s > self.threshold * self.step_s:
+        if self._timeline is None and self.steps >= 10:  # on a device: judged per epoch, on its timeline
+            self._warn_if_waiting(trainer)
+
+    def _warn_if_waiting(self, trainer: L.Trainer) -> None:
+        wait, step = self.waits()
+        if not self.warned and step > 0 and wait > self.threshold * step:
             self.warned = True
             share = None if self.loader_wait_s is None else self.loader_wait_s / self.step_s
             warnings.warn(
-                f"Training waits for data {self.wait_s / self.step_s:.0%} of the time (over {self.threshold:.0%}): "
-                + _advice(trainer, self.wait_s / self.step_s, share),
-                stacklevel=2,
+                f"Training waits for data {wait / step:.0%} of the time (over {self.threshold:.0%}): "
+                + _advice(trainer, wait / step, share),
+                stacklevel=3,
             )
+
+    def waits(self) -> tuple[float, float]:
+        """Seconds waited and seconds of steps so far: on the device's timeline where there is one."""
+        if self.device_wait_s is not None and self.device_step_s is not None:
+            return self.device_wait_s, self.device_step_s
+        return self.wait_s, self.step_s
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = None  # validation time is not a training-data wait
+        self._marked_end = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last_end = time.perf_counter()
+        self._marked_end = self._mark()
         self._clock_at_end = loader_clock(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch_wait, epoch_step = self._epoch_wait, self._epoch_step
+        if self._timeline is not None and self._marks:
+            self._timeline.settle(self._marks[-1][2])  # once per epoch: every mark has been reached
+            epoch_wait = sum(self._timeline.seconds(before, start) for before, start, _ in self._marks)
+            epoch_step = sum(self._timeline.seconds(before, end) for before, _, end in self._marks)
+            self.device_wait_s = (self.device_wait_s or 0.0) + epoch_wait
+            self.device_step_s = (self.device_step_s or 0.0) + epoch_step
+            self._marks = []
+            if self._epoch_step > 0:
+                pl_module.log("perf/host_wait_fraction", self._epoch_wait / self._epoch_step, on_epoch=True)
+            self._warn_if_waiting(trainer)
+        if epoch_step > 0:
+            pl_module.log("perf/data_wait_fraction", epoch_wait / epoch_step, on_epoch=True)
         if self._epoch_step > 0:
-            pl_module.log("perf/data_wait_fraction", self._epoch_wait / self._epoch_step, on_epoch=True)
             pl_module.log("perf/step_samples_per_s", self._epoch_samples / self._epoch_step, on_epoch=True)
         if self._epoch_step > 0 and self._epoch_loader_wait is not None:
             pl_module.log("perf/loader_wait_fraction", self._epoch_loader_wait / self._epoch_step, on_epoch=True)
 
     def summary(self) -> dict[str, float]:
         """Totals over the run (after each epoch's warm-up steps) for ``metrics.json``."""
-        if self.step_s <= 0:
+        wait, step = self.waits()
+        if self.step_s <= 0 or step <= 0:
             return {}
         out = {
-            "data_wait_fraction": round(self.wait_s / self.step_s, 4),
-            "data_wait_s": round(self.wait_s, 3),
+            "data_wait_fraction": round(wait / step, 4),
+            "data_wait_s": round(wait, 3),
             "step_samples_per_s": round(self.samples / self.step_s, 1),
             "measured_steps": float(self.steps),
         }
+        if self.device_wait_s is not None:
+            out["host_wait_fraction"] = round(self.wait_s / self.step_s, 4)
         if self.loader_wait_s is not None:
             out["loader_wait_fraction"] = round(self.loader_wait_s / self.step_s, 4)
             out["loader_wait_s"] = round(self.loader_wait_s, 3)
         return out
+
+
+class DeviceTimeline:
+    """Marks on a CUDA device's timeline: an event recorded on the current stream, which the device
+    reaches when it has run everything queued before it. Reading two marks' distance needs both
+    reached: :meth:`settle` waits for the last one (the monitor does, once per epoch)."""
+
+    def mark(self) -> Any:
+        import torch
+
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def settle(self, mark: Any) -> None:
+        mark.synchronize()
+
+    def seconds(self, first: Any, second: Any) -> float:
+        return float(first.elapsed_time(second)) / 1000.0
+
+
+def timeline_for(device: Any) -> DeviceTimeline | None:
+    """The timeline the monitor measures on for a model on ``device``: a CUDA device's own, else
+    the host's (``None``)."""
+    return DeviceTimeline() if getattr(device, "type", "cpu") == "cuda" else None
 
 
 def loader_clock(trainer: L.Trainer) -> float | None:
