@@ -186,3 +186,43 @@ def test_the_gpu_route_trains_under_a_trainer(tmp_path: Path, loader: dict[str, 
         if decode == "auto":
             assert dm.decode_route in ("cpu", "gpu")
             assert set(dm.decode_report) >= {"cpu_img_s", "gpu_img_s", "route"}
+
+
+def test_the_stall_monitor_does_not_count_the_host_waiting_for_a_busy_device() -> None:
+    """Each step queues ~30 ms of device work; in the gap the host waits for the device (as
+    Lightning's logging does every log_every_n_steps). The host's clock calls that waiting for data,
+    the device's timeline does not: the device was busy all the while."""
+    import lightning as L
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from chute.callbacks import StallMonitor
+
+    class Busy(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(4, 2)
+            self.register_buffer("big", torch.randn(4096, 4096))
+
+        def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+            big = self.big
+            for _ in range(20):  # queued, not waited for
+                big = torch.tanh(big @ big / 64)
+            return nn.functional.cross_entropy(self.layer(batch[0]), batch[1]) + big.mean() * 0
+
+        def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
+            torch.cuda.synchronize()  # the host waits for the device inside the gap
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.layer.parameters(), lr=0.1)
+
+    data = TensorDataset(torch.randn(128, 4), torch.randint(0, 2, (128,)))
+    monitor = StallMonitor(threshold=0.5, warmup_steps=2)
+    trainer = L.Trainer(
+        accelerator="gpu", devices=1, max_epochs=1, callbacks=[monitor], logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Busy(), DataLoader(data, batch_size=8))
+    summary = monitor.summary()
+    assert summary["host_wait_fraction"] > 0.5
+    assert summary["data_wait_fraction"] < 0.2
