@@ -100,6 +100,13 @@ class AtBatch(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         OnDevice.batch = None
 
+    def on_validation_batch_start(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        OnDevice.batch = (-1 - trainer.current_epoch, args[1])  # validation batches: negative epochs
+        OnDevice.HOST_READS[OnDevice.batch] = 0
+
+    def on_validation_batch_end(self, trainer: L.Trainer, module: L.LightningModule, *args: Any) -> None:
+        OnDevice.batch = None
+
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         OnDevice.batch = None
 
@@ -111,7 +118,8 @@ def test_training_reads_nothing_back_to_the_host_between_logging_steps(digits_ro
 
     The old code read the loss back after every batch (``train/loss`` logged with ``prog_bar``,
     which Lightning turns into a number after every batch) and copied every first-epoch batch's
-    labels to the host (``ClassHistogram``)."""
+    labels to the host (``ClassHistogram``); every validation batch, three times (a NaN check of
+    the loss, and ``torch.bincount`` in the macro scores)."""
     from lightning.pytorch.callbacks import RichProgressBar
     from lightning.pytorch.loggers import CSVLogger
 
@@ -136,9 +144,12 @@ def test_training_reads_nothing_back_to_the_host_between_logging_steps(digits_ro
         OnDevice.batch = None
 
     logged = {(e, i) for e in range(2) for i in range(12) if (12 * e + i + 1) % 5 == 0}  # Lightning's logging steps
-    assert len(OnDevice.HOST_READS) == 24
+    training = {b: n for b, n in OnDevice.HOST_READS.items() if b[0] >= 0}
+    assert len(training) == 24
     # The bar's loss is read with the logger's, and at each epoch's last batch.
-    assert {b for b, n in OnDevice.HOST_READS.items() if n} == logged | {(0, 11), (1, 11)}, OnDevice.HOST_READS
+    assert {b for b, n in training.items() if n} == logged | {(0, 11), (1, 11)}, training
+    validation = {b: n for b, n in OnDevice.HOST_READS.items() if b[0] < 0}
+    assert validation == {(-1, 0): 0, (-1, 1): 0, (-2, 0): 0, (-2, 1): 0}  # (old: 3 a batch, then 2)
     assert trainer.progress_bar_metrics["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]), abs=1)
     assert histogram.received is not None
     assert histogram.received.sum() == 12 * 16
@@ -161,3 +172,29 @@ def test_the_evaluation_loss_reads_nothing_back_per_batch_and_a_non_finite_batch
     finally:
         OnDevice.batch = None
     assert torch.isnan(mean.compute())
+
+
+@pytest.mark.parametrize("kind", ["recall", "f1"])
+def test_the_macro_scores_match_torchmetrics_and_read_nothing_back_per_batch(kind: str) -> None:
+    """The same values as torchmetrics' macro accuracy and F1 (whose counting, ``torch.bincount``,
+    reads the data's maximum back to the host at every step on a GPU), with classes absent from a
+    split and from the predictions."""
+    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+    from chute.models.metrics import MacroScore
+
+    generator = torch.Generator().manual_seed(0)
+    ours = MacroScore(7, kind)  # type: ignore[arg-type]
+    theirs = MulticlassAccuracy(7, average="macro") if kind == "recall" else MulticlassF1Score(7, average="macro")
+    OnDevice.batch, OnDevice.HOST_READS = (0, 0), {}
+    try:
+        for size in (5, 17, 1, 30):
+            logits = torch.randn(size, 7, generator=generator)
+            logits[:, 6] -= 100  # class 6 never predicted
+            targets = torch.randint(0, 5, (size,), generator=generator)  # classes 5 and 6 never present
+            ours.update(logits.as_subclass(OnDevice), targets.as_subclass(OnDevice))
+            theirs.update(logits, targets)
+        assert OnDevice.HOST_READS.get((0, 0), 0) == 0
+    finally:
+        OnDevice.batch = None
+    assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-6)

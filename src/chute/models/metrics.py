@@ -1,0 +1,50 @@
+"""Classification metrics that accumulate on the device without reading anything back per batch."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torchmetrics import Metric
+
+
+class MacroScore(Metric):
+    """Macro-averaged recall (``"recall"``: balanced accuracy) or F1 (``"f1"``) over ``num_classes``,
+    from a confusion matrix counted where the batches are.
+
+    The values are torchmetrics' ``MulticlassAccuracy(average="macro")`` and
+    ``MulticlassF1Score(average="macro")`` (a class neither predicted nor present is left out of the
+    mean; a 0/0 score is 0). Those count through ``torch.bincount``, which on a GPU sizes its output
+    by reading the data's maximum back: a wait for the device at every evaluation step. Here an
+    ``index_add_`` into the matrix, read once, at ``compute``.
+
+    Args:
+        num_classes: Number of classes.
+        kind: ``"recall"`` or ``"f1"``.
+    """
+
+    full_state_update = False
+    counts: torch.Tensor
+
+    def __init__(self, num_classes: int, kind: Literal["recall", "f1"] = "recall") -> None:
+        super().__init__()
+        if kind not in ("recall", "f1"):
+            raise ValueError(f"kind={kind!r}: 'recall' or 'f1'")
+        self.num_classes, self.kind = int(num_classes), kind
+        self.add_state("counts", default=torch.zeros(self.num_classes**2, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """``logits`` (N, C) (or predicted labels (N,)) against integer ``targets`` (N,)."""
+        preds = logits.argmax(dim=1) if logits.is_floating_point() and logits.ndim == 2 else logits
+        cells = targets.reshape(-1).long() * self.num_classes + preds.reshape(-1).long()
+        self.counts.index_add_(0, cells, torch.ones_like(cells))
+
+    def compute(self) -> torch.Tensor:
+        matrix = self.counts.view(self.num_classes, self.num_classes).double()  # rows: targets
+        tp = matrix.diagonal()
+        fn, fp = matrix.sum(dim=1) - tp, matrix.sum(dim=0) - tp
+        top, bottom = (tp, tp + fn) if self.kind == "recall" else (2 * tp, 2 * tp + fp + fn)
+        score = torch.where(bottom > 0, top / bottom.clamp(min=1), torch.zeros_like(top))
+        seen = (tp + fp + fn > 0).double()
+        total = seen.sum()
+        return torch.where(total > 0, (score * seen).sum() / total.clamp(min=1), total).float()
