@@ -68,6 +68,10 @@ for name in $steps; do
         dir="outputs/runs/gpu-check/seed0"
         step train 90 "$py" train.py seed=0 hydra.run.dir="$dir"
         [ -f "$dir/metrics.json" ] && cp "$dir/metrics.json" "$out/metrics_seed0.json"
+        # the wait on the device's timeline (data_wait_fraction), the host's clock, the loader's part
+        [ -f "$dir/metrics.json" ] && "$py" -c 'import json, sys; m = json.load(open(sys.argv[1]))
+print("waits:", {k: m.get(k) for k in ("data_wait_fraction", "host_wait_fraction", "loader_wait_fraction")})' \
+            "$dir/metrics.json" | tee -a "$log"
         grep -h -E "chute \||precision=auto|waiting|data_wait" "$log" | tail -n 3
         ;;
     scaling) step scaling 120 "$py" scripts/bench_scaling.py --root data/photos-4096 --images 4551 --workers 1 4 8 15 --epochs 2 --out "$out" ;;
