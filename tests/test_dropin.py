@@ -197,3 +197,17 @@ def test_the_resolvers_datamodule_does_not_say_a_seed_that_is_not_the_runs(
         dm.setup("fit")
     said = [r.getMessage() for r in caplog.records if "drew seed" in r.getMessage()]
     assert said == [f"ImageFolderDataModule: seed is null, so this run drew seed={dm.seed} (set it to repeat the run)."]
+
+
+def test_the_data_path_is_refused_after_setup(digits_root: Path, tmp_path: Path) -> None:
+    """``dm.root = other`` after setup was taken and ignored: the classes and splits stayed the old
+    folder's, and a fit then failed on a label out of range (or trained on the old data)."""
+    from chute.errors import ConfigError
+
+    dm = ImageFolderDataModule(digits_root, image_mode="L")
+    dm.root = str(digits_root)  # before setup: taken
+    dm.setup("fit")
+    dm.root = digits_root  # the same folder (a Path): nothing changes
+    with pytest.raises(ConfigError, match=r"^root='.*other': ImageFolderDataModule was already set up with root="):
+        dm.root = str(tmp_path / "other")
+    assert dm.root == str(digits_root)

@@ -130,6 +130,22 @@ class ChuteDataModule(L.LightningDataModule):
     # in copies of its data (shards, LitData chunks); ``None``: nested stacking and padding.
     sample_collate: str | None = None
 
+    #: Attributes that name the data, read by ``setup``: set again after it (to another value), the
+    #: splits would stay the old data's, silently; refused instead (:meth:`__setattr__`).
+    fixed_after_setup: ClassVar[tuple[str, ...]] = ("root", "path")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.fixed_after_setup and self.__dict__.get("_set_up") and name in self.__dict__:
+            current = self.__dict__[name]
+            if (os.fspath(value) if isinstance(value, (str, os.PathLike)) else value) == current:
+                return  # the same data (a Path for its string): kept as it was
+            raise ConfigError(
+                name, value,
+                f"{type(self).__name__} was already set up with {name}={current!r} (its splits are that data's); "
+                "make a new DataModule for other data",
+            )  # fmt: skip
+        super().__setattr__(name, value)
+
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         """Refuse a keyword argument the DataModule does not take, naming it, the class and the closest
         argument (Python's own error named ``ChuteDataModule.__init__``, where the common ones end up)."""
