@@ -1,5 +1,5 @@
 """Lightning features that reach a DataModule's loaders, through a real Trainer: evaluating or
-restoring a checkpoint, ``overfit_batches``, the batch-size finder."""
+restoring a checkpoint, ``overfit_batches``, the batch-size finder, a prediction writer's indices."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.tuner import Tuner
 from torch import nn
 
-from chute.datamodules import TabularDataModule
+from chute.datamodules import ImageFolderDataModule, TabularDataModule
 
 ROWS = 40
 # A checkpoint evaluated or resumed by a Trainer without the callback that saved it: Lightning's reminder.
@@ -207,3 +207,54 @@ def test_a_sigterm_with_gradient_accumulation_resumes_with_every_batch_in_the_we
     left = 2 if batch == 1 else 4
     assert resumed.seen == {1: whole.seen[1][left * 8 :]}
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
+
+
+class ImageMeans(L.LightningModule):
+    """Predicts each image's mean: enough to tell which image a prediction is of."""
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return batch[0].flatten(1).double().mean(1)
+
+
+class Written(BasePredictionWriter):
+    """Keeps what a prediction writer is given: each batch's indices and predictions, and the epoch's indices."""
+
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch_and_epoch")
+        self.batches: list[tuple[list[int], list[float]]] = []
+        self.epoch: list[list[int]] | None = None
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any, batch_indices: Any, *args: Any
+    ) -> None:
+        self.batches.append((list(batch_indices), prediction.tolist()))
+
+    def write_on_epoch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any, batch_indices: Any
+    ) -> None:
+        self.epoch = [list(batch) for batch in batch_indices[0]]  # the one predict loader's
+
+
+def digits(root: Path, **loader: Any) -> ImageFolderDataModule:
+    """The digits at 16 pixels, normalized to [0, 1] only (an image's mean is its pixels' mean / 255)."""
+    transforms = {"image_size": 16, "crop_pct": 1.0}
+    return ImageFolderDataModule(
+        root, seed=0, mean=[0.0] * 3, std=[1.0] * 3, transforms=transforms, loader={"batch_size": 32, **loader}
+    )
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_a_prediction_writer_gets_the_dataset_index_of_every_prediction(
+    digits_root: Path, workers: int, backend: str
+) -> None:
+    """Lightning reads ``batch_indices`` off the loader's ``batch_sampler`` (chute's loaders record the
+    indices of each batch they hand out); each index is that of the image predicted, each image once."""
+    dm = digits(digits_root, num_workers=workers, backend=backend)
+    writer = Written()
+    trainer(callbacks=[writer]).predict(ImageMeans(), datamodule=dm, return_predictions=False)
+    indices = [i for batch, _ in writer.batches for i in batch]
+    assert sorted(indices) == list(range(len(dm.predict_files)))
+    assert writer.epoch == [batch for batch, _ in writer.batches]
+    dataset = dm.dataset("test")  # what predict reads (the digits have no test split: the val split)
+    for batch, means in writer.batches:
+        assert means == pytest.approx([float(dataset[i][0].double().mean()) / 255 for i in batch])

@@ -18,6 +18,9 @@ Every loader chute returns is made by :func:`build_loader` and shares one behavi
   records which rows the epoch read in the position, and a resumed pass reads those rows again.
 - It keeps the time its consumer spent waiting inside it for batches (``waited_s``), which
   :class:`~chute.callbacks.StallMonitor` sets apart from the rest of the time between steps.
+- An evaluation loader over map-style data (workers, threads or the calling thread) records the dataset
+  indices of each batch it hands out, in its ``batch_sampler``
+  (:class:`~chute.loader.delivered.DeliveredIndices`), where Lightning's prediction writers read them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
@@ -45,6 +48,9 @@ from chute.loader.workers import (
     name_samples,
     stops_workers_when_collected,
 )
+
+if TYPE_CHECKING:
+    from chute.loader.delivered import DeliveredIndices
 
 
 class BatchFetch(Dataset[Any]):
@@ -132,8 +138,12 @@ class Passes:
 
     epoch_of: Callable[[], int] | None
     waited_s: float
+    _delivered: DeliveredIndices | None
 
-    def _init_passes(self, epoch_of: Callable[[], int] | None, epoch_reader: Any = None) -> None:
+    def _init_passes(
+        self, epoch_of: Callable[[], int] | None, epoch_reader: Any = None, delivered: DeliveredIndices | None = None
+    ) -> None:
+        self._delivered = delivered  # records the indices of each batch handed out (evaluation loaders)
         self.epoch_of = epoch_of
         self.epoch_reader = epoch_reader if callable(getattr(epoch_reader, "set_epoch", None)) else None
         self._epoch = 0  # the epoch of the current (or last) pass
@@ -189,6 +199,9 @@ class Passes:
             self.epoch_reader.set_epoch(epoch)
         self._epoch = epoch
         self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
+        delivered = self._delivered
+        if delivered is not None:
+            delivered.begin()  # before _batches(): workers start drawing from the order there
         batches, clock = self._batches(), time.perf_counter
         while True:
             asked = clock()
@@ -197,21 +210,25 @@ class Passes:
             if batch is _END:
                 return
             self._handed += 1
-            if not _empty(batch):
+            rows = _rows(batch)
+            if delivered is not None:
+                delivered.delivered(batch, rows)
+            if rows != 0:
                 yield batch
 
 
 _END = object()  # past a pass's last batch
 
 
-def _empty(batch: Any) -> bool:
-    """Whether a batch holds no samples (``None``, or inputs with zero rows)."""
+def _rows(batch: Any) -> int | None:
+    """How many samples a batch holds: 0 for ``None``, else the rows of its inputs (its first tensor, or
+    the ``"inputs"`` entry of a dict); ``None`` where that is not a tensor with rows."""
     if batch is None:
-        return True
+        return 0
     first = batch
     while isinstance(first, (tuple, list, dict)) and first:
         first = first.get("inputs", next(iter(first.values()))) if isinstance(first, dict) else first[0]
-    return isinstance(first, torch.Tensor) and first.ndim > 0 and first.shape[0] == 0
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim > 0 else None
 
 
 class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
@@ -219,6 +236,12 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
 
     Adds :class:`Passes` and, with workers, names the worker and the samples it was loading when a
     worker dies (:class:`~chute.loader.workers.GuardedIterator`).
+
+    It never collates by itself (its order, or its stream, makes the batches): ``batch_sampler`` is not
+    torch's but a :class:`~chute.loader.delivered.DeliveredIndices` (an evaluation loader's record of
+    the indices it delivered, given as ``batch_sampler=``, the loader then following its order) or
+    ``None``. Lightning re-makes a predict DataLoader with its own wrapper around that record as
+    ``batch_sampler`` (and ``sampler=None``, ``batch_size=1``): the loader takes the record back out.
     """
 
     def __init__(
@@ -227,11 +250,40 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
         epoch_of: Callable[[], int] | None = None,
         epoch_reader: Any = None,
         feed: DeviceCopy | None = None,
+        batch_sampler: Any = None,
         **kwargs: Any,
     ) -> None:
+        self._delivered = None
+        if batch_sampler is not None:
+            from chute.loader.delivered import recorder_in
+
+            self._delivered = recorder_in(batch_sampler)
+            if self._delivered is None:
+                raise TypeError(
+                    f"ChuteDataLoader follows an order of whole batches (sampler=), not a batch_sampler "
+                    f"({type(batch_sampler).__name__}); pass the order as sampler= with batch_size=None"
+                )
+            kwargs.update(sampler=self._delivered.order, batch_size=None, drop_last=False, shuffle=None)
         super().__init__(*args, **kwargs)
-        self._init_passes(epoch_of, epoch_reader)
+        self._init_passes(epoch_of, epoch_reader, self._delivered)
         self.feed = feed  # with worker processes on a CUDA trainer: copy and hook in a thread (DeviceFeed)
+
+    @property  # type: ignore[override]
+    def batch_sampler(self) -> DeliveredIndices | None:
+        return self._delivered
+
+    @batch_sampler.setter
+    def batch_sampler(self, value: Any) -> None:  # DataLoader.__init__ sets torch's, which is None here
+        if value is not None:
+            raise ValueError("a ChuteDataLoader's batch_sampler is its DeliveredIndices, given to __init__")
+
+    @property
+    def _auto_collation(self) -> bool:  # torch's reads batch_sampler, which is not torch's here
+        return False
+
+    @property
+    def _index_sampler(self) -> Any:  # what torch draws from: the order, noted as drawn when recording
+        return self.sampler if self._delivered is None else self._delivered.drawing()
 
     @property
     def order(self) -> Order:
@@ -272,13 +324,24 @@ class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]
 
 
 class ChuteThreadedLoader(Passes, ThreadedLoader):
-    """:class:`~chute.loader.threaded.ThreadedLoader` with :class:`Passes`."""
+    """:class:`~chute.loader.threaded.ThreadedLoader` with :class:`Passes`; ``delivered``: records the
+    indices of each batch handed out, offered as ``batch_sampler`` (as :class:`ChuteDataLoader` does)."""
 
     def __init__(
-        self, *args: Any, epoch_of: Callable[[], int] | None = None, epoch_reader: Any = None, **kwargs: Any
+        self,
+        *args: Any,
+        epoch_of: Callable[[], int] | None = None,
+        epoch_reader: Any = None,
+        delivered: DeliveredIndices | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self._init_passes(epoch_of, epoch_reader)
+        self._init_passes(epoch_of, epoch_reader, delivered)
+        self.batch_sampler = delivered
+
+    @property
+    def _index_sampler(self) -> Any:
+        return self.sampler if self._delivered is None else self._delivered.drawing()
 
     @property
     def order(self) -> Order:
@@ -381,6 +444,11 @@ def build_loader(
     _check_order(dataset if stream else batches)
     if not stream and collate_fn is None:  # a DataLoader without batch_size would only convert, not collate
         collate_fn = default_collate
+    delivered = None
+    if not train and not stream and settings.backend in ("torch", "threads"):
+        from chute.loader.delivered import delivered_indices  # imports Lightning: only when evaluating
+
+        delivered = delivered_indices(batches)
     if settings.backend == "threads":
         if stream:
             raise ValueError("the threads backend reads map-style data; a stream needs backend=torch")
@@ -388,7 +456,7 @@ def build_loader(
             dataset, batches, collate_fn, fetch=BatchFetch(dataset, batch_seed).__getitem__,
             prefetch=settings.prefetch_factor or 2, threads=settings.num_workers,
             pin_memory=settings.resolved_pin_memory, timeout=settings.timeout,
-            device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy,
+            device=device, epoch_of=epoch_of, epoch_reader=dataset, after_copy=after_copy, delivered=delivered,
         )  # fmt: skip
     if settings.on_ray:
         engine = "data" if settings.backend == "ray_data" else "tasks"
@@ -437,4 +505,6 @@ def build_loader(
     if workers > 0:  # name the samples in flight if a worker dies
         size = max(int(getattr(batches, "batch_size", 1) or 1), 1)
         dataset = TrackedDataset(dataset, InFlight(workers, size))
+    if delivered is not None:  # the loader follows the order inside it (see ChuteDataLoader)
+        return ChuteDataLoader(BatchFetch(dataset, batch_seed), batch_sampler=delivered, **kwargs)
     return ChuteDataLoader(BatchFetch(dataset, batch_seed), sampler=batches, **kwargs)

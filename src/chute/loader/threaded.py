@@ -102,12 +102,17 @@ class ThreadedLoader:
         # What Lightning and torch tooling read off a loader: no worker processes, and the sampler
         # (of index batches) in the DataLoader's ``sampler`` slot, as chute's DataLoaders have it.
         self.num_workers = 0
-        self.batch_sampler = None
+        self.batch_sampler: Any = None  # a subclass may offer one (chute.loader.build.ChuteThreadedLoader)
         self.batch_size = getattr(sampler, "batch_size", None)
         self.drop_last = bool(getattr(sampler, "drop_last", False))
 
     def __len__(self) -> int:
         return len(self.sampler)
+
+    @property
+    def _index_sampler(self) -> Any:
+        """What a pass draws its batches of indices from (a subclass may note them as drawn)."""
+        return self.sampler
 
     def _fetch(self, batch: Any) -> Any:
         if self.fetch is not None:
@@ -130,7 +135,7 @@ class ThreadedLoader:
         # The sampler is read as batches are taken, not listed up front: an order that streams its
         # keys (a SQL table's, index="stream") then holds only what is in flight. Its first batch is
         # taken here, in the caller's thread, so a pass begins (epoch, resume offset) where it was asked.
-        order = iter(self.sampler)
+        order = iter(self._index_sampler)
         first = next(order, _DONE)
         if first is _DONE:
             return

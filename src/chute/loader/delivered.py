@@ -1,0 +1,115 @@
+"""The dataset indices of the batches an evaluation loader delivered, where Lightning looks for them.
+
+A ``BasePredictionWriter`` gets each prediction's ``batch_indices`` from the loader's ``batch_sampler``,
+and only if it is Lightning's ``_IndexBatchSamplerWrapper``, whose ``seen_batch_indices[k]`` Lightning
+takes to be the indices of the k-th batch. Its own wrapper records a batch when the DataLoader draws
+it from the sampler; chute's loaders draw whole batches ahead (worker prefetch, loader threads) and
+never hand over a batch whose samples were all left out, so :class:`DeliveredIndices` records a batch
+when the loader hands it out instead (:class:`~chute.loader.build.Passes`). The wrapper is private to
+Lightning: where it has moved, :func:`delivered_indices` gives ``None`` and loaders record nothing (a
+prediction writer then gets empty ``batch_indices``, as with any loader Lightning cannot follow).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper as _Recorded
+else:
+    try:
+        from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper as _Recorded
+    except ImportError:  # moved in a later Lightning: no indices, loading unchanged
+        _Recorded = object
+
+
+class DeliveredIndices(_Recorded):
+    """What a chute evaluation loader offers as ``batch_sampler``: the indices of each batch it delivered.
+
+    ``seen_batch_indices[k]`` is the list of dataset indices of the k-th batch of the current pass (on
+    this rank: its share under DDP), in the order the loader handed the batches out. A batch that held
+    fewer samples than its indices (a DataModule that leaves unreadable samples out of evaluation
+    batches, ``on_error="skip"``) gets ``[]``: which of them were left out is not known where the batch
+    is delivered, and an empty list is better than indices that do not line up with the predictions.
+
+    Iterating it (as Lightning's own wrapper is iterated) yields the order's batches; chute's loaders
+    draw through :meth:`drawing` instead. ``DeliveredIndices(order, batch_size, drop_last)`` is also how
+    Lightning re-makes it when it re-makes a predict DataLoader around it.
+
+    Args:
+        order: The loader's order (:class:`~chute.loader.orders.Order` of index batches).
+        batch_size, drop_last: Read by Lightning (the evaluation loader's, by default the order's).
+    """
+
+    def __init__(self, order: Any, batch_size: int | None = None, drop_last: bool = False) -> None:
+        # Not Lightning's __init__, which copies the wrapped sampler's attributes onto itself.
+        self.seen_batch_indices: list[list[int]] = []
+        self._batch_sampler = order
+        self._iterator: Iterator[list[int]] | None = None
+        self.batch_size = batch_size if batch_size is not None else getattr(order, "batch_size", None)
+        self.drop_last = drop_last
+        self._drawn: collections.deque[list[int]] = collections.deque()  # drawn, not yet delivered
+
+    @property
+    def order(self) -> Any:
+        return self._batch_sampler
+
+    def drawing(self) -> _Drawing:
+        """The order, as the loader draws from it: each batch drawn is noted until it is delivered."""
+        return _Drawing(self)
+
+    def begin(self) -> None:
+        """A new pass: nothing seen, nothing drawn (what an abandoned pass drew is never delivered)."""
+        self.seen_batch_indices = []
+        self._drawn.clear()
+
+    def delivered(self, batch: Any, rows: int | None) -> None:
+        """The next batch drawn left the loader with ``rows`` samples (``None``: not known); ``rows=0``:
+        it was not handed out (no samples), so Lightning never counts it."""
+        indices = self._drawn.popleft() if self._drawn else []
+        if rows == 0:
+            return
+        self.seen_batch_indices.append(indices if rows is None or rows == len(indices) else [])
+
+
+class _Drawing:
+    """The order of a :class:`DeliveredIndices`, noting each batch as the loader draws it (in the
+    loader's thread, or in its threads one at a time: deque appends are thread-safe)."""
+
+    def __init__(self, delivered: DeliveredIndices) -> None:
+        self.delivered = delivered
+
+    def __len__(self) -> int:
+        return len(self.delivered.order)
+
+    def __iter__(self) -> Iterator[Any]:
+        drawn = self.delivered._drawn
+        for batch in self.delivered.order:
+            drawn.append(_as_list(batch))
+            yield batch
+
+
+def _as_list(batch: Any) -> list[int]:
+    if isinstance(batch, (np.ndarray, torch.Tensor)):
+        return [int(i) for i in batch.tolist()]
+    return [int(i) for i in batch]
+
+
+def delivered_indices(order: Any) -> DeliveredIndices | None:
+    """A recorder over ``order``, or ``None`` where Lightning's wrapper cannot be imported."""
+    return DeliveredIndices(order) if _Recorded is not object else None
+
+
+def recorder_in(batch_sampler: Any) -> DeliveredIndices | None:
+    """The :class:`DeliveredIndices` in ``batch_sampler``: itself, or inside the wrappers Lightning puts
+    around it when it re-makes a predict DataLoader (``_IndexBatchSamplerWrapper(DeliveredIndices(...))``)."""
+    for _ in range(3):
+        if isinstance(batch_sampler, DeliveredIndices):
+            return batch_sampler
+        batch_sampler = getattr(batch_sampler, "_batch_sampler", None)
+    return None
