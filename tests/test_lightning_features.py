@@ -3,8 +3,11 @@ restoring a checkpoint, ``overfit_batches``, the batch-size finder, a prediction
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,8 @@ from lightning.pytorch.tuner import Tuner
 from torch import nn
 
 from chute.datamodules import ImageFolderDataModule, TabularDataModule
+from chute.loader.distributed import rank_span
+from tests.conftest import REPO
 
 ROWS = 40
 # A checkpoint evaluated or resumed by a Trainer without the callback that saved it: Lightning's reminder.
@@ -258,3 +263,32 @@ def test_a_prediction_writer_gets_the_dataset_index_of_every_prediction(
     dataset = dm.dataset("test")  # what predict reads (the digits have no test split: the val split)
     for batch, means in writer.batches:
         assert means == pytest.approx([float(dataset[i][0].double().mean()) / 255 for i in batch])
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(("workers", "backend"), [(2, "torch"), pytest.param(2, "threads", marks=pytest.mark.slow)])
+def test_under_ddp_each_ranks_writer_gets_the_indices_of_its_own_share(
+    digits_root: Path, tmp_path: Path, workers: int, backend: str
+) -> None:
+    """Each rank predicts its contiguous share of the split (chute's one split rule); its writer's indices
+    are that share's dataset indices, and the ranks' together are every image once."""
+    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]  # a checkout's own src first, if set
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(path)}
+    args = [str(tmp_path), str(digits_root), backend, str(workers)]
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "ddp_predict.py"), *args],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    dm = digits(digits_root)
+    dm.prepare_data()
+    dm.setup("predict")
+    dataset, size = dm.dataset("test"), len(dm.predict_files)
+    for rank, record in enumerate(ranks):
+        indices = [i for batch, _ in record["batches"] for i in batch]
+        assert indices == list(range(*rank_span(size, 2, rank)))
+        assert record["epoch"] == [batch for batch, _ in record["batches"]]
+        for batch, means in record["batches"]:
+            assert means == pytest.approx([float(dataset[i][0].double().mean()) / 255 for i in batch])

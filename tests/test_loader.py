@@ -119,3 +119,37 @@ def test_ranks_get_different_streams() -> None:
 def test_derive_seed_is_order_sensitive_and_32_bit() -> None:
     assert derive_seed(1, 2) != derive_seed(2, 1)
     assert 0 <= derive_seed(2**63, 5) < 2**32
+
+
+class _Unreadable(Dataset):
+    """Ten samples whose value is their index; 2, 6 and 7 are left out (``None``, as ``drop_bad`` leaves them)."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int) -> torch.Tensor | None:
+        return None if i in (2, 6, 7) else torch.tensor(i)
+
+
+def _present(samples: list[torch.Tensor | None]) -> torch.Tensor | None:
+    kept = [s for s in samples if s is not None]
+    return torch.stack(kept) if kept else None
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_an_evaluation_loader_records_each_delivered_batchs_indices_and_none_it_cannot_know(
+    workers: int, backend: str
+) -> None:
+    """The indices of each batch handed out, in order (Lightning's ``seen_batch_indices``); a batch that
+    lost samples gets ``[]`` (which ones is not known where it is delivered) and one that lost all of
+    them is not handed out, so later batches keep their place."""
+    from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper
+
+    s = LoaderSettings(batch_size=2, num_workers=workers, backend=backend)
+    loader = build_loader(_Unreadable(), s, train=False, seed=0, collate_fn=_present)
+    assert isinstance(loader.batch_sampler, _IndexBatchSamplerWrapper)
+    for _ in range(2):  # each pass records anew
+        batches = [batch.tolist() for batch in loader]
+        assert batches == [[0, 1], [3], [4, 5], [8, 9]]
+        assert loader.batch_sampler.seen_batch_indices == [[0, 1], [], [4, 5], [8, 9]]
+    assert build_loader(_Unreadable(), s, train=True, seed=0, collate_fn=_present).batch_sampler is None

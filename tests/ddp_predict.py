@@ -1,0 +1,34 @@
+"""A real 2-process DDP predict on the CPU (gloo), run by tests/test_lightning_features.py as a script.
+
+    python tests/ddp_predict.py OUT_DIR DIGITS_ROOT BACKEND WORKERS
+
+Predicts each digit image's mean (tests/test_lightning_features.py's ``ImageMeans``) with a prediction
+writer; each rank writes the ``batch_indices`` and predictions its writer got to OUT_DIR/rank<r>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+from tests.test_lightning_features import ImageMeans, Written, digits
+
+
+def main() -> None:
+    out, root, backend, workers = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    dm = digits(root, backend=backend, num_workers=workers)
+    writer = Written()
+    trainer = L.Trainer(
+        accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[writer], default_root_dir=str(out),
+    )  # fmt: skip
+    trainer.predict(ImageMeans(), datamodule=dm, return_predictions=False)
+    record = {"world": trainer.world_size, "batches": writer.batches, "epoch": writer.epoch}
+    (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
