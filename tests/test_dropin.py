@@ -162,7 +162,7 @@ def test_the_seed_is_refused_after_setup_because_the_splits_were_cut_with_the_ol
     dm.seed = 3  # before setup: taken
     dm.setup("fit")
     dm.seed = 3  # the same seed: nothing changes
-    with pytest.raises(ConfigError, match=r"seed=5: ImageFolderDataModule was already set up with seed=3"):
+    with pytest.raises(ConfigError, match=r"seed=5: ImageFolderDataModule has cut its splits with seed=3 already"):
         dm.seed = 5
     assert dm.seed == 3
     restored = ImageFolderDataModule(digits_root, image_mode="L", seed=0)
@@ -172,8 +172,9 @@ def test_the_seed_is_refused_after_setup_because_the_splits_were_cut_with_the_ol
     assert restored.state_dict()["seed"] == 3
 
 
+@pytest.mark.parametrize("cache", [None, "disk"])
 def test_the_resolvers_datamodule_does_not_say_a_seed_that_is_not_the_runs(
-    digits_root: Path, caplog: pytest.LogCaptureFixture
+    digits_root: Path, caplog: pytest.LogCaptureFixture, tmp_path: Path, cache: str | None
 ) -> None:
     """``${chute.data:num_classes}`` with a null seed: the DataModule built to size the model draws a
     seed of its own, which the old code logged as the one to repeat the run with, before the run's."""
@@ -187,7 +188,7 @@ def test_the_resolvers_datamodule_does_not_say_a_seed_that_is_not_the_runs(
     cfg = OmegaConf.create(
         {
             "data": {"_target_": "chute.datamodules.ImageFolderDataModule", "root": str(digits_root), "seed": None,
-                     "image_mode": "L"},
+                     "image_mode": "L", "cache": cache, "cache_size": 8, "cache_dir": str(tmp_path)},
             "classes": "${chute.data:num_classes}",
         }
     )  # fmt: skip
@@ -211,3 +212,54 @@ def test_the_data_path_is_refused_after_setup(digits_root: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match=r"^root='.*other': ImageFolderDataModule was already set up with root="):
         dm.root = str(tmp_path / "other")
     assert dm.root == str(digits_root)
+
+
+def test_a_disk_cache_built_by_prepare_data_fixes_the_seed_too(digits_root: Path, tmp_path: Path) -> None:
+    """``prepare_data`` with ``cache="disk"`` cuts the splits (the cache holds them): a seed set after
+    it was taken, and the splits stayed the old seed's."""
+    from chute.errors import ConfigError
+
+    dm = ImageFolderDataModule(digits_root, image_mode="L", seed=0, cache="disk", cache_size=8, cache_dir=str(tmp_path))
+    dm.prepare_data()
+    with pytest.raises(ConfigError, match=r"^seed=5: ImageFolderDataModule has cut its splits with seed=0 already"):
+        dm.seed = 5
+
+
+def test_under_several_ranks_a_null_seed_leaves_the_disk_cache_to_setup(
+    digits_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``prepare_data`` runs on local rank 0 alone: drawing the null seed there (a collective) would
+    wait for the other ranks. With several ranks it builds no cache; setup builds it."""
+    from chute.datamodules import image_folder
+
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", seed=None, cache="disk", cache_size=8, cache_dir=str(tmp_path)
+    )
+    monkeypatch.setattr(image_folder, "_ranks", lambda: 2)
+    dm.prepare_data()
+    assert dm._seed is None
+    assert not list(tmp_path.iterdir())
+    monkeypatch.setattr(image_folder, "_ranks", lambda: 1)
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))[0].shape[0] == 64
+    assert list(tmp_path.iterdir())
+
+
+class _OwnWorkers(ImageFolderDataModule):
+    """Subclasses with an attribute of their own named ``num_workers``, set before or after the base's
+    __init__ (``None``): both constructed before ``dm.num_workers = 2`` reached the loader settings."""
+
+    def __init__(self, root: Path, workers: int | None = None, before: bool = True) -> None:
+        if before:
+            self.num_workers = 3
+        super().__init__(root, image_mode="L")
+        if not before:
+            self.num_workers = workers
+
+
+@pytest.mark.parametrize("before", [True, False])
+def test_a_subclass_with_its_own_num_workers_attribute_still_constructs(digits_root: Path, before: bool) -> None:
+    dm = _OwnWorkers(digits_root, before=before)
+    assert dm.loader_settings.num_workers == 0
+    dm.num_workers = 2
+    assert dm.loader_settings.num_workers == 2

@@ -41,9 +41,9 @@ def data_fact(key: str, node: str = "data", *, _root_: DictConfig) -> Any:
             from chute.datamodules.base import SIZING_ONLY
 
             datamodule = instantiate(_root_[node])
-            datamodule.prepare_data()
             sizing = SIZING_ONLY.set(True)  # a null seed drawn here is not the run's: not logged as it
             try:
+                datamodule.prepare_data()  # (a disk cache cuts the splits here already)
                 datamodule.setup("fit")
             finally:
                 SIZING_ONLY.reset(sizing)

@@ -198,3 +198,20 @@ def test_the_macro_scores_match_torchmetrics_and_read_nothing_back_per_batch(kin
     finally:
         OnDevice.batch = None
     assert ours.compute().item() == pytest.approx(theirs.compute().item(), abs=1e-6)
+
+
+def test_the_bars_loss_is_the_batch_loss_under_gradient_accumulation(digits_root: Path, tmp_path: Path) -> None:
+    """Lightning's ``outputs["loss"]`` is divided by ``accumulate_grad_batches``; the bar showed that."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, loader=LoaderSettings(batch_size=16)
+    )
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=7, limit_val_batches=1, accumulate_grad_batches=3, log_every_n_steps=1,
+        logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[RichProgressBar()],
+        default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(ImageClassifier(num_classes=10, in_channels=1), datamodule=dm)
+    assert trainer.progress_bar_metrics["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))

@@ -135,7 +135,12 @@ class ChuteDataModule(L.LightningDataModule):
     fixed_after_setup: ClassVar[tuple[str, ...]] = ("root", "path")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self.fixed_after_setup and self.__dict__.get("_set_up") and name in self.__dict__:
+        if name in ("num_workers", "pin_memory") and "loader_settings" in self.__dict__ and value is not None:
+            # ``dm.num_workers = 2`` as ``dm.batch_size`` is set: the next loaders take it (it was an
+            # attribute of its own, which nothing read). Before the base's __init__, or None (as the
+            # constructor's shortcut: not given), it stays just an attribute (a subclass's own).
+            self._set_loader_setting(name, value)
+        if name in self.fixed_after_setup and self.__dict__.get("_seed_fixed") and name in self.__dict__:
             current = self.__dict__[name]
             if (os.fspath(value) if isinstance(value, (str, os.PathLike)) else value) == current:
                 return  # the same data (a Path for its string): kept as it was
@@ -192,7 +197,7 @@ class ChuteDataModule(L.LightningDataModule):
             agree_with_shortcuts(given, loader)
             self.loader_settings = dataclasses.replace(self.loader_settings, **given)  # checked again there
         self.imbalance = as_imbalance_settings(imbalance)
-        self._set_up = False  # setup ran: the seed is fixed from here on (see the seed setter)
+        self._seed_fixed = False  # splits were cut with the seed: it is fixed from here on (the seed setter)
         self.seed = seed  # None: drawn at setup (see the seed property)
         self.prepare = prepare
         self.collate_fn = collate_fn
@@ -233,14 +238,14 @@ class ChuteDataModule(L.LightningDataModule):
     def seed(self, value: int | None) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
             raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
-        if getattr(self, "_set_up", False) and (value is None or int(value) != self._seed):
+        if getattr(self, "_seed_fixed", False) and (value is None or int(value) != self._seed):
             # What setup made from the seed (held-out splits, encodings fitted on the training split)
             # would stay, while checkpoints saved the new seed: a resumed or evaluated run would cut
             # other splits than the ones trained on.
             raise ConfigError(
                 "seed", value,
-                f"{type(self).__name__} was already set up with seed={self._seed} (its splits were cut with it); "
-                "set the seed before setup, or make a new DataModule",
+                f"{type(self).__name__} has cut its splits with seed={self._seed} already (setup, or a disk "
+                "cache built by prepare_data); set the seed before that, or make a new DataModule",
             )  # fmt: skip
         self._set_seed(value)
 
@@ -262,25 +267,6 @@ class ChuteDataModule(L.LightningDataModule):
     @batch_size.setter
     def batch_size(self, value: int) -> None:
         self._set_loader_setting("batch_size", value)
-
-    @property
-    def num_workers(self) -> int | Literal["auto"]:
-        """``loader_settings.num_workers``; settable like :attr:`batch_size` (the next loaders built
-        take it; ``"auto"`` tunes again)."""
-        return self.loader_settings.num_workers
-
-    @num_workers.setter
-    def num_workers(self, value: int | Literal["auto"]) -> None:
-        self._set_loader_setting("num_workers", value)
-
-    @property
-    def pin_memory(self) -> bool | None:
-        """``loader_settings.pin_memory``; settable like :attr:`batch_size`."""
-        return self.loader_settings.pin_memory
-
-    @pin_memory.setter
-    def pin_memory(self, value: bool | None) -> None:
-        self._set_loader_setting("pin_memory", value)
 
     def _set_loader_setting(self, key: str, value: Any) -> None:
         """A loader setting changed after construction: the loaders built from now on, what
@@ -316,7 +302,7 @@ class ChuteDataModule(L.LightningDataModule):
             def setup_after_seed(self: ChuteDataModule, stage: str | None = None) -> None:
                 self._draw_seed()
                 setup(self, stage)
-                self._set_up = True
+                self._seed_fixed = True
 
             setup_after_seed.settles_seed = True  # type: ignore[attr-defined]
             cls.setup = setup_after_seed  # type: ignore[method-assign,assignment]

@@ -129,6 +129,7 @@ class ClassFolderDataModule(ChuteDataModule):
         test and predict fall back to the validation split."""
         hint = "" if self.prepare is None else " prepare_data() should have written it; did it run?"
         seed = derive_seed(self.seed, Stream.SPLIT)
+        self._seed_fixed = True  # the splits are this seed's (prepare_data cuts them too, for a disk cache)
         what = f"{self.sample_what}s"
         splits = discover_splits(self.root, self.split_dirs, self.val_fraction, seed, self.extensions, what, hint)
         if splits["test"] is splits["val"] is not None:

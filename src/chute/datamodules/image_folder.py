@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import Dataset
 from typing_extensions import Unpack
 
@@ -240,6 +241,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
         """
         self.run_prepare(self.root)
         if self.cache == "disk":
+            if self._seed is None and _ranks() > 1:
+                # The cache holds the splits, which a null seed cuts only once every rank agrees on the
+                # drawn seed (setup; a draw here, on local rank 0 alone, would wait for the other ranks
+                # forever). Setup builds it then, each rank under the cache's build lock.
+                rank_zero_info("ImageFolderDataModule: seed is null, so the disk cache is built at setup")
+                return
             self.build_cache()
 
     def build_cache(self, splits: Sequence[str] = ("train", "val")) -> dict[str, str]:
@@ -470,3 +477,9 @@ class _InLayout:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.transform(images).contiguous(memory_format=self.layout)
+
+
+def _ranks() -> int:
+    """The processes of an initialized process group (1 without one)."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

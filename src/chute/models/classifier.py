@@ -62,6 +62,7 @@ class ImageClassifier(L.LightningModule):
         if weights is not None and weights.shape != (num_classes,):
             raise ValueError(f"class_weights has {len(weights)} values for {num_classes} classes")
         self.register_buffer("class_weights", weights, persistent=False)
+        self._step_loss: torch.Tensor | None = None  # the last training step's loss, for the progress bar
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -95,6 +96,7 @@ class ImageClassifier(L.LightningModule):
         self.train_acc.update(logits, labels)  # logged per epoch: no per-batch value to compute
         self.log("train/loss", loss, batch_size=len(images))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
+        self._step_loss = loss.detach()  # for the bar (Lightning's outputs["loss"] is divided under accumulation)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -107,13 +109,15 @@ class ImageClassifier(L.LightningModule):
         ``train/loss`` (loggers, callbacks, checkpoints' monitors) stays a device tensor, which
         Lightning reads back only when it logs, and the bar gets a host copy made right then.
         """
-        trainer = self._trainer
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if trainer is None or trainer.progress_bar_callback is None or not isinstance(loss, torch.Tensor):
+        trainer, loss = self._trainer, self._step_loss
+        self._step_loss = None
+        if trainer is None or trainer.progress_bar_callback is None or loss is None:
             return
         every = max(int(getattr(trainer, "log_every_n_steps", 50)), 1)  # set by Lightning's logger connector
-        if trainer.global_step % every == 0 or trainer.is_last_batch:
-            self.log("loss", loss.detach().float().cpu(), prog_bar=True, logger=False, batch_size=len(batch[1]))
+        # Lightning logs on the batches that step the optimizer (the last of each accumulation window)
+        stepped = (batch_idx + 1) % max(trainer.accumulate_grad_batches, 1) == 0
+        if (stepped and trainer.global_step % every == 0) or trainer.is_last_batch:
+            self.log("loss", loss.float().cpu(), prog_bar=True, logger=False, batch_size=1)
 
     def _eval_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy
