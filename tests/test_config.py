@@ -465,3 +465,8 @@ def test_the_data_options_own_loader_settings_reach_the_loader_in_chutes_app() -
         loader("data=chute_tabular", "+data.loader.batch_size=16")
     with pytest.raises(ConfigError, match=r"^data\.loader\.nope=1: is not a loader setting"):
         loader("data=tabular", "+data.loader.nope=1")
+    # A value refused by the loader settings names the key where it was set (was data.drop_last)
+    with pytest.raises(ConfigError, match=r"^data\.loader\.drop_last='no': must be true or false"):
+        loader("data=tabular", "+data.loader.drop_last=no")
+    with pytest.raises(ConfigError, match=r"^data\.batch_size=0: must be an integer >= 1"):
+        loader("data=tabular", "+data.batch_size=0")
