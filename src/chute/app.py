@@ -259,7 +259,8 @@ def build_datamodule(cfg: DictConfig, settings: Validated) -> ChuteDataModule:
         agree_with_shortcuts(shortcuts, own)
         loader = dataclasses.replace(settings.loader, **{**own, **shortcuts})
     except ConfigError as err:  # a shortcut (data.batch_size) or a key of data.loader
-        raise err.with_prefix("data" if err.key in shortcuts or err.key.startswith("loader.") else "data.loader") from None
+        where = "data" if err.key in shortcuts or err.key.startswith("loader.") else "data.loader"
+        raise err.with_prefix(where) from None
     except TypeError:
         unknown = sorted(set(own) - {f.name for f in dataclasses.fields(LoaderSettings)})
         if not unknown:
