@@ -142,3 +142,46 @@ def test_an_error_raised_while_loading_is_not_a_death(backend: str, workers: int
     assert "boom: the transform failed" in text
     assert "sample 6 (/data/sample-6.jpg)" in text
     assert "out of memory" not in text
+
+
+def test_a_death_signalled_inside_a_finalizer_during_a_fetch_is_held_not_raised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seen once in CI: in the middle of a fetch the garbage collector ran an older iterator's
+    ``__del__`` (which joins its workers), the ``SIGCHLD`` of a killed worker arrived there, and the
+    handler raised inside the finalizer, where Python only prints it (pytest: an unraisable
+    exception, a failed test). Inside a finalizer the death is held for the next batch instead."""
+    import sys
+    import threading
+
+    from torch.utils.data._utils import signal_handling
+
+    from chute.loader import workers
+
+    died = "DataLoader worker (pid 12345) is killed by signal: Killed."
+
+    def torch_handler(signum: int, frame: object) -> None:
+        raise RuntimeError(died)
+
+    monkeypatch.setattr(signal_handling, "_set_SIGCHLD_handler", lambda: None)
+    monkeypatch.setattr(workers, "_HELD", [])
+    previous = signal.signal(signal.SIGCHLD, torch_handler)
+    me = threading.get_ident()
+    try:
+        workers.hold_worker_deaths()
+        held = signal.getsignal(signal.SIGCHLD)
+        assert callable(held)
+
+        class Finalized:
+            def __del__(self) -> None:
+                held(signal.SIGCHLD, sys._getframe())
+
+        workers._FETCHING.add(me)
+        Finalized()  # dropped at once: its __del__ runs here, "inside a fetch"
+        noted = list(workers._HELD)
+        assert noted == [died]
+        with pytest.raises(RuntimeError, match="is killed by signal"):  # outside a finalizer: raised at once
+            held(signal.SIGCHLD, sys._getframe())
+    finally:
+        workers._FETCHING.discard(me)
+        signal.signal(signal.SIGCHLD, previous)

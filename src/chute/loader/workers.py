@@ -253,13 +253,27 @@ def hold_worker_deaths() -> None:
         try:
             current(signum, frame)
         except RuntimeError as err:
-            if not _DEATH.search(str(err)) or threading.get_ident() in _FETCHING:
+            fetching = threading.get_ident() in _FETCHING and not _in_finalizer(frame)
+            if not _DEATH.search(str(err)) or fetching:
                 raise  # waiting for a batch: raised there at once, and named (GuardedIterator)
             del _HELD[:-7]
             _HELD.append(str(err))
 
     held._chute_holds = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGCHLD, held)
+
+
+def _in_finalizer(frame: Any) -> bool:
+    """Whether the signal arrived inside a finalizer (``__del__``, or torch shutting an iterator's
+    workers down): the garbage collector can run one in the middle of a fetch (another, older
+    iterator's), and an error raised there is only printed ("Exception ignored in ..."), while the
+    fetch goes on. The death is held instead; the fetch's own liveness check or the next batch
+    names it."""
+    while frame is not None:
+        if frame.f_code.co_name in ("__del__", "_shutdown_workers"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def stops_workers_when_collected(iterator: Any) -> Any:
