@@ -15,6 +15,7 @@ from typing_extensions import Unpack
 
 from chute.datamodules import DATAMODULES, ChuteDataModule, CommonArgs, ImageFolderDataModule, StreamingDataModule
 from chute.datamodules.base import ChuteDataModule as Base
+from chute.datamodules.base import switch_arguments
 from chute.errors import ConfigError
 from chute.integrations import INTEGRATIONS, LitDataModule
 from chute.loader import LoaderSettings
@@ -216,24 +217,11 @@ def test_a_subclass_that_takes_keywords_of_its_own_through_kwargs_still_works() 
         Mine(16, batch_sise=4)
 
 
-def _switches(cls: type) -> dict[str, bool]:
-    """The arguments of ``cls`` typed ``bool`` or ``bool | None``, and whether ``None`` is allowed."""
-    import types
-    import typing
-
-    found = {}
-    for name, (_, hint) in cls.init_parameters().items():  # type: ignore[attr-defined]
-        options = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
-        if bool in options and options <= {bool, type(None)}:
-            found[name] = type(None) in options
-    return found
-
-
 @pytest.mark.parametrize("cls", [*DATAMODULES.values(), *INTEGRATIONS.values()], ids=lambda c: c.__name__)
 def test_a_switch_given_as_a_string_is_refused_naming_it(cls: type) -> None:
     """``channels_last="false"`` (or ``drop_last: no`` in a YAML file no schema converts) was taken as
     true: a non-empty string is truthy. Every argument typed ``bool`` refuses it before anything is read."""
-    switches = _switches(cls)
+    switches = switch_arguments(cls.init_parameters())  # type: ignore[attr-defined]
     assert "pin_memory" in switches  # (a common one: every kind has one)
     for key in switches:
         with pytest.raises(ConfigError, match=rf"^{key}='false': must be true or false"):

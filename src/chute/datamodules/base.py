@@ -155,17 +155,23 @@ class ChuteDataModule(L.LightningDataModule):
         """Refuse a keyword argument the DataModule does not take, naming it, the class and the closest
         argument (Python's own error named ``ChuteDataModule.__init__``, where the common ones end up)."""
         try:
-            known = set(cls.init_parameters()) | set(getattr(cls, "unsupported", {}))
+            params = cls.init_parameters()
+            known = set(params) | set(getattr(cls, "unsupported", {}))
             if _takes_any_keyword(cls):
                 known |= set(kwargs)
         except Exception:  # a signature this cannot read (a subclass of a user's): Python's check stands
-            known = set(kwargs)
+            params, known = {}, set(kwargs)
         for key, value in kwargs.items():
             if key not in known:
                 close = difflib.get_close_matches(key, sorted(known), n=1)
                 hint = f"did you mean {close[0]}?" if close else f"it takes {', '.join(sorted(known))}"
                 raise UnknownArgumentError(key, value, f"is not an argument of {cls.__name__}: {hint}")
-        _check_switches(cls, kwargs)
+        # An argument typed bool refuses anything else: "false" is truthy, so channels_last="false"
+        # turned channels-last on.
+        switches = switch_arguments(params)
+        for key, value in kwargs.items():
+            if key in switches:
+                check_bool(key, value, optional=switches[key])
         return super().__new__(cls)
 
     def __init__(
@@ -236,9 +242,7 @@ class ChuteDataModule(L.LightningDataModule):
 
     @seed.setter
     def seed(self, value: int | None) -> None:
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-            raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
-        if getattr(self, "_seed_fixed", False) and (value is None or int(value) != self._seed):
+        if getattr(self, "_seed_fixed", False) and _checked_seed(value) != self._seed:
             # What setup made from the seed (held-out splits, encodings fitted on the training split)
             # would stay, while checkpoints saved the new seed: a resumed or evaluated run would cut
             # other splits than the ones trained on.
@@ -252,7 +256,7 @@ class ChuteDataModule(L.LightningDataModule):
     def _set_seed(self, value: int | None) -> None:
         """The seed, set as a checkpoint gives it (:meth:`load_state_dict`: subclasses whose setup
         made something from the seed make it again)."""
-        self._seed = None if value is None else int(value)
+        self._seed = _checked_seed(value)
 
     @property
     def batch_size(self) -> int:
@@ -610,10 +614,7 @@ class ChuteDataModule(L.LightningDataModule):
         whose state the user loaded without a trainer. Lightning loads the state for ``validate``,
         ``test`` and ``predict`` from a checkpoint too, and ``load_from_checkpoint`` does: a fresh
         ``fit`` afterwards starts at its first batch (it started where the checkpoint stopped)."""
-        seed = state_dict.get("seed", self._seed)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise ConfigError("seed", seed, "the checkpoint's DataModule seed must be an integer")
-        self._set_seed(None if seed is None else int(seed))
+        self._set_seed(state_dict.get("seed", self._seed))
         self._resuming_from = self._fit_checkpoint()
         # Loaded by a trainer doing anything but resuming a fit: no training loader of its takes it.
         self._loader_state = None if self._resuming_from == "" else state_dict.get("train_loader")
@@ -663,15 +664,19 @@ def agree_with_shortcuts(shortcuts: Mapping[str, Any], loader: LoaderSettings | 
             )
 
 
-def _check_switches(cls: type[ChuteDataModule], kwargs: Mapping[str, Any]) -> None:
-    """Refuse a non-boolean value for an argument typed ``bool`` (or ``bool | None``), naming it: a
-    string such as ``"false"`` is truthy, so ``channels_last="false"`` turned channels-last on."""
-    try:
-        params = cls.init_parameters()
-    except Exception:  # a signature this cannot read (a subclass of a user's): nothing to check
-        return
-    for key, value in kwargs.items():
-        hint = params.get(key, (None, None))[1]
+def _checked_seed(value: Any) -> int | None:
+    """``value`` as a seed: an integer, or ``None`` (drawn at setup); anything else is refused."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        raise ConfigError("seed", value, "must be an integer, or null to draw one for this run")
+    return None if value is None else int(value)
+
+
+def switch_arguments(params: Mapping[str, tuple[inspect.Parameter, Any]]) -> dict[str, bool]:
+    """The arguments among ``params`` (:meth:`ChuteDataModule.init_parameters`) typed ``bool`` or
+    ``bool | None``, each with whether ``None`` is allowed."""
+    found = {}
+    for name, (_, hint) in params.items():
         options = set(typing.get_args(hint)) if typing.get_origin(hint) in (typing.Union, types.UnionType) else {hint}
         if bool in options and options <= {bool, type(None)}:
-            check_bool(key, value, optional=type(None) in options)
+            found[name] = type(None) in options
+    return found
