@@ -235,11 +235,11 @@ def test_under_several_ranks_a_null_seed_leaves_the_disk_cache_to_setup(
     dm = ImageFolderDataModule(
         digits_root, image_mode="L", seed=None, cache="disk", cache_size=8, cache_dir=str(tmp_path)
     )
-    monkeypatch.setattr(image_folder, "_ranks", lambda: 2)
+    monkeypatch.setattr(image_folder, "process_group_size", lambda: 2)
     dm.prepare_data()
     assert dm._seed is None
     assert not list(tmp_path.iterdir())
-    monkeypatch.setattr(image_folder, "_ranks", lambda: 1)
+    monkeypatch.setattr(image_folder, "process_group_size", lambda: 1)
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[0].shape[0] == 64
     assert list(tmp_path.iterdir())

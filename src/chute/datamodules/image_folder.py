@@ -30,6 +30,7 @@ from chute.datasets.folder_index import FolderIndex, scan_unlabeled
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.loader import Loader, Stream, derive_seed
+from chute.loader.distributed import process_group_size
 from chute.transforms.checks import check_deterministic
 from chute.transforms.decode_choice import choose_decode
 from chute.transforms.device import MixBatch
@@ -241,7 +242,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         """
         self.run_prepare(self.root)
         if self.cache == "disk":
-            if self._seed is None and _ranks() > 1:
+            if self._seed is None and process_group_size() > 1:
                 # The cache holds the splits, which a null seed cuts only once every rank agrees on the
                 # drawn seed (setup; a draw here, on local rank 0 alone, would wait for the other ranks
                 # forever). Setup builds it then, each rank under the cache's build lock.
@@ -477,9 +478,3 @@ class _InLayout:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.transform(images).contiguous(memory_format=self.layout)
-
-
-def _ranks() -> int:
-    """The processes of an initialized process group (1 without one)."""
-    dist = torch.distributed
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

@@ -79,10 +79,17 @@ def rank_share(items: np.ndarray, rank: int, world: int, pad: bool) -> np.ndarra
     return np.concatenate([mine, source[np.arange(missing) % len(source)]])
 
 
+def process_group_size() -> int:
+    """The processes of the initialized ``torch.distributed`` process group (1 without one): above 1,
+    a collective such as :func:`from_rank_zero` waits until every rank makes it."""
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def from_rank_zero(read: Callable[[], Any]) -> Any:
     """``read()`` on rank 0, shared with every rank (an error there is raised on every rank)."""
     dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if process_group_size() <= 1:
         return read()
     box: list[Any] = [None]
     if dist.get_rank() == 0:
