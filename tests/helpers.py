@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,3 +133,22 @@ def collect_in_a_cycle(
     del cycle
     gc.collect()
     return workers, terminated
+
+
+def two_rank_records(script: str, *args: str, out: Path) -> list[dict[str, Any]]:
+    """Run ``tests/<script>`` with ``args`` in ``out`` (it starts a 2-rank DDP run whose ranks each
+    write ``rank<r>.json`` there, with ``"world"``) and return both records, rank 0 first.
+
+    The repository comes first on the path (the script imports ``tests.*``), then any
+    ``PYTHONPATH`` already set (a checkout's own ``src``, say)."""
+    repo = Path(__file__).resolve().parents[1]
+    path = [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(path)}
+    proc = subprocess.run(
+        [sys.executable, str(repo / "tests" / script), *args],
+        cwd=out, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    return ranks

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from chute.loader.distributed import padded_share, rank_span
-from tests.conftest import REPO
+from tests.helpers import two_rank_records
 
 
 @pytest.mark.ddp
@@ -25,15 +21,7 @@ from tests.conftest import REPO
 )
 def test_two_rank_fit_sees_exactly_the_draw_split_between_ranks(strategy: str, seed: str, tmp_path: Path) -> None:
     """With a null seed (lightning-hydra-template's default) rank 0 draws one and every rank uses it."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(REPO)}
-    args = [str(tmp_path), strategy, *([seed] if seed == "null" else [])]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_fit.py"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world"] for r in ranks] == [2, 2]
+    ranks = two_rank_records("ddp_fit.py", str(tmp_path), strategy, *([seed] if seed == "null" else []), out=tmp_path)
     assert ranks[0]["seed"] == ranks[1]["seed"]
     assert seed == "null" or ranks[0]["seed"] == 3
     assert {r["sampler"] for r in ranks} == {"WeightedDraw" if strategy == "weighted_sampler" else "BalancedBatchDraw"}

@@ -3,11 +3,8 @@ restoring a checkpoint, ``overfit_batches``, the batch-size finder, a prediction
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +17,7 @@ from torch import nn
 
 from chute.datamodules import ImageFolderDataModule, TabularDataModule
 from chute.loader.distributed import rank_span
-from tests.conftest import REPO
+from tests.helpers import two_rank_records
 
 ROWS = 40
 # A checkpoint evaluated or resumed by a Trainer without the callback that saved it: Lightning's reminder.
@@ -272,16 +269,7 @@ def test_under_ddp_each_ranks_writer_gets_the_indices_of_its_own_share(
 ) -> None:
     """Each rank predicts its contiguous share of the split (chute's one split rule); its writer's indices
     are that share's dataset indices, and the ranks' together are every image once."""
-    path = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]  # a checkout's own src first, if set
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(path)}
-    args = [str(tmp_path), str(digits_root), backend, str(workers)]
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "ddp_predict.py"), *args],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert [r["world"] for r in ranks] == [2, 2]
+    ranks = two_rank_records("ddp_predict.py", str(tmp_path), str(digits_root), backend, str(workers), out=tmp_path)
     dm = digits(digits_root)
     dm.prepare_data()
     dm.setup("predict")
