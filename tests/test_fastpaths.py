@@ -1,7 +1,7 @@
 """Without the compiled crop decoder (issue 13): the same guarantees, said once, and a report command.
 
-``CHUTE_NATIVE=0`` turns ``chute._jpegcrop`` off for a process, as if the install could not build it
-(no C compiler or no libjpeg headers), so these run on any machine.
+``CHUTE_NATIVE=0`` turns ``chute._jpegcrop`` (and ``chute._pixels``) off for a process, as if the
+install could not build it (no C compiler or no libjpeg headers), so these run on any machine.
 """
 
 from __future__ import annotations
@@ -94,8 +94,13 @@ def test_info_lists_fast_paths_and_versions() -> None:
     assert off.returncode == 0, off.stderr
     assert "[ ] crop-aware JPEG decoding (chute._jpegcrop): turned off by CHUTE_NATIVE=0" in off.stdout
     assert "strict whole-JPEG decoding: simplejpeg" in off.stdout
+    assert "[ ] uint8 -> normalized float on the CPU (chute._pixels): turned off by CHUTE_NATIVE=0" in off.stdout
+    assert "OpenCV's LUT instead" in off.stdout
     for name in ("torch ", "torchvision", "lightning", "torchcodec", "simplejpeg", "pillow", "opencv"):
         assert name in off.stdout
     on = _run("", "-m", "chute.info", native=True)
     built = fastpaths.jpegcrop is not None
     assert ("[x] crop-aware JPEG decoding (chute._jpegcrop): libjpeg-turbo" in on.stdout) == built
+    assert ("[x] uint8 -> normalized float on the CPU (chute._pixels): vectorized" in on.stdout) == (
+        fastpaths.pixels is not None
+    )

@@ -11,11 +11,16 @@ thread, 2026-11-28: 500-600 images/s built, 210-380 without). That is said once 
 library version. This module only loads; the report lives there, so the decoders that import this
 module never import the report's subjects back.
 
-``CHUTE_NATIVE=0`` in the environment turns the extension off, to check the fallback.
+A second, smaller extension (``chute._pixels``) normalizes a CPU trainer's uint8 batches into
+floats in one vectorized pass; it needs only a C compiler, and without it OpenCV's lookup table does
+the same work, slower (:class:`chute.transforms.NormalizeBatch`).
+
+``CHUTE_NATIVE=0`` in the environment turns both extensions off, to check the fallbacks.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -23,18 +28,19 @@ from types import ModuleType
 log = logging.getLogger("chute")
 
 
-def _load() -> tuple[ModuleType | None, str]:
+def _load(name: str, needs: str) -> tuple[ModuleType | None, str]:
     if os.environ.get("CHUTE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
         return None, "turned off by CHUTE_NATIVE=0"
     try:
-        from chute import _jpegcrop
+        return importlib.import_module(f"chute.{name}"), ""
     except ImportError as err:  # pragma: no cover - depends on the build machine
-        return None, f"not built ({err}); a C compiler and libjpeg-turbo's headers are needed at install time"
-    return _jpegcrop, ""
+        return None, f"not built ({err}); {needs} needed at install time"
 
 
 #: The compiled crop decoder, or ``None`` (see :data:`MISSING` for why).
-jpegcrop, MISSING = _load()
+jpegcrop, MISSING = _load("_jpegcrop", "a C compiler and libjpeg-turbo's headers are")
+#: The compiled uint8 -> normalized float32 pass, or ``None`` (see :data:`PIXELS_MISSING` for why).
+pixels, PIXELS_MISSING = _load("_pixels", "a C compiler is")
 _said = False
 
 

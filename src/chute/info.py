@@ -43,6 +43,13 @@ def fast_paths() -> list[tuple[str, bool, str]]:
     )
     paths.append(("PNG, WebP, GIF and CMYK JPEG decoding (TorchCodec)", True, f"torchcodec {_version('torchcodec')}"))
     paths.append(("resize after a crop (OpenCV)", True, f"opencv {cv2.__version__}, {cv2.getNumThreads()} threads"))
+    paths.append(
+        (
+            "uint8 -> normalized float on the CPU (chute._pixels)",
+            fastpaths.pixels is not None,
+            "vectorized" if fastpaths.pixels is not None else f"{fastpaths.PIXELS_MISSING}; OpenCV's LUT instead",
+        )
+    )
     paths.append(("video decoding, decoder=pyav (FFmpeg in PyAV's wheel)", True, _pyav_detail()))
     from chute.datasets.video_decode import torchcodec_video_error
 

@@ -2,11 +2,12 @@
 
 A worker is one of ``num_workers`` processes sharing the machine's cores, and its parallelism is the
 number of workers. But libraries size their own thread pools to the whole machine: OpenCV's
-(``cv2.LUT`` normalizing a batch on a CPU trainer, large resizes) gets ``os.cpu_count()`` threads,
-OpenBLAS (NumPy, SciPy) likewise, so 15 workers on 16 cores could run ~250 OS threads contending
-for 16 cores (issue 25). torch already runs one intra-op thread in a worker; chute does the same
-for OpenCV, OpenBLAS and OpenMP (through ``threadpoolctl``). libjpeg-turbo and chute's decoder use
-no threads of their own, and PyAV decodes with one (``decode_frames(threads=1)``).
+(large resizes; ``cv2.LUT`` normalizing a CPU trainer's batch where ``chute._pixels`` is not
+built) gets ``os.cpu_count()`` threads, OpenBLAS (NumPy, SciPy) likewise, so 15 workers on 16
+cores could run ~250 OS threads contending for 16 cores (issue 25). torch already runs one
+intra-op thread in a worker; chute does the same for OpenCV, OpenBLAS and OpenMP (through
+``threadpoolctl``). libjpeg-turbo and chute's decoder use no threads of their own, and PyAV
+decodes with one (``decode_frames(threads=1)``).
 
 OpenCV needs care: ``cv2.setNumThreads`` in a forked child whose parent had started OpenCV's pool
 waits forever for the parent's pool threads, which the child does not have (seen: an autotune

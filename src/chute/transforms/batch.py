@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from chute import fastpaths
 from chute.errors import ConfigError
 from chute.loader.buffers import batch_buffer
 
@@ -60,7 +61,10 @@ class NormalizeBatch:
         self.channels_last = channels_last
         self.dtype = dtype
         self._cache: dict[tuple[torch.device, bool], tuple[torch.Tensor, torch.Tensor]] = {}
-        self._table: np.ndarray | None = None  # (1, 256, C) float32, for the CPU lookup-table path
+        # The CPU's one-pass conversion (:meth:`_one_pass`): float32 scale[C] then shift[C] for the
+        # compiled loop, or OpenCV's (1, 256, C) float32 table where that is not built.
+        self._coefficients: np.ndarray | None = None
+        self._table: np.ndarray | None = None
 
     def _scale_shift(self, device: torch.device, from_uint8: bool) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, from_uint8)
@@ -87,8 +91,8 @@ class NormalizeBatch:
                 f"batch has {images.shape[1]} channels but mean/std have {len(self.mean)}; "
                 "set mean and std with one value per channel"
             )
-        if self._lut_applies(images):
-            return self._lut(images)
+        if self._one_pass_applies(images):
+            return self._one_pass(images)
         scale, shift = self._scale_shift(images.device, images.dtype == torch.uint8)
         # One output buffer in the layout asked for, whatever layout the batch arrived in (crop-aware
         # decoding writes channels-last batches), converted once and scaled in place.
@@ -97,7 +101,7 @@ class NormalizeBatch:
         out.copy_(images)
         return out.mul_(scale).add_(shift)
 
-    def _lut_applies(self, images: torch.Tensor) -> bool:
+    def _one_pass_applies(self, images: torch.Tensor) -> bool:
         """A channels-last ``uint8`` batch on the CPU, asked for as channels-last ``float32``."""
         return (
             images.numel() > 0 and images.dtype == torch.uint8 and images.device.type == "cpu" and self.channels_last
@@ -105,19 +109,32 @@ class NormalizeBatch:
             and images.permute(0, 2, 3, 1).is_contiguous()
         )  # fmt: skip
 
-    def _lut(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalize through a 256-entry table per channel (OpenCV's LUT, multithreaded): one pass
-        from ``uint8`` to ``float32``, ~3x faster than converting and scaling (2-core machine)."""
+    def _one_pass(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalize in one pass from ``uint8`` to ``float32``, into a reused batch buffer.
+
+        With chute's compiled loop (``chute._pixels``): a vectorized multiply-add per value, written
+        with streaming stores where the batch is large (the buffers rotate, so no cache holds them).
+        Per 224 px image, on one core of the 2-core machine, over four rotating batch buffers:
+        0.028-0.030 ms, against 0.067-0.071 ms with ordinary stores; in a worker while training,
+        0.040-0.046 ms against OpenCV's LUT's 0.083-0.087 ms (through a 256-entry table per channel,
+        what runs where the extension is not built). Converting and scaling with torch ops (three
+        passes, the generic path below) took 0.24-0.29 ms."""
+        n, channels, height, width = images.shape
+        out = batch_buffer((n, height, width, channels), torch.float32)  # reused, or shared memory in a worker
+        src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
+        dst = out.view(n * height, width, channels).numpy()
+        if fastpaths.pixels is not None:
+            if self._coefficients is None:
+                scale = 1.0 / (self.std * 255.0)
+                self._coefficients = torch.cat([scale, -self.mean / self.std]).to(torch.float32).numpy()
+            fastpaths.pixels.normalize_into(src, dst, self._coefficients)
+            return out.permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
         import cv2
 
-        n, channels, height, width = images.shape
         if self._table is None:
             levels = torch.arange(256, dtype=torch.float64)[:, None] / 255.0
             self._table = ((levels - self.mean) / self.std).to(torch.float32).reshape(1, 256, channels).numpy()
         lut = self._table
-        out = batch_buffer((n, height, width, channels), torch.float32)  # reused, or shared memory in a worker
-        src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
-        dst = out.view(n * height, width, channels).numpy()
         if channels == 1:
             cv2.LUT(src[:, :, 0], lut[:, :, 0], dst=dst[:, :, 0])
         else:
@@ -126,7 +143,7 @@ class NormalizeBatch:
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
-        state["_cache"], state["_table"] = {}, None
+        state["_cache"], state["_coefficients"], state["_table"] = {}, None, None
         return state
 
     def __repr__(self) -> str:
