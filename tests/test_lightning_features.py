@@ -211,6 +211,50 @@ def test_a_sigterm_with_gradient_accumulation_resumes_with_every_batch_in_the_we
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
 
 
+class SigtermInValidation(L.Callback):
+    """Sends this process SIGTERM at the first batch of the fit's validation after step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_sigterm_during_a_mid_epoch_validation_resumes_after_the_step_it_followed(
+    table: Path, tmp_path: Path, workers: int
+) -> None:
+    """Validation every 2 of the 5 batches an epoch; a SIGTERM at the first batch of the one after
+    epoch 1's batch 1: it runs to its end, last.ckpt is that step, and the restart trains epoch 1
+    from batch 2 with the uninterrupted run's samples and weights. Lightning cut that validation
+    short and nothing was saved: the restart went back to the save after epoch 0's batch 3."""
+    from chute.callbacks import LatestCheckpoint
+
+    def run(*callbacks: L.Callback, ckpt: str | None = None) -> Rows:
+        torch.manual_seed(0)
+        model = Rows()
+        fit = trainer(
+            val_check_interval=2, limit_val_batches=2, num_sanity_val_steps=0, callbacks=list(callbacks),
+            enable_checkpointing=bool(callbacks), default_root_dir=tmp_path / "root",
+        )  # fmt: skip
+        fit.fit(model, datamodule=tabular(table, num_workers=workers), ckpt_path=ckpt)
+        return model
+
+    whole = run()
+    with pytest.raises(SystemExit):
+        run(SigtermInValidation(step=7), LatestCheckpoint(tmp_path))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 7
+    resumed = run(LatestCheckpoint(tmp_path), ckpt=str(tmp_path / "last.ckpt"))
+    assert resumed.seen == {1: whole.seen[1][16:]}
+    assert torch.equal(resumed.layer.weight, whole.layer.weight)
+
+
 class ImageMeans(L.LightningModule):
     """Predicts each image's mean: enough to tell which image a prediction is of."""
 

@@ -153,3 +153,83 @@ def test_a_checkpoint_taken_inside_a_window_says_so(tmp_path: Path) -> None:
     _accumulating(tmp_path, Save(), LatestCheckpoint(tmp_path / "last"), val=0).fit(BoringModel())
     marked = [torch.load(tmp_path / f"at{i}.ckpt", weights_only=True).get(INSIDE_A_WINDOW) for i in range(6)]
     assert marked == [True, None, True, None, True, None]
+
+
+class _TermInValidation(L.Callback):
+    """SIGTERM to this process after validation batch ``batch`` of the validation at ``step``; counts
+    the validation batches each validation ran."""
+
+    def __init__(self, step: int, batch: int = 1) -> None:
+        self.step, self.batch = step, batch
+        self.ran: dict[int, int] = {}
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if trainer.sanity_checking:
+            return
+        self.ran[trainer.global_step] = self.ran.get(trainer.global_step, 0) + 1
+        if trainer.global_step == self.step and batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _validating_often(tmp_path: Path, *callbacks: L.Callback, accumulate: int = 1) -> L.Trainer:
+    return L.Trainer(
+        default_root_dir=tmp_path, max_epochs=2, limit_train_batches=8, limit_val_batches=4, val_check_interval=4,
+        accumulate_grad_batches=accumulate, num_sanity_val_steps=0, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=list(callbacks),
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # the restart's, as intended
+@pytest.mark.filterwarnings("ignore:You're resuming from a checkpoint that ended before")  # BoringModel's plain loader
+def test_a_sigterm_during_a_mid_epoch_validation_saves_at_its_end_and_the_restart_goes_on_from_there(
+    tmp_path: Path,
+) -> None:
+    """The validation after step 12 (the middle of epoch 1) gets a SIGTERM at its second batch: it
+    runs to its end, last.ckpt is that step, the fit stops; the restart trains from step 12 without
+    validating it again. Lightning cut the validation short and nothing was saved: last.ckpt stayed
+    at step 8, and the restart trained steps 9-12 again."""
+    term = _TermInValidation(step=12)
+    with pytest.raises(SystemExit):
+        _validating_often(tmp_path, term, LatestCheckpoint(tmp_path)).fit(BoringModel())
+    assert term.ran == {4: 4, 8: 4, 12: 4}
+    assert _saved(tmp_path / "last.ckpt") == (1, 12)
+
+    again, seen = _TermInValidation(step=-1), []
+
+    class Steps(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args: object) -> None:
+            seen.append(trainer.global_step)
+
+    trainer = _validating_often(tmp_path, again, Steps(), LatestCheckpoint(tmp_path))
+    trainer.fit(BoringModel(), ckpt_path=tmp_path / "last.ckpt")
+    assert seen == [12, 13, 14, 15]
+    assert again.ran == {16: 4}
+    assert not trainer.received_sigterm
+    assert _saved(tmp_path / "last.ckpt") == (1, 16)
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_sigterm_during_a_validation_inside_a_window_is_held_to_the_windows_end(tmp_path: Path) -> None:
+    """With windows of 3 batches the validation after batch 4 of epoch 0 falls inside one (steps go
+    at batches 3, 6 and the epoch's last): the SIGTERM waits for the window to close and that step
+    is saved."""
+    term = _TermInValidation(step=1)
+    with pytest.raises(SystemExit):
+        _validating_often(tmp_path, term, LatestCheckpoint(tmp_path), accumulate=3).fit(BoringModel())
+    assert term.ran == {1: 4}
+    assert _saved(tmp_path / "last.ckpt") == (0, 2)
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_a_sigterm_during_validate_alone_still_stops_it(tmp_path: Path) -> None:
+    """Only a fit's validation is held (it has a training state to save); ``trainer.validate`` stops."""
+    term = _TermInValidation(step=0)
+    trainer = _validating_often(tmp_path, term, LatestCheckpoint(tmp_path))
+    with pytest.raises(SystemExit):
+        trainer.validate(BoringModel())
+    assert term.ran == {0: 2}
+    assert not (tmp_path / "last.ckpt").exists()

@@ -20,7 +20,11 @@ class LatestCheckpoint(ModelCheckpoint):
     Written after every validation (or every training epoch, without validation) or, when one is
     set, every ``every_n_train_steps`` steps or ``train_time_interval`` instead (Lightning's rule);
     and always when training ends and when a SIGTERM stops it between training steps, so a restart
-    resumes where the run stopped, not from an earlier save. It stands beside the
+    resumes where the run stopped, not from an earlier save. A SIGTERM during a validation of the
+    fit is held to the validation's end, where this checkpoint is written, and the fit stops there
+    (Lightning cut the validation short and nothing was saved, so the restart went back to the
+    previous save); where the step before the validation is saved already, the validation is cut
+    short as Lightning does, so the stop is not delayed for nothing. It stands beside the
     checkpoint that keeps the best by a metric: ``ModelCheckpoint(monitor=..., save_last=True)``
     writes its ``last`` copy, since Lightning 2.6, only when the metric improved (the best epoch's
     state, under the name ``last``), and Lightning refuses ``every_n_train_steps`` together with
@@ -90,9 +94,22 @@ class LatestCheckpoint(ModelCheckpoint):
         if mid_accumulation(trainer):
             checkpoint[INSIDE_A_WINDOW] = True
 
+    def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+        # A SIGTERM in a validation of the fit: Lightning raises after this batch and nothing is saved.
+        # Held instead to the validation's end, where this step is saved (inside an accumulation
+        # window: to the window's end, as in training); not where this step is saved already (a
+        # SIGTERM held through a window was saved before this validation): there the stop is not put off.
+        connector = getattr(trainer, "_signal_connector", None)
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+        if connector is None or not trainer.received_sigterm or not fitting:
+            return
+        if mid_accumulation(trainer) or self._last_global_step_saved != trainer.global_step:
+            connector.received_sigterm, self._sigterm_deferred = False, True
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not mid_accumulation(trainer):
             super().on_validation_end(trainer, pl_module)
+            self._give_back_sigterm(trainer)  # held through the validation: the fit stops after its save
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
