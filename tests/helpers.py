@@ -114,6 +114,23 @@ class SigtermAt(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+class SigtermInValidation(L.Callback):
+    """Sends this process SIGTERM at the first batch of the fit's validation after training step
+    ``step`` (a scheduler's notice arriving while the run validates)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
+        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def collect_in_a_cycle(
     start: Callable[[], tuple[object, ...]], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[list[Any], list[int | None]]:

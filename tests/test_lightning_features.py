@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from torch import nn
 
 from chute.datamodules import ImageFolderDataModule, TabularDataModule
 from chute.loader.distributed import rank_span
-from tests.helpers import two_rank_records
+from tests.helpers import SigtermInValidation, two_rank_records
 
 ROWS = 40
 # A checkpoint evaluated or resumed by a Trainer without the callback that saved it: Lightning's reminder.
@@ -211,18 +213,13 @@ def test_a_sigterm_with_gradient_accumulation_resumes_with_every_batch_in_the_we
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
 
 
-class SigtermInValidation(L.Callback):
-    """Sends this process SIGTERM at the first batch of the fit's validation after step ``step``."""
+class ScheduledRows(Rows):
+    """Rows with a learning rate that changes at every step (a resume one step off shows in the weights)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:  # fmt: skip
-        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.SGD(self.parameters(), lr=0.05)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.8)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
 @pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
@@ -231,14 +228,14 @@ def test_a_sigterm_during_a_mid_epoch_validation_resumes_after_the_step_it_follo
     table: Path, tmp_path: Path, workers: int
 ) -> None:
     """Validation every 2 of the 5 batches an epoch; a SIGTERM at the first batch of the one after
-    epoch 1's batch 1: it runs to its end, last.ckpt is that step, and the restart trains epoch 1
-    from batch 2 with the uninterrupted run's samples and weights. Lightning cut that validation
-    short and nothing was saved: the restart went back to the save after epoch 0's batch 3."""
+    epoch 1's batch 1: last.ckpt is that step, and the restart trains epoch 1 from batch 2 with the
+    uninterrupted run's samples, learning rates and weights. Before, nothing was saved: the restart
+    went back to the save after epoch 0's batch 3."""
     from chute.callbacks import LatestCheckpoint
 
     def run(*callbacks: L.Callback, ckpt: str | None = None) -> Rows:
         torch.manual_seed(0)
-        model = Rows()
+        model = ScheduledRows()
         fit = trainer(
             val_check_interval=2, limit_val_batches=2, num_sanity_val_steps=0, callbacks=list(callbacks),
             enable_checkpointing=bool(callbacks), default_root_dir=tmp_path / "root",
@@ -253,6 +250,44 @@ def test_a_sigterm_during_a_mid_epoch_validation_resumes_after_the_step_it_follo
     resumed = run(LatestCheckpoint(tmp_path), ckpt=str(tmp_path / "last.ckpt"))
     assert resumed.seen == {1: whole.seen[1][16:]}
     assert torch.equal(resumed.layer.weight, whole.layer.weight)
+
+
+_SIGNAL_THE_GROUP = """
+import os, signal, sys
+from pathlib import Path
+import lightning as L
+from chute.callbacks import LatestCheckpoint
+from tests.test_lightning_features import ScheduledRows, tabular, trainer
+
+class TermGroup(L.Callback):  # as a scheduler does: every process of the job, DataLoader workers too
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == 7 and batch_idx == 0:
+            os.killpg(0, signal.SIGTERM)
+
+root = Path(sys.argv[1])
+fit = trainer(
+    val_check_interval=2, limit_val_batches=4, num_sanity_val_steps=0, default_root_dir=root,
+    callbacks=[TermGroup(), LatestCheckpoint(root)], enable_checkpointing=True,
+)
+try:
+    fit.fit(ScheduledRows(), datamodule=tabular(root / "t.csv", num_workers=2))
+except BaseException as err:
+    print("stopped by", type(err).__name__)
+"""
+
+
+def test_a_sigterm_to_every_process_during_a_validation_with_worker_processes_stops_cleanly(
+    table: Path, tmp_path: Path
+) -> None:
+    """A scheduler's SIGTERM reaches the DataLoader's worker processes too, and they die of it; the
+    fit still stops as a SIGTERM stop, with last.ckpt at the step the validation followed."""
+    (tmp_path / "t.csv").write_text(table.read_text())
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_THE_GROUP, str(tmp_path)], cwd=Path(__file__).resolve().parents[1],
+        capture_output=True, text=True, timeout=300, start_new_session=True,
+    )  # fmt: skip
+    assert "stopped by SIGTERMException" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 7
 
 
 class ImageMeans(L.LightningModule):

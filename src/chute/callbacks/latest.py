@@ -20,11 +20,10 @@ class LatestCheckpoint(ModelCheckpoint):
     Written after every validation (or every training epoch, without validation) or, when one is
     set, every ``every_n_train_steps`` steps or ``train_time_interval`` instead (Lightning's rule);
     and always when training ends and when a SIGTERM stops it between training steps, so a restart
-    resumes where the run stopped, not from an earlier save. A SIGTERM during a validation of the
-    fit is held to the validation's end, where this checkpoint is written, and the fit stops there
-    (Lightning cut the validation short and nothing was saved, so the restart went back to the
-    previous save); where the step before the validation is saved already, the validation is cut
-    short as Lightning does, so the stop is not delayed for nothing. It stands beside the
+    resumes where the run stopped, not from an earlier save. That includes a SIGTERM during one of
+    the fit's validations (which Lightning cuts short): the training state is that of the step the
+    validation followed, and the restart goes on from there without running that validation again
+    (before, nothing was saved and the restart went back to the previous save). It stands beside the
     checkpoint that keeps the best by a metric: ``ModelCheckpoint(monitor=..., save_last=True)``
     writes its ``last`` copy, since Lightning 2.6, only when the metric improved (the best epoch's
     state, under the name ``last``), and Lightning refuses ``every_n_train_steps`` together with
@@ -95,32 +94,22 @@ class LatestCheckpoint(ModelCheckpoint):
             checkpoint[INSIDE_A_WINDOW] = True
 
     def on_validation_batch_end(self, trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
-        # A SIGTERM in a validation of the fit: Lightning raises after this batch and nothing is saved.
-        # Held instead to the validation's end, where this step is saved (inside an accumulation
-        # window: to the window's end, as in training); not where this step is saved already (a
-        # SIGTERM held through a window was saved before this validation): there the stop is not put off.
+        # Nothing may be saved inside an accumulation window: a SIGTERM in a validation there is held
+        # to the window's end, as in training. (Elsewhere Lightning stops the validation at this
+        # batch, and on_exception saves.)
         connector = getattr(trainer, "_signal_connector", None)
         fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if connector is None or not trainer.received_sigterm or not fitting:
-            return
-        if mid_accumulation(trainer) or self._last_global_step_saved != trainer.global_step:
+        if connector is not None and trainer.received_sigterm and fitting and mid_accumulation(trainer):
             connector.received_sigterm, self._sigterm_deferred = False, True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not mid_accumulation(trainer):
             super().on_validation_end(trainer, pl_module)
-            self._give_back_sigterm(trainer)  # held through the validation: the fit stops after its save
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         super().on_exception(trainer, pl_module, exception)
         self._give_back_sigterm(trainer)
-        # SIGTERM (a scheduler's notice) in training: Lightning stops between steps, every rank told
-        # (rank 0's flag is broadcast), so the state is whole, unless it came inside an accumulation
-        # window after the last check (the signal is asynchronous): then the last save stands.
-        # Not in a validation pass either: stopped part-way.
-        training = not (trainer.validating or trainer.sanity_checking)
-        whole = training and not mid_accumulation(trainer)
-        if isinstance(exception, SIGTERMException) and whole and not self._should_skip_saving_checkpoint(trainer):
+        if stopped_whole(trainer, exception) and not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -129,6 +118,25 @@ class LatestCheckpoint(ModelCheckpoint):
         # the steps after the last periodic save (skipped when that save was of this very step)
         if not self._should_skip_saving_checkpoint(trainer):
             self._save_topk_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def stopped_whole(trainer: L.Trainer, exception: BaseException) -> bool:
+    """Whether a fit stopped by a SIGTERM (a scheduler's notice) left a whole training state to save.
+
+    Lightning checks the flag after each training step and after each batch of the fit's
+    validations (every rank told: rank 0's flag is broadcast), and both are between training steps.
+    Not inside an accumulation window, though (the signal is asynchronous: it can come after the
+    last check there), nor inside a validation step (a checkpoint then makes Lightning resume in the
+    middle of that validation). In a validation the exception may also be a consequence of the
+    same signal: a scheduler signals every process of the job, and a DataLoader worker it killed
+    is a dead-worker error at the next batch."""
+    if trainer.state.fn != TrainerFn.FITTING or trainer.sanity_checking or mid_accumulation(trainer):
+        return False
+    if not trainer.validating:
+        return isinstance(exception, SIGTERMException)
+    progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total  # a _ProcessedTracker, typed as its base
+    between_batches = getattr(progress, "processed", None) == getattr(progress, "started", None)
+    return between_batches and (isinstance(exception, SIGTERMException) or trainer.received_sigterm)
 
 
 def mid_accumulation(trainer: L.Trainer) -> bool:
