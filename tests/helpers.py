@@ -116,15 +116,18 @@ class SigtermAt(L.Callback):
 
 class SigtermInValidation(L.Callback):
     """Sends this process SIGTERM at the first batch of the fit's validation after training step
-    ``step`` (a scheduler's notice arriving while the run validates)."""
+    ``step`` (a scheduler's notice arriving while the run validates); with ``rank``, only that rank's
+    process (Lightning's own launcher passes it on to the ranks it started)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, rank: int | None = None) -> None:
+        self.step, self.rank = step, rank
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
             import signal
 
