@@ -75,23 +75,27 @@ def test_the_compiled_pass_refuses_buffers_that_do_not_match() -> None:
     unaligned = np.zeros(13, np.uint8)[1:].view(np.float32)  # 3 float32s starting one byte in
     for src, dst, coefficients, match in [
         (rgb, np.zeros((4, 2), np.float32), co, "one float32 per value"),
-        (rgb, np.zeros((4, 3), np.float64), co, "one float32 per value"),
+        (rgb, np.zeros((4, 3), np.float64), co, "dst must hold float32 values"),
         (rgb, floats, np.ones(5, np.float32), r"scale\[C\] then shift\[C\]"),
         (rgb, floats, np.ones(10, np.float32), "C from 1 to 4"),
         (np.zeros(10, np.uint8), np.zeros(10, np.float32), co, "not a multiple of the channels"),
         (np.zeros(3, np.uint8), unaligned, co[:2], "aligned"),
+        (rgb, floats, co.astype(np.float64), "coefficients must hold float32 values"),
+        (rgb.view(np.int8), floats, co, "src must hold uint8 values"),
+        (rgb, floats.view(np.int32), co, "dst must hold float32 values"),
     ]:
         with pytest.raises(ValueError, match=match):
             pixels.normalize_into(src, dst, coefficients)
 
 
 @pytest.mark.skipif(fastpaths.pixels is None, reason=f"chute._pixels: {fastpaths.PIXELS_MISSING}")
-@pytest.mark.parametrize("level", [0, 1, 2], ids=["plain", "avx2", "avx512"])
+@pytest.mark.parametrize("level", [1, 2], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("channels", [1, 3, 4])
-def test_the_compiled_pass_gives_the_same_values_with_streaming_stores(level: int, channels: int) -> None:
+def test_the_compiled_pass_gives_the_same_bits_with_streaming_stores(level: int, channels: int) -> None:
     """Outputs from 2 MiB up are written with streaming stores where the CPU has AVX2 or AVX-512:
     after a head of plain stores up to the vector's alignment, whatever the buffer's start, and a
-    ragged tail. Every level this CPU offers gives the exact reference values."""
+    ragged tail. Every level this CPU offers gives the plain loop's bits (an image's values do not
+    depend on its batch's size), and those are the reference values."""
     pixels = fastpaths.pixels
     assert pixels is not None
     default = pixels.set_streaming(9)  # the most this CPU has, which import chose
@@ -106,9 +110,14 @@ def test_the_compiled_pass_gives_the_same_values_with_streaming_stores(level: in
             for count in (channels * 180_000, channels * 180_000 + channels * 7):  # over 2 MiB of floats
                 src = rng.integers(0, 256, count, dtype=np.uint8)
                 dst = np.full(count + 32, np.nan, np.float32)[offset : offset + count]
+                pixels.set_streaming(level)
                 pixels.normalize_into(src, dst, coefficients)
-                expected = src.reshape(-1, channels) * scale.astype(np.float64) + shift
-                np.testing.assert_allclose(dst.reshape(-1, channels), expected, rtol=1e-6, atol=1e-5)
+                plain = np.empty(count, np.float32)
+                pixels.set_streaming(0)
+                pixels.normalize_into(src, plain, coefficients)
+                assert np.array_equal(dst, plain)
+                expected = (src.reshape(-1, channels) * scale + shift).astype(np.float32)  # rounded twice too
+                assert np.array_equal(dst.reshape(-1, channels), expected)
     finally:
         pixels.set_streaming(default)
 

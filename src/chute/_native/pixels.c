@@ -12,11 +12,14 @@
  * written with streaming stores instead, which skip that read: 0.028 against 0.067 ms per 224 px
  * image on one core of the 2-core development machine (docs/benchmarks.md). The model reads the
  * batch a few batches later, from memory either way. Small outputs, and other CPUs, take the plain
- * loop, which the compiler vectorizes. The loop releases the GIL, so loader threads run in parallel.
+ * loop, which the compiler vectorizes. Every path rounds the product, then the sum (no fused
+ * multiply-add; the build turns contraction off), so an image gets the same bits whatever its batch's
+ * size and the CPU. The loop releases the GIL, so loader threads run in parallel.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define BLOCK 48                      /* a multiple of every channel count taken (1, 2, 3, 4) */
 #define STREAM_FROM (2 * 1024 * 1024) /* bytes of output from which streaming stores pay */
@@ -65,13 +68,13 @@ __attribute__((target("avx512f"))) static void affine_stream512(const uint8_t *s
         for (int k = 0; k < 3; k++) {
             __m128i bytes = _mm_loadu_si128((const __m128i *)(src + i + 16 * k));
             __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes));
-            _mm512_stream_ps(dst + i + 16 * k, _mm512_fmadd_ps(x, s[k], h[k]));
+            _mm512_stream_ps(dst + i + 16 * k, _mm512_add_ps(_mm512_mul_ps(x, s[k]), h[k]));
         }
     _mm_sfence(); /* streaming stores are weakly ordered: make them visible before returning */
     affine_plain(src, dst, i, n, sc, sh);
 }
 
-__attribute__((target("avx2,fma"))) static void affine_stream256(const uint8_t *src, float *dst, Py_ssize_t n,
+__attribute__((target("avx2"))) static void affine_stream256(const uint8_t *src, float *dst, Py_ssize_t n,
                                                                 const float *sc, const float *sh) {
     Py_ssize_t i = align_head(src, dst, n, sc, sh, 32);
     float rs[BLOCK], rh[BLOCK];
@@ -85,17 +88,17 @@ __attribute__((target("avx2,fma"))) static void affine_stream256(const uint8_t *
         for (int k = 0; k < 6; k++) {
             __m128i bytes = _mm_loadl_epi64((const __m128i *)(src + i + 8 * k));
             __m256 x = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes));
-            _mm256_stream_ps(dst + i + 8 * k, _mm256_fmadd_ps(x, s[k], h[k]));
+            _mm256_stream_ps(dst + i + 8 * k, _mm256_add_ps(_mm256_mul_ps(x, s[k]), h[k]));
         }
     _mm_sfence();
     affine_plain(src, dst, i, n, sc, sh);
 }
 
-/* 2: AVX-512, 1: AVX2 with FMA, 0: neither (decided once, at import). */
+/* 2: AVX-512, 1: AVX2, 0: neither (decided once, at import). */
 static int streaming_level(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f")) return 2;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+    if (__builtin_cpu_supports("avx2")) return 1;
     return 0;
 }
 #else
@@ -128,9 +131,37 @@ static void affine(const uint8_t *src, float *dst, Py_ssize_t n, const float *sc
  *
  * src: contiguous uint8 values, channel-interleaved; dst: a writable contiguous buffer of as many
  * float32 values; coefficients: float32 scale[C] then shift[C], C in 1..4 (so 2C values). */
+/* A C-contiguous buffer of `obj` whose items are `kind` ('B': uint8, 'f': float32), or -1 with an error set. */
+static int take_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, const char *name) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) return -1;
+    const char *format = view->format != NULL ? view->format : "B";
+    size_t length = strlen(format);
+    int native = length == 1 || (length == 2 && strchr("@=<", format[0]) != NULL);
+    Py_ssize_t size = kind == 'f' ? (Py_ssize_t)sizeof(float) : 1;
+    if (!native || format[length - 1] != kind || view->itemsize != size) {
+        PyErr_Format(PyExc_ValueError, "%s must hold %s values (got format '%s')", name,
+                     kind == 'f' ? "float32" : "uint8", format);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *normalize_into(PyObject *self, PyObject *args) {
+    PyObject *src_obj, *dst_obj, *coefficients_obj;
     Py_buffer src, dst, coefficients;
-    if (!PyArg_ParseTuple(args, "y*w*y*", &src, &dst, &coefficients)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOO", &src_obj, &dst_obj, &coefficients_obj)) return NULL;
+    if (take_buffer(src_obj, &src, 0, 'B', "src") < 0) return NULL;
+    if (take_buffer(dst_obj, &dst, 1, 'f', "dst") < 0) {
+        PyBuffer_Release(&src);
+        return NULL;
+    }
+    if (take_buffer(coefficients_obj, &coefficients, 0, 'f', "coefficients") < 0) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        return NULL;
+    }
     const char *problem = NULL;
     Py_ssize_t count = (Py_ssize_t)(coefficients.len / sizeof(float));
     int channels = (int)(count / 2);

@@ -124,7 +124,7 @@ class NormalizeBatch:
         src = images.permute(0, 2, 3, 1).reshape(n * height, width, channels).numpy()
         dst = out.view(n * height, width, channels).numpy()
         if fastpaths.pixels is not None:
-            if self._coefficients is None:
+            if getattr(self, "_coefficients", None) is None:  # (pickled by a release without it: None)
                 scale = 1.0 / (self.std * 255.0)
                 self._coefficients = torch.cat([scale, -self.mean / self.std]).to(torch.float32).numpy()
             fastpaths.pixels.normalize_into(src, dst, self._coefficients)
