@@ -123,8 +123,9 @@ class LatestCheckpoint(ModelCheckpoint):
 def stopped_whole(trainer: L.Trainer, exception: BaseException) -> bool:
     """Whether a fit stopped by a SIGTERM (a scheduler's notice) left a whole training state to save.
 
-    Lightning checks the flag after each training step and after each batch of the fit's
-    validations (every rank told: rank 0's flag is broadcast), and both are between training steps.
+    Lightning checks the flag after each training step (every rank told there: rank 0's flag is
+    broadcast) and after each batch of the fit's validations (each rank its own flag), and both
+    are between training steps.
     Not inside an accumulation window, though (the signal is asynchronous: it can come after the
     last check there), nor inside a validation step (a checkpoint then makes Lightning resume in the
     middle of that validation). In a validation the exception may also be a consequence of the
