@@ -6,6 +6,7 @@ import ctypes
 import multiprocessing
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -82,6 +83,29 @@ def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bo
     with pytest.raises(WorkerDiedError, match=rf"\(pid {worker.pid}\) was killed by SIGKILL"):
         for _ in iterator:
             pass
+
+
+def test_a_worker_ended_by_a_stop_signal_is_said_to_be_a_stop_not_a_fault() -> None:
+    """A scheduler's SIGTERM reaches every process of the job, the DataLoader's workers too: the
+    error says so instead of suggesting memory (what a SIGKILL from the OOM killer is told)."""
+    settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=True)
+    batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
+    earlier = {p.pid for p in multiprocessing.active_children()}
+    iterator = iter(batches)
+    next(iterator)
+    worker = next(p for p in multiprocessing.active_children() if p.pid not in earlier)
+    # From another process, as a scheduler's: torch's workers take one from their parent as a
+    # request to exit quietly (status 0).
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+    time.sleep(1.0)
+    with pytest.raises(WorkerDiedError) as info:
+        for _ in iterator:
+            pass
+    message = str(info.value)
+    assert f"(pid {worker.pid}) was killed by SIGTERM" in message
+    assert "a request to stop, not a fault" in message
+    assert "out of memory" not in message
+    assert ". ." not in message  # torch's sentence ends once
 
 
 @pytest.mark.parametrize("persistent", [False, True])

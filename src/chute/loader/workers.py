@@ -195,11 +195,13 @@ class GuardedIterator:
         if not dead:
             pids = {int(p) for p in re.findall(r"\d+", message.split("pid", 1)[1])} if "pid" in message else set()
             dead = [w for w, process in enumerate(workers) if process.pid in pids] or list(range(len(workers)))
-        lines = [message.rstrip(".") + "." if _DEATH.search(message) else "A DataLoader worker ended."]
+        lines = [message.rstrip(" .") + "." if _DEATH.search(message) else "A DataLoader worker ended."]
+        stopped = bool(dead)  # every dead worker ended by a stop signal: the job was being stopped
         for w in dead:
             process = workers[w] if w < len(workers) else None
             pid = process.pid if process is not None else "?"
             how = _ending(process.exitcode if process is not None else None)
+            stopped = stopped and process is not None and -(process.exitcode or 0) in _STOP_SIGNALS
             loading = self.dataset.in_flight.samples(w)
             if loading is None:
                 lines.append(f"Worker {w} (pid {pid}) {how}.")
@@ -208,14 +210,25 @@ class GuardedIterator:
             first = self.dataset.describe(head[0]) if count == 1 else ""
             where = f"sample {head[0]} ({first})" if count == 1 and first else f"{count} samples {head[:8]}"
             lines.append(f"Worker {w} (pid {pid}) {how} while loading {where}.")
-        lines.append(
-            "A worker dies when it is killed (e.g. out of memory: fewer loader.num_workers or a smaller "
-            "loader.batch_size) or crashes in native code (e.g. a decoder on a corrupt file)."
-        )
+        if stopped:
+            lines.append(
+                "That is a request to stop, not a fault: a SIGTERM sent to every process of the job (a "
+                "scheduler's preemption or cancellation, torchrun's shutdown, a kill of the process group) "
+                "reaches the DataLoader's workers too. Where the trainer got it as well, the run was stopping."
+            )
+        else:
+            lines.append(
+                "A worker dies when it is killed (e.g. out of memory: fewer loader.num_workers or a smaller "
+                "loader.batch_size) or crashes in native code (e.g. a decoder on a corrupt file)."
+            )
         return " ".join(lines)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.iterator, name)
+
+
+# Signals that ask a process to stop (a scheduler's, a terminal's): a worker ended by one was not short of memory.
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def _ending(exitcode: int | None) -> str:
