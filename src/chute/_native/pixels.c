@@ -127,10 +127,6 @@ static void affine(const uint8_t *src, float *dst, Py_ssize_t n, const float *sc
     affine_plain(src, dst, 0, n, sc, sh);
 }
 
-/* normalize_into(src, dst, coefficients) -> None
- *
- * src: contiguous uint8 values, channel-interleaved; dst: a writable contiguous buffer of as many
- * float32 values; coefficients: float32 scale[C] then shift[C], C in 1..4 (so 2C values). */
 /* A C-contiguous buffer of `obj` whose items are `kind` ('B': uint8, 'f': float32), or -1 with an error set. */
 static int take_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, const char *name) {
     int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
@@ -148,6 +144,10 @@ static int take_buffer(PyObject *obj, Py_buffer *view, int writable, char kind, 
     return 0;
 }
 
+/* normalize_into(src, dst, coefficients) -> None
+ *
+ * src: contiguous uint8 values, channel-interleaved; dst: a writable contiguous buffer of as many
+ * float32 values; coefficients: float32 scale[C] then shift[C], C in 1..4 (so 2C values). */
 static PyObject *normalize_into(PyObject *self, PyObject *args) {
     PyObject *src_obj, *dst_obj, *coefficients_obj;
     Py_buffer src, dst, coefficients;

@@ -98,8 +98,8 @@ class LatestCheckpoint(ModelCheckpoint):
         # to the window's end, as in training. (Elsewhere Lightning stops the validation at this
         # batch, and on_exception saves.)
         connector = getattr(trainer, "_signal_connector", None)
-        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
-        if connector is not None and trainer.received_sigterm and fitting and mid_accumulation(trainer):
+        held = trainer.received_sigterm and not trainer.sanity_checking and mid_accumulation(trainer)  # a fit's only
+        if connector is not None and held:
             connector.received_sigterm, self._sigterm_deferred = False, True
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

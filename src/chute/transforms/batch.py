@@ -125,8 +125,8 @@ class NormalizeBatch:
         dst = out.view(n * height, width, channels).numpy()
         if fastpaths.pixels is not None:
             if getattr(self, "_coefficients", None) is None:  # (pickled by a release without it: None)
-                scale = 1.0 / (self.std * 255.0)
-                self._coefficients = torch.cat([scale, -self.mean / self.std]).to(torch.float32).numpy()
+                scale, shift = self._scale_shift(images.device, from_uint8=True)  # float32 here
+                self._coefficients = torch.cat([scale.flatten(), shift.flatten()]).numpy()
             fastpaths.pixels.normalize_into(src, dst, self._coefficients)
             return out.permute(0, 3, 1, 2)  # channels-last (N, C, H, W)
         import cv2
