@@ -115,12 +115,12 @@ class SigtermAt(L.Callback):
 
 
 class SigtermInValidation(L.Callback):
-    """Sends this process SIGTERM at the first batch of the fit's validation after training step
+    """Sends this process SIGTERM after batch ``batch`` of the fit's validation after training step
     ``step`` (a scheduler's notice arriving while the run validates); with ``rank``, only that rank's
     process (Lightning's own launcher passes it on to the ranks it started)."""
 
-    def __init__(self, step: int, rank: int | None = None) -> None:
-        self.step, self.rank = step, rank
+    def __init__(self, step: int, rank: int | None = None, batch: int = 0) -> None:
+        self.step, self.rank, self.batch = step, rank, batch
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -128,7 +128,7 @@ class SigtermInValidation(L.Callback):
     ) -> None:  # fmt: skip
         if self.rank is not None and trainer.global_rank != self.rank:
             return
-        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == 0:
+        if not trainer.sanity_checking and trainer.global_step == self.step and batch_idx == self.batch:
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)

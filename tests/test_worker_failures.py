@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -68,19 +70,26 @@ def test_a_worker_dying_in_a_batch_gather_names_the_batch() -> None:
             pass
 
 
-@pytest.mark.parametrize("persistent", [False, True])
-def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bool) -> None:
-    """A death while the training thread is elsewhere (here: sleeping, as in a model's step) does
-    not raise torch's raw error there, from its signal handler; the next batch names it."""
+def _kill_a_worker_between_batches(persistent: bool, kill: Callable[[int], object]) -> tuple[Iterator[Any], int]:
+    """A loader's iterator after its first batch, with one of its workers killed by ``kill(pid)``
+    while the training thread is elsewhere (here: sleeping, as in a model's step); and that pid."""
     settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=persistent)
     batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
     earlier = {p.pid for p in multiprocessing.active_children()}  # an earlier test's workers may linger
     iterator = iter(batches)
     next(iterator)
     worker = next(p for p in multiprocessing.active_children() if p.pid not in earlier)  # one of this loader's
-    os.kill(worker.pid, signal.SIGKILL)
+    kill(worker.pid)
     time.sleep(1.0)  # the signal arrives here; nothing may be raised in this "step"
-    with pytest.raises(WorkerDiedError, match=rf"\(pid {worker.pid}\) was killed by SIGKILL"):
+    return iterator, worker.pid
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bool) -> None:
+    """A death while the training thread is elsewhere does not raise torch's raw error there, from
+    its signal handler; the next batch names it."""
+    iterator, pid = _kill_a_worker_between_batches(persistent, lambda pid: os.kill(pid, signal.SIGKILL))
+    with pytest.raises(WorkerDiedError, match=rf"\(pid {pid}\) was killed by SIGKILL"):
         for _ in iterator:
             pass
 
@@ -88,21 +97,16 @@ def test_a_worker_killed_between_batches_is_named_on_the_next_one(persistent: bo
 def test_a_worker_ended_by_a_stop_signal_is_said_to_be_a_stop_not_a_fault() -> None:
     """A scheduler's SIGTERM reaches every process of the job, the DataLoader's workers too: the
     error says so instead of suggesting memory (what a SIGKILL from the OOM killer is told)."""
-    settings = LoaderSettings(batch_size=4, num_workers=2, shuffle=False, persistent_workers=True)
-    batches = build_loader(Dies(fatal=-1, how="kill"), settings, train=True, seed=0)
-    earlier = {p.pid for p in multiprocessing.active_children()}
-    iterator = iter(batches)
-    next(iterator)
-    worker = next(p for p in multiprocessing.active_children() if p.pid not in earlier)
     # From another process, as a scheduler's: torch's workers take one from their parent as a
     # request to exit quietly (status 0).
-    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
-    time.sleep(1.0)
+    iterator, pid = _kill_a_worker_between_batches(
+        True, lambda pid: subprocess.run(["kill", "-TERM", str(pid)], check=True)
+    )
     with pytest.raises(WorkerDiedError) as info:
         for _ in iterator:
             pass
     message = str(info.value)
-    assert f"(pid {worker.pid}) was killed by SIGTERM" in message
+    assert f"(pid {pid}) was killed by SIGTERM" in message
     assert "a request to stop, not a fault" in message
     assert "out of memory" not in message
     assert ". ." not in message  # torch's sentence ends once

@@ -14,6 +14,7 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from chute.callbacks import LatestCheckpoint
 from chute.callbacks.latest import INSIDE_A_WINDOW
+from tests.helpers import SigtermInValidation
 
 
 def _fit(tmp_path: Path, model: L.LightningModule, *callbacks: L.Callback, validate: bool = True) -> None:
@@ -155,23 +156,21 @@ def test_a_checkpoint_taken_inside_a_window_says_so(tmp_path: Path) -> None:
     assert marked == [True, None, True, None, True, None]
 
 
-class _TermInValidation(L.Callback):
-    """SIGTERM to this process after validation batch ``batch`` of the validation at ``step``; counts
-    the validation batches each validation ran."""
+class _TermInValidation(SigtermInValidation):
+    """SIGTERM after validation batch ``batch`` of the validation at ``step``; counts the validation
+    batches each validation ran."""
 
     def __init__(self, step: int, batch: int = 1) -> None:
-        self.step, self.batch = step, batch
+        super().__init__(step, batch=batch)
         self.ran: dict[int, int] = {}
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: object, batch: object, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:  # fmt: skip
-        if trainer.sanity_checking:
-            return
-        self.ran[trainer.global_step] = self.ran.get(trainer.global_step, 0) + 1
-        if trainer.global_step == self.step and batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+        if not trainer.sanity_checking:
+            self.ran[trainer.global_step] = self.ran.get(trainer.global_step, 0) + 1
+        super().on_validation_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
 
 
 def _validating_often(tmp_path: Path, *callbacks: L.Callback, accumulate: int = 1) -> L.Trainer:
