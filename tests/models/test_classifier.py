@@ -111,6 +111,9 @@ class AtBatch(L.Callback):
         OnDevice.batch = None
 
 
+# The monitor's advice depends on how busy the machine is (seen once in CI: 11% under load); its
+# reads, not its timing, are what this test is about.
+@pytest.mark.filterwarnings("ignore:Training waits for data")
 def test_training_reads_nothing_back_to_the_host_between_logging_steps(digits_root: Path, tmp_path: Path) -> None:
     """No wait for the device at every step: the classifier, chute's per-batch callbacks and the
     progress bar read the batch's tensors (and the logits and loss made from them) back to the host
