@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from chute.datasets import TabularDataset
+from chute.loader import threaded
 from chute.loader.orders import BatchIndexSampler
 from chute.loader.threaded import ThreadedLoader
 
@@ -205,3 +210,97 @@ def test_a_pass_abandoned_at_the_end_of_a_script_exits_cleanly(tmp_path: Path) -
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]  # it died in 6 runs of 6 before the fix
     assert "terminate called" not in run.stderr
+
+
+class _CountedCadence(threaded.Cadence):
+    """A Cadence that counts the pauses the loader's threads ask for and pauses for none."""
+
+    asked = 0
+
+    def pause(self) -> float:
+        type(self).asked += 1
+        return 0.0
+
+
+def test_a_thread_ahead_of_its_consumer_gives_way_after_each_hand_off(monkeypatch) -> None:
+    monkeypatch.setattr(threaded, "Cadence", type("Counted", (_CountedCadence,), {"asked": 0}))
+    blocked = threading.Condition()
+    waited_at: list[int] = []  # positions whose start found the prefetch depth full (the one thread)
+
+    class Watched(threading.Semaphore):
+        acquired = 0
+
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            if blocking:
+                with blocked:
+                    waited_at.append(self.acquired)
+                    blocked.notify_all()
+            got = super().acquire(blocking, timeout)
+            self.acquired += got
+            return got
+
+    monkeypatch.setattr(threaded, "threading", SimpleNamespace(**{**vars(threading), "Semaphore": Watched}))
+    sampler = BatchIndexSampler(100, 10)
+    loader = ThreadedLoader(dataset(), sampler, prefetch=2, threads=1)
+    got = []
+    for k, batch in enumerate(loader):
+        got.append(batch[0][:, 0].long().tolist())
+        if k + 3 <= 10:  # a slow consumer: the thread is ahead and waits to start batch k + 3 (10: the end)
+            with blocked:
+                assert blocked.wait_for(lambda k=k: k + 3 in waited_at, timeout=10)
+    # Each of batches 3..9 starts after a hand-off while the consumer's next batch is ready: 7
+    # pauses asked for. Batch 2 and the pass's end may add one each: where the thread had read batch
+    # 1 before the consumer took batch 0, and where it looks before the consumer takes batch 9.
+    assert waited_at[-8:] == list(range(3, 11))
+    assert 7 <= threaded.Cadence.asked <= 9
+    assert got == [list(b) for b in sampler]
+
+
+def test_a_thread_its_consumer_waits_for_never_gives_way(monkeypatch) -> None:
+    monkeypatch.setattr(threaded, "Cadence", type("Counted", (_CountedCadence,), {"asked": 0}))
+    received = [threading.Event() for _ in range(11)]
+
+    reads = itertools.count()
+
+    def fetch(batch: list[int]) -> list[int]:
+        k = next(reads)  # the one thread reads the batches in order
+        if k > 0:  # batch k is read only once the consumer holds batch k - 1: the thread is never ahead
+            assert received[k - 1].wait(10)
+        return list(batch)
+
+    loader = ThreadedLoader(dataset(), BatchIndexSampler(100, 10), prefetch=2, threads=1, fetch=fetch)
+    for k, _ in enumerate(loader):
+        received[k].set()
+    assert threaded.Cadence.asked == 0
+
+
+def test_the_pause_is_a_share_of_the_consumers_interval_and_bounded(monkeypatch) -> None:
+    now = [0.0]
+    monkeypatch.setattr(threaded.time, "perf_counter", lambda: now[0])
+    cadence = threaded.Cadence(0.1)
+    assert cadence.pause() == 0.0  # nothing taken yet
+    cadence.taken()
+    assert cadence.pause() == 0.0  # one take: no interval yet
+    now[0] = 0.008
+    cadence.taken()
+    assert cadence.pause() == pytest.approx(0.0008)
+    now[0] = 0.026  # an 18 ms interval moves the average a fifth of the way: 10 ms
+    cadence.taken()
+    assert cadence.pause() == pytest.approx(0.001)
+    now[0] = 10.0
+    cadence.taken()
+    assert cadence.pause() == threaded.Cadence.longest
+    assert threaded.Cadence(0.0).pause() == 0.0
+    with pytest.raises(ValueError, match="give_way=1"):
+        ThreadedLoader(dataset(), BatchIndexSampler(10, 5), give_way=1)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_threads_that_give_way_keep_the_order(threads: int) -> None:
+    sampler = BatchIndexSampler(100, 7, seed=3)
+    loader = ThreadedLoader(dataset(), sampler, prefetch=2, threads=threads, give_way=0.5)
+    got = []
+    for batch in loader:
+        time.sleep(0.002)  # a consumer slower than the loader: its threads wait ahead and give way
+        got.append(batch[0][:, 0].long().tolist())
+    assert got == [list(b) for b in sampler]
