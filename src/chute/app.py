@@ -23,7 +23,6 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -37,6 +36,7 @@ from chute.datamodules import ChuteDataModule
 from chute.datamodules.base import LOADER_SHORTCUTS, agree_with_shortcuts
 from chute.errors import ConfigError, DataError
 from chute.loader import LoaderSettings
+from chute.loggers import TensorBoardLogger
 
 log = logging.getLogger(__name__)
 
