@@ -28,7 +28,7 @@ def _counting_flushes(logger: TensorBoardLogger) -> list[int]:
 
 def test_saves_within_the_period_write_nothing_and_the_first_and_later_ones_do(tmp_path: Path, monkeypatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(loggers.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(loggers, "monotonic", lambda: now[0])
     logger = TensorBoardLogger(tmp_path, name="tb", version="", flush_every_s=5.0)
     logger.log_hyperparams({"lr": 0.1})
     flushes = _counting_flushes(logger)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from time import monotonic
 from typing import Any
 
 from lightning.pytorch.loggers import TensorBoardLogger as _LightningTensorBoardLogger
@@ -36,7 +36,7 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
         self._saved_at: float | None = None
 
     def save(self) -> None:
-        now = time.monotonic()
+        now = monotonic()
         if self._saved_at is not None and now - self._saved_at < self.flush_every_s:
             return
         self._saved_at = now
