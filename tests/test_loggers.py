@@ -54,8 +54,10 @@ def test_saves_within_the_period_write_nothing_and_the_first_and_later_ones_do(t
 
 
 def test_the_period_defaults_the_writers_own_and_is_checked(tmp_path: Path) -> None:
-    assert TensorBoardLogger(tmp_path, flush_every_s=2.0).experiment.flush_secs == 2.0
-    assert TensorBoardLogger(tmp_path, flush_every_s=2.0, flush_secs=7).experiment.flush_secs == 7
+    for kwargs, flush_secs in (({}, 2.0), ({"flush_secs": 7}, 7)):
+        logger = TensorBoardLogger(tmp_path, flush_every_s=2.0, **kwargs)
+        assert logger.experiment.flush_secs == flush_secs
+        logger.finalize("success")
     with pytest.raises(ValueError, match="flush_every_s=0"):
         TensorBoardLogger(tmp_path, flush_every_s=0)
 

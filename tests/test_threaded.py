@@ -213,12 +213,13 @@ def test_a_pass_abandoned_at_the_end_of_a_script_exits_cleanly(tmp_path: Path) -
 
 
 class _CountedCadence(threaded.Cadence):
-    """A Cadence that counts the pauses the loader's threads ask for and pauses for none."""
+    """A Cadence that counts the pauses the loader's threads ask for while the consumer's next batch
+    is ready (``lead`` >= 1), and pauses for none."""
 
     asked = 0
 
-    def pause(self) -> float:
-        type(self).asked += 1
+    def pause(self, lead: int) -> float:
+        type(self).asked += lead >= 1
         return 0.0
 
 
@@ -274,25 +275,69 @@ def test_a_thread_its_consumer_waits_for_never_gives_way(monkeypatch) -> None:
     assert threaded.Cadence.asked == 0
 
 
-def test_the_pause_is_a_share_of_the_consumers_interval_and_bounded(monkeypatch) -> None:
+def test_the_pause_is_a_share_of_the_consumers_pace_bounded_and_only_where_there_is_time(monkeypatch) -> None:
     now = [0.0]
-    monkeypatch.setattr(threaded.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(threaded, "perf_counter", lambda: now[0])
     cadence = threaded.Cadence(0.1)
-    assert cadence.pause() == 0.0  # nothing taken yet
+
+    def take_after(seconds: float) -> None:
+        now[0] += seconds
+        cadence.taken()
+
+    assert cadence.pause(1) == 0.0  # nothing taken yet
     cadence.taken()
-    assert cadence.pause() == 0.0  # one take: no interval yet
-    now[0] = 0.008
-    cadence.taken()
-    assert cadence.pause() == pytest.approx(0.0008)
-    now[0] = 0.026  # an 18 ms interval moves the average a fifth of the way: 10 ms
-    cadence.taken()
-    assert cadence.pause() == pytest.approx(0.001)
-    now[0] = 10.0
-    cadence.taken()
-    assert cadence.pause() == threaded.Cadence.longest
-    assert threaded.Cadence(0.0).pause() == 0.0
+    assert cadence.pause(1) == 0.0  # one take: no interval yet
+    take_after(0.008)
+    assert cadence.pause(1) == pytest.approx(0.0008)  # a tenth of the 8 ms pace
+    assert cadence.pause(0) == 0.0  # the consumer is waiting for its next batch: never
+    take_after(0.040)  # a slow step: the pace stays the shortest of the last 8 intervals
+    assert cadence.pause(1) == pytest.approx(0.0008)
+    cadence.fetched(0.004)
+    take_after(0.001)  # a burst: 1 ms, too short to read a batch in
+    assert cadence.pause(1) == 0.0
+    assert cadence.pause(5) == pytest.approx(0.0001)  # five batches before this one: 5 ms > 4 + 0.1 ms
+    for _ in range(threaded.Cadence.window):  # 30 ms steps: the burst has left the window
+        take_after(0.030)
+    assert cadence.pause(1) == threaded.Cadence.longest  # a tenth of 30 ms, capped at 2 ms
+    cadence.fetched(0.5)
+    assert cadence.pause(1) == 0.0  # reading takes most of a step: no time to give
+    assert threaded.Cadence(0.0).pause(3) == 0.0
     with pytest.raises(ValueError, match="give_way=1"):
         ThreadedLoader(dataset(), BatchIndexSampler(10, 5), give_way=1)
+
+
+def test_a_thread_stopped_while_giving_way_reads_nothing_more(monkeypatch) -> None:
+    pausing = threading.Event()
+
+    class Long(threaded.Cadence):
+        def pause(self, lead: int) -> float:
+            if lead < 1:
+                return 0.0
+            pausing.set()
+            return 30.0
+
+    monkeypatch.setattr(threaded, "Cadence", Long)
+    reads: list[list[int]] = []
+
+    def fetch(batch: list[int]) -> list[int]:
+        reads.append(list(batch))
+        return list(batch)
+
+    before = set(threaded._RUNNING)
+    loader = ThreadedLoader(dataset(), BatchIndexSampler(100, 10), prefetch=2, threads=1, fetch=fetch)
+    taken = []
+    for batch in loader:  # a slow consumer: the thread gets ahead, and a hand-off wakes it to give way
+        taken.append(batch)
+        if pausing.wait(timeout=0.2):
+            break
+    assert pausing.is_set()
+    read_then = len(reads)
+    (entry,) = set(threaded._RUNNING) - before
+    for thread in entry[1]:
+        thread.join(timeout=10)  # the 30 s pause ends when the pass stops
+        assert not thread.is_alive()
+    assert len(reads) == read_then  # the batch it was giving way for was never read
+    assert reads[: len(taken)] == taken
 
 
 @pytest.mark.parametrize("threads", [1, 3])

@@ -19,7 +19,7 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
     and any call ``flush_every_s`` after the last one do it; the event writer's own thread flushes
     on the same period (``flush_secs``) however few steps log, and ``finalize`` (the end of a run,
     or a stop on an error or a SIGTERM) writes everything. A run killed outright loses at most the
-    last ``flush_every_s`` seconds of scalars.
+    last ``flush_every_s`` seconds of scalars (with ``flush_secs`` left at its default).
 
     Args:
         flush_every_s: Seconds between writes to disk (TensorBoard's own reload period is 30 s).
@@ -39,8 +39,8 @@ class TensorBoardLogger(_LightningTensorBoardLogger):
         now = monotonic()
         if self._saved_at is not None and now - self._saved_at < self.flush_every_s:
             return
-        self._saved_at = now
         super().save()
+        self._saved_at = now
 
     def finalize(self, status: str) -> None:
         self._saved_at = None  # Lightning's finalize saves on success: that save is always done

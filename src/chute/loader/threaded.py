@@ -16,11 +16,12 @@ thread receives finished batches. It keeps the DataModule contract: ``len``,
 from __future__ import annotations
 
 import atexit
+import collections
 import itertools
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -71,9 +72,9 @@ class ThreadedLoader:
             on the copy's stream (ignored without ``device``).
         fetch: Reads one batch of indices (chute passes a :class:`~chute.loader.BatchFetch`, which
             names the samples of an error); default: ``__getitems__``, else item by item.
-        give_way: Share of the consumer's interval between batches that a thread which is ahead
-            waits after each hand-off before it starts its next batch (see :class:`Cadence`; at most
-            :attr:`Cadence.longest`); 0 starts at once.
+        give_way: Share of the consumer's interval between batches that a thread which is well
+            ahead of the consumer waits, after a hand-off woke it, before it reads its next batch
+            (see :class:`Cadence`; at most :attr:`Cadence.longest`); 0 never waits.
     """
 
     def __init__(
@@ -159,12 +160,14 @@ class ThreadedLoader:
         lock = threading.Lock()
         cadence = Cadence(self.give_way)
         handed = 0  # batches the consumer has taken: the position it asks for next
+        issued = 0  # positions taken by the threads: the next one goes out next
 
-        def next_is_ready() -> bool:
-            """Whether the batch the consumer asks for next is waiting for it."""
+        def lead() -> int:
+            """Batches the consumer takes before the next position to go out, or 0 if it waits for
+            its next batch now."""
             with lock:
                 waiting = slots.get(handed)
-                return waiting is not None and waiting.full()
+                return issued - handed if waiting is not None and waiting.full() else 0
 
         def slot(i: int) -> queue.Queue[Any]:
             with lock:
@@ -172,6 +175,7 @@ class ThreadedLoader:
 
         def take() -> tuple[int, Any]:
             """The next position and its batch (``_DONE`` past the end), one thread at a time, in order."""
+            nonlocal issued
             with lock:
                 try:
                     batch = next(batches)
@@ -180,26 +184,31 @@ class ThreadedLoader:
                 except BaseException as err:  # the sampler's own error: the consumer raises it
                     batch = _Failure(err)
                 i = next(positions)
+                issued = i + 1
                 taken[i] = batch
                 return i, batch
 
         def work() -> None:
             while not stop.is_set():
                 # Before taking a batch: positions go out in order, so no deadlock. A thread that has
-                # to wait here is ahead by the whole prefetch depth, and a hand-off woke it.
+                # to wait here was woken by a hand-off (the consumer took a batch, between steps).
                 woken = not ahead.acquire(blocking=False)
                 if woken:
                     ahead.acquire()
                 if stop.is_set():
                     return
-                if woken and next_is_ready() and (pause := cadence.pause()) > 0:
-                    stop.wait(pause)  # the consumer is between steps (see Cadence)
+                # Give way before drawing from the order (a stop meanwhile leaves it untouched).
+                if woken and (pause := cadence.pause(lead())) > 0 and stop.wait(pause):
+                    return  # stopped while giving way (see Cadence): the pass is over
                 i, batch = take()
                 if batch is _DONE or isinstance(batch, _Failure):
                     slot(i).put(batch)
                     return
                 try:
-                    slot(i).put(self._fetch(batch))
+                    started = perf_counter()
+                    data = self._fetch(batch)
+                    cadence.fetched(perf_counter() - started)
+                    slot(i).put(data)
                 except BaseException as err:  # surface in the consumer, with its traceback
                     slot(i).put(_Failure(err))
                     return
@@ -236,44 +245,56 @@ class ThreadedLoader:
 
 
 class Cadence:
-    """When a loader thread that is ahead of its consumer starts its next batch: a short while after
-    the consumer takes one, not at once.
+    """When a loader thread that is well ahead of its consumer reads its next batch: a short while
+    after the consumer takes one, not at once.
 
     A trainer takes a batch between two steps, and what follows the hand-off (the copy to the device,
-    the batch hook, Lightning's hooks and logging) is Python, as is the start of making a batch: a
-    thread that began at once would hold the GIL and a core in turns with that work, and stretch the
+    the batch hook, Lightning's hooks and logging) is Python, as is the start of reading a batch: a
+    thread that began at once would take the GIL and a core in turns with that work, and stretch the
     wait between steps. The default experiment (8 ms steps, one loader thread, 2 cores) waited 7.2%
     of its step time with threads starting at once and 5.4-5.6% with a pause of 0.3-1 ms, at the same
-    samples/s (docs/benchmarks.md). A thread pauses only when it had to wait for the consumer (the
-    whole prefetch depth was ahead) and the batch the consumer asks for next is ready, so a consumer
-    that waits for the loader never waits longer: the pausing thread's batch is needed a whole step
-    later at the earliest.
+    samples/s (docs/benchmarks.md).
+
+    A thread gives way only when a hand-off woke it (it had been waiting for the consumer), the batch
+    the consumer asks for next is ready, and at the consumer's pace (the shortest of its last
+    :attr:`window` intervals between takes) the batches before the thread's own last longer than the
+    thread takes to read one (its recent reading time) plus the pause. So a consumer that waits for
+    the loader waits longer only if it takes batches faster than it did in any of those intervals,
+    and then by one pause at most.
 
     Args:
-        share: The pause as a share of the consumer's interval between takes (a moving average);
-            0 never pauses.
+        share: The pause as a share of the consumer's pace; 0 never pauses.
     """
 
     longest = 0.002  # seconds: no pause is longer, however slow the steps
 
     def __init__(self, share: float = 0.1) -> None:
         self.share = share
-        self._last: float | None = None
-        self._interval: float | None = None
+        self._last: float | None = None  # when the consumer last took a batch
+        self._intervals: collections.deque[float] = collections.deque(maxlen=self.window)
+        self._reading = 0.0  # a thread's recent time to read one batch (moving average)
+
+    window = 8  # intervals between takes the consumer's pace is the shortest of
 
     def taken(self) -> None:
         """The consumer took a batch (called in the consumer's thread)."""
-        now = time.perf_counter()
+        now = perf_counter()
         if self._last is not None:
-            interval = now - self._last
-            self._interval = interval if self._interval is None else 0.8 * self._interval + 0.2 * interval
+            self._intervals.append(now - self._last)
         self._last = now
 
-    def pause(self) -> float:
-        """Seconds for a thread that is ahead to wait now (0 until two batches have been taken)."""
-        if self._interval is None or self.share <= 0:
+    def fetched(self, seconds: float) -> None:
+        """A thread read one batch in ``seconds``."""
+        self._reading = seconds if self._reading == 0.0 else 0.8 * self._reading + 0.2 * seconds
+
+    def pause(self, lead: int) -> float:
+        """Seconds for a woken thread to wait before reading the batch ``lead`` takes after the
+        consumer's next one (``lead`` 0: the consumer is waiting now): 0 where it should not."""
+        if self.share <= 0 or lead < 1 or not self._intervals:
             return 0.0
-        return min(self.share * self._interval, self.longest)
+        pace = min(self._intervals)
+        pause = min(self.share * pace, self.longest)
+        return pause if lead * pace >= self._reading + pause else 0.0
 
 
 def _head(batch: Any, n: int = 8) -> str:
