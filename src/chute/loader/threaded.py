@@ -171,7 +171,10 @@ class ThreadedLoader:
 
         def slot(i: int) -> queue.Queue[Any]:
             with lock:
-                return slots.setdefault(i, queue.Queue(maxsize=1))
+                found = slots.get(i)
+                if found is None:  # made once per position (a Queue is four locks: not made to be dropped)
+                    found = slots[i] = queue.Queue(maxsize=1)
+                return found
 
         def take() -> tuple[int, Any]:
             """The next position and its batch (``_DONE`` past the end), one thread at a time, in order."""
