@@ -8,9 +8,10 @@ a CUDA machine copies each batch to the device itself: through pinned staging bu
 reused batch after batch, on a side CUDA stream, so the copy overlaps the training step and the
 consumer's stream only waits for it on the GPU; work given as ``after_copy`` (a DataModule's batch
 hook: normalization, random crops) runs there too, on the same side stream, so the training
-thread receives finished batches. It keeps the DataModule contract: ``len``,
-``sampler`` (Lightning calls its ``set_epoch``), the sampler's distributed split and its
-``state_dict``.
+thread receives finished batches. A thread well ahead of its consumer gives way for a moment
+after a hand-off (:class:`Cadence`), so its Python does not contend with the trainer's between
+steps. It keeps the DataModule contract: ``len``, ``sampler`` (Lightning calls its
+``set_epoch``), the sampler's distributed split and its ``state_dict``.
 """
 
 from __future__ import annotations
