@@ -222,9 +222,6 @@ class _CountedCadence(threaded.Cadence):
         type(self).asked += lead >= 1
         return 0.0
 
-    def until_due(self, lead: int) -> float:
-        return 0.0  # no sleeping until the take is due: every take wakes the thread
-
 
 def test_a_thread_ahead_of_its_consumer_gives_way_after_each_hand_off(monkeypatch) -> None:
     monkeypatch.setattr(threaded, "Cadence", type("Counted", (_CountedCadence,), {"asked": 0}))
@@ -258,40 +255,6 @@ def test_a_thread_ahead_of_its_consumer_gives_way_after_each_hand_off(monkeypatc
     assert waited_at[-8:] == list(range(3, 11))
     assert 7 <= threaded.Cadence.asked <= 9
     assert got == [list(b) for b in sampler]
-
-
-def test_a_thread_that_sleeps_until_the_take_is_due_is_not_woken_by_it(monkeypatch) -> None:
-    slept = []
-
-    class Once(threaded.Cadence):
-        def until_due(self, lead: int) -> float:
-            slept.append(lead)
-            return 0.5 if len(slept) == 1 else 0.0  # the first time the prefetch depth is full
-
-        def pause(self, lead: int) -> float:
-            return 0.0
-
-    monkeypatch.setattr(threaded, "Cadence", Once)
-    failed: list[int] = []  # positions whose start found the prefetch depth full (the one thread)
-    blocked: list[int] = []  # ... and waited to be woken by a take
-
-    class Watched(threading.Semaphore):
-        acquired = 0
-
-        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-            got = super().acquire(blocking, timeout)
-            (failed if not blocking and not got else blocked if blocking else []).append(self.acquired)
-            self.acquired += got
-            return got
-
-    monkeypatch.setattr(threaded, "threading", SimpleNamespace(**{**vars(threading), "Semaphore": Watched}))
-    sampler = BatchIndexSampler(100, 10)
-    got = [batch[0][:, 0].long().tolist() for batch in ThreadedLoader(dataset(), sampler, prefetch=2, threads=1)]
-    assert got == [list(b) for b in sampler]
-    assert slept  # the thread found the prefetch depth full and slept (0.5 s) the first time
-    # The consumer took batches during that sleep: the thread then took its position without
-    # waiting to be woken.
-    assert failed[0] not in blocked
 
 
 def test_a_thread_its_consumer_waits_for_never_gives_way(monkeypatch) -> None:
@@ -336,21 +299,8 @@ def test_the_pause_is_a_share_of_the_consumers_pace_bounded_and_only_where_there
     for _ in range(threaded.Cadence.window):  # 30 ms steps: the burst has left the window
         take_after(0.030)
     assert cadence.pause(1) == threaded.Cadence.longest  # a tenth of 30 ms, capped at 2 ms
-    # Asleep until the next take is due (the typical 30 ms after the last) and the pause after it:
-    now[0] += 0.010
-    assert cadence.until_due(1) == pytest.approx(0.030 + 0.002 - 0.010)
-    assert cadence.until_due(0) == 0.0
-    uneven = threaded.Cadence(0.1)  # ... but no later than leaves its reading time before its batch is due
-    uneven.taken()
-    for interval in (0.030,) * 5 + (0.010,) * 3:  # typically 30 ms, at times 10 ms: the pace is 10 ms
-        now[0] += interval
-        uneven.taken()
-    uneven.fetched(0.009)
-    assert uneven.pause(1) == pytest.approx(0.001)  # 10 ms >= 9 ms of reading + 1 ms
-    assert uneven.until_due(1) == pytest.approx(2 * 0.010 - 0.009)  # not 30 + 1 ms
     cadence.fetched(0.5)
     assert cadence.pause(1) == 0.0  # reading takes most of a step: no time to give
-    assert cadence.until_due(1) == 0.0
     assert threaded.Cadence(0.0).pause(3) == 0.0
     with pytest.raises(ValueError, match="give_way=1"):
         ThreadedLoader(dataset(), BatchIndexSampler(10, 5), give_way=1)

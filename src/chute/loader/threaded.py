@@ -170,13 +170,6 @@ class ThreadedLoader:
                 waiting = slots.get(handed)
                 return issued - handed if waiting is not None and waiting.full() else 0
 
-        def lead_after() -> int:
-            """What :func:`lead` will be once the consumer takes its next batch, if the one after it is
-            ready by then too; else 0."""
-            with lock:
-                after = slots.get(handed + 1)
-                return issued - handed - 1 if after is not None and after.full() else 0
-
         def slot(i: int) -> queue.Queue[Any]:
             with lock:
                 found = slots.get(i)
@@ -202,16 +195,10 @@ class ThreadedLoader:
         def work() -> None:
             while not stop.is_set():
                 # Before taking a batch: positions go out in order, so no deadlock. A thread that has
-                # to wait here first sleeps until the consumer's next take is due and a pause after it
-                # (see Cadence), so the take finds no thread to wake; if the consumer is late, the take
-                # wakes it, between steps.
+                # to wait here was woken by a hand-off (the consumer took a batch, between steps).
                 woken = not ahead.acquire(blocking=False)
                 if woken:
-                    if (sleep := cadence.until_due(lead_after())) > 0 and stop.wait(sleep):
-                        return
-                    woken = not ahead.acquire(blocking=False)
-                    if woken:
-                        ahead.acquire()
+                    ahead.acquire()
                 if stop.is_set():
                     return
                 # Give way before drawing from the order (a stop meanwhile leaves it untouched).
@@ -279,11 +266,6 @@ class Cadence:
     the loader waits longer only if it takes batches faster than it did in any of those intervals,
     and then by one pause at most.
 
-    A thread that finds the whole prefetch depth waiting sleeps until the consumer's next take is
-    due, plus the pause (:meth:`until_due`), rather than be woken by it: the take then has no thread
-    to wake (waking one cost the consumer 25-44 us in ``release`` beside an 8 ms step), and the
-    thread starts in the step. If the consumer is late, its take wakes the thread as before.
-
     Args:
         share: The pause as a share of the consumer's pace; 0 never pauses.
     """
@@ -308,18 +290,6 @@ class Cadence:
     def fetched(self, seconds: float) -> None:
         """A thread read one batch in ``seconds``."""
         self._reading = seconds if self._reading == 0.0 else 0.8 * self._reading + 0.2 * seconds
-
-    def until_due(self, lead: int) -> float:
-        """Seconds for a thread that found the prefetch depth full to sleep: until the consumer's next
-        take is due (its typical interval after the last one) and a pause after it, but no later
-        than leaves the thread its reading time before the consumer could ask for its batch, ``lead``
-        takes after that next one at the consumer's pace. 0 where :meth:`pause` would not pause."""
-        pause = self.pause(lead)
-        if pause <= 0 or self._last is None:
-            return 0.0
-        pace, typical = min(self._intervals), sorted(self._intervals)[len(self._intervals) // 2]
-        due = min(self._last + typical + pause, self._last + (lead + 1) * pace - self._reading)
-        return max(due - perf_counter(), 0.0)
 
     def pause(self, lead: int) -> float:
         """Seconds for a woken thread to wait before reading the batch ``lead`` takes after the
