@@ -271,14 +271,13 @@ class Cadence:
     """
 
     longest = 0.002  # seconds: no pause is longer, however slow the steps
+    window = 8  # intervals between takes the consumer's pace is the shortest of
 
     def __init__(self, share: float = 0.1) -> None:
         self.share = share
         self._last: float | None = None  # when the consumer last took a batch
         self._intervals: collections.deque[float] = collections.deque(maxlen=self.window)
         self._reading = 0.0  # a thread's recent time to read one batch (moving average)
-
-    window = 8  # intervals between takes the consumer's pace is the shortest of
 
     def taken(self) -> None:
         """The consumer took a batch (called in the consumer's thread)."""
