@@ -222,6 +222,9 @@ class _CountedCadence(threaded.Cadence):
         type(self).asked += lead >= 1
         return 0.0
 
+    def until_due(self, lead: int) -> float:
+        return 0.0  # no sleeping until the take is due: every take wakes the thread
+
 
 def test_a_thread_ahead_of_its_consumer_gives_way_after_each_hand_off(monkeypatch) -> None:
     monkeypatch.setattr(threaded, "Cadence", type("Counted", (_CountedCadence,), {"asked": 0}))
@@ -255,6 +258,100 @@ def test_a_thread_ahead_of_its_consumer_gives_way_after_each_hand_off(monkeypatc
     assert waited_at[-8:] == list(range(3, 11))
     assert 7 <= threaded.Cadence.asked <= 9
     assert got == [list(b) for b in sampler]
+
+
+def _watch_the_semaphore(monkeypatch) -> tuple[list[int], list[int]]:
+    """Positions whose start found the prefetch depth full (a non-blocking acquire failed), and those
+    whose thread then waited to be woken by a take (a blocking acquire), for a one-thread loader."""
+    failed: list[int] = []
+    blocked: list[int] = []
+
+    class Watched(threading.Semaphore):
+        acquired = 0
+
+        def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+            got = super().acquire(blocking, timeout)
+            (failed if not blocking and not got else blocked if blocking else []).append(self.acquired)
+            self.acquired += got
+            return got
+
+    monkeypatch.setattr(threaded, "threading", SimpleNamespace(**{**vars(threading), "Semaphore": Watched}))
+    return failed, blocked
+
+
+def test_a_thread_that_sleeps_until_the_take_is_due_is_not_woken_by_it(monkeypatch) -> None:
+    slept: list[int] = []
+    received: list[list[int]] = []
+    took = threading.Condition()
+
+    class Once(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            slept.append(lead)
+            if len(slept) > 1:
+                return 0.0
+            with took:  # the first time the prefetch depth is full: asleep until the consumer takes one
+                seen = len(received)
+                assert took.wait_for(lambda: len(received) > seen, timeout=10)
+            return 0.001
+
+        def pause(self, lead: int) -> float:
+            return 0.0
+
+    monkeypatch.setattr(threaded, "Cadence", Once)
+    failed, blocked = _watch_the_semaphore(monkeypatch)
+    sampler = BatchIndexSampler(100, 10)
+    for batch in ThreadedLoader(dataset(), sampler, prefetch=2, threads=1):
+        with took:
+            received.append(batch[0][:, 0].long().tolist())
+            took.notify_all()
+        time.sleep(0.005)  # a slow consumer: the thread fills the prefetch depth
+    assert received == [list(b) for b in sampler]
+    assert slept
+    # The consumer took a batch during that sleep: the thread then took its position without
+    # waiting to be woken.
+    assert failed[0] not in blocked
+
+
+def test_a_take_earlier_than_planned_wakes_the_sleeping_thread(monkeypatch) -> None:
+    class Long(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            self._planned = float("inf")  # whenever the consumer takes a batch, it is early
+            return 60.0
+
+    monkeypatch.setattr(threaded, "Cadence", Long)
+    failed, blocked = _watch_the_semaphore(monkeypatch)
+    sampler = BatchIndexSampler(100, 10)
+    loader = ThreadedLoader(dataset(), sampler, prefetch=2, threads=1, timeout=20)
+    got = []
+    for batch in loader:  # a slow consumer: the thread fills the prefetch depth and goes to sleep
+        time.sleep(0.02)
+        got.append(batch[0][:, 0].long().tolist())
+    # Asleep for a minute each time, it was woken by the early take every time (without that the
+    # pass would have timed out after 20 s waiting for batch 2), after the take's release: so it
+    # never waited on the semaphore.
+    assert got == [list(b) for b in sampler]
+    assert failed
+    assert not blocked
+
+
+def test_a_thread_asleep_until_the_take_is_due_ends_with_its_pass(monkeypatch) -> None:
+    asleep = threading.Event()
+
+    class Long(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            asleep.set()
+            return 60.0  # and nothing planned: no take wakes it
+
+    monkeypatch.setattr(threaded, "Cadence", Long)
+    before = set(threaded._RUNNING)
+    for _ in ThreadedLoader(dataset(), BatchIndexSampler(100, 10), prefetch=2, threads=1):
+        if asleep.wait(timeout=10):
+            break
+    assert asleep.is_set()
+    (entry,) = set(threaded._RUNNING) - before
+    for thread in entry[1]:
+        thread.join(timeout=10)  # not a minute: the pass's end woke it
+        assert not thread.is_alive()
 
 
 def test_a_thread_its_consumer_waits_for_never_gives_way(monkeypatch) -> None:
@@ -299,8 +396,33 @@ def test_the_pause_is_a_share_of_the_consumers_pace_bounded_and_only_where_there
     for _ in range(threaded.Cadence.window):  # 30 ms steps: the burst has left the window
         take_after(0.030)
     assert cadence.pause(1) == threaded.Cadence.longest  # a tenth of 30 ms, capped at 2 ms
+    # Asleep until the next take is due (the typical 30 ms after the last) and the pause after it:
+    now[0] += 0.010
+    assert cadence.until_due(1) == pytest.approx(0.030 + 0.002 - 0.010)
+    assert cadence.until_due(0) == 0.0  # the consumer is waiting: never
+    now[0] += 0.020
+    assert cadence.taken() is False  # on time: the sleeping thread is not woken
+    assert cadence.until_due(1) == pytest.approx(0.032)
+    now[0] += 0.029
+    assert cadence.taken() is False  # 1 ms early, within the 2 ms pause: not woken either
+    assert cadence.until_due(1) > 0
+    now[0] += 0.027
+    assert cadence.taken() is True  # 3 ms early, more than the pause: the loader wakes the thread
+    now[0] += 0.001
+    assert cadence.taken() is False  # a plan is for one take only
+    uneven = threaded.Cadence(0.1)  # ... but no later than leaves its reading time before its batch is due
+    uneven.taken()
+    for interval in (0.030,) * 5 + (0.010,) * 3:  # typically 30 ms, at times 10 ms: the pace is 10 ms
+        now[0] += interval
+        uneven.taken()
+    uneven.fetched(0.009)
+    assert uneven.pause(1) == pytest.approx(0.001)  # 10 ms >= 9 ms of reading + 1 ms
+    assert uneven.until_due(1) == pytest.approx(2 * 0.010 - 0.009)  # not 30 + 1 ms
+    now[0] += 0.011
+    assert uneven.until_due(1) == 0.0  # already past it: read now
     cadence.fetched(0.5)
     assert cadence.pause(1) == 0.0  # reading takes most of a step: no time to give
+    assert cadence.until_due(1) == 0.0
     assert threaded.Cadence(0.0).pause(3) == 0.0
     with pytest.raises(ValueError, match="give_way=1"):
         ThreadedLoader(dataset(), BatchIndexSampler(10, 5), give_way=1)
