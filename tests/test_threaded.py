@@ -315,7 +315,7 @@ def test_a_thread_that_sleeps_until_the_take_is_due_is_not_woken_by_it(monkeypat
 def test_a_take_earlier_than_planned_wakes_the_sleeping_thread(monkeypatch) -> None:
     class Long(threaded.Cadence):
         def until_due(self, lead: int) -> float:
-            self._planned = float("inf")  # whenever the consumer takes a batch, it is early
+            self._plan = (float("inf"), float("inf"), self.takes)  # whenever the consumer takes a batch, it is early
             return 60.0
 
     monkeypatch.setattr(threaded, "Cadence", Long)
@@ -352,6 +352,78 @@ def test_a_thread_asleep_until_the_take_is_due_ends_with_its_pass(monkeypatch) -
     for thread in entry[1]:
         thread.join(timeout=10)  # not a minute: the pass's end woke it
         assert not thread.is_alive()
+
+
+def test_threads_that_slept_to_the_same_take_do_not_fall_back_to_being_woken(monkeypatch) -> None:
+    took = threading.Condition()
+    finished = threading.Event()
+
+    class UntilTheTake(threaded.Cadence):
+        """Each sleep ends just after the consumer's next take (so both threads wake for it)."""
+
+        def until_due(self, lead: int) -> float:
+            seen = self.takes
+            with took:
+                took.wait_for(lambda: self.takes > seen or finished.is_set(), timeout=10)
+            return 0.0001
+
+        def pause(self, lead: int) -> float:
+            return 0.0
+
+    monkeypatch.setattr(threaded, "Cadence", UntilTheTake)
+    failed, blocked = _watch_the_semaphore(monkeypatch)
+    sampler = BatchIndexSampler(100, 5)
+    got = []
+    for batch in ThreadedLoader(dataset(), sampler, prefetch=1, threads=2):
+        with took:
+            got.append(batch[0][:, 0].long().tolist())
+            took.notify_all()
+        time.sleep(0.005)  # a slow consumer: both threads find the prefetch depth full
+    finished.set()
+    with took:
+        took.notify_all()
+    assert got == [list(b) for b in sampler]
+    assert failed
+    # One of the two takes the place each take frees; the other plans its next sleep instead of
+    # waiting on the semaphore for the take after (which would then have a thread to wake).
+    assert not blocked
+
+
+def test_a_pass_that_ends_while_a_thread_is_about_to_sleep_ends_the_thread(monkeypatch) -> None:
+    class Long(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            return 60.0  # and nothing planned: no take wakes it
+
+    clearing, closed = threading.Event(), threading.Event()
+
+    class Alarm(threading.Event):
+        def clear(self) -> None:  # the thread is between its failed acquire and its plan
+            if not clearing.is_set():
+                clearing.set()
+                assert closed.wait(10)  # the pass ends here: its wake-up comes before the clear
+            super().clear()
+
+    monkeypatch.setattr(threaded, "Cadence", Long)
+    monkeypatch.setattr(threaded, "threading", SimpleNamespace(**{**vars(threading), "Event": Alarm}))
+    reads: list[list[int]] = []
+
+    def fetch(batch: list[int]) -> list[int]:
+        reads.append(list(batch))
+        return list(batch)
+
+    before = set(threaded._RUNNING)
+    batches = iter(ThreadedLoader(dataset(), BatchIndexSampler(100, 10), prefetch=2, threads=1, fetch=fetch))
+    for _ in batches:
+        if clearing.wait(timeout=10):
+            break
+    batches.close()  # type: ignore[attr-defined]
+    read_then = len(reads)
+    closed.set()
+    (entry,) = set(threaded._RUNNING) - before
+    for thread in entry[1]:
+        thread.join(timeout=10)  # not a minute: it sees the stop after clearing its alarm
+        assert not thread.is_alive()
+    assert len(reads) == read_then  # and it read nothing after the pass ended
 
 
 def test_a_thread_its_consumer_waits_for_never_gives_way(monkeypatch) -> None:
@@ -405,11 +477,17 @@ def test_the_pause_is_a_share_of_the_consumers_pace_bounded_and_only_where_there
     assert cadence.until_due(1) == pytest.approx(0.032)
     now[0] += 0.029
     assert cadence.taken() is False  # 1 ms early, within the 2 ms pause: not woken either
-    assert cadence.until_due(1) > 0
+    assert cadence.until_due(1) == pytest.approx(0.032)
     now[0] += 0.027
     assert cadence.taken() is True  # 3 ms early, more than the pause: the loader wakes the thread
+    assert cadence.until_due(1) == pytest.approx(0.032)
+    now[0] += 0.029
+    assert cadence.taken() is False  # within the pause ...
     now[0] += 0.001
-    assert cadence.taken() is False  # a plan is for one take only
+    assert cadence.taken() is True  # ... but a second take before the sleep ends: a burst
+    now[0] += 0.001
+    assert cadence.taken() is False  # the alarm ended that sleep
+    assert cadence.until_due(1) == 0.0  # 1 ms takes: no time to read a batch before it is asked for
     uneven = threaded.Cadence(0.1)  # ... but no later than leaves its reading time before its batch is due
     uneven.taken()
     for interval in (0.030,) * 5 + (0.010,) * 3:  # typically 30 ms, at times 10 ms: the pace is 10 ms

@@ -8,10 +8,11 @@ a CUDA machine copies each batch to the device itself: through pinned staging bu
 reused batch after batch, on a side CUDA stream, so the copy overlaps the training step and the
 consumer's stream only waits for it on the GPU; work given as ``after_copy`` (a DataModule's batch
 hook: normalization, random crops) runs there too, on the same side stream, so the training
-thread receives finished batches. A thread well ahead of its consumer gives way for a moment
-after a hand-off (:class:`Cadence`), so its Python does not contend with the trainer's between
-steps. It keeps the DataModule contract: ``len``, ``sampler`` (Lightning calls its
-``set_epoch``), the sampler's distributed split and its ``state_dict``.
+thread receives finished batches. A thread well ahead of its consumer sleeps until the consumer's
+next take is due and gives way for a moment after it (:class:`Cadence`), so the take wakes no
+thread and the thread's Python does not contend with the trainer's between steps. It keeps the
+DataModule contract: ``len``, ``sampler`` (Lightning calls its ``set_epoch``), the sampler's
+distributed split and its ``state_dict``.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class ThreadedLoader:
         fetch: Reads one batch of indices (chute passes a :class:`~chute.loader.BatchFetch`, which
             names the samples of an error); default: ``__getitems__``, else item by item.
         give_way: Share of the consumer's interval between batches that a thread which is well
-            ahead of the consumer waits, after a hand-off woke it, before it reads its next batch
-            (see :class:`Cadence`; at most :attr:`Cadence.longest`); 0 never waits.
+            ahead of the consumer lets pass after a take before it reads its next batch (see
+            :class:`Cadence`; at most :attr:`Cadence.longest`); 0 never waits, nor sleeps until a
+            take is due.
     """
 
     def __init__(
@@ -201,24 +203,41 @@ class ThreadedLoader:
                 taken[i] = batch
                 return i, batch
 
+        def turn(alarm: threading.Event) -> bool | None:
+            """Take a place in the prefetch depth. True if the thread had to wait for the consumer (it
+            gives way then), False if there was one at once, None if the pass stopped meanwhile.
+
+            A thread that has to wait first sleeps until the consumer's next take is due and a pause
+            after it (see Cadence), so that take has no thread to wake. A take earlier than planned
+            sets its alarm; if another thread took the place the take freed, it plans for the next
+            one; if the consumer is late, its take wakes the thread, between steps.
+            """
+            if ahead.acquire(blocking=False):
+                return False
+            while True:
+                alarm.clear()  # before the plan: a take from now on that is early wakes the thread
+                if stop.is_set():  # the pass's end may have set the alarm just before the clear
+                    return None
+                takes = cadence.takes
+                if (sleep := cadence.until_due(lead_after())) <= 0:
+                    break
+                if ahead.acquire(blocking=False):  # a take came while it planned
+                    return True
+                early = alarm.wait(sleep)
+                if stop.is_set():
+                    return None
+                if ahead.acquire(blocking=False):
+                    return early  # asleep past the take, it has given way already, unless woken early
+                if early or cadence.takes == takes:  # woken, or the consumer is late: its take wakes it
+                    break
+                # Another thread took the place the take freed (they slept to the same moment).
+            ahead.acquire()
+            return True
+
         def work(alarm: threading.Event) -> None:
             while not stop.is_set():
-                # Before taking a batch: positions go out in order, so no deadlock. A thread that has
-                # to wait here first sleeps until the consumer's next take is due and a pause after it
-                # (see Cadence), so that take has no thread to wake; a take that comes early sets its
-                # alarm, and if the consumer is late, its take wakes the thread, between steps.
-                woken = waits = not ahead.acquire(blocking=False)
-                if waits:
-                    alarm.clear()  # before the plan: a take from now on that is early wakes the thread
-                    if (sleep := cadence.until_due(lead_after())) > 0:
-                        early = alarm.wait(sleep)
-                        if stop.is_set():
-                            return
-                        waits = not ahead.acquire(blocking=False)
-                        woken = early or waits  # asleep past the take: it has given way already
-                    if waits:
-                        ahead.acquire()
-                if stop.is_set():
+                # Before taking a batch: positions go out in order, so no deadlock.
+                if (woken := turn(alarm)) is None or stop.is_set():
                     return
                 # Give way before drawing from the order (a stop meanwhile leaves it untouched).
                 if woken and (pause := cadence.pause(lead())) > 0 and stop.wait(pause):
@@ -287,19 +306,20 @@ class Cadence:
     of its step time with threads starting at once and 5.4-5.6% with a pause of 0.3-1 ms, at the same
     samples/s (docs/benchmarks.md).
 
-    A thread gives way only when a hand-off woke it (it had been waiting for the consumer), the batch
-    the consumer asks for next is ready, and at the consumer's pace (the shortest of its last
-    :attr:`window` intervals between takes) the batches before the thread's own last longer than the
-    thread takes to read one (its recent reading time) plus the pause. So a consumer that waits for
-    the loader waits longer only if it takes batches faster than it did in any of those intervals,
-    and then by one pause at most.
+    A thread gives way only when it had to wait for the consumer, the batch the consumer asks for
+    next is ready, and at the consumer's pace (the shortest of its last :attr:`window` intervals
+    between takes) the batches before the thread's own last longer than the thread takes to read
+    one (its recent reading time) plus the pause. So a consumer that waits for the loader waits
+    longer only if it takes batches faster than it did in any of those intervals.
 
     Waking a thread is itself work in the hand-off: the consumer's ``release`` took 25-44 us beside
     an 8 ms step. So a thread that finds the whole prefetch depth waiting sleeps until the consumer's
     next take is due, plus the pause (:meth:`until_due`), and that take has no thread to wake; the
-    thread starts inside the step. A take earlier than planned by more than the pause (a burst of
-    short steps) sets the sleeping threads' alarms, and a late one wakes them as before. The default
-    experiment's wait went from 4.1-4.4% to 3.6-4.0% (docs/benchmarks.md).
+    thread starts inside the step. A take earlier than planned by more than the pause, or a second
+    take before the sleep ends (a burst of short steps), sets the sleeping threads' alarms (the
+    consumer then waits at most about a pause more than with ``share`` 0); a late take wakes them as
+    before. Threads that slept to the same take and found its place taken plan for the next one.
+    The default experiment's wait went from 4.1-4.4% to 3.6-4.0% (docs/benchmarks.md).
 
     Args:
         share: The pause as a share of the consumer's pace; 0 never pauses.
@@ -313,18 +333,26 @@ class Cadence:
         self._last: float | None = None  # when the consumer last took a batch
         self._intervals: collections.deque[float] = collections.deque(maxlen=self.window)
         self._reading = 0.0  # a thread's recent time to read one batch (moving average)
-        self._planned: float | None = None  # a take earlier than this wakes the sleeping threads
+        self.takes = 0  # batches the consumer has taken
+        # The last sleep planned: (a take before this is early, its end, takes when planned).
+        self._plan: tuple[float, float, int] | None = None
 
     def taken(self) -> bool:
-        """The consumer took a batch (called in the consumer's thread). True if it came early: before
-        the take a sleeping thread planned on (see :meth:`until_due`), by more than its pause; the
-        caller then wakes the sleeping threads."""
+        """The consumer took a batch (called in the consumer's thread). True if it came early, while a
+        thread sleeps (see :meth:`until_due`): before the take it planned on by more than its pause,
+        or a second take before its sleep ends (a burst); the caller then wakes the sleeping threads."""
         now = perf_counter()
         if self._last is not None:
             self._intervals.append(now - self._last)
         self._last = now
-        planned, self._planned = self._planned, None  # a plan is for the next take only
-        return planned is not None and now < planned
+        self.takes += 1
+        plan = self._plan
+        if plan is None:
+            return False
+        early = now < plan[0] or (self.takes > plan[2] + 1 and now < plan[1])
+        if early or now >= plan[1]:
+            self._plan = None  # the sleep ends now: by the alarm, or it has ended
+        return early
 
     def until_due(self, lead: int) -> float:
         """Seconds for a thread that found the prefetch depth full to sleep rather than be woken by
@@ -342,7 +370,7 @@ class Cadence:
         sleep = due - perf_counter()
         if sleep <= 0:
             return 0.0
-        self._planned = last + typical - pause
+        self._plan = (last + typical - pause, due, self.takes)
         return sleep
 
     def fetched(self, seconds: float) -> None:
