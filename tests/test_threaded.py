@@ -389,6 +389,67 @@ def test_threads_that_slept_to_the_same_take_do_not_fall_back_to_being_woken(mon
     assert not blocked
 
 
+def test_an_early_take_wakes_one_sleeping_thread_and_the_others_sleep_on(monkeypatch) -> None:
+    class Long(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            self._plan = (float("inf"), float("inf"), self.takes)  # every take is early
+            return 60.0
+
+    monkeypatch.setattr(threaded, "Cadence", Long)
+    failed, blocked = _watch_the_semaphore(monkeypatch)
+    sampler = BatchIndexSampler(100, 5)
+    got = []
+    for batch in ThreadedLoader(dataset(), sampler, prefetch=1, threads=2, timeout=20):
+        time.sleep(0.01)  # a slow consumer: both threads find the prefetch depth full and sleep
+        got.append(batch[0][:, 0].long().tolist())
+    assert got == [list(b) for b in sampler]
+    assert failed
+    # Each early take woke one thread, which found the place the take freed (or, if the other had
+    # taken it, planned again): no thread was woken for nothing and left waiting on the semaphore.
+    assert not blocked
+
+
+def test_no_batch_is_drawn_from_the_order_after_the_pass_ends(monkeypatch) -> None:
+    about_to_draw, closed = threading.Event(), threading.Event()
+
+    class Held(threaded.Cadence):
+        def until_due(self, lead: int) -> float:
+            return 0.0  # wait on the semaphore: the thread gives way after it, then draws
+
+        def pause(self, lead: int) -> float:
+            if not about_to_draw.is_set():  # past its last look at the stop, before the draw
+                about_to_draw.set()
+                assert closed.wait(10)
+            return 0.0
+
+    monkeypatch.setattr(threaded, "Cadence", Held)
+    drawn: list[list[int]] = []
+
+    class Counted:
+        def __len__(self) -> int:
+            return 10
+
+        def __iter__(self) -> Iterator[list[int]]:
+            for k in range(10):
+                drawn.append(list(range(10 * k, 10 * k + 10)))
+                yield drawn[-1]
+
+    before = set(threaded._RUNNING)
+    batches = iter(ThreadedLoader(dataset(), Counted(), prefetch=2, threads=1))
+    for _ in batches:
+        if about_to_draw.wait(timeout=0.5):
+            break
+    assert about_to_draw.is_set()
+    batches.close()  # type: ignore[attr-defined]
+    drawn_then = len(drawn)
+    closed.set()
+    (entry,) = set(threaded._RUNNING) - before
+    for thread in entry[1]:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+    assert len(drawn) == drawn_then  # a draw after the end would land in the next pass's record
+
+
 def test_a_pass_that_ends_while_a_thread_is_about_to_sleep_ends_the_thread(monkeypatch) -> None:
     class Long(threaded.Cadence):
         def until_due(self, lead: int) -> float:
@@ -486,7 +547,9 @@ def test_the_pause_is_a_share_of_the_consumers_pace_bounded_and_only_where_there
     now[0] += 0.001
     assert cadence.taken() is True  # ... but a second take before the sleep ends: a burst
     now[0] += 0.001
-    assert cadence.taken() is False  # the alarm ended that sleep
+    assert cadence.taken() is True  # each take of the burst wakes one more sleeping thread
+    now[0] += 0.002
+    assert cadence.taken() is False  # after the planned sleep's end: no thread sleeps on that plan
     assert cadence.until_due(1) == 0.0  # 1 ms takes: no time to read a batch before it is asked for
     uneven = threaded.Cadence(0.1)  # ... but no later than leaves its reading time before its batch is due
     uneven.taken()

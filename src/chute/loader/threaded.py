@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import itertools
 import queue
 import threading
@@ -162,9 +163,12 @@ class ThreadedLoader:
         stop = threading.Event()
         lock = threading.Lock()
         cadence = Cadence(self.give_way)
-        # One per thread: set by a take that comes earlier than a sleeping thread planned (Cadence).
+        # One per thread: set by a take that comes earlier than a sleeping thread planned (Cadence),
+        # one sleeper per take (the longest asleep first), or by the pass's end (all of them).
         alarms = tuple(threading.Event() for _ in range(self.threads))
+        asleep: collections.deque[threading.Event] = collections.deque()
         handed = 0  # batches the consumer has taken: the position it asks for next
+        blocked = 0  # threads waiting on ``ahead``: a take's freed place goes to one of them
         issued = 0  # positions taken by the threads: the next one goes out next
 
         def lead() -> int:
@@ -188,10 +192,14 @@ class ThreadedLoader:
                     found = slots[i] = queue.Queue(maxsize=1)
                 return found
 
-        def take() -> tuple[int, Any]:
-            """The next position and its batch (``_DONE`` past the end), one thread at a time, in order."""
+        def take() -> tuple[int, Any] | None:
+            """The next position and its batch (``_DONE`` past the end), one thread at a time, in order;
+            None once the pass has stopped (checked under the lock the pass's end sets it under, so no
+            draw from the order follows the end of the pass)."""
             nonlocal issued
             with lock:
+                if stop.is_set():
+                    return None
                 try:
                     batch = next(batches)
                 except StopIteration:
@@ -223,15 +231,23 @@ class ThreadedLoader:
                     break
                 if ahead.acquire(blocking=False):  # a take came while it planned
                     return True
+                asleep.append(alarm)
                 early = alarm.wait(sleep)
+                with contextlib.suppress(ValueError):  # not there if a take woke it
+                    asleep.remove(alarm)
                 if stop.is_set():
                     return None
                 if ahead.acquire(blocking=False):
                     return early  # asleep past the take, it has given way already, unless woken early
-                if early or cadence.takes == takes:  # woken, or the consumer is late: its take wakes it
+                if cadence.takes == takes:  # the consumer is late: its take wakes the thread
                     break
                 # Another thread took the place the take freed (they slept to the same moment).
+            nonlocal blocked
+            with lock:
+                blocked += 1
             ahead.acquire()
+            with lock:
+                blocked -= 1
             return True
 
         def work(alarm: threading.Event) -> None:
@@ -242,7 +258,9 @@ class ThreadedLoader:
                 # Give way before drawing from the order (a stop meanwhile leaves it untouched).
                 if woken and (pause := cadence.pause(lead())) > 0 and stop.wait(pause):
                     return  # stopped while giving way (see Cadence): the pass is over
-                i, batch = take()
+                if (drawn := take()) is None:
+                    return
+                i, batch = drawn
                 if batch is _DONE or isinstance(batch, _Failure):
                     slot(i).put(batch)
                     return
@@ -282,16 +300,17 @@ class ThreadedLoader:
                     handed = n + 1
                 early = cadence.taken()
                 ahead.release()
-                if early:
-                    for alarm in alarms:
-                        alarm.set()
+                if early and not blocked:  # else the place goes to a thread the release wakes
+                    with contextlib.suppress(IndexError):  # none asleep
+                        asleep.popleft().set()
                 if item is _DONE:
                     return
                 if isinstance(item, _Failure):
                     raise item.error
                 yield self._ready(item)
         finally:
-            stop.set()
+            with lock:
+                stop.set()
             wake()
 
 
@@ -349,10 +368,10 @@ class Cadence:
         plan = self._plan
         if plan is None:
             return False
-        early = now < plan[0] or (self.takes > plan[2] + 1 and now < plan[1])
-        if early or now >= plan[1]:
-            self._plan = None  # the sleep ends now: by the alarm, or it has ended
-        return early
+        if now >= plan[1]:
+            self._plan = None  # that sleep has ended
+            return False
+        return now < plan[0] or self.takes > plan[2] + 1
 
     def until_due(self, lead: int) -> float:
         """Seconds for a thread that found the prefetch depth full to sleep rather than be woken by
