@@ -335,7 +335,7 @@ class Cadence:
     an 8 ms step. So a thread that finds the whole prefetch depth waiting sleeps until the consumer's
     next take is due, plus the pause (:meth:`until_due`), and that take has no thread to wake; the
     thread starts inside the step. A take earlier than planned by more than the pause, or a second
-    take before the sleep ends (a burst of short steps), sets the sleeping threads' alarms (the
+    take before the sleep ends (a burst of short steps), wakes a sleeping thread, one per take (the
     consumer then waits at most about a pause more than with ``share`` 0); a late take wakes them as
     before. Threads that slept to the same take and found its place taken plan for the next one.
     The default experiment's wait went from 4.1-4.4% to 3.6-4.0% (docs/benchmarks.md).
@@ -359,7 +359,7 @@ class Cadence:
     def taken(self) -> bool:
         """The consumer took a batch (called in the consumer's thread). True if it came early, while a
         thread sleeps (see :meth:`until_due`): before the take it planned on by more than its pause,
-        or a second take before its sleep ends (a burst); the caller then wakes the sleeping threads."""
+        or any later take before its sleep ends (a burst); the caller then wakes a sleeping thread."""
         now = perf_counter()
         if self._last is not None:
             self._intervals.append(now - self._last)
@@ -379,7 +379,7 @@ class Cadence:
         last one) and a pause after it, but no later than leaves the thread its reading time before
         the consumer could ask for its batch, ``lead`` takes after that next one at the consumer's
         pace. 0 where :meth:`pause` would not pause. A take that comes earlier than planned, by more
-        than the pause, reports it (:meth:`taken`), and the loader wakes the sleeping threads."""
+        than the pause, reports it (:meth:`taken`), and the loader wakes a sleeping thread."""
         pause = self.pause(lead)
         if pause <= 0 or self._last is None:
             return 0.0
