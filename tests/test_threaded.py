@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -212,6 +213,14 @@ def test_a_pass_abandoned_at_the_end_of_a_script_exits_cleanly(tmp_path: Path) -
     assert "terminate called" not in run.stderr
 
 
+def _assert_the_new_pass_ends(before: set[tuple[Any, ...]]) -> None:
+    """The one pass started since ``before`` (a copy of ``threaded._RUNNING``): its threads end."""
+    (entry,) = set(threaded._RUNNING) - before
+    for thread in entry[1]:
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
 class _CountedCadence(threaded.Cadence):
     """A Cadence that counts the pauses the loader's threads ask for while the consumer's next batch
     is ready (``lead`` >= 1), and pauses for none."""
@@ -348,10 +357,7 @@ def test_a_thread_asleep_until_the_take_is_due_ends_with_its_pass(monkeypatch) -
         if asleep.wait(timeout=10):
             break
     assert asleep.is_set()
-    (entry,) = set(threaded._RUNNING) - before
-    for thread in entry[1]:
-        thread.join(timeout=10)  # not a minute: the pass's end woke it
-        assert not thread.is_alive()
+    _assert_the_new_pass_ends(before)  # not a minute: the pass's end woke it
 
 
 def test_threads_that_slept_to_the_same_take_do_not_fall_back_to_being_woken(monkeypatch) -> None:
@@ -443,10 +449,7 @@ def test_no_batch_is_drawn_from_the_order_after_the_pass_ends(monkeypatch) -> No
     batches.close()  # type: ignore[attr-defined]
     drawn_then = len(drawn)
     closed.set()
-    (entry,) = set(threaded._RUNNING) - before
-    for thread in entry[1]:
-        thread.join(timeout=10)
-        assert not thread.is_alive()
+    _assert_the_new_pass_ends(before)
     assert len(drawn) == drawn_then  # a draw after the end would land in the next pass's record
 
 
@@ -480,10 +483,7 @@ def test_a_pass_that_ends_while_a_thread_is_about_to_sleep_ends_the_thread(monke
     batches.close()  # type: ignore[attr-defined]
     read_then = len(reads)
     closed.set()
-    (entry,) = set(threaded._RUNNING) - before
-    for thread in entry[1]:
-        thread.join(timeout=10)  # not a minute: it sees the stop after clearing its alarm
-        assert not thread.is_alive()
+    _assert_the_new_pass_ends(before)  # not a minute: it sees the stop after clearing its alarm
     assert len(reads) == read_then  # and it read nothing after the pass ended
 
 
@@ -595,10 +595,7 @@ def test_a_thread_stopped_while_giving_way_reads_nothing_more(monkeypatch) -> No
             break
     assert pausing.is_set()
     read_then = len(reads)
-    (entry,) = set(threaded._RUNNING) - before
-    for thread in entry[1]:
-        thread.join(timeout=10)  # the 30 s pause ends when the pass stops
-        assert not thread.is_alive()
+    _assert_the_new_pass_ends(before)  # the 30 s pause ends when the pass stops
     assert len(reads) == read_then  # the batch it was giving way for was never read
     assert reads[: len(taken)] == taken
 

@@ -171,19 +171,13 @@ class ThreadedLoader:
         blocked = 0  # threads waiting on ``ahead``: a take's freed place goes to one of them
         issued = 0  # positions taken by the threads: the next one goes out next
 
-        def lead() -> int:
+        def lead(later: int = 0) -> int:
             """Batches the consumer takes before the next position to go out, or 0 if it waits for
-            its next batch now."""
+            its next batch now; ``later=1``: the same once it has taken its next batch, if the one
+            after that is ready by then too."""
             with lock:
-                waiting = slots.get(handed)
-                return issued - handed if waiting is not None and waiting.full() else 0
-
-        def lead_after() -> int:
-            """What :func:`lead` will be once the consumer takes its next batch, if the one after it is
-            ready by then too; else 0."""
-            with lock:
-                after = slots.get(handed + 1)
-                return issued - handed - 1 if after is not None and after.full() else 0
+                waiting = slots.get(handed + later)
+                return issued - handed - later if waiting is not None and waiting.full() else 0
 
         def slot(i: int) -> queue.Queue[Any]:
             with lock:
@@ -227,7 +221,7 @@ class ThreadedLoader:
                 if stop.is_set():  # the pass's end may have set the alarm just before the clear
                     return None
                 takes = cadence.takes
-                if (sleep := cadence.until_due(lead_after())) <= 0:
+                if (sleep := cadence.until_due(lead(later=1))) <= 0:
                     break
                 if ahead.acquire(blocking=False):  # a take came while it planned
                     return True
