@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chute import ConfigError, LoaderSettings
+from chute.bad_samples import LeftOut
 from chute.loader import build_loader, derive_seed
 
 
@@ -122,13 +123,21 @@ def test_derive_seed_is_order_sensitive_and_32_bit() -> None:
 
 
 class _Unreadable(Dataset):
-    """Ten samples whose value is their index; 2, 6 and 7 are left out (``None``, as ``drop_bad`` leaves them)."""
+    """Ten samples whose value is their index; 2, 6 and 7 are left out (``None``, as ``drop_bad`` leaves
+    them), and with ``marks`` marked in a ``left_out`` record as chute's datasets mark them."""
+
+    def __init__(self, marks: bool = False) -> None:
+        self.left_out = LeftOut(10) if marks else None
 
     def __len__(self) -> int:
         return 10
 
     def __getitem__(self, i: int) -> torch.Tensor | None:
-        return None if i in (2, 6, 7) else torch.tensor(i)
+        if i not in (2, 6, 7):
+            return torch.tensor(i)
+        if self.left_out is not None:
+            self.left_out.mark(i)
+        return None
 
 
 def _present(samples: list[torch.Tensor | None]) -> torch.Tensor | None:
@@ -153,3 +162,37 @@ def test_an_evaluation_loader_records_each_delivered_batchs_indices_and_none_it_
         assert batches == [[0, 1], [3], [4, 5], [8, 9]]
         assert loader.batch_sampler.seen_batch_indices == [[0, 1], [], [4, 5], [8, 9]]
     assert build_loader(_Unreadable(), s, train=True, seed=0, collate_fn=_present).batch_sampler is None
+
+
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_a_short_batch_is_recorded_with_the_indices_it_kept_where_the_dataset_marks_those_it_left_out(
+    workers: int, backend: str
+) -> None:
+    """The marks are made in the worker processes or threads that read the samples and read in the main
+    process; each pass counts only its own marks."""
+    s = LoaderSettings(batch_size=3, num_workers=workers, backend=backend)
+    loader = build_loader(_Unreadable(marks=True), s, train=False, seed=0, collate_fn=_present)
+    for _ in range(2):
+        assert [batch.tolist() for batch in loader] == [[0, 1], [3, 4, 5], [8], [9]]
+        assert loader.batch_sampler.seen_batch_indices == [[0, 1], [3, 4, 5], [8], [9]]
+
+
+def test_left_out_marks_count_only_in_their_own_pass_and_a_stale_one_gives_no_indices() -> None:
+    """A sample left out in one pass and read in the next is kept; a mark that does not add up to the
+    batch's rows (one made for this pass by a worker still finishing the last) records ``[]``, not
+    indices that do not line up with the batch."""
+    from chute.loader.delivered import DeliveredIndices
+
+    left = LeftOut(8)
+    record = DeliveredIndices([[0, 1, 2, 3], [4, 5, 6, 7]])
+    for marked, rows, expected in [((), 4, [0, 1, 2, 3]), ((1, 2), 2, [0, 3]), ((1,), 2, []), ((), 3, [])]:
+        record.begin()
+        left.begin()
+        for i in marked:
+            left.mark(i)
+        drawn = iter(record.drawing())
+        next(drawn)
+        record.delivered(torch.zeros(rows), rows, left)
+        assert record.seen_batch_indices == [expected]
+    left.begin()
+    assert left.kept(range(8)) == list(range(8))  # nothing marked in this pass

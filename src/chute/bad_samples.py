@@ -11,6 +11,10 @@ shared-memory tensors created in the main process (so forked and spawned workers
 memory), one row per process (row 0 for the main process and its loader threads, row ``1 + id`` for
 worker ``id``), so no two processes write the same row and the totals are exact sums. Each
 distributed rank counts its own samples.
+
+:class:`LeftOut` is the record an evaluation dataset keeps of the samples it left out of its batches
+(``on_error="skip"`` leaves a bad sample out rather than repeat another), so the loader can say which
+samples a short batch holds (:mod:`chute.loader.delivered`).
 """
 
 from __future__ import annotations
@@ -238,6 +242,54 @@ class BadSamples:
 
 
 _LIVE: weakref.WeakValueDictionary[str, BadSamples] = weakref.WeakValueDictionary()
+
+
+class LeftOut:
+    """Which samples a dataset left out of the batches of the loader's current pass.
+
+    The dataset calls :meth:`mark` where it leaves a sample out (in whichever worker process or loader
+    thread reads it); the loader calls :meth:`begin` in the main process before each pass, and
+    :meth:`kept` when it hands out a batch that holds fewer samples than its indices. A mark is one
+    ``int32`` per sample in shared memory made in the main process (so forked and spawned workers
+    write the same memory, as :class:`BadSamples`' counts), stamped with the pass it was made in: a
+    sample left out in an earlier pass and read in this one is not taken as left out, and nothing is
+    ever cleared. A worker finishing the previous pass's batches after :meth:`begin` stamps its marks
+    with the new pass; the loader's check (``len(kept) == rows``) then fails and it records nothing for
+    that batch rather than wrong indices.
+
+    Example:
+        >>> left = LeftOut(6)
+        >>> left.begin()
+        >>> left.mark(2)
+        >>> left.kept([0, 1, 2, 3])
+        [0, 1, 3]
+        >>> left.begin()  # the next pass: sample 2 read this time
+        >>> left.kept([0, 1, 2, 3])
+        [0, 1, 2, 3]
+    """
+
+    def __init__(self, n: int) -> None:
+        # Not inference tensors (see BadSamples): loader threads outside inference mode write them.
+        with torch.inference_mode(False):
+            self._marks = torch.zeros(max(int(n), 1), dtype=torch.int32).share_memory_()
+            self._pass = torch.ones(1, dtype=torch.int32).share_memory_()
+
+    def begin(self) -> None:
+        """A new pass (main process, before its batches are drawn): earlier marks no longer count."""
+        self._pass += 1
+
+    def mark(self, index: int) -> None:
+        """Sample ``index`` is left out of this pass's batch."""
+        self._marks[int(index)] = self._pass[0]
+
+    def kept(self, indices: Sequence[int]) -> list[int]:
+        """``indices`` without those left out in this pass, in their order."""
+        now = int(self._pass[0])
+        marks = self._marks[torch.as_tensor(list(indices), dtype=torch.int64)].tolist()
+        return [int(i) for i, mark in zip(indices, marks, strict=True) if mark != now]
+
+    def __repr__(self) -> str:
+        return f"LeftOut(samples={len(self._marks)}, pass={int(self._pass[0])})"
 
 
 def _reason(error: BaseException) -> str:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
 
 from chute import ConfigError, DataError
 from chute.datamodules import VideoDataModule
@@ -306,6 +308,59 @@ def test_bad_videos_raise_at_setup_or_are_skipped_and_counted(motion: Path, numb
     assert dm.bad_samples["train"]["skipped"] == len(expected)
     assert len(dm.dataset("train")) == 18
     assert sum(len(c) for c, _, _ in dm.train_dataloader()) == 18
+
+
+class _VideoOfEachClip(L.LightningModule):
+    """Predicts each clip's video number (the batch's third element): enough to tell which clip it is of."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Linear(1, 1)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return batch[2]
+
+
+class _Indices(BasePredictionWriter):
+    def __init__(self) -> None:
+        super().__init__(write_interval="batch")
+        self.batches: list[tuple[list[int], list[int]]] = []
+
+    def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any, *args: Any) -> None:
+        self.batches.append((list(batch_indices), prediction.tolist()))
+
+
+@pytest.mark.parametrize("loader", [{}, {"num_workers": 2}, {"num_workers": 2, "backend": "threads"}])
+def test_a_prediction_writer_gets_the_index_of_each_clip_when_a_video_that_breaks_is_left_out(
+    motion: Path, tmp_path: Path, loader: dict
+) -> None:
+    """A video that was readable when indexed and is not when read (``on_error="skip"``) leaves its clips
+    out of their batches; the writer's ``batch_indices`` are those of the clips predicted, in order (they
+    were ``[]`` for a batch that lost clips)."""
+    root = tmp_path / "root"
+    for video in motion.glob("*/*/*.*"):
+        target = root / video.relative_to(motion)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(video)
+    dm = _dm(root, clips_per_video=2, on_error="skip", max_bad_fraction=0.5, loader={"batch_size": 4, **loader})
+    dm.setup("predict")
+    index = dm.dataset("test").index
+    broken = [1, 2]  # clips 2-5: the second batch loses all but clips 6 and 7, the first its last two
+    for video in broken:
+        path = Path(index.path(video))
+        path.unlink()
+        path.write_text("not a video any more\n" * 20)
+    writer = _Indices()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path, callbacks=[writer],
+    )  # fmt: skip
+    trainer.predict(_VideoOfEachClip(), datamodule=dm, return_predictions=False)
+    assert sum(split["skipped"] for split in dm.bad_samples.values()) == 4  # the val split (no test split)
+    clips = [i for batch, _ in writer.batches for i in batch]
+    assert clips == [i for i in range(2 * len(index)) if i // 2 not in broken]
+    for batch, videos in writer.batches:
+        assert [i // 2 for i in batch] == videos
 
 
 # -- The TorchCodec decoder (needs FFmpeg's shared libraries on the system) ---------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import BadSamples, LeftOut, OnError
 from chute.datasets.folder_index import FolderIndex
 from chute.errors import ConfigError, DataError
 from chute.images import ImageMode, channels_of, check_image_size, decode_bytes, read_bytes, read_image
@@ -50,7 +50,8 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         drop_bad: With ``on_error="skip"``, leave a bad image out instead of replacing it
             (evaluation: every readable image counted exactly once, none twice). ``__getitem__`` then
             returns ``None`` for it, and ``__getitems__`` a batch without it; :class:`DropMissing`
-            wraps a collate function to do the same with samples.
+            wraps a collate function to do the same with samples. Each one left out is marked in
+            :attr:`left_out`, where the loader finds the indices of a batch's remaining samples.
         encoded: The GPU decode route (:mod:`chute.transforms.device_decode`): ``__getitems__``
             reads the files, checks their headers and draws each crop, and returns
             ``(EncodedImages, labels)`` for the batch hook to decode; files the device does not
@@ -81,6 +82,8 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         self.epoch = SharedEpoch() if seed is not None else None
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="image")
         self.drop_bad = drop_bad
+        #: The images left out of the current pass (``drop_bad`` with ``on_error="skip"``; else ``None``).
+        self.left_out = LeftOut(len(index)) if drop_bad and self.bad_samples.skipping else None
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations the next samples get (seen by persistent workers too).
@@ -185,6 +188,8 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
                 if step == 0:
                     bad.skip(self.index.path(j), err)  # raises past max_bad_fraction
         if self.drop_bad:
+            if self.left_out is not None:
+                self.left_out.mark(i)
             return None, -1  # type: ignore[return-value]
         raise DataError(
             f"None of the {n} images under '{self.index.root}' can be read (on_error=skip skipped them all); "

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chute.bad_samples import BadSamples, OnError
+from chute.bad_samples import BadSamples, LeftOut, OnError
 from chute.datasets.folder_index import FolderIndex
 from chute.datasets.video_decode import Decoder, decode_frames, probe_with_time_base
 from chute.errors import ConfigError, DataError
@@ -319,7 +319,7 @@ class VideoClipDataset(Dataset[Any]):
         train: Random clips (training) or fixed ones (evaluation).
         seed: Keys the random draws, with the epoch and the video.
         on_error: Policy for a video that cannot be decoded: raise naming it, or leave the clip out
-            (``None`` in its place) and count it.
+            (``None`` in its place) and count it; in evaluation also mark it in :attr:`left_out`.
         threads: FFmpeg decoding threads per clip (1: parallelism comes from the loader's workers).
         decoder: ``pyav`` or ``torchcodec`` (see :func:`decode_frames`).
     """
@@ -346,6 +346,8 @@ class VideoClipDataset(Dataset[Any]):
         self.threads = threads
         self.decoder: Decoder = decoder
         self.clips = 1 if train else spec.clips_per_video
+        #: The clips left out of the current pass (evaluation with ``on_error="skip"``; else ``None``).
+        self.left_out = LeftOut(len(self)) if not train and self.bad_samples.skipping else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch.set(epoch)
@@ -375,6 +377,8 @@ class VideoClipDataset(Dataset[Any]):
             if not self.bad_samples.skipping:
                 raise
             self.bad_samples.skip(path, err)
+            if self.left_out is not None:
+                self.left_out.mark(i)
             return None
         if self.transform is not None:
             pixels = self.transform(pixels, rng if self.train else None)

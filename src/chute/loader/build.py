@@ -50,6 +50,7 @@ from chute.loader.workers import (
 )
 
 if TYPE_CHECKING:
+    from chute.bad_samples import LeftOut
     from chute.loader.delivered import DeliveredIndices
 
 
@@ -130,6 +131,9 @@ class Passes:
     iterator over one pass's batches; ``epoch_of`` (optional) returns the trainer's current epoch.
     The one place that says which epoch a pass is: it tells the order and ``epoch_reader`` (a
     map-style dataset with ``set_epoch``, whose per-sample randomness is keyed by the epoch).
+    An evaluation loader records the indices of each batch it hands out (``delivered``); where the
+    dataset leaves bad samples out of its batches it offers a ``left_out`` record
+    (:class:`~chute.bad_samples.LeftOut`), which says which indices a short batch still holds.
 
     ``waited_s``: seconds the consumer has spent inside ``next()`` on this loader's passes, all passes
     together: reading the batch (no workers), or waiting for workers, threads or Ray to hand it over,
@@ -144,6 +148,7 @@ class Passes:
         self, epoch_of: Callable[[], int] | None, epoch_reader: Any = None, delivered: DeliveredIndices | None = None
     ) -> None:
         self._delivered = delivered  # records the indices of each batch handed out (evaluation loaders)
+        self._left_out: LeftOut | None = getattr(epoch_reader, "left_out", None)  # samples the dataset left out
         self.epoch_of = epoch_of
         self.epoch_reader = epoch_reader if callable(getattr(epoch_reader, "set_epoch", None)) else None
         self._epoch = 0  # the epoch of the current (or last) pass
@@ -200,8 +205,11 @@ class Passes:
         self._epoch = epoch
         self._handed = pending[1] if pending is not None and pending[0] == epoch else 0
         delivered = self._delivered
+        left_out = self._left_out if delivered is not None else None
         if delivered is not None:
             delivered.begin()  # before _batches(): workers start drawing from the order there
+            if left_out is not None:
+                left_out.begin()
         batches, clock = self._batches(), time.perf_counter
         while True:
             asked = clock()
@@ -212,7 +220,7 @@ class Passes:
             self._handed += 1
             rows = _rows(batch)
             if delivered is not None:
-                delivered.delivered(batch, rows)
+                delivered.delivered(batch, rows, left_out)
             if rows != 0:
                 yield batch
 

@@ -5,7 +5,9 @@ and only if it is Lightning's ``_IndexBatchSamplerWrapper``, whose ``seen_batch_
 takes to be the indices of the k-th batch. Its own wrapper records a batch when the DataLoader draws
 it from the sampler; chute's loaders draw whole batches ahead (worker prefetch, loader threads) and
 never hand over a batch whose samples were all left out, so :class:`DeliveredIndices` records a batch
-when the loader hands it out instead (:class:`~chute.loader.build.Passes`). The wrapper is private to
+when the loader hands it out instead (:class:`~chute.loader.build.Passes`). A batch that lost samples
+to ``on_error="skip"`` is recorded with the indices of those it kept, which the dataset's
+:class:`~chute.bad_samples.LeftOut` record says. The wrapper is private to
 Lightning: where it has moved, :func:`delivered_indices` gives ``None`` and loaders record nothing (a
 prediction writer then gets empty ``batch_indices``, as with any loader Lightning cannot follow).
 """
@@ -21,6 +23,8 @@ import torch
 
 if TYPE_CHECKING:
     from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper as _Recorded
+
+    from chute.bad_samples import LeftOut
 else:
     try:
         from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper as _Recorded
@@ -34,8 +38,10 @@ class DeliveredIndices(_Recorded):
     ``seen_batch_indices[k]`` is the list of dataset indices of the k-th batch of the current pass (on
     this rank: its share under DDP), in the order the loader handed the batches out. A batch that held
     fewer samples than its indices (a DataModule that leaves unreadable samples out of evaluation
-    batches, ``on_error="skip"``) gets ``[]``: which of them were left out is not known where the batch
-    is delivered, and an empty list is better than indices that do not line up with the predictions.
+    batches, ``on_error="skip"``) gets the indices of the samples it kept, where the dataset marks
+    those it left out (:class:`~chute.bad_samples.LeftOut`: the image folder and video datasets), and
+    ``[]`` where it does not or the marks do not add up to the batch's rows: an empty list is better
+    than indices that do not line up with the predictions.
 
     Iterating it (as Lightning's own wrapper is iterated) yields the order's batches; chute's loaders
     draw through :meth:`drawing` instead. ``DeliveredIndices(order, batch_size, drop_last)`` is also how
@@ -68,13 +74,18 @@ class DeliveredIndices(_Recorded):
         self.seen_batch_indices = []
         self._drawn.clear()
 
-    def delivered(self, batch: Any, rows: int | None) -> None:
+    def delivered(self, batch: Any, rows: int | None, left_out: LeftOut | None = None) -> None:
         """The next batch drawn left the loader with ``rows`` samples (``None``: not known); ``rows=0``:
-        it was not handed out (no samples), so Lightning never counts it."""
+        it was not handed out (no samples), so Lightning never counts it. ``left_out``: the dataset's
+        record of the samples it left out of this pass, asked when ``rows`` is short of the indices."""
         indices = self._drawn.popleft() if self._drawn else []
         if rows == 0:
             return
-        self.seen_batch_indices.append(indices if rows is None or rows == len(indices) else [])
+        if rows is not None and rows != len(indices):
+            indices = left_out.kept(indices) if left_out is not None else []
+            if len(indices) != rows:
+                indices = []
+        self.seen_batch_indices.append(indices)
 
 
 class _Drawing:
