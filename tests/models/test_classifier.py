@@ -254,3 +254,52 @@ def test_the_bars_loss_is_logged_at_most_twice_a_second_and_at_each_epochs_end(
     # (batches 0, 3, 6; then 2 and 5 of epoch 1, counting from 1.4 s), and at each epoch's last batch.
     assert logged == [0, 3, 6, 7, 2, 5, 7]
     assert trainer.progress_bar_metrics["loss"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))
+
+
+def test_train_acc_is_logged_once_an_epoch_and_is_the_epochs_accuracy(digits_root: Path, tmp_path: Path) -> None:
+    """Lightning computes a logged Metric at the epoch's end from its own state, so one ``self.log`` an
+    epoch (not one a step, 0.4 ms each) gives the accuracy over every training batch of the epoch."""
+    logged: list[int] = []
+    correct: list[list[float]] = []
+
+    class Counted(ImageClassifier):
+        def on_train_epoch_start(self) -> None:
+            super().on_train_epoch_start()
+            correct.append([0.0, 0.0])
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            update = self.train_acc.update
+
+            def counted(logits: torch.Tensor, labels: torch.Tensor) -> None:  # what each step's update sees
+                correct[-1][0] += float((logits.argmax(1) == labels).sum())
+                correct[-1][1] += len(labels)
+                update(logits, labels)
+
+            self.train_acc.update = counted
+
+        def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            if name == "train/acc":
+                logged.append(self.trainer.current_epoch)
+            super().log(name, value, *args, **kwargs)
+
+    class Epochs(L.Callback):
+        def __init__(self) -> None:
+            self.acc: list[float] = []
+
+        def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.acc.append(float(trainer.callback_metrics["train/acc"]))
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, loader=LoaderSettings(batch_size=16)
+    )
+    epochs = Epochs()
+    trainer = L.Trainer(
+        max_epochs=3, limit_train_batches=6, limit_val_batches=1, logger=False, enable_checkpointing=False,
+        enable_model_summary=False, enable_progress_bar=False, callbacks=[epochs], default_root_dir=tmp_path,
+        num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(Counted(num_classes=10, in_channels=1), datamodule=dm)
+    assert logged == [0, 1, 2]
+    assert epochs.acc == pytest.approx([hits / seen for hits, seen in correct], abs=1e-6)

@@ -66,6 +66,7 @@ class ImageClassifier(L.LightningModule):
         self.register_buffer("class_weights", weights, persistent=False)
         self._step_loss: torch.Tensor | None = None  # the last training step's loss, for the progress bar
         self._bar_at: float | None = None  # when the bar's loss was last logged (monotonic)
+        self._acc_logged = False  # train/acc logged in this epoch (once is enough: see training_step)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -98,9 +99,17 @@ class ImageClassifier(L.LightningModule):
         labels = targets.argmax(dim=1) if targets.is_floating_point() else targets
         self.train_acc.update(logits, labels)  # logged per epoch: no per-batch value to compute
         self.log("train/loss", loss, batch_size=len(images))
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
+        if not self._acc_logged:
+            # Lightning computes a logged Metric (and resets it) at the epoch's end from its own
+            # state: logging it once an epoch gives the same value as every step, without the
+            # 0.4 ms each self.log call costs between steps.
+            self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
+            self._acc_logged = True
         self._step_loss = loss.detach()  # for the bar (Lightning's outputs["loss"] is divided under accumulation)
         return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._acc_logged = False
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """The progress bar's ``loss``: the training loss read back to the host on Lightning's
