@@ -290,7 +290,7 @@ class Recorder(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         ids = self._record("val", batch)
         loss = nn.functional.cross_entropy(logits_of(ids), ids % 3)
-        self.eval_loss.log(self, "val", loss, len(ids), prog_bar=False)
+        self.eval_loss.log(self, "val", loss, len(ids), prog_bar=False, batch_idx=batch_idx)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._record("test", batch)

@@ -49,7 +49,7 @@ def test_a_model_trains_on_its_batches(wine_csv: str) -> None:
     dm.setup("fit")
     model = MultiTaskModel(task_weights={"alcohol": 0.5}, **dm.model_kwargs)
     model.log = lambda *args, **kwargs: None  # type: ignore[method-assign]  # no trainer attached
-    loss = model._step(next(iter(dm.train_dataloader())), "train")
+    loss = model._step(next(iter(dm.train_dataloader())), "train", 0)
     loss.backward()
     assert torch.isfinite(loss)
 

@@ -303,3 +303,73 @@ def test_train_acc_is_logged_once_an_epoch_and_is_the_epochs_accuracy(digits_roo
     trainer.fit(Counted(num_classes=10, in_channels=1), datamodule=dm)
     assert logged == [0, 1, 2]
     assert epochs.acc == pytest.approx([hits / seen for hits, seen in correct], abs=1e-6)
+
+
+def test_an_epoch_metric_is_logged_on_its_first_update_and_on_a_loops_first_batch() -> None:
+    """Once registered, Lightning computes a logged Metric at the epoch's end from its own state; a
+    metric a cut-short run left un-reset (more than one update at the loop's first batch) is logged too."""
+    from torchmetrics import MeanMetric
+
+    from chute.models.metrics import log_epoch_metric
+
+    calls: list[str] = []
+
+    class Module:
+        def log(self, name: str, value: Any, **kwargs: Any) -> None:
+            assert kwargs["on_step"] is False
+            assert kwargs["on_epoch"] is True
+            calls.append(name)
+
+    metric = MeanMetric()
+    for batch_idx in range(3):
+        metric.update(1.0)
+        log_epoch_metric(Module(), f"fresh{batch_idx}", metric, batch_idx, batch_size=1)  # type: ignore[arg-type]
+    metric.reset()
+    for batch_idx in (5, 6):  # a mid-epoch resume: the first update is not batch 0
+        metric.update(1.0)
+        log_epoch_metric(Module(), f"resumed{batch_idx}", metric, batch_idx, batch_size=1)  # type: ignore[arg-type]
+    for batch_idx in (0, 1):  # never reset (a run cut short), a new loop
+        metric.update(1.0)
+        log_epoch_metric(Module(), f"left{batch_idx}", metric, batch_idx, batch_size=1)  # type: ignore[arg-type]
+    assert calls == ["fresh0", "resumed5", "left0"]
+
+
+def test_evaluation_metrics_logged_once_a_run_are_the_whole_splits(digits_root: Path, tmp_path: Path) -> None:
+    """``val/acc``, ``val/bal_acc`` and ``val/loss`` logged once per validation run are those of every
+    validation batch: the same as the final model's, recomputed over the split."""
+    from torchmetrics.classification import MulticlassAccuracy
+
+    logged: list[str] = []
+
+    class Counted(ImageClassifier):
+        def log(self, name: str, value: Any, *args: Any, **kwargs: Any) -> None:
+            if name.startswith("val/"):
+                logged.append(name)
+            super().log(name, value, *args, **kwargs)
+
+    t = create_transforms(image_size=12, crop_pct=1.0, hflip=0.0)
+    dm = ImageFolderDataModule(
+        digits_root, image_mode="L", train_transform=t.train, val_transform=t.val, loader=LoaderSettings(batch_size=32)
+    )
+    trainer = L.Trainer(
+        max_epochs=2, limit_train_batches=5, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, default_root_dir=tmp_path, num_sanity_val_steps=2,
+    )  # fmt: skip
+    model = Counted(num_classes=10, in_channels=1)
+    trainer.fit(model, datamodule=dm)
+    names = ["val/loss", "val/acc", "val/bal_acc", "val/macro_f1"]
+    assert sorted(logged) == sorted(names * 3)  # the sanity check and two epochs, once each
+    model.eval()
+    acc, balanced = MulticlassAccuracy(10, average="micro"), MulticlassAccuracy(10, average="macro")
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for images, targets in dm.val_dataloader():
+            logits = model(dm.on_after_batch_transfer((images, targets), 0)[0])
+            acc.update(logits, targets)
+            balanced.update(logits, targets)
+            total += float(torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum"))
+            count += len(targets)
+    metrics = trainer.callback_metrics
+    assert float(metrics["val/acc"]) == pytest.approx(float(acc.compute()), abs=1e-6)
+    assert float(metrics["val/bal_acc"]) == pytest.approx(float(balanced.compute()), abs=1e-6)
+    assert float(metrics["val/loss"]) == pytest.approx(total / count, rel=1e-4)

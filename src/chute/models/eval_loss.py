@@ -7,6 +7,8 @@ import torch
 from torch import nn
 from torchmetrics import Metric
 
+from chute.models.metrics import log_epoch_metric
+
 
 class WeightedMean(Metric):
     """``sum(value * weight) / sum(weight)``, summed over ranks at the end: accumulated where the
@@ -49,12 +51,23 @@ class EvalLoss(nn.Module):
         super().__init__()
         self.means = nn.ModuleDict({stage: WeightedMean() for stage in ("val", "test")})
 
-    def log(self, module: L.LightningModule, stage: str, loss: torch.Tensor, size: int, prog_bar: bool) -> None:
-        """Log ``loss`` (a batch mean over ``size`` samples) as ``<stage>/loss``."""
+    def log(
+        self,
+        module: L.LightningModule,
+        stage: str,
+        loss: torch.Tensor,
+        size: int,
+        prog_bar: bool,
+        batch_idx: int | None = None,
+    ) -> None:
+        """Log ``loss`` (a batch mean over ``size`` samples) as ``<stage>/loss``. With the step's
+        ``batch_idx`` the mean is logged only on the steps that need it
+        (:func:`~chute.models.metrics.log_epoch_metric`); without, on every step."""
         if stage not in self.means:
             module.log(f"{stage}/loss", loss, prog_bar=prog_bar, batch_size=size)
             return
         mean = self.means[stage]
         assert isinstance(mean, WeightedMean)
         mean.update(loss, weight=size)
-        module.log(f"{stage}/loss", mean, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=size)
+        first = 0 if batch_idx is None else batch_idx  # batch 0: always logged
+        log_epoch_metric(module, f"{stage}/loss", mean, first, batch_size=size, prog_bar=prog_bar)

@@ -13,6 +13,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
+from chute.models.metrics import log_epoch_metric
 from chute.models.optim import adamw_per_step
 from chute.models.tabular import mlp
 
@@ -86,7 +87,7 @@ class MultiTaskModel(L.LightningModule):
             out[name] = y if spec["type"] == "classification" else y.squeeze(-1) * spec["std"] + spec["mean"]
         return out
 
-    def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> torch.Tensor:
         outputs = self(batch["inputs"])
         size = len(batch["inputs"])
         total = torch.zeros((), device=batch["inputs"].device)
@@ -105,19 +106,19 @@ class MultiTaskModel(L.LightningModule):
                 assert isinstance(metric, Metric)
                 metric_stage, task, what = key.split("__")
                 if metric_stage == stage and task == name:
-                    metric(output, target)
-                    self.log(f"{stage}/{name}/{what}", metric, on_step=False, on_epoch=True, batch_size=size)
-        self.eval_loss.log(self, stage, total, size, prog_bar=stage != "train")
+                    metric.update(output, target)  # logged per epoch: no per-batch value to compute
+                    log_epoch_metric(self, f"{stage}/{name}/{what}", metric, batch_idx, batch_size=size)
+        self.eval_loss.log(self, stage, total, size, prog_bar=stage != "train", batch_idx=batch_idx)
         return total
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, "test", batch_idx)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         outputs = self(batch["inputs"])

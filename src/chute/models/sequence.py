@@ -12,6 +12,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
+from chute.models.metrics import log_epoch_metric
 from chute.models.optim import adamw_per_step
 
 
@@ -122,25 +123,25 @@ class SequenceClassifier(L.LightningModule):
             _, state = self.gru(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
         return state[-1]
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         logits = self(batch).float()
         targets = batch["targets"]
         loss = F.cross_entropy(logits, targets, weight=self.class_weights)
         metric = self.accuracy[f"{stage}_acc"]
         assert isinstance(metric, MulticlassAccuracy)
-        metric(logits, targets)
-        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train")
-        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+        metric.update(logits, targets)  # logged per epoch: no per-batch value to compute
+        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train", batch_idx=batch_idx)
+        log_epoch_metric(self, f"{stage}/acc", metric, batch_idx, batch_size=len(targets), prog_bar=stage == "val")
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, "test", batch_idx)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self(batch).float().softmax(dim=1)

@@ -13,6 +13,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
+from chute.models.metrics import log_epoch_metric
 from chute.models.optim import adamw_per_step
 
 
@@ -82,7 +83,7 @@ class TabularModel(L.LightningModule):
         out = self.net(features)
         return out.squeeze(-1) if self.task == "regression" else out
 
-    def _step(self, batch: Sequence[torch.Tensor], stage: str) -> torch.Tensor:
+    def _step(self, batch: Sequence[torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
         features, targets = batch[0], batch[1]
         weights = batch[2] if len(batch) > 2 else None
         output = self(features).float()
@@ -91,23 +92,23 @@ class TabularModel(L.LightningModule):
         else:
             losses = F.mse_loss(output, targets.float(), reduction="none")
         loss = losses.mean() if weights is None else (losses * weights).sum() / weights.sum().clamp_min(1e-12)
-        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train")
+        self.eval_loss.log(self, stage, loss, len(targets), prog_bar=stage != "train", batch_idx=batch_idx)
         for name, metric in self.metrics.items():
             assert isinstance(metric, Metric)
             if name.startswith(f"{stage}_"):
-                metric(output, targets)
+                metric.update(output, targets)  # logged per epoch: no per-batch value to compute
                 key = f"{stage}/{name.split('_', 1)[1]}"
-                self.log(key, metric, on_step=False, on_epoch=True, prog_bar=stage == "val", batch_size=len(targets))
+                log_epoch_metric(self, key, metric, batch_idx, batch_size=len(targets), prog_bar=stage == "val")
         return loss
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train", batch_idx)
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "val")
+        self._step(batch, "val", batch_idx)
 
     def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> None:
-        self._step(batch, "test")
+        self._step(batch, "test", batch_idx)
 
     def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         features = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from chute.models.classifier import ImageClassifier
+from chute.models.metrics import log_epoch_metric
 
 
 class R2Plus1D(nn.Module):
@@ -132,11 +133,11 @@ class ClipClassifier(ImageClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return super().training_step((batch[0], batch[1]), batch_idx)
 
-    def _eval_step(self, batch: Any, stage: str, metric: Any) -> torch.Tensor | None:
-        logits = super()._eval_step((batch[0], batch[1]), stage, metric)
+    def _eval_step(self, batch: Any, stage: str, metric: Any, batch_idx: int) -> torch.Tensor | None:
+        logits = super()._eval_step((batch[0], batch[1]), stage, metric, batch_idx)
         if logits is not None and len(batch) > 2:
             video_acc = self.video_acc[stage]
             assert isinstance(video_acc, VideoAccuracy)
             video_acc.update(logits.float().softmax(dim=1), batch[1], batch[2])
-            self.log(f"{stage}/video_acc", video_acc, on_step=False, on_epoch=True, batch_size=len(batch[1]))
+            log_epoch_metric(self, f"{stage}/video_acc", video_acc, batch_idx, batch_size=len(batch[1]))
         return logits
