@@ -177,6 +177,37 @@ def test_a_short_batch_is_recorded_with_the_indices_it_kept_where_the_dataset_ma
         assert loader.batch_sampler.seen_batch_indices == [[0, 1], [3, 4, 5], [8], [9]]
 
 
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_a_caches_missing_samples_are_left_out_of_every_pass_and_its_short_batches_keep_their_indices(
+    workers: int, backend: str
+) -> None:
+    """A cache records which samples its source could not read when it was built; its gathered evaluation
+    batches leave them out, and the record names the rest (it gave ``[]``)."""
+    from chute.datasets.cache import CachedDataset
+
+    cached = CachedDataset([None if i in (2, 6, 7) else (torch.full((2,), i), i) for i in range(10)], progress=False)
+    s = LoaderSettings(batch_size=3, num_workers=workers, backend=backend)
+    loader = build_loader(cached, s, train=False, seed=0, collate_fn=lambda batch: batch)
+    for _ in range(2):
+        assert [labels.tolist() for _, labels in loader] == [[0, 1], [3, 4, 5], [8], [9]]
+        assert loader.batch_sampler.seen_batch_indices == [[0, 1], [3, 4, 5], [8], [9]]
+
+
+def test_a_batch_counts_the_rows_of_its_inputs_whatever_holds_them() -> None:
+    """Tensors, NumPy arrays and the GPU decode route's encoded images (``batch_rows``) have rows; a batch
+    of names does not say (``None``: its indices are recorded as drawn)."""
+    from chute.loader.build import _rows
+
+    class Encoded:
+        batch_rows = 5
+
+    assert _rows((torch.zeros(3, 2), torch.zeros(3))) == 3
+    assert _rows({"inputs": np.zeros((4, 2)), "targets": np.zeros(4)}) == 4
+    assert _rows((Encoded(), torch.zeros(5))) == 5
+    assert _rows((["a", "b"], torch.zeros(2))) is None
+    assert _rows(None) == 0
+
+
 def test_left_out_marks_count_only_in_their_own_pass_and_a_stale_one_gives_no_indices() -> None:
     """A sample left out in one pass and read in the next is kept; a mark that does not add up to the
     batch's rows (one made for this pass by a worker still finishing the last) records ``[]``, not

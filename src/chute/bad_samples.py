@@ -244,6 +244,9 @@ class BadSamples:
 _LIVE: weakref.WeakValueDictionary[str, BadSamples] = weakref.WeakValueDictionary()
 
 
+_ALWAYS = -1  # a LeftOut mark that holds in every pass (passes count up from 1)
+
+
 class LeftOut:
     """Which samples a dataset left out of the batches of the loader's current pass.
 
@@ -255,7 +258,8 @@ class LeftOut:
     sample left out in an earlier pass and read in this one is not taken as left out, and nothing is
     ever cleared. A worker finishing the previous pass's batches after :meth:`begin` stamps its marks
     with the new pass; the loader's check (``len(kept) == rows``) then fails and it records nothing for
-    that batch rather than wrong indices.
+    that batch rather than wrong indices. :meth:`always` marks samples left out of every pass (those
+    a cache could not read when it was built).
 
     Example:
         >>> left = LeftOut(6)
@@ -282,11 +286,15 @@ class LeftOut:
         """Sample ``index`` is left out of this pass's batch."""
         self._marks[int(index)] = self._pass[0]
 
+    def always(self, indices: Sequence[int]) -> None:
+        """Samples ``indices`` are left out of every pass."""
+        self._marks[torch.as_tensor(list(indices), dtype=torch.int64)] = _ALWAYS
+
     def kept(self, indices: Sequence[int]) -> list[int]:
         """``indices`` without those left out in this pass, in their order."""
         now = int(self._pass[0])
         marks = self._marks[torch.as_tensor(list(indices), dtype=torch.int64)].tolist()
-        return [int(i) for i, mark in zip(indices, marks, strict=True) if mark != now]
+        return [int(i) for i, mark in zip(indices, marks, strict=True) if mark not in (now, _ALWAYS)]
 
     def __repr__(self) -> str:
         return f"LeftOut(samples={len(self._marks)}, pass={int(self._pass[0])})"

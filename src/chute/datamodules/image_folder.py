@@ -406,7 +406,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
             assert self.cache_size is not None
             stage: Transform | None = SquareResize(self.cache_size) if train else transform
             source = ImageFolderDataset(
-                index, stage, self.image_mode, on_error=self._bad_samples(split), drop_bad=not train
+                index, stage, self.image_mode, on_error=self._bad_samples(split), drop_bad=not train, marks=False
             )
             key = fingerprint((index.path(i) for i in range(len(index))), (self.image_mode, repr(stage)))
             self._cached[split] = CachedDataset(

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from chute.bad_samples import LeftOut
 from chute.datasets.cache_store import (
     as_read,
     build_disk,
@@ -123,8 +124,11 @@ class CachedDataset(Dataset[Any]):
         #: Indices the source left out (returned ``None`` for); never delivered.
         self.missing = np.asarray(sorted(missing), dtype=np.int64)
         self._present = None if not len(self.missing) else np.ones(n, dtype=bool)
-        if self._present is not None:
+        #: The same, where an evaluation loader asks which samples a short batch kept.
+        self.left_out = None if not len(self.missing) else LeftOut(n)
+        if self._present is not None and self.left_out is not None:
             self._present[self.missing] = False
+            self.left_out.always(self.missing.tolist())
 
     def __len__(self) -> int:
         return len(self.arrays[0])

@@ -57,6 +57,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
             ``(EncodedImages, labels)`` for the batch hook to decode; files the device does not
             decode are decoded here as on the CPU route. Needs a ``CropDecode`` transform.
         split: The split's name, carried by encoded batches (the hook applies its bad-file policy).
+        marks: Keep :attr:`left_out` (``False`` for a cache's source: the cache records what it left out).
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         drop_bad: bool = False,
         encoded: bool = False,
         split: str = "train",
+        marks: bool = True,
     ) -> None:
         if encoded and not isinstance(transform, CropDecode):
             raise ConfigError("decode", "gpu", "needs the crop-aware transforms (create_transforms(fast_decode=True))")
@@ -83,7 +85,7 @@ class ImageFolderDataset(Dataset[tuple[Any, int] | None]):
         self.bad_samples = on_error if isinstance(on_error, BadSamples) else BadSamples(on_error, what="image")
         self.drop_bad = drop_bad
         #: The images left out of the current pass (``drop_bad`` with ``on_error="skip"``; else ``None``).
-        self.left_out = LeftOut(len(index)) if drop_bad and self.bad_samples.skipping else None
+        self.left_out = LeftOut(len(index)) if drop_bad and self.bad_samples.skipping and marks else None
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch whose augmentations the next samples get (seen by persistent workers too).

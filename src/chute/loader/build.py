@@ -30,6 +30,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, default_collate
 
@@ -229,14 +230,18 @@ _END = object()  # past a pass's last batch
 
 
 def _rows(batch: Any) -> int | None:
-    """How many samples a batch holds: 0 for ``None``, else the rows of its inputs (its first tensor, or
-    the ``"inputs"`` entry of a dict); ``None`` where that is not a tensor with rows."""
+    """How many samples a batch holds: 0 for ``None``, else the rows of its inputs (its first tensor or
+    array, or the ``"inputs"`` entry of a dict; the GPU decode route's ``EncodedImages`` by its length);
+    ``None`` where that has no rows."""
     if batch is None:
         return 0
     first = batch
     while isinstance(first, (tuple, list, dict)) and first:
         first = first.get("inputs", next(iter(first.values()))) if isinstance(first, dict) else first[0]
-    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim > 0 else None
+    if isinstance(first, (torch.Tensor, np.ndarray)):
+        return int(first.shape[0]) if first.ndim > 0 else None
+    rows = getattr(first, "batch_rows", None)
+    return int(rows) if isinstance(rows, int) else None
 
 
 class ChuteDataLoader(Passes, DataLoader[Any]):  # type: ignore[misc]

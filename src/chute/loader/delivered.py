@@ -41,7 +41,11 @@ class DeliveredIndices(_Recorded):
     batches, ``on_error="skip"``) gets the indices of the samples it kept, where the dataset marks
     those it left out (:class:`~chute.bad_samples.LeftOut`: the image folder and video datasets), and
     ``[]`` where it does not or the marks do not add up to the batch's rows: an empty list is better
-    than indices that do not line up with the predictions.
+    than indices that do not line up with the predictions. The rows are counted as the batch leaves
+    the loader: on the GPU decode route, a JPEG the device then fails to decode in a batch hook that
+    runs after the loader (``num_workers=0`` on a GPU, or ``hook_in_loader=False``) is left out after
+    its index was recorded (an image folder refuses ``on_error="skip"`` for predict, so its
+    predictions never meet this).
 
     Iterating it (as Lightning's own wrapper is iterated) yields the order's batches; chute's loaders
     draw through :meth:`drawing` instead. ``DeliveredIndices(order, batch_size, drop_last)`` is also how

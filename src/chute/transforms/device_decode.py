@@ -74,6 +74,11 @@ class EncodedImages:
         return len(self.paths)
 
     @property
+    def batch_rows(self) -> int:
+        """The images it holds: what the loader counts as the batch's rows when it hands it out."""
+        return len(self.paths)
+
+    @property
     def channels(self) -> int:
         return int(self.pixels.shape[-1])
 
