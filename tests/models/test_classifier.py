@@ -10,7 +10,15 @@ import torch
 
 from chute import LoaderSettings
 from chute.datamodules import ImageFolderDataModule
-from chute.models import BACKBONES, ImageClassifier, create_backbone
+from chute.models import (
+    BACKBONES,
+    ClipClassifier,
+    ImageClassifier,
+    MultiTaskModel,
+    SequenceClassifier,
+    TabularModel,
+    create_backbone,
+)
 from chute.transforms import create_transforms
 
 
@@ -373,3 +381,28 @@ def test_evaluation_metrics_logged_once_a_run_are_the_whole_splits(digits_root: 
     assert float(metrics["val/acc"]) == pytest.approx(float(acc.compute()), abs=1e-6)
     assert float(metrics["val/bal_acc"]) == pytest.approx(float(balanced.compute()), abs=1e-6)
     assert float(metrics["val/loss"]) == pytest.approx(total / count, rel=1e-4)
+
+
+_MODELS = {
+    "image": lambda: ImageClassifier(num_classes=3),
+    "clip": lambda: ClipClassifier(num_classes=3, widths=(4, 8)),
+    "tabular": lambda: TabularModel(num_features=3, num_classes=2),
+    "regression": lambda: TabularModel(num_features=3, task="regression"),
+    "sequence": lambda: SequenceClassifier(vocab_size=10, num_classes=3),
+    "multitask": lambda: MultiTaskModel(
+        4,
+        {"kind": {"type": "classification", "num_classes": 3}, "size": {"type": "regression", "mean": 1.0, "std": 2.0}},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_MODELS))
+def test_every_metric_of_a_model_is_reset_by_the_run_of_its_stage(kind: str) -> None:
+    """``EpochMetrics`` resets a stage's metrics when its run starts (a cut-short run's updates, and
+    states ``validate`` left as inference tensors): a metric no stage names would keep them."""
+    from torchmetrics import Metric
+
+    model = _MODELS[kind]()
+    metrics = {id(m) for m in model.modules() if isinstance(m, Metric)}
+    named = [id(m) for stage in ("train", "val", "test") for m in model.epoch_metrics(stage)]
+    assert sorted(named) == sorted(metrics)  # each metric in exactly one stage

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from chute.models import TabularModel
@@ -61,3 +62,66 @@ def test_epoch_metrics_logged_once_a_run_are_the_whole_splits(tmp_path) -> None:
         for batch in dm.val_dataloader():
             acc.update(model(batch[0]), batch[1])
     assert float(trainer.callback_metrics["val/acc"]) == float(acc.compute())
+
+
+def _cancer(tmp_path):  # type: ignore[no-untyped-def]
+    from chute.datamodules import TabularDataModule
+    from chute.datasets import SklearnTable
+
+    path = SklearnTable("breast_cancer")(tmp_path / "cancer.csv")
+    dm = TabularDataModule(str(path), target="diagnosis", loader={"batch_size": 32}, seed=0)
+    dm.setup("fit")
+    return dm
+
+
+def _trainer(tmp_path, **kwargs):  # type: ignore[no-untyped-def]
+    import lightning as L
+
+    quiet = dict.fromkeys(("logger", "enable_checkpointing", "enable_model_summary", "enable_progress_bar"), False)
+    return L.Trainer(accelerator="cpu", default_root_dir=tmp_path, num_sanity_val_steps=0, **{**quiet, **kwargs})
+
+
+def test_fit_after_validate_on_the_same_model(tmp_path) -> None:
+    """``validate`` resets the evaluation metrics inside inference mode; ``fit``'s validation (outside it)
+    could then not update them: "Inplace update to inference tensor outside InferenceMode"."""
+    dm = _cancer(tmp_path)
+    model = TabularModel(**dm.model_kwargs)
+    before = _trainer(tmp_path).validate(model, datamodule=dm, verbose=False)[0]
+    trainer = _trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=dm)
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+    assert set(before) == {"val/acc", "val/loss"}
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")  # the saving callback is not needed again
+def test_a_run_cut_short_then_resumed_onto_the_same_model_logs_what_a_fresh_one_does(tmp_path) -> None:
+    """The cut-short run's updates stay in the model's metrics; the resumed epoch's ``train/acc`` was not
+    logged at all (never at a first update again), and EarlyStopping on it failed."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+
+    class CutError(Exception):
+        pass
+
+    class CutAt(Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == 18:
+                raise CutError
+
+    dm = _cancer(tmp_path)
+    L.seed_everything(0)
+    model = TabularModel(**dm.model_kwargs)
+    saves = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
+    cut = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[saves, CutAt()])
+    with pytest.raises(CutError):
+        cut.fit(model, datamodule=dm)
+    checkpoint = str(tmp_path / "ckpt" / "step=17.ckpt")  # epoch 1, mid-way (15 batches an epoch)
+    resumed = {}
+    for name, target in [("same", model), ("fresh", TabularModel(**dm.model_kwargs))]:
+        stop = EarlyStopping(monitor="train/acc", mode="max", patience=5, check_on_train_epoch_end=True)
+        trainer = _trainer(tmp_path, max_epochs=2, callbacks=[stop])
+        L.seed_everything(1)  # the same dropout draws for both
+        trainer.fit(target, datamodule=dm, ckpt_path=checkpoint)
+        resumed[name] = {key: float(value) for key, value in trainer.callback_metrics.items()}
+    assert "train/acc" in resumed["same"]
+    assert resumed["same"] == resumed["fresh"]

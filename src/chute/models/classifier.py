@@ -14,11 +14,11 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.backbones import create_backbone
 from chute.models.eval_loss import EvalLoss
-from chute.models.metrics import MacroScore, log_epoch_metric
+from chute.models.metrics import EpochMetrics, MacroScore, log_epoch_metric
 from chute.models.optim import adamw_per_step
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(EpochMetrics, L.LightningModule):
     """Classify normalized float images; hyperparameters are plain values, so checkpoints reload safely.
 
     Args:
@@ -85,6 +85,12 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def epoch_metrics(self, stage: str) -> list[Metric]:
+        if stage == "train":
+            return [self.train_acc]
+        balanced = [self.eval_balanced[f"{stage}_{name}"] for name in ("bal_acc", "macro_f1")]
+        return [self.val_acc if stage == "val" else self.test_acc, *self.eval_loss.stage(stage), *balanced]  # type: ignore[list-item]
+
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # Float targets are class probabilities (MixUp/CutMix); integer targets are labels.
         return F.cross_entropy(
@@ -131,7 +137,7 @@ class ImageClassifier(L.LightningModule):
             self.log("loss", loss.float().cpu(), prog_bar=True, logger=False, batch_size=1)
 
     def _eval_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy, batch_idx: int
+        self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metric: MulticlassAccuracy, batch_idx: int = 0
     ) -> torch.Tensor | None:
         """Log the stage's loss and metrics for ``batch``; return its logits (``None`` for an empty batch)."""
         images, targets = batch

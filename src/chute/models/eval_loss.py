@@ -51,6 +51,10 @@ class EvalLoss(nn.Module):
         super().__init__()
         self.means = nn.ModuleDict({stage: WeightedMean() for stage in ("val", "test")})
 
+    def stage(self, stage: str) -> list[Metric]:
+        """``stage``'s mean as a list (empty for training, whose loss is logged per step)."""
+        return [self.means[stage]] if stage in self.means else []  # type: ignore[list-item]
+
     def log(
         self,
         module: L.LightningModule,

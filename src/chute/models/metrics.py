@@ -2,11 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import lightning as L
 import torch
 from torchmetrics import Metric
+
+
+class EpochMetrics:
+    """For chute's LightningModules: each fit, validation and test run starts its stage's epoch
+    metrics empty (:meth:`epoch_metrics` names them).
+
+    Lightning resets a logged metric at the end of each epoch; a run cut short (an exception, a
+    stop) leaves its updates in the metric. The next run on the same module would then count the
+    dead run's batches too, and a resumed epoch's metric, never at its first update again, would not
+    be logged (:func:`log_epoch_metric`). And ``trainer.validate``/``test`` reset the evaluation
+    metrics inside inference mode, which leaves their states inference tensors that ``fit``'s
+    validation (``no_grad``, outside inference mode) cannot update: ``fit`` after ``validate``
+    failed with "Inplace update to inference tensor outside InferenceMode". So each run's start
+    resets its stage's metrics, outside inference mode. A subclass that overrides these hooks calls
+    ``super()``.
+    """
+
+    def epoch_metrics(self, stage: str) -> Iterable[Metric]:
+        """The metrics logged per epoch for ``stage`` (``train``, ``val`` or ``test``)."""
+        raise NotImplementedError
+
+    def _reset_epoch_metrics(self, stage: str) -> None:
+        with torch.inference_mode(False):
+            for metric in self.epoch_metrics(stage):
+                metric.reset()
+
+    def on_train_start(self) -> None:
+        super().on_train_start()  # type: ignore[misc]
+        self._reset_epoch_metrics("train")
+
+    def on_validation_start(self) -> None:
+        super().on_validation_start()  # type: ignore[misc]
+        self._reset_epoch_metrics("val")
+
+    def on_test_start(self) -> None:
+        super().on_test_start()  # type: ignore[misc]
+        self._reset_epoch_metrics("test")
 
 
 def log_epoch_metric(
@@ -19,8 +57,9 @@ def log_epoch_metric(
     metric's own state (every update since its last reset) and then resets it: the ``log`` call only
     registers it. Each call costs 0.4-0.7 ms of Python between steps (Lightning moves the metric's
     whole state to the value's device every time), so it is made on the metric's first update since
-    its reset (an epoch's first batch, or the first after a mid-epoch resume) and on each loop's
-    first batch (a metric a run cut short left un-reset), not on every step. The value is the same.
+    its reset (an epoch's first batch, or the first after a mid-epoch resume: :class:`EpochMetrics`
+    resets a stage's metrics when its run starts) and on each loop's first batch, not on every step.
+    The value is the same.
     """
     if metric.update_count == 1 or batch_idx == 0:
         module.log(name, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size)

@@ -13,12 +13,12 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
-from chute.models.metrics import log_epoch_metric
+from chute.models.metrics import EpochMetrics, log_epoch_metric
 from chute.models.optim import adamw_per_step
 from chute.models.tabular import mlp
 
 
-class MultiTaskModel(L.LightningModule):
+class MultiTaskModel(EpochMetrics, L.LightningModule):
     """Heads for classification and regression tasks on one trunk; the loss is a weighted sum.
 
     Per-sample weights (a ``"weights"`` batch entry) scale every task's loss. Regression heads
@@ -87,7 +87,11 @@ class MultiTaskModel(L.LightningModule):
             out[name] = y if spec["type"] == "classification" else y.squeeze(-1) * spec["std"] + spec["mean"]
         return out
 
-    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int) -> torch.Tensor:
+    def epoch_metrics(self, stage: str) -> list[Metric]:
+        mine = [m for key, m in self.metrics.items() if key.split("__")[0] == stage]
+        return [*mine, *self.eval_loss.stage(stage)]  # type: ignore[list-item]
+
+    def _step(self, batch: dict[str, Any], stage: str, batch_idx: int = 0) -> torch.Tensor:
         outputs = self(batch["inputs"])
         size = len(batch["inputs"])
         total = torch.zeros((), device=batch["inputs"].device)

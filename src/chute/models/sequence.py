@@ -9,14 +9,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
-from chute.models.metrics import log_epoch_metric
+from chute.models.metrics import EpochMetrics, log_epoch_metric
 from chute.models.optim import adamw_per_step
 
 
-class SequenceClassifier(L.LightningModule):
+class SequenceClassifier(EpochMetrics, L.LightningModule):
     """Classify padded sequences from ``{"inputs", "lengths", "mask", "targets"}`` batches.
 
     With ``use_mask`` (default) the conv encoder averages embeddings and conv windows of real tokens
@@ -123,7 +124,10 @@ class SequenceClassifier(L.LightningModule):
             _, state = self.gru(pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False))
         return state[-1]
 
-    def _step(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
+    def epoch_metrics(self, stage: str) -> list[Metric]:
+        return [self.accuracy[f"{stage}_acc"], *self.eval_loss.stage(stage)]  # type: ignore[list-item]
+
+    def _step(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int = 0) -> torch.Tensor:
         logits = self(batch).float()
         targets = batch["targets"]
         loss = F.cross_entropy(logits, targets, weight=self.class_weights)

@@ -13,7 +13,7 @@ from torchmetrics import MeanAbsoluteError, MeanSquaredError, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from chute.models.eval_loss import EvalLoss
-from chute.models.metrics import log_epoch_metric
+from chute.models.metrics import EpochMetrics, log_epoch_metric
 from chute.models.optim import adamw_per_step
 
 
@@ -28,7 +28,7 @@ def mlp(in_features: int, hidden: Sequence[int], out_features: int, dropout: flo
     return nn.Sequential(*layers)
 
 
-class TabularModel(L.LightningModule):
+class TabularModel(EpochMetrics, L.LightningModule):
     """An MLP over standardized features; per-sample weights (a third batch element) scale the loss.
 
     Classification logs ``{stage}/acc``; regression logs ``{stage}/rmse`` and ``{stage}/mae``.
@@ -83,7 +83,11 @@ class TabularModel(L.LightningModule):
         out = self.net(features)
         return out.squeeze(-1) if self.task == "regression" else out
 
-    def _step(self, batch: Sequence[torch.Tensor], stage: str, batch_idx: int) -> torch.Tensor:
+    def epoch_metrics(self, stage: str) -> list[Metric]:
+        mine = [m for name, m in self.metrics.items() if name.startswith(f"{stage}_")]
+        return [*mine, *self.eval_loss.stage(stage)]  # type: ignore[list-item]
+
+    def _step(self, batch: Sequence[torch.Tensor], stage: str, batch_idx: int = 0) -> torch.Tensor:
         features, targets = batch[0], batch[1]
         weights = batch[2] if len(batch) > 2 else None
         output = self(features).float()

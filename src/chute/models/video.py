@@ -133,7 +133,11 @@ class ClipClassifier(ImageClassifier):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         return super().training_step((batch[0], batch[1]), batch_idx)
 
-    def _eval_step(self, batch: Any, stage: str, metric: Any, batch_idx: int) -> torch.Tensor | None:
+    def epoch_metrics(self, stage: str) -> list[Metric]:
+        extra = [self.video_acc[stage]] if stage in self.video_acc else []
+        return [*super().epoch_metrics(stage), *extra]  # type: ignore[list-item]
+
+    def _eval_step(self, batch: Any, stage: str, metric: Any, batch_idx: int = 0) -> torch.Tensor | None:
         logits = super()._eval_step((batch[0], batch[1]), stage, metric, batch_idx)
         if logits is not None and len(batch) > 2:
             video_acc = self.video_acc[stage]
