@@ -123,11 +123,13 @@ class CachedDataset(Dataset[Any]):
             self.names, self.arrays, self.template, missing, self.layouts = build_memory(source, n, progress)
         #: Indices the source left out (returned ``None`` for); never delivered.
         self.missing = np.asarray(sorted(missing), dtype=np.int64)
-        self._present = None if not len(self.missing) else np.ones(n, dtype=bool)
+        self._present: np.ndarray | None = None
         #: The same, where an evaluation loader asks which samples a short batch kept.
-        self.left_out = None if not len(self.missing) else LeftOut(n)
-        if self._present is not None and self.left_out is not None:
+        self.left_out: LeftOut | None = None
+        if len(self.missing):
+            self._present = np.ones(n, dtype=bool)
             self._present[self.missing] = False
+            self.left_out = LeftOut(n)
             self.left_out.always(self.missing.tolist())
 
     def __len__(self) -> int:

@@ -88,7 +88,7 @@ class ImageClassifier(EpochMetrics, L.LightningModule):
     def epoch_metrics(self, stage: str) -> list[Metric]:
         if stage == "train":
             return [self.train_acc]
-        balanced = [self.eval_balanced[f"{stage}_{name}"] for name in ("bal_acc", "macro_f1")]
+        balanced = [metric for key, metric in self.eval_balanced.items() if key.startswith(f"{stage}_")]
         return [self.val_acc if stage == "val" else self.test_acc, *self.eval_loss.stage(stage), *balanced]  # type: ignore[list-item]
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

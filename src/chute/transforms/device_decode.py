@@ -76,7 +76,7 @@ class EncodedImages:
     @property
     def batch_rows(self) -> int:
         """The images it holds: what the loader counts as the batch's rows when it hands it out."""
-        return len(self.paths)
+        return len(self)
 
     @property
     def channels(self) -> int:
