@@ -317,12 +317,29 @@ class Written(BasePredictionWriter):
         self.epoch = [list(batch) for batch in batch_indices[0]]  # the one predict loader's
 
 
-def digits(root: Path, **loader: Any) -> ImageFolderDataModule:
+def digits(root: Path, predict_root: Any = None, on_error: str = "raise", **loader: Any) -> ImageFolderDataModule:
     """The digits at 16 pixels, normalized to [0, 1] only (an image's mean is its pixels' mean / 255)."""
     transforms = {"image_size": 16, "crop_pct": 1.0}
     return ImageFolderDataModule(
-        root, seed=0, mean=[0.0] * 3, std=[1.0] * 3, transforms=transforms, loader={"batch_size": 32, **loader}
-    )
+        root, seed=0, mean=[0.0] * 3, std=[1.0] * 3, transforms=transforms, loader={"batch_size": 32, **loader},
+        predict_root=predict_root, on_error=on_error, max_bad_fraction=0.1,
+    )  # fmt: skip
+
+
+def with_bad_images(digits_root: Path, out: Path, count: int = 70) -> tuple[Path, list[str]]:
+    """A folder to predict on: ``count`` digit images with four unreadable files among them (an
+    empty file, text, a PNG cut short; two in one batch of 32, one in the second half); returns it
+    and the bad files' paths."""
+    images = sorted((digits_root / "val").glob("*/*.png"))[:count]
+    for k, image in enumerate(images):
+        (out / f"{k:03d}.png").parent.mkdir(parents=True, exist_ok=True)
+        (out / f"{k:03d}.png").write_bytes(image.read_bytes())
+    bad = [out / "010b.png", out / "031b.png", out / "033b.png", out / "050b.png"]
+    bad[0].write_bytes(b"")
+    bad[1].write_text("not an image\n")
+    bad[2].write_bytes(images[0].read_bytes()[:40])
+    bad[3].write_text("not an image either\n")
+    return out, [str(path) for path in bad]
 
 
 @pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
@@ -342,21 +359,70 @@ def test_a_prediction_writer_gets_the_dataset_index_of_every_prediction(
         assert means == pytest.approx([float(dataset[i][0].double().mean()) / 255 for i in batch])
 
 
-@pytest.mark.ddp
-@pytest.mark.parametrize(("workers", "backend"), [(2, "torch"), pytest.param(2, "threads", marks=pytest.mark.slow)])
-def test_under_ddp_each_ranks_writer_gets_the_indices_of_its_own_share(
+@pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])
+def test_predicting_a_folder_with_unreadable_images_skips_them_and_names_each_prediction(
     digits_root: Path, tmp_path: Path, workers: int, backend: str
 ) -> None:
-    """Each rank predicts its contiguous share of the split (chute's one split rule); its writer's indices
-    are that share's dataset indices, and the ranks' together are every image once."""
-    ranks = two_rank_records("ddp_predict.py", str(tmp_path), str(digits_root), backend, str(workers), out=tmp_path)
+    """``on_error="skip"`` while predicting (refused before 2026-12-07): the unreadable images are
+    counted and left out, every readable one is predicted once, and ``predicted_files`` lines up with
+    the predictions ``trainer.predict`` returns, as the writer's ``batch_indices`` do."""
+    folder, broken = with_bad_images(digits_root, tmp_path / "new")
+    dm = digits(digits_root, predict_root=folder, on_error="skip", num_workers=workers, backend=backend)
+    writer = Written()
+    returned = trainer(callbacks=[writer]).predict(ImageMeans(), datamodule=dm)
+    assert returned is not None
+    means = [float(m) for batch in returned for m in batch]
+    files = dm.predict_files
+    assert dm.predicted_files == [path for path in files if path not in broken]
+    dataset = dm.dataset("predict")
+    assert means == pytest.approx([float(dataset[files.index(p)][0].double().mean()) / 255 for p in dm.predicted_files])
+    assert [i for batch, _ in writer.batches for i in batch] == [files.index(p) for p in dm.predicted_files]
+    assert dm.bad_samples["predict"]["skipped"] == len(broken)
+    # a second predict with the same DataModule names its own predictions
+    again = trainer().predict(ImageMeans(), datamodule=dm)
+    assert again is not None
+    assert [float(m) for batch in again for m in batch] == means
+    assert dm.predicted_files == [path for path in files if path not in broken]
+
+
+def test_predicted_files_before_any_predict_says_so(digits_root: Path) -> None:
     dm = digits(digits_root)
+    dm.setup("predict")
+    with pytest.raises(RuntimeError, match=r"predicted_files: no trainer.predict\(model, datamodule=dm\) has run"):
+        _ = dm.predicted_files
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize(
+    ("workers", "backend", "bad"),
+    [(2, "torch", True), pytest.param(2, "torch", False, marks=pytest.mark.slow),
+     pytest.param(2, "threads", False, marks=pytest.mark.slow)],
+)  # fmt: skip
+def test_under_ddp_each_ranks_writer_gets_the_indices_of_its_own_share(
+    digits_root: Path, tmp_path: Path, workers: int, backend: str, bad: bool
+) -> None:
+    """Each rank predicts its contiguous share of the split (chute's one split rule); its writer's indices
+    are that share's dataset indices, and the ranks' together are every image once. ``predicted_files``
+    names, on each rank, the images of the predictions ``trainer.predict`` returned there. With
+    unreadable images among them (``on_error="skip"``, a folder of its own): every readable one once."""
+    folder, broken = with_bad_images(digits_root, tmp_path / "new") if bad else (None, [])
+    extra = [str(folder)] if folder is not None else []
+    ranks = two_rank_records(
+        "ddp_predict.py", str(tmp_path), str(digits_root), backend, str(workers), *extra, out=tmp_path
+    )
+    dm = digits(digits_root, predict_root=folder)
     dm.prepare_data()
     dm.setup("predict")
-    dataset, size = dm.dataset("test"), len(dm.predict_files)
+    dataset = dm.dataset("predict" if bad else "test")
+    files, size = dm.predict_files, len(dm.predict_files)
     for rank, record in enumerate(ranks):
         indices = [i for batch, _ in record["batches"] for i in batch]
-        assert indices == list(range(*rank_span(size, 2, rank)))
+        share = range(*rank_span(size, 2, rank))
+        assert indices == [i for i in share if files[i] not in broken]
         assert record["epoch"] == [batch for batch, _ in record["batches"]]
         for batch, means in record["batches"]:
             assert means == pytest.approx([float(dataset[i][0].double().mean()) / 255 for i in batch])
+        assert record["files"] == [files[i] for i in indices]
+        assert record["returned"] == [m for _, means in record["batches"] for m in means]
+    for rank in (0, 1):  # each rank leaves some out
+        assert not bad or any(files.index(path) in range(*rank_span(size, 2, rank)) for path in broken)

@@ -9,6 +9,7 @@ from torch.utils.data import Dataset
 
 from chute import ConfigError, LoaderSettings
 from chute.bad_samples import LeftOut
+from chute.errors import DataError
 from chute.loader import build_loader, derive_seed
 
 
@@ -161,6 +162,9 @@ def test_an_evaluation_loader_records_each_delivered_batchs_indices_and_none_it_
         batches = [batch.tolist() for batch in loader]
         assert batches == [[0, 1], [3], [4, 5], [8, 9]]
         assert loader.batch_sampler.seen_batch_indices == [[0, 1], [], [4, 5], [8, 9]]
+        assert loader.batch_sampler.unnamed == 1  # so the pass's indices cannot be told in order
+        with pytest.raises(DataError, match=r"^1 of the 4 batches delivered lost samples that their dataset did"):
+            loader.batch_sampler.delivered_indices()
     assert build_loader(_Unreadable(), s, train=True, seed=0, collate_fn=_present).batch_sampler is None
 
 
@@ -175,6 +179,7 @@ def test_a_short_batch_is_recorded_with_the_indices_it_kept_where_the_dataset_ma
     for _ in range(2):
         assert [batch.tolist() for batch in loader] == [[0, 1], [3, 4, 5], [8], [9]]
         assert loader.batch_sampler.seen_batch_indices == [[0, 1], [3, 4, 5], [8], [9]]
+        assert loader.batch_sampler.delivered_indices() == [0, 1, 3, 4, 5, 8, 9]
 
 
 @pytest.mark.parametrize(("workers", "backend"), [(0, "torch"), (2, "torch"), (2, "threads")])

@@ -472,20 +472,6 @@ def test_the_predict_folder_is_needed_only_to_predict(make_tree, tmp_path: Path)
     assert dm.predict_files == [str(tmp_path / "link" / "x.png")]
 
 
-def test_predicting_with_skip_is_refused(make_tree, tmp_path: Path) -> None:
-    """A bad image left out of its batch would shift every later prediction against predict_files."""
-    root = make_tree(counts={"cat": 2, "dog": 2})
-    write_image(tmp_path / "new" / "x.png")
-    dm = ImageFolderDataModule(root, predict_root=tmp_path / "new", on_error="skip")
-    dm.setup("predict")
-    with pytest.raises(ConfigError, match=r"on_error='skip': a bad image would be left out of its batch"):
-        dm.predict_dataloader()
-    dm = ImageFolderDataModule(root, on_error="skip")  # the test split's images too
-    dm.setup("predict")
-    with pytest.raises(ConfigError, match=r"on_error='skip': a bad image would be left out of its batch"):
-        dm.predict_dataloader()
-
-
 def test_a_datamodule_restored_from_its_hyperparameters_builds_the_same_pipelines(make_tree) -> None:
     """A checkpoint's DataModule (``load_from_checkpoint``, to predict) built the default 224 px
     pipelines whatever the run used: the transform settings were not among its hyperparameters (and

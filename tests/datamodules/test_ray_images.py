@@ -106,6 +106,13 @@ def test_a_bad_file_read_on_the_cluster_is_named_here(tmp_path: Path, ray_local:
     with pytest.raises(DataError, match=r"999\.png") as caught:
         list(dm.val_dataloader())
     assert type(caught.value) is DataError  # unwrapped from Ray's task error
+    # Predicting, a skipped file would shift the predictions: the Ray loaders record no batch indices
+    skipping = _images(RayImagesDataModule, bad.parents[2], loader={"batch_size": BATCH, "num_workers": 2},
+                       engine=engine, on_error="skip", max_bad_fraction=0.5)  # fmt: skip
+    skipping.setup("predict")
+    refused = r"^on_error='skip': the loader.backend=ray(_data)? loader records no indices"
+    with pytest.raises(ConfigError, match=refused):
+        skipping.predict_dataloader()
 
 
 @pytest.mark.slow

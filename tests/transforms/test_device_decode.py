@@ -167,6 +167,24 @@ def test_the_settings_are_checked_naming_decode(tmp_path: Path) -> None:
         ImageFolderDataModule(root, decode="gpu", transforms=create_transforms(fast_decode=False))
 
 
+def test_predicting_with_skip_takes_the_cpu_route(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A JPEG the device fails to decode would be left out after the loader recorded its batch, and
+    ``predicted_files`` would not line up: ``decode="gpu"`` with ``on_error="skip"`` is refused for
+    predict, and ``auto``, having picked the GPU, predicts on the CPU route (training keeps the GPU's)."""
+    root = _tree(tmp_path / "tree")
+    refused = r"^on_error='skip': with decode='gpu' an image the device cannot.*decode='cpu'"
+    with pytest.raises(ConfigError, match=refused):
+        _module(root, "gpu", on_error="skip").predict_dataloader()
+    monkeypatch.setattr("chute.datamodules.image_folder.choose_decode", lambda dm: "gpu")
+    dm = _module(root, "auto", on_error="skip")
+    assert dm.decode_route == "gpu"
+    assert isinstance(next(iter(dm.train_dataloader()))[0], EncodedImages)
+    images, _ = next(iter(dm.predict_dataloader()))
+    assert isinstance(images, torch.Tensor)
+    assert images.dtype == torch.uint8
+    assert isinstance(next(iter(_module(root, "auto").predict_dataloader()))[0], EncodedImages)  # raise: the GPU
+
+
 def test_auto_decodes_on_the_cpu_without_a_cuda_trainer(tmp_path: Path) -> None:
     dm = _module(_tree(tmp_path / "tree"), "auto")
     assert dm.decode_route == "cpu"

@@ -30,6 +30,7 @@ from chute.datasets.folder_index import FolderIndex, scan_unlabeled
 from chute.errors import ConfigError, DataError
 from chute.images import IMG_EXTENSIONS, ImageMode, channels_of, read_image
 from chute.loader import Loader, Stream, derive_seed
+from chute.loader.delivered import recorder_in
 from chute.loader.distributed import process_group_size
 from chute.transforms.checks import check_deterministic
 from chute.transforms.decode_choice import choose_decode
@@ -81,8 +82,9 @@ class ImageFolderDataModule(ClassFolderDataModule):
         test_dir: Name of the test split folder.
         predict_root: A folder of images without labels (any layout, searched recursively, the
             same extensions) that ``predict`` reads, through the evaluation pipeline, instead of the
-            test split; :attr:`predict_files` lists them in the order of the predictions. Their
-            label in the batch is ``-1``.
+            test split; :attr:`predict_files` lists them in order, :attr:`predicted_files` after
+            ``trainer.predict`` those of its predictions (without the unreadable ones under
+            ``on_error="skip"``). Their label in the batch is ``-1``.
         mean: Per-channel mean in ``[0, 1]`` units (``None``: measured on the training split).
         std: Per-channel standard deviation in ``[0, 1]`` units (``None``: measured).
         channels_last: Hand batches to the model in channels-last memory format.
@@ -108,8 +110,8 @@ class ImageFolderDataModule(ClassFolderDataModule):
         on_error: A file that cannot be read (corrupt, truncated, empty, not an image, over the
             decompression-bomb limit): ``raise`` names it and the reason; ``skip`` counts it (summed
             over workers, see ``bad_samples``), logs it, and in training replaces it by the next
-            readable image of the split, while validation and test leave it out of its batch, so every
-            readable image is evaluated exactly once.
+            readable image of the split, while validation, test and predict leave it out of its batch,
+            so every readable image is evaluated exactly once.
         max_bad_fraction: With ``skip``, raise once more than this share of a split's images were bad
             (measured over at least 100 images).
         decode: Where JPEGs are decoded. ``"cpu"``: in the loader's workers or threads, straight to
@@ -341,28 +343,67 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     @property
     def predict_files(self) -> list[str]:
-        """The images ``predict`` reads, in the order of its predictions (``predict_root``'s, else the
-        test split's); after ``setup``."""
-        index = self._split("predict" if self.predict_root is not None else "test")
+        """The images ``predict`` reads (``predict_root``'s, else the test split's), in order; after
+        ``setup``. Each rank predicts a contiguous share of them; :attr:`predicted_files` names the
+        images of this process's predictions."""
+        index = self._predict_index()
         return [index.path(i) for i in range(len(index))]
 
+    @property
+    def predicted_files(self) -> list[str]:
+        """The images of the last ``trainer.predict``'s predictions in this process, in their order.
+
+        One per sample the model received: the list ``trainer.predict`` returns, its batches' rows
+        concatenated, lines up with it. That is :attr:`predict_files` on one process; under DDP this
+        rank's share; with ``on_error="skip"`` without the images left out as unreadable (counted
+        and logged by ``bad_samples``). Read from the predict loader's record of the batches it
+        delivered (what a ``BasePredictionWriter`` gets as ``batch_indices``)."""
+        loaders = self.trainer.predict_dataloaders if self.trainer is not None else None
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        recorder = recorder_in(getattr(loader, "batch_sampler", None))
+        if recorder is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.predicted_files: no trainer.predict(model, datamodule=dm) has run with "
+                "this DataModule (or its Lightning version offers prediction indices no longer)"
+            )
+        index = self._predict_index()
+        return [index.path(i) for i in recorder.delivered_indices()]
+
+    def _predict_index(self) -> FolderIndex:
+        return self._split("predict" if self.predict_root is not None else "test")
+
     def predict_dataloader(self) -> Loader:
-        if self.on_error == "skip":
+        route = self.decode_route
+        if self.on_error == "skip" and route == "gpu":
+            # A JPEG the device fails to decode is left out in the batch hook, after the loader
+            # recorded the batch's indices: predictions would not line up with predicted_files.
+            if self.decode != "auto":
+                raise ConfigError(
+                    "on_error", self.on_error,
+                    "with decode='gpu' an image the device cannot decode is left out after its batch was recorded, "
+                    "and the predictions would not line up with predicted_files: predict with decode='cpu' "
+                    "(or 'auto', which then predicts on the CPU route), or on_error='raise' (a bad file is named)",
+                )  # fmt: skip
+            route = "cpu"
+        split = "predict" if self.predict_root is not None else "test"
+        loader = self._not_empty(self.split_dataloader(split, train=False, route=route), split)
+        if self.on_error == "skip" and recorder_in(getattr(loader, "batch_sampler", None)) is None:
             raise ConfigError(
                 "on_error", self.on_error,
-                "a bad image would be left out of its batch while predicting, and every later prediction would "
-                "no longer line up with predict_files: predict with on_error='raise' (a bad file is named)",
+                f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
+                "delivers, so with images left out the predictions would not line up with predict_files: "
+                "predict with on_error='raise' (a bad file is named)",
             )  # fmt: skip
-        if self.predict_root is None:
-            return super().predict_dataloader()
-        return self._not_empty(self.split_dataloader("predict", train=False), "predict")
+        return loader
 
-    def dataset(self, split: str) -> ImageFolderDataset:
-        """The ``train``, ``val``, ``test`` or ``predict`` split as a dataset with its pipeline."""
+    def dataset(self, split: str, route: Literal["cpu", "gpu"] | None = None) -> ImageFolderDataset:
+        """The ``train``, ``val``, ``test`` or ``predict`` split as a dataset with its pipeline, its
+        JPEGs decoded by ``route`` (default: :attr:`decode_route`)."""
         transform = self.train_transform if split == "train" else self.val_transform
         # Whole-batch gathering bypasses collate_fn, so a custom one gets the samples one by one.
         # Training augmentations are keyed by (seed, epoch, index): the same whatever loads them.
-        encoded = self.decode_route == "gpu" and self.collate_fn is None and isinstance(transform, CropDecode)
+        route = route or self.decode_route
+        encoded = route == "gpu" and self.collate_fn is None and isinstance(transform, CropDecode)
         return ImageFolderDataset(
             self._split(split), transform, self.image_mode, gather=self.collate_fn is None,
             seed=derive_seed(self.seed, Stream.AUGMENT) if split == "train" else None,
@@ -384,12 +425,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     # -- Internals -------------------------------------------------------------------------------
 
-    def split_dataloader(self, split: str, train: bool) -> Loader:
+    def split_dataloader(self, split: str, train: bool, route: Literal["cpu", "gpu"] | None = None) -> Loader:
         transform = self.train_transform if train else self.val_transform
         dataset: Dataset[Any] = (
             self._cached_dataset(split, transform, train)
             if self.cache is not None and split != "predict"  # images seen once: nothing to reuse
-            else self.dataset(split)
+            else self.dataset(split, route)
         )
         if train and transform is not None and hasattr(transform, "reseed"):
             transform.reseed(derive_seed(self.seed, Stream.AUGMENT))  # main-process loading (num_workers=0)

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from chute.errors import DataError
+
 if TYPE_CHECKING:
     from lightning.pytorch.overrides.distributed import _IndexBatchSamplerWrapper as _Recorded
 
@@ -64,6 +66,8 @@ class DeliveredIndices(_Recorded):
         self.batch_size = batch_size if batch_size is not None else getattr(order, "batch_size", None)
         self.drop_last = drop_last
         self._drawn: collections.deque[list[int]] = collections.deque()  # drawn, not yet delivered
+        #: Batches of the current pass recorded as ``[]`` although they held samples (their indices unknown).
+        self.unnamed = 0
 
     @property
     def order(self) -> Any:
@@ -77,6 +81,7 @@ class DeliveredIndices(_Recorded):
         """A new pass: nothing seen, nothing drawn (what an abandoned pass drew is never delivered)."""
         self.seen_batch_indices = []
         self._drawn.clear()
+        self.unnamed = 0
 
     def delivered(self, batch: Any, rows: int | None, left_out: LeftOut | None = None) -> None:
         """The next batch drawn left the loader with ``rows`` samples (``None``: not known); ``rows=0``:
@@ -89,7 +94,19 @@ class DeliveredIndices(_Recorded):
             indices = left_out.kept(indices) if left_out is not None else []
             if len(indices) != rows:
                 indices = []
+                self.unnamed += 1
         self.seen_batch_indices.append(indices)
+
+    def delivered_indices(self) -> list[int]:
+        """The dataset indices of every sample the current pass delivered, in order (the order of a
+        ``trainer.predict``'s concatenated predictions on this rank); a :class:`~chute.errors.DataError`
+        if a batch's indices were not known (:attr:`unnamed`)."""
+        if self.unnamed:
+            raise DataError(
+                f"{self.unnamed} of the {len(self.seen_batch_indices)} batches delivered lost samples that their "
+                "dataset did not mark as left out (chute.bad_samples.LeftOut): their indices are not known"
+            )
+        return [i for batch in self.seen_batch_indices for i in batch]
 
 
 class _Drawing:
