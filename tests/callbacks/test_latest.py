@@ -53,6 +53,20 @@ def test_saving_every_n_steps_still_saves_the_last_steps(tmp_path: Path, validat
     assert _saved(tmp_path / "last.ckpt")[1] == 24
 
 
+@pytest.mark.filterwarnings("ignore:.*does not have many workers")
+def test_two_in_one_trainer_need_different_intervals(tmp_path: Path) -> None:
+    """Lightning keys a checkpoint callback's state by its settings, not its folder (the docstring)."""
+    with pytest.raises(RuntimeError, match="more than one stateful callback of type `LatestCheckpoint`"):
+        _fit(tmp_path, BoringModel(), LatestCheckpoint(tmp_path / "a"), LatestCheckpoint(tmp_path / "b"))
+    _fit(
+        tmp_path,
+        BoringModel(),
+        LatestCheckpoint(tmp_path / "a"),
+        LatestCheckpoint(tmp_path / "b", every_n_train_steps=5),
+    )
+    assert _saved(tmp_path / "a" / "last.ckpt")[1] == _saved(tmp_path / "b" / "last.ckpt")[1] == 24
+
+
 def test_random_state_restores_every_global_generator_and_loads_weights_only(tmp_path: Path) -> None:
     import random
 

@@ -29,6 +29,10 @@ class LatestCheckpoint(ModelCheckpoint):
     state, under the name ``last``), and Lightning refuses ``every_n_train_steps`` together with
     the epoch-end save that would catch a run's last steps.
 
+    Lightning keys a checkpoint callback's state in the checkpoint by its settings (``monitor``,
+    the save intervals), not by its folder, and refuses two callbacks with the same key: two
+    ``LatestCheckpoint`` in one Trainer need different intervals, as two ``ModelCheckpoint`` do.
+
     Args:
         dirpath: Folder of the file.
         filename: Its name without ``.ckpt``.
