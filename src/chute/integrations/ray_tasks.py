@@ -137,7 +137,9 @@ def _start_local(ray: Any, num_cpus: int | None) -> str:
         # torch: 3 ranks on 2 CPUs took 62 s for what 28 s does with room for every rank's workers).
         cpus = num_cpus or os.cpu_count() or 1
         limit = {"num_workers_soft_limit": cpus * max(world_position()[1], 1)}
-        _init(ray, num_cpus=num_cpus, _system_config=limit)
+        # "local": a new instance even where `ray start` left one on this machine (Ray would join that
+        # one, the latest in its temp folder, and refuse the _system_config of a new one)
+        _init(ray, address="local", num_cpus=num_cpus, _system_config=limit)
         log.info("Started a local Ray instance with %s CPUs", ray.cluster_resources().get("CPU"))
     return str(ray.get_runtime_context().gcs_address)
 
