@@ -385,11 +385,51 @@ def test_predicting_a_folder_with_unreadable_images_skips_them_and_names_each_pr
     assert dm.predicted_files == [path for path in files if path not in broken]
 
 
-def test_predicted_files_before_any_predict_says_so(digits_root: Path) -> None:
-    dm = digits(digits_root)
+def test_predicted_files_are_those_of_this_datamodules_last_predict(digits_root: Path, tmp_path: Path) -> None:
+    """Taken when a predict with the DataModule ends: another DataModule's predict with the same
+    Trainer, a fit with another Trainer, and loaders passed as ``dataloaders=`` leave them (they were
+    read off the Trainer's last predict loader, and named another folder's images by this one's).
+    ``predict_root`` set again is indexed anew (the first folder's images were predicted again)."""
+    folder, broken = with_bad_images(digits_root, tmp_path / "new", count=20)
+    dm = digits(digits_root, predict_root=folder, on_error="skip")
+    refused = r"predicted_files: no trainer.predict\(model, datamodule=dm\) has ended since this DataModule made"
     dm.setup("predict")
-    with pytest.raises(RuntimeError, match=r"predicted_files: no trainer.predict\(model, datamodule=dm\) has run"):
+    with pytest.raises(RuntimeError, match=refused):
+        _ = dm.predicted_files  # before any predict
+    predicting = trainer()
+    predicting.predict(ImageMeans(), datamodule=dm)
+    named = [path for path in dm.predict_files if path not in broken]
+    assert dm.predicted_files == named
+    other_folder = with_bad_images(digits_root, tmp_path / "other", count=5)[0]
+    other = digits(digits_root, predict_root=other_folder, on_error="skip")
+    predicting.predict(ImageMeans(), datamodule=other)
+    assert len(other.predicted_files) == 5
+    trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(ImageMeansFit(), datamodule=dm)
+    assert dm.predicted_files == named
+    trainer().predict(ImageMeans(), dataloaders=dm.predict_dataloader())  # not followed: forgotten
+    with pytest.raises(RuntimeError, match=refused):
         _ = dm.predicted_files
+    dm.predict_root = other_folder  # another folder, indexed anew
+    assert dm.predict_files == other.predict_files
+    trainer().predict(ImageMeans(), datamodule=dm)
+    assert dm.predicted_files == other.predicted_files
+
+
+class ImageMeansFit(ImageMeans):
+    """``ImageMeans`` that can be fitted (one weight, a loss of the images' means)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (batch[0].flatten(1).float().mean(1) * self.weight).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 @pytest.mark.ddp

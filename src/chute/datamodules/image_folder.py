@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -205,7 +206,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
                 "fast_decode) and no cache (a cache holds decoded images already)",
             )  # fmt: skip
         self.decode = decode
-        self.predict_root = os.fspath(predict_root) if predict_root is not None else None
+        self.predict_root = predict_root
         self.decode_route: Literal["cpu", "gpu"] = "cpu" if decode == "auto" else decode
         if cache not in (None, "memory", "disk"):
             raise ConfigError("cache", cache, "must be null, 'memory' or 'disk'")
@@ -226,6 +227,11 @@ class ImageFolderDataModule(ClassFolderDataModule):
         self.cache_size = cache_size
         self.cache_dir = cache_dir or os.path.join(self.root, ".chute-cache")
         self._cached: dict[str, CachedDataset] = {}
+        # The dataset of the last predict loader made (a weak reference) and its images, and the files
+        # of the predict that read it (predicted_files), or why they are not known.
+        self._predict_dataset: weakref.ref[Any] | None = None
+        self._predict_images: FolderIndex | None = None
+        self._predicted: list[str] | str | None = None
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
         # The transform settings, when they made both pipelines: a DataModule restored from a checkpoint
@@ -342,6 +348,17 @@ class ImageFolderDataModule(ClassFolderDataModule):
         return self._split("train").class_counts()
 
     @property
+    def predict_root(self) -> str | None:
+        """The folder ``predict`` reads (``None``: the test split). Setting it, to another folder or the
+        same one to read it again, makes the next predict loader index it anew."""
+        return self._predict_root
+
+    @predict_root.setter
+    def predict_root(self, folder: str | os.PathLike[str] | None) -> None:
+        self._predict_root = os.fspath(folder) if folder is not None else None
+        getattr(self, "_splits", {}).pop("predict", None)  # indexed again when next asked for
+
+    @property
     def predict_files(self) -> list[str]:
         """The images ``predict`` reads (``predict_root``'s, else the test split's), in order; after
         ``setup``. Each rank predicts a contiguous share of them; :attr:`predicted_files` names the
@@ -351,23 +368,51 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     @property
     def predicted_files(self) -> list[str]:
-        """The images of the last ``trainer.predict``'s predictions in this process, in their order.
+        """The images of the predictions of the last ``trainer.predict(model, datamodule=dm)``, in order.
 
-        One per sample the model received: the list ``trainer.predict`` returns, its batches' rows
-        concatenated, lines up with it. That is :attr:`predict_files` on one process; under DDP this
-        rank's share; with ``on_error="skip"`` without the images left out as unreadable (counted
-        and logged by ``bad_samples``). Read from the predict loader's record of the batches it
-        delivered (what a ``BasePredictionWriter`` gets as ``batch_indices``)."""
+        One per sample the model received: the list ``trainer.predict`` returned in this process,
+        its batches' rows concatenated, lines up with it. That is :attr:`predict_files` on one
+        process; under DDP this rank's share; with ``on_error="skip"`` without the unreadable images
+        (counted and logged, :attr:`bad_samples`). Taken when that predict ends from its loader's
+        record of the batches it delivered (what a ``BasePredictionWriter`` gets as
+        ``batch_indices``), so a later fit, another DataModule's predict or another Trainer leave it
+        as it is; making a new predict loader (``dm.predict_dataloader()``) forgets it."""
+        if isinstance(self._predicted, list):
+            return list(self._predicted)
+        raise RuntimeError(
+            f"{type(self).__name__}.predicted_files: "
+            + (self._predicted or "no trainer.predict(model, datamodule=dm) has ended since this DataModule made its "
+               "predict loader (loaders passed as dataloaders= are not followed)")
+        )  # fmt: skip
+
+    def teardown(self, stage: str | None = None) -> None:
+        super().teardown(stage)
+        if stage == "predict":
+            self._predicted = self._names_of_predictions()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_predict_dataset"] = None  # a weak reference does not pickle
+        return state
+
+    def _names_of_predictions(self) -> list[str] | str:
+        """The files of the predict that has just ended, from its loader's record; or why not."""
         loaders = self.trainer.predict_dataloaders if self.trainer is not None else None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        dataset = getattr(loader, "dataset", None)
+        ours = self._predict_dataset() if self._predict_dataset is not None else None
+        if dataset is None or dataset is not ours or self._predict_images is None:
+            return "the predict that ended did not read this DataModule's predict loader"
         recorder = recorder_in(getattr(loader, "batch_sampler", None))
         if recorder is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.predicted_files: no trainer.predict(model, datamodule=dm) has run with "
-                "this DataModule (or its Lightning version offers prediction indices no longer)"
+            return (
+                f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
+                "delivers (or this Lightning version reads them no longer)"
             )
-        index = self._predict_index()
-        return [index.path(i) for i in recorder.delivered_indices()]
+        try:
+            return [self._predict_images.path(i) for i in recorder.delivered_indices()]
+        except DataError as err:
+            return str(err)
 
     def _predict_index(self) -> FolderIndex:
         return self._split("predict" if self.predict_root is not None else "test")
@@ -391,9 +436,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
             raise ConfigError(
                 "on_error", self.on_error,
                 f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
-                "delivers, so with images left out the predictions would not line up with predict_files: "
-                "predict with on_error='raise' (a bad file is named)",
+                "delivers (or this Lightning version reads them no longer), so with images left out the "
+                "predictions would not line up with predict_files: predict with on_error='raise' (a bad file is named)",
             )  # fmt: skip
+        # an earlier predict's names are gone; the next one's are of this loader's images
+        self._predict_dataset, self._predict_images = weakref.ref(loader.dataset), self._split(split)
+        self._predicted = None
         return loader
 
     def dataset(self, split: str, route: Literal["cpu", "gpu"] | None = None) -> ImageFolderDataset:

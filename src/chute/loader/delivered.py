@@ -46,8 +46,8 @@ class DeliveredIndices(_Recorded):
     than indices that do not line up with the predictions. The rows are counted as the batch leaves
     the loader: on the GPU decode route, a JPEG the device then fails to decode in a batch hook that
     runs after the loader (``num_workers=0`` on a GPU, or ``hook_in_loader=False``) is left out after
-    its index was recorded (an image folder refuses ``on_error="skip"`` for predict, so its
-    predictions never meet this).
+    its index was recorded (an image folder's predict does not take that route with
+    ``on_error="skip"``, so its predictions never meet this).
 
     Iterating it (as Lightning's own wrapper is iterated) yields the order's batches; chute's loaders
     draw through :meth:`drawing` instead. ``DeliveredIndices(order, batch_size, drop_last)`` is also how
