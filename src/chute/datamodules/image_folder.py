@@ -430,6 +430,10 @@ class ImageFolderDataModule(ClassFolderDataModule):
                     "(or 'auto', which then predicts on the CPU route), or on_error='raise' (a bad file is named)",
                 )  # fmt: skip
             route = "cpu"
+            rank_zero_info(
+                "Predicting with on_error=skip: JPEGs decode on the CPU route (decode=auto), so that every "
+                "prediction is named in predicted_files; training and evaluation keep the GPU route."
+            )
         split = "predict" if self.predict_root is not None else "test"
         loader = self._not_empty(self.split_dataloader(split, train=False, route=route), split)
         if self.on_error == "skip" and recorder_in(getattr(loader, "batch_sampler", None)) is None:
