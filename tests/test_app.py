@@ -93,7 +93,10 @@ def test_metrics_json_is_strict_json_when_no_metric_was_measured(digits_root: Pa
     assert metrics["best_val/acc"] is None
 
 
-@pytest.mark.parametrize("name", options("data"))
+# The Ray kind's smoke run starts a local Ray (~20 s on 2 cores); the one-epoch test above trains it whole.
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "ray_images" else n for n in options("data")]
+)
 def test_every_data_option_passes_a_fast_dev_run(name: str, digits_root: Path, tmp_path: Path, make_tree) -> None:
     """The smoke run a user tries first: one batch of each loop (Lightning's fast_dev_run)."""
     small = ["transforms.image_size=32"] if name == "image_folder" else []
