@@ -4,6 +4,7 @@ restoring a checkpoint, ``overfit_batches``, the batch-size finder, a prediction
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -403,9 +404,21 @@ def test_predicted_files_are_those_of_this_datamodules_last_predict(digits_root:
     other_folder = with_bad_images(digits_root, tmp_path / "other", count=5)[0]
     other = digits(digits_root, predict_root=other_folder, on_error="skip")
     predicting.predict(ImageMeans(), datamodule=other)
-    assert len(other.predicted_files) == 5
+    kept = other.predicted_files
+    assert len(kept) == 5
+    third = digits(digits_root, predict_root=folder, on_error="skip")
+    third.setup("predict")
+    predicting.predict(ImageMeans(), dataloaders=third.predict_dataloader())
+    assert other.predicted_files == kept  # the Trainer keeps `other`, whose teardown sees another loader
     trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=0).fit(ImageMeansFit(), datamodule=dm)
     assert dm.predicted_files == named
+    assert pickle.loads(pickle.dumps(dm)).predicted_files == named
+    older = {k: v for k, v in dm.__getstate__().items() if k not in ("_predicted", "_predict_images", "_predict_root")}
+    copy = object.__new__(type(dm))  # as a DataModule pickled before predicted_files loads
+    copy.__setstate__({**older, "predict_root": str(folder)})
+    assert copy.predict_root == str(folder)
+    with pytest.raises(RuntimeError, match=refused):
+        _ = copy.predicted_files
     trainer().predict(ImageMeans(), dataloaders=dm.predict_dataloader())  # not followed: forgotten
     with pytest.raises(RuntimeError, match=refused):
         _ = dm.predicted_files

@@ -232,6 +232,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
         self._predict_dataset: weakref.ref[Any] | None = None
         self._predict_images: FolderIndex | None = None
         self._predicted: list[str] | str | None = None
+        self._said_cpu_predict = False
         self._expected_classes: tuple[str, ...] | None = None
         self._checked = False
         # The transform settings, when they made both pipelines: a DataModule restored from a checkpoint
@@ -376,7 +377,9 @@ class ImageFolderDataModule(ClassFolderDataModule):
         (counted and logged, :attr:`bad_samples`). Taken when that predict ends from its loader's
         record of the batches it delivered (what a ``BasePredictionWriter`` gets as
         ``batch_indices``), so a later fit, another DataModule's predict or another Trainer leave it
-        as it is; making a new predict loader (``dm.predict_dataloader()``) forgets it."""
+        as it is (also a predict of loaders passed as ``dataloaders=`` to a Trainer that still holds
+        this DataModule from an earlier call, and a predict that failed before it read its loader);
+        a new predict loader of this DataModule (``dm.predict_dataloader()``) forgets it."""
         if isinstance(self._predicted, list):
             return list(self._predicted)
         raise RuntimeError(
@@ -387,22 +390,31 @@ class ImageFolderDataModule(ClassFolderDataModule):
 
     def teardown(self, stage: str | None = None) -> None:
         super().teardown(stage)
-        if stage == "predict":
-            self._predicted = self._names_of_predictions()
+        if stage == "predict" and (names := self._names_of_predictions()) is not None:
+            self._predicted = names
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_predict_dataset"] = None  # a weak reference does not pickle
         return state
 
-    def _names_of_predictions(self) -> list[str] | str:
-        """The files of the predict that has just ended, from its loader's record; or why not."""
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A DataModule pickled before predicted_files kept predict_root as a plain attribute.
+        if "_predict_root" not in state:
+            state = {**state, "_predict_root": state.pop("predict_root", None)}
+        defaults = {"_predict_dataset": None, "_predict_images": None, "_predicted": None, "_said_cpu_predict": False}
+        self.__dict__.update({**defaults, **state})
+
+    def _names_of_predictions(self) -> list[str] | str | None:
+        """The files of the predict that has just ended, from its loader's record; why they are not
+        known; or ``None`` when that predict did not read this DataModule's last predict loader (loaders
+        passed as ``dataloaders=`` to a Trainer that keeps this DataModule from an earlier call)."""
         loaders = self.trainer.predict_dataloaders if self.trainer is not None else None
         loader = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
         dataset = getattr(loader, "dataset", None)
         ours = self._predict_dataset() if self._predict_dataset is not None else None
         if dataset is None or dataset is not ours or self._predict_images is None:
-            return "the predict that ended did not read this DataModule's predict loader"
+            return None
         recorder = recorder_in(getattr(loader, "batch_sampler", None))
         if recorder is None:
             return (
@@ -430,10 +442,12 @@ class ImageFolderDataModule(ClassFolderDataModule):
                     "(or 'auto', which then predicts on the CPU route), or on_error='raise' (a bad file is named)",
                 )  # fmt: skip
             route = "cpu"
-            rank_zero_info(
-                "Predicting with on_error=skip: JPEGs decode on the CPU route (decode=auto), so that every "
-                "prediction is named in predicted_files; training and evaluation keep the GPU route."
-            )
+            if not self._said_cpu_predict:
+                self._said_cpu_predict = True
+                rank_zero_info(
+                    "Predicting with on_error=skip: JPEGs decode on the CPU route (decode=auto), so that every "
+                    "prediction is named in predicted_files; training and evaluation keep the GPU route."
+                )
         split = "predict" if self.predict_root is not None else "test"
         loader = self._not_empty(self.split_dataloader(split, train=False, route=route), split)
         if self.on_error == "skip" and recorder_in(getattr(loader, "batch_sampler", None)) is None:
