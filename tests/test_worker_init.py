@@ -162,3 +162,58 @@ def test_a_worker_never_frees_the_parents_garbage(tmp_path: Path) -> None:
     assert os.getpid() not in workers
     freed_by = {int(line) for line in record.read_text().split()}
     assert freed_by == {os.getpid()}, f"freed in a worker: {freed_by & workers}"
+
+
+_PROBE = """
+import sys
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+AT_START: list[bool] = []  # whether OpenCV was loaded when this process read its first sample
+
+
+class LoadsOpenCV(Dataset[Any]):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> tuple[bool, int]:
+        AT_START.append("cv2" in sys.modules)
+        import cv2  # as an image pipeline imports it on its first resize
+
+        return AT_START[0], cv2.getNumThreads()
+"""
+
+_WITHOUT_OPENCV = """
+import os, sys
+from chute import LoaderSettings
+from chute.loader import build_loader
+from opencv_probe import LoadsOpenCV
+
+assert "cv2" not in sys.modules
+for context in ("fork", "spawn"):
+    settings = LoaderSettings(batch_size=2, num_workers=2, multiprocessing_context=context)
+    loader = build_loader(LoadsOpenCV(), settings, train=False, seed=0, collate_fn=list)
+    print(context, sorted({sample for batch in loader for sample in batch}))
+print("parent", "cv2" in sys.modules, os.environ.get("OPENCV_FOR_THREADS_NUM"))
+"""
+
+
+def test_a_worker_where_opencv_is_not_loaded_does_not_load_it_and_gets_one_thread_when_it_does(
+    tmp_path: Path,
+) -> None:
+    """Importing OpenCV to set its threads cost every worker's start ~20 ms (~40 ms on 2 busy cores)
+    where nothing of OpenCV's runs; its pool takes its size from the environment at import instead
+    (in forked workers and in workers started afresh)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "opencv_probe.py").write_text(_PROBE)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_OPENCV], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": path},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:3] == ["fork [(False, 1)]", "spawn [(False, 1)]", "parent False None"]

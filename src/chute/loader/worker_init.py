@@ -37,6 +37,7 @@ from chute.loader.buffers import BatchArena
 from chute.loader.seeding import WorkerSeeder
 
 ENV = "CHUTE_LIBRARY_THREADS"
+_OPENCV_THREADS = "OPENCV_FOR_THREADS_NUM"  # read by OpenCV when it starts its pool (its import)
 
 
 def library_threads() -> int | None:
@@ -66,14 +67,21 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
     threads = library_threads() if threads is None else threads
     if threads is None:
         return {}
-    import cv2
     from threadpoolctl import threadpool_info, threadpool_limits
 
     torch.set_num_threads(threads)
-    if opencv and cv2.getNumThreads() != threads:  # forked under forking_workers(): inherited already
+    cv2: Any = sys.modules.get("cv2")
+    if cv2 is None:
+        # Not loaded here (nor in the parent): OpenCV sizes its pool from this variable when it is
+        # imported, if this process ever imports it; importing it now cost each worker's start ~20 ms
+        # (more with the others starting beside it) where nothing of OpenCV's runs, a table's, say.
+        os.environ.setdefault(_OPENCV_THREADS, str(threads))
+    elif opencv and cv2.getNumThreads() != threads:  # forked under forking_workers(): inherited already
         cv2.setNumThreads(threads)
     threadpool_limits(limits=threads)  # OpenBLAS and OpenMP runtimes loaded in this process
-    counts = {"torch": torch.get_num_threads(), "opencv": cv2.getNumThreads()}
+    pending = os.environ[_OPENCV_THREADS] if cv2 is None else ""  # a user's own setting is kept
+    opencv_threads = cv2.getNumThreads() if cv2 is not None else int(pending) if pending.isdigit() else threads
+    counts = {"torch": torch.get_num_threads(), "opencv": opencv_threads}
     for pool in threadpool_info():
         name = str(pool.get("internal_api"))
         counts[name] = max(counts.get(name, 0), int(pool.get("num_threads", 0)))
