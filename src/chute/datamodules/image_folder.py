@@ -357,7 +357,7 @@ class ImageFolderDataModule(ClassFolderDataModule):
     @predict_root.setter
     def predict_root(self, folder: str | os.PathLike[str] | None) -> None:
         self._predict_root = os.fspath(folder) if folder is not None else None
-        getattr(self, "_splits", {}).pop("predict", None)  # indexed again when next asked for
+        self._splits.pop("predict", None)  # indexed again when next asked for
 
     @property
     def predict_files(self) -> list[str]:
@@ -417,17 +417,24 @@ class ImageFolderDataModule(ClassFolderDataModule):
             return None
         recorder = recorder_in(getattr(loader, "batch_sampler", None))
         if recorder is None:
-            return (
-                f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
-                "delivers (or this Lightning version reads them no longer)"
-            )
+            return self._unrecorded()
         try:
             return [self._predict_images.path(i) for i in recorder.delivered_indices()]
         except DataError as err:
             return str(err)
 
+    def _unrecorded(self) -> str:
+        return (
+            f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
+            "delivers (or this Lightning version reads them no longer)"
+        )
+
+    @property
+    def _predict_split(self) -> str:
+        return "predict" if self.predict_root is not None else "test"
+
     def _predict_index(self) -> FolderIndex:
-        return self._split("predict" if self.predict_root is not None else "test")
+        return self._split(self._predict_split)
 
     def predict_dataloader(self) -> Loader:
         route = self.decode_route
@@ -448,14 +455,13 @@ class ImageFolderDataModule(ClassFolderDataModule):
                     "Predicting with on_error=skip: JPEGs decode on the CPU route (decode=auto), so that every "
                     "prediction is named in predicted_files; training and evaluation keep the GPU route."
                 )
-        split = "predict" if self.predict_root is not None else "test"
+        split = self._predict_split
         loader = self._not_empty(self.split_dataloader(split, train=False, route=route), split)
         if self.on_error == "skip" and recorder_in(getattr(loader, "batch_sampler", None)) is None:
             raise ConfigError(
                 "on_error", self.on_error,
-                f"the loader.backend={self.loader_settings.backend} loader records no indices of the batches it "
-                "delivers (or this Lightning version reads them no longer), so with images left out the "
-                "predictions would not line up with predict_files: predict with on_error='raise' (a bad file is named)",
+                f"{self._unrecorded()}, so with images left out the predictions would not line up with "
+                "predict_files: predict with on_error='raise' (a bad file is named)",
             )  # fmt: skip
         # an earlier predict's names are gone; the next one's are of this loader's images
         self._predict_dataset, self._predict_images = weakref.ref(loader.dataset), self._split(split)

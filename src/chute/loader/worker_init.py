@@ -75,12 +75,13 @@ def limit_library_threads(threads: int | None = None, opencv: bool = True) -> di
         # Not loaded here (nor in the parent): OpenCV sizes its pool from this variable when it is
         # imported, if this process ever imports it; importing it now cost each worker's start ~20 ms
         # (more with the others starting beside it) where nothing of OpenCV's runs, a table's, say.
-        os.environ.setdefault(_OPENCV_THREADS, str(threads))
-    elif opencv and cv2.getNumThreads() != threads:  # forked under forking_workers(): inherited already
-        cv2.setNumThreads(threads)
+        pending = os.environ.setdefault(_OPENCV_THREADS, str(threads))  # a user's own setting is kept
+        opencv_threads = int(pending) if pending.isdigit() else threads
+    else:
+        if opencv and cv2.getNumThreads() != threads:  # forked under forking_workers(): inherited already
+            cv2.setNumThreads(threads)
+        opencv_threads = cv2.getNumThreads()
     threadpool_limits(limits=threads)  # OpenBLAS and OpenMP runtimes loaded in this process
-    pending = os.environ[_OPENCV_THREADS] if cv2 is None else ""  # a user's own setting is kept
-    opencv_threads = cv2.getNumThreads() if cv2 is not None else int(pending) if pending.isdigit() else threads
     counts = {"torch": torch.get_num_threads(), "opencv": opencv_threads}
     for pool in threadpool_info():
         name = str(pool.get("internal_api"))
