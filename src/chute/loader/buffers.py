@@ -143,11 +143,10 @@ class BatchArena:
     # -- In a worker --------------------------------------------------------------------------------
 
     def install(self, worker: int) -> None:
-        """Make this arena's row ``worker`` the buffers of :func:`batch_buffer` in this process, and
-        send its tensors as slot numbers (called in the worker, by ``WorkerInit``)."""
+        """Make this arena's row ``worker`` the buffers of :func:`batch_buffer` in this process, whose
+        tensors :func:`_reduce_tensor` sends as slot numbers (called in the worker, by ``WorkerInit``)."""
         global _WORKER_SLOTS
         _WORKER_SLOTS = _WorkerSlots(self, worker)
-        ForkingPickler.register(torch.Tensor, _reduce_tensor)
 
     # -- In the main process ------------------------------------------------------------------------
 
@@ -256,26 +255,69 @@ _WORKER_SLOTS: _WorkerSlots | None = None
 _ARENAS: dict[int, BatchArena] = {}
 
 
+#: Bytes up to which a tensor a worker sends outside the arena travels inside the message itself.
+#: torch sends every tensor through shared memory, whose file descriptor the receiver fetches from
+#: the worker over a socket: ~0.8 ms a tensor on the 2-core machine whatever its size, against
+#: 0.06 ms for 4 KB copied into the message and 0.23 ms for 64 KB (even at 1 MB, 1.3 against 2.3 ms);
+#: a table's batch of 64 rows crossed at 1.7 ms, 0.5 ms inline (docs/benchmarks.md).
+INLINE_BYTES = 1 << 17
+
+
+def send_batches_lightly() -> None:
+    """In a loader worker: send tensors with :func:`_reduce_tensor` (an arena slot's as its number, a
+    small one inside the message, any other as torch does). Called by ``WorkerInit`` in every worker
+    of a chute loader, forked or spawned."""
+    ForkingPickler.register(torch.Tensor, _reduce_tensor)
+
+
 def _reduce_tensor(tensor: torch.Tensor) -> Any:
-    """How a worker pickles a tensor for the main process: a slot's tensor as its slot and layout,
-    any other as torch does (through its own shared memory)."""
+    """How a worker pickles a tensor for the main process: a slot's tensor as its slot and layout, a
+    small one (:data:`INLINE_BYTES`) as its bytes, any other as torch does (through its own shared
+    memory). Tensor subclasses and tensors that need autograd go torch's way, as they are."""
     from torch.multiprocessing.reductions import reduce_tensor
 
+    if type(tensor) is not torch.Tensor or tensor.requires_grad:
+        return reduce_tensor(tensor)
     slots = _WORKER_SLOTS
-    if slots is None or type(tensor) is not torch.Tensor or tensor.requires_grad:
-        return reduce_tensor(tensor)
-    found = slots.slot_of(tensor)
-    if found is None:
-        return reduce_tensor(tensor)
-    slot, at = found
-    itemsize = tensor.element_size()
-    if at % itemsize:
-        return reduce_tensor(tensor)
-    sends = int(slots.row[slot, _SENDS])
-    slots.row[slot, _STATE] = _SENT  # from now on the main process frees it
-    offset = at // itemsize  # of the first element, in elements from the slot's start
-    args = (slots.arena.token, slots.worker, slot, sends, tensor.dtype, tuple(tensor.size()), tensor.stride(), offset)
-    return _rebuild, args
+    found = slots.slot_of(tensor) if slots is not None else None
+    if slots is not None and found is not None and found[1] % tensor.element_size() == 0:
+        slot, at = found
+        sends = int(slots.row[slot, _SENDS])
+        slots.row[slot, _STATE] = _SENT  # from now on the main process frees it
+        offset = at // tensor.element_size()  # of the first element, in elements from the slot's start
+        layout = (tensor.dtype, tuple(tensor.size()), tensor.stride(), offset)
+        return _rebuild, (slots.arena.token, slots.worker, slot, sends, *layout)
+    if _inline(tensor):
+        # Its elements in memory order: a dense layout (channels-last, a permutation) is kept as it is.
+        # Never raise here: this runs in the queue's feeder thread, where an error loses the batch and
+        # leaves the main process waiting for it; torch's way then.
+        try:
+            dense = tensor if tensor.is_contiguous() else torch.empty_like(tensor).copy_(tensor)
+            memory = dense.as_strided((dense.numel(),), (1,)).view(torch.uint8).numpy().tobytes()
+        except (RuntimeError, TypeError, ValueError):
+            return reduce_tensor(tensor)
+        return _rebuild_inline, (tensor.dtype, tuple(dense.size()), dense.stride(), memory)
+    return reduce_tensor(tensor)
+
+
+def _inline(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` travels inside the message: small, plain strided CPU memory (not quantized,
+    sparse, or carrying a lazy conjugate or negation)."""
+    return (
+        tensor.numel() * tensor.element_size() <= INLINE_BYTES
+        and tensor.layout == torch.strided
+        and tensor.device.type == "cpu"
+        and not tensor.is_quantized
+        and not tensor.is_conj()
+        and not tensor.is_neg()
+    )
+
+
+def _rebuild_inline(dtype: torch.dtype, size: tuple[int, ...], stride: tuple[int, ...], memory: bytes) -> torch.Tensor:
+    """A tensor sent by :func:`_reduce_tensor` as its bytes: a writable copy in this process."""
+    if not memory:
+        return torch.empty_strided(size, stride, dtype=dtype)
+    return torch.frombuffer(bytearray(memory), dtype=torch.uint8).view(dtype).as_strided(size, stride)
 
 
 def _rebuild(

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from chute.loader.buffers import BatchArena
+from chute.loader.buffers import BatchArena, send_batches_lightly
 from chute.loader.seeding import WorkerSeeder
 
 ENV = "CHUTE_LIBRARY_THREADS"
@@ -173,8 +173,10 @@ def forking_workers() -> Iterator[None]:
 
 
 class WorkerInit:
-    """``worker_init_fn`` of chute's DataLoaders: :func:`limit_library_threads`, then (if ``seed``)
-    :class:`~chute.loader.seeding.WorkerSeeder`'s per-worker seeds.
+    """``worker_init_fn`` of chute's DataLoaders: :func:`limit_library_threads`; batches sent to the
+    main process without a shared-memory file per tensor (the arena's slots where the workers were
+    forked with one, small tensors inside the message: :func:`~chute.loader.buffers.send_batches_lightly`);
+    then (if ``seed``) :class:`~chute.loader.seeding.WorkerSeeder`'s per-worker seeds.
 
     Args:
         rank: This process's rank, mixed into the workers' seeds.
@@ -190,6 +192,7 @@ class WorkerInit:
 
     def __call__(self, worker_id: int) -> None:
         limit_library_threads(opencv=self.opencv)
+        send_batches_lightly()
         if self.arena is not None:
             self.arena.install(worker_id)
         if self.seeder is not None:
