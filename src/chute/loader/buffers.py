@@ -256,10 +256,11 @@ _ARENAS: dict[int, BatchArena] = {}
 
 
 #: Bytes up to which a tensor a worker sends outside the arena travels inside the message itself.
-#: torch sends every tensor through shared memory, whose file descriptor the receiver fetches from
-#: the worker over a socket: ~0.8 ms a tensor on the 2-core machine whatever its size, against
-#: 0.06 ms for 4 KB copied into the message and 0.23 ms for 64 KB (even at 1 MB, 1.3 against 2.3 ms);
-#: a table's batch of 64 rows crossed at 1.7 ms, 0.5 ms inline (docs/benchmarks.md).
+#: torch sends every tensor through a new shared-memory file, whose descriptor the receiver fetches
+#: from the worker over a socket: ~0.8 ms a tensor up to 256 KB on the 2-core machine, 1.2 ms at
+#: 1 MB. Inside the message: 0.09 ms at 4 KB, 0.15-0.27 ms at 64 KB, 0.33 ms at 128 KB, 0.58 ms at
+#: 256 KB, 1.8 ms at 1 MB (``python scripts/bench_small_batches.py --sizes``). A table's batch of
+#: 64 rows from one worker: 1.7 ms a batch, 0.35 ms inline (docs/benchmarks.md).
 INLINE_BYTES = 1 << 17
 
 
