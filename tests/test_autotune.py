@@ -123,3 +123,68 @@ def test_a_loader_that_starves_the_training_thread_is_not_chosen() -> None:
     assert greedy["training_pace"] < 0.5
     assert greedy["samples_per_s"] > max(r["samples_per_s"] for r in report if r is not greedy)
     assert (chosen.backend, chosen.num_workers) != ("threads", 2)
+
+
+def _spin(seconds: float) -> None:
+    """Hold this thread (and the interpreter) for ``seconds`` of its own CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def _loaders(in_thread_s: float, beside_wait_s: float, beside_read_s: float) -> Any:
+    """Fake loaders: with ``num_workers=0`` each batch is made in the reading thread (CPU); any other
+    setting makes the reader wait for a batch (made elsewhere) and then read it (CPU)."""
+
+    def make(settings: LoaderSettings) -> Any:
+        def batches() -> Any:
+            for _ in range(2000):
+                if settings.num_workers == 0:
+                    _spin(in_thread_s)
+                else:
+                    time.sleep(beside_wait_s)
+                    _spin(beside_read_s)
+                yield [0] * 8
+
+        return batches()
+
+    return make
+
+
+def test_loading_in_the_training_thread_is_weighed_by_what_it_costs_the_step() -> None:
+    """With ``num_workers=0`` batches are made between the steps: no stand-in measures a pace for it
+    (its pace there was noise, so it was chosen by chance). It wins where making a batch costs the
+    training thread less than what the loaders beside it cost (a table in memory: 0.03 ms a batch,
+    against 0.2-0.4 ms to read one from a worker; here 0.02 against 1 ms, a margin that a busy
+    machine's stretching of the in-thread wall time does not close), and loses where the work it
+    would move off the training thread is larger (decoding images)."""
+    settings = LoaderSettings(num_workers="auto")
+    table = _loaders(in_thread_s=0.00002, beside_wait_s=0.004, beside_read_s=0.001)
+    chosen, report = autotune(table, settings, seconds=0.15, cpus=2)
+    alone = next(r for r in report if r["num_workers"] == 0)
+    assert alone["training_pace"] is None
+    assert all(r["training_pace"] is not None for r in report if r is not alone)
+    assert alone["reader_us_per_sample"] > 0
+    assert (chosen.backend, chosen.num_workers) == ("torch", 0)
+    images = _loaders(in_thread_s=0.003, beside_wait_s=0.001, beside_read_s=0.00002)
+    chosen, _ = autotune(images, settings, seconds=0.15, cpus=2)
+    assert chosen.num_workers > 0
+
+
+def test_the_in_thread_rule_on_measured_figures() -> None:
+    """``in_thread_wins`` on what the 2-core machine's probes measured (samples/s, the stand-in's pace
+    beside the best other loader, the reading thread's microseconds a sample)."""
+    from chute.autotune import in_thread_wins
+
+    def loader(rate: float, pace: float | None = None, reading: float = 0.0) -> dict[str, Any]:
+        return {"samples_per_s": rate, "training_pace": pace, "reader_us_per_sample": reading}
+
+    # the bundled table: 450,000 samples/s in the thread, 11,000 from a worker (5 us a sample to read)
+    assert in_thread_wins(loader(450_000), loader(11_000, pace=0.83, reading=5.0))
+    assert in_thread_wins(loader(450_000), loader(11_000, pace=1.0, reading=5.0))  # even with no pace lost
+    # photos: 600 images/s decoded in the thread, 2,400 from two workers
+    assert not in_thread_wins(loader(600), loader(2_400, pace=0.8, reading=0.5))
+    # a loader beside the thread that costs it nothing and keeps up always wins
+    assert not in_thread_wins(loader(50_000), loader(40_000, pace=1.0))
+    assert not in_thread_wins(loader(0), loader(1_000, pace=0.6))  # nothing came in the thread
+    assert in_thread_wins(loader(1_000), loader(0, pace=0.9))  # nothing came from the others
