@@ -264,10 +264,25 @@ def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | 
             "training thread for the interpreter"
         )
     now = f"loader.backend={settings.backend}, loader.num_workers={settings.num_workers}"
-    tips.append(
-        f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; loader.num_workers=auto "
-        "measures the options) or loader.prefetch_factor"
-    )
+    if getattr(datamodule, "tuned_loader", None) is not None:
+        tips.append(
+            f"{now} is what loader.num_workers=auto measured fastest here (its table is in the log); the "
+            "wait left is the work of making each batch"
+        )
+    else:
+        tip = (
+            f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; loader.num_workers=auto "
+            "measures the options) or loader.prefetch_factor"
+        )
+        if not on_gpu:
+            import torch
+
+            # on 2 cores the tables' worker took its core from the model: the wait fell, the step grew
+            tip += (
+                f" (training on the CPU, loader workers share the {cpus} CPUs with the model's "
+                f"{torch.get_num_threads()} threads: they help where a core is idle)"
+            )
+        tips.append(tip)
     cache = getattr(datamodule, "cache", None)
     if cache in (None, "none") and hasattr(datamodule, "device_augment"):  # an image DataModule decoding each pass
         tips.append("cache decoded data (data.cache=memory|disk with data.device_augment=true)")
