@@ -15,6 +15,7 @@ import platform
 import re
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -85,9 +86,20 @@ def run_seed() -> int:
     return int.from_bytes(os.urandom(4), "little") % 2**31
 
 
+#: Warnings this app's user cannot act on, with where each comes from: Lightning's own use of an
+#: API that torch 2.10 deprecated, and the model summary's note that it sizes a bf16-mixed model in
+#: 32 bits (``trainer.precision=auto`` picks bf16-mixed on CPUs that compute it natively).
+_NOT_ACTIONABLE = (
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    (r"Precision bf16-mixed is not supported by the model summary", UserWarning),
+)
+
+
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     _log_to_run_file()
+    for message, category in _NOT_ACTIONABLE:
+        warnings.filterwarnings("ignore", message=message, category=category)
     settings = validate_config(cfg)
     fastpaths.say_if_missing()
     # seed: null (lightning-hydra-template's default) draws one; Lightning keeps it in PL_GLOBAL_SEED,
