@@ -3,6 +3,7 @@
     python scripts/bench_small_batches.py                    # 1 and 2 workers, 5 rounds
     python scripts/bench_small_batches.py --workers 2 --rounds 9
     python scripts/bench_small_batches.py --sizes          # one tensor of each size, both ways
+    python scripts/bench_small_batches.py --stream data/shards/breast_cancer   # JSONL shards instead
 
 A table's batch is a few kilobytes: making it takes microseconds, and what is left is the trip.
 torch sends every tensor of a batch through a new shared-memory file whose descriptor the receiver
@@ -19,6 +20,9 @@ workers), the three alternating in each round:
 Each figure: the median time between two batches inside a pass (the pass's first batch, which
 waits for the workers to be handed the pass, is left out), the consumer doing nothing else; the
 median over rounds is printed with the spread.
+
+``--stream DIR``: chute's ``StreamingDataModule`` over the JSONL shards in ``DIR`` (``python train.py
+data=streaming`` writes the example's), whose batches ``collate_nested`` stacks, in place of the table.
 
 ``--sizes``: where the limit belongs. One worker returns one ``float32`` tensor at a time, of 4 KB
 to 4 MB, sent torch's way and inside the message (no limit); microseconds a tensor.
@@ -37,7 +41,7 @@ from typing import Any
 import torch
 import torch.utils.data as tud
 
-from chute.datamodules import TabularDataModule
+from chute.datamodules import StreamingDataModule, TabularDataModule
 from chute.datasets import SklearnTable
 from chute.loader import LoaderSettings, buffers
 
@@ -85,6 +89,26 @@ def per_tensor() -> None:
         print(f"{nbytes >> 10:>5} KiB: " + ", ".join(line))
 
 
+def streams(root: str, workers_counts: list[int], rounds: int) -> None:
+    shipped = buffers.INLINE_BYTES
+    for workers in workers_counts:
+        settings = LoaderSettings(batch_size=64, num_workers=workers, persistent_workers=True)
+        dm = StreamingDataModule(root, shuffle_buffer=1000, seed=0, loader=settings)
+        dm.setup("fit")
+        buffers.INLINE_BYTES = 0  # inherited by the workers forked at the first pass
+        before = dm.train_dataloader()
+        batch_gaps_ms(before, passes=1)
+        buffers.INLINE_BYTES = shipped
+        loaders = {"chute stream, shared memory": before, "chute stream": dm.train_dataloader()}
+        times: dict[str, list[float]] = {name: [] for name in loaders}
+        for _ in range(rounds):
+            for name, loader in loaders.items():
+                times[name].append(batch_gaps_ms(loader, passes=8))
+        for name, ms in times.items():
+            print(f"{workers} worker(s) {name:>27}: {statistics.median(ms):5.2f} ms a batch "
+                  f"(rounds {min(ms):.2f}-{max(ms):.2f})")  # fmt: skip
+
+
 def repeated_table(source: Path, rows: int, out: Path) -> Path:
     with source.open(newline="") as handle:
         header, *body = list(csv.reader(handle))
@@ -103,9 +127,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4096)
     parser.add_argument("--data", default="data/breast_cancer/breast_cancer.csv")
     parser.add_argument("--sizes", action="store_true", help="one tensor of each size, both ways, instead")
+    parser.add_argument("--stream", help="a folder of JSONL shards to read instead of the table")
     args = parser.parse_args()
     if args.sizes:
         per_tensor()
+        return
+    if args.stream:
+        streams(args.stream, args.workers, args.rounds)
         return
     if not Path(args.data).exists():
         SklearnTable(name="breast_cancer")(args.data)

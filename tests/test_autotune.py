@@ -186,5 +186,9 @@ def test_the_in_thread_rule_on_measured_figures() -> None:
     assert not in_thread_wins(loader(600), loader(2_400, pace=0.8, reading=0.5))
     # a loader beside the thread that costs it nothing and keeps up always wins
     assert not in_thread_wins(loader(50_000), loader(40_000, pace=1.0))
+    # the stand-in's pace (49%) already lost the probe's reading thread's 1 ms a batch (1 sample):
+    # counted once, the worker wins (a timed loop at S = 1/R: 316 samples/s against 280 in the thread)
+    assert not in_thread_wins(loader(664), loader(484, pace=0.49, reading=1027))
     assert not in_thread_wins(loader(0), loader(1_000, pace=0.6))  # nothing came in the thread
     assert in_thread_wins(loader(1_000), loader(0, pace=0.9))  # nothing came from the others
+    assert in_thread_wins(loader(0), loader(0, pace=0.9))  # an empty loader: no workers for it

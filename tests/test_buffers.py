@@ -215,7 +215,7 @@ def test_a_later_loaders_workers_may_collect_a_batch_of_an_earlier_one() -> None
 
 class _Small(torch.utils.data.Dataset):
     """Batches of small tensors of every layout and dtype a batch may hold, each value derived from
-    the batch's first index (:func:`_small_batch`), beside one tensor too large to travel inline."""
+    the batch's first index (:func:`_small_batch`)."""
 
     def __len__(self) -> int:
         return 6
@@ -224,32 +224,47 @@ class _Small(torch.utils.data.Dataset):
         return _small_batch(indices[0])
 
 
+#: Fields of :func:`_small_batch` that hold their memory alone: sent as their bytes.
+_BY_VALUE = ("rows", "channels_last", "gapped", "flags", "low", "complex", "scalar", "empty")
+
+
 def _small_batch(first: int) -> dict[str, torch.Tensor]:
     from torchvision import tv_tensors
 
     base = torch.arange(first, first + 24, dtype=torch.float32)
-    images = base.repeat(4).view(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    gapped = torch.empty_strided((4, 3), (6, 2))  # its own memory, with gaps: strides kept
+    gapped.copy_(base[:12].view(4, 3))
+    sequence = base.clone()
     return {
-        "rows": base.view(4, 6),
-        "transposed": base.view(4, 6).t(),  # dense, not contiguous: its strides are kept
-        "channels_last": images,
-        "slice": torch.arange(100, dtype=torch.int64)[first : first + 5],  # a view into a larger storage
-        "expanded": torch.tensor([first, 1, 2]).expand(4, 3),  # overlapping: arrives contiguous
+        # by value
+        "rows": base.view(4, 6).clone(),
+        "channels_last": base.repeat(4).view(2, 3, 4, 4).contiguous(memory_format=torch.channels_last),
+        "gapped": gapped,
         "flags": base.view(4, 6) > first + 10,
         "low": base.to(torch.bfloat16),
         "complex": torch.complex(base, -base),
         "scalar": torch.tensor(first),
         "empty": torch.empty(0, 3),
-        "image": tv_tensors.Image(torch.full((3, 2, 2), first, dtype=torch.uint8)),  # a subclass: torch's way
-        "large": torch.full((buffers.INLINE_BYTES // 4 + 1,), float(first)),  # over the limit: torch's way
+        # torch's way: views (their base holds the memory too), three fields over one memory (they
+        # must still share it when they arrive), a subclass, one over the limit
+        "transposed": base.view(4, 6).t(),
+        "slice": torch.arange(100, dtype=torch.int64)[first : first + 5],
+        "expanded": torch.tensor([first, 1, 2]).expand(4, 3),
+        "sequence": sequence,
+        "inputs": sequence[:-1],
+        "targets": sequence[1:],
+        "image": tv_tensors.Image(torch.full((3, 2, 2), first, dtype=torch.uint8)),
+        "large": torch.full((buffers.INLINE_BYTES // 4 + 1,), float(first)),
     }
 
 
 @pytest.mark.parametrize("context", ["fork", "spawn"])
 def test_small_tensors_arrive_as_written_without_shared_memory(context: str) -> None:
     """A table's batch crossed from a worker at ~1.7 ms, nearly all of it torch's shared-memory file
-    and the socket round trip that hands its descriptor over, once per tensor. A small tensor now
-    travels inside the message: same values, dtype and layout, a writable copy of its own."""
+    and the socket round trip that hands its descriptor over, once per tensor. A small tensor that
+    alone holds its memory now travels inside the message: same values, dtype and strides, a
+    writable copy. Views, and tensors whose memory another field shares, go torch's way, so fields
+    that shared memory in the worker still share it."""
     from torchvision import tv_tensors
 
     chosen = LoaderSettings(batch_size=1, num_workers=2, multiprocessing_context=context)
@@ -262,14 +277,31 @@ def test_small_tensors_arrive_as_written_without_shared_memory(context: str) -> 
         for key, tensor in batch.items():
             torch.testing.assert_close(tensor, expected[key], rtol=0, atol=0, msg=key)
             assert tensor.dtype == expected[key].dtype
-        assert batch["transposed"].stride() == (1, 6)
+            assert tensor.stride() == expected[key].stride(), key
         assert batch["channels_last"].is_contiguous(memory_format=torch.channels_last)
-        assert batch["expanded"].is_contiguous()
         assert type(batch["image"]) is tv_tensors.Image
-        inline = [key for key in batch if key not in ("image", "large")]
-        assert not any(batch[key].is_shared() for key in inline)
-        assert batch["image"].is_shared()  # as torch sends them
-        assert batch["large"].is_shared()
+        assert [key for key in _BY_VALUE if batch[key].is_shared()] == []
+        assert [key for key in batch if key not in _BY_VALUE and not batch[key].is_shared()] == []
         batch["rows"] += 1  # writable
-        batch["slice"][0] = -1
+        batch["sequence"][3] = -1.0  # the views of it see the write, as in the worker
+        assert float(batch["inputs"][3]) == -1.0
+        assert float(batch["targets"][2]) == -1.0
     assert [int(batch["scalar"]) for batch in batches] == list(range(6))
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks:UserWarning")  # torch's, rebuilding it
+def test_a_sparse_tensor_in_a_batch_goes_torchs_way() -> None:
+    """With the arena on, a sparse tensor made the feeder thread raise (it has no data pointer to
+    look up): the batch was lost and the loader waited for it forever."""
+    chosen = LoaderSettings(batch_size=1, num_workers=1, timeout=30)
+    loader = build_loader(_Sparse(), chosen, train=False, seed=0, collate_fn=_as_is)
+    batches = list(loader)
+    assert [int(b.to_dense().sum()) for b in batches] == [0, 1, 2]
+
+
+class _Sparse(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 3
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.sparse_coo_tensor([[0]], [float(indices[0])], (4,), check_invariants=True)

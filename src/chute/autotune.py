@@ -211,21 +211,25 @@ def in_thread_wins(alone: dict[str, Any], beside: dict[str, Any]) -> bool:
     loader running beside it (``beside``), from what their probes measured.
 
     Per sample, in-thread loading adds ``1/R0`` to the training thread's own time ``S``: ``1 / (S +
-    1/R0)`` samples a second. A loader beside it costs that thread the reading of its batches
-    (``c``, the CPU the probe's reading thread spent a sample) and a share ``1 - pace`` of the rest
-    of its time, and delivers at most its rate ``R``: ``min(R, pace / (S + c))``. ``S`` is the
-    model's, which the probes cannot know; this takes a model as fast as that loader (``S = 1/R``),
-    where the choice matters most. For a much faster model the faster loader wins (``R0 > R``
-    decides), for a much slower one the smaller cost to the training thread."""
+    1/R0)`` samples a second. With a loader beside it, the training thread reads each batch itself
+    (``c`` a sample: the CPU the probe's reading thread spent) and keeps a share ``p`` of its time
+    for the rest, and it cannot get more than that loader's rate ``R``: ``min(R, 1 / (c + S/p))``.
+    The stand-in measured its pace beside the probe's reading thread, so its loss includes that
+    reading, about ``c R`` of its time, which the training thread does itself rather than lose:
+    ``p = pace + c R`` (at most 1). ``S`` is the model's, which the probes cannot know; this takes a
+    model as fast as that loader (``S = 1/R``), where the choice matters most. An empty loader (no
+    rate from any) is read in the training thread, without workers."""
     r0, rate = float(alone["samples_per_s"]), float(beside["samples_per_s"])
-    if r0 <= 0:
-        return False
     if rate <= 0:
         return True
+    if r0 <= 0:
+        return False
     step = 1.0 / rate
     reading = float(beside.get("reader_us_per_sample") or 0.0) * 1e-6
-    pace = float(beside["training_pace"])
-    return 1.0 / (step + 1.0 / r0) > min(rate, pace / (step + reading))
+    kept = min(1.0, float(beside["training_pace"]) + reading * rate)
+    if kept <= 0:
+        return True
+    return 1.0 / (step + 1.0 / r0) > min(rate, 1.0 / (reading + step / kept))
 
 
 def _short(backend: str) -> str:

@@ -266,59 +266,78 @@ INLINE_BYTES = 1 << 17
 
 def send_batches_lightly() -> None:
     """In a loader worker: send tensors with :func:`_reduce_tensor` (an arena slot's as its number, a
-    small one inside the message, any other as torch does). Called by ``WorkerInit`` in every worker
-    of a chute loader, forked or spawned."""
+    small one of its own inside the message, any other as torch does). Called by ``WorkerInit`` in
+    every worker of a chute loader, forked or spawned."""
     ForkingPickler.register(torch.Tensor, _reduce_tensor)
 
 
 def _reduce_tensor(tensor: torch.Tensor) -> Any:
     """How a worker pickles a tensor for the main process: a slot's tensor as its slot and layout, a
-    small one (:data:`INLINE_BYTES`) as its bytes, any other as torch does (through its own shared
-    memory). Tensor subclasses and tensors that need autograd go torch's way, as they are."""
+    small one that alone holds its memory (:func:`_by_value`) as its bytes, any other as torch does
+    (through shared memory). Tensor subclasses, tensors that need autograd and any but plain strided
+    CPU tensors go torch's way, as they are.
+
+    This runs in the queue's feeder thread, where an error loses the batch and leaves the main
+    process waiting for it: where chute's ways fail, torch's is taken."""
     from torch.multiprocessing.reductions import reduce_tensor
 
-    if type(tensor) is not torch.Tensor or tensor.requires_grad:
+    if (
+        type(tensor) is not torch.Tensor
+        or tensor.requires_grad
+        or tensor.layout != torch.strided
+        or tensor.device.type != "cpu"
+    ):
         return reduce_tensor(tensor)
+    try:
+        sent = _by_slot(tensor) or _by_value(tensor)
+    except (RuntimeError, TypeError, ValueError):
+        sent = None
+    return sent if sent is not None else reduce_tensor(tensor)
+
+
+def _by_slot(tensor: torch.Tensor) -> tuple[Any, tuple[Any, ...]] | None:
+    """A tensor in one of this worker's arena slots, as the slot's number and its layout there."""
     slots = _WORKER_SLOTS
     found = slots.slot_of(tensor) if slots is not None else None
-    if slots is not None and found is not None and found[1] % tensor.element_size() == 0:
-        slot, at = found
-        sends = int(slots.row[slot, _SENDS])
-        slots.row[slot, _STATE] = _SENT  # from now on the main process frees it
-        offset = at // tensor.element_size()  # of the first element, in elements from the slot's start
-        layout = (tensor.dtype, tuple(tensor.size()), tensor.stride(), offset)
-        return _rebuild, (slots.arena.token, slots.worker, slot, sends, *layout)
-    if _inline(tensor):
-        # Its elements in memory order: a dense layout (channels-last, a permutation) is kept as it is.
-        # Never raise here: this runs in the queue's feeder thread, where an error loses the batch and
-        # leaves the main process waiting for it; torch's way then.
-        try:
-            dense = tensor if tensor.is_contiguous() else torch.empty_like(tensor).copy_(tensor)
-            memory = dense.as_strided((dense.numel(),), (1,)).view(torch.uint8).numpy().tobytes()
-        except (RuntimeError, TypeError, ValueError):
-            return reduce_tensor(tensor)
-        return _rebuild_inline, (tensor.dtype, tuple(dense.size()), dense.stride(), memory)
-    return reduce_tensor(tensor)
+    if slots is None or found is None or found[1] % tensor.element_size():
+        return None
+    slot, at = found
+    sends = int(slots.row[slot, _SENDS])
+    slots.row[slot, _STATE] = _SENT  # from now on the main process frees it
+    offset = at // tensor.element_size()  # of the first element, in elements from the slot's start
+    layout = (tensor.dtype, tuple(tensor.size()), tensor.stride(), offset)
+    return _rebuild, (slots.arena.token, slots.worker, slot, sends, *layout)
 
 
-def _inline(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` travels inside the message: small, plain strided CPU memory (not quantized,
-    sparse, or carrying a lazy conjugate or negation)."""
-    return (
-        tensor.numel() * tensor.element_size() <= INLINE_BYTES
-        and tensor.layout == torch.strided
-        and tensor.device.type == "cpu"
-        and not tensor.is_quantized
-        and not tensor.is_conj()
-        and not tensor.is_neg()
-    )
+#: How many references a tensor's memory (its storage) has: torch's own count, which its graph
+#: tools read (None where a torch lacks it: then nothing is sent by value).
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 
 
-def _rebuild_inline(dtype: torch.dtype, size: tuple[int, ...], stride: tuple[int, ...], memory: bytes) -> torch.Tensor:
-    """A tensor sent by :func:`_reduce_tensor` as its bytes: a writable copy in this process."""
-    if not memory:
-        return torch.empty_strided(size, stride, dtype=dtype)
-    return torch.frombuffer(bytearray(memory), dtype=torch.uint8).view(dtype).as_strided(size, stride)
+def _by_value(tensor: torch.Tensor) -> tuple[Any, tuple[Any, ...]] | None:
+    """A small tensor (its memory up to :data:`INLINE_BYTES`) as the bytes of its memory and its exact
+    layout (strides and offset), received as a writable copy, when nothing else can see that memory:
+    it is not a view (whose base holds the memory too), no other tensor in the worker holds it
+    (another field of the batch that is a view of it: the two must still share memory when they
+    arrive, as torch's way keeps them), and it is not in shared memory already (a dataset that
+    shares it with another process on purpose). Anything else goes torch's way."""
+    if _USE_COUNT is None or tensor._base is not None or tensor.is_quantized or tensor.is_shared():
+        return None
+    if tensor.is_conj() or tensor.is_neg():  # lazy flags its bytes do not carry
+        return None
+    storage = tensor.untyped_storage()
+    if storage.nbytes() > INLINE_BYTES or _USE_COUNT(storage._cdata) != 2:  # this tensor and `storage`
+        return None
+    memory = torch.empty(0, dtype=torch.uint8).set_(storage).numpy().tobytes()
+    return _rebuild_inline, (tensor.dtype, tuple(tensor.size()), tensor.stride(), tensor.storage_offset(), memory)
+
+
+def _rebuild_inline(
+    dtype: torch.dtype, size: tuple[int, ...], stride: tuple[int, ...], offset: int, memory: bytes
+) -> torch.Tensor:
+    """A tensor sent by :func:`_by_value`: the same layout over a writable copy of its memory."""
+    raw = torch.frombuffer(bytearray(memory), dtype=torch.uint8) if memory else torch.empty(0, dtype=torch.uint8)
+    return torch.empty(0, dtype=dtype).set_(raw.untyped_storage(), offset, size, stride)
 
 
 def _rebuild(
