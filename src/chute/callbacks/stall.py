@@ -277,7 +277,7 @@ def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | 
         if not on_gpu:
             import torch
 
-            # on 2 cores the tables' worker took its core from the model: the wait fell, the step grew
+            # on 2 cores a stream's worker took its core from the model: the wait fell, the step grew
             tip += (
                 f" (training on the CPU, loader workers share the {cpus} CPUs with the model's "
                 f"{torch.get_num_threads()} threads: they help where a core is idle)"
