@@ -35,12 +35,14 @@ import csv
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.utils.data as tud
 
+from benchlib import alternate
 from chute.datamodules import StreamingDataModule, TabularDataModule
 from chute.datasets import SklearnTable
 from chute.loader import LoaderSettings, buffers
@@ -89,24 +91,33 @@ def per_tensor() -> None:
         print(f"{nbytes >> 10:>5} KiB: " + ", ".join(line))
 
 
-def streams(root: str, workers_counts: list[int], rounds: int) -> None:
+def started_as_before(make: Callable[[], Any]) -> Any:
+    """A loader from ``make`` whose workers send every tensor torch's way (``INLINE_BYTES = 0``, which
+    they inherit when its first pass forks them: started here, then the limit is put back)."""
     shipped = buffers.INLINE_BYTES
+    buffers.INLINE_BYTES = 0
+    try:
+        loader = make()
+        batch_gaps_ms(loader, passes=1)
+    finally:
+        buffers.INLINE_BYTES = shipped
+    return loader
+
+
+def report(workers: int, loaders: dict[str, Any], rounds: int, passes: int) -> None:
+    width = max(len(name) for name in loaders)
+    for name, ms in alternate(loaders, rounds, lambda loader: batch_gaps_ms(loader, passes)).items():
+        print(f"{workers} worker(s) {name:>{width}}: {statistics.median(ms):5.2f} ms a batch "
+              f"(rounds {min(ms):.2f}-{max(ms):.2f})")  # fmt: skip
+
+
+def streams(root: str, workers_counts: list[int], rounds: int) -> None:
     for workers in workers_counts:
         settings = LoaderSettings(batch_size=64, num_workers=workers, persistent_workers=True)
         dm = StreamingDataModule(root, shuffle_buffer=1000, seed=0, loader=settings)
         dm.setup("fit")
-        buffers.INLINE_BYTES = 0  # inherited by the workers forked at the first pass
-        before = dm.train_dataloader()
-        batch_gaps_ms(before, passes=1)
-        buffers.INLINE_BYTES = shipped
-        loaders = {"chute stream, shared memory": before, "chute stream": dm.train_dataloader()}
-        times: dict[str, list[float]] = {name: [] for name in loaders}
-        for _ in range(rounds):
-            for name, loader in loaders.items():
-                times[name].append(batch_gaps_ms(loader, passes=8))
-        for name, ms in times.items():
-            print(f"{workers} worker(s) {name:>27}: {statistics.median(ms):5.2f} ms a batch "
-                  f"(rounds {min(ms):.2f}-{max(ms):.2f})")  # fmt: skip
+        before = started_as_before(dm.train_dataloader)
+        report(workers, {"chute stream, shared memory": before, "chute stream": dm.train_dataloader()}, rounds, 8)
 
 
 def repeated_table(source: Path, rows: int, out: Path) -> Path:
@@ -137,7 +148,6 @@ def main() -> None:
         return
     if not Path(args.data).exists():
         SklearnTable(name="breast_cancer")(args.data)
-    shipped = buffers.INLINE_BYTES
     with tempfile.TemporaryDirectory() as tmp:
         table = repeated_table(Path(args.data), args.rows, Path(tmp) / "table.csv")
         for workers in args.workers:
@@ -149,24 +159,12 @@ def main() -> None:
                 torch.randn(args.rows, features.shape[1], dtype=features.dtype),
                 torch.randint(0, 2, (args.rows,), dtype=labels.dtype),
             )
-            # Workers are forked when each loader's first pass starts and keep the limit they
-            # inherited: each chute loader is made and started under its own.
-            buffers.INLINE_BYTES = 0
-            inline_off = dm.train_dataloader()
-            batch_gaps_ms(inline_off, passes=1)  # starts its workers
-            buffers.INLINE_BYTES = shipped
             loaders: dict[str, Any] = {
                 "torch": tud.DataLoader(plain, 64, shuffle=True, num_workers=workers, persistent_workers=True),
-                "chute, shared memory": inline_off,
+                "chute, shared memory": started_as_before(dm.train_dataloader),
                 "chute": dm.train_dataloader(),
             }
-            times: dict[str, list[float]] = {name: [] for name in loaders}
-            for _ in range(args.rounds):
-                for name, loader in loaders.items():
-                    times[name].append(batch_gaps_ms(loader))
-            for name, ms in times.items():
-                print(f"{workers} worker(s) {name:>20}: {statistics.median(ms):5.2f} ms a batch "
-                      f"(rounds {min(ms):.2f}-{max(ms):.2f})")  # fmt: skip
+            report(workers, loaders, args.rounds, 2)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.utils.data as tud
 
+from benchlib import alternate
 from chute.datamodules import TabularDataModule
 from chute.datasets import SklearnTable
 from chute.loader import LoaderSettings
@@ -53,11 +54,7 @@ def main() -> None:
         "chute": dm.val_dataloader(),
         "torch": tud.DataLoader(plain, 64, num_workers=args.workers),
     }
-    times: dict[str, list[float]] = {name: [] for name in loaders}
-    for _ in range(args.starts):
-        for name, loader in loaders.items():
-            times[name].append(first_batch_ms(loader))
-    for name, ms in times.items():
+    for name, ms in alternate(loaders, args.starts, first_batch_ms).items():
         print(f"{name:>6}: median {statistics.median(ms):6.1f} ms to the first batch ({args.workers} workers); "
               f"every start: {[round(m) for m in ms]}")  # fmt: skip
 

@@ -46,6 +46,16 @@ def rate(loader: Iterable[Any], hook: Callable[[Any], Any] | None = None) -> flo
     return count(loader, hook) / (time.perf_counter() - start)
 
 
+def alternate(loaders: dict[str, Any], rounds: int, measure: Callable[[Any], float]) -> dict[str, list[float]]:
+    """``measure`` of each of ``loaders`` in turn, ``rounds`` times over (alternating, so that a machine
+    that slows down or speeds up meanwhile weighs on each alike): every figure, by loader name."""
+    figures: dict[str, list[float]] = {name: [] for name in loaders}
+    for _ in range(rounds):
+        for name, loader in loaders.items():
+            figures[name].append(measure(loader))
+    return figures
+
+
 def write_results(stem: Path, args: dict[str, Any], rows: list[dict[str, Any]], value: str, title: str) -> None:
     """Write ``stem.json`` (args, machine, rows), ``stem.csv`` and a bar chart of ``value`` per row."""
     stem.parent.mkdir(parents=True, exist_ok=True)
