@@ -1,8 +1,13 @@
 """``num_workers=auto``: probe loader settings for a few seconds each and keep the fastest.
 
 Each candidate (worker count, and prefetch depth for worker processes) gets a fresh DataLoader; the
-first batch (worker start-up) is not timed, then batches are counted for ``seconds`` or
-``max_batches``, whichever comes first. Throughput, not latency, decides. The search is short on
+first batch (worker start-up) is not timed, then batches are counted for ``seconds``, or until
+``max_batches`` have come and :data:`LEAST_SECONDS` have passed. A loader whose pass ends sooner is
+read again, as the next epoch would be: with the workers kept (``persistent_workers``, the default),
+a probe then sees their steady pace and the pause between passes, not the rest of their start-up.
+On a stream of 8 batches a pass, one pass after the first batch was a few milliseconds, mostly the
+second worker starting: the same setting read 3,500 to 15,000 samples/s run to run, and the choice
+between workers and none was a coin flip. Throughput, not latency, decides. The search is short on
 purpose: on 2 cores it tries 5 settings in a few seconds, against minutes for timing full epochs.
 
 A loader that is fast alone can still starve training: loader threads share the interpreter with
@@ -25,7 +30,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
@@ -36,6 +41,9 @@ from chute.loader import LoaderSettings
 #: The least share of its solo pace the training thread's stand-in must keep for a candidate to be chosen.
 MIN_PACE = 0.5
 
+#: The least time a probe counts batches for, however fast ``max_batches`` come (unless ``seconds`` is shorter).
+LEAST_SECONDS = 0.2
+
 
 def candidates(settings: LoaderSettings, cpus: int | None = None, threads: bool = True) -> list[LoaderSettings]:
     """Worker processes 0, 1, 2, 4, 8 and all CPUs but one (at most 32; 2 on 2 CPUs), prefetch 2 and 4
@@ -44,6 +52,8 @@ def candidates(settings: LoaderSettings, cpus: int | None = None, threads: bool 
     cpus = cpus or os.cpu_count() or 1
     most = min(32, max(cpus - 1, min(cpus, 2)))  # one core left for training, except on the smallest machines
     counts = sorted({0, 1, *[c for c in (2, 4, 8) if c <= most], most})
+    # worker processes are kept between a probe's passes as they will be between epochs (null: kept)
+    keep = settings.persistent_workers is not False
     out = []
     for workers in counts:
         for prefetch in (None,) if workers == 0 else (2, 4):
@@ -52,7 +62,7 @@ def candidates(settings: LoaderSettings, cpus: int | None = None, threads: bool 
                     settings,
                     num_workers=workers,
                     prefetch_factor=prefetch,
-                    persistent_workers=False,
+                    persistent_workers=keep and workers > 0,
                     timeout=0.0,
                     backend="torch",
                 )
@@ -64,7 +74,7 @@ def candidates(settings: LoaderSettings, cpus: int | None = None, threads: bool 
                     settings,
                     num_workers=count,
                     prefetch_factor=2,
-                    persistent_workers=False,
+                    persistent_workers=None,
                     timeout=0.0,
                     backend="threads",
                 )
@@ -111,11 +121,17 @@ class _Witness:
 
 
 def probe(
-    loader: Iterable[Any], seconds: float, max_batches: int, witness: _Witness | None = None
+    loader: Iterable[Any],
+    seconds: float,
+    max_batches: int,
+    witness: _Witness | None = None,
+    least_seconds: float = LEAST_SECONDS,
 ) -> tuple[float, float]:
-    """Samples/s of ``loader`` after its first batch, over ``seconds`` or ``max_batches`` (with ``witness``
-    running meanwhile, if given), and the CPU seconds a sample took of the thread reading it (a worker's
-    batch unpickled, a thread's handed over; with ``num_workers=0``, all of the loading)."""
+    """Samples/s of ``loader`` after its first batch, over ``seconds``, or until ``max_batches`` have come
+    and ``least_seconds`` have passed (with ``witness`` running meanwhile, if given), and the CPU seconds
+    a sample took of the thread reading it (a worker's batch unpickled, a thread's handed over; with
+    ``num_workers=0``, all of the loading). A pass that ends sooner is followed by another, timed with
+    the start of each (a pass that brings nothing ends the probe)."""
     iterator = iter(loader)
     try:
         next(iterator)  # start-up: worker processes, first reads
@@ -123,20 +139,44 @@ def probe(
         return 0.0, 0.0
     if witness is not None:
         witness.start()
-    samples, start, cpu = 0, time.perf_counter(), time.thread_time()
+    samples, batches, start, cpu = 0, 0, time.perf_counter(), time.thread_time()
     try:
-        for i, batch in enumerate(iterator):
+        for batch in _passes(loader, iterator):
             samples += samples_in(batch) or 1  # unsized batches count as one
-            if i + 1 >= max_batches or time.perf_counter() - start >= seconds:
+            batches += 1
+            elapsed = time.perf_counter() - start
+            if elapsed >= seconds or (batches >= max_batches and elapsed >= least_seconds):
                 break
         elapsed, used = time.perf_counter() - start, time.thread_time() - cpu
     finally:
         if witness is not None:
             witness.stop()
-    del iterator  # shuts the probe's workers down
+    del iterator  # shuts the probe's workers down, unless they are persistent (see _release)
     if elapsed <= 0 or not samples:
         return 0.0, 0.0
     return samples / elapsed, used / samples
+
+
+def _passes(loader: Iterable[Any], started: Iterator[Any]) -> Iterator[Any]:
+    """The batches of ``loader``, pass after pass, from the pass ``started``; until a new pass brings none
+    (as a loader that is its own iterator, a generator say, does after its one pass)."""
+    iterator, first = started, True
+    while True:
+        brought = first  # the started pass has brought the probe's first batch
+        for batch in iterator:
+            brought = True
+            yield batch
+        if not brought:
+            return
+        iterator, first = iter(loader), False
+
+
+def _release(loader: Any) -> None:
+    """Stop the worker processes a probed DataLoader keeps between passes (``persistent_workers``)."""
+    kept = getattr(loader, "_iterator", None)
+    if kept is not None and hasattr(kept, "_shutdown_workers"):
+        kept._shutdown_workers()
+        loader._iterator = None
 
 
 def _solo_pace(seconds: float = 0.2) -> float:
@@ -162,7 +202,12 @@ def autotune(
     for candidate in candidates(settings, cpus, threads):
         in_thread = candidate.num_workers == 0 and candidate.backend == "torch"
         witness = None if in_thread else _Witness()
-        rate, taken = probe(make_loader(candidate), seconds, max_batches, witness)
+        loader = make_loader(candidate)
+        try:
+            rate, taken = probe(loader, seconds, max_batches, witness)
+        finally:
+            _release(loader)
+            del loader
         pace: float | None = None  # the share of its solo pace the stand-in kept (None: no loader beside it)
         if witness is not None:
             pace = witness.pace / solo if witness.pace is not None and solo > 0 else 1.0

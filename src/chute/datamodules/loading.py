@@ -51,6 +51,8 @@ def split_loader(
             after_copy=hook_after_copy(dm, train, chosen, to_device, stream, record=not probe),
         )  # fmt: skip
 
+    if dm.remakes_loaders and settings.persistent_workers is None:
+        settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     if settings.auto and not settings.on_ray:  # Ray sizes its own pool to the cluster
         if dm.tuned_loader is None:  # tuned once, on the first loader built (training, under Lightning)
             dm.tuned_loader, dm.autotune_report = autotune(lambda s: build(s, probe=True), settings, threads=not stream)
@@ -58,8 +60,6 @@ def split_loader(
     if stream and settings.backend == "threads":
         refusal = f"{type(dm).__name__} streams batches itself; use torch, ray or ray_data"
         raise ConfigError("loader.backend", settings.backend, refusal)
-    if dm.remakes_loaders and settings.persistent_workers is None:
-        settings = dataclasses.replace(settings, persistent_workers=False)  # workers end with their loader
     loader = build(settings)
     return dm._training_loader(loader) if train else loader
 
