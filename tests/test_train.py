@@ -45,6 +45,7 @@ def test_default_experiment_writes_everything(tmp_path: Path, digits_root: Path)
     # warnings the user cannot act on (Lightning's own deprecated torch call, the summary's bf16 note)
     assert "LeafSpec" not in proc.stdout + proc.stderr
     assert "not supported by the model summary" not in proc.stdout + proc.stderr
+    assert "Tip:" not in proc.stdout + proc.stderr  # Lightning's advertisement for its cloud logger
 
     summary = [line for line in proc.stdout.splitlines() if line.startswith("chute |")]
     assert len(summary) == 1

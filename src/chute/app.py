@@ -95,9 +95,23 @@ _NOT_ACTIONABLE = (
 )
 
 
+class _NoAdvertisement(logging.Filter):
+    """Drops Lightning's "💡 Tip" record, printed at every fit whose loggers do not include its
+    cloud platform's: an advertisement, not advice on the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+_QUIET = _NoAdvertisement()
+
+
 def _run(cfg: DictConfig) -> float:
     started = time.perf_counter()
     _log_to_run_file()
+    rank_zero_logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if _QUIET not in rank_zero_logger.filters:
+        rank_zero_logger.addFilter(_QUIET)
     for message, category in _NOT_ACTIONABLE:
         warnings.filterwarnings("ignore", message=message, category=category)
     settings = validate_config(cfg)
