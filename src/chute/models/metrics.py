@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import Metric
 
 
@@ -21,9 +22,23 @@ class EpochMetrics:
     metrics inside inference mode, which leaves their states inference tensors that ``fit``'s
     validation (``no_grad``, outside inference mode) cannot update: ``fit`` after ``validate``
     failed with "Inplace update to inference tensor outside InferenceMode". So each run's start
-    resets its stage's metrics, outside inference mode. A subclass that overrides these hooks calls
-    ``super()``.
+    resets its stage's metrics, outside inference mode.
+
+    A training epoch resumed mid-way goes on counting from where the checkpoint was taken, so its
+    ``train/...`` values are those of the uninterrupted epoch (they counted only the batches after the
+    resume before). Lightning keeps no metric state in a checkpoint, and a metric's own
+    ``persistent`` states would give every rank rank 0's share under DDP. So each checkpoint of a fit
+    holds the training metrics' states summed over the ranks (torchmetrics' own reduction, the one
+    ``compute`` uses), and a fit resumed from it gives them to rank 0 alone, the others starting
+    empty: their sum is the saved one whatever the number of ranks now. Metrics whose states are
+    lists (concatenated) or reduced by a mean are left out and start empty, as before.
+
+    A subclass that overrides these hooks calls ``super()``.
     """
+
+    #: The training metrics' states a checkpoint restored, with the trainer that restored it, until that
+    #: fit's training starts (:meth:`on_load_checkpoint`, :meth:`on_train_start`).
+    _resumed_train_metrics: tuple[Any, dict[str, Any]] | None = None
 
     def epoch_metrics(self, stage: str) -> Iterable[Metric]:
         """The metrics logged per epoch for ``stage`` (``train``, ``val`` or ``test``)."""
@@ -37,6 +52,37 @@ class EpochMetrics:
     def on_train_start(self) -> None:
         super().on_train_start()  # type: ignore[misc]
         self._reset_epoch_metrics("train")
+        stash, self._resumed_train_metrics = self._resumed_train_metrics, None
+        trainer = getattr(self, "_trainer", None)
+        if stash is None or trainer is None or stash[0] is not trainer or stash[1]["epoch"] != trainer.current_epoch:
+            return  # a fresh fit, or one resumed at an epoch's end
+        saved = stash[1]
+        with torch.inference_mode(False):
+            for metric, states in zip(self.epoch_metrics("train"), saved["metrics"], strict=False):
+                if states is None:
+                    continue
+                if trainer.global_rank == 0:
+                    _put_states(metric, states)
+                metric._chute_resumed = True  # log it at its next update (log_epoch_metric)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        # Every rank saves (Lightning's save_checkpoint ends in a barrier), so every rank joins the sum.
+        # A save after a validation runs in its context, inference mode with NCCL: the states the sync
+        # puts back must stay tensors that training can update.
+        with torch.inference_mode(False):
+            metrics = [_summed_states(metric) for metric in self.epoch_metrics("train")]
+        checkpoint[TRAIN_METRICS_KEY] = {"epoch": trainer.current_epoch, "metrics": metrics}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        trainer = getattr(self, "_trainer", None)
+        fitting = trainer is not None and trainer.state.fn == TrainerFn.FITTING  # not load_from_checkpoint
+        saved = checkpoint.get(TRAIN_METRICS_KEY) if fitting else None
+        self._resumed_train_metrics = None if saved is None else (trainer, saved)  # for this fit's start only
 
     def on_validation_start(self) -> None:
         super().on_validation_start()  # type: ignore[misc]
@@ -45,6 +91,42 @@ class EpochMetrics:
     def on_test_start(self) -> None:
         super().on_test_start()  # type: ignore[misc]
         self._reset_epoch_metrics("test")
+
+
+#: Key of the training metrics' states in a fit's checkpoint (:class:`EpochMetrics`).
+TRAIN_METRICS_KEY = "chute_train_metric_states"
+
+_SUMMABLE = ("sum", "max", "min")  # reductions whose result, beside empty states, reduces to itself
+
+
+def _summed_states(metric: Metric) -> dict[str, Any] | None:
+    """``metric``'s states reduced over the ranks (each rank's own, in one process), on the CPU, and
+    its update count; None for a metric whose states cannot be restored on one rank alone."""
+    reductions = metric._reductions
+    for name, default in metric._defaults.items():
+        fx = reductions.get(name)
+        if not isinstance(default, torch.Tensor) or getattr(fx, "__name__", "").split("_")[-1] not in _SUMMABLE:
+            return None
+    count = metric.update_count
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        total = torch.tensor([count], dtype=torch.int64, device=getattr(metric, next(iter(metric._defaults))).device)
+        torch.distributed.all_reduce(total)
+        count = int(total.item())
+    with metric.sync_context(should_sync=distributed):
+        states = {name: getattr(metric, name).detach().to("cpu", copy=True) for name in metric._defaults}
+    return {"states": states, "update_count": count}
+
+
+def _put_states(metric: Metric, saved: dict[str, Any]) -> None:
+    states = saved["states"]
+    if set(states) != set(metric._defaults) or any(v.shape != getattr(metric, k).shape for k, v in states.items()):
+        return  # not this metric's states (the model's metrics changed since): it starts empty
+    for name, value in states.items():
+        current = getattr(metric, name)
+        setattr(metric, name, value.to(device=current.device, dtype=current.dtype))
+    metric._update_count = int(saved["update_count"])
+    metric._computed = None
 
 
 def log_epoch_metric(
@@ -61,7 +143,8 @@ def log_epoch_metric(
     resets a stage's metrics when its run starts) and on each loop's first batch, not on every step.
     The value is the same.
     """
-    if metric.update_count == 1 or batch_idx == 0:
+    if metric.update_count == 1 or batch_idx == 0 or getattr(metric, "_chute_resumed", False):
+        metric._chute_resumed = False
         module.log(name, metric, on_step=False, on_epoch=True, prog_bar=prog_bar, batch_size=batch_size)
 
 
