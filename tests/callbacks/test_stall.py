@@ -260,6 +260,10 @@ def test_the_advice_on_a_cpu_trainer_and_after_auto(monkeypatch: pytest.MonkeyPa
     on_cpu = _advice(SimpleNamespace(datamodule=given))
     assert "raise loader.num_workers" in on_cpu
     assert "share the 2 CPUs with the model's 2 threads" in on_cpu
+    assert "each batch is made in the training thread" in on_cpu
+    assert "prefetch_factor" not in on_cpu  # no prefetching without workers (the setting is refused there)
+    workers = SimpleNamespace(loader_settings=LoaderSettings(num_workers=1), tuned_loader=None)
+    assert "loader.prefetch_factor" in _advice(SimpleNamespace(datamodule=workers))
     gpu = SimpleNamespace(strategy=SimpleNamespace(root_device=SimpleNamespace(type="cuda")))
     assert "share the" not in _advice(SimpleNamespace(datamodule=given, **vars(gpu)))
     auto, chosen = LoaderSettings(num_workers="auto"), LoaderSettings(num_workers=0)

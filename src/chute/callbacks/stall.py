@@ -270,10 +270,17 @@ def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | 
             "wait left is the work of making each batch"
         )
     else:
-        tip = (
-            f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; loader.num_workers=auto "
-            "measures the options) or loader.prefetch_factor"
-        )
+        if settings.backend == "torch" and settings.num_workers == 0:
+            # the wait is the making of each batch, in the training thread: no prefetch depth to raise
+            tip = (
+                f"raise loader.num_workers (now {now}: each batch is made in the training thread, between "
+                f"its steps; {cpus} CPUs here, keep one for training; loader.num_workers=auto measures the options)"
+            )
+        else:
+            tip = (
+                f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; "
+                "loader.num_workers=auto measures the options) or loader.prefetch_factor"
+            )
         if not on_gpu:
             import torch
 
