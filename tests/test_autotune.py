@@ -245,3 +245,20 @@ def test_a_loader_that_is_its_own_iterator_is_probed_over_its_one_pass() -> None
 
     _, report = autotune(make, LoaderSettings(num_workers="auto"), seconds=5.0, cpus=2)
     assert all(r["samples_per_s"] > 0 for r in report)
+
+
+def test_settings_of_worker_processes_are_dropped_where_the_training_thread_wins() -> None:
+    """``persistent_workers``, ``timeout`` and ``multiprocessing_context`` given with ``auto`` apply to
+    worker processes: where loading in the training thread wins they are dropped, not refused (the
+    chosen settings raised a ConfigError on ``persistent_workers=True`` with ``num_workers=0``)."""
+    settings = LoaderSettings(
+        num_workers="auto", persistent_workers=True, timeout=30.0, multiprocessing_context="spawn"
+    )
+    table = _loaders(in_thread_s=0.00002, beside_wait_s=0.004, beside_read_s=0.001)
+    chosen, _ = autotune(table, settings, seconds=0.15, cpus=2, threads=False)
+    assert (chosen.num_workers, chosen.persistent_workers, chosen.timeout) == (0, None, 0.0)
+    assert chosen.multiprocessing_context is None
+    images = _loaders(in_thread_s=0.003, beside_wait_s=0.001, beside_read_s=0.00002)
+    chosen, _ = autotune(images, settings, seconds=0.15, cpus=2, threads=False)
+    assert chosen.num_workers > 0
+    assert (chosen.persistent_workers, chosen.timeout, chosen.multiprocessing_context) == (True, 30.0, "spawn")

@@ -230,13 +230,15 @@ def autotune(
     assert best is not None
     choice = results[best]
     threaded = choice["backend"] == "threads"
-    chosen = dataclasses.replace(
+    processes = not threaded and choice["num_workers"] > 0
+    chosen = dataclasses.replace(  # the settings that only worker processes take are dropped without them
         settings,
         num_workers=choice["num_workers"],
         prefetch_factor=choice["prefetch_factor"],
         backend=choice["backend"],
-        persistent_workers=None if threaded else settings.persistent_workers,
-        multiprocessing_context=None if threaded else settings.multiprocessing_context,
+        persistent_workers=settings.persistent_workers if processes else None,
+        multiprocessing_context=settings.multiprocessing_context if processes else None,
+        timeout=settings.timeout if threaded or processes else 0.0,
     )
     table = ", ".join(
         f"{_short(r['backend'])}{r['num_workers']}/p{r['prefetch_factor'] or '-'}: {r['samples_per_s']:,.0f}/s"

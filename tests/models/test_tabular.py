@@ -203,3 +203,17 @@ def test_under_ddp_an_epoch_resumed_mid_way_logs_the_uninterrupted_epochs_train_
         whole, resumed = records["whole"][rank]["metrics"], records["resume"][rank]["metrics"]
         assert resumed["train/acc"] == whole["train/acc"]
         assert resumed["val/acc"] == whole["val/acc"]
+
+
+def test_a_training_metric_without_states_of_its_own_is_left_out_of_the_checkpoint() -> None:
+    """A wrapper keeps its states in its inner metrics (``MinMaxMetric``): nothing to sum; under DDP the
+    sum's device was read off its first state and every checkpoint save raised StopIteration."""
+    from torchmetrics.classification import MulticlassAccuracy
+    from torchmetrics.wrappers import MinMaxMetric
+
+    from chute.models.metrics import _summed_states
+
+    assert _summed_states(MinMaxMetric(MulticlassAccuracy(3))) is None
+    saved = _summed_states(MulticlassAccuracy(3))
+    assert saved is not None
+    assert saved["update_count"] == 0

@@ -103,6 +103,8 @@ def _summed_states(metric: Metric) -> dict[str, Any] | None:
     """``metric``'s states reduced over the ranks (each rank's own, in one process), on the CPU, and
     its update count; None for a metric whose states cannot be restored on one rank alone."""
     reductions = metric._reductions
+    if not metric._defaults:
+        return None  # a wrapper whose states are its inner metrics' (MinMaxMetric, ClasswiseWrapper)
     for name, default in metric._defaults.items():
         fx = reductions.get(name)
         if not isinstance(default, torch.Tensor) or getattr(fx, "__name__", "").split("_")[-1] not in _SUMMABLE:
