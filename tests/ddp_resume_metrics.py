@@ -23,16 +23,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from chute.datamodules import TabularDataModule
 from chute.datasets import SklearnTable
 from chute.models import TabularModel
-
-
-class CutError(Exception):
-    pass
-
-
-class CutAt(Callback):
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if trainer.global_step == 11:
-            raise CutError
+from tests.helpers import CutAt, CutError
 
 
 def main() -> None:
@@ -45,7 +36,7 @@ def main() -> None:
     if mode == "cut":
         every = ModelCheckpoint(dirpath=out / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
         after_validation = ModelCheckpoint(dirpath=out / "val", filename="{epoch}")  # saved in validation's context
-        callbacks = [every, after_validation, CutAt()]
+        callbacks = [every, after_validation, CutAt(11)]
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=2, logger=False, num_sanity_val_steps=0,
         enable_checkpointing=mode == "cut", enable_progress_bar=False, enable_model_summary=False,

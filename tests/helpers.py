@@ -172,3 +172,18 @@ def two_rank_records(script: str, *args: str, out: Path) -> list[dict[str, Any]]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     return ranks
+
+
+class CutError(Exception):
+    """What :class:`CutAt` raises: a fit stopped as if its process died, on every rank."""
+
+
+class CutAt(L.Callback):
+    """Raises :class:`CutError` at the end of training step ``step`` (``trainer.global_step`` then)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step:
+            raise CutError

@@ -98,21 +98,15 @@ def test_a_run_cut_short_then_resumed_onto_the_same_model_logs_what_a_fresh_one_
     """The cut-short run's updates stay in the model's metrics; the resumed epoch's ``train/acc`` was not
     logged at all (never at a first update again), and EarlyStopping on it failed."""
     import lightning as L
-    from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    class CutError(Exception):
-        pass
-
-    class CutAt(Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-            if trainer.global_step == 18:
-                raise CutError
+    from tests.helpers import CutAt, CutError
 
     dm = _cancer(tmp_path)
     L.seed_everything(0)
     model = TabularModel(**dm.model_kwargs)
     saves = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    cut = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[saves, CutAt()])
+    cut = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[saves, CutAt(18)])
     with pytest.raises(CutError):
         cut.fit(model, datamodule=dm)
     checkpoint = str(tmp_path / "ckpt" / "step=17.ckpt")  # epoch 1, mid-way (15 batches an epoch)
@@ -133,17 +127,10 @@ def test_an_epoch_resumed_mid_way_logs_the_uninterrupted_epochs_train_metrics(tm
     that of the whole epoch, as in the run that was never cut (it counted the batches after the resume
     only). A model loaded with ``load_from_checkpoint`` and fitted afresh starts its metrics empty."""
     import lightning as L
-    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from chute.models.metrics import TRAIN_METRICS_KEY
-
-    class CutError(Exception):
-        pass
-
-    class CutAt(Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-            if trainer.global_step == 18:
-                raise CutError
+    from tests.helpers import CutAt, CutError
 
     dm = _cancer(tmp_path)
 
@@ -154,7 +141,7 @@ def test_an_epoch_resumed_mid_way_logs_the_uninterrupted_epochs_train_metrics(tm
     whole = _trainer(tmp_path, max_epochs=2)
     whole.fit(model(), datamodule=dm)
     saves = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1, filename="{step}")
-    cut = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[saves, CutAt()])
+    cut = _trainer(tmp_path, max_epochs=2, enable_checkpointing=True, callbacks=[saves, CutAt(18)])
     with pytest.raises(CutError):
         cut.fit(model(), datamodule=dm)
     checkpoint = tmp_path / "ckpt" / "step=17.ckpt"  # epoch 1, 2 of its 15 batches trained
