@@ -270,17 +270,14 @@ def _advice(trainer: L.Trainer, wait: float | None = None, loader_wait: float | 
             "wait left is the work of making each batch"
         )
     else:
-        if settings.backend == "torch" and settings.num_workers == 0:
-            # the wait is the making of each batch, in the training thread: no prefetch depth to raise
-            tip = (
-                f"raise loader.num_workers (now {now}: each batch is made in the training thread, between "
-                f"its steps; {cpus} CPUs here, keep one for training; loader.num_workers=auto measures the options)"
-            )
-        else:
-            tip = (
-                f"raise loader.num_workers (now {now}; {cpus} CPUs here, keep one for training; "
-                "loader.num_workers=auto measures the options) or loader.prefetch_factor"
-            )
+        # without workers the wait is the making of each batch, in the training thread: no prefetch depth
+        in_thread = settings.backend == "torch" and settings.num_workers == 0
+        tip = (
+            f"raise loader.num_workers (now {now}"
+            + (": each batch is made in the training thread, between its steps" if in_thread else "")
+            + f"; {cpus} CPUs here, keep one for training; loader.num_workers=auto measures the options)"
+            + ("" if in_thread else " or loader.prefetch_factor")
+        )
         if not on_gpu:
             import torch
 
