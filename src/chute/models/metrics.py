@@ -141,9 +141,9 @@ def log_epoch_metric(
     metric's own state (every update since its last reset) and then resets it: the ``log`` call only
     registers it. Each call costs 0.4-0.7 ms of Python between steps (Lightning moves the metric's
     whole state to the value's device every time), so it is made on the metric's first update since
-    its reset (an epoch's first batch, or the first after a mid-epoch resume: :class:`EpochMetrics`
-    resets a stage's metrics when its run starts) and on each loop's first batch, not on every step.
-    The value is the same.
+    its reset (an epoch's first batch), on its first update after a mid-epoch resume (on every rank,
+    though rank 0 then goes on from the checkpoint's counts: :class:`EpochMetrics` marks it) and on
+    each loop's first batch, not on every step. The value is the same.
     """
     if metric.update_count == 1 or batch_idx == 0 or getattr(metric, "_chute_resumed", False):
         metric._chute_resumed = False
